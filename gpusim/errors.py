@@ -1,0 +1,41 @@
+"""One error type for every bad input: it renders as a single line naming where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConfigError(Exception):
+    """Bad user input.
+
+    Renders as ``source:line: field: reason (got value)``; the CLI prints that one
+    line to stderr and exits 2.
+    """
+
+    source: str
+    reason: str
+    field: str | None = None
+    line: int | None = None
+    value: object = None
+    has_value: bool = False
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        parts = [where]
+        if self.field:
+            parts.append(self.field)
+        msg = ": ".join(parts) + f": {self.reason}"
+        if self.has_value:
+            shown = repr(self.value)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            msg += f" (got {shown})"
+        return msg.replace("\n", " ")
+
+
+def bad(source: str, reason: str, *, field: str | None = None, line: int | None = None,
+        value: object = ..., ) -> ConfigError:
+    """Build a ConfigError; pass ``value`` to show the offending value."""
+    return ConfigError(source=source, reason=reason, field=field, line=line,
+                       value=None if value is ... else value, has_value=value is not ...)

@@ -1,0 +1,323 @@
+"""Files -> specs: YAML (GPU, model, stack, calibration) and Hugging Face config.json.
+
+Every failure is a ConfigError naming file, line, field, the bad value and what is
+allowed; nothing here raises anything else for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gpusim.errors import bad
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+
+ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parent.parent))
+HARDWARE_DIR = ROOT / "hardware"
+MODELS_DIR = ROOT / "workloads" / "models"
+STACKS_DIR = ROOT / "stacks"
+CALIBRATIONS_DIR = ROOT / "validation" / "calibrations"
+DEFAULT_STACK = "torch-bf16-static-kv"
+
+M = TypeVar("M", bound=BaseModel)
+Path_ = tuple[str | int, ...]
+
+
+# ----------------------------------------------------------------------------------
+# YAML with line numbers
+# ----------------------------------------------------------------------------------
+def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise bad(source, "keys must be plain strings",
+                          line=key_node.start_mark.line + 1)
+            key = key_node.value
+            if key in out:
+                raise bad(source, "duplicate key", field=key,
+                          line=key_node.start_mark.line + 1)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _node_to_py(value_node, (*path, key), lines, source)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_py(v, (*path, i), lines, source) for i, v in enumerate(node.value)]
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node)
+    except yaml.YAMLError as exc:
+        raise bad(source, f"cannot read value: {exc}", line=node.start_mark.line + 1) from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
+    """Parse one YAML document; returns (data, {key path: line}). Raises ConfigError."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(source, "file is not UTF-8 text") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        reason = f"YAML syntax error: {exc.problem or exc.context}"
+        raise bad(source, reason, line=line) from None
+    except yaml.YAMLError as exc:
+        raise bad(source, f"YAML error: {exc}") from None
+    if node is None:
+        raise bad(source, "file is empty; expected a mapping of fields")
+    lines: dict[Path_, int] = {}
+    data = _node_to_py(node, (), lines, source)
+    if not isinstance(data, dict):
+        raise bad(source, "expected a mapping of fields at the top level", line=1)
+    return data, lines
+
+
+# ----------------------------------------------------------------------------------
+# pydantic -> ConfigError
+# ----------------------------------------------------------------------------------
+def _line_for(loc: Path_, lines: dict[Path_, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def validate(cls: type[M], data: dict[str, Any], source: str,
+             lines: dict[Path_, int] | None = None,
+             loc_map: dict[Path_, Path_] | None = None) -> M:
+    """Build ``cls`` from ``data``; the first problem becomes a one-line ConfigError."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        file_loc = loc_map[loc] if loc_map and loc in loc_map else loc
+        field = ".".join(str(p) for p in file_loc) or None
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(cls, loc[:-1])
+            reason = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            raise bad(source, reason, field=field,
+                      line=_line_for(file_loc, lines or {})) from None
+        if kind == "missing":
+            raise bad(source, "required field is missing", field=field,
+                      line=_line_for(file_loc[:-1], lines or {})) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        kwargs: dict[str, Any] = {}
+        if "input" in err and not isinstance(err["input"], dict):
+            kwargs["value"] = err["input"]
+        raise bad(source, msg, field=field, line=_line_for(file_loc, lines or {}),
+                  **kwargs) from None
+
+
+def _allowed_keys(cls: type[BaseModel], loc: Path_) -> list[str]:
+    model: Any = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            inner = getattr(cand, "__args__", (cand,))
+            found = next((c for c in (cand, *inner)
+                          if isinstance(c, type) and issubclass(c, BaseModel)), None)
+            if found is not None:
+                model = found
+                break
+        else:
+            return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
+# ----------------------------------------------------------------------------------
+# name resolution
+# ----------------------------------------------------------------------------------
+def _resolve(name_or_path: str | os.PathLike[str], directory: Path, what: str,
+             exts: tuple[str, ...] = (".yaml",)) -> Path:
+    text = str(name_or_path)
+    as_path = Path(text)
+    if as_path.suffix in (".yaml", ".yml", ".json") or os.sep in text:
+        if not as_path.is_file():
+            raise bad(text, f"{what} file not found")
+        return as_path
+    for ext in exts:
+        cand = directory / f"{text}{ext}"
+        if cand.is_file():
+            return cand
+    known = available(directory)
+    raise bad(f"--{what}", f"unknown {what} {text!r}; known: {', '.join(known) or 'none'}"
+              " (or give a file path)")
+
+
+def available(directory: Path) -> list[str]:
+    """Names of the YAML files in ``directory`` (without extension), sorted."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------------
+# GPU
+# ----------------------------------------------------------------------------------
+def _unwrap_sourced(data: Any, path: Path_, sources: dict[str, str],
+                    loc_map: dict[Path_, Path_], source: str,
+                    lines: dict[Path_, int]) -> Any:
+    """Replace ``{value: x, source: s}`` leaves by x; every number needs a source."""
+    if isinstance(data, dict):
+        if set(data) == {"value", "source"}:
+            if not isinstance(data["source"], str) or not data["source"].strip():
+                raise bad(source, "source must be a non-empty string",
+                          field=".".join(map(str, (*path, "source"))),
+                          line=_line_for((*path, "source"), lines))
+            sources[".".join(map(str, path))] = data["source"]
+            loc_map[path] = (*path, "value")
+            return data["value"]
+        if "value" in data or "source" in data:
+            raise bad(source, "a sourced number needs exactly the keys value and source",
+                      field=".".join(map(str, path)), line=_line_for(path, lines))
+        return {k: _unwrap_sourced(v, (*path, k), sources, loc_map, source, lines)
+                for k, v in data.items()}
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
+        raise bad(source, "every number needs its provenance: write {value: ..., source: ...}",
+                  field=".".join(map(str, path)), line=_line_for(path, lines), value=data)
+    return data
+
+
+def gpu_from_yaml(path: Path) -> GpuSpec:
+    """Load one hardware/*.yaml file. Raises ConfigError."""
+    data, lines = load_yaml(path)
+    sources: dict[str, str] = {}
+    loc_map: dict[Path_, Path_] = {}
+    if "sources" in data:
+        raise bad(str(path), "sources are given per number, not as a 'sources' key",
+                  field="sources", line=lines.get(("sources",)))
+    plain = _unwrap_sourced(data, (), sources, loc_map, str(path), lines)
+    plain["sources"] = sources
+    spec = validate(GpuSpec, plain, str(path), lines, loc_map)
+    if spec.name != path.stem:
+        raise bad(str(path), f"name must match the file name {path.stem!r}", field="name",
+                  line=lines.get(("name",)), value=spec.name)
+    return spec
+
+
+@lru_cache(maxsize=64)
+def _gpu_cached(path: str, mtime: float) -> GpuSpec:
+    return gpu_from_yaml(Path(path))
+
+
+def load_gpu(name_or_path: str | os.PathLike[str]) -> GpuSpec:
+    """A GPU by name (hardware/<name>.yaml) or path. Raises ConfigError."""
+    path = _resolve(name_or_path, HARDWARE_DIR, "gpu")
+    return _gpu_cached(str(path), path.stat().st_mtime)
+
+
+# ----------------------------------------------------------------------------------
+# models
+# ----------------------------------------------------------------------------------
+HF_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+           "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings",
+           "torch_dtype", "rms_norm_eps", "rope_theta", "max_position_embeddings")
+
+
+def model_from_hf_config(path: Path, name: str | None = None) -> ModelSpec:
+    """A ModelSpec from a Hugging Face config.json (Llama-architecture keys)."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text)
+    except OSError as exc:
+        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        line = getattr(exc, "lineno", None)
+        raise bad(source, f"invalid JSON: {getattr(exc, 'msg', exc)}", line=line) from None
+    if not isinstance(raw, dict):
+        raise bad(source, "expected a JSON object")
+    lines: dict[Path_, int] = {}
+    for key in raw:
+        m = re.search(r'^\s*"' + re.escape(key) + r'"\s*:', text, re.MULTILINE)
+        if m:
+            lines[(key,)] = text.count("\n", 0, m.start()) + 1
+    data = {k: raw[k] for k in HF_KEYS if k in raw and raw[k] is not None}
+    if "num_key_value_heads" not in data and "num_attention_heads" in data:
+        data["num_key_value_heads"] = data["num_attention_heads"]  # HF's default: MHA
+    dtype = data.get("torch_dtype") or raw.get("dtype")
+    if dtype is not None:
+        data["torch_dtype"] = dtype
+    default_name = re.sub(r"[^a-z0-9._-]", "-", (path.parent.name or "model").lower())
+    default_name = default_name.strip("-.") or "model"
+    data["name"] = name or (raw.get("_name_or_path", "") or default_name)
+    data["name"] = re.sub(r"[^a-z0-9._-]", "-", str(data["name"]).lower()).strip("-.") or "model"
+    data["source"] = source
+    return validate(ModelSpec, data, source, lines)
+
+
+def model_from_yaml(path: Path) -> ModelSpec:
+    """Load one workloads/models/*.yaml file. Raises ConfigError."""
+    data, lines = load_yaml(path)
+    spec = validate(ModelSpec, data, str(path), lines)
+    return spec
+
+
+@lru_cache(maxsize=256)
+def _model_cached(path: str, mtime: float) -> ModelSpec:
+    p = Path(path)
+    return model_from_hf_config(p) if p.suffix == ".json" else model_from_yaml(p)
+
+
+def load_model(name_or_path: str | os.PathLike[str]) -> ModelSpec:
+    """A model by name, YAML path or config.json path. Raises ConfigError."""
+    path = _resolve(name_or_path, MODELS_DIR, "model")
+    return _model_cached(str(path), path.stat().st_mtime)
+
+
+# ----------------------------------------------------------------------------------
+# stacks and calibrations
+# ----------------------------------------------------------------------------------
+@lru_cache(maxsize=32)
+def _stack_cached(path: str, mtime: float) -> StackSpec:
+    data, lines = load_yaml(Path(path))
+    return validate(StackSpec, data, path, lines)
+
+
+def load_stack(name_or_path: str | os.PathLike[str] = DEFAULT_STACK) -> StackSpec:
+    """A software stack by name (stacks/<name>.yaml) or path. Raises ConfigError."""
+    path = _resolve(name_or_path, STACKS_DIR, "stack")
+    return _stack_cached(str(path), path.stat().st_mtime)
+
+
+def calibration_from_yaml(path: Path) -> Calibration:
+    """Load one calibration YAML. Raises ConfigError."""
+    data, lines = load_yaml(path)
+    return validate(Calibration, data, str(path), lines)
+
+
+def load_calibration(which: str, gpu: GpuSpec) -> Calibration:
+    """``auto``: the shipped calibration for ``gpu`` if any, else the datasheet;
+    ``none``: the datasheet; otherwise a path. Raises ConfigError."""
+    if which == "none":
+        return Calibration(gpu=gpu.name)
+    if which == "auto":
+        shipped = CALIBRATIONS_DIR / f"{gpu.name}.yaml"
+        if shipped.is_file():
+            return calibration_from_yaml(shipped)
+        return Calibration(gpu=gpu.name)
+    path = Path(which)
+    if not path.is_file():
+        raise bad("--calibration", "expected auto, none or an existing file", value=which)
+    return calibration_from_yaml(path)

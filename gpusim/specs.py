@@ -1,0 +1,236 @@
+"""Frozen input records: GPU, model, software stack and calibration.
+
+Every record rejects unknown keys (``extra="forbid"``) and checks ranges where it
+enters, so the layers below never see a bad number. Loading from files, with file
+and line in the errors, is ``gpusim.loader``'s job.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gpusim.units import DTYPE_BYTES, HF_DTYPES
+
+Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, le=1.5, allow_inf_nan=False)]
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class LinkSpec(_Frozen):
+    """A GPU-to-GPU or host link: per-direction bandwidth and one-way latency."""
+
+    bandwidth_bytes_per_s: Pos
+    latency_s: NonNeg
+
+
+class TensorFlops(_Frozen):
+    """Dense (no sparsity) tensor-core throughput per dtype; None where unsupported."""
+
+    bf16: Pos
+    fp16: Pos | None = None
+    fp8: Pos | None = None
+    int8: Pos | None = None
+
+
+class Links(_Frozen):
+    nvlink: LinkSpec | None = None
+    pcie: LinkSpec
+
+
+class GpuSpec(_Frozen):
+    """One GPU as its datasheet describes it (SI units, names carry the unit)."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    display_name: str
+    vendor: Literal["nvidia", "amd"]
+    architecture: str
+    hbm_capacity_bytes: Pos
+    hbm_bandwidth_bytes_per_s: Pos
+    l2_bytes: Pos
+    sram_per_sm_bytes: Pos
+    sm_count: PosInt
+    boost_clock_hz: Pos
+    fp32_flops_per_s: Pos
+    tensor_flops_per_s: TensorFlops
+    links: Links
+    price_usd_per_gpu_hour: Pos
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    def tensor_peak_flops_per_s(self, dtype: str) -> float:
+        """Dense tensor throughput for ``dtype``; raises ValueError if unsupported."""
+        value = getattr(self.tensor_flops_per_s, dtype, None)
+        if value is None:
+            raise ValueError(f"{self.name} has no tensor throughput for dtype {dtype!r}")
+        return float(value)
+
+
+class ModelSpec(_Frozen):
+    """A Llama-architecture decoder. Keys follow Hugging Face config.json names."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    source: str = ""
+    hidden_size: PosInt
+    num_hidden_layers: PosInt
+    num_attention_heads: PosInt
+    num_key_value_heads: PosInt
+    head_dim: PosInt | None = None
+    intermediate_size: PosInt
+    vocab_size: PosInt
+    tie_word_embeddings: bool = False
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    rms_norm_eps: Pos = 1e-5
+    rope_theta: Pos = 10000.0
+    max_position_embeddings: PosInt = 131072
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSpec:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                f"({self.num_attention_heads}); give head_dim"
+            )
+        return self
+
+    # --- derived sizes -------------------------------------------------------------
+    @property
+    def dtype(self) -> str:
+        return HF_DTYPES[self.torch_dtype]
+
+    @property
+    def dtype_bytes(self) -> float:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def head_dim_eff(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim_eff
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim_eff
+
+    def layer_weight_params(self) -> dict[str, int]:
+        """Parameters of each per-layer weight matrix (norm vectors included)."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {
+            "qkv": h * (self.q_dim + 2 * self.kv_dim),
+            "o": self.q_dim * h,
+            "gate_up": h * 2 * i,
+            "down": i * h,
+            "norms": 2 * h,
+        }
+
+    @property
+    def param_count(self) -> int:
+        per_layer = sum(self.layer_weight_params().values())
+        emb = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else emb
+        return self.num_hidden_layers * per_layer + emb + head + self.hidden_size
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.param_count * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """K and V of one token across all layers."""
+        return 2 * self.num_hidden_layers * self.kv_dim * self.dtype_bytes
+
+
+# ----------------------------------------------------------------------------------
+# Software stack: what kernels one forward launches. Data, so a fused stack is a file.
+# ----------------------------------------------------------------------------------
+TensorName = Literal[
+    "hidden", "q", "kv", "attn_out", "intermediate", "gate_up", "rope_table", "logits",
+    "positions",
+]
+WeightName = Literal["qkv", "o", "gate_up", "down", "lm_head"]
+
+
+class StackOp(_Frozen):
+    """One operation of the forward and the kernels it becomes.
+
+    ``op``: gemm (``weight`` names the matrix), attention, elementwise (``tensor``
+    names what it streams; ``bytes_per_element`` is HBM bytes read plus written per
+    element of that tensor summed over its ``kernels`` launches), embedding.
+    """
+
+    op: Literal["gemm", "attention", "elementwise", "embedding"]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
+    weight: WeightName | None = None
+    tensor: TensorName | None = None
+    kernels: Annotated[int, Field(ge=0, le=64)] = 1
+    bytes_per_element: NonNeg = 0.0
+    # only positions whose logits are needed (prefill: last position) for lm_head
+    last_position_only_in_prefill: bool = False
+
+    @model_validator(mode="after")
+    def _fields_for_op(self) -> StackOp:
+        if self.op == "gemm" and self.weight is None:
+            raise ValueError(f"op {self.name!r}: gemm needs 'weight'")
+        if self.op == "elementwise" and self.tensor is None:
+            raise ValueError(f"op {self.name!r}: elementwise needs 'tensor'")
+        return self
+
+
+class StackSpec(_Frozen):
+    """A software stack: the ops run once per forward and once per layer."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    prologue: tuple[StackOp, ...]
+    layer: tuple[StackOp, ...]
+    epilogue: tuple[StackOp, ...]
+
+
+# ----------------------------------------------------------------------------------
+# Calibration: the cost model's parameters. Defaults are the datasheet (ideal) model.
+# ----------------------------------------------------------------------------------
+class Calibration(_Frozen):
+    """Cost-model parameters for one GPU and stack.
+
+    The defaults describe an ideal GPU: full datasheet bandwidth and tensor rate, no
+    fixed costs. ``gpusim calibrate`` fits them from measurements.
+    """
+
+    gpu: str | None = None
+    fitted_on: str = "datasheet"
+    # HBM: sustained fraction of the datasheet bandwidth, and the latency that a
+    # kernel's first bytes pay (Little's law: small transfers don't reach peak).
+    hbm_bandwidth_efficiency: Fraction = 1.0
+    dram_latency_s: NonNeg = 0.0
+    # Per-kernel GPU-side cost (launch gap, prologue/epilogue) under CUDA graphs.
+    kernel_fixed_cost_s: NonNeg = 0.0
+    # Achievable fraction of dense tensor throughput in large GEMMs.
+    tensor_efficiency: Fraction = 1.0
+    # GEMM output tile (cuBLAS-like) for wave quantisation.
+    gemm_tile_m: PosInt = 128
+    gemm_tile_n: PosInt = 128
+    gemm_skinny_tile_m: PosInt = 64
+    # Attention: bandwidth fraction for KV streaming; tensor fraction for prefill.
+    attention_bandwidth_efficiency: Fraction = 1.0
+    attention_tensor_efficiency: Fraction = 1.0
+    attention_fixed_cost_s: NonNeg = 0.0
+    # Host side: cost to launch one kernel from eager PyTorch, and one graph replay.
+    host_launch_cost_s: NonNeg = 0.0
+    host_graph_launch_cost_s: NonNeg = 0.0
+    # How memory and compute overlap inside a kernel: time = (m^p + c^p)^(1/p).
+    overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 64.0
+    notes: str = ""
