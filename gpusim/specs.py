@@ -216,6 +216,8 @@ class Calibration(_Frozen):
     # kernel's first bytes pay (Little's law: small transfers don't reach peak).
     hbm_bandwidth_efficiency: Fraction = 1.0
     dram_latency_s: NonNeg = 0.0
+    # CTAs per SM a kernel needs in flight to reach full bandwidth (0: no limit).
+    saturating_ctas_per_sm: NonNeg = 0.0
     # Per-kernel GPU-side cost (launch gap, prologue/epilogue) under CUDA graphs.
     kernel_fixed_cost_s: NonNeg = 0.0
     # Achievable fraction of dense tensor throughput in large GEMMs.

@@ -1,0 +1,164 @@
+"""Kernel -> Cost: the time one op takes on a GPU, from its bytes and flops.
+
+Physics, each term with its parameter in ``Calibration``:
+
+* HBM: ``bytes / (bandwidth x efficiency x parallelism)`` plus a first-byte latency
+  per launch (Little's law: a small transfer never reaches peak). ``parallelism`` is
+  the fraction of the GPU's memory-level parallelism a kernel with few CTAs reaches.
+* Tensor math: GEMM output tiles quantised into waves over the SMs, split-K when a
+  skinny GEMM has fewer tiles than SMs; attention blocks likewise, with FlashAttention's
+  GQA packing for decode and split-KV (flash-decoding) for small batches.
+* A fixed GPU-side cost per launch (launch gap, prologue, epilogue).
+* Memory and math overlap inside a kernel: ``(m^p + c^p)^(1/p)`` (p large: max).
+
+Pure and vectorised over step shapes; no SimPy, no requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpusim.ops import Kernel
+from gpusim.specs import Calibration, GpuSpec
+
+SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this much K
+FLASH_BLOCK_M = 128          # FlashAttention-2 query tile (forward, head_dim 128)
+FLASH_BLOCK_N = 128          # keys per inner step; also the split-KV granularity
+FLASH_DECODE_BLOCK_M = 64    # query tile in the split-KV decode kernel
+ELEMENTWISE_CTA_ELEMENTS = 4096.0  # elements one CTA of a pointwise kernel covers
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Time and work of one op (arrays over step shapes); ``+`` sums two costs."""
+
+    seconds: np.ndarray
+    fixed_s: np.ndarray
+    memory_s: np.ndarray
+    compute_s: np.ndarray
+    flops: np.ndarray
+    bytes: np.ndarray
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+
+    def scaled(self, factor: float) -> Cost:
+        """This cost ``factor`` times over (e.g. once per layer)."""
+        return Cost(*(getattr(self, f) * factor for f in _FIELDS))
+
+    @staticmethod
+    def zero(n: int = 1) -> Cost:
+        z = np.zeros(n)
+        return Cost(z, z, z, z, z, z)
+
+
+_FIELDS = ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes")
+
+
+def _ceil_div(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    return np.ceil(np.asarray(a, dtype=np.float64) / b)
+
+
+def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ctas, waves, flops per CTA) of a tiled GEMM with split-K for skinny shapes."""
+    sms = float(gpu.sm_count)
+    tile_m = np.where(m <= cal.gemm_skinny_tile_m, cal.gemm_skinny_tile_m, cal.gemm_tile_m)
+    tiles = _ceil_div(m, tile_m) * _ceil_div(n, cal.gemm_tile_n)
+    max_split = max(1.0, np.floor(k / SPLIT_K_MIN_K))
+    split = np.clip(np.floor(sms / tiles), 1.0, max_split)
+    ctas = tiles * split
+    waves = _ceil_div(ctas, sms)
+    # a tile computes its full tile_m rows even when m is smaller (padding)
+    cta_flops = 2.0 * tile_m * cal.gemm_tile_n * (k / split)
+    return ctas, waves, cta_flops
+
+
+def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(ctas, critical_flops): CTAs launched and the flops the busiest SM executes.
+
+    Compute time follows from ``critical_flops`` at the per-SM tensor rate.
+    """
+    a = k.attention
+    assert a is not None  # built by ops for attention kernels only
+    sms = float(gpu.sm_count)
+    group = a.heads // a.kv_heads
+    if a.mode == "decode":
+        # FA2 packs the query heads of a KV group into the M dimension (q = 1) and
+        # splits the keys across CTAs when batch x kv_heads can't fill the GPU.
+        rows = a.q * group
+        m_blocks = _ceil_div(rows, FLASH_DECODE_BLOCK_M)
+        base = a.batch * a.kv_heads * m_blocks
+        n_blocks = _ceil_div(a.kv_len, FLASH_BLOCK_N)
+        split = np.clip(np.floor(sms / base), 1.0, np.minimum(n_blocks, 128.0))
+        ctas = base * split
+        waves = _ceil_div(ctas, sms)
+        per_cta = 4.0 * FLASH_DECODE_BLOCK_M * (a.kv_len / split) * a.head_dim
+        return ctas, waves * per_cta
+    # verify / prefill: one CTA per (batch, head, 128-query block); causal blocks see
+    # fewer keys, the last one sees all of them.
+    m_blocks = _ceil_div(a.q, FLASH_BLOCK_M)
+    ctas = a.batch * a.heads * m_blocks
+    waves = _ceil_div(ctas, sms)
+    mean_keys = (a.kv_len - a.q) + np.minimum(a.q, FLASH_BLOCK_M * (m_blocks + 1) / 2)
+    mean_cta = 4.0 * FLASH_BLOCK_M * mean_keys * a.head_dim
+    full_cta = 4.0 * FLASH_BLOCK_M * a.kv_len * a.head_dim
+    # less than one wave: the slowest CTA decides; many waves: the average does
+    critical = np.where(waves <= 1, full_cta, waves * mean_cta)
+    return ctas, critical
+
+
+def _parallelism(ctas: np.ndarray, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
+    """Fraction of peak HBM bandwidth reachable with ``ctas`` CTAs in flight."""
+    if cal.saturating_ctas_per_sm == 0.0:  # the datasheet model: no limit
+        return np.ones_like(ctas, dtype=np.float64)
+    saturating = cal.saturating_ctas_per_sm * gpu.sm_count
+    return np.minimum(1.0, np.maximum(ctas, 1.0) / saturating)
+
+
+def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
+    """Cost of one occurrence of ``k`` (all its launches) on ``gpu`` under ``cal``."""
+    bw = gpu.hbm_bandwidth_bytes_per_s * cal.hbm_bandwidth_efficiency
+    tensor_peak = gpu.tensor_peak_flops_per_s("bf16")
+    per_sm = tensor_peak / gpu.sm_count
+    launches = float(k.launches)
+    fixed = np.full_like(k.flops, launches * cal.kernel_fixed_cost_s)
+    if k.kind == "gemm":
+        g = k.gemm
+        assert g is not None
+        ctas, waves, cta_flops = gemm_schedule(g.m, g.n, g.k, gpu, cal)
+        compute = waves * cta_flops / (per_sm * cal.tensor_efficiency)
+        memory = k.bytes / (bw * _parallelism(ctas, gpu, cal))
+    elif k.kind == "attention":
+        ctas, critical = attention_schedule(k, gpu)
+        compute = critical / (per_sm * cal.attention_tensor_efficiency)
+        memory = k.bytes / (bw * cal.attention_bandwidth_efficiency
+                            * _parallelism(ctas, gpu, cal))
+        fixed = fixed + cal.attention_fixed_cost_s
+    else:
+        per_launch = k.flops / max(launches, 1.0)
+        ctas = _ceil_div(per_launch, ELEMENTWISE_CTA_ELEMENTS)
+        compute = k.flops / gpu.fp32_flops_per_s
+        memory = k.bytes / (bw * _parallelism(ctas, gpu, cal))
+    if launches == 0:
+        z = np.zeros_like(k.flops)
+        return Cost(z, z, z, z, z, z)
+    memory = memory + launches * cal.dram_latency_s
+    p = cal.overlap_exponent
+    hi = np.maximum(memory, compute)
+    lo = np.minimum(memory, compute)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlapped = hi * np.power(1.0 + np.power(np.where(hi > 0, lo / hi, 0.0), p), 1.0 / p)
+    seconds = fixed + overlapped
+    return Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
+                flops=k.flops, bytes=k.bytes)
+
+
+def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:
+    """GPU-side cost of a whole step: each op's cost times its repeat, summed."""
+    total = Cost.zero(len(kernels[0].flops)) if kernels else Cost.zero()
+    for k in kernels:
+        total = total + kernel_cost(k, gpu, cal).scaled(k.repeat)
+    return total

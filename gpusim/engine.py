@@ -1,0 +1,130 @@
+"""The SimPy world of one GPU: a host thread launching kernels into a stream.
+
+The host spends ``host_launch_s`` per kernel (eager PyTorch) or ``graph_launch_s`` once
+(a CUDA graph replay) and puts kernels into the stream; the GPU runs them in order.
+Each kernel holds the SMs for its duration, the HBM for its memory phase and stages
+its working set in on-chip SRAM, so the timeline shows weight streaming, KV reads and
+math layer by layer. This is the only module that imports SimPy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import simpy
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch as the engine sees it (durations already costed)."""
+
+    name: str
+    kind: str
+    section: str
+    layer: int
+    gpu_s: float
+    memory_s: float
+    compute_s: float
+    bytes: float
+    flops: float
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What ran when: resource is ``host``, ``sm`` or ``hbm``."""
+
+    resource: str
+    name: str
+    layer: int
+    start_s: float
+    end_s: float
+    bytes: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
+class Timeline:
+    """The simulated step: its end time and every busy interval."""
+
+    end_s: float = 0.0
+    intervals: list[Interval] = field(default_factory=list)
+    sram_peak_bytes: float = 0.0
+
+
+def _check(name: str, value: float) -> None:
+    if not value >= 0.0:  # also rejects NaN
+        raise ValueError(f"{name}(={value}) must be >= 0")
+
+
+def simulate_stream(launches: Sequence[Launch], *, host_launch_s: float,
+                    graph_launch_s: float, graph: bool, sram_bytes: float,
+                    record: bool = True) -> Timeline:
+    """Run the launches through host -> stream -> GPU; returns the Timeline.
+
+    Raises ValueError for a negative cost or an empty SRAM.
+    """
+    _check("host_launch_s", host_launch_s)
+    _check("graph_launch_s", graph_launch_s)
+    if not sram_bytes > 0:
+        raise ValueError(f"sram_bytes(={sram_bytes}) must be > 0")
+    for la in launches:
+        _check(f"{la.name}.gpu_s", la.gpu_s)
+    env = simpy.Environment()
+    stream: simpy.Store = simpy.Store(env)
+    sms = simpy.Resource(env, capacity=1)
+    hbm = simpy.Resource(env, capacity=1)
+    sram = simpy.Container(env, capacity=sram_bytes, init=0)
+    tl = Timeline()
+    done = env.event()
+
+    def host():  # type: ignore[no-untyped-def]
+        if graph:
+            t0 = env.now
+            yield env.timeout(graph_launch_s)
+            if record:
+                tl.intervals.append(Interval("host", "graph_launch", -1, t0, env.now))
+            for la in launches:
+                yield stream.put(la)
+        else:
+            for la in launches:
+                t0 = env.now
+                yield env.timeout(host_launch_s)
+                if record:
+                    tl.intervals.append(Interval("host", la.name, la.layer, t0, env.now))
+                yield stream.put(la)
+
+    def memory_phase(la: Launch, span_s: float):  # type: ignore[no-untyped-def]
+        with hbm.request() as req:
+            yield req
+            t0 = env.now
+            yield env.timeout(span_s)
+            if record:
+                tl.intervals.append(Interval("hbm", la.name, la.layer, t0, env.now,
+                                             bytes=la.bytes))
+
+    def gpu():  # type: ignore[no-untyped-def]
+        for _ in range(len(launches)):
+            la = yield stream.get()
+            staged = min(la.bytes, sram_bytes)
+            with sms.request() as req:
+                yield req
+                if staged > 0:
+                    yield sram.put(staged)
+                tl.sram_peak_bytes = max(tl.sram_peak_bytes, sram.level)
+                t0 = env.now
+                mem = env.process(memory_phase(la, min(la.memory_s, la.gpu_s)))
+                yield env.timeout(la.gpu_s)
+                yield mem
+                if staged > 0:
+                    yield sram.get(staged)
+                if record:
+                    tl.intervals.append(Interval("sm", la.name, la.layer, t0, env.now,
+                                                 bytes=la.bytes, flops=la.flops))
+        done.succeed()
+
+    env.process(host())
+    env.process(gpu())
+    env.run(until=done)
+    tl.end_s = float(env.now)
+    return tl

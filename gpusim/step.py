@@ -1,0 +1,176 @@
+"""Predict one forward step (decode, verify, prefill) and say where the time goes.
+
+Two ways to the same number:
+
+* ``predict``: closed form, vectorised over many shapes (the fast path). Under a CUDA
+  graph the step is the graph launch plus the sum of kernel times. In eager mode the
+  host issues kernels one by one; kernel i ends at E_i = max(I_i, E_{i-1}) + d_i with
+  issue time I_i = i*h, so the step ends at max_j (I_j + sum_{i>=j} d_i). Within an op
+  of identical launches and across identical layers that expression is linear in the
+  index, so only the first and last launch of each op in the first and last layer
+  are candidates for the max.
+* ``simulate``: the SimPy engine, launch by launch, with a timeline. Tests check the
+  two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from gpusim.cost import Cost, kernel_cost
+from gpusim.engine import Launch, Timeline, simulate_stream
+from gpusim.ops import Kernel, build_kernels, kernel_launches
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+
+LaunchMode = Literal["graph", "eager"]
+LAUNCH_MODES: tuple[str, ...] = ("graph", "eager")
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """A step's predicted time (arrays over shapes) and its parts.
+
+    ``seconds``: end-to-end step time; ``gpu_s``: sum of kernel times; ``host_bound``:
+    whether host launches, not the GPU, set the pace (eager only).
+    """
+
+    seconds: np.ndarray
+    gpu_s: np.ndarray
+    host_s: np.ndarray
+    host_bound: np.ndarray
+    total: Cost
+    by_op: dict[str, Cost]
+    kernels: list[Kernel]
+    launches: int
+
+    @property
+    def weight_bytes(self) -> np.ndarray:
+        return sum((k.weight_bytes * k.repeat for k in self.kernels), np.zeros(1))
+
+    @property
+    def kv_bytes(self) -> np.ndarray:
+        return sum((k.kv_bytes * k.repeat for k in self.kernels), np.zeros(1))
+
+
+def _check_launch(launch: str) -> None:
+    if launch not in LAUNCH_MODES:
+        raise ValueError(f"launch={launch!r} must be one of {', '.join(LAUNCH_MODES)}")
+
+
+def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
+               host_s: float) -> np.ndarray:
+    """max_j (j*h + suffix work from launch j): the eager step's end time."""
+    n = len(costs[0].seconds)
+    # per-launch GPU time of each op, and its launches, in step order
+    per_launch = [c.seconds / max(k.launches, 1) for k, c in zip(kernels, costs, strict=True)]
+    layer_ops = [i for i, k in enumerate(kernels) if k.section == "layer"]
+    layer_launches = sum(kernels[i].launches for i in layer_ops)
+    layer_time = sum((costs[i].seconds for i in layer_ops), np.zeros(n))
+    total_gpu = sum((c.seconds * k.repeat for k, c in zip(kernels, costs, strict=True)),
+                    np.zeros(n))
+    best = np.full(n, -np.inf)
+    issued = 0          # launches issued before the current op (first layer)
+    done_before = np.zeros(n)  # GPU work of launches before the current op
+    for i, (k, c) in enumerate(zip(kernels, costs, strict=True)):
+        if k.launches == 0:
+            continue
+        for j in (1, k.launches):
+            before = done_before + per_launch[i] * (j - 1)
+            cand = (issued + j) * host_s + (total_gpu - before)
+            best = np.maximum(best, cand)
+            if k.section == "layer" and model_layers > 1:
+                shift = (model_layers - 1) * (layer_launches * host_s - layer_time)
+                best = np.maximum(best, cand + shift)
+        if k.section == "layer":
+            issued += k.launches
+            done_before = done_before + c.seconds
+        else:
+            reps = k.repeat
+            issued += k.launches * reps
+            done_before = done_before + c.seconds * reps
+        if layer_ops and i == layer_ops[-1]:
+            # the remaining layers come before the epilogue
+            issued += layer_launches * (model_layers - 1)
+            done_before = done_before + layer_time * (model_layers - 1)
+    return np.where(np.isfinite(best), best, 0.0)
+
+
+def predict_kernels(kernels: list[Kernel], model: ModelSpec, gpu: GpuSpec,
+                    cal: Calibration, launch: str = "graph") -> StepPrediction:
+    """Closed-form step time from an already-built kernel list."""
+    _check_launch(launch)
+    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    n = len(kernels[0].flops)
+    total = Cost.zero(n)
+    by_op: dict[str, Cost] = {}
+    for k, c in zip(kernels, costs, strict=True):
+        part = c.scaled(k.repeat)
+        total = total + part
+        by_op[k.name] = by_op[k.name] + part if k.name in by_op else part
+    gpu_s = total.seconds
+    launches = kernel_launches(kernels)
+    if launch == "graph":
+        host = np.full(n, cal.host_graph_launch_cost_s)
+        seconds = host + gpu_s
+        host_bound = np.zeros(n, dtype=bool)
+    else:
+        host = np.full(n, launches * cal.host_launch_cost_s)
+        seconds = _eager_end(kernels, costs, model.num_hidden_layers, cal.host_launch_cost_s)
+        host_bound = seconds > gpu_s + cal.host_launch_cost_s + 1e-15
+    return StepPrediction(seconds=seconds, gpu_s=gpu_s, host_s=host, host_bound=host_bound,
+                          total=total, by_op=by_op, kernels=kernels, launches=launches)
+
+
+def predict(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration, mode: str,
+            batch: object, ctx: object, q: object, launch: str = "graph") -> StepPrediction:
+    """Fast path: predicted step times for arrays of (batch, ctx, q).
+
+    Raises ValueError for an impossible shape or unknown mode/launch.
+    """
+    kernels = build_kernels(model, stack, mode, batch, ctx, q)
+    return predict_kernels(kernels, model, gpu, cal, launch)
+
+
+def expand_launches(kernels: list[Kernel], costs: list[Cost], layers: int,
+                    index: int = 0) -> list[Launch]:
+    """Every kernel launch of one step (shape ``index``), in the order issued."""
+    out: list[Launch] = []
+
+    def emit(k: Kernel, c: Cost, layer: int) -> None:
+        nl = max(k.launches, 1)
+        for _ in range(k.launches):
+            out.append(Launch(
+                name=k.name, kind=k.kind, section=k.section, layer=layer,
+                gpu_s=float(c.seconds[index]) / nl, memory_s=float(c.memory_s[index]) / nl,
+                compute_s=float(c.compute_s[index]) / nl, bytes=float(c.bytes[index]) / nl,
+                flops=float(c.flops[index]) / nl))
+
+    pairs = list(zip(kernels, costs, strict=True))
+    for k, c in pairs:
+        if k.section == "prologue":
+            emit(k, c, -1)
+    for layer in range(layers):
+        for k, c in pairs:
+            if k.section == "layer":
+                emit(k, c, layer)
+    for k, c in pairs:
+        if k.section == "epilogue":
+            emit(k, c, -1)
+    return out
+
+
+def simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration, mode: str,
+             batch: int, ctx: int, q: int, launch: str = "graph",
+             record: bool = True) -> Timeline:
+    """Event simulation of one step shape; returns its Timeline (end_s = step time)."""
+    _check_launch(launch)
+    kernels = build_kernels(model, stack, mode, batch, ctx, q)
+    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    launches = expand_launches(kernels, costs, model.num_hidden_layers)
+    return simulate_stream(
+        launches, host_launch_s=cal.host_launch_cost_s,
+        graph_launch_s=cal.host_graph_launch_cost_s, graph=launch == "graph",
+        sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
