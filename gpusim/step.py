@@ -174,3 +174,65 @@ def simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
         launches, host_launch_s=cal.host_launch_cost_s,
         graph_launch_s=cal.host_graph_launch_cost_s, graph=launch == "graph",
         sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
+
+
+def breakdown(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> list[dict[str, object]]:
+    """Per-op rows for one shape: time, share, launches, bytes, bandwidth, bound."""
+    peak_bw = gpu.hbm_bandwidth_bytes_per_s
+    peak_flops = gpu.tensor_peak_flops_per_s("bf16")
+    step_s = float(pred.seconds[index])
+    rows: list[dict[str, object]] = []
+    launches = {k.name: 0 for k in pred.kernels}
+    for k in pred.kernels:
+        launches[k.name] += k.launches * k.repeat
+    for name, c in pred.by_op.items():
+        t = float(c.seconds[index])
+        mem, comp, fixed = (float(c.memory_s[index]), float(c.compute_s[index]),
+                            float(c.fixed_s[index]))
+        if fixed >= max(mem, comp):
+            bound = "fixed"
+        else:
+            bound = "memory" if mem >= comp else "compute"
+        rows.append({
+            "op": name, "ms": t * 1e3, "share": t / step_s if step_s else 0.0,
+            "launches": launches[name], "bytes": float(c.bytes[index]),
+            "flops": float(c.flops[index]),
+            "bandwidth_gb_per_s": float(c.bytes[index]) / t / 1e9 if t else 0.0,
+            "bandwidth_fraction": float(c.bytes[index]) / t / peak_bw if t else 0.0,
+            "tflops": float(c.flops[index]) / t / 1e12 if t else 0.0,
+            "roofline_ms": max(float(c.bytes[index]) / peak_bw,
+                               float(c.flops[index]) / peak_flops) * 1e3,
+            "bound": bound,
+        })
+    return rows
+
+
+def summary(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> dict[str, object]:
+    """Whole-step figures for one shape: time, roofline, achieved bandwidth, bound."""
+    peak_bw = gpu.hbm_bandwidth_bytes_per_s
+    peak_flops = gpu.tensor_peak_flops_per_s("bf16")
+    t = float(pred.seconds[index])
+    total_bytes = float(pred.total.bytes[index])
+    flops = float(pred.total.flops[index])
+    mem_roof, comp_roof = total_bytes / peak_bw, flops / peak_flops
+    roof = max(mem_roof, comp_roof)
+    if bool(pred.host_bound[index]):
+        bound = "launch"
+    else:
+        bound = "memory" if mem_roof >= comp_roof else "compute"
+    return {
+        "step_ms": t * 1e3,
+        "gpu_ms": float(pred.gpu_s[index]) * 1e3,
+        "host_ms": float(pred.host_s[index]) * 1e3,
+        "launches": pred.launches,
+        "weight_bytes": float(np.broadcast_to(pred.weight_bytes, pred.seconds.shape)[index]),
+        "kv_bytes": float(np.broadcast_to(pred.kv_bytes, pred.seconds.shape)[index]),
+        "bytes": total_bytes,
+        "flops": flops,
+        "fixed_ms": float(pred.total.fixed_s[index]) * 1e3,
+        "achieved_bandwidth_gb_per_s": total_bytes / t / 1e9 if t else 0.0,
+        "achieved_tflops": flops / t / 1e12 if t else 0.0,
+        "roofline_ms": roof * 1e3,
+        "roofline_fraction": roof / t if t else 0.0,
+        "bound": bound,
+    }

@@ -1,0 +1,148 @@
+"""The ``predict`` CSV contract: rows of (model, mode, batch, ctx, q[, tp]) -> predictions.
+
+Reads and checks the rows (file:line: field errors), groups them by (model, mode) so
+each group is one vectorised fast-path call, and returns the rows in input order with
+``predicted_ms`` and a breakdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpusim.errors import ConfigError, bad
+from gpusim.ops import MODES, check_shape
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.step import predict
+
+REQUIRED = ("model", "mode", "batch", "ctx", "q")
+OPTIONAL = ("tp",)
+OUTPUT_COLUMNS = ("predicted_ms", "gpu_ms", "host_bound", "launches", "weight_bytes",
+                  "kv_bytes", "flops", "achieved_bandwidth_gb_per_s", "roofline_ms",
+                  "bound")
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    model: str
+    mode: str
+    batch: int
+    ctx: int
+    q: int
+    tp: int
+    raw: dict[str, str]
+
+
+def _int_field(source: str, line: int, name: str, text: str, low: int) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise bad(source, f"must be an integer >= {low}", field=name, line=line,
+                  value=text) from None
+    if not np.isfinite(value) or value != int(value) or value < low:
+        raise bad(source, f"must be an integer >= {low}", field=name, line=line, value=text)
+    return int(value)
+
+
+def read_rows(path: Path) -> tuple[list[str], list[Row]]:
+    """Parse rows.csv; returns (header, rows). Raises ConfigError with file:line."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(source, "file is not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise bad(source, f"empty file; expected a header with {','.join(REQUIRED)}", line=1)
+    reader.fieldnames = header
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise bad(source, f"missing column(s) {', '.join(missing)}; required: "
+                  f"{','.join(REQUIRED)} (optional: {','.join(OPTIONAL)})", line=1)
+    rows: list[Row] = []
+    for rec in reader:
+        line = reader.line_num
+        if None in rec:
+            raise bad(source, "more values than header columns", line=line)
+        vals = {k: (v or "").strip() for k, v in rec.items()}
+        if not any(vals.values()):
+            continue
+        mode = vals["mode"]
+        if mode not in MODES:
+            raise bad(source, f"must be one of {', '.join(MODES)}", field="mode", line=line,
+                      value=mode)
+        if not vals["model"]:
+            raise bad(source, "must name a model", field="model", line=line)
+        row = Row(line=line, model=vals["model"], mode=mode,
+                  batch=_int_field(source, line, "batch", vals["batch"], 1),
+                  ctx=_int_field(source, line, "ctx", vals["ctx"], 0),
+                  q=_int_field(source, line, "q", vals["q"], 1),
+                  tp=_int_field(source, line, "tp", vals.get("tp") or "1", 1),
+                  raw=vals)
+        if row.tp != 1:
+            raise bad(source, "tensor parallelism is not modelled yet; only tp=1", field="tp",
+                      line=line, value=vals["tp"])
+        try:
+            check_shape(mode, np.array([row.batch], float), np.array([row.ctx], float),
+                        np.array([row.q], float))
+        except ValueError as exc:
+            field = str(exc).split("=", 1)[0]
+            raise bad(source, str(exc), field=field, line=line) from None
+        rows.append(row)
+    if not rows:
+        raise bad(source, "no data rows after the header")
+    return header, rows
+
+
+def predict_rows(rows: Iterable[Row], source: str, gpu: GpuSpec, stack: StackSpec,
+                 cal: Calibration, launch: str,
+                 resolve_model: Callable[[str], ModelSpec]) -> list[dict[str, object]]:
+    """Predictions for ``rows`` in input order; raises ConfigError naming the row."""
+    rows = list(rows)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.model, r.mode), []).append(i)
+    out: list[dict[str, object]] = [{} for _ in rows]
+    peak_bw = gpu.hbm_bandwidth_bytes_per_s
+    peak_flops = gpu.tensor_peak_flops_per_s("bf16")
+    for (model_name, mode), idx in groups.items():
+        try:
+            model = resolve_model(model_name)
+        except ConfigError as exc:
+            first = rows[idx[0]]
+            raise bad(source, str(exc), field="model", line=first.line) from None
+        b = np.array([rows[i].batch for i in idx], float)
+        c = np.array([rows[i].ctx for i in idx], float)
+        q = np.array([rows[i].q for i in idx], float)
+        p = predict(gpu, model, stack, cal, mode, b, c, q, launch)
+        w_bytes = np.broadcast_to(p.weight_bytes, b.shape)
+        kv_bytes = np.broadcast_to(p.kv_bytes, b.shape)
+        roof = np.maximum(p.total.bytes / peak_bw, p.total.flops / peak_flops)
+        bound = np.where(p.host_bound, "launch",
+                         np.where(p.total.bytes / peak_bw >= p.total.flops / peak_flops,
+                                  "memory", "compute"))
+        for j, i in enumerate(idx):
+            out[i] = {
+                "predicted_ms": p.seconds[j] * 1e3,
+                "gpu_ms": p.gpu_s[j] * 1e3,
+                "host_bound": bool(p.host_bound[j]),
+                "launches": p.launches,
+                "weight_bytes": float(w_bytes[j]),
+                "kv_bytes": float(kv_bytes[j]),
+                "flops": float(p.total.flops[j]),
+                "achieved_bandwidth_gb_per_s": p.total.bytes[j] / p.seconds[j] / 1e9,
+                "roofline_ms": roof[j] * 1e3,
+                "bound": str(bound[j]),
+            }
+    return out
+
+
