@@ -7,7 +7,7 @@ field. Results go to stdout; progress and diagnostics to stderr.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,18 +20,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpusim: LLM inference performance simulator.")
 
 
-class Fmt(str, Enum):
+class Fmt(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
 
 
-class Launch(str, Enum):
+class Launch(StrEnum):
     graph = "graph"
     eager = "eager"
 
 
-class ModeOpt(str, Enum):
+class ModeOpt(StrEnum):
     decode = "decode"
     verify = "verify"
     prefill = "prefill"
