@@ -114,3 +114,62 @@ def timeline_figure(tl: Timeline, title: str):
 def write_html(fig, path: Path) -> None:
     """Write a self-contained Plotly HTML file atomically."""
     write_atomic(Path(path), fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str],
+                   percent: Sequence[str] = ()) -> str:
+    """A GitHub markdown table; columns in ``percent`` shown as percentages."""
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            if c in percent and isinstance(v, float):
+                cells.append("n/a" if v != v else f"{100 * v:.1f}%")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4g}")
+            else:
+                cells.append(str(v))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *body])
+
+
+def scatter_figure(points: Sequence[dict[str, object]], title: str):
+    """Predicted against measured (log-log), one trace per (gpu, mode, launch)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    keys = sorted({(str(p["gpu"]), str(p["mode"]), str(p["launch"])) for p in points})
+    for key in keys:
+        sel = [p for p in points if (p["gpu"], p["mode"], p["launch"]) == key]
+        fig.add_trace(go.Scatter(
+            x=[p["measured_ms"] for p in sel], y=[p["predicted_ms"] for p in sel],
+            mode="markers", name=" ".join(key),
+            text=[f"{p['model']} b={p['batch']} ctx={p['ctx']} q={p['q']}" for p in sel],
+            hovertemplate="%{text}<br>measured %{x:.3f} ms<br>predicted %{y:.3f} ms"))
+    lo = min((float(p["measured_ms"]) for p in points), default=0.01)
+    hi = max((float(p["measured_ms"]) for p in points), default=1.0)
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
+                             line={"dash": "dash", "color": "gray"}))
+    fig.update_layout(title=title, xaxis_type="log", yaxis_type="log",
+                      xaxis_title="measured (ms)", yaxis_title="predicted (ms)", height=600)
+    return fig
+
+
+def error_vs_batch_figure(points: Sequence[dict[str, object]], title: str):
+    """Relative error against batch size, one trace per (gpu, mode, launch)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    keys = sorted({(str(p["gpu"]), str(p["mode"]), str(p["launch"])) for p in points})
+    for key in keys:
+        sel = [p for p in points if (p["gpu"], p["mode"], p["launch"]) == key]
+        fig.add_trace(go.Scatter(
+            x=[p["batch"] for p in sel], y=[100 * float(p["error"]) for p in sel],
+            mode="markers", name=" ".join(key),
+            text=[f"{p['model']} ctx={p['ctx']} q={p['q']}" for p in sel]))
+    fig.update_layout(title=title, xaxis_type="log", xaxis_title="batch",
+                      yaxis_title="error (%)", height=500)
+    return fig

@@ -1,0 +1,123 @@
+"""Fit a GPU's Calibration from measured step times (scipy least squares).
+
+Few parameters, each physical (see ``FIT_SPACE``). The objective is the log of
+predicted over measured time per row, so every row counts by its relative error; a
+soft-L1 loss keeps one odd row from steering the fit. Kernels depend only on shapes,
+so they are built once per (model, mode, launch) group and re-costed per evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from gpusim.measurements import StepData
+from gpusim.ops import Kernel, build_kernels
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.step import predict_kernels
+
+# name: (lower, upper, start, unit) — searched in `unit`s so all are O(1)
+FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
+    "hbm_bandwidth_efficiency": (0.3, 1.0, 0.85, 1.0),
+    "dram_latency_s": (0.0, 20e-6, 1e-6, 1e-6),
+    "saturating_ctas_per_sm": (0.0, 8.0, 0.5, 1.0),
+    "kernel_fixed_cost_s": (0.0, 20e-6, 2e-6, 1e-6),
+    "tensor_efficiency": (0.2, 1.0, 0.7, 1.0),
+    "attention_bandwidth_efficiency": (0.1, 1.0, 0.8, 1.0),
+    "attention_tensor_efficiency": (0.05, 1.0, 0.5, 1.0),
+    "attention_fixed_cost_s": (0.0, 50e-6, 2e-6, 1e-6),
+    "host_graph_launch_cost_s": (0.0, 100e-6, 10e-6, 1e-6),
+    "overlap_exponent": (1.0, 16.0, 4.0, 1.0),
+}
+EAGER_SPACE: dict[str, tuple[float, float, float, float]] = {
+    "host_launch_cost_s": (0.0, 60e-6, 6e-6, 1e-6),
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Rows sharing (model, mode, launch), with their kernels built once."""
+
+    model: ModelSpec
+    mode: str
+    launch: str
+    rows: np.ndarray
+    kernels: list[Kernel]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    calibration: Calibration
+    rows: int
+    log_rmse: float
+    mape: float
+
+
+def make_groups(data: StepData, stack: StackSpec,
+                resolve_model: Callable[[str], ModelSpec]) -> list[Group]:
+    """Group measured rows and build their kernels (shapes only, no costs)."""
+    out = []
+    for (model_name, mode, launch), idx in data.groups().items():
+        model = resolve_model(str(model_name))
+        kernels = build_kernels(model, stack, str(mode), data.batch[idx], data.ctx[idx],
+                                data.q[idx])
+        out.append(Group(model, str(mode), str(launch), idx, kernels))
+    return out
+
+
+def predict_groups(groups: Sequence[Group], n_rows: int, gpu: GpuSpec,
+                   cal: Calibration) -> np.ndarray:
+    """Predicted seconds for every row of the groups (others NaN)."""
+    pred = np.full(n_rows, np.nan)
+    for g in groups:
+        pred[g.rows] = predict_kernels(g.kernels, g.model, gpu, cal, g.launch).seconds
+    return pred
+
+
+def _with(cal: Calibration, space: dict[str, tuple[float, float, float, float]],
+          x: np.ndarray) -> Calibration:
+    upd = {name: float(v) * unit for (name, (_, _, _, unit)), v in
+           zip(space.items(), x, strict=True)}
+    return cal.model_copy(update=upd)
+
+
+def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
+         groups: Sequence[Group], data: StepData, gpu: GpuSpec) -> Calibration:
+    rows = np.concatenate([g.rows for g in groups])
+    lo = np.array([b[0] / b[3] for b in space.values()])
+    hi = np.array([b[1] / b[3] for b in space.values()])
+    x0 = np.array([getattr(base, n) / b[3] if n in base.model_fields_set else b[2] / b[3]
+                   for n, b in space.items()])
+    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+    measured = data.measured_s[rows]
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        pred = predict_groups(groups, len(data), gpu, _with(base, space, x))[rows]
+        return np.log(pred / measured)
+
+    res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05,
+                        x_scale="jac", diff_step=1e-4, max_nfev=400)
+    return _with(base, space, res.x)
+
+
+def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
+        resolve_model: Callable[[str], ModelSpec], note: str = "") -> FitResult:
+    """Fit graph-mode parameters on CUDA-graph rows, then the host launch cost on eager
+    rows (graph parameters held). Raises ValueError if there are no graph rows."""
+    groups = make_groups(data, stack, resolve_model)
+    graph = [g for g in groups if g.launch == "graph"]
+    eager = [g for g in groups if g.launch == "eager"]
+    if not graph:
+        raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
+    cal = Calibration(gpu=gpu.name, fitted_on=note or data.source)
+    cal = _fit(FIT_SPACE, cal, graph, data, gpu)
+    if eager:
+        cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
+    pred = predict_groups(groups, len(data), gpu, cal)
+    ok = np.isfinite(pred)
+    err = np.log(pred[ok] / data.measured_s[ok])
+    mape = float(np.mean(np.abs(pred[ok] / data.measured_s[ok] - 1)))
+    return FitResult(cal, int(ok.sum()), float(np.sqrt(np.mean(err**2))), mape)

@@ -1,0 +1,90 @@
+"""Measured step times (validation/data/<gpu>/steps.csv) -> typed rows.
+
+The harness writes ``model,mode,batch,ctx,q,launch,median_ms,...``; this module reads
+it (file:line errors) and groups rows so the predictor can run vectorised.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpusim.errors import bad
+from gpusim.ops import MODES
+
+STEP_COLUMNS = ("model", "mode", "batch", "ctx", "q", "launch", "median_ms")
+
+
+@dataclass(frozen=True)
+class StepData:
+    """Measured steps as parallel arrays (one entry per measurement)."""
+
+    model: np.ndarray   # str
+    mode: np.ndarray    # str
+    batch: np.ndarray
+    ctx: np.ndarray
+    q: np.ndarray
+    launch: np.ndarray  # str
+    measured_s: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.measured_s)
+
+    def subset(self, mask: np.ndarray) -> StepData:
+        """Rows where ``mask`` is true."""
+        return StepData(self.model[mask], self.mode[mask], self.batch[mask], self.ctx[mask],
+                        self.q[mask], self.launch[mask], self.measured_s[mask], self.source)
+
+    def groups(self) -> dict[tuple[str, str, str], np.ndarray]:
+        """{(model, mode, launch): row indices} for vectorised prediction."""
+        out: dict[tuple[str, str, str], list[int]] = {}
+        for i, key in enumerate(zip(self.model, self.mode, self.launch, strict=True)):
+            out.setdefault(key, []).append(i)
+        return {k: np.array(v) for k, v in out.items()}
+
+
+def read_steps(path: Path) -> StepData:
+    """Read a harness steps.csv. Raises ConfigError naming file, line and field."""
+    source = str(path)
+    try:
+        fh = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in STEP_COLUMNS if c not in header]
+        if missing:
+            raise bad(source, f"missing column(s) {', '.join(missing)}", line=1)
+        cols: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+        for rec in reader:
+            line = reader.line_num
+            if rec["mode"] not in MODES:
+                raise bad(source, f"must be one of {', '.join(MODES)}", field="mode",
+                          line=line, value=rec["mode"])
+            if rec["launch"] not in ("graph", "eager"):
+                raise bad(source, "must be graph or eager", field="launch", line=line,
+                          value=rec["launch"])
+            for c in ("batch", "ctx", "q", "median_ms"):
+                try:
+                    v = float(rec[c])
+                except (TypeError, ValueError):
+                    raise bad(source, "must be a number", field=c, line=line,
+                              value=rec[c]) from None
+                if not np.isfinite(v) or v < 0 or (c == "median_ms" and v == 0):
+                    raise bad(source, "must be a finite positive number", field=c,
+                              line=line, value=rec[c])
+                cols[c].append(v)
+            for c in ("model", "mode", "launch"):
+                cols[c].append(rec[c])
+    if not cols["model"]:
+        raise bad(source, "no measurements")
+    return StepData(
+        model=np.array(cols["model"]), mode=np.array(cols["mode"]),
+        batch=np.array(cols["batch"]), ctx=np.array(cols["ctx"]), q=np.array(cols["q"]),
+        launch=np.array(cols["launch"]), measured_s=np.array(cols["median_ms"]) / 1e3,
+        source=source)
