@@ -121,3 +121,14 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     err = np.log(pred[ok] / data.measured_s[ok])
     mape = float(np.mean(np.abs(pred[ok] / data.measured_s[ok] - 1)))
     return FitResult(cal, int(ok.sum()), float(np.sqrt(np.mean(err**2))), mape)
+
+
+def to_yaml(res: FitResult) -> str:
+    """The calibration file's text, with its in-sample fit quality as a comment."""
+    import yaml
+
+    body = yaml.safe_dump(res.calibration.model_dump(), sort_keys=False)
+    head = (f"# Fitted by `gpusim calibrate` on {res.rows} measured steps; in-sample MAPE "
+            f"{100 * res.mape:.2f}%, log RMSE {res.log_rmse:.4f}.\n"
+            "# Out-of-sample errors: validation/REPORT.md.\n")
+    return head + body

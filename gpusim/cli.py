@@ -130,6 +130,91 @@ def predict(
 
 
 @app.command()
+def calibrate(
+    gpu: GpuOpt,
+    data: Annotated[Path, typer.Option(
+        "--data", help="Measured steps.csv (default validation/data/<gpu>/steps.csv).")
+    ] = Path(""),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
+    ] = None,
+    stack: StackOpt = loader.DEFAULT_STACK,
+    fmt: FmtOpt = Fmt.table,
+) -> None:
+    """Fit the cost model's parameters for one GPU from measured step times."""
+    from gpusim import calibrate as cal_mod
+    from gpusim import measurements
+
+    g = loader.load_gpu(gpu)
+    st = loader.load_stack(stack)
+    default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
+    path = data if str(data) not in ("", ".") else default
+    steps = measurements.read_steps(path)
+    print(f"fitting {len(steps)} rows from {path} ...", file=sys.stderr)
+    res = cal_mod.fit(steps, g, st, loader.load_model, note=f"{path.parent.name}/{path.name}")
+    target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    report.write_atomic(target, cal_mod.to_yaml(res))
+    print(f"wrote {target}", file=sys.stderr)
+    params = res.calibration.model_dump(exclude={"notes"})
+    summary = {"rows": res.rows, "mape": res.mape, "log_rmse": res.log_rmse, **params}
+    if fmt is Fmt.json:
+        _echo(report.to_json(summary))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv([summary]).rstrip("\n"))
+    else:
+        _print_table(f"calibration of {g.name} (in-sample fit)",
+                     [{"parameter": k, "value": v} for k, v in summary.items()],
+                     ["parameter", "value"])
+
+
+@app.command()
+def validate(
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="Directory with <gpu>/steps.csv measurements.")
+    ] = Path("validation/data"),
+    report_path: Annotated[Path, typer.Option(
+        "--report", help="Markdown report to write.")] = Path("validation/REPORT.md"),
+    points_path: Annotated[Path | None, typer.Option(
+        "--points", help="Per-row predictions CSV to write.")] = None,
+    html_dir: Annotated[Path | None, typer.Option(
+        "--html-dir", help="Write scatter and error-vs-batch Plotly HTML here.")] = None,
+    stack: StackOpt = loader.DEFAULT_STACK,
+) -> None:
+    """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
+    from gpusim import measurements
+    from gpusim import validate as val
+
+    st = loader.load_stack(stack)
+    files = sorted(data_dir.glob("*/steps.csv"))
+    if not files:
+        raise bad(str(data_dir), "no <gpu>/steps.csv files found")
+    datasets, gpus, shipped = {}, {}, {}
+    for f in files:
+        name = f.parent.name
+        gpus[name] = loader.load_gpu(name)
+        datasets[name] = measurements.read_steps(f)
+        cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
+        if cal_file.is_file():
+            shipped[name] = loader.calibration_from_yaml(cal_file)
+        print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
+    command = "gpusim validate --data-dir " + str(data_dir)
+    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command)
+    report.write_atomic(report_path, md)
+    print(f"wrote {report_path}", file=sys.stderr)
+    if points_path is not None:
+        report.write_atomic(points_path, report.to_csv(pts))
+    if html_dir is not None:
+        html_dir.mkdir(parents=True, exist_ok=True)
+        oos = [p for p in pts if p["evaluation"] == "leave-one-model-out"]
+        report.write_html(report.scatter_figure(oos, "LOMO: predicted vs measured"),
+                          html_dir / "validation_scatter.html")
+        report.write_html(report.error_vs_batch_figure(oos, "LOMO: error vs batch"),
+                          html_dir / "validation_error_vs_batch.html")
+    _echo(md)
+
+
+@app.command()
 def schema(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Directory to write <kind>.schema.json files into.")] = None,
