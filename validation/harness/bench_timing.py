@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import math
@@ -158,10 +159,8 @@ def n_slots(slot_bytes: int, l2_bytes: int, cap: int) -> int:
 def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
-        try:
+        with contextlib.suppress(Exception):  # a sticky CUDA error: nothing to free
             torch.cuda.synchronize()
-        except Exception:  # a sticky CUDA error: nothing more to free
-            pass
         torch.cuda.empty_cache()
 
 

@@ -1,0 +1,231 @@
+"""Whole-step timings of reference.forward (steps.csv) and kernel profiles (kernels.csv)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import reference
+import torch
+from bench_common import Ctx, Grid
+from bench_timing import GiB, MiB, free_memory, measure, repeat, stats
+from reference import Shape
+
+
+@dataclass(frozen=True)
+class StepShape:
+    mode: str
+    batch: int
+    ctx: int
+    q: int
+    launch: str  # "graph" or "eager"
+
+    @property
+    def end(self) -> int:
+        return self.ctx + self.q
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch: int
+    max_len: int               # cache length: the largest ctx + q of the shapes
+    shapes: tuple[StepShape, ...]
+
+
+def kv_bytes_per_token(shape: Shape, itemsize: int = 2) -> int:
+    """K and V bytes of one token of one sequence, all layers."""
+    return 2 * shape.num_hidden_layers * shape.num_key_value_heads * shape.d * itemsize
+
+
+def plan_steps(grid: Grid, shape: Shape, kv_budget: int, itemsize: int = 2
+               ) -> tuple[list[BatchPlan], list[StepShape]]:
+    """Shapes grouped by batch (one cache per batch), and those whose KV does not fit."""
+    wanted = [StepShape("decode", b, c, 1, "graph") for b in grid.dec_b for c in grid.dec_ctx]
+    wanted += [StepShape("verify", b, c, q, "graph") for b in grid.ver_b for q in grid.ver_q
+               for c in grid.ver_ctx]
+    wanted += [StepShape("prefill", b, 0, q, "graph") for b, q in grid.pre]
+    wanted += [StepShape(m, b, c, q, "eager") for m, b, c, q in grid.eager]
+    per_tok = kv_bytes_per_token(shape, itemsize)
+    fits = [s for s in wanted if s.batch * s.end * per_tok <= kv_budget]
+    skipped = [s for s in wanted if s not in fits]
+    order = {"decode": 0, "verify": 1, "prefill": 2}
+    plans = []
+    for b in sorted({s.batch for s in fits}):
+        mine = sorted((s for s in fits if s.batch == b),
+                      key=lambda s: (s.launch != "graph", order[s.mode], s.ctx, s.q))
+        plans.append(BatchPlan(b, max(s.end for s in mine), tuple(mine)))
+    return plans, skipped
+
+
+def make_cache(shape: Shape, batch: int, max_len: int, device: torch.device,
+               dtype: torch.dtype, seed: int = 1) -> reference.KVCache:
+    """A reference.KVCache filled with N(0, 1) values drawn directly in ``dtype``
+    (reference.KVCache draws in float32 first, which needs 3x the memory at the peak)."""
+    cache = reference.KVCache.__new__(reference.KVCache)
+    size = (shape.num_hidden_layers, batch, shape.num_key_value_heads, max_len, shape.d)
+    g = torch.Generator(device=device).manual_seed(seed)
+    cache.k = torch.empty(size, device=device, dtype=dtype).normal_(generator=g)
+    cache.v = torch.empty(size, device=device, dtype=dtype).normal_(generator=g)
+    return cache
+
+
+def kv_budget_bytes(ctx: Ctx) -> int:
+    """KV bytes a model may use now: ~half the GPU memory, less if little is free."""
+    if ctx.kv_budget_bytes is not None:
+        return ctx.kv_budget_bytes
+    if not ctx.cuda:
+        return 256 * MiB
+    free, total = torch.cuda.mem_get_info()
+    reserve = max(8 * GiB, int(0.12 * total))     # activations, graph pools, workspaces
+    return max(0, min(int(0.5 * total), free - reserve))
+
+
+# aten ops that launch no kernel of their own (views, allocations, dispatch helpers)
+_CPU_NO_KERNEL = frozenset({
+    "view", "_unsafe_view", "reshape", "slice", "select", "transpose", "t", "expand",
+    "as_strided", "unsqueeze", "squeeze", "split", "chunk", "narrow", "alias", "detach",
+    "empty", "empty_like", "empty_strided", "resize_", "lift_fresh", "unbind", "to",
+    "_to_copy", "resolve_conj", "resolve_neg", "result_type", "contiguous", "linear",
+    "matmul", "scaled_dot_product_attention", "_reshape_alias", "clone", "zeros",
+})
+
+
+def _cpu_kernel(e: object) -> bool:
+    """A CPU op that stands for a kernel: a compute aten op with no compute op below it."""
+    def compute(x: object) -> bool:
+        return x.name.startswith("aten::") and x.name[6:] not in _CPU_NO_KERNEL
+
+    def below(x: object) -> bool:
+        return any(compute(c) or below(c) for c in x.cpu_children)
+
+    return compute(e) and not below(e)
+
+
+def profile_kernels(ctx: Ctx, fn: Callable[[], object]) -> dict[str, list[float]]:
+    """kernel name -> [count, total_us] of one call of ``fn`` under torch.profiler.
+
+    GPU: every device activity (kernels, memcpy, memset). CPU: the innermost compute
+    aten ops (a stand-in for kernels, so that the code path runs without a GPU).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
+    ctx.clock.sync()
+    with profile(activities=acts) as prof:
+        fn()
+        ctx.clock.sync()
+    agg: dict[str, list[float]] = {}
+    for e in prof.events():
+        if ctx.cuda:
+            # kernels, memcpy, memset; not the "Context Sync" of the synchronize above
+            keep = e.device_type == DeviceType.CUDA and " Sync" not in e.name
+        else:
+            keep = e.device_type == DeviceType.CPU and _cpu_kernel(e)
+        if keep:
+            a = agg.setdefault(e.name, [0, 0.0])
+            a[0] += 1
+            a[1] += e.time_range.elapsed_us()
+    return agg
+
+
+def _forward(w: reference.Weights, cache: reference.KVCache, s: StepShape, device: torch.device
+             ) -> Callable[[], torch.Tensor]:
+    if s.end > cache.k.shape[3]:
+        raise ValueError(f"KV write {s.ctx}..{s.end} outside a cache of {cache.k.shape[3]}")
+    tokens = torch.randint(0, w.shape.vocab_size, (s.batch, s.q), device=device)
+    mask = reference.verify_mask(s.q, s.end) if s.mode == "verify" else None
+    return lambda: reference.forward(w, cache, tokens, s.ctx, s.mode, mask)
+
+
+def _step_one(ctx: Ctx, model: str, w: reference.Weights, cache: reference.KVCache,
+              s: StepShape) -> None:
+    fn = _forward(w, cache, s, ctx.device)
+    kernels = None
+    if s.launch == "graph":
+        times = measure(ctx.clock, fn, ctx.policy, graph=True)
+        launch = ctx.graph_launch
+    else:
+        times = repeat(ctx.clock, fn, ctx.policy)
+        launch = "eager"
+        kernels = int(sum(c for c, _ in profile_kernels(ctx, fn).values()))
+    st = stats(times, 1e3)
+    ctx.steps.write(model=model, mode=s.mode, batch=s.batch, ctx=s.ctx, q=s.q, launch=launch,
+                    median_ms=st["median"], p10_ms=st["p10"], p90_ms=st["p90"],
+                    repeats=st["repeats"], kernels=kernels)
+
+
+def run_steps(ctx: Ctx) -> None:
+    for model, shape in ctx.models.items():
+        if ctx.stop():
+            return
+        ctx.guard(f"steps {model}", lambda model=model, shape=shape:
+                  _steps_model(ctx, model, shape))
+        free_memory(ctx.device)
+
+
+def _steps_model(ctx: Ctx, model: str, shape: Shape) -> None:
+    ctx.log(f"steps {model}: random weights")
+    w = reference.Weights(shape, str(ctx.device), ctx.dtype)
+    budget = kv_budget_bytes(ctx)
+    plans, skipped = plan_steps(ctx.grid, shape, budget, ctx.dtype.itemsize)
+    n = sum(len(p.shapes) for p in plans)
+    ctx.log(f"steps {model}: {n} shapes in {len(plans)} batches, KV budget "
+            f"{budget / GiB:.1f} GiB, {len(skipped)} skipped (KV does not fit)")
+    ctx.skipped += [f"steps {model} {s.mode} b={s.batch} ctx={s.ctx} q={s.q} {s.launch}: "
+                    "KV over budget" for s in skipped]
+    for p in plans:
+        if ctx.stop():
+            break
+        holder: dict[str, reference.KVCache] = {}
+
+        def alloc(p: BatchPlan = p, holder: dict = holder) -> None:
+            holder["cache"] = make_cache(shape, p.batch, p.max_len, ctx.device, ctx.dtype)
+
+        if not ctx.guard(f"steps {model} cache b={p.batch} len={p.max_len}", alloc):
+            continue
+        ctx.log(f"steps {model} batch={p.batch}: {len(p.shapes)} shapes, cache "
+                f"{p.max_len} tokens ({2 * holder['cache'].k.nbytes / GiB:.2f} GiB)")
+        for s in p.shapes:
+            if ctx.stop():
+                break
+            ctx.guard(f"steps {model} {s.mode} b={s.batch} ctx={s.ctx} q={s.q} {s.launch}",
+                      lambda s=s, holder=holder: _step_one(ctx, model, w, holder["cache"], s))
+            if ctx.cuda:
+                torch.cuda.empty_cache()   # the graph's private pool
+        holder.clear()
+        free_memory(ctx.device)
+
+
+def run_profile(ctx: Ctx) -> None:
+    for model, shape in ctx.models.items():
+        if ctx.stop():
+            return
+        ctx.guard(f"profile {model}", lambda model=model, shape=shape:
+                  _profile_model(ctx, model, shape))
+        free_memory(ctx.device)
+
+
+def _profile_model(ctx: Ctx, model: str, shape: Shape) -> None:
+    w = reference.Weights(shape, str(ctx.device), ctx.dtype)
+    for mode, b, c, q in ctx.grid.profile:
+        if ctx.stop():
+            break
+
+        def one(mode: str = mode, b: int = b, c: int = c, q: int = q) -> None:
+            s = StepShape(mode, b, c, q, "eager")
+            cache = make_cache(shape, b, s.end, ctx.device, ctx.dtype)
+            fn = _forward(w, cache, s, ctx.device)
+            for _ in range(3):
+                fn()
+            agg = profile_kernels(ctx, fn)
+            if not agg:
+                raise RuntimeError("the profiler recorded no kernels")
+            for name, (count, total) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+                ctx.kernels.write(model=model, mode=mode, batch=b, ctx=c, q=q,
+                                  kernel_name=name, count=count, total_us=total)
+            ctx.log(f"profile {model} {mode} b={b} ctx={c} q={q}: "
+                    f"{int(sum(v[0] for v in agg.values()))} kernels, {len(agg)} distinct")
+
+        ctx.guard(f"profile {model} {mode} b={b} ctx={c} q={q}", one)
+        free_memory(ctx.device)
