@@ -27,7 +27,6 @@ SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this 
 FLASH_BLOCK_M = 128          # FlashAttention-2 query tile (forward, head_dim 128)
 FLASH_BLOCK_N = 128          # keys per inner step; also the split-KV granularity
 FLASH_DECODE_BLOCK_M = 64    # query tile in the split-KV decode kernel
-ELEMENTWISE_CTA_ELEMENTS = 4096.0  # elements one CTA of a pointwise kernel covers
 
 
 @dataclass(frozen=True)
@@ -86,16 +85,20 @@ def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]
     sms = float(gpu.sm_count)
     group = a.heads // a.kv_heads
     if a.mode == "decode":
-        # FA2 packs the query heads of a KV group into the M dimension (q = 1) and
-        # splits the keys across CTAs when batch x kv_heads can't fill the GPU.
+        # FA2/cuDNN pack the query heads of a KV group into the M dimension (q = 1) and
+        # split the keys across CTAs (flash-decoding) when batch x kv_heads can't fill
+        # the GPU; a CTA works on whole key blocks.
         rows = a.q * group
         m_blocks = _ceil_div(rows, FLASH_DECODE_BLOCK_M)
         base = a.batch * a.kv_heads * m_blocks
         n_blocks = _ceil_div(a.kv_len, FLASH_BLOCK_N)
         split = np.clip(np.floor(sms / base), 1.0, np.minimum(n_blocks, 128.0))
-        ctas = base * split
-        waves = _ceil_div(ctas, sms)
-        per_cta = 4.0 * FLASH_DECODE_BLOCK_M * (a.kv_len / split) * a.head_dim
+        waves = _ceil_div(base * split, sms)
+        keys = np.minimum(a.kv_len, _ceil_div(n_blocks, split) * FLASH_BLOCK_N)
+        per_cta = 4.0 * FLASH_DECODE_BLOCK_M * keys * a.head_dim
+        # CTAs in flight if the keys were split ideally (fractional blocks keep it
+        # monotone in batch and context)
+        ctas = np.minimum(sms, base * a.kv_len / FLASH_BLOCK_N)
         return ctas, waves * per_cta
     # verify / prefill: one CTA per (batch, head, 128-query block); causal blocks see
     # fewer keys, the last one sees all of them.
@@ -110,12 +113,18 @@ def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]
     return ctas, critical
 
 
-def _parallelism(ctas: np.ndarray, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
-    """Fraction of peak HBM bandwidth reachable with ``ctas`` CTAs in flight."""
+def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,
+                     cal: Calibration) -> np.ndarray:
+    """Streaming time of the busiest CTA when too few CTAs are in flight to saturate HBM.
+
+    A CTA reaches about ``bw / saturating CTAs`` on its own (Little's law: its bytes in
+    flight over the memory latency); with fewer CTAs than that the kernel is bound by
+    one CTA's share. Never decreasing in the work: a CTA's share only grows.
+    """
     if cal.saturating_ctas_per_sm == 0.0:  # the datasheet model: no limit
-        return np.ones_like(ctas, dtype=np.float64)
+        return np.zeros_like(kv_bytes)
     saturating = cal.saturating_ctas_per_sm * gpu.sm_count
-    return np.minimum(1.0, np.maximum(ctas, 1.0) / saturating)
+    return kv_bytes / np.maximum(ctas, 1e-9) * saturating / bw
 
 
 def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
@@ -128,20 +137,22 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
     if k.kind == "gemm":
         g = k.gemm
         assert g is not None
-        ctas, waves, cta_flops = gemm_schedule(g.m, g.n, g.k, gpu, cal)
+        _, waves, cta_flops = gemm_schedule(g.m, g.n, g.k, gpu, cal)
         compute = waves * cta_flops / (per_sm * cal.tensor_efficiency)
-        memory = k.bytes / (bw * _parallelism(ctas, gpu, cal))
+        # split-K lets a skinny GEMM keep every SM streaming: no parallelism limit
+        memory = k.bytes / bw
     elif k.kind == "attention":
         ctas, critical = attention_schedule(k, gpu)
         compute = critical / (per_sm * cal.attention_tensor_efficiency)
-        memory = k.bytes / (bw * cal.attention_bandwidth_efficiency
-                            * _parallelism(ctas, gpu, cal))
+        attn_bw = bw * cal.attention_bandwidth_efficiency
+        memory = np.maximum(k.bytes / attn_bw,
+                            _latency_bound_s(k.kv_bytes, ctas, attn_bw, gpu, cal))
         fixed = fixed + cal.attention_fixed_cost_s
     else:
-        per_launch = k.flops / max(launches, 1.0)
-        ctas = _ceil_div(per_launch, ELEMENTWISE_CTA_ELEMENTS)
+        # pointwise kernels launch a CTA per few thousand elements: never short of CTAs
+        # once they move enough bytes to matter; small ones pay fixed cost and latency
         compute = k.flops / gpu.fp32_flops_per_s
-        memory = k.bytes / (bw * _parallelism(ctas, gpu, cal))
+        memory = k.bytes / bw
     if launches == 0:
         z = np.zeros_like(k.flops)
         return Cost(z, z, z, z, z, z)

@@ -70,6 +70,8 @@ def simulate_stream(launches: Sequence[Launch], *, host_launch_s: float,
         raise ValueError(f"sram_bytes(={sram_bytes}) must be > 0")
     for la in launches:
         _check(f"{la.name}.gpu_s", la.gpu_s)
+        _check(f"{la.name}.memory_s", la.memory_s)
+        _check(f"{la.name}.compute_s", la.compute_s)
     env = simpy.Environment()
     stream: simpy.Store = simpy.Store(env)
     sms = simpy.Resource(env, capacity=1)

@@ -1,0 +1,240 @@
+"""How fast gpusim's fast path predicts many step shapes, against a numpy roofline.
+
+    python benchmarks/bench_predict.py [--shapes 10000] [--repeats 5] [--seed 0]
+
+Draws random (model, mode, batch, ctx, q) shapes on one GPU (h100-sxm by default) and
+times, in the same run, on the same shapes:
+
+* ``step.predict``: one vectorised call per (model, mode) group, the way the CLI
+  groups a rows.csv (grouping and scattering back into input order included);
+* ``rows.predict_rows``: the CLI's own path from parsed Row objects to output dicts;
+* a numpy roofline, ``max(bytes / BW, flops / peak)`` per shape, computed directly
+  from the models' sizes in one vectorised pass (weights + KV bytes, GEMM + attention
+  flops): the floor any fast path is measured against.
+
+Each is run ``--repeats`` times after one warm-up; the median is reported as
+microseconds per shape, with gpusim's ratio to the roofline. Results go to stdout and
+to benchmarks/results/bench_predict.json (timestamp, machine, numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gpusim import loader
+from gpusim.rows import Row, predict_rows
+from gpusim.step import predict
+
+TARGET_US_PER_SHAPE = 5.0
+DEFAULT_MODELS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-2-7b",
+                  "qwen2.5-7b", "mistral-7b")
+MODES = ("decode", "verify", "prefill")
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_predict.json"
+
+
+def draw_shapes(n: int, models: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
+    """n random shapes: model index, mode index, batch, ctx, q (physical ranges)."""
+    rng = np.random.default_rng(seed)
+    model = rng.integers(0, len(models), n)
+    mode = rng.integers(0, len(MODES), n)
+    batch = np.where(mode == 0, rng.integers(1, 257, n),
+                     np.where(mode == 1, rng.integers(1, 65, n), rng.integers(1, 9, n)))
+    ctx = np.where(mode == 2, 0, rng.integers(0, 32769, n))
+    q = np.where(mode == 0, 1, np.where(mode == 1, rng.integers(2, 17, n),
+                                        rng.integers(1, 4097, n)))
+    return {"model": model, "mode": mode, "batch": batch.astype(np.float64),
+            "ctx": ctx.astype(np.float64), "q": q.astype(np.float64)}
+
+
+def library_path(shapes, specs, gpu, stack, cal, launch) -> np.ndarray:
+    """step.predict once per (model, mode) group; results back in input order."""
+    out = np.empty(len(shapes["batch"]))
+    key = shapes["model"] * len(MODES) + shapes["mode"]
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    for idx in np.split(order, bounds):
+        g = int(key[idx[0]])
+        p = predict(gpu, specs[g // len(MODES)], stack, cal, MODES[g % len(MODES)],
+                    shapes["batch"][idx], shapes["ctx"][idx], shapes["q"][idx], launch)
+        out[idx] = p.seconds
+    return out
+
+
+def make_rows(shapes, models: tuple[str, ...]) -> list[Row]:
+    rows = []
+    for i in range(len(shapes["batch"])):
+        m, mode = models[int(shapes["model"][i])], MODES[int(shapes["mode"][i])]
+        b, c, q = (int(shapes[k][i]) for k in ("batch", "ctx", "q"))
+        raw = {"model": m, "mode": mode, "batch": str(b), "ctx": str(c), "q": str(q)}
+        rows.append(Row(line=i + 2, model=m, mode=mode, batch=b, ctx=c, q=q, tp=1, raw=raw))
+    return rows
+
+
+def rows_path(rows, gpu, stack, cal, launch) -> np.ndarray:
+    preds = predict_rows(rows, "bench.csv", gpu, stack, cal, launch, loader.load_model)
+    return np.array([p["predicted_ms"] for p in preds]) * 1e-3
+
+
+def model_table(specs) -> dict[str, np.ndarray]:
+    """Per-model sizes as arrays (one entry per model) for the roofline."""
+    cols: dict[str, list[float]] = {k: [] for k in (
+        "layer_gemm_params", "lm_head_params", "kv_dim", "heads", "head_dim", "layers",
+        "dtype_bytes")}
+    for m in specs:
+        h, i, d = m.hidden_size, m.intermediate_size, m.head_dim_eff
+        qd, kvd = m.num_attention_heads * d, m.num_key_value_heads * d
+        cols["layer_gemm_params"].append(h * (qd + 2 * kvd) + qd * h + 2 * h * i + i * h)
+        cols["lm_head_params"].append(m.vocab_size * h)
+        cols["kv_dim"].append(kvd)
+        cols["heads"].append(m.num_attention_heads)
+        cols["head_dim"].append(d)
+        cols["layers"].append(m.num_hidden_layers)
+        cols["dtype_bytes"].append(m.dtype_bytes)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+
+def numpy_roofline(shapes, table, bw: float, peak: float) -> np.ndarray:
+    """max(bytes / BW, flops / peak) per shape, straight from the sizes."""
+    mi = shapes["model"]
+    b, c, q = shapes["batch"], shapes["ctx"], shapes["q"]
+    layers, dt = table["layers"][mi], table["dtype_bytes"][mi]
+    tokens = b * q
+    out_tokens = np.where(shapes["mode"] == 2, b, tokens)   # prefill: last position only
+    weights = (layers * table["layer_gemm_params"][mi] + table["lm_head_params"][mi]) * dt
+    kv = 2.0 * b * (c + q) * table["kv_dim"][mi] * dt * layers
+    gemm_flops = 2.0 * (tokens * layers * table["layer_gemm_params"][mi]
+                        + out_tokens * table["lm_head_params"][mi])
+    attn_flops = (4.0 * b * table["heads"][mi] * table["head_dim"][mi]
+                  * (q * c + q * (q + 1) / 2) * layers)
+    return np.maximum((weights + kv) / bw, (gemm_flops + attn_flops) / peak)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], object]:
+    result = fn()  # warm-up (imports, caches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, result
+
+
+def _cpu_model() -> str:
+    """The CPU's model name where /proc/cpuinfo has one (Linux), else ''."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def machine_info() -> dict[str, object]:
+    return {
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", type=int, default=10000, help="random shapes (default 10000)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median; default 5)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gpu", default="h100-sxm")
+    ap.add_argument("--calibration", default="auto", help="auto | none | PATH (as the CLI)")
+    ap.add_argument("--launch", default="graph", choices=("graph", "eager"))
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    args = ap.parse_args(argv)
+    if args.shapes < 1 or args.repeats < 1:
+        print("bench_predict: --shapes and --repeats must be >= 1", file=sys.stderr)
+        return 2
+
+    gpu = loader.load_gpu(args.gpu)
+    stack = loader.load_stack()
+    cal = loader.load_calibration(args.calibration, gpu)
+    models = DEFAULT_MODELS
+    specs = [loader.load_model(m) for m in models]
+    shapes = draw_shapes(args.shapes, models, args.seed)
+    rows = make_rows(shapes, models)
+    table = model_table(specs)
+    bw = gpu.hbm_bandwidth_bytes_per_s
+    peak = gpu.tensor_peak_flops_per_s("bf16")
+
+    t_lib, lib_all, lib = timed(
+        lambda: library_path(shapes, specs, gpu, stack, cal, args.launch), args.repeats)
+    t_rows, rows_all, via_rows = timed(
+        lambda: rows_path(rows, gpu, stack, cal, args.launch), args.repeats)
+    t_roof, roof_all, roof = timed(
+        lambda: numpy_roofline(shapes, table, bw, peak), args.repeats)
+
+    # sanity: both gpusim paths give the same numbers, and none beats the roofline
+    if not np.allclose(lib, via_rows, rtol=1e-12, atol=0):
+        print("bench_predict: step.predict and predict_rows disagree", file=sys.stderr)
+        return 1
+    below = float(np.min(lib / roof))
+    n = args.shapes
+    per = {k: v / n * 1e6 for k, v in
+           (("step_predict", t_lib), ("predict_rows", t_rows), ("numpy_roofline", t_roof))}
+    groups = len(np.unique(shapes["model"] * len(MODES) + shapes["mode"]))
+
+    print(f"gpusim fast path: {n} random shapes ({len(models)} models x {len(MODES)} modes"
+          f" = {groups} groups) on {gpu.name}, calibration {cal.fitted_on}, "
+          f"launch {args.launch}; median of {args.repeats}")
+    print(f"{'path':<32}{'total ms':>10}{'us/shape':>10}{'x roofline':>12}")
+    for label, key, t in (("gpusim step.predict (grouped)", "step_predict", t_lib),
+                          ("gpusim rows.predict_rows", "predict_rows", t_rows),
+                          ("numpy roofline (baseline)", "numpy_roofline", t_roof)):
+        print(f"{label:<32}{t * 1e3:>10.2f}{per[key]:>10.3f}{t / t_roof:>12.1f}")
+    verdict = "meets" if per["predict_rows"] <= TARGET_US_PER_SHAPE else "misses"
+    print(f"target <= {TARGET_US_PER_SHAPE:g} us/shape (rows path): {verdict}; "
+          f"min predicted/roofline time = {below:.3f}")
+
+    record = {
+        "benchmark": "bench_predict",
+        "command": "python benchmarks/bench_predict.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]).rstrip(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "config": {"shapes": n, "repeats": args.repeats, "seed": args.seed, "gpu": gpu.name,
+                   "calibration": cal.fitted_on, "launch": args.launch,
+                   "models": list(models), "groups": groups},
+        "seconds_median": {"step_predict": t_lib, "predict_rows": t_rows,
+                           "numpy_roofline": t_roof},
+        "seconds_all": {"step_predict": lib_all, "predict_rows": rows_all,
+                        "numpy_roofline": roof_all},
+        "us_per_shape": per,
+        "ratio_to_numpy_roofline": {"step_predict": t_lib / t_roof,
+                                    "predict_rows": t_rows / t_roof},
+        "target_us_per_shape": TARGET_US_PER_SHAPE,
+        "meets_target": per["predict_rows"] <= TARGET_US_PER_SHAPE,
+        "min_predicted_over_roofline_time": below,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,423 @@
+"""cost: one kernel's time from its bytes and flops, on a hand-built GPU.
+
+The toy GPU (tests/conftest.py): 100 SMs, 1 TB/s HBM, 1 PFLOP/s bf16 dense (so
+10 TFLOP/s per SM), 50 TFLOP/s fp32. Every expected number is worked out by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import toy_gpu
+
+from gpusim.cost import (
+    Cost,
+    attention_schedule,
+    gemm_schedule,
+    kernel_cost,
+    step_cost,
+)
+from gpusim.ops import AttentionShape, GemmShape, Kernel
+from gpusim.specs import Calibration
+
+GPU = toy_gpu()
+BW = 1e12          # B/s
+PER_SM = 1e13      # bf16 flop/s per SM
+FP32 = 50e12
+DATASHEET = Calibration()
+
+
+def a(*values: float) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def gemm_kernel(m, n: int, k: int, launches: int = 1, repeat: int = 1) -> Kernel:
+    m = np.atleast_1d(np.asarray(m, dtype=np.float64))
+    return Kernel(name="g", kind="gemm", section="layer", launches=launches, repeat=repeat,
+                  flops=2.0 * m * n * k, weight_bytes=np.full_like(m, 2.0 * n * k),
+                  kv_bytes=np.zeros_like(m), act_bytes=2.0 * (m * k + m * n),
+                  gemm=GemmShape(m=m, n=n, k=k))
+
+
+def elementwise_kernel(elements, bytes_per_element: float, launches: int = 1,
+                       kind: str = "elementwise") -> Kernel:
+    e = np.atleast_1d(np.asarray(elements, dtype=np.float64))
+    z = np.zeros_like(e)
+    return Kernel(name="e", kind=kind, section="layer", launches=launches, repeat=1,
+                  flops=e, weight_bytes=z, kv_bytes=z, act_bytes=e * bytes_per_element)
+
+
+def attention_kernel(mode: str, batch, q, kv_len, heads: int = 32, kv_heads: int = 8,
+                     head_dim: int = 64) -> Kernel:
+    b, qq, kv = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (batch, q, kv_len))
+    b, qq, kv = np.broadcast_arrays(b, qq, kv)
+    ctx = kv - qq
+    flops = 4.0 * b * heads * head_dim * (qq * ctx + qq * (qq + 1) / 2)
+    kv_bytes = 2.0 * b * kv * kv_heads * head_dim * 2
+    return Kernel(name="attn", kind="attention", section="layer", launches=1, repeat=1,
+                  flops=flops, weight_bytes=np.zeros_like(b), kv_bytes=kv_bytes,
+                  act_bytes=2.0 * b * qq * heads * head_dim * 2,
+                  attention=AttentionShape(mode=mode, batch=b, q=qq, kv_len=kv,
+                                           heads=heads, kv_heads=kv_heads,
+                                           head_dim=head_dim))
+
+
+# ---------------------------------------------------------------------------------
+# GEMM schedule: tiles, waves, split-K
+# ---------------------------------------------------------------------------------
+def test_wave_quantisation_sm_count_plus_one_tiles_takes_two_waves():
+    # m = 128 (> skinny 64: 128-row tiles), n = 128*100 -> 1*100 = 100 tiles = SMs
+    ctas, waves, cta_flops = gemm_schedule(a(128), 12800, 1024, GPU, DATASHEET)
+    assert (ctas[0], waves[0]) == (100, 1)
+    # n = 128*101 -> 101 tiles: one more than SMs -> 2 waves (split-K can't help: 0 -> 1)
+    ctas2, waves2, cta_flops2 = gemm_schedule(a(128), 12928, 1024, GPU, DATASHEET)
+    assert (ctas2[0], waves2[0]) == (101, 2)
+    # a CTA: 2*128*128*1024 = 33,554,432 flops
+    assert cta_flops[0] == cta_flops2[0] == 33_554_432
+    c1 = kernel_cost(gemm_kernel(128, 12800, 1024), GPU, DATASHEET)
+    c2 = kernel_cost(gemm_kernel(128, 12928, 1024), GPU, DATASHEET)
+    # 1 wave: 33,554,432 / 1e13 = 3.3554432 us; 2 waves: double
+    assert c1.compute_s[0] == pytest.approx(3.3554432e-6, rel=1e-12)
+    assert c2.compute_s[0] == pytest.approx(2 * 3.3554432e-6, rel=1e-12)
+
+
+def test_padding_tile_rows_counts_a_full_tile():
+    # m = 1: a 64-row skinny tile still computes 64 rows
+    _, _, cta_flops = gemm_schedule(a(1), 128, 128, GPU, DATASHEET)
+    # tiles = 1*1 = 1; max_split = max(1, floor(128/256)) = 1 -> 2*64*128*128 = 2,097,152
+    assert cta_flops[0] == 2_097_152
+
+
+def test_split_k_for_skinny_gemm():
+    # m = 1, n = 1280 -> 1*10 = 10 tiles; k = 4096 -> max split floor(4096/256) = 16;
+    # split = min(floor(100/10) = 10, 16) = 10 -> 100 CTAs, 1 wave,
+    # each 2*64*128*4096/10 = 6,710,886.4 flops
+    ctas, waves, cta_flops = gemm_schedule(a(1), 1280, 4096, GPU, DATASHEET)
+    assert (ctas[0], waves[0]) == (100, 1)
+    assert cta_flops[0] == pytest.approx(6_710_886.4, rel=1e-12)
+    # k = 512 -> max split 2 -> 20 CTAs of 2*64*128*256 = 4,194,304
+    ctas, waves, cta_flops = gemm_schedule(a(1), 1280, 512, GPU, DATASHEET)
+    assert (ctas[0], waves[0], cta_flops[0]) == (20, 1, 4_194_304)
+    # k = 200 < 256 -> no split: 10 CTAs of 2*64*128*200 = 3,276,800
+    ctas, waves, cta_flops = gemm_schedule(a(1), 1280, 200, GPU, DATASHEET)
+    assert (ctas[0], waves[0], cta_flops[0]) == (10, 1, 3_276_800)
+
+
+def test_split_k_not_used_when_tiles_fill_the_gpu():
+    # m = 4096, n = 4096 -> 32*32 = 1024 tiles >= 100 SMs -> split 1, ceil(1024/100) = 11 waves
+    ctas, waves, _ = gemm_schedule(a(4096), 4096, 4096, GPU, DATASHEET)
+    assert (ctas[0], waves[0]) == (1024, 11)
+
+
+def test_gemm_schedule_vectorised_over_m():
+    m = a(1, 64, 65, 128, 129, 4096)
+    ctas, waves, cta_flops = gemm_schedule(m, 1280, 4096, GPU, DATASHEET)
+    for i, mi in enumerate(m):
+        c1, w1, f1 = gemm_schedule(a(mi), 1280, 4096, GPU, DATASHEET)
+        assert (ctas[i], waves[i], cta_flops[i]) == (c1[0], w1[0], f1[0])
+
+
+def test_calibrated_tile_sizes_are_used():
+    cal = Calibration(gemm_tile_m=256, gemm_tile_n=64, gemm_skinny_tile_m=32)
+    # m = 300 -> ceil(300/256) = 2, n = 640 -> 10: 20 tiles; k = 256 -> max split 1
+    ctas, waves, cta_flops = gemm_schedule(a(300), 640, 256, GPU, cal)
+    assert (ctas[0], waves[0], cta_flops[0]) == (20, 1, 2 * 256 * 64 * 256)
+
+
+# ---------------------------------------------------------------------------------
+# memory-bound GEMV, bandwidth efficiency, latency, parallelism
+# ---------------------------------------------------------------------------------
+def test_gemv_is_bytes_over_bandwidth_in_datasheet_calibration():
+    # m = 1, n = k = 4096: weights 4096*4096*2 = 33,554,432 B, x and y (4096+4096)*2
+    # = 16,384 B: 33,570,816 B / 1e12 B/s = 33.570816 us. Compute: 32 tiles, split 3,
+    # 2*64*128*4096/3 / 1e13 = 2.24 us, so the p = 64 overlap adds (1/15)^64: nothing.
+    c = kernel_cost(gemm_kernel(1, 4096, 4096), GPU, DATASHEET)
+    assert c.bytes[0] == 33_570_816
+    assert c.memory_s[0] == pytest.approx(33.570816e-6, rel=1e-12)
+    assert c.seconds[0] == pytest.approx(33.570816e-6, rel=1e-12)
+    assert c.fixed_s[0] == 0
+
+
+def test_bandwidth_efficiency_and_dram_latency():
+    cal = Calibration(hbm_bandwidth_efficiency=0.8, dram_latency_s=1e-6)
+    # elementwise: 1e6 elements x 4 B = 4e6 B over 0.8 TB/s = 5 us; 3 launches x 1 us
+    c = kernel_cost(elementwise_kernel(1e6, 4, launches=3), GPU, cal)
+    assert c.memory_s[0] == pytest.approx(5e-6 + 3e-6, rel=1e-12)
+    # compute: 1e6 / 50e12 = 0.02 us
+    assert c.compute_s[0] == pytest.approx(1e6 / FP32, rel=1e-12)
+
+
+def test_attention_uses_its_own_bandwidth_efficiency():
+    cal = Calibration(hbm_bandwidth_efficiency=0.5, attention_bandwidth_efficiency=0.8)
+    k = attention_kernel("decode", 1, 1, 1001)
+    c = kernel_cost(k, GPU, cal)
+    assert c.memory_s[0] == pytest.approx(k.bytes[0] / (BW * 0.5 * 0.8), rel=1e-12)
+
+
+def test_few_ctas_bound_decode_attention_by_one_ctas_share():
+    # saturating 1 CTA/SM -> 100 CTAs for full bandwidth. Decode attention at batch 1,
+    # kv_len 64 over 8 KV heads: 8 * 64/128 = 4 CTAs in flight, so the kernel streams
+    # at 4% of the bandwidth: time = kv_bytes / 4 CTAs * 100 / BW
+    cal = Calibration(saturating_ctas_per_sm=1.0)
+    k = attention_kernel("decode", 1, 1, 64)
+    c = kernel_cost(k, GPU, cal)
+    assert c.memory_s[0] == pytest.approx(k.kv_bytes[0] / 4 * 100 / BW, rel=1e-12)
+    # enough CTAs (batch 64: 512 * 0.5 -> capped at 100 SMs): plain bandwidth
+    k = attention_kernel("decode", 64, 1, 64)
+    c = kernel_cost(k, GPU, cal)
+    assert c.memory_s[0] == pytest.approx(k.bytes[0] / BW, rel=1e-12)
+
+
+def test_gemm_and_pointwise_stream_at_full_bandwidth_whatever_their_ctas():
+    # split-K keeps every SM streaming for a skinny GEMM; pointwise kernels launch a
+    # CTA per few thousand elements: the CTA limit applies to attention only
+    cal = Calibration(saturating_ctas_per_sm=1.0)
+    for k in (gemm_kernel(1, 1280, 200), gemm_kernel(4096, 4096, 4096),
+              elementwise_kernel(10 * 4096, 4)):
+        c = kernel_cost(k, GPU, cal)
+        assert c.memory_s[0] == pytest.approx(k.bytes[0] / BW, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# fixed costs
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("launches", [1, 2, 5, 8])
+def test_fixed_cost_scales_with_launches(launches):
+    cal = Calibration(kernel_fixed_cost_s=2e-6)
+    c = kernel_cost(elementwise_kernel(1e5, 36, launches=launches), GPU, cal)
+    assert c.fixed_s[0] == pytest.approx(launches * 2e-6, rel=1e-12)
+    base = kernel_cost(elementwise_kernel(1e5, 36, launches=launches), GPU, DATASHEET)
+    assert c.seconds[0] == pytest.approx(base.seconds[0] + launches * 2e-6, rel=1e-12)
+
+
+def test_attention_fixed_cost_once_per_launch_plus_its_own():
+    cal = Calibration(kernel_fixed_cost_s=2e-6, attention_fixed_cost_s=3e-6)
+    c = kernel_cost(attention_kernel("verify", 2, 5, 505), GPU, cal)
+    assert c.fixed_s[0] == pytest.approx(5e-6, rel=1e-12)
+
+
+def test_zero_launch_op_costs_nothing():
+    cal = Calibration(kernel_fixed_cost_s=2e-6, dram_latency_s=1e-6)
+    c = kernel_cost(elementwise_kernel(1e5, 36, launches=0), GPU, cal)
+    for field in ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes"):
+        assert getattr(c, field)[0] == 0, field
+
+
+# ---------------------------------------------------------------------------------
+# memory/compute overlap: (m^p + c^p)^(1/p)
+# ---------------------------------------------------------------------------------
+def _overlap_kernel() -> Kernel:
+    # 2e6 B -> memory 2 us; 5e7 elements/50e12 -> compute 1 us
+    e = 5e7
+    z = np.zeros(1)
+    return Kernel(name="e", kind="elementwise", section="layer", launches=1, repeat=1,
+                  flops=np.array([e]), weight_bytes=z, kv_bytes=z, act_bytes=np.array([2e6]))
+
+
+def test_overlap_exponent_one_is_sum():
+    c = kernel_cost(_overlap_kernel(), GPU, Calibration(overlap_exponent=1.0))
+    assert (c.memory_s[0], c.compute_s[0]) == pytest.approx((2e-6, 1e-6), rel=1e-12)
+    assert c.seconds[0] == pytest.approx(3e-6, rel=1e-12)
+
+
+def test_overlap_exponent_large_is_max():
+    c = kernel_cost(_overlap_kernel(), GPU, Calibration(overlap_exponent=64.0))
+    # 2 us * (1 + 0.5^64)^(1/64): max to 1e-20
+    assert c.seconds[0] == pytest.approx(2e-6, rel=1e-15)
+
+
+def test_overlap_exponent_two_is_euclidean():
+    c = kernel_cost(_overlap_kernel(), GPU, Calibration(overlap_exponent=2.0))
+    assert c.seconds[0] == pytest.approx(np.sqrt(5.0) * 1e-6, rel=1e-12)
+
+
+def test_equal_memory_and_compute_at_p64():
+    # memory 1 us, compute 1 us: 2^(1/64) us, the most p = 64 can exceed the max
+    z = np.zeros(1)
+    k = Kernel(name="e", kind="elementwise", section="layer", launches=1, repeat=1,
+               flops=np.array([5e7]), weight_bytes=z, kv_bytes=z, act_bytes=np.array([1e6]))
+    c = kernel_cost(k, GPU, DATASHEET)
+    assert c.seconds[0] == pytest.approx(2 ** (1 / 64) * 1e-6, rel=1e-12)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 3.0, 16.0, 64.0])
+def test_overlap_between_max_and_sum(p):
+    cal = Calibration(overlap_exponent=p, kernel_fixed_cost_s=1e-6)
+    c = kernel_cost(gemm_kernel(a(1, 16, 128, 1024, 8192), 4096, 4096), GPU, cal)
+    body = c.seconds - c.fixed_s
+    assert np.all(body >= np.maximum(c.memory_s, c.compute_s) * (1 - 1e-12))
+    assert np.all(body <= (c.memory_s + c.compute_s) * (1 + 1e-12))
+
+
+def test_zero_work_kernel_is_only_its_fixed_cost():
+    cal = Calibration(kernel_fixed_cost_s=1e-6)
+    c = kernel_cost(elementwise_kernel(0, 4), GPU, cal)
+    assert np.isfinite(c.seconds[0])
+    assert c.seconds[0] == pytest.approx(1e-6, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# attention schedule
+# ---------------------------------------------------------------------------------
+def test_attention_schedule_decode_split_kv():
+    # H=32, Hkv=8: 4 query heads packed per KV head -> ceil(4/64) = 1 M block;
+    # batch 1: base = 1*8*1 = 8 CTAs; kv_len 1024 -> 1024/128 = 8 key blocks;
+    # split = min(floor(100/8) = 12, 8) = 8 -> 64 CTAs, 1 wave, one 128-key block each;
+    # busiest SM: 4*64*128*64 = 2,097,152 flops
+    ctas, critical = attention_schedule(attention_kernel("decode", 1, 1, 1024), GPU)
+    assert ctas[0] == 64
+    assert critical[0] == pytest.approx(2_097_152, rel=1e-12)
+    # batch 16: base 128 > 100 SMs -> no split; 2 waves of 4*64*1024*64; CTAs in
+    # flight capped at the 100 SMs
+    ctas, critical = attention_schedule(attention_kernel("decode", 16, 1, 1024), GPU)
+    assert ctas[0] == 100
+    assert critical[0] == pytest.approx(2 * 4 * 64 * 1024 * 64, rel=1e-12)
+    # batch 1, kv_len 64: half a block, no split possible: 8 CTAs of 4*64*64*64, each
+    # streaming half a block's keys -> 8 * 64/128 = 4 CTAs' worth in flight
+    ctas, critical = attention_schedule(attention_kernel("decode", 1, 1, 64), GPU)
+    assert ctas[0] == 4
+    assert critical[0] == pytest.approx(4 * 64 * 64 * 64, rel=1e-12)
+
+
+def test_attention_schedule_prefill_waves():
+    # prefill q = kv_len = 384, H = 32: ceil(384/128) = 3 query blocks; batch 1 -> 96
+    # CTAs, one wave: the last block sees all 384 keys: 4*128*384*64 = 12,582,912
+    ctas, critical = attention_schedule(attention_kernel("prefill", 1, 384, 384), GPU)
+    assert ctas[0] == 96
+    assert critical[0] == pytest.approx(12_582_912, rel=1e-12)
+    # batch 2: 192 CTAs, 2 waves of the mean block: keys min(384, 128*4/2) = 256
+    # -> 2 * 4*128*256*64 = 16,777,216
+    ctas, critical = attention_schedule(attention_kernel("prefill", 2, 384, 384), GPU)
+    assert ctas[0] == 192
+    assert critical[0] == pytest.approx(16_777_216, rel=1e-12)
+
+
+def test_attention_compute_uses_attention_tensor_efficiency():
+    cal = Calibration(attention_tensor_efficiency=0.5, tensor_efficiency=0.9)
+    k = attention_kernel("prefill", 1, 384, 384)
+    c = kernel_cost(k, GPU, cal)
+    assert c.compute_s[0] == pytest.approx(12_582_912 / (PER_SM * 0.5), rel=1e-12)
+
+
+def test_gemm_compute_uses_tensor_efficiency():
+    cal = Calibration(tensor_efficiency=0.5)
+    c = kernel_cost(gemm_kernel(128, 12800, 1024), GPU, cal)
+    assert c.compute_s[0] == pytest.approx(2 * 3.3554432e-6, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# Cost record
+# ---------------------------------------------------------------------------------
+def _cost(x: float) -> Cost:
+    return Cost(seconds=a(x, 2 * x), fixed_s=a(0.1 * x, 0.2 * x), memory_s=a(x, x),
+                compute_s=a(0.5 * x, 3 * x), flops=a(10 * x, 20 * x), bytes=a(7 * x, 8 * x))
+
+
+def test_cost_add_is_fieldwise():
+    s = _cost(1.0) + _cost(2.0)
+    np.testing.assert_allclose(s.seconds, [3.0, 6.0])
+    np.testing.assert_allclose(s.fixed_s, [0.3, 0.6])
+    np.testing.assert_allclose(s.memory_s, [3.0, 3.0])
+    np.testing.assert_allclose(s.compute_s, [1.5, 9.0])
+    np.testing.assert_allclose(s.flops, [30.0, 60.0])
+    np.testing.assert_allclose(s.bytes, [21.0, 24.0])
+
+
+def test_cost_scaled_and_zero():
+    s = _cost(1.0).scaled(16)
+    np.testing.assert_allclose(s.seconds, [16.0, 32.0])
+    np.testing.assert_allclose(s.bytes, [112.0, 128.0])
+    z = Cost.zero(2)
+    t = z + _cost(1.0)
+    np.testing.assert_array_equal(t.flops, _cost(1.0).flops)
+    assert np.all(Cost.zero(3).seconds == 0) and Cost.zero(3).seconds.shape == (3,)
+
+
+def test_cost_add_does_not_mutate_operands():
+    x, y = _cost(1.0), _cost(2.0)
+    _ = x + y
+    np.testing.assert_allclose(x.seconds, [1.0, 2.0])
+    z = Cost.zero(2)
+    _ = z + x
+    assert np.all(z.seconds == 0)
+
+
+def test_step_cost_is_sum_of_kernel_costs_times_repeat():
+    cal = Calibration(kernel_fixed_cost_s=1e-6, dram_latency_s=5e-7,
+                      saturating_ctas_per_sm=0.5, overlap_exponent=3.0)
+    ks = [gemm_kernel(a(1, 64), 4096, 4096, repeat=16),
+          elementwise_kernel(a(2048, 131072), 36, launches=8),
+          attention_kernel("decode", a(1, 64), 1, a(1001, 1001))]
+    total = step_cost(ks, GPU, cal)
+    expect = sum(kernel_cost(k, GPU, cal).seconds * k.repeat for k in ks)
+    np.testing.assert_allclose(total.seconds, expect, rtol=1e-12)
+    expect_b = sum(k.bytes * k.repeat for k in ks)
+    np.testing.assert_allclose(total.bytes, expect_b, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------
+# physics: a kernel with more work is never faster. These pin down genuine model
+# flaws (reported; not weakened).
+# ---------------------------------------------------------------------------------
+def test_decode_attention_not_faster_with_one_more_key():
+    """FLAW: per-CTA keys are kv_len/split with split capped by the number of 128-key
+    blocks, so crossing a block boundary doubles the split and halves the critical path:
+    kv_len 128 -> 1 block, split 1, 4*64*128*64 flops; kv_len 129 -> 2 blocks, split 2,
+    4*64*64.5*64. A CTA processes whole key blocks (ceil(n_blocks/split) * 128 keys),
+    so the busiest SM's work should not drop."""
+    kv = np.arange(1, 2049, dtype=np.float64)
+    _, critical = attention_schedule(attention_kernel("decode", 1, 1, kv), GPU)
+    drops = np.nonzero(np.diff(critical) < 0)[0]
+    assert drops.size == 0, (
+        f"critical flops drop at kv_len {kv[drops[0]]:g} -> {kv[drops[0] + 1]:g}: "
+        f"{critical[drops[0]]:g} -> {critical[drops[0] + 1]:g}")
+
+
+def test_elementwise_memory_not_faster_with_more_elements():
+    """FLAW (saturating_ctas_per_sm > 0): memory = bytes / (bw * ctas / saturating) uses
+    the mean bytes per CTA with ctas = ceil(elements / 4096), so one more element that
+    adds a CTA halves the time: 4096 elements -> 1 CTA, 4097 -> 2 CTAs."""
+    cal = Calibration(saturating_ctas_per_sm=1.0)
+    e = np.arange(4000, 4200, dtype=np.float64)
+    c = kernel_cost(elementwise_kernel(e, 4), GPU, cal)
+    drops = np.nonzero(np.diff(c.seconds) < 0)[0]
+    assert drops.size == 0, (
+        f"{e[drops[0]]:g} elements: {c.seconds[drops[0]]:g} s; {e[drops[0] + 1]:g}: "
+        f"{c.seconds[drops[0] + 1]:g} s")
+
+
+def test_multi_launch_elementwise_ctas_count_the_whole_tensor_per_launch():
+    """BUG (saturating_ctas_per_sm > 0): an elementwise op's ``kernels`` launches each
+    stream the whole tensor (rms_norm's 8 kernels each run over [T, h]), but cost.py
+    sizes each launch's grid from elements / launches, so an 8-launch op gets 1/8 of
+    the CTAs and a lower bandwidth than each of its launches really has. 8 passes over
+    the same tensor should cost 8 x one pass."""
+    cal = Calibration(saturating_ctas_per_sm=1.0)
+    elements = 4096 * 40   # 40 CTAs per pass -> 40% of the bandwidth
+    one = kernel_cost(elementwise_kernel(elements, 4, launches=1), GPU, cal)
+    eight = kernel_cost(elementwise_kernel(elements, 8 * 4, launches=8), GPU, cal)
+    assert eight.memory_s[0] == pytest.approx(8 * one.memory_s[0], rel=1e-9)
+
+
+def test_gemm_not_faster_with_more_rows():
+    """FLAW (saturating_ctas_per_sm > 0): GEMM CTAs = tiles * floor(SMs/tiles) (capped
+    split-K) is not monotone in m, and memory time divides by it. Toy GPU, saturating
+    1 CTA/SM, n = 3072, k = 2048: m = 384 -> 3*24 = 72 tiles, split 1: 72 CTAs, 22.94 us;
+    m = 385 -> 4*24 = 96 tiles: 96 CTAs, 17.21 us (the same 16.5 MB at 72% vs 96% of
+    1 TB/s). Also m = 512 -> 513 (96 -> 120 CTAs)."""
+    cal = Calibration(saturating_ctas_per_sm=1.0)
+    m = np.arange(1, 1025, dtype=np.float64)
+    c = kernel_cost(gemm_kernel(m, 3072, 2048), GPU, cal)
+    drops = np.nonzero(np.diff(c.seconds) < 0)[0]
+    assert drops.size == 0, (
+        f"m {m[drops[0]]:g} -> {m[drops[0] + 1]:g}: {c.seconds[drops[0]]:g} s -> "
+        f"{c.seconds[drops[0] + 1]:g} s")
+
+
+def test_gemm_compute_monotone_in_m_datasheet():
+    # without the parallelism term the wave/split-K model is monotone in m
+    m = np.arange(1, 4097, dtype=np.float64)
+    for n, k in ((3072, 2048), (1280, 4096), (12928, 1024), (22016, 4096)):
+        c = kernel_cost(gemm_kernel(m, n, k), GPU, DATASHEET)
+        assert np.all(np.diff(c.compute_s) >= 0), (n, k)
+        assert np.all(np.diff(c.seconds) >= 0), (n, k)
