@@ -21,16 +21,23 @@ from gpusim.step import predict_kernels
 
 # name: (lower, upper, start, unit) — searched in `unit`s so all are O(1)
 FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
-    "hbm_bandwidth_efficiency": (0.3, 1.0, 0.85, 1.0),
-    "dram_latency_s": (0.0, 20e-6, 1e-6, 1e-6),
-    "saturating_ctas_per_sm": (0.0, 8.0, 0.5, 1.0),
-    "kernel_fixed_cost_s": (0.0, 20e-6, 2e-6, 1e-6),
-    "tensor_efficiency": (0.2, 1.0, 0.7, 1.0),
-    "attention_bandwidth_efficiency": (0.1, 1.0, 0.8, 1.0),
-    "attention_tensor_efficiency": (0.05, 1.0, 0.5, 1.0),
-    "attention_fixed_cost_s": (0.0, 50e-6, 2e-6, 1e-6),
-    "host_graph_launch_cost_s": (0.0, 100e-6, 10e-6, 1e-6),
-    "overlap_exponent": (1.0, 16.0, 4.0, 1.0),
+    "hbm_bandwidth_efficiency": (0.5, 1.0, 0.85, 1.0),
+    "dram_latency_s": (0.0, 5e-6, 1e-6, 1e-6),
+    "saturating_ctas_per_sm": (0.0, 4.0, 0.5, 1.0),
+    "kernel_fixed_cost_s": (0.5e-6, 4e-6, 1.5e-6, 1e-6),
+    "tensor_efficiency": (0.3, 1.0, 0.7, 1.0),
+    "attention_bandwidth_efficiency": (0.3, 1.0, 0.85, 1.0),
+    "attention_tensor_efficiency": (0.1, 1.0, 0.5, 1.0),
+    "verify_attention_bandwidth_efficiency": (0.3, 1.0, 0.8, 1.0),
+    "attention_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
+    "attention_l2_reuse": (0.0, 1.0, 0.3, 1.0),
+    "gemm_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
+    "strided_kernel_extra_s": (0.0, 3e-6, 1e-6, 1e-6),
+    "reduction_s_per_element": (0.0, 4e-10, 1e-10, 1e-10),
+    "reduction_parallel_rows": (4.0, 64.0, 16.0, 1.0),
+    "l2_bandwidth_ratio": (1.0, 6.0, 2.0, 1.0),
+    "host_graph_launch_cost_s": (0.0, 30e-6, 5e-6, 1e-6),
+    "overlap_exponent": (1.0, 16.0, 3.0, 1.0),
 }
 EAGER_SPACE: dict[str, tuple[float, float, float, float]] = {
     "host_launch_cost_s": (0.0, 60e-6, 6e-6, 1e-6),
@@ -98,7 +105,7 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
         pred = predict_groups(groups, len(data), gpu, _with(base, space, x))[rows]
         return np.log(pred / measured)
 
-    res = least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05,
+    res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
                         x_scale="jac", diff_step=1e-4, max_nfev=400)
     return _with(base, space, res.x)
 

@@ -23,6 +23,7 @@ import numpy as np
 from gpusim.ops import Kernel
 from gpusim.specs import Calibration, GpuSpec
 
+MMA_ROWS = 8.0               # smallest row tile of a tensor-core MMA (m8n8k16 family)
 SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this much K
 FLASH_BLOCK_M = 128          # FlashAttention-2 query tile (forward, head_dim 128)
 FLASH_BLOCK_N = 128          # keys per inner step; also the split-KV granularity
@@ -64,7 +65,11 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ctas, waves, flops per CTA) of a tiled GEMM with split-K for skinny shapes."""
     sms = float(gpu.sm_count)
-    tile_m = np.where(m <= cal.gemm_skinny_tile_m, cal.gemm_skinny_tile_m, cal.gemm_tile_m)
+    # skinny GEMMs (m <= gemm_skinny_tile_m) run token tiles padded to the MMA's
+    # granularity of 8 rows, rounded up to a power of two (cuBLAS's 8/16/32/64 tiles)
+    pow2 = np.exp2(np.ceil(np.log2(np.maximum(m, 1.0))))
+    skinny = np.clip(pow2, MMA_ROWS, cal.gemm_skinny_tile_m)
+    tile_m = np.where(m <= cal.gemm_skinny_tile_m, skinny, cal.gemm_tile_m)
     tiles = _ceil_div(m, tile_m) * _ceil_div(n, cal.gemm_tile_n)
     max_split = max(1.0, np.floor(k / SPLIT_K_MIN_K))
     split = np.clip(np.floor(sms / tiles), 1.0, max_split)
@@ -85,22 +90,10 @@ def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]
     sms = float(gpu.sm_count)
     group = a.heads // a.kv_heads
     if a.mode == "decode":
-        # FA2/cuDNN pack the query heads of a KV group into the M dimension (q = 1) and
-        # split the keys across CTAs (flash-decoding) when batch x kv_heads can't fill
-        # the GPU; a CTA works on whole key blocks.
-        rows = a.q * group
-        m_blocks = _ceil_div(rows, FLASH_DECODE_BLOCK_M)
-        base = a.batch * a.kv_heads * m_blocks
-        n_blocks = _ceil_div(a.kv_len, FLASH_BLOCK_N)
-        split = np.clip(np.floor(sms / base), 1.0, np.minimum(n_blocks, 128.0))
-        waves = _ceil_div(base * split, sms)
-        keys = np.minimum(a.kv_len, _ceil_div(n_blocks, split) * FLASH_BLOCK_N)
-        per_cta = 4.0 * FLASH_DECODE_BLOCK_M * keys * a.head_dim
-        # CTAs in flight if the keys were split ideally (fractional blocks keep it
-        # monotone in batch and context)
-        ctas = np.minimum(sms, base * a.kv_len / FLASH_BLOCK_N)
-        return ctas, waves * per_cta
-    # verify / prefill: one CTA per (batch, head, 128-query block); causal blocks see
+        # the query heads of a KV group are packed into the M dimension (q = 1)
+        base = a.batch * a.kv_heads * _ceil_div(a.q * group, FLASH_DECODE_BLOCK_M)
+        return _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms)
+    # verify / prefill: one CTA per (batch, head, query block); causal blocks see
     # fewer keys, the last one sees all of them.
     m_blocks = _ceil_div(a.q, FLASH_BLOCK_M)
     ctas = a.batch * a.heads * m_blocks
@@ -110,7 +103,31 @@ def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]
     full_cta = 4.0 * FLASH_BLOCK_M * a.kv_len * a.head_dim
     # less than one wave: the slowest CTA decides; many waves: the average does
     critical = np.where(waves <= 1, full_cta, waves * mean_cta)
-    return ctas, critical
+    ideal = np.minimum(sms, ctas * a.kv_len / FLASH_BLOCK_N)
+    if a.mode == "verify":
+        # few query rows: FA2 splits the keys over CTAs of 64-row query tiles when that
+        # fills the GPU better (its split-KV heuristic); take the faster schedule
+        base = a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M)
+        _, split_critical = _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms)
+        critical = np.minimum(critical, split_critical)
+    return np.maximum(ideal, 1.0), critical
+
+
+def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: int,
+              sms: float) -> tuple[np.ndarray, np.ndarray]:
+    """Flash-decoding: ``base`` CTAs (batch x heads x query blocks), keys split into
+    whole 128-key blocks across more CTAs until the SMs are full.
+
+    Returns (CTAs in flight if the keys split ideally, flops on the busiest SM).
+    """
+    n_blocks = _ceil_div(kv_len, FLASH_BLOCK_N)
+    split = np.clip(np.floor(sms / base), 1.0, np.minimum(n_blocks, 128.0))
+    waves = _ceil_div(base * split, sms)
+    keys = np.minimum(kv_len, _ceil_div(n_blocks, split) * FLASH_BLOCK_N)
+    per_cta = 4.0 * block_m * keys * head_dim
+    # fractional blocks keep the in-flight count monotone in batch and context
+    ctas = np.minimum(sms, base * kv_len / FLASH_BLOCK_N)
+    return ctas, waves * per_cta
 
 
 def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,
@@ -127,6 +144,28 @@ def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: Gpu
     return kv_bytes / np.maximum(ctas, 1e-9) * saturating / bw
 
 
+def _l2_aware_s(total_bytes: np.ndarray, launches: float, bw: float, gpu: GpuSpec,
+                cal: Calibration) -> np.ndarray:
+    """Streaming time of a chain of pointwise kernels whose inputs the previous kernel
+    just wrote: the part of each kernel's traffic that fits in L2 moves at L2 speed."""
+    per_kernel = total_bytes / max(launches, 1.0)
+    in_l2 = np.minimum(per_kernel, gpu.l2_bytes)
+    l2_bw = bw * cal.l2_bandwidth_ratio
+    return (in_l2 / l2_bw + (per_kernel - in_l2) / bw) * max(launches, 1.0)
+
+
+def reduction_s(r: np.ndarray, cal: Calibration) -> np.ndarray:
+    """Row reductions (RMSNorm's mean): ``r`` = [rows, row_elements] per shape.
+
+    PyTorch's reduce kernel walks a row's elements at a latency-bound rate and, for
+    few rows, handles them one after another; past ``reduction_parallel_rows`` rows
+    they run side by side on other SMs, so the time stops growing (profiled on H100).
+    """
+    rows, row_elements = r
+    return np.minimum(rows, cal.reduction_parallel_rows) * row_elements \
+        * cal.reduction_s_per_element
+
+
 def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
     """Cost of one occurrence of ``k`` (all its launches) on ``gpu`` under ``cal``."""
     bw = gpu.hbm_bandwidth_bytes_per_s * cal.hbm_bandwidth_efficiency
@@ -134,6 +173,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
     per_sm = tensor_peak / gpu.sm_count
     launches = float(k.launches)
     fixed = np.full_like(k.flops, launches * cal.kernel_fixed_cost_s)
+    if k.strided_launches is not None:
+        fixed = fixed + k.strided_launches * cal.strided_kernel_extra_s
     if k.kind == "gemm":
         g = k.gemm
         assert g is not None
@@ -141,18 +182,30 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         compute = waves * cta_flops / (per_sm * cal.tensor_efficiency)
         # split-K lets a skinny GEMM keep every SM streaming: no parallelism limit
         memory = k.bytes / bw
+        fixed = fixed + launches * cal.gemm_fixed_cost_s
     elif k.kind == "attention":
         ctas, critical = attention_schedule(k, gpu)
         compute = critical / (per_sm * cal.attention_tensor_efficiency)
-        attn_bw = bw * cal.attention_bandwidth_efficiency
-        memory = np.maximum(k.bytes / attn_bw,
-                            _latency_bound_s(k.kv_bytes, ctas, attn_bw, gpu, cal))
+        a = k.attention
+        # attention kernels have their own achieved fraction of the datasheet bandwidth
+        eff = (cal.verify_attention_bandwidth_efficiency
+               if a is not None and a.mode == "verify" else cal.attention_bandwidth_efficiency)
+        attn_bw = gpu.hbm_bandwidth_bytes_per_s * eff
+        kv_bytes = k.kv_bytes
+        if a is not None and not a.shares_kv:
+            # each query head re-reads its KV head; L2 serves a fraction of the re-reads
+            group = a.heads // a.kv_heads
+            kv_bytes = kv_bytes * (1.0 + (group - 1) * (1.0 - cal.attention_l2_reuse))
+        memory = np.maximum((k.bytes - k.kv_bytes + kv_bytes) / attn_bw,
+                            _latency_bound_s(kv_bytes, ctas, attn_bw, gpu, cal))
         fixed = fixed + cal.attention_fixed_cost_s
     else:
         # pointwise kernels launch a CTA per few thousand elements: never short of CTAs
         # once they move enough bytes to matter; small ones pay fixed cost and latency
         compute = k.flops / gpu.fp32_flops_per_s
-        memory = k.bytes / bw
+        memory = _l2_aware_s(k.bytes, launches, bw, gpu, cal)
+        if k.reduction is not None:
+            fixed = fixed + reduction_s(k.reduction, cal)
     if launches == 0:
         z = np.zeros_like(k.flops)
         return Cost(z, z, z, z, z, z)

@@ -40,6 +40,7 @@ class AttentionShape:
     heads: int
     kv_heads: int
     head_dim: int
+    shares_kv: bool = True  # one read of each KV head per GQA group
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class Kernel:
     act_bytes: np.ndarray
     gemm: GemmShape | None = None
     attention: AttentionShape | None = None
+    # launches (per occurrence) on PyTorch's non-vectorised path, per step shape
+    strided_launches: np.ndarray | None = None
+    # row reductions: [rows, row_elements] per step shape (times reduction kernels)
+    reduction: np.ndarray | None = None
 
     @property
     def bytes(self) -> np.ndarray:
@@ -109,6 +114,14 @@ def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray
     raise ValueError(f"op {op.name!r}: unknown tensor {op.tensor!r}")
 
 
+def _reduction(op: StackOp, elements: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """[rows, row_elements x reduction kernels] of an op's row reductions, or None."""
+    if op.reduction_kernels == 0:
+        return None
+    row = elements / np.maximum(rows, 1.0)
+    return np.stack([rows, row * op.reduction_kernels])
+
+
 def _gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     h, i = model.hidden_size, model.intermediate_size
     return {
@@ -149,6 +162,8 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
     for section, ops, repeat in sections:
         for op in ops:
             m_tok = b if (op.last_position_only_in_prefill and mode == "prefill") else tokens
+            strided = np.where(tokens == 1, op.strided_kernels - op.vectorized_at_one_token,
+                               op.strided_kernels).astype(np.float64)
             if op.op == "gemm":
                 n, k = _gemm_nk(op.weight or "", model)
                 kernels.append(Kernel(
@@ -171,13 +186,15 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
                     attention=AttentionShape(
                         mode=mode, batch=b, q=qq, kv_len=kv_len,
                         heads=model.num_attention_heads,
-                        kv_heads=model.num_key_value_heads, head_dim=model.head_dim_eff)))
+                        kv_heads=model.num_key_value_heads, head_dim=model.head_dim_eff,
+                        shares_kv=mode in op.shares_kv_in_group)))
             else:  # elementwise, embedding: stream a tensor
                 elements = _tensor_elements(op, model, b, qq, tokens, m_tok)
                 kernels.append(Kernel(
                     name=op.name, kind=op.op, section=section, launches=op.kernels,
                     repeat=repeat, flops=elements, weight_bytes=zeros, kv_bytes=zeros,
-                    act_bytes=elements * op.bytes_per_element))
+                    act_bytes=elements * op.bytes_per_element, strided_launches=strided,
+                    reduction=_reduction(op, elements, m_tok)))
     return kernels
 
 

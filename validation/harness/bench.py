@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes-json", default=None,
                    help="JSON file {name: {hidden_size: ..., ...}} of model shapes")
     p.add_argument("--models-dir", default=str(MODELS_DIR))
+    p.add_argument("--profile-shapes", default="",
+                   help="replace the profiled steps: comma list of mode:batch:ctx:q")
     p.add_argument("--kv-budget-gb", type=float, default=None,
                    help="KV cache bytes per model in steps (default: ~half the GPU memory)")
     return p.parse_args(argv)
@@ -250,6 +252,11 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     else:
         grid = GRIDS["cpu"]                # CPU: tiny shapes only, whatever --quick says
         l2, mem_total = 1 * MiB, 8 * GiB
+    if args.profile_shapes:
+        import dataclasses
+        steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
+                      (item.split(":") for item in args.profile_shapes.split(",")))
+        grid = dataclasses.replace(grid, profile=steps)
     env["grid"] = grid.name
     (out / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
 
