@@ -7,9 +7,11 @@ and line in the errors, is ``gpusim.loader``'s job.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from gpusim.units import DTYPE_BYTES, HF_DTYPES
 
@@ -21,8 +23,48 @@ Fraction = Annotated[float, Field(gt=0, le=1.5, allow_inf_nan=False)]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A cross-field check's error that names ``field``: raise it in a model
+    validator; ``gpusim.loader.validate`` reports it at that key (file line, value)."""
+    return PydanticCustomError("field_value", message, {"field": field})
+
+
+def _numeric_kind(annotation: Any) -> str | None:
+    """"integer" for an int field, "number" for a float one (None allowed or not),
+    None for any other field."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [get_args(a)[0] if get_origin(a) is Annotated else a
+                for a in get_args(annotation)]
+    else:
+        args = [annotation]
+    kinds = {a for a in args if a is not type(None)}
+    if kinds == {int}:
+        return "integer"
+    if kinds and kinds <= {int, float}:
+        return "number"
+    return None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numeric fields refuse booleans (``true`` would be 1) and strings (``'32'``
+        would be 32). Everything else is left to pydantic's lax number validation, so
+        ints are fine where floats are expected and records built in code (Python or
+        numpy numbers) keep working."""
+        if isinstance(value, (bool, str, bytes)) and info.field_name is not None:
+            kind = _numeric_kind(cls.model_fields[info.field_name].annotation)
+            if kind is not None:
+                what = "a boolean" if isinstance(value, bool) else \
+                    "a string (write numbers without quotes)"
+                raise PydanticCustomError(f"{'int' if kind == 'integer' else 'float'}_type",
+                                          f"Input should be a valid {kind}, not {what}")
+        return value
 
 
 class LinkSpec(_Frozen):
@@ -78,31 +120,33 @@ class ModelSpec(_Frozen):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     source: str = ""
-    hidden_size: PosInt
-    num_hidden_layers: PosInt
-    num_attention_heads: PosInt
-    num_key_value_heads: PosInt
-    head_dim: PosInt | None = None
-    intermediate_size: PosInt
-    vocab_size: PosInt
+    # Ceilings are far above any real model (405B: 16384 / 126 / 128 / 53248 / 128256)
+    # and only catch typos; a value above one is refused with a one-line error.
+    hidden_size: Annotated[PosInt, Field(le=1_000_000)]
+    num_hidden_layers: Annotated[PosInt, Field(le=10_000)]
+    num_attention_heads: Annotated[PosInt, Field(le=100_000)]
+    num_key_value_heads: Annotated[PosInt, Field(le=100_000)]
+    head_dim: Annotated[PosInt, Field(le=4096)] | None = None
+    intermediate_size: Annotated[PosInt, Field(le=10_000_000)]
+    vocab_size: Annotated[PosInt, Field(le=10_000_000)]
     tie_word_embeddings: bool = False
     torch_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     rms_norm_eps: Pos = 1e-5
     rope_theta: Pos = 10000.0
-    max_position_embeddings: PosInt = 131072
+    max_position_embeddings: Annotated[PosInt, Field(le=1_000_000_000)] = 131072
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelSpec:
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise field_error(
+                "num_key_value_heads",
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"num_key_value_heads ({self.num_key_value_heads})"
-            )
+                f"num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise field_error(
+                "hidden_size",
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
-                f"({self.num_attention_heads}); give head_dim"
-            )
+                f"({self.num_attention_heads}); give head_dim")
         return self
 
     # --- derived sizes -------------------------------------------------------------
@@ -180,6 +224,17 @@ class StackOp(_Frozen):
     bytes_per_element: NonNeg = 0.0
     # only positions whose logits are needed (prefill: last position) for lm_head
     last_position_only_in_prefill: bool = False
+    # kernels of this op that take PyTorch's non-vectorised path (strided views,
+    # broadcasts, reductions), and how many of those vectorise when the step has a
+    # single token (views and broadcasts over one row degenerate to contiguous)
+    strided_kernels: Annotated[int, Field(ge=0, le=64)] = 0
+    # row reductions over the tensor's last dimension among its kernels (RMSNorm's mean)
+    reduction_kernels: Annotated[int, Field(ge=0, le=64)] = 0
+    vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
+    # attention: the modes whose kernel reads each KV head once for its whole GQA group
+    # (query heads packed into one CTA); in the others each query head re-reads it
+    shares_kv_in_group: tuple[Literal["decode", "verify", "prefill"], ...] = (
+        "decode", "verify", "prefill")
 
     @model_validator(mode="after")
     def _fields_for_op(self) -> StackOp:
@@ -187,6 +242,13 @@ class StackOp(_Frozen):
             raise ValueError(f"op {self.name!r}: gemm needs 'weight'")
         if self.op == "elementwise" and self.tensor is None:
             raise ValueError(f"op {self.name!r}: elementwise needs 'tensor'")
+        if self.strided_kernels > self.kernels:
+            raise ValueError(f"op {self.name!r}: strided_kernels ({self.strided_kernels}) "
+                             f"exceeds kernels ({self.kernels})")
+        if self.vectorized_at_one_token > self.strided_kernels:
+            raise ValueError(f"op {self.name!r}: vectorized_at_one_token "
+                             f"({self.vectorized_at_one_token}) exceeds strided_kernels "
+                             f"({self.strided_kernels})")
         return self
 
 
@@ -229,7 +291,23 @@ class Calibration(_Frozen):
     # Attention: bandwidth fraction for KV streaming; tensor fraction for prefill.
     attention_bandwidth_efficiency: Fraction = 1.0
     attention_tensor_efficiency: Fraction = 1.0
+    # verify runs a different kernel (FA2 split-KV) than decode: its own bandwidth
+    verify_attention_bandwidth_efficiency: Fraction = 1.0
     attention_fixed_cost_s: NonNeg = 0.0
+    # Fraction of a KV head's re-reads by the other query heads of its group that L2
+    # serves, in kernels that don't share KV across the group (1: all, as one read).
+    attention_l2_reuse: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    # L2 bandwidth over sustained HBM bandwidth, for pointwise chains whose tensors
+    # stay in L2 between kernels (1: L2 ignored, the datasheet model).
+    l2_bandwidth_ratio: Annotated[float, Field(ge=1.0, le=20.0)] = 1.0
+    # Row reductions: time per element of one row, and the rows after which more rows
+    # run in parallel (see cost.reduction_s).
+    reduction_s_per_element: NonNeg = 0.0
+    reduction_parallel_rows: Annotated[float, Field(ge=1.0, le=4096.0)] = 16.0
+    # Extra fixed time of a non-vectorised (strided, broadcast, reduction) kernel.
+    strided_kernel_extra_s: NonNeg = 0.0
+    # Extra fixed time per GEMM (pipeline fill and drain, split-K reduction).
+    gemm_fixed_cost_s: NonNeg = 0.0
     # Host side: cost to launch one kernel from eager PyTorch, and one graph replay.
     host_launch_cost_s: NonNeg = 0.0
     host_graph_launch_cost_s: NonNeg = 0.0
