@@ -80,10 +80,13 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
     return ctas, waves, cta_flops
 
 
-def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(ctas, critical_flops): CTAs launched and the flops the busiest SM executes.
+def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(ctas, critical_flops): CTAs in flight and the flops the busiest SM executes.
 
-    Compute time follows from ``critical_flops`` at the per-SM tensor rate.
+    Compute time follows from ``critical_flops`` at the per-SM tensor rate; each CTA
+    also pays ``cta_overhead_flops`` (its prologue and epilogue: loading its query
+    tile, writing its output) on the critical path.
     """
     a = k.attention
     assert a is not None  # built by ops for attention kernels only
@@ -92,15 +95,16 @@ def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]
     if a.mode == "decode":
         # the query heads of a KV group are packed into the M dimension (q = 1)
         base = a.batch * a.kv_heads * _ceil_div(a.q * group, FLASH_DECODE_BLOCK_M)
-        return _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms)
+        return _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms,
+                         cta_overhead_flops)
     # verify / prefill: one CTA per (batch, head, query block); causal blocks see
     # fewer keys, the last one sees all of them.
     m_blocks = _ceil_div(a.q, FLASH_BLOCK_M)
     ctas = a.batch * a.heads * m_blocks
     waves = _ceil_div(ctas, sms)
     mean_keys = (a.kv_len - a.q) + np.minimum(a.q, FLASH_BLOCK_M * (m_blocks + 1) / 2)
-    mean_cta = 4.0 * FLASH_BLOCK_M * mean_keys * a.head_dim
-    full_cta = 4.0 * FLASH_BLOCK_M * a.kv_len * a.head_dim
+    mean_cta = 4.0 * FLASH_BLOCK_M * mean_keys * a.head_dim + cta_overhead_flops
+    full_cta = 4.0 * FLASH_BLOCK_M * a.kv_len * a.head_dim + cta_overhead_flops
     # less than one wave: the slowest CTA decides; many waves: the average does
     critical = np.where(waves <= 1, full_cta, waves * mean_cta)
     ideal = np.minimum(sms, ctas * a.kv_len / FLASH_BLOCK_N)
@@ -108,13 +112,15 @@ def attention_schedule(k: Kernel, gpu: GpuSpec) -> tuple[np.ndarray, np.ndarray]
         # few query rows: FA2 splits the keys over CTAs of 64-row query tiles when that
         # fills the GPU better (its split-KV heuristic); take the faster schedule
         base = a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M)
-        _, split_critical = _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms)
+        _, split_critical = _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms,
+                                      cta_overhead_flops)
         critical = np.minimum(critical, split_critical)
     return np.maximum(ideal, 1.0), critical
 
 
 def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: int,
-              sms: float) -> tuple[np.ndarray, np.ndarray]:
+              sms: float, cta_overhead_flops: float = 0.0
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Flash-decoding: ``base`` CTAs (batch x heads x query blocks), keys split into
     whole 128-key blocks across more CTAs until the SMs are full.
 
@@ -124,7 +130,7 @@ def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: in
     split = np.clip(np.floor(sms / base), 1.0, np.minimum(n_blocks, 128.0))
     waves = _ceil_div(base * split, sms)
     keys = np.minimum(kv_len, _ceil_div(n_blocks, split) * FLASH_BLOCK_N)
-    per_cta = 4.0 * block_m * keys * head_dim
+    per_cta = 4.0 * block_m * keys * head_dim + cta_overhead_flops
     # fractional blocks keep the in-flight count monotone in batch and context
     ctas = np.minimum(sms, base * kv_len / FLASH_BLOCK_N)
     return ctas, waves * per_cta
@@ -184,8 +190,12 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         memory = k.bytes / bw
         fixed = fixed + launches * cal.gemm_fixed_cost_s
     elif k.kind == "attention":
-        ctas, critical = attention_schedule(k, gpu)
-        compute = critical / (per_sm * cal.attention_tensor_efficiency)
+        verify = k.attention is not None and k.attention.mode == "verify"
+        tensor_eff = (cal.verify_attention_tensor_efficiency if verify
+                      else cal.attention_tensor_efficiency)
+        ctas, critical = attention_schedule(
+            k, gpu, cal.attention_cta_overhead_s * per_sm * tensor_eff)
+        compute = critical / (per_sm * tensor_eff)
         a = k.attention
         # attention kernels have their own achieved fraction of the datasheet bandwidth
         eff = (cal.verify_attention_bandwidth_efficiency

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -22,10 +23,10 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
-        parts = [where]
+        parts = [where] if where else []  # empty source: the caller names the place
         if self.field:
             parts.append(self.field)
-        msg = ": ".join(parts) + f": {self.reason}"
+        msg = ": ".join([*parts, self.reason])
         if self.has_value:
             shown = repr(self.value)
             if len(shown) > 80:
@@ -39,3 +40,20 @@ def bad(source: str, reason: str, *, field: str | None = None, line: int | None 
     """Build a ConfigError; pass ``value`` to show the offending value."""
     return ConfigError(source=source, reason=reason, field=field, line=line,
                        value=None if value is ... else value, has_value=value is not ...)
+
+
+def cannot(path: object, exc: OSError, action: str = "write") -> ConfigError:
+    """A ConfigError for a file that cannot be written (or read): ``path: cannot
+    <action>: <reason>``, the reason from ``exc`` without its errno noise."""
+    if isinstance(exc, IsADirectoryError):
+        reason = "is a directory"
+    elif isinstance(exc, FileExistsError):
+        reason = "exists and is not a directory"
+    elif isinstance(exc, NotADirectoryError):
+        reason = "a parent is not a directory"
+    elif (isinstance(exc, FileNotFoundError) and action == "write"
+          and not os.path.isdir(os.path.dirname(str(path)) or ".")):
+        reason = f"directory {os.path.dirname(str(path)) or '.'} does not exist"
+    else:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    return bad(str(path), f"cannot {action}: {reason}")

@@ -33,23 +33,56 @@ Path_ = tuple[str | int, ...]
 # ----------------------------------------------------------------------------------
 # YAML with line numbers
 # ----------------------------------------------------------------------------------
-def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise bad(source, "keys must be plain strings",
-                          line=key_node.start_mark.line + 1)
-            key = key_node.value
-            if key in out:
-                raise bad(source, "duplicate key", field=key,
-                          line=key_node.start_mark.line + 1)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _node_to_py(value_node, (*path, key), lines, source)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_node_to_py(v, (*path, i), lines, source) for i, v in enumerate(node.value)]
+MAX_DEPTH = 100          # nesting levels; real files use 4 (far below Python's stack)
+MAX_NODES = 1_000_000    # values after alias expansion ("billion laughs" guard)
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int | None) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer stops at MAX_DEPTH levels of nesting (PyYAML's
+    composer recurses, so deep input would otherwise end in RecursionError)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str,
+                active: set[int] | None = None, budget: list[int] | None = None) -> Any:
+    # setdefault: a key's own line (set by its mapping) wins over its block value's
+    lines.setdefault(path, node.start_mark.line + 1)
+    active = set() if active is None else active
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise bad(source, f"too many values (over {MAX_NODES:,} after expanding aliases)",
+                  line=node.start_mark.line + 1)
+    if len(path) > MAX_DEPTH:
+        raise bad(source, f"nesting too deep (over {MAX_DEPTH} levels)",
+                  line=node.start_mark.line + 1)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in active:  # an alias to a node that contains it
+            raise bad(source, "recursive alias (an anchor used inside itself)",
+                      line=node.start_mark.line + 1)
+        active.add(id(node))
+        try:
+            return _collection_to_py(node, path, lines, source, active, budget)
+        finally:
+            active.discard(id(node))
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node)
@@ -57,6 +90,25 @@ def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: s
         raise bad(source, f"cannot read value: {exc}", line=node.start_mark.line + 1) from None
     finally:
         loader.dispose()
+
+
+def _collection_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str,
+                      active: set[int], budget: list[int]) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_py(v, (*path, i), lines, source, active, budget)
+                for i, v in enumerate(node.value)]
+    out: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise bad(source, "keys must be plain strings",
+                      line=key_node.start_mark.line + 1)
+        key = key_node.value
+        if key in out:
+            raise bad(source, "duplicate key", field=key,
+                      line=key_node.start_mark.line + 1)
+        lines[(*path, key)] = key_node.start_mark.line + 1
+        out[key] = _node_to_py(value_node, (*path, key), lines, source, active, budget)
+    return out
 
 
 def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
@@ -68,19 +120,32 @@ def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
         raise bad(source, f"cannot read file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise bad(source, "file is not UTF-8 text") from None
+    too_deep = f"nesting too deep (over {MAX_DEPTH} levels)"
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_DepthLimitedLoader)
+    except _TooDeep as exc:
+        raise bad(source, too_deep, line=exc.line) from None
+    except RecursionError:
+        raise bad(source, too_deep) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         reason = f"YAML syntax error: {exc.problem or exc.context}"
         raise bad(source, reason, line=line) from None
+    except yaml.reader.ReaderError as exc:  # a NUL or other control character; no mark
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1])
+        raise bad(source, f"YAML error: unacceptable character #x{code:04x}: {exc.reason}",
+                  line=line) from None
     except yaml.YAMLError as exc:
         raise bad(source, f"YAML error: {exc}") from None
     if node is None:
         raise bad(source, "file is empty; expected a mapping of fields")
     lines: dict[Path_, int] = {}
-    data = _node_to_py(node, (), lines, source)
+    try:
+        data = _node_to_py(node, (), lines, source)
+    except RecursionError:
+        raise bad(source, too_deep) from None
     if not isinstance(data, dict):
         raise bad(source, "expected a mapping of fields at the top level", line=1)
     return data, lines
@@ -105,9 +170,18 @@ def validate(cls: type[M], data: dict[str, Any], source: str,
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        file_loc = loc_map[loc] if loc_map and loc in loc_map else loc
-        field = ".".join(str(p) for p in file_loc) or None
         kind = err["type"]
+        ctx = err.get("ctx") or {}
+        if kind == "field_value" and isinstance(ctx.get("field"), str):
+            # a cross-field check (specs.field_error) names the key to blame
+            loc = (*loc, ctx["field"])
+            value = _get(data, loc)
+            if value is not _MISSING:
+                err = {**err, "input": value}
+        # an unknown key is reported as written, not as its unwrapped {value: ...}
+        file_loc = loc_map[loc] if loc_map and loc in loc_map and \
+            kind != "extra_forbidden" else loc
+        field = ".".join(str(p) for p in file_loc) or None
         if kind == "extra_forbidden":
             allowed = _allowed_keys(cls, loc[:-1])
             reason = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
@@ -122,6 +196,28 @@ def validate(cls: type[M], data: dict[str, Any], source: str,
             kwargs["value"] = err["input"]
         raise bad(source, msg, field=field, line=_line_for(file_loc, lines or {}),
                   **kwargs) from None
+
+
+_MISSING = object()
+
+
+def _get(data: Any, loc: Path_) -> Any:
+    """``data[loc[0]][loc[1]]...``, or _MISSING."""
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return data
+
+
+def _check_name(spec: M, path: Path, lines: dict[Path_, int]) -> M:
+    """A YAML file's ``name`` must be its file name (so names and files agree)."""
+    name = getattr(spec, "name", None)
+    if name != path.stem:
+        raise bad(str(path), f"name must match the file name {path.stem!r}", field="name",
+                  line=lines.get(("name",)), value=name)
+    return spec
 
 
 def _allowed_keys(cls: type[BaseModel], loc: Path_) -> list[str]:
@@ -189,8 +285,17 @@ def _unwrap_sourced(data: Any, path: Path_, sources: dict[str, str],
             loc_map[path] = (*path, "value")
             return data["value"]
         if "value" in data or "source" in data:
-            raise bad(source, "a sourced number needs exactly the keys value and source",
-                      field=".".join(map(str, path)), line=_line_for(path, lines))
+            extra = [k for k in data if k not in ("value", "source")]
+            missing = [k for k in ("value", "source") if k not in data]
+            reason = "a sourced number needs exactly the keys value and source"
+            if extra:
+                reason += f"; unknown key(s): {', '.join(map(str, extra))}"
+                where = (*path, extra[0])
+            else:
+                reason += f"; missing: {', '.join(missing)}"
+                where = path
+            raise bad(source, reason, field=".".join(map(str, path)),
+                      line=_line_for(where, lines))
         return {k: _unwrap_sourced(v, (*path, k), sources, loc_map, source, lines)
                 for k, v in data.items()}
     if isinstance(data, (int, float)) and not isinstance(data, bool):
@@ -209,11 +314,7 @@ def gpu_from_yaml(path: Path) -> GpuSpec:
                   field="sources", line=lines.get(("sources",)))
     plain = _unwrap_sourced(data, (), sources, loc_map, str(path), lines)
     plain["sources"] = sources
-    spec = validate(GpuSpec, plain, str(path), lines, loc_map)
-    if spec.name != path.stem:
-        raise bad(str(path), f"name must match the file name {path.stem!r}", field="name",
-                  line=lines.get(("name",)), value=spec.name)
-    return spec
+    return _check_name(validate(GpuSpec, plain, str(path), lines, loc_map), path, lines)
 
 
 @lru_cache(maxsize=64)
@@ -270,8 +371,7 @@ def model_from_hf_config(path: Path, name: str | None = None) -> ModelSpec:
 def model_from_yaml(path: Path) -> ModelSpec:
     """Load one workloads/models/*.yaml file. Raises ConfigError."""
     data, lines = load_yaml(path)
-    spec = validate(ModelSpec, data, str(path), lines)
-    return spec
+    return _check_name(validate(ModelSpec, data, str(path), lines), path, lines)
 
 
 @lru_cache(maxsize=256)
@@ -292,7 +392,7 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ModelSpec:
 @lru_cache(maxsize=32)
 def _stack_cached(path: str, mtime: float) -> StackSpec:
     data, lines = load_yaml(Path(path))
-    return validate(StackSpec, data, path, lines)
+    return _check_name(validate(StackSpec, data, path, lines), Path(path), lines)
 
 
 def load_stack(name_or_path: str | os.PathLike[str] = DEFAULT_STACK) -> StackSpec:

@@ -16,14 +16,33 @@ COLORS = {"host": "#8c564b", "sm": "#1f77b4", "hbm": "#ff7f0e"}
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (temp file + rename)."""
+    """Write ``text`` to ``path`` whole or not at all (temp file + rename).
+
+    Raises ConfigError (``path: cannot write: reason``) when the path cannot be
+    written: its directory is missing, it is a directory, no permission, disk full.
+    A temp file is never left behind and an existing ``path`` is then unchanged.
+    """
+    from gpusim.errors import cannot
+
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    if path.is_dir():
+        raise cannot(path, IsADirectoryError(path))
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:
+        raise cannot(path, exc) from None
+    try:
+        # mkstemp creates the file 0600: give it the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise cannot(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -293,7 +293,10 @@ class Calibration(_Frozen):
     attention_tensor_efficiency: Fraction = 1.0
     # verify runs a different kernel (FA2 split-KV) than decode: its own bandwidth
     verify_attention_bandwidth_efficiency: Fraction = 1.0
+    verify_attention_tensor_efficiency: Fraction = 1.0
     attention_fixed_cost_s: NonNeg = 0.0
+    # Per-CTA prologue/epilogue of an attention kernel, on its critical path.
+    attention_cta_overhead_s: NonNeg = 0.0
     # Fraction of a KV head's re-reads by the other query heads of its group that L2
     # serves, in kernels that don't share KV across the group (1: all, as one read).
     attention_l2_reuse: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0

@@ -309,9 +309,9 @@ MODEL_CASES = [
 ]
 
 QKV = "{op: gemm, name: qkv_proj, weight: qkv}"
-ROPE_Q = "{op: elementwise, name: rope_q, tensor: q, kernels: 5, bytes_per_element: 20}"
+ROPE_Q = "{op: elementwise, name: rope_q, tensor: q, kernels: 5, bytes_per_element: 20,"
 O_PROJ = "{op: gemm, name: o_proj, weight: o}"
-NORM = "{op: elementwise, name: input_norm, tensor: hidden, kernels: 8, bytes_per_element: 36}"
+NORM = "{op: elementwise, name: input_norm, tensor: hidden, kernels: 8, bytes_per_element: 36,"
 STACK_CASES = [
     Bad("stack-unknown-op-kind", "stack", sub(S, QKV, QKV.replace("op: gemm", "op: conv")),
         "op: conv", "layer.1.op", ("'conv'", "gemm", "attention", "elementwise")),

@@ -1,0 +1,304 @@
+"""Serving scenarios: workload, scheduler and SLOs, from YAML or from CLI options.
+
+A scenario file (``workloads/scenarios/*.yaml``) is checked by pydantic with unknown
+keys rejected; every problem becomes a one-line ConfigError with file, line and field.
+CLI options override the file's values. Length distributions on the command line use
+a compact syntax (``parse_length``): ``512``, ``fixed:512``, ``uniform:100-1000``,
+``lognormal:median=500,sigma=0.8,max=4096``, ``empirical:100,200,300``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gpusim import loader
+from gpusim.errors import ConfigError, bad
+from gpusim.serving.kv_cache import DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_RESERVE_FRACTION
+
+Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Tokens = Annotated[int, Field(ge=1, le=10_000_000)]
+
+DEFAULT_MAX_NUM_SEQS = 256             # vLLM's default
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192  # vLLM V1's default for online serving
+MAX_BATCHED_TOKENS_LIMIT = 131072
+DEFAULT_SLO_TTFT_S = 2.0               # lenient chat SLOs; override per scenario
+DEFAULT_SLO_TPOT_S = 0.1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LengthSpec(_Strict):
+    """A token-count distribution; the fields a ``dist`` uses are required for it.
+
+    fixed: ``tokens``. uniform: ``low_tokens``..``high_tokens`` inclusive. lognormal:
+    ``median_tokens`` and ``sigma`` (of the log). empirical: ``values_tokens`` with
+    optional ``weights``. ``min_tokens``/``max_tokens`` clip lognormal draws.
+    """
+
+    dist: Literal["fixed", "uniform", "lognormal", "empirical"]
+    tokens: Tokens | None = None
+    low_tokens: Tokens | None = None
+    high_tokens: Tokens | None = None
+    median_tokens: Pos | None = None
+    sigma: Annotated[float, Field(ge=0, le=5, allow_inf_nan=False)] | None = None
+    min_tokens: Tokens = 1
+    max_tokens: Tokens | None = None
+    values_tokens: list[Tokens] | None = None
+    weights: list[NonNeg] | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_dist(self) -> LengthSpec:
+        need = {"fixed": ("tokens",), "uniform": ("low_tokens", "high_tokens"),
+                "lognormal": ("median_tokens", "sigma"), "empirical": ("values_tokens",)}
+        for name in need[self.dist]:
+            if getattr(self, name) is None:
+                raise ValueError(f"dist {self.dist} needs {name}")
+        used = {"dist", "min_tokens", "max_tokens", *need[self.dist]}
+        if self.dist == "empirical":
+            used.add("weights")
+        extra = sorted(k for k in self.model_fields_set if k not in used)
+        if extra:
+            raise ValueError(f"dist {self.dist} does not use {', '.join(extra)}")
+        if self.dist == "uniform" and self.low_tokens > self.high_tokens:  # type: ignore
+            raise ValueError(f"low_tokens ({self.low_tokens}) > high_tokens "
+                             f"({self.high_tokens})")
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise ValueError(f"max_tokens ({self.max_tokens}) < min_tokens "
+                             f"({self.min_tokens})")
+        if self.dist == "empirical":
+            values = self.values_tokens or []
+            if not values:
+                raise ValueError("values_tokens must not be empty")
+            if self.weights is not None and (len(self.weights) != len(values)
+                                             or sum(self.weights) <= 0):
+                raise ValueError("weights need one non-negative entry per value, "
+                                 "not all zero")
+        return self
+
+
+class ArrivalSpec(_Strict):
+    """poisson (``rate_per_s``), gamma (``rate_per_s``, ``cv``: bursty when > 1) or
+    closed (``users`` each waiting for its answer, then thinking ``think_time_s`` on
+    average, exponentially distributed)."""
+
+    process: Literal["poisson", "gamma", "closed"]
+    rate_per_s: Pos | None = None
+    cv: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = None
+    users: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    think_time_s: NonNeg | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_process(self) -> ArrivalSpec:
+        need = {"poisson": ("rate_per_s",), "gamma": ("rate_per_s", "cv"),
+                "closed": ("users",)}
+        allowed = {"poisson": {"rate_per_s"}, "gamma": {"rate_per_s", "cv"},
+                   "closed": {"users", "think_time_s"}}
+        for name in need[self.process]:
+            if getattr(self, name) is None:
+                raise ValueError(f"process {self.process} needs {name}")
+        extra = sorted(k for k in self.model_fields_set
+                       if k != "process" and k not in allowed[self.process])
+        if extra:
+            raise ValueError(f"process {self.process} does not use {', '.join(extra)}")
+        return self
+
+
+class TraceSpec(_Strict):
+    """Replay a JSONL or CSV trace (arrival_s, prompt_tokens, output_tokens); a
+    relative ``path`` is relative to the scenario file."""
+
+    path: str
+    time_scale: Pos = 1.0
+
+
+class SchedulerSpec(_Strict):
+    """The serving engine's batching policy and limits (vLLM names)."""
+
+    policy: Literal["continuous", "static"] = "continuous"
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] = DEFAULT_MAX_NUM_SEQS
+    max_num_batched_tokens: Annotated[int, Field(ge=1, le=MAX_BATCHED_TOKENS_LIMIT)] = (
+        DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    block_size_tokens: Annotated[int, Field(ge=1, le=4096)] = DEFAULT_BLOCK_SIZE_TOKENS
+    reserve_fraction: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = (
+        DEFAULT_RESERVE_FRACTION)
+
+    @model_validator(mode="after")
+    def _budget_covers_decodes(self) -> SchedulerSpec:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be"
+                             f" >= max_num_seqs ({self.max_num_seqs}), as in vLLM")
+        return self
+
+
+class SloSpec(_Strict):
+    """Latency targets for goodput: a request is good if it meets both."""
+
+    ttft_s: Pos = DEFAULT_SLO_TTFT_S
+    tpot_s: Pos = DEFAULT_SLO_TPOT_S
+
+
+class Scenario(_Strict):
+    """One serving experiment: arrivals and lengths (or a trace), engine, SLOs."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "custom"
+    description: str = ""
+    duration_s: Annotated[float, Field(gt=0, le=1e8, allow_inf_nan=False)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    arrival: ArrivalSpec | None = None
+    prompt: LengthSpec | None = None
+    output: LengthSpec | None = None
+    trace: TraceSpec | None = None
+    scheduler: SchedulerSpec = SchedulerSpec()
+    slo: SloSpec = SloSpec()
+
+    @model_validator(mode="after")
+    def _workload_given(self) -> Scenario:
+        synthetic = [k for k in ("arrival", "prompt", "output") if getattr(self, k)]
+        if self.trace is not None:
+            if synthetic:
+                raise ValueError(f"give either trace or arrival/prompt/output, not both "
+                                 f"(found {', '.join(synthetic)})")
+            return self
+        missing = [k for k in ("arrival", "prompt", "output") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"needs {', '.join(missing)} (or a trace)")
+        if self.duration_s is None:
+            raise ValueError("needs duration_s (only a trace may leave it out)")
+        return self
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read a scenario YAML; a relative trace path becomes relative to the file.
+    Raises ConfigError with file, line and field."""
+    data, lines = loader.load_yaml(Path(path))
+    trace = data.get("trace")
+    if isinstance(trace, dict) and isinstance(trace.get("path"), str):
+        p = Path(trace["path"])
+        if not p.is_absolute():
+            data = {**data, "trace": {**trace, "path": str(Path(path).parent / p)}}
+    return loader.validate(Scenario, data, str(path), lines)
+
+
+# ----------------------------------------------------------------------------------
+# command-line syntax
+# ----------------------------------------------------------------------------------
+def _int(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(option, "expected an integer token count", value=text) from None
+
+
+def _float(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise bad(option, "expected a number", value=text) from None
+
+
+def parse_length(text: str, option: str) -> LengthSpec:
+    """``512`` | ``fixed:512`` | ``uniform:LOW-HIGH`` |
+    ``lognormal:median=M,sigma=S[,min=A][,max=B]`` | ``empirical:V1,V2,...``.
+    Raises ConfigError naming ``option``."""
+    kind, _, rest = text.strip().partition(":")
+    data: dict[str, Any]
+    if not rest and kind.isdigit():
+        data = {"dist": "fixed", "tokens": _int(kind, option)}
+    elif kind == "fixed":
+        data = {"dist": "fixed", "tokens": _int(rest, option)}
+    elif kind == "uniform":
+        lo, sep, hi = rest.partition("-")
+        if not sep:
+            raise bad(option, "uniform needs LOW-HIGH, e.g. uniform:100-1000", value=text)
+        data = {"dist": "uniform", "low_tokens": _int(lo, option),
+                "high_tokens": _int(hi, option)}
+    elif kind == "lognormal":
+        names = {"median": "median_tokens", "sigma": "sigma", "min": "min_tokens",
+                 "max": "max_tokens"}
+        data = {"dist": "lognormal"}
+        for part in filter(None, rest.split(",")):
+            key, sep, value = part.partition("=")
+            if not sep or key.strip() not in names:
+                raise bad(option, f"lognormal takes {', '.join(names)} as key=value",
+                          value=part)
+            field = names[key.strip()]
+            data[field] = (_float(value, option) if field in ("median_tokens", "sigma")
+                           else _int(value, option))
+    elif kind == "empirical":
+        data = {"dist": "empirical",
+                "values_tokens": [_int(v, option) for v in filter(None, rest.split(","))]}
+    else:
+        raise bad(option, "expected N, fixed:N, uniform:LOW-HIGH, "
+                  "lognormal:median=M,sigma=S[,min=A][,max=B] or empirical:V1,V2,...",
+                  value=text)
+    return loader.validate(LengthSpec, data, option)
+
+
+def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
+    """``base`` (or an empty scenario) with every non-None option applied.
+
+    Options: duration_s, seed, arrival (process name), rate_per_s, cv, users,
+    think_time_s, prompt, output (LengthSpec), trace (path), scheduler fields
+    (policy, max_num_seqs, max_num_batched_tokens, block_size_tokens,
+    reserve_fraction), slo_ttft_s, slo_tpot_s. Raises ConfigError (source: the option).
+    """
+    data: dict[str, Any] = base.model_dump(exclude_none=True) if base else {}
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in ("duration_s", "seed"):
+        if key in given:
+            data[key] = given[key]
+    arrival_keys = ("rate_per_s", "cv", "users", "think_time_s")
+    if "arrival" in given or any(k in given for k in arrival_keys):
+        old = dict(data.get("arrival", {}))
+        process = given.get("arrival", old.get("process", "poisson"))
+        if process != old.get("process"):
+            old = {}
+        old["process"] = process
+        old.update({k: given[k] for k in arrival_keys if k in given})
+        data["arrival"] = old
+        data.pop("trace", None)
+    for key in ("prompt", "output"):
+        if key in given:
+            data[key] = given[key].model_dump(exclude_unset=True)
+            data.pop("trace", None)
+    if "trace" in given:
+        data["trace"] = {"path": str(given["trace"])}
+        for key in ("arrival", "prompt", "output"):
+            data.pop(key, None)
+    sched = dict(data.get("scheduler", {}))
+    for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "block_size_tokens",
+                "reserve_fraction"):
+        if key in given:
+            sched[key] = given[key]
+    data["scheduler"] = sched
+    slo = dict(data.get("slo", {}))
+    for key, field in (("slo_ttft_s", "ttft_s"), ("slo_tpot_s", "tpot_s")):
+        if key in given:
+            slo[field] = given[key]
+    data["slo"] = slo
+    try:
+        return loader.validate(Scenario, data, "options")
+    except ConfigError as exc:
+        option = _OPTION_FOR_FIELD.get(exc.field or "", "command line")
+        raise ConfigError(option, exc.reason, exc.field, None, exc.value,
+                          exc.has_value) from None
+
+
+_OPTION_FOR_FIELD = {
+    "duration_s": "--duration-s", "seed": "--seed",
+    "arrival": "--arrival/--rate/--cv/--users", "arrival.process": "--arrival",
+    "arrival.rate_per_s": "--rate", "arrival.cv": "--cv", "arrival.users": "--users",
+    "arrival.think_time_s": "--think-time-s", "trace.path": "--trace",
+    "scheduler": "--max-num-seqs/--max-num-batched-tokens",
+    "scheduler.policy": "--scheduler", "scheduler.max_num_seqs": "--max-num-seqs",
+    "scheduler.max_num_batched_tokens": "--max-num-batched-tokens",
+    "scheduler.block_size_tokens": "--block-size",
+    "scheduler.reserve_fraction": "--reserve-fraction",
+    "slo.ttft_s": "--slo-ttft-s", "slo.tpot_s": "--slo-tpot-s",
+}

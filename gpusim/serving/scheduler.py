@@ -1,0 +1,174 @@
+"""Batching policies: what the next step runs, and the KV blocks it needs.
+
+``ContinuousBatching`` follows vLLM's V1 scheduler: every step, running requests go
+first (each decoding request one token, then unfinished prefills in admission order
+take chunks of what is left of ``max_num_batched_tokens``), then waiting requests are
+admitted first-come first-served while there is budget, a free sequence slot and KV
+room for their first chunk (chunked prefill; a head-of-line request that does not fit
+blocks the ones behind it). When the running requests' blocks do not fit, the most
+recently admitted one is preempted by recompute, and no one is admitted that step.
+
+``StaticBatching`` forms a batch only when the engine is empty: FCFS up to
+``max_num_seqs`` requests whose *final* KV fits together, prefills them (in chunks of
+the token budget), then decodes them together; no one joins until the batch is done,
+and it never preempts. Finished requests leave the batch (their compute stops), so
+this is static batching without padding waste.
+
+Both return a ``Batch`` and have taken its KV blocks; the engine runs it.
+"""
+
+from __future__ import annotations
+
+from gpusim.serving.requests import Request
+from gpusim.serving.state import EngineState
+
+
+class Batch:
+    """One step's work: ``decode`` decoding requests holding ``decode_ctx_tokens``
+    cached tokens in all, and prefill ``chunks`` of (request, ctx, new tokens)."""
+
+    __slots__ = ("chunks", "decode", "decode_ctx_tokens", "preempted")
+
+    def __init__(self, decode: int, decode_ctx_tokens: int,
+                 chunks: list[tuple[Request, int, int]], preempted: int = 0) -> None:
+        self.decode = decode
+        self.decode_ctx_tokens = decode_ctx_tokens
+        self.chunks = chunks
+        self.preempted = preempted
+
+    @property
+    def tokens(self) -> int:
+        return self.decode + sum(n for _, _, n in self.chunks)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decode and not self.chunks
+
+
+class ContinuousBatching:
+    """vLLM-style continuous batching with chunked prefill, FCFS and recompute."""
+
+    name = "continuous"
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens(={max_num_batched_tokens}) must be "
+                             f">= max_num_seqs(={max_num_seqs})")
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+
+    def _running_chunks(self, st: EngineState, budget: int
+                        ) -> tuple[list[tuple[Request, int, int]], int, int]:
+        """Chunks for unfinished prefills; returns (chunks, blocks needed, budget left)."""
+        kv = st.kv
+        need = kv.group_step_blocks()
+        chunks: list[tuple[Request, int, int]] = []
+        for req in st.prefilling.values():
+            if budget <= 0:
+                break
+            n = req.known_tokens - req.computed
+            if n > budget:
+                n = budget
+            chunks.append((req, req.computed, n))
+            need += kv.extra_blocks(req.rid, req.computed + n)
+            budget -= n
+        return chunks, need, budget
+
+    def schedule(self, st: EngineState, now_s: float) -> Batch:
+        """Pick and allocate the next step's work."""
+        kv = st.kv
+        decode = kv.group_size
+        budget = self.max_num_batched_tokens - decode
+        if st.prefilling:
+            chunks, need, budget = self._running_chunks(st, budget)
+        else:
+            chunks, need = [], kv.group_step_blocks()
+        preempted = 0
+        while need > kv.total_blocks - kv.used_blocks:
+            st.preempt_newest(now_s)
+            preempted += 1
+            decode = kv.group_size
+            chunks, need, budget = self._running_chunks(
+                st, self.max_num_batched_tokens - decode)
+        ctx_tokens = kv.group_tokens
+        kv.group_step()
+        for req, ctx, n in chunks:
+            kv.set_tokens(req.rid, ctx + n)
+        waiting = st.waiting
+        if waiting and not preempted:
+            running = st.running
+            while waiting and budget > 0 and len(running) < self.max_num_seqs:
+                req = waiting[0]
+                n = req.known_tokens
+                if n > budget:
+                    n = budget
+                if kv.blocks_for(n) > kv.free_blocks:
+                    break
+                st.admit(req, now_s)
+                kv.allocate(req.rid, n)
+                chunks.append((req, 0, n))
+                budget -= n
+        return Batch(decode, ctx_tokens, chunks, preempted)
+
+    def on_caught_up(self, st: EngineState, req: Request) -> None:
+        """A prefilled (or recomputed) request starts decoding at once."""
+        st.start_decoding(req)
+
+
+class StaticBatching:
+    """Static batching: admit a batch when empty, prefill it, decode it to the end."""
+
+    name = "static"
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens(={max_num_batched_tokens}) must be "
+                             f">= max_num_seqs(={max_num_seqs})")
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+
+    def schedule(self, st: EngineState, now_s: float) -> Batch:
+        kv = st.kv
+        if not st.running and st.waiting:
+            reserved = 0
+            while st.waiting and len(st.running) < self.max_num_seqs:
+                req = st.waiting[0]
+                need = kv.blocks_for(req.peak_kv_tokens)
+                if reserved + need > kv.free_blocks:
+                    break
+                reserved += need
+                st.admit(req, now_s)
+        if not st.prefilling and st.ready:
+            for req in st.ready:
+                st.start_decoding(req)
+            st.late_joiners = st.ready
+            st.ready = []
+        budget = self.max_num_batched_tokens
+        chunks: list[tuple[Request, int, int]] = []
+        for req in st.prefilling.values():
+            if budget <= 0:
+                break
+            n = min(req.known_tokens - req.computed, budget)
+            chunks.append((req, req.computed, n))
+            budget -= n
+        decode = kv.group_size
+        ctx_tokens = kv.group_tokens
+        kv.group_step()
+        for req, ctx, n in chunks:
+            kv.set_tokens(req.rid, ctx + n)
+        return Batch(decode, ctx_tokens, chunks)
+
+    def on_caught_up(self, st: EngineState, req: Request) -> None:
+        """A prefilled request waits for the rest of its batch."""
+        st.prefilling.pop(req.rid, None)
+        st.ready.append(req)
+
+
+def make_scheduler(policy: str, max_num_seqs: int, max_num_batched_tokens: int
+                   ) -> ContinuousBatching | StaticBatching:
+    """The scheduler for ``policy`` (continuous | static). Raises ValueError."""
+    if policy == "continuous":
+        return ContinuousBatching(max_num_seqs, max_num_batched_tokens)
+    if policy == "static":
+        return StaticBatching(max_num_seqs, max_num_batched_tokens)
+    raise ValueError(f"policy={policy!r} must be continuous or static")

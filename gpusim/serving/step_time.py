@@ -1,0 +1,306 @@
+"""Step times of mixed serving batches, tabulated once from the kernel cost model.
+
+A serving step runs some sequences decoding (one new token each, at their own
+context) and some prefill chunks (q new tokens after ctx cached ones). Its kernels
+split by what their cost depends on:
+
+* per-token ops (GEMMs, norms, RoPE, residuals, embedding): the total new tokens m;
+* last-position ops (the LM head): one row per sequence in the batch, n;
+* attention: each sequence's (ctx, q). Decoding sequences are costed as one decode
+  kernel of their count at their mean context; each prefill chunk as a batch-1
+  prefill kernel (no cached context) or verify-shaped kernel (after cached context).
+  The attention launches' fixed cost is paid once per step.
+
+``build_step_time_model`` evaluates the real kernels (``ops.build_kernels`` +
+``cost.kernel_cost``) on grids: every m up to the token budget, every n up to the
+sequence limit, every decode batch size against a context grid, and a (q, ctx) grid
+for chunks; lookups interpolate linearly, so a step costs a few list lookups and no
+numpy. On uniform batches the result matches ``step.predict``.
+
+Launch modes: ``graph`` adds one graph replay per step; ``eager`` takes the later of
+"GPU-bound" (first launch + all GPU work) and "host-bound" (all launches + the last
+kernel), the two ends of ``step.predict``'s eager formula.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpusim.cost import kernel_cost
+from gpusim.ops import Kernel, build_kernels, kernel_launches
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+
+LAUNCH_MODES = ("graph", "eager")
+CTX_GRID_KNEE_TOKENS = 2048   # context grid: spacing 32 tokens at 0, ~1.6% of ctx beyond
+CTX_GRID_RATIO = 1.0 / 64.0
+Q_DENSE_TOKENS = 128          # chunk grid: every q up to here, then 128k and 128k + 1
+_EVAL_CHUNK = 16384           # shapes per vectorised cost evaluation (bounds memory)
+
+
+def context_grid(max_ctx_tokens: int) -> list[int]:
+    """Integer contexts 0 .. max: spacing 32 near 0, growing ~1.6% per point."""
+    pts = {0, max_ctx_tokens}
+    i = 1
+    while True:
+        x = round(CTX_GRID_KNEE_TOKENS * math.expm1(i * math.log1p(CTX_GRID_RATIO)))
+        if x >= max_ctx_tokens:
+            break
+        pts.add(x)
+        i += 1
+    return sorted(pts)
+
+
+def chunk_grid(max_tokens: int) -> list[int]:
+    """Chunk sizes 1..max: dense to 128, then each side of every 128-token tile edge."""
+    pts = set(range(1, min(Q_DENSE_TOKENS, max_tokens) + 1))
+    k = Q_DENSE_TOKENS
+    while k <= max_tokens:
+        pts.update((k, min(k + 1, max_tokens)))
+        k += Q_DENSE_TOKENS
+    pts.add(max_tokens)
+    return sorted(pts)
+
+
+@dataclass(frozen=True)
+class StepTimeModel:
+    """Tabulated step-time model for one (GPU, model, stack, calibration, launch).
+
+    All times in seconds, traffic in bytes. Build it with ``build_step_time_model``.
+    Inputs beyond the tabulated limits raise IndexError (the scheduler keeps within).
+    """
+
+    launch: str
+    max_batched_tokens: int
+    max_num_seqs: int
+    max_ctx_tokens: int
+    step_overhead_s: float        # graph replay (graph) + attention fixed costs
+    host_launch_s: float          # eager: host cost per launch
+    launches_per_step: int
+    token_s: list[float]          # [m] per-token ops
+    token_bytes: list[float]
+    seq_s: list[float]            # [n] last-position ops
+    seq_bytes: list[float]
+    tail_by_tokens_s: list[float]  # eager: the step's last launch, if per-token
+    tail_by_seqs_s: list[float]    # eager: the step's last launch, if per-sequence
+    ctx_grid: list[int]
+    decode_s: list[array]         # [b][ctx index] decode attention (no fixed cost)
+    decode_bytes: list[array]
+    q_grid: list[int]
+    chunk_s: list[array]          # [q index][ctx index] chunk attention (no fixed cost)
+    chunk_bytes: list[array]
+    fresh_s: list[float]          # [q index] attention of a chunk with no cache (prefill)
+    fresh_bytes: list[float]
+
+    # --- attention lookups --------------------------------------------------------
+    def _ctx_index(self, ctx: float) -> tuple[int, float]:
+        g = self.ctx_grid
+        i = bisect_right(g, ctx) - 1
+        if i >= len(g) - 1:
+            i = len(g) - 2
+        elif i < 0:
+            i = 0
+        return i, (ctx - g[i]) / (g[i + 1] - g[i])
+
+    def decode_attention(self, batch: int, mean_ctx: float) -> tuple[float, float]:
+        """(seconds, bytes) of decode attention for ``batch`` sequences at ``mean_ctx``."""
+        i, f = self._ctx_index(mean_ctx)
+        row, brow = self.decode_s[batch], self.decode_bytes[batch]
+        return (row[i] + f * (row[i + 1] - row[i]),
+                brow[i] + f * (brow[i + 1] - brow[i]))
+
+    def chunk_attention(self, q: int, ctx: int) -> tuple[float, float]:
+        """(seconds, bytes) of attention for one prefill chunk of ``q`` after ``ctx``."""
+        qg = self.q_grid
+        j = bisect_right(qg, q) - 1
+        if j >= len(qg) - 1:
+            j = len(qg) - 2
+        fq = (q - qg[j]) / (qg[j + 1] - qg[j]) if len(qg) > 1 else 0.0
+        if ctx == 0:  # a fresh prompt: the prefill kernel
+            s, b = self.fresh_s, self.fresh_bytes
+            if len(qg) == 1:
+                return s[0], b[0]
+            return s[j] + fq * (s[j + 1] - s[j]), b[j] + fq * (b[j + 1] - b[j])
+        i, fc = self._ctx_index(ctx)
+        out = []
+        for table in (self.chunk_s, self.chunk_bytes):
+            lo, hi = table[j], table[j + 1] if len(qg) > 1 else table[j]
+            a = lo[i] + fc * (lo[i + 1] - lo[i])
+            b = hi[i] + fc * (hi[i + 1] - hi[i])
+            out.append(a + fq * (b - a))
+        return out[0], out[1]
+
+    # --- whole steps ----------------------------------------------------------------
+    def _finish(self, gpu_s: float, tokens: int, seqs: int) -> float:
+        if self.launch == "graph":
+            return gpu_s + self.step_overhead_s
+        h = self.host_launch_s
+        tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
+        return max(gpu_s + self.step_overhead_s + h, self.launches_per_step * h + tail)
+
+    def decode_step(self, batch: int, ctx_sum: float) -> tuple[float, float]:
+        """(seconds, bytes) of a decode-only step: ``batch`` sequences, ``ctx_sum``
+        cached tokens between them. (``decode_attention`` inlined: the hot path.)"""
+        ctx = ctx_sum / batch
+        g = self.ctx_grid
+        i = bisect_right(g, ctx) - 1
+        if i >= len(g) - 1:
+            i = len(g) - 2
+        f = (ctx - g[i]) / (g[i + 1] - g[i])
+        row, brow = self.decode_s[batch], self.decode_bytes[batch]
+        gpu = self.token_s[batch] + self.seq_s[batch] + row[i] + f * (row[i + 1] - row[i])
+        moved = (self.token_bytes[batch] + self.seq_bytes[batch]
+                 + brow[i] + f * (brow[i + 1] - brow[i]))
+        if self.launch == "graph":
+            return gpu + self.step_overhead_s, moved
+        return self._finish(gpu, batch, batch), moved
+
+    def step(self, decode_batch: int, decode_ctx_sum: float,
+             chunks: Iterable[tuple[int, int]]) -> tuple[float, float]:
+        """(seconds, bytes) of a mixed step: ``decode_batch`` decoding sequences with
+        ``decode_ctx_sum`` cached tokens in all, plus prefill ``chunks`` of (q, ctx)."""
+        tokens = decode_batch
+        seqs = decode_batch
+        gpu = 0.0
+        moved = 0.0
+        if decode_batch:
+            gpu, moved = self.decode_attention(decode_batch, decode_ctx_sum / decode_batch)
+        for q, ctx in chunks:
+            s, b = self.chunk_attention(q, ctx)
+            gpu += s
+            moved += b
+            tokens += q
+            seqs += 1
+        gpu += self.token_s[tokens] + self.seq_s[seqs]
+        moved += self.token_bytes[tokens] + self.seq_bytes[seqs]
+        return self._finish(gpu, tokens, seqs), moved
+
+
+# ----------------------------------------------------------------------------------
+# building the tables
+# ----------------------------------------------------------------------------------
+def _cost_sum(kernels: list[Kernel], keep, gpu: GpuSpec, cal: Calibration
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(seconds, bytes, fixed seconds) of the kept kernels, each times its repeat."""
+    n = len(kernels[0].flops)
+    secs, moved, fixed = np.zeros(n), np.zeros(n), np.zeros(n)
+    for k in kernels:
+        if keep(k):
+            c = kernel_cost(k, gpu, cal)
+            secs += c.seconds * k.repeat
+            moved += c.bytes * k.repeat
+            fixed += c.fixed_s * k.repeat
+    return secs, moved, fixed
+
+
+def _evaluate(model: ModelSpec, stack: StackSpec, gpu: GpuSpec, cal: Calibration,
+              mode: str, batch: np.ndarray, ctx: np.ndarray, q: np.ndarray,
+              keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_cost_sum`` over many shapes, in slices of ``_EVAL_CHUNK`` to bound memory."""
+    batch, ctx, q = np.broadcast_arrays(batch, ctx, q)
+    parts = []
+    for lo in range(0, len(batch), _EVAL_CHUNK):
+        sl = slice(lo, lo + _EVAL_CHUNK)
+        kernels = build_kernels(model, stack, mode, batch[sl], ctx[sl], q[sl])
+        parts.append(_cost_sum(kernels, keep, gpu, cal))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore
+
+
+def _last_position_ops(stack: StackSpec) -> set[str]:
+    return {op.name for ops in (stack.prologue, stack.layer, stack.epilogue)
+            for op in ops if op.last_position_only_in_prefill}
+
+
+def _rows(flat: np.ndarray, rows: int) -> list[array]:
+    """Table rows as compact float arrays (8 bytes a cell, list-speed indexing)."""
+    return [array("d", r.tobytes()) for r in flat.reshape(rows, -1)]
+
+
+def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
+                          cal: Calibration, launch: str = "graph",
+                          max_batched_tokens: int = 8192, max_num_seqs: int = 256,
+                          max_ctx_tokens: int | None = None) -> StepTimeModel:
+    """Tabulate the step-time model up to the given limits.
+
+    ``max_ctx_tokens`` defaults to the model's context window. Raises ValueError for
+    an unknown launch mode or a limit < 1.
+    """
+    if launch not in LAUNCH_MODES:
+        raise ValueError(f"launch={launch!r} must be one of {', '.join(LAUNCH_MODES)}")
+    max_ctx = int(max_ctx_tokens or model.max_position_embeddings)
+    for name, v in (("max_batched_tokens", max_batched_tokens),
+                    ("max_num_seqs", max_num_seqs), ("max_ctx_tokens", max_ctx)):
+        if v < 1:
+            raise ValueError(f"{name}(={v}) must be >= 1")
+    max_tokens = max(max_batched_tokens, max_num_seqs)
+    last_ops = _last_position_ops(stack)
+
+    def per_token(k: Kernel) -> bool:
+        return k.kind != "attention" and k.name not in last_ops
+
+    def per_seq(k: Kernel) -> bool:
+        return k.kind != "attention" and k.name in last_ops
+
+    def attention(k: Kernel) -> bool:
+        return k.kind == "attention"
+
+    m = np.arange(1, max_tokens + 1, dtype=np.float64)
+    tok_s, tok_b, _ = _evaluate(model, stack, gpu, cal, "verify", 1.0, 0.0, m, per_token)
+    n = np.arange(1, max_num_seqs + 1, dtype=np.float64)
+    seq_s, seq_b, _ = _evaluate(model, stack, gpu, cal, "prefill", n, 0.0, 1.0, per_seq)
+
+    ctx_grid = context_grid(max_ctx)
+    cg = np.asarray(ctx_grid, dtype=np.float64)
+    b_flat = np.repeat(n, len(cg))
+    c_flat = np.tile(cg, len(n))
+    dec_s, dec_b, dec_fixed = _evaluate(model, stack, gpu, cal, "decode", b_flat, c_flat, 1.0,
+                                        attention)
+    q_grid = chunk_grid(max_tokens)
+    qg = np.asarray(q_grid, dtype=np.float64)
+    q_flat = np.repeat(qg, len(cg))
+    cq_flat = np.tile(cg, len(qg))
+    ch_s, ch_b, ch_fixed = _evaluate(model, stack, gpu, cal, "verify", 1.0, cq_flat, q_flat,
+                                     attention)
+    fr_s, fr_b, fr_fixed = _evaluate(model, stack, gpu, cal, "prefill", 1.0, 0.0, qg,
+                                     attention)
+    attn_fixed = float(dec_fixed[0]) if len(dec_fixed) else 0.0
+
+    # eager: which op launches last, and does its cost follow tokens or sequences?
+    probe = build_kernels(model, stack, "decode", 1, 0, 1)
+    launches = kernel_launches(probe)
+    tail_tok = [0.0] * (max_tokens + 1)
+    tail_seq = [0.0] * (max_num_seqs + 1)
+    last = next((k for k in reversed(probe) if k.launches > 0), None)
+    if launch == "eager" and last is not None:
+        if last.kind == "attention":
+            raise ValueError("eager step model: a stack ending in attention is not supported")
+        def only(k: Kernel) -> bool:
+            return k.name == last.name
+
+        if last.name in last_ops:
+            s, _, _ = _evaluate(model, stack, gpu, cal, "prefill", n, 0.0, 1.0, only)
+            tail_seq = [0.0, *(s / last.launches).tolist()]
+        else:
+            s, _, _ = _evaluate(model, stack, gpu, cal, "verify", 1.0, 0.0, m, only)
+            tail_tok = [0.0, *(s / last.launches).tolist()]
+
+    overhead = attn_fixed + (cal.host_graph_launch_cost_s if launch == "graph" else 0.0)
+    return StepTimeModel(
+        launch=launch, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
+        max_ctx_tokens=max_ctx, step_overhead_s=overhead,
+        host_launch_s=cal.host_launch_cost_s, launches_per_step=launches,
+        token_s=[0.0, *tok_s.tolist()], token_bytes=[0.0, *tok_b.tolist()],
+        seq_s=[0.0, *seq_s.tolist()], seq_bytes=[0.0, *seq_b.tolist()],
+        tail_by_tokens_s=tail_tok, tail_by_seqs_s=tail_seq,
+        ctx_grid=ctx_grid,
+        decode_s=[array("d", bytes(8 * len(cg))), *_rows(dec_s - dec_fixed, len(n))],
+        decode_bytes=[array("d", bytes(8 * len(cg))), *_rows(dec_b, len(n))],
+        q_grid=q_grid,
+        chunk_s=_rows(ch_s - ch_fixed, len(qg)), chunk_bytes=_rows(ch_b, len(qg)),
+        fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist())
+

@@ -1,0 +1,115 @@
+"""`gpusim serve`: outputs, byte-identical reruns, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpusim import loader
+from gpusim.cli import main
+
+SCENARIOS = loader.ROOT / "workloads" / "scenarios"
+TRACES = loader.ROOT / "workloads" / "traces"
+BASE = ["serve", "--gpu", "h100-sxm", "--model", "llama-3.1-8b", "--quiet"]
+SMALL = ["--rate", "5", "--prompt-dist", "lognormal:median=300,sigma=0.7,max=2048",
+         "--output-dist", "uniform:20-200", "--duration-s", "20", "--seed", "3"]
+
+
+def serve(tmp: Path, tag: str, extra: list[str]) -> dict[str, bytes]:
+    files = {k: tmp / f"{tag}.{k}" for k in ("json", "csv", "html")}
+    rc = main([*BASE, *extra, "--out-json", str(files["json"]), "--out-csv",
+               str(files["csv"]), "--html", str(files["html"])])
+    assert rc == 0
+    return {k: p.read_bytes() for k, p in files.items()}
+
+
+def test_outputs_are_written_and_byte_identical(tmp_path: Path, capsys) -> None:
+    a = serve(tmp_path, "a", SMALL)
+    b = serve(tmp_path, "b", SMALL)
+    assert a == b
+    summary = json.loads(a["json"])
+    assert summary["requests"]["completed"] > 50
+    assert summary["seed"] == 3
+    assert a["csv"].startswith(b"metric,value\n")
+    assert b"latency_s.ttft_s.p99," in a["csv"]
+    assert b"<html>" in a["html"] and b"plotly" in a["html"]
+    out = capsys.readouterr().out
+    assert "ttft" in out and "goodput" in out
+    c = serve(tmp_path, "c", [*SMALL[:-1], "4"])
+    assert c["json"] != a["json"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_stdout_formats(capsys, fmt: str) -> None:
+    assert main([*BASE, *SMALL, "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        assert json.loads(out)["gpu"] == "h100-sxm"
+    else:
+        assert out.startswith("metric,value\ngpu,h100-sxm\n")
+
+
+def test_scenario_file_with_overrides(capsys) -> None:
+    rc = main([*BASE, "--scenario", str(SCENARIOS / "closed-loop-agents.yaml"),
+               "--duration-s", "15", "--users", "8", "--format", "json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scenario"] == "closed-loop-agents"
+    assert out["workload"]["users"] == 8 and out["duration_s"] == 15
+
+
+def test_trace_option(capsys) -> None:
+    rc = main([*BASE, "--trace", str(TRACES / "synthetic-chat.csv"), "--duration-s", "30",
+               "--scheduler", "static", "--format", "json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["workload"]["kind"] == "trace" and out["scheduler"]["policy"] == "static"
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gpusim: error: ")
+    return lines[0]
+
+
+def test_bad_scenario_key(tmp_path: Path, capsys) -> None:
+    text = (SCENARIOS / "chat-poisson.yaml").read_text().replace("  max_num_seqs:",
+                                                                   "  max_seqs:")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    line = one_line_error(capsys, [*BASE, "--scenario", str(path)])
+    n = text.splitlines().index("  max_seqs: 256") + 1
+    assert f"{path}:{n}: scheduler.max_seqs: unknown key" in line
+
+
+def test_model_too_large(capsys) -> None:
+    argv = ["serve", "--gpu", "h100-sxm", "--model", "llama-3.1-70b", *SMALL]
+    line = one_line_error(capsys, argv)
+    assert "llama-3.1-70b does not fit on h100-sxm" in line
+    assert "weights 141.11 GB" in line and "85.90 GB HBM" in line and "per token" in line
+
+
+@pytest.mark.parametrize(("extra", "expect"), [
+    (["--rate", "5", "--duration-s", "5"], "needs prompt, output"),
+    ([*SMALL, "--prompt-dist", "lognormal:median=5"], "--prompt-dist"),
+    ([*SMALL, "--arrival", "weibull"], "--arrival"),
+    ([*SMALL, "--max-num-seqs", "512", "--max-num-batched-tokens", "256"],
+     "max_num_batched_tokens (256) must be >= max_num_seqs (512)"),
+    ([*SMALL, "--reserve-fraction", "1.5"], "--reserve-fraction"),
+    (["--trace", "missing.jsonl"], "missing.jsonl: cannot read file"),
+])
+def test_bad_options(capsys, extra: list[str], expect: str) -> None:
+    assert expect in one_line_error(capsys, [*BASE, *extra])
+
+
+def test_bad_trace_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"arrival_s": 0, "prompt_tokens": 5, "output_tokens": 5}\n'
+                    '{"arrival_s": 1, "prompt_tokens": -5, "output_tokens": 5}\n')
+    line = one_line_error(capsys, [*BASE, "--trace", str(path)])
+    assert f"{path}:2: prompt_tokens: must be an integer >= 1" in line

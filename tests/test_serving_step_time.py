@@ -1,0 +1,138 @@
+"""The tabulated serving step-time model against the step predictor it comes from."""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpusim import loader, step
+from gpusim.serving.step_time import StepTimeModel, build_step_time_model, chunk_grid, context_grid
+from gpusim.specs import Calibration
+
+GPU = loader.load_gpu("h100-sxm")
+MODEL = loader.load_model("llama-3.1-8b")
+STACK = loader.load_stack()
+CALS = {
+    "datasheet": Calibration(gpu=GPU.name),
+    # a plausible fitted calibration: every parameter away from its ideal default
+    "fitted": Calibration(gpu=GPU.name, hbm_bandwidth_efficiency=0.85, dram_latency_s=1e-6,
+                          saturating_ctas_per_sm=2.0, kernel_fixed_cost_s=2e-6,
+                          tensor_efficiency=0.7, attention_bandwidth_efficiency=0.8,
+                          attention_tensor_efficiency=0.6, attention_fixed_cost_s=3e-6,
+                          host_launch_cost_s=5e-6, host_graph_launch_cost_s=2e-5,
+                          overlap_exponent=4.0),
+}
+MAX_TOKENS, MAX_SEQS, MAX_CTX = 8192, 256, 131072
+
+
+@lru_cache(maxsize=8)
+def model_for(cal: str, launch: str) -> StepTimeModel:
+    return build_step_time_model(GPU, MODEL, STACK, CALS[cal], launch, MAX_TOKENS, MAX_SEQS,
+                                 MAX_CTX)
+
+
+def predicted(cal: str, launch: str, mode: str, batch: int, ctx: int, q: int) -> float:
+    p = step.predict(GPU, MODEL, STACK, CALS[cal], mode, batch, ctx, q, launch)
+    return float(p.seconds[0])
+
+
+CASES = [(c, la) for c in CALS for la in ("graph", "eager")]
+
+
+@pytest.mark.parametrize(("cal", "launch"), CASES)
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 17, 33, 64, 100, 177, 256])
+def test_uniform_decode_matches_predict(cal: str, launch: str, batch: int) -> None:
+    sm = model_for(cal, launch)
+    for ctx in (0, 1, 37, 500, 1000, 4097, 12345, 30000, 77777, 131000):
+        want = predicted(cal, launch, "decode", batch, ctx, 1)
+        got = sm.decode_step(batch, batch * ctx)[0]
+        assert got == pytest.approx(want, rel=0.02), (batch, ctx)
+        assert sm.step(batch, batch * ctx, [])[0] == pytest.approx(got, rel=1e-12)
+
+
+@pytest.mark.parametrize(("cal", "launch"), CASES)
+def test_uniform_prefill_matches_predict(cal: str, launch: str) -> None:
+    sm = model_for(cal, launch)
+    for q in (1, 2, 31, 128, 129, 300, 640, 1000, 2048, 3000, 5555, 8192):
+        want = predicted(cal, launch, "prefill", 1, 0, q)
+        got = sm.step(0, 0, [(q, 0)])[0]
+        assert got == pytest.approx(want, rel=0.02), q
+
+
+@pytest.mark.parametrize("cal", list(CALS))
+def test_chunk_attention_matches_kernel_cost(cal: str) -> None:
+    """A chunk after cached context: its attention is the verify-shaped kernel's."""
+    sm = model_for(cal, "graph")
+    for q, ctx in ((16, 100), (512, 3000), (1000, 20000), (8192, 60000), (129, 4096)):
+        p = step.predict(GPU, MODEL, STACK, CALS[cal], "verify", 1, ctx, q)
+        want = float(p.by_op["attention"].seconds[0] - p.by_op["attention"].fixed_s[0])
+        assert sm.chunk_attention(q, ctx)[0] == pytest.approx(want, rel=0.02), (q, ctx)
+
+
+def test_mixed_step_adds_up() -> None:
+    sm = model_for("fitted", "graph")
+    dec_s, _ = sm.decode_attention(40, 900.0)
+    ch_s, _ = sm.chunk_attention(700, 0)
+    got = sm.step(40, 40 * 900, [(700, 0)])[0]
+    want = (sm.token_s[740] + sm.seq_s[41] + dec_s + ch_s + sm.step_overhead_s)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_bytes_track_weights_and_kv() -> None:
+    sm = model_for("datasheet", "graph")
+    b, ctx = 32, 4000
+    p = step.predict(GPU, MODEL, STACK, CALS["datasheet"], "decode", b, ctx, 1)
+    assert sm.decode_step(b, b * ctx)[1] == pytest.approx(float(p.total.bytes[0]), rel=0.01)
+
+
+@settings(max_examples=200, deadline=None)
+@given(b=st.integers(1, MAX_SEQS - 3), ctx=st.integers(0, 100_000),
+       more_ctx=st.integers(1, 20_000), q=st.integers(1, 4000), more_q=st.integers(1, 4000),
+       chunk_ctx=st.integers(0, 20_000), cal=st.sampled_from(list(CALS)))
+def test_monotone_in_tokens_and_context(b: int, ctx: int, more_ctx: int, q: int, more_q: int,
+                                        chunk_ctx: int, cal: str) -> None:
+    """More sequences, tokens or context never make a step faster."""
+    sm = model_for(cal, "graph")
+    t = sm.step(b, b * ctx, [(q, chunk_ctx)])[0] * (1 - 1e-12)
+    assert sm.step(b + 1, (b + 1) * ctx, [(q, chunk_ctx)])[0] >= t
+    assert sm.step(b, b * (ctx + more_ctx), [(q, chunk_ctx)])[0] >= t
+    if chunk_ctx > 0:  # from 0 to 1 the kernel changes (prefill -> verify-shaped)
+        assert sm.step(b, b * ctx, [(q, chunk_ctx + more_ctx)])[0] >= t
+    assert sm.step(b, b * ctx, [(q, chunk_ctx), (1, 0)])[0] >= t
+    if cal == "datasheet":  # see test_longer_chunks_inherit_the_cost_model for "fitted"
+        assert sm.step(b, b * ctx, [(q + more_q, chunk_ctx)])[0] >= t
+
+
+def test_longer_chunks_inherit_the_cost_model() -> None:
+    """With a latency-bound calibration the cost model's verify/prefill attention gets
+    faster when a chunk crosses a 128-query tile (the same KV bytes spread over twice
+    the CTAs); the step model reproduces exactly that and nothing else."""
+    sm = model_for("fitted", "graph")
+    for ctx in (0, 5000, 30000):
+        qs = list(range(1, 2050))
+        ours = [sm.chunk_attention(q, ctx)[0] for q in qs]
+        mode = "prefill" if ctx == 0 else "verify"
+        p = step.predict(GPU, MODEL, STACK, CALS["fitted"], mode, 1, ctx, qs)
+        ref = (p.by_op["attention"].seconds - p.by_op["attention"].fixed_s).tolist()
+        for i in range(len(qs) - 1):
+            if ours[i + 1] < ours[i] * (1 - 1e-9):
+                assert ref[i + 1] / ref[i] == pytest.approx(ours[i + 1] / ours[i], abs=0.01)
+
+
+def test_grids() -> None:
+    g = context_grid(131072)
+    assert g[0] == 0 and g[-1] == 131072 and g == sorted(set(g))
+    assert max(b - a for a, b in itertools.pairwise(g)) < 0.02 * 131072
+    q = chunk_grid(1000)
+    assert q[:128] == list(range(1, 129)) and q[-1] == 1000 and {256, 257, 896, 897} <= set(q)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        build_step_time_model(GPU, MODEL, STACK, CALS["datasheet"], "lazy")
+    with pytest.raises(ValueError):
+        build_step_time_model(GPU, MODEL, STACK, CALS["datasheet"], max_num_seqs=0)
