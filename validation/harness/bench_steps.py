@@ -155,6 +155,36 @@ def _step_one(ctx: Ctx, model: str, w: reference.Weights, cache: reference.KVCac
                     repeats=st["repeats"], kernels=kernels)
 
 
+EAGER_ROUNDS = 40
+
+
+def _eager_round_robin(ctx: Ctx, model: str, w: reference.Weights,
+                       cache: reference.KVCache, shapes: list[StepShape]) -> None:
+    """Eager steps timed in turns, one call of each shape per round.
+
+    Eager step time is host-bound, and the host's speed drifts in phases of seconds
+    (seen on the lent VMs: the same step 22 ms in one phase, 35 ms in the next);
+    taking turns spreads each phase over every shape instead of over one.
+    """
+    fns = [_forward(w, cache, s, ctx.device) for s in shapes]
+    for fn in fns:
+        for _ in range(ctx.policy.warmup):
+            fn()
+    ctx.clock.sync()
+    times: list[list[float]] = [[] for _ in shapes]
+    for _ in range(EAGER_ROUNDS):
+        for i, fn in enumerate(fns):
+            times[i].append(ctx.clock.time(fn))
+        if ctx.stop():
+            break
+    for s, fn, t in zip(shapes, fns, times, strict=True):
+        kernels = int(sum(c for c, _ in profile_kernels(ctx, fn).values()))
+        st = stats(t, 1e3)
+        ctx.steps.write(model=model, mode=s.mode, batch=s.batch, ctx=s.ctx, q=s.q,
+                        launch="eager", median_ms=st["median"], p10_ms=st["p10"],
+                        p90_ms=st["p90"], repeats=st["repeats"], kernels=kernels)
+
+
 def run_steps(ctx: Ctx) -> None:
     for model, shape in ctx.models.items():
         if ctx.stop():
@@ -189,10 +219,17 @@ def _steps_model(ctx: Ctx, model: str, shape: Shape) -> None:
         for s in p.shapes:
             if ctx.stop():
                 break
+            if s.launch == "eager":
+                continue  # measured together below
             ctx.guard(f"steps {model} {s.mode} b={s.batch} ctx={s.ctx} q={s.q} {s.launch}",
                       lambda s=s, holder=holder: _step_one(ctx, model, w, holder["cache"], s))
             if ctx.cuda:
                 torch.cuda.empty_cache()   # the graph's private pool
+        eager = [s for s in p.shapes if s.launch == "eager"]
+        if eager and not ctx.stop():
+            ctx.guard(f"steps {model} eager b={p.batch}",
+                      lambda eager=eager, holder=holder:
+                      _eager_round_robin(ctx, model, w, holder["cache"], eager))
         holder.clear()
         free_memory(ctx.device)
 

@@ -1,0 +1,41 @@
+"""Speculative decoding: acceptance models, token trees, draft kinds, iteration costs,
+sweeps over batch and context, and validation against measured loops.
+
+Built on ``gpusim.step`` (and the engine for event-level iterations); never on
+serving. Modules: acceptance, trees, drafts, kernels, overhead, iteration, sweep,
+measured, validate, figures, output.
+"""
+
+from gpusim.speculative.acceptance import (
+    EmpiricalAcceptance,
+    IidAcceptance,
+    MonteCarlo,
+    PositionalAcceptance,
+    RankedAcceptance,
+    monte_carlo,
+    parse_acceptance,
+    read_histogram,
+)
+from gpusim.speculative.drafts import (
+    EagleDraft,
+    MedusaDraft,
+    ModelDraft,
+    NgramDraft,
+    parse_draft,
+)
+from gpusim.speculative.iteration import (
+    IterationPrediction,
+    Speculation,
+    predict_iteration,
+    simulate_iteration,
+)
+from gpusim.speculative.overhead import SpecOverhead, load_overhead
+from gpusim.speculative.trees import TokenTree, best_tree, parse_tree
+
+__all__ = [
+    "EagleDraft", "EmpiricalAcceptance", "IidAcceptance", "IterationPrediction",
+    "MedusaDraft", "ModelDraft", "MonteCarlo", "NgramDraft", "PositionalAcceptance",
+    "RankedAcceptance", "SpecOverhead", "Speculation", "TokenTree", "best_tree",
+    "load_overhead", "monte_carlo", "parse_acceptance", "parse_draft", "parse_tree",
+    "predict_iteration", "read_histogram", "simulate_iteration",
+]

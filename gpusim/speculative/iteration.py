@@ -1,0 +1,353 @@
+"""One speculative iteration: draft steps, the verify pass, the host round trip.
+
+An iteration of a chain of k draft tokens (or a token tree of n nodes, depth D):
+
+1. the draft proposes: a draft model or EAGLE head decodes D steps (step l forwards
+   the tree nodes at depth l, q = their count, at ctx L + nodes above them; a chain:
+   k decode steps at ctx L .. L+k-1), each followed by greedy sampling; Medusa heads
+   run inside the verify pass; n-gram lookup is host work before it;
+2. the target verifies all n positions in one pass (mode verify, q = n, ctx L) and
+   the acceptance kernels pick the accepted prefix and the next root token;
+3. the host waits for the GPU, reads the accepted counts and moves each sequence's
+   KV pointer back past the rejected positions (static cache: a pointer move, no
+   kernel; paged cache: blocks freed on the host), then launches the next iteration.
+
+Every step is one CUDA graph replay (or its kernels one by one in eager mode). With
+host issue cost h_j, step time alone T_j (``step.predict`` of its kernels) and GPU
+time d_j, step j starts on the host at S_j (after the previous issues and any host
+work) and the GPU finishes it at E_j = max(E_{j-1} + d_j, S_j + T_j); the iteration
+ends at max(E_last, host) + the round trip. ``simulate_iteration`` runs the same
+program through the SimPy engine, launch by launch.
+
+Plain decoding, the baseline of ``speedup``: one decode step plus sampling and the
+same round trip per token. Draft and target share the GPU: their weights and KV
+caches count against one HBM capacity (``fits_in_memory``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from gpusim import step as step_mod
+from gpusim.cost import kernel_cost, step_cost
+from gpusim.engine import HostStep, Timeline, simulate_program
+from gpusim.ops import Kernel, build_kernels
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.speculative import kernels as kmod
+from gpusim.speculative.acceptance import (
+    Acceptance,
+    IidAcceptance,
+    MonteCarlo,
+    RankedAcceptance,
+    monte_carlo,
+)
+from gpusim.speculative.drafts import (
+    Draft,
+    EagleDraft,
+    MedusaDraft,
+    ModelDraft,
+    NgramDraft,
+    extra_weight_bytes,
+    kv_bytes_per_token,
+)
+from gpusim.speculative.overhead import SpecOverhead
+from gpusim.speculative.trees import TokenTree
+
+DEFAULT_RESERVE_FRACTION = 0.1   # HBM kept for activations, graph pools, the runtime
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One launch unit of the loop: a graph replay of ``kernels`` (arrays over shapes)."""
+
+    name: str
+    role: str                 # "draft", "verify" or "decode"
+    model: ModelSpec          # whose layer count the layer kernels repeat
+    kernels: list[Kernel]
+    host_before_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """A planned step's alone time, GPU time and host issue time (arrays over shapes)."""
+
+    alone_s: np.ndarray
+    gpu_s: np.ndarray
+    issue_s: np.ndarray
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """What is speculated: target, draft, chain or tree, acceptance."""
+
+    target: ModelSpec
+    draft: Draft
+    tree: TokenTree
+    acceptance: Acceptance
+
+    def __post_init__(self) -> None:
+        if self.tree.depth < 1:
+            raise ValueError(f"k={self.tree.depth} must be >= 1 (a tree needs a draft token)")
+        if isinstance(self.draft, MedusaDraft) and self.tree.depth > self.draft.heads:
+            raise ValueError(f"k={self.tree.depth}: {self.draft.heads} Medusa heads guess at "
+                             f"most {self.draft.heads} tokens ahead")
+        self.expected_tokens()   # raises for an acceptance model the tree can't use
+
+    @property
+    def k(self) -> int:
+        return self.tree.depth
+
+    def ranked(self) -> tuple[float, ...]:
+        """Ranked child probabilities for a tree (i.i.d. rate a: a (1 - a)^(j-1))."""
+        acc = self.acceptance
+        if isinstance(acc, RankedAcceptance):
+            return acc.p
+        if isinstance(acc, IidAcceptance):
+            return RankedAcceptance.geometric(acc.rate, self.tree.max_width).p
+        raise ValueError(f"acceptance={acc.label!r}: a token tree needs an i.i.d. rate or "
+                         "ranked:p1,p2,... probabilities")
+
+    def expected_tokens(self) -> float:
+        """Expected tokens per iteration (accepted drafts + the target's token)."""
+        if self.tree.is_chain:
+            return self.acceptance.expected_tokens(self.k)
+        return self.tree.expected_tokens(self.ranked())
+
+    def monte_carlo(self, batch: int, iterations: int, rng: np.random.Generator
+                    ) -> MonteCarlo:
+        """Tokens per iteration sampled for ``batch`` requests over ``iterations``
+        iterations (seeded ``rng``), against the closed form. Raises ValueError."""
+        if batch < 1 or iterations < 1:
+            raise ValueError(f"batch={batch} and iterations={iterations} must be >= 1")
+        if self.tree.is_chain:
+            return monte_carlo(self.acceptance, self.k, batch, iterations, rng)
+        t = self.tree.sample_tokens(self.ranked(), batch * iterations, rng).astype(float)
+        sd = float(t.std(ddof=1)) if t.size > 1 else 0.0
+        return MonteCarlo(samples=t.size, mean=float(t.mean()),
+                          stderr=sd / float(np.sqrt(t.size)), expected=self.expected_tokens())
+
+
+# ----------------------------------------------------------------------------------
+# planning: which kernels each step launches
+# ----------------------------------------------------------------------------------
+def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarray
+                 ) -> list[PlannedStep]:
+    d = spec.draft
+    if isinstance(d, ModelDraft):
+        model, extra = d.model, None
+    elif isinstance(d, EagleDraft):
+        model, extra = d.head_model(spec.target), spec.target
+    else:
+        return []
+    steps = []
+    before = spec.tree.nodes_before_level()
+    for level, q in enumerate(spec.tree.expanded_per_level()):
+        mode = "decode" if q == 1 else "verify"
+        ks = build_kernels(model, stack, mode, b, c + before[level], q)
+        if extra is not None:
+            ks = [kmod.eagle_fc_kernel(extra, b * q), *ks]
+        ks += kmod.sample_kernels(model, b * q, kmod.DRAFT_SAMPLE_LAUNCHES, "draft_sample")
+        steps.append(PlannedStep(f"draft{level}", "draft", model, ks))
+    return steps
+
+
+def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: object
+                   ) -> list[PlannedStep]:
+    """The steps of one iteration, in launch order, for every (batch, ctx) shape.
+
+    Raises ValueError for an impossible shape.
+    """
+    b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
+                               np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
+    steps = _draft_steps(spec, stack, b, c)
+    n = spec.tree.nodes
+    t = spec.target
+    ks = build_kernels(t, stack, "verify", b, c, n)
+    if isinstance(spec.draft, MedusaDraft):
+        ks += kmod.medusa_head_kernels(t, b, spec.k)
+    ks += kmod.sample_kernels(t, b * n, 1 + kmod.VERIFY_ACCEPT_LAUNCHES, "accept")
+    if not spec.tree.is_chain:
+        ks.append(kmod.tree_compaction_kernel(t, b, spec.k))
+    lookup = spec.draft.lookup_s if isinstance(spec.draft, NgramDraft) else 0.0
+    steps.append(PlannedStep("verify", "verify", t, ks, host_before_s=lookup))
+    return steps
+
+
+def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object
+               ) -> PlannedStep:
+    """One step of plain decoding: the target's decode pass and greedy sampling."""
+    ks = build_kernels(target, stack, "decode", batch, ctx, 1)
+    b = np.broadcast_to(np.asarray(batch, dtype=np.float64), ks[0].flops.shape)
+    ks += kmod.sample_kernels(target, b, kmod.PLAIN_SAMPLE_LAUNCHES, "sample")
+    return PlannedStep("decode", "decode", target, ks)
+
+
+def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str) -> StepTimes:
+    """Alone time (as ``step.predict`` would time it), GPU time and host issue time."""
+    p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch)
+    issue = (cal.host_graph_launch_cost_s if launch == "graph"
+             else p.launches * cal.host_launch_cost_s)
+    return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
+
+
+def pipeline_end_s(times: list[StepTimes], host_before_s: list[float],
+                   round_trip_s: float) -> np.ndarray:
+    """End of a sequence of launch units issued by one host thread, then a host sync
+    and ``round_trip_s`` of host work (the recurrence in the module docstring)."""
+    host = np.zeros_like(times[0].alone_s)
+    gpu_end = np.zeros_like(host)
+    for t, before in zip(times, host_before_s, strict=True):
+        start = host + before
+        host = start + t.issue_s
+        gpu_end = np.maximum(gpu_end + t.gpu_s, start + t.alone_s)
+    return np.maximum(gpu_end, host) + round_trip_s
+
+
+# ----------------------------------------------------------------------------------
+# the prediction
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IterationPrediction:
+    """Predicted iteration for every (batch, ctx) shape; times in seconds (arrays)."""
+
+    spec: Speculation
+    batch: np.ndarray
+    ctx: np.ndarray
+    launch: str
+    iteration_s: np.ndarray
+    draft_s: np.ndarray          # all drafting work of one iteration (alone times)
+    draft_step_s: np.ndarray     # one draft step (model, EAGLE), head (Medusa), lookup
+    verify_s: np.ndarray         # the verify pass with acceptance kernels, alone
+    target_step_s: np.ndarray    # plain decode step with sampling, alone
+    round_trip_s: float
+    tokens_per_iteration: float
+    memory_bytes: np.ndarray
+    capacity_bytes: float
+    weight_bytes: float
+
+    @property
+    def s_per_token(self) -> np.ndarray:
+        return self.iteration_s / self.tokens_per_iteration
+
+    @property
+    def baseline_s_per_token(self) -> np.ndarray:
+        """Plain decoding: one step and one host round trip per token."""
+        return self.target_step_s + self.round_trip_s
+
+    @property
+    def speedup(self) -> np.ndarray:
+        return self.baseline_s_per_token / self.s_per_token
+
+    @property
+    def fits(self) -> np.ndarray:
+        return self.memory_bytes <= self.capacity_bytes
+
+    def record(self, i: int = 0) -> dict[str, object]:
+        """One shape's figures as a flat dict (milliseconds, the JSON contract keys)."""
+        it = float(self.iteration_s[i])
+        draft = float(self.draft_s[i])
+        verify = float(self.verify_s[i])
+        return {
+            "iteration_ms": it * 1e3,
+            "draft_step_ms": float(self.draft_step_s[i]) * 1e3,
+            "draft_ms": draft * 1e3,
+            "verify_ms": verify * 1e3,
+            "target_step_ms": float(self.target_step_s[i]) * 1e3,
+            "host_round_trip_ms": self.round_trip_s * 1e3,
+            "overhead_ms": (it - draft - verify) * 1e3,
+            "tokens_per_iteration": self.tokens_per_iteration,
+            "ms_per_token": float(self.s_per_token[i]) * 1e3,
+            "baseline_ms_per_token": float(self.baseline_s_per_token[i]) * 1e3,
+            "speedup": float(self.speedup[i]),
+            "tokens_per_s": float(self.batch[i]) * self.tokens_per_iteration / it,
+            "memory_bytes": float(self.memory_bytes[i]),
+            "capacity_bytes": self.capacity_bytes,
+            "fits_in_memory": bool(self.fits[i]),
+        }
+
+
+def memory_bytes(spec: Speculation, batch: np.ndarray, ctx: np.ndarray
+                 ) -> tuple[float, np.ndarray]:
+    """(weight bytes, weights + KV bytes) of target and draft at (batch, ctx): every
+    sequence holds ctx + n cached tokens in the target and in the draft."""
+    weights = spec.target.weight_bytes + extra_weight_bytes(spec.draft, spec.target)
+    per_token = spec.target.kv_bytes_per_token + kv_bytes_per_token(spec.draft, spec.target)
+    return weights, weights + batch * (ctx + spec.tree.nodes) * per_token
+
+
+def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
+                      overhead: SpecOverhead, spec: Speculation, batch: object,
+                      ctx: object, launch: str = "graph",
+                      reserve_fraction: float = DEFAULT_RESERVE_FRACTION
+                      ) -> IterationPrediction:
+    """Closed-form iteration times for arrays of (batch, ctx) (broadcast).
+
+    Raises ValueError for an impossible shape, an unknown launch mode or a
+    reserve_fraction outside [0, 1).
+    """
+    if launch not in step_mod.LAUNCH_MODES:
+        raise ValueError(f"launch={launch!r} must be one of graph, eager")
+    if not 0.0 <= reserve_fraction < 1.0:
+        raise ValueError(f"reserve_fraction={reserve_fraction} must be in [0, 1)")
+    b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
+                               np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
+    b, c = b.copy(), c.copy()
+    steps = plan_iteration(spec, stack, b, c)
+    times = [step_times(s, gpu, cal, launch) for s in steps]
+    rt = overhead.host_round_trip_s
+    iteration = pipeline_end_s(times, [s.host_before_s for s in steps], rt)
+    verify = times[-1]
+    draft = sum((t.alone_s for s, t in zip(steps, times, strict=True) if s.role == "draft"),
+                np.zeros_like(b))
+    d = spec.draft
+    if isinstance(d, (ModelDraft, EagleDraft)):
+        draft_step = times[0].alone_s
+        verify_alone = verify.alone_s
+    elif isinstance(d, MedusaDraft):
+        heads = [k for k in steps[-1].kernels if k.name.startswith("medusa")]
+        heads_s = step_cost(heads, gpu, cal).seconds
+        draft, draft_step = heads_s, heads_s / spec.k
+        verify_alone = verify.alone_s - heads_s
+    else:
+        assert isinstance(d, NgramDraft)
+        draft = np.full_like(b, d.lookup_s)
+        draft_step = draft
+        verify_alone = verify.alone_s
+    plain = step_times(plan_plain(spec.target, stack, b, c), gpu, cal, launch)
+    weights, mem = memory_bytes(spec, b, c)
+    return IterationPrediction(
+        spec=spec, batch=b, ctx=c, launch=launch, iteration_s=iteration, draft_s=draft,
+        draft_step_s=np.asarray(draft_step, dtype=np.float64), verify_s=verify_alone,
+        target_step_s=plain.alone_s, round_trip_s=rt,
+        tokens_per_iteration=spec.expected_tokens(), memory_bytes=mem,
+        capacity_bytes=gpu.hbm_capacity_bytes * (1.0 - reserve_fraction),
+        weight_bytes=weights)
+
+
+def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
+                       overhead: SpecOverhead, spec: Speculation, batch: int, ctx: int,
+                       launch: str = "graph", record: bool = True) -> Timeline:
+    """The iteration through the SimPy engine, launch by launch (one shape).
+
+    ``Timeline.end_s`` equals ``predict_iteration(...).iteration_s``; kernel names carry
+    their step (``draft0/qkv_proj``). Raises ValueError like ``predict_iteration``.
+    """
+    if launch not in step_mod.LAUNCH_MODES:
+        raise ValueError(f"launch={launch!r} must be one of graph, eager")
+    steps = plan_iteration(spec, stack, batch, ctx)
+    program = []
+    for i, st in enumerate(steps):
+        costs = [kernel_cost(k, gpu, cal) for k in st.kernels]
+        launches = step_mod.expand_launches(st.kernels, costs, st.model.num_hidden_layers)
+        launches = [replace(la, name=f"{st.name}/{la.name}") for la in launches]
+        last = i == len(steps) - 1
+        program.append(HostStep(name=st.name, launches=tuple(launches),
+                                graph=launch == "graph", host_before_s=st.host_before_s,
+                                sync_after=last,
+                                host_after_s=overhead.host_round_trip_s if last else 0.0))
+    return simulate_program(
+        program, host_launch_s=cal.host_launch_cost_s,
+        graph_launch_s=cal.host_graph_launch_cost_s,
+        sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)

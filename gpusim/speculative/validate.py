@@ -1,0 +1,187 @@
+"""Predicted against measured speculative loops; the host round trip fitted from them.
+
+Two predictions of every measured iteration:
+
+* ``composed``: the loop model on the *measured* step times (the draft step and the
+  verify pass timed alone): tests the iteration model itself (pipelining of graph
+  launches, the host round trip), free of step-model error.
+* ``end_to_end``: ``predict_iteration`` with predicted step times (the GPU's
+  calibration): what a user gets.
+
+The round trip is fitted on the rows of one pair (least squares on relative error,
+closed form) and reported on every row, the fit pair's rows marked in-sample. The
+plain decoding loop (one step + one round trip per token) is a fit-free check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.speculative.acceptance import IidAcceptance
+from gpusim.speculative.drafts import ModelDraft
+from gpusim.speculative.iteration import Speculation, predict_iteration
+from gpusim.speculative.measured import SpecRow
+from gpusim.speculative.overhead import SpecOverhead
+from gpusim.speculative.trees import TokenTree
+
+TARGET_ERROR = 0.05
+
+
+def composed_no_round_trip_s(rows: Sequence[SpecRow], graph_launch_s: float) -> np.ndarray:
+    """Iteration time from measured alone step times, before the round trip: k draft
+    steps then the verify, each alone = launch + GPU time; launches after the first
+    overlap the GPU work (``iteration.pipeline_end_s`` with measured times)."""
+    out = []
+    for r in rows:
+        h = min(graph_launch_s, r.draft_step_s, r.verify_s)
+        alone = [r.draft_step_s] * r.k + [r.verify_s]
+        host = gpu_end = 0.0
+        for t in alone:
+            start = host
+            host = start + h
+            gpu_end = max(gpu_end + (t - h), start + t)
+        out.append(max(gpu_end, host))
+    return np.asarray(out)
+
+
+def fit_round_trip_s(measured_s: np.ndarray, without_s: np.ndarray) -> float:
+    """argmin_x sum(((without + x) / measured - 1)^2), clipped at 0."""
+    w = 1.0 / measured_s ** 2
+    return max(0.0, float(np.sum((measured_s - without_s) * w) / np.sum(w)))
+
+
+def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    if len(pred) == 0:
+        return {"n": 0, "mape": float("nan"), "p90": float("nan"), "max": float("nan"),
+                "bias": float("nan")}
+    e = pred / meas - 1.0
+    a = np.abs(e)
+    return {"n": len(e), "mape": float(a.mean()), "p90": float(np.percentile(a, 90)),
+            "max": float(a.max()), "bias": float(e.mean())}
+
+
+@dataclass(frozen=True)
+class GpuValidation:
+    """One GPU's measured rows, the fitted overhead and per-row predictions."""
+
+    gpu: str
+    fit_pair: str
+    overhead: SpecOverhead
+    rows: list[SpecRow]
+    composed_s: np.ndarray
+    end_to_end_s: np.ndarray
+    plain_predicted_s: np.ndarray
+
+    def points(self) -> list[dict[str, object]]:
+        out = []
+        for i, r in enumerate(self.rows):
+            out.append({
+                "gpu": self.gpu, "pair": r.pair, "k": r.k, "batch": r.batch, "ctx": r.ctx,
+                "in_fit": r.pair == self.fit_pair, "measured_ms": r.iteration_s * 1e3,
+                "composed_ms": float(self.composed_s[i]) * 1e3,
+                "composed_error": float(self.composed_s[i]) / r.iteration_s - 1.0,
+                "end_to_end_ms": float(self.end_to_end_s[i]) * 1e3,
+                "end_to_end_error": float(self.end_to_end_s[i]) / r.iteration_s - 1.0})
+        return out
+
+    def summary(self) -> list[dict[str, object]]:
+        meas = np.array([r.iteration_s for r in self.rows])
+        held = np.array([r.pair != self.fit_pair for r in self.rows])
+        out = []
+        for label, pred in (("composed", self.composed_s), ("end_to_end", self.end_to_end_s)):
+            for subset, mask in (("all rows", np.ones(len(meas), bool)),
+                                 ("held-out pairs", held)):
+                e = _errors(pred[mask], meas[mask])
+                out.append({"gpu": self.gpu, "prediction": label, "rows": subset, **e,
+                            "within_5pct": bool(e["n"] and e["max"] <= TARGET_ERROR)})
+        plain = [(p, r.plain_iteration_s) for p, r in zip(self.plain_predicted_s, self.rows,
+                                                          strict=True)
+                 if r.plain_iteration_s]
+        if plain:
+            p, m = (np.array(x) for x in zip(*plain, strict=True))
+            e = _errors(p, m)
+            out.append({"gpu": self.gpu, "prediction": "plain loop (composed)",
+                        "rows": "all rows", **e,
+                        "within_5pct": bool(e["max"] <= TARGET_ERROR)})
+        return out
+
+    def by_pair(self) -> list[dict[str, object]]:
+        meas = np.array([r.iteration_s for r in self.rows])
+        out = []
+        for pair in sorted({r.pair for r in self.rows}):
+            m = np.array([r.pair == pair for r in self.rows])
+            out.append({"gpu": self.gpu, "pair": pair, "in_fit": pair == self.fit_pair,
+                        "composed_mape": _errors(self.composed_s[m], meas[m])["mape"],
+                        "composed_max": _errors(self.composed_s[m], meas[m])["max"],
+                        "end_to_end_mape": _errors(self.end_to_end_s[m], meas[m])["mape"],
+                        "end_to_end_max": _errors(self.end_to_end_s[m], meas[m])["max"]})
+        return out
+
+
+def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[SpecRow],
+                 load_model: Callable[[str], ModelSpec], fit_pair: str | None = None,
+                 source: str = "spec.csv") -> GpuValidation:
+    """Fit the round trip on ``fit_pair`` (default: the first pair in the file) and
+    predict every graph row. Raises ValueError for an unknown fit pair or no rows."""
+    graph = [r for r in rows if r.launch == "graph"]
+    if not graph:
+        raise ValueError(f"{source}: no rows with launch=graph")
+    pairs = list(dict.fromkeys(r.pair for r in graph))
+    fp = fit_pair or pairs[0]
+    if fp not in pairs:
+        raise ValueError(f"fit_pair={fp!r} is not in {source} (pairs: {', '.join(pairs)})")
+    meas = np.array([r.iteration_s for r in graph])
+    composed0 = composed_no_round_trip_s(graph, cal.host_graph_launch_cost_s)
+    fit_mask = np.array([r.pair == fp for r in graph])
+    rt = fit_round_trip_s(meas[fit_mask], composed0[fit_mask])
+    ov = SpecOverhead(gpu=gpu.name, fitted_on=f"{source} pair {fp} ({int(fit_mask.sum())} "
+                      "rows)", host_round_trip_s=rt,
+                      notes="gpusim spec-validate: least squares on relative error of the "
+                            "composed iteration (measured step times)")
+    e2e = np.empty(len(graph))
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    for i, r in enumerate(graph):
+        groups.setdefault((r.target, r.draft, r.k), []).append(i)
+    for (tname, dname, k), idx in groups.items():
+        spec = Speculation(load_model(tname), ModelDraft(load_model(dname)),
+                           TokenTree.chain(k), IidAcceptance(0.0))
+        b = np.array([graph[i].batch for i in idx])
+        c = np.array([graph[i].ctx for i in idx])
+        p = predict_iteration(gpu, stack, cal, ov, spec, b, c, "graph")
+        e2e[idx] = p.iteration_s
+    plain = np.array([r.target_step_s + rt for r in graph])
+    return GpuValidation(gpu=gpu.name, fit_pair=fp, overhead=ov, rows=graph,
+                         composed_s=composed0 + rt, end_to_end_s=e2e, plain_predicted_s=plain)
+
+
+def markdown(results: Sequence[GpuValidation], command: str) -> str:
+    """The validation report: fitted round trips, error tables, per pair."""
+    from gpusim import report
+
+    lines = ["# Speculative decoding: predicted vs measured iteration times", "",
+             f"Generated by `{command}`. Target: every row within "
+             f"{TARGET_ERROR:.0%} of the measured loop.", "",
+             "`composed`: the iteration model on measured step times (tests the loop "
+             "model); `end_to_end`: predicted step times from the GPU's calibration "
+             "(what a user gets). The host round trip is fitted on one pair's rows; "
+             "`held-out pairs` are rows it never saw.", "", "## Fitted host round trip", ""]
+    lines.append(report.markdown_table(
+        [{"gpu": r.gpu, "fit_pair": r.fit_pair,
+          "host_round_trip_us": r.overhead.host_round_trip_s * 1e6, "rows": len(r.rows)}
+         for r in results], ["gpu", "fit_pair", "host_round_trip_us", "rows"]))
+    lines += ["", "## Errors", ""]
+    summ = [s for r in results for s in r.summary()]
+    lines.append(report.markdown_table(
+        summ, ["gpu", "prediction", "rows", "n", "mape", "p90", "max", "bias", "within_5pct"],
+        percent=("mape", "p90", "max", "bias")))
+    lines += ["", "## By pair", ""]
+    bp = [s for r in results for s in r.by_pair()]
+    lines.append(report.markdown_table(
+        bp, ["gpu", "pair", "in_fit", "composed_mape", "composed_max", "end_to_end_mape",
+             "end_to_end_max"],
+        percent=("composed_mape", "composed_max", "end_to_end_mape", "end_to_end_max")))
+    return "\n".join(lines) + "\n"
