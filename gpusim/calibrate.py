@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
+from gpusim.cost import kernel_cost
 from gpusim.measurements import StepData
+from gpusim.micro import MicroGroup
 from gpusim.ops import Kernel, build_kernels
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.step import predict_kernels
@@ -32,6 +34,8 @@ FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
     "verify_attention_tensor_efficiency": (0.02, 1.0, 0.3, 1.0),
     "attention_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
     "attention_l2_reuse": (0.0, 1.0, 0.3, 1.0),
+    "attention_l2_reuse_multiwave": (0.0, 1.0, 0.1, 1.0),
+    "verify_attention_multiwave_bandwidth_efficiency": (0.3, 1.0, 0.75, 1.0),
     "attention_cta_overhead_s": (0.0, 10e-6, 1e-6, 1e-6),
     "gemm_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
     "strided_kernel_extra_s": (0.0, 3e-6, 1e-6, 1e-6),
@@ -93,8 +97,19 @@ def _with(cal: Calibration, space: dict[str, tuple[float, float, float, float]],
     return cal.model_copy(update=upd)
 
 
+MICRO_WEIGHT = 0.5  # a kernel microbenchmark row counts half a whole step
+
+
+def predict_micro(micro: Sequence[MicroGroup], gpu: GpuSpec, cal: Calibration) -> np.ndarray:
+    """Predicted seconds of every microbenchmark row, in group order."""
+    if not micro:
+        return np.zeros(0)
+    return np.concatenate([kernel_cost(g.kernel, gpu, cal).seconds for g in micro])
+
+
 def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
-         groups: Sequence[Group], data: StepData, gpu: GpuSpec) -> Calibration:
+         groups: Sequence[Group], data: StepData, gpu: GpuSpec,
+         micro: Sequence[MicroGroup] = ()) -> Calibration:
     rows = np.concatenate([g.rows for g in groups])
     lo = np.array([b[0] / b[3] for b in space.values()])
     hi = np.array([b[1] / b[3] for b in space.values()])
@@ -102,10 +117,15 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
                    for n, b in space.items()])
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     measured = data.measured_s[rows]
+    micro_measured = (np.concatenate([g.measured_s for g in micro]) if micro
+                      else np.zeros(0))
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        pred = predict_groups(groups, len(data), gpu, _with(base, space, x))[rows]
-        return np.log(pred / measured)
+        cal = _with(base, space, x)
+        pred = predict_groups(groups, len(data), gpu, cal)[rows]
+        step_res = np.log(pred / measured)
+        micro_res = MICRO_WEIGHT * np.log(predict_micro(micro, gpu, cal) / micro_measured)
+        return np.concatenate([step_res, micro_res])
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
                         x_scale="jac", diff_step=1e-4, max_nfev=400)
@@ -113,16 +133,20 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
 
 
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
-        resolve_model: Callable[[str], ModelSpec], note: str = "") -> FitResult:
-    """Fit graph-mode parameters on CUDA-graph rows, then the host launch cost on eager
-    rows (graph parameters held). Raises ValueError if there are no graph rows."""
+        resolve_model: Callable[[str], ModelSpec], note: str = "",
+        micro: Sequence[MicroGroup] = ()) -> FitResult:
+    """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
+    given), then the host launch cost on eager rows (graph parameters held).
+
+    Raises ValueError if there are no graph rows.
+    """
     groups = make_groups(data, stack, resolve_model)
     graph = [g for g in groups if g.launch == "graph"]
     eager = [g for g in groups if g.launch == "eager"]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
     cal = Calibration(gpu=gpu.name, fitted_on=note or data.source)
-    cal = _fit(FIT_SPACE, cal, graph, data, gpu)
+    cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     pred = predict_groups(groups, len(data), gpu, cal)

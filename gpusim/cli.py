@@ -37,6 +37,20 @@ class ModeOpt(StrEnum):
     prefill = "prefill"
 
 
+class Micro(StrEnum):
+    none = "none"
+    attention = "attention"
+    all = "all"
+
+
+def micro_kinds(m: Micro) -> tuple[str, ...]:
+    """The micro.csv kinds a --micro choice fits on."""
+    return {"none": (), "attention": ("attention",), "all": ("gemm", "attention")}[m.value]
+
+
+MicroOpt = Annotated[Micro, typer.Option(
+    "--micro", help="Also fit on the kernel microbenchmarks beside steps.csv: none, "
+    "attention or all (gemm + attention). Chosen by leave-one-model-out error.")]
 GpuOpt = Annotated[str, typer.Option("--gpu", help="GPU name (hardware/<name>.yaml) or path.")]
 CalOpt = Annotated[str, typer.Option(
     "--calibration", help="auto (shipped for this GPU, else datasheet), none, or a path.")]
@@ -140,6 +154,7 @@ def calibrate(
         "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
     ] = None,
     stack: StackOpt = loader.DEFAULT_STACK,
+    micro_kind: MicroOpt = Micro.none,
     fmt: FmtOpt = Fmt.table,
 ) -> None:
     """Fit the cost model's parameters for one GPU from measured step times."""
@@ -150,9 +165,18 @@ def calibrate(
     st = loader.load_stack(stack)
     default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
     path = data if str(data) not in ("", ".") else default
+    from gpusim import micro as micro_mod
+
     steps = measurements.read_steps(path)
-    print(f"fitting {len(steps)} rows from {path} ...", file=sys.stderr)
-    res = cal_mod.fit(steps, g, st, loader.load_model, note=f"{path.parent.name}/{path.name}")
+    micro_path = path.parent / "micro.csv"
+    micro = []
+    if micro_path.is_file():
+        models = [loader.load_model(m) for m in sorted(set(steps.model))]
+        micro = micro_mod.read_micro(micro_path, st, models, kinds=micro_kinds(micro_kind))
+    print(f"fitting {len(steps)} steps and {sum(len(m.measured_s) for m in micro)} "
+          f"kernel microbenchmarks from {path.parent} ...", file=sys.stderr)
+    res = cal_mod.fit(steps, g, st, loader.load_model, note=f"{path.parent.name}/{path.name}",
+                      micro=micro)
     target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +208,7 @@ def validate(
     html_dir: Annotated[Path | None, typer.Option(
         "--html-dir", help="Write scatter and error-vs-batch Plotly HTML here.")] = None,
     stack: StackOpt = loader.DEFAULT_STACK,
+    micro_kind: MicroOpt = Micro.none,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
     from gpusim import measurements
@@ -193,17 +218,23 @@ def validate(
     files = sorted(data_dir.glob("*/steps.csv"))
     if not files:
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
-    datasets, gpus, shipped = {}, {}, {}
+    from gpusim import micro as micro_mod
+
+    datasets, gpus, shipped, micro = {}, {}, {}, {}
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
         datasets[name] = measurements.read_steps(f)
+        if (f.parent / "micro.csv").is_file():
+            models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
+            micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
+                                               kinds=micro_kinds(micro_kind))
         cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
             shipped[name] = loader.calibration_from_yaml(cal_file)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data-dir " + str(data_dir)
-    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command)
+    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.ops import Kernel
+from gpusim.ops import AttentionShape, Kernel
 from gpusim.specs import Calibration, GpuSpec
 
 MMA_ROWS = 8.0               # smallest row tile of a tensor-core MMA (m8n8k16 family)
@@ -136,6 +136,25 @@ def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: in
     return ctas, waves * per_cta
 
 
+def _attention_bandwidth(a: AttentionShape, gpu: GpuSpec, cal: Calibration
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
+
+    Verify's kernel behaves in two regimes: when its CTAs fit in one wave, the query
+    heads of a KV group stream the same keys at the same time (L2 serves many
+    re-reads) and HBM runs near its best; past one wave CTAs of a group drift apart,
+    reuse falls and the tail of each wave costs bandwidth.
+    """
+    n = np.ones_like(a.batch, dtype=np.float64)
+    if a.mode != "verify":
+        return n * cal.attention_bandwidth_efficiency, n * cal.attention_l2_reuse
+    one_wave = a.batch * a.heads * _ceil_div(a.q, FLASH_BLOCK_M) <= gpu.sm_count
+    eff = np.where(one_wave, cal.verify_attention_bandwidth_efficiency,
+                   cal.verify_attention_multiwave_bandwidth_efficiency)
+    reuse = np.where(one_wave, cal.attention_l2_reuse, cal.attention_l2_reuse_multiwave)
+    return eff, reuse
+
+
 def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,
                      cal: Calibration) -> np.ndarray:
     """Streaming time of the busiest CTA when too few CTAs are in flight to saturate HBM.
@@ -197,15 +216,14 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
             k, gpu, cal.attention_cta_overhead_s * per_sm * tensor_eff)
         compute = critical / (per_sm * tensor_eff)
         a = k.attention
-        # attention kernels have their own achieved fraction of the datasheet bandwidth
-        eff = (cal.verify_attention_bandwidth_efficiency
-               if a is not None and a.mode == "verify" else cal.attention_bandwidth_efficiency)
+        assert a is not None
+        eff, reuse = _attention_bandwidth(a, gpu, cal)
         attn_bw = gpu.hbm_bandwidth_bytes_per_s * eff
         kv_bytes = k.kv_bytes
-        if a is not None and not a.shares_kv:
+        if not a.shares_kv:
             # each query head re-reads its KV head; L2 serves a fraction of the re-reads
             group = a.heads // a.kv_heads
-            kv_bytes = kv_bytes * (1.0 + (group - 1) * (1.0 - cal.attention_l2_reuse))
+            kv_bytes = kv_bytes * (1.0 + (group - 1) * (1.0 - reuse))
         memory = np.maximum((k.bytes - k.kv_bytes + kv_bytes) / attn_bw,
                             _latency_bound_s(kv_bytes, ctas, attn_bw, gpu, cal))
         fixed = fixed + cal.attention_fixed_cost_s

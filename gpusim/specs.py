@@ -294,12 +294,15 @@ class Calibration(_Frozen):
     # verify runs a different kernel (FA2 split-KV) than decode: its own bandwidth
     verify_attention_bandwidth_efficiency: Fraction = 1.0
     verify_attention_tensor_efficiency: Fraction = 1.0
+    # ... and past one wave of CTAs (see cost._attention_bandwidth)
+    verify_attention_multiwave_bandwidth_efficiency: Fraction = 1.0
     attention_fixed_cost_s: NonNeg = 0.0
     # Per-CTA prologue/epilogue of an attention kernel, on its critical path.
     attention_cta_overhead_s: NonNeg = 0.0
     # Fraction of a KV head's re-reads by the other query heads of its group that L2
     # serves, in kernels that don't share KV across the group (1: all, as one read).
     attention_l2_reuse: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    attention_l2_reuse_multiwave: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     # L2 bandwidth over sustained HBM bandwidth, for pointwise chains whose tensors
     # stay in L2 between kernels (1: L2 ignored, the datasheet model).
     l2_bandwidth_ratio: Annotated[float, Field(ge=1.0, le=20.0)] = 1.0

@@ -1,0 +1,109 @@
+"""Kernel microbenchmarks (validation/data/<gpu>/micro.csv) -> kernels with measured times.
+
+The harness times single GEMMs and SDPA calls over many shapes; each row becomes the
+same ``ops.Kernel`` the step model would build, so calibration can hold the kernel
+cost model to them alongside whole steps. Rows are tagged with the models whose
+shapes they are, so leave-one-model-out can drop a held-out model's kernels too.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpusim.errors import bad
+from gpusim.ops import AttentionShape, GemmShape, Kernel, attention_flops
+from gpusim.specs import ModelSpec, StackOp, StackSpec
+
+DTYPE_BYTES = 2.0  # the harness measures bf16
+
+
+@dataclass(frozen=True)
+class MicroGroup:
+    """Rows sharing one kernel shape family, with their kernel built once."""
+
+    kernel: Kernel
+    measured_s: np.ndarray
+    models: frozenset[str]  # models this kernel shape belongs to
+
+
+def _attention_op(stack: StackSpec) -> StackOp:
+    ops = [op for op in stack.layer if op.op == "attention"]
+    if not ops:
+        raise ValueError(f"stack {stack.name} has no attention op")
+    return ops[0]
+
+
+def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
+               kinds: tuple[str, ...] = ("attention",)) -> list[MicroGroup]:
+    """Rows of a harness micro.csv (of the given ``kinds``: gemm, attention) as
+    kernel groups.
+
+    Calibration uses the attention rows by default: they isolate per-mode attention
+    behaviour the steps alone can't separate. The GEMM rows, timed back to back on
+    rotating weights, run 5-15% slower than the same GEMMs inside a step (profiled),
+    so they would bias the step model.
+
+    Raises ConfigError for a malformed file.
+    """
+    source = str(path)
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    models = list(models)
+    heads = {m.name: (m.num_attention_heads, m.num_key_value_heads, m.head_dim_eff)
+             for m in models}
+    attn_op = _attention_op(stack)
+    gemm: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
+    attn: dict[tuple[str, int, int, int], list[tuple[float, ...]]] = {}
+    for line, r in enumerate(rows, start=2):
+        try:
+            if r["kind"] not in kinds:
+                continue
+            if r["kind"] == "gemm":
+                model = r["name"].split(".")[0]
+                key = (int(r["n"]), int(r["k"]), model)
+                gemm.setdefault(key, []).append((float(r["m"]), float(r["median_us"])))
+            elif r["kind"] == "attention":
+                key = (r["name"], int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]))
+                attn.setdefault(key, []).append((float(r["batch"]), float(r["ctx"]),
+                                                 float(r["q"]), float(r["median_us"])))
+        except (KeyError, ValueError) as exc:
+            raise bad(source, f"malformed row: {exc}", line=line) from None
+    out: list[MicroGroup] = []
+    for (n, k, model), vals in sorted(gemm.items()):
+        m = np.array([v[0] for v in vals])
+        zeros = np.zeros_like(m)
+        kern = Kernel(name=f"gemm_{n}x{k}", kind="gemm", section="layer", launches=1,
+                      repeat=1, flops=2.0 * m * n * k,
+                      weight_bytes=np.full_like(m, n * k * DTYPE_BYTES), kv_bytes=zeros,
+                      act_bytes=(m * k + m * n) * DTYPE_BYTES, gemm=GemmShape(m, n, k))
+        out.append(MicroGroup(kern, np.array([v[1] for v in vals]) * 1e-6,
+                              frozenset({model})))
+    for (mode, h, hkv, d), vals in sorted(attn.items()):
+        b, c, q, t = (np.array(x) for x in zip(*vals, strict=True))
+        kv_len = c + q
+        owners = frozenset(name for name, hd in heads.items() if hd == (h, hkv, d))
+        kern = Kernel(name=f"attention_{mode}_{h}_{hkv}_{d}", kind="attention",
+                      section="layer", launches=attn_op.kernels, repeat=1,
+                      flops=attention_flops(mode, b, q, kv_len, h, d),
+                      weight_bytes=np.zeros_like(b),
+                      kv_bytes=2.0 * b * kv_len * hkv * d * DTYPE_BYTES,
+                      act_bytes=2.0 * b * q * h * d * DTYPE_BYTES,
+                      attention=AttentionShape(mode=mode, batch=b, q=q, kv_len=kv_len,
+                                               heads=h, kv_heads=hkv, head_dim=d,
+                                               shares_kv=mode in attn_op.shares_kv_in_group))
+        out.append(MicroGroup(kern, t * 1e-6, owners))
+    return out
+
+
+def without_models(groups: list[MicroGroup], held_out: set[str]) -> list[MicroGroup]:
+    """Groups whose shapes belong to none of ``held_out`` (shapes of unknown models
+    are kept)."""
+    return [g for g in groups if not (g.models and g.models <= held_out)]
