@@ -130,18 +130,30 @@ def predict_rows(rows: Iterable[Row], source: str, gpu: GpuSpec, stack: StackSpe
         bound = np.where(p.host_bound, "launch",
                          np.where(p.total.bytes / peak_bw >= p.total.flops / peak_flops,
                                   "memory", "compute"))
+        # one .tolist() per column: Python floats without a numpy scalar per cell
+        cols = {
+            "predicted_ms": (p.seconds * 1e3).tolist(),
+            "gpu_ms": (p.gpu_s * 1e3).tolist(),
+            "host_bound": p.host_bound.tolist(),
+            "weight_bytes": np.asarray(w_bytes, dtype=float).tolist(),
+            "kv_bytes": np.asarray(kv_bytes, dtype=float).tolist(),
+            "flops": p.total.flops.tolist(),
+            "achieved_bandwidth_gb_per_s": (p.total.bytes / p.seconds / 1e9).tolist(),
+            "roofline_ms": (roof * 1e3).tolist(),
+            "bound": bound.tolist(),
+        }
         for j, i in enumerate(idx):
             out[i] = {
-                "predicted_ms": p.seconds[j] * 1e3,
-                "gpu_ms": p.gpu_s[j] * 1e3,
-                "host_bound": bool(p.host_bound[j]),
+                "predicted_ms": cols["predicted_ms"][j],
+                "gpu_ms": cols["gpu_ms"][j],
+                "host_bound": cols["host_bound"][j],
                 "launches": p.launches,
-                "weight_bytes": float(w_bytes[j]),
-                "kv_bytes": float(kv_bytes[j]),
-                "flops": float(p.total.flops[j]),
-                "achieved_bandwidth_gb_per_s": p.total.bytes[j] / p.seconds[j] / 1e9,
-                "roofline_ms": roof[j] * 1e3,
-                "bound": str(bound[j]),
+                "weight_bytes": cols["weight_bytes"][j],
+                "kv_bytes": cols["kv_bytes"][j],
+                "flops": cols["flops"][j],
+                "achieved_bandwidth_gb_per_s": cols["achieved_bandwidth_gb_per_s"][j],
+                "roofline_ms": cols["roofline_ms"][j],
+                "bound": cols["bound"][j],
             }
     return out
 

@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes-json", default=None,
                    help="JSON file {name: {hidden_size: ..., ...}} of model shapes")
     p.add_argument("--models-dir", default=str(MODELS_DIR))
+    p.add_argument("--eager-only", action="store_true",
+                   help="steps phase: measure only the eager shapes")
     p.add_argument("--profile-shapes", default="",
                    help="replace the profiled steps: comma list of mode:batch:ctx:q")
     p.add_argument("--kv-budget-gb", type=float, default=None,
@@ -252,6 +254,9 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     else:
         grid = GRIDS["cpu"]                # CPU: tiny shapes only, whatever --quick says
         l2, mem_total = 1 * MiB, 8 * GiB
+    if args.eager_only:
+        import dataclasses
+        grid = dataclasses.replace(grid, dec_b=(), ver_b=(), pre=())
     if args.profile_shapes:
         import dataclasses
         steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
