@@ -18,6 +18,7 @@ from gpusim.cost import kernel_cost
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup
 from gpusim.ops import Kernel, build_kernels
+from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.step import predict_kernels
 
@@ -107,9 +108,51 @@ def predict_micro(micro: Sequence[MicroGroup], gpu: GpuSpec, cal: Calibration) -
     return np.concatenate([kernel_cost(g.kernel, gpu, cal).seconds for g in micro])
 
 
+PROFILE_WEIGHT = 1.0  # each profiled class total counts as much as a whole step
+KIND_CLASS = {"gemm": "gemm", "attention": "attention", "elementwise": "elementwise",
+              "embedding": "elementwise"}
+
+
+@dataclass(frozen=True)
+class ProfileFit:
+    """Profiled shapes with kernels built once, and their measured class times."""
+
+    groups: list[Group]
+    n: int
+    class_s: dict[str, np.ndarray]
+
+
+def make_profile_fit(profiles: ProfileData | None, stack: StackSpec,
+                     resolve_model: Callable[[str], ModelSpec],
+                     keep_models: set[str] | None = None) -> ProfileFit | None:
+    """Kernels for the profiled shapes (only of ``keep_models`` when given)."""
+    if profiles is None:
+        return None
+    shapes, class_s = profiles.shapes, profiles.class_s
+    if keep_models is not None:
+        mask = np.isin(shapes.model, sorted(keep_models))
+        if not mask.any():
+            return None
+        shapes = shapes.subset(mask)
+        class_s = {c: v[mask] for c, v in class_s.items()}
+    return ProfileFit(make_groups(shapes, stack, resolve_model), len(shapes), class_s)
+
+
+def predict_classes(pf: ProfileFit, gpu: GpuSpec, cal: Calibration) -> dict[str, np.ndarray]:
+    """Predicted GPU seconds per kernel class of every profiled shape."""
+    out = {c: np.zeros(pf.n) for c in pf.class_s}
+    for g in pf.groups:
+        for k in g.kernels:
+            cls = KIND_CLASS[k.kind]
+            if cls in out:
+                out[cls][g.rows] += kernel_cost(k, gpu, cal).seconds * k.repeat
+    return out
+
+
 def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
          groups: Sequence[Group], data: StepData, gpu: GpuSpec,
-         micro: Sequence[MicroGroup] = ()) -> Calibration:
+         micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None
+         ) -> Calibration:
     rows = np.concatenate([g.rows for g in groups])
     lo = np.array([b[0] / b[3] for b in space.values()])
     hi = np.array([b[1] / b[3] for b in space.values()])
@@ -125,7 +168,12 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
         pred = predict_groups(groups, len(data), gpu, cal)[rows]
         step_res = np.log(pred / measured)
         micro_res = MICRO_WEIGHT * np.log(predict_micro(micro, gpu, cal) / micro_measured)
-        return np.concatenate([step_res, micro_res])
+        parts = [step_res, micro_res]
+        if profile is not None:
+            pred_cls = predict_classes(profile, gpu, cal)
+            parts += [PROFILE_WEIGHT * np.log(pred_cls[c] / profile.class_s[c])
+                      for c in profile.class_s]
+        return np.concatenate(parts)
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
                         x_scale="jac", diff_step=1e-4, max_nfev=400)
@@ -134,7 +182,8 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
 
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         resolve_model: Callable[[str], ModelSpec], note: str = "",
-        micro: Sequence[MicroGroup] = ()) -> FitResult:
+        micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None
+        ) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
     given), then the host launch cost on eager rows (graph parameters held).
 
@@ -146,7 +195,9 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
     cal = Calibration(gpu=gpu.name, fitted_on=note or data.source)
-    cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro)
+    # profiled shapes of the models being fitted only (leave-one-model-out honesty)
+    pf = make_profile_fit(profiles, stack, resolve_model, set(map(str, data.model)))
+    cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     pred = predict_groups(groups, len(data), gpu, cal)

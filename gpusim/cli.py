@@ -175,8 +175,11 @@ def calibrate(
         micro = micro_mod.read_micro(micro_path, st, models, kinds=micro_kinds(micro_kind))
     print(f"fitting {len(steps)} steps and {sum(len(m.measured_s) for m in micro)} "
           f"kernel microbenchmarks from {path.parent} ...", file=sys.stderr)
+    from gpusim import profiles as prof_mod
+
+    prof = prof_mod.read_profiles(sorted(path.parent.glob("kernels*.csv")), st)
     res = cal_mod.fit(steps, g, st, loader.load_model, note=f"{path.parent.name}/{path.name}",
-                      micro=micro)
+                      micro=micro, profiles=prof)
     target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,8 +222,9 @@ def validate(
     if not files:
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
     from gpusim import micro as micro_mod
+    from gpusim import profiles as prof_mod
 
-    datasets, gpus, shipped, micro = {}, {}, {}, {}
+    datasets, gpus, shipped, micro, profs = {}, {}, {}, {}, {}
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
@@ -229,12 +233,14 @@ def validate(
             models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
+        profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
         cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
             shipped[name] = loader.calibration_from_yaml(cal_file)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data-dir " + str(data_dir)
-    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro)
+    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
+                             profs)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:

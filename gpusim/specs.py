@@ -260,6 +260,10 @@ class StackSpec(_Frozen):
     prologue: tuple[StackOp, ...]
     layer: tuple[StackOp, ...]
     epilogue: tuple[StackOp, ...]
+    # kernel-name patterns (regular expressions) of profiled kernels per class, for
+    # calibration from torch.profiler output; unmatched names count as elementwise
+    profile_classes: dict[Literal["gemm", "attention"], tuple[str, ...]] = Field(
+        default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------

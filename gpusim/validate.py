@@ -15,6 +15,7 @@ import numpy as np
 from gpusim.calibrate import fit, make_groups, predict_groups
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup, without_models
+from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
 BATCH_RANGES: tuple[tuple[str, int, int], ...] = (
@@ -94,7 +95,8 @@ def in_sample(data: StepData, gpu: GpuSpec, stack: StackSpec, cal: Calibration,
 
 
 def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
-                        resolve: Resolver, micro: Sequence[MicroGroup] = ()) -> Evaluation:
+                        resolve: Resolver, micro: Sequence[MicroGroup] = (),
+                        profiles: ProfileData | None = None) -> Evaluation:
     """Each model's rows predicted by a calibration fitted without that model (its
     steps and the kernel microbenchmarks of its shapes both left out)."""
     pred = np.full(len(data), np.nan)
@@ -102,7 +104,7 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
     for model in sorted(set(data.model)):
         held = data.model == model
         res = fit(data.subset(~held), gpu, stack, resolve, note=f"LOMO without {model}",
-                  micro=without_models(list(micro), {model}))
+                  micro=without_models(list(micro), {model}), profiles=profiles)
         groups = make_groups(data.subset(held), stack, resolve)
         pred[held] = predict_groups(groups, int(held.sum()), gpu, res.calibration)
         cals[model] = res.calibration
@@ -111,11 +113,12 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
 
 def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: GpuSpec,
               stack: StackSpec, resolve: Resolver,
-              micro: Sequence[MicroGroup] = ()) -> Evaluation:
+              micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None
+              ) -> Evaluation:
     """Fit on ``train`` (one GPU, with its microbenchmarks), predict ``test`` on
     another GPU's datasheet."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
-              micro=micro)
+              micro=micro, profiles=profiles)
     groups = make_groups(test, stack, resolve)
     pred = predict_groups(groups, len(test), test_gpu, res.calibration)
     return Evaluation(f"fitted on {train_gpu.name}", test_gpu.name, test, pred,
@@ -181,7 +184,8 @@ def acceptance(lomo: Evaluation, cross: Evaluation | None) -> list[dict[str, obj
 
 def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: StackSpec,
                resolve: Resolver, shipped: dict[str, Calibration],
-               command: str, micro: dict[str, list[MicroGroup]] | None = None
+               command: str, micro: dict[str, list[MicroGroup]] | None = None,
+               profiles: dict[str, ProfileData | None] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
@@ -201,13 +205,15 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     for name in names:
         data, gpu = datasets[name], gpus[name]
         micro = micro or {}
-        lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []))
+        profiles = profiles or {}
+        lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []),
+                                   profiles.get(name))
         cross = None
         others = [o for o in names if o != name]
         if others:
             src = others[0]
             cross = cross_gpu(datasets[src], gpus[src], data, gpu, stack, resolve,
-                              micro.get(src, []))
+                              micro.get(src, []), profiles.get(src))
         sheet = in_sample(data, gpu, stack, Calibration(gpu=gpu.name), resolve,
                           "datasheet only")
         md += [f"## {name} ({len(data)} measured steps, {len(set(data.model))} models)", ""]

@@ -2,8 +2,11 @@
 sweeps over batch and context, and validation against measured loops.
 
 Built on ``gpusim.step`` (and the engine for event-level iterations); never on
-serving. Modules: acceptance, trees, drafts, kernels, overhead, iteration, sweep,
-measured, validate, figures, output.
+serving. Modules: acceptance (chain acceptance models), trees (token trees, Sequoia
+DP), drafts (draft kinds), kernels (sampling/acceptance/head kernels), overhead (host
+round trip), iteration (one iteration: closed form and engine), sweep (batch x ctx x
+k), measured + validate (harness data, fit, errors), figures + output (formatting),
+options (CLI values -> inputs).
 """
 
 from gpusim.speculative.acceptance import (

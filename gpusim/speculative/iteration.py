@@ -294,6 +294,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
     b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
     b, c = b.copy(), c.copy()
+    cal = overhead.calibration_for_loop(cal)
     steps = plan_iteration(spec, stack, b, c)
     times = [step_times(s, gpu, cal, launch) for s in steps]
     rt = overhead.host_round_trip_s
@@ -336,6 +337,7 @@ def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
     """
     if launch not in step_mod.LAUNCH_MODES:
         raise ValueError(f"launch={launch!r} must be one of graph, eager")
+    cal = overhead.calibration_for_loop(cal)
     steps = plan_iteration(spec, stack, batch, ctx)
     program = []
     for i, st in enumerate(steps):

@@ -1,11 +1,15 @@
-"""The per-iteration host round trip of a speculative loop, and where it comes from.
+"""The host side of a speculative loop: the round trip per iteration, the graph launch.
 
 After the verify pass the host must learn how many draft tokens each sequence
 accepted before it can launch the next iteration: a stream synchronisation, a small
 device-to-host copy and the host's own bookkeeping (accept/reject, KV pointer moves,
-stop checks). Plain decoding pays the same round trip once per token. It is one
-number per GPU (host), fitted from measured loops (``gpusim spec-validate``) and kept
-in ``validation/calibrations/speculative/<gpu>.yaml``; without one, a prior is used.
+stop checks). Plain decoding pays the same round trip once per token. Between the
+steps of one iteration the host issues CUDA graph replays back to back, so all but
+the first replay's launch cost hide behind GPU work.
+
+Both numbers are per GPU (and host), fitted from measured loops by ``gpusim
+spec-validate --write-overhead`` into ``validation/calibrations/speculative/<gpu>.yaml``;
+without that file the round trip is a prior and the launch cost the calibration's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpusim import loader
 from gpusim.errors import bad
-from gpusim.specs import GpuSpec
+from gpusim.specs import Calibration, GpuSpec
 
 SPEC_CALIBRATIONS_DIR = loader.CALIBRATIONS_DIR / "speculative"
 PRIOR_ROUND_TRIP_S = 50e-6   # sync + 4..1 KB D2H copy + Python bookkeeping (a prior)
@@ -32,7 +36,17 @@ class SpecOverhead(BaseModel):
     fitted_on: str = "prior"
     host_round_trip_s: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = (
         PRIOR_ROUND_TRIP_S)
+    # Host cost of one CUDA graph replay as the loop sees it: the part of a step's
+    # alone time that back-to-back replays hide. None: the calibration's
+    # host_graph_launch_cost_s.
+    graph_launch_s: Annotated[float, Field(ge=0, le=1e-3, allow_inf_nan=False)] | None = None
     notes: str = ""
+
+    def calibration_for_loop(self, cal: Calibration) -> Calibration:
+        """``cal`` with the graph launch cost the loop measured (if fitted)."""
+        if self.graph_launch_s is None:
+            return cal
+        return cal.model_copy(update={"host_graph_launch_cost_s": self.graph_launch_s})
 
 
 def load_overhead(which: str, gpu: GpuSpec) -> SpecOverhead:

@@ -110,7 +110,7 @@ def sweep(gpu: GpuSpec, stack: StackSpec, cal: Calibration, overhead: SpecOverhe
                          "ms_per_token": top["ms_per_token"],
                          "baseline_ms_per_token": top["baseline_ms_per_token"],
                          "fits_in_memory": top["fits_in_memory"]})
-    dense_max = max_dense_batch or max(bs)
+    dense_max = max_dense_batch if max_dense_batch is not None else max(bs)
     breaks = _break_even(gpu, stack, cal, overhead, target, draft, acceptances, cs, kk,
                          launch, reserve_fraction, dense_max)
     return SweepResult(rows=rows, best=best, break_even=breaks)
@@ -121,7 +121,7 @@ def _break_even(gpu: GpuSpec, stack: StackSpec, cal: Calibration, overhead: Spec
                 ctxs: list[int], ks: list[int], launch: str, reserve_fraction: float,
                 dense_max: int) -> list[dict[str, object]]:
     if not 1 <= dense_max <= MAX_DENSE_BATCH * 64:
-        raise ValueError(f"max_dense_batch={dense_max} must be in 1..{MAX_DENSE_BATCH * 64}")
+        raise ValueError(f"max_batch={dense_max} must be in 1..{MAX_DENSE_BATCH * 64}")
     dense = np.arange(1, dense_max + 1, dtype=np.float64)
     out = []
     for c in ctxs:

@@ -8,8 +8,9 @@ Two predictions of every measured iteration:
 * ``end_to_end``: ``predict_iteration`` with predicted step times (the GPU's
   calibration): what a user gets.
 
-The round trip is fitted on the rows of one pair (least squares on relative error,
-closed form) and reported on every row, the fit pair's rows marked in-sample. The
+The round trip and the graph launch cost hidden by back-to-back replays are fitted on
+the rows of one pair (bounded linear least squares on relative error) and reported on
+every row, the fit pair's rows marked in-sample. The
 plain decoding loop (one step + one round trip per token) is a fit-free check.
 """
 
@@ -48,10 +49,19 @@ def composed_no_round_trip_s(rows: Sequence[SpecRow], graph_launch_s: float) -> 
     return np.asarray(out)
 
 
-def fit_round_trip_s(measured_s: np.ndarray, without_s: np.ndarray) -> float:
-    """argmin_x sum(((without + x) / measured - 1)^2), clipped at 0."""
-    w = 1.0 / measured_s ** 2
-    return max(0.0, float(np.sum((measured_s - without_s) * w) / np.sum(w)))
+def fit_overhead_s(rows: Sequence[SpecRow]) -> tuple[float, float]:
+    """(host round trip, graph launch hidden per replay) minimising the squared relative
+    error of the composed iteration, sum(T) - k h + rt, over ``rows`` (bounded linear
+    least squares: 0 <= rt <= 0.1 s, 0 <= h <= 1 ms)."""
+    from scipy.optimize import lsq_linear
+
+    meas = np.array([r.iteration_s for r in rows])
+    alone = np.array([r.k * r.draft_step_s + r.verify_s for r in rows])
+    ks = np.array([float(r.k) for r in rows])
+    a = np.stack([1.0 / meas, -ks / meas], axis=1)
+    y = (meas - alone) / meas
+    res = lsq_linear(a, y, bounds=([0.0, 0.0], [0.1, 1e-3]))
+    return float(res.x[0]), float(res.x[1])
 
 
 def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -134,14 +144,13 @@ def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[Sp
     fp = fit_pair or pairs[0]
     if fp not in pairs:
         raise ValueError(f"fit_pair={fp!r} is not in {source} (pairs: {', '.join(pairs)})")
-    meas = np.array([r.iteration_s for r in graph])
-    composed0 = composed_no_round_trip_s(graph, cal.host_graph_launch_cost_s)
-    fit_mask = np.array([r.pair == fp for r in graph])
-    rt = fit_round_trip_s(meas[fit_mask], composed0[fit_mask])
-    ov = SpecOverhead(gpu=gpu.name, fitted_on=f"{source} pair {fp} ({int(fit_mask.sum())} "
-                      "rows)", host_round_trip_s=rt,
-                      notes="gpusim spec-validate: least squares on relative error of the "
-                            "composed iteration (measured step times)")
+    fit_rows = [r for r in graph if r.pair == fp]
+    rt, h = fit_overhead_s(fit_rows)
+    composed0 = composed_no_round_trip_s(graph, h)
+    ov = SpecOverhead(gpu=gpu.name, fitted_on=f"{source} pair {fp} ({len(fit_rows)} rows)",
+                      host_round_trip_s=rt, graph_launch_s=h,
+                      notes="gpusim spec-validate: bounded least squares on the relative "
+                            "error of the composed iteration (measured step times)")
     e2e = np.empty(len(graph))
     groups: dict[tuple[str, str, int], list[int]] = {}
     for i, r in enumerate(graph):
@@ -158,6 +167,56 @@ def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[Sp
                          composed_s=composed0 + rt, end_to_end_s=e2e, plain_predicted_s=plain)
 
 
+REPORT_ACCEPTANCES = (0.6, 0.8, 0.9)
+
+
+def measured_speedups(rows: Sequence[SpecRow], rates: Sequence[float] = REPORT_ACCEPTANCES
+                      ) -> list[dict[str, object]]:
+    """Speedup of the measured loops over the measured plain loop, best k per (pair,
+    ctx, batch), for i.i.d. acceptance ``rates``: plain ms per token / (iteration ms /
+    E[tokens])."""
+    out = []
+    keys = sorted({(r.pair, r.ctx, r.batch) for r in rows if r.plain_iteration_s})
+    for a in rates:
+        acc = IidAcceptance(a)
+        for pair, ctx, batch in keys:
+            cell = [r for r in rows if (r.pair, r.ctx, r.batch) == (pair, ctx, batch)]
+            sp = {r.k: r.plain_iteration_s / (r.iteration_s / acc.expected_tokens(r.k))
+                  for r in cell if r.plain_iteration_s}
+            k = max(sp, key=lambda kk: sp[kk])
+            out.append({"acceptance": a, "pair": pair, "ctx": ctx, "batch": batch,
+                        "best_k": k, "speedup": sp[k]})
+    return out
+
+
+def _measured_section(results: Sequence[GpuValidation]) -> list[str]:
+    from gpusim import report
+
+    lines = ["", "## Measured speedup over plain decoding (best k)", "",
+             "From the measured loops alone (no model): plain-loop ms per token over "
+             "iteration ms / E[tokens] for i.i.d. acceptance a. `first loss`: the smallest "
+             "measured batch where the best k is slower than plain decoding.", ""]
+    for r in results:
+        ms = measured_speedups(r.rows)
+        batches = sorted({int(m["batch"]) for m in ms})  # type: ignore[call-overload]
+        table = []
+        for (a, pair, ctx) in dict.fromkeys((m["acceptance"], m["pair"], m["ctx"])
+                                            for m in ms):
+            cells = {m["batch"]: m for m in ms
+                     if (m["acceptance"], m["pair"], m["ctx"]) == (a, pair, ctx)}
+            row: dict[str, object] = {"gpu": r.gpu, "pair": pair, "a": a, "ctx": ctx}
+            for b in batches:
+                c = cells.get(b)
+                row[f"b={b}"] = f"{c['speedup']:.2f} (k={c['best_k']})" if c else ""
+            losing = [b for b in batches if b in cells and float(cells[b]["speedup"]) < 1]  # type: ignore[arg-type]
+            row["first loss"] = losing[0] if losing else "-"
+            table.append(row)
+        lines.append(report.markdown_table(
+            table, ["gpu", "pair", "a", "ctx", *[f"b={b}" for b in batches], "first loss"]))
+        lines.append("")
+    return lines
+
+
 def markdown(results: Sequence[GpuValidation], command: str) -> str:
     """The validation report: fitted round trips, error tables, per pair."""
     from gpusim import report
@@ -171,8 +230,10 @@ def markdown(results: Sequence[GpuValidation], command: str) -> str:
              "`held-out pairs` are rows it never saw.", "", "## Fitted host round trip", ""]
     lines.append(report.markdown_table(
         [{"gpu": r.gpu, "fit_pair": r.fit_pair,
-          "host_round_trip_us": r.overhead.host_round_trip_s * 1e6, "rows": len(r.rows)}
-         for r in results], ["gpu", "fit_pair", "host_round_trip_us", "rows"]))
+          "host_round_trip_us": r.overhead.host_round_trip_s * 1e6,
+          "graph_launch_us": (r.overhead.graph_launch_s or 0.0) * 1e6, "rows": len(r.rows)}
+         for r in results], ["gpu", "fit_pair", "host_round_trip_us", "graph_launch_us",
+                             "rows"]))
     lines += ["", "## Errors", ""]
     summ = [s for r in results for s in r.summary()]
     lines.append(report.markdown_table(
@@ -184,4 +245,5 @@ def markdown(results: Sequence[GpuValidation], command: str) -> str:
         bp, ["gpu", "pair", "in_fit", "composed_mape", "composed_max", "end_to_end_mape",
              "end_to_end_max"],
         percent=("composed_mape", "composed_max", "end_to_end_mape", "end_to_end_max")))
-    return "\n".join(lines) + "\n"
+    lines += _measured_section(results)
+    return "\n".join(lines).rstrip("\n") + "\n"
