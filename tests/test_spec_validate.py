@@ -1,0 +1,113 @@
+"""spec-validate: reading spec.csv, fitting the host overhead, error tables."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from gpusim.errors import ConfigError
+from gpusim.loader import load_model
+from gpusim.specs import Calibration
+from gpusim.speculative.measured import SPEC_COLUMNS, read_spec_csv
+from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
+from gpusim.speculative.validate import fit_overhead_s, markdown, validate_gpu
+
+RT, H = 60e-6, 15e-6
+PAIRS = (("llama-3.1-8b", "llama-3.2-1b"), ("llama-3.2-3b", "llama-3.2-1b"))
+
+
+def write_spec_csv(path: Path, rt: float = RT, h: float = H, noise: float = 0.0) -> None:
+    """A synthetic measurement: the loop exactly as the composed model says."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SPEC_COLUMNS)
+        w.writeheader()
+        i = 0
+        for t, d in PAIRS:
+            for b in (1, 16):
+                for c in (1024, 4096):
+                    draft = 2.2e-3 * (1 + b / 64) * (1 + c / 65536)
+                    target = (8e-3 if "8b" in t else 4.8e-3) * (1 + b / 64)
+                    for k in (1, 2, 4, 8):
+                        verify = target * (1 + 0.01 * k)
+                        it = k * draft + verify - k * h + rt
+                        it *= 1 + noise * ((i % 3) - 1)
+                        i += 1
+                        w.writerow({
+                            "pair": f"{t}+{d}", "target": t, "draft": d, "k": k, "batch": b,
+                            "ctx": c, "launch": "graph", "iteration_ms": it * 1e3,
+                            "iteration_p10_ms": it * 1e3, "iteration_p90_ms": it * 1e3,
+                            "repeats": 20, "draft_step_ms": draft * 1e3,
+                            "verify_ms": verify * 1e3, "target_step_ms": target * 1e3,
+                            "plain_iteration_ms": (target + rt) * 1e3, "plain_p10_ms": "",
+                            "plain_p90_ms": "", "accepted_mean": 0})
+
+
+def test_fit_recovers_round_trip_and_launch(tmp_path):
+    f = tmp_path / "h100-sxm" / "spec.csv"
+    write_spec_csv(f)
+    rows = read_spec_csv(f)
+    rt, h = fit_overhead_s(rows)
+    assert rt == pytest.approx(RT, rel=1e-6) and h == pytest.approx(H, rel=1e-6)
+
+
+def test_validate_gpu_composed_is_exact_on_synthetic_data(tmp_path, h100, stack):
+    f = tmp_path / "h100-sxm" / "spec.csv"
+    write_spec_csv(f, noise=0.01)
+    v = validate_gpu(h100, stack, Calibration(), read_spec_csv(f), load_model)
+    assert v.fit_pair == "llama-3.1-8b+llama-3.2-1b"
+    summ = {(s["prediction"], s["rows"]): s for s in v.summary()}
+    assert summ[("composed", "all rows")]["max"] < 0.02
+    assert summ[("composed", "held-out pairs")]["n"] == 16
+    assert summ[("plain loop (composed)", "all rows")]["max"] < 0.01
+    assert {p["in_fit"] for p in v.points()} == {True, False}
+    md = markdown([v], "gpusim spec-validate")
+    assert "host_round_trip_us" in md and "held-out pairs" in md
+    ov = v.overhead
+    assert ov.graph_launch_s is not None and ov.host_round_trip_s > 0
+    assert from_yaml(_write(tmp_path / "ov.yaml", to_yaml(ov))) == ov
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_unknown_fit_pair(tmp_path, h100, stack):
+    f = tmp_path / "h100-sxm" / "spec.csv"
+    write_spec_csv(f)
+    with pytest.raises(ValueError, match="fit_pair"):
+        validate_gpu(h100, stack, Calibration(), read_spec_csv(f), load_model, "nope")
+
+
+@pytest.mark.parametrize("edit,line,field", [
+    (lambda t: re.sub(r"graph,[0-9.]+,", "graph,x,", t, count=1), 2, "iteration_ms"),
+    (lambda t: t.replace("llama-3.1-8b,llama-3.2-1b,1,", "llama-3.1-8b,llama-3.2-1b,0,", 1),
+     2, "k"),
+    (lambda t: t.replace("pair,", "pairs,", 1), 1, None),
+    (lambda t: t.splitlines()[0] + "\n", None, None),
+])
+def test_read_errors(tmp_path, edit, line, field):
+    f = tmp_path / "h100-sxm" / "spec.csv"
+    write_spec_csv(f)
+    f.write_text(edit(f.read_text()))
+    with pytest.raises(ConfigError) as exc:
+        read_spec_csv(f)
+    msg = str(exc.value)
+    if line is not None:
+        assert f"{f}:{line}" in msg
+    if field is not None:
+        assert f": {field}:" in msg
+
+
+def test_overhead_yaml_errors(tmp_path):
+    f = _write(tmp_path / "ov.yaml", "host_round_trip_s: 5\n")
+    with pytest.raises(ConfigError, match=r"ov.yaml:1: host_round_trip_s"):
+        from_yaml(f)
+    f = _write(tmp_path / "ov.yaml", "host_round_trip_s: 1.0e-5\nbogus: 1\n")
+    with pytest.raises(ConfigError, match=r"ov.yaml:2: bogus: unknown key"):
+        from_yaml(f)
+    assert SpecOverhead().calibration_for_loop(Calibration()) == Calibration()
