@@ -40,6 +40,7 @@ FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
     "attention_cta_overhead_s": (0.0, 10e-6, 1e-6, 1e-6),
     "gemm_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
     "strided_kernel_extra_s": (0.0, 3e-6, 1e-6, 1e-6),
+    "strided_bandwidth_fraction": (0.1, 1.0, 0.6, 1.0),
     "reduction_s_per_element": (0.0, 4e-10, 1e-10, 1e-10),
     "reduction_parallel_rows": (4.0, 64.0, 16.0, 1.0),
     "l2_bandwidth_ratio": (1.0, 6.0, 2.0, 1.0),

@@ -61,23 +61,40 @@ def _ceil_div(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
     return np.ceil(np.asarray(a, dtype=np.float64) / b)
 
 
+def _tiled(m: np.ndarray, n: int, k: int, tile_m: np.ndarray, tile_n: float, sms: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tiles = _ceil_div(m, tile_m) * _ceil_div(n, tile_n)
+    max_split = max(1.0, np.floor(k / SPLIT_K_MIN_K))
+    split = np.clip(np.floor(sms / tiles), 1.0, max_split)
+    ctas = tiles * split
+    waves = _ceil_div(ctas, sms)
+    # a tile computes its full tile_m rows even when m is smaller (padding)
+    cta_flops = 2.0 * tile_m * tile_n * (k / split)
+    return ctas, waves, cta_flops
+
+
 def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ctas, waves, flops per CTA) of a tiled GEMM with split-K for skinny shapes."""
+    """(ctas, waves, flops per CTA) of a tiled GEMM with split-K for skinny shapes.
+
+    Wide GEMMs pick, among output-tile widths of ``gemm_tile_n`` x {1/2, 1, 3/2, 2},
+    the one whose waves waste the least (cuBLAS's heuristics pick tile shapes such
+    as 192x128 to balance the last wave); the time is then monotone in m.
+    """
     sms = float(gpu.sm_count)
     # skinny GEMMs (m <= gemm_skinny_tile_m) run token tiles padded to the MMA's
     # granularity of 8 rows, rounded up to a power of two (cuBLAS's 8/16/32/64 tiles)
     pow2 = np.exp2(np.ceil(np.log2(np.maximum(m, 1.0))))
     skinny = np.clip(pow2, MMA_ROWS, cal.gemm_skinny_tile_m)
     tile_m = np.where(m <= cal.gemm_skinny_tile_m, skinny, cal.gemm_tile_m)
-    tiles = _ceil_div(m, tile_m) * _ceil_div(n, cal.gemm_tile_n)
-    max_split = max(1.0, np.floor(k / SPLIT_K_MIN_K))
-    split = np.clip(np.floor(sms / tiles), 1.0, max_split)
-    ctas = tiles * split
-    waves = _ceil_div(ctas, sms)
-    # a tile computes its full tile_m rows even when m is smaller (padding)
-    cta_flops = 2.0 * tile_m * cal.gemm_tile_n * (k / split)
-    return ctas, waves, cta_flops
+    best = _tiled(m, n, k, tile_m, float(cal.gemm_tile_n), sms)
+    wide = m > cal.gemm_skinny_tile_m
+    if wide.any():
+        for factor in (0.5, 1.5, 2.0):
+            cand = _tiled(m, n, k, tile_m, cal.gemm_tile_n * factor, sms)
+            better = wide & (cand[1] * cand[2] < best[1] * best[2])
+            best = tuple(np.where(better, c, b) for c, b in zip(cand, best, strict=True))
+    return best
 
 
 def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0
@@ -169,7 +186,8 @@ def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: Gpu
     return kv_bytes / np.maximum(ctas, 1e-9) * saturating / bw
 
 
-def _l2_aware_s(total_bytes: np.ndarray, launches: float, bw: float, gpu: GpuSpec,
+def _l2_aware_s(total_bytes: np.ndarray, launches: float, bw: np.ndarray | float,
+                gpu: GpuSpec,
                 cal: Calibration) -> np.ndarray:
     """Streaming time of a chain of pointwise kernels whose inputs the previous kernel
     just wrote: the part of each kernel's traffic that fits in L2 moves at L2 speed."""
@@ -231,7 +249,11 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         # pointwise kernels launch a CTA per few thousand elements: never short of CTAs
         # once they move enough bytes to matter; small ones pay fixed cost and latency
         compute = k.flops / gpu.fp32_flops_per_s
-        memory = _l2_aware_s(k.bytes, launches, bw, gpu, cal)
+        # non-vectorised kernels load element by element: a lower achieved bandwidth
+        strided = (k.strided_launches / max(launches, 1.0) if k.strided_launches is not None
+                   else np.zeros_like(k.flops))
+        op_bw = bw / (1.0 - strided + strided / cal.strided_bandwidth_fraction)
+        memory = _l2_aware_s(k.bytes, launches, op_bw, gpu, cal)
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, cal)
     if launches == 0:

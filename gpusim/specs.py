@@ -314,6 +314,9 @@ class Calibration(_Frozen):
     # run in parallel (see cost.reduction_s).
     reduction_s_per_element: NonNeg = 0.0
     reduction_parallel_rows: Annotated[float, Field(ge=1.0, le=4096.0)] = 16.0
+    # Bandwidth of a non-vectorised (strided) pointwise kernel, as a fraction of a
+    # vectorised one's (element-wide loads instead of 16-byte vectors).
+    strided_bandwidth_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # Extra fixed time of a non-vectorised (strided, broadcast, reduction) kernel.
     strided_kernel_extra_s: NonNeg = 0.0
     # Extra fixed time per GEMM (pipeline fill and drain, split-K reduction).
