@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gpusim.errors import bad
+from gpusim.errors import ConfigError, bad
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
 ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parent.parent))
@@ -407,16 +407,40 @@ def calibration_from_yaml(path: Path) -> Calibration:
     return validate(Calibration, data, str(path), lines)
 
 
+def _transfer_source(gpu: GpuSpec) -> Path | None:
+    """The shipped calibration to borrow for an unmeasured GPU: one of the same
+    architecture if any, else of the same vendor, else None (sorted, so stable)."""
+    shipped = sorted(CALIBRATIONS_DIR.glob("*.yaml")) if CALIBRATIONS_DIR.is_dir() else []
+    candidates = []
+    for path in shipped:
+        try:
+            other = load_gpu(path.stem)
+        except ConfigError:
+            continue
+        candidates.append((other.architecture != gpu.architecture,
+                           other.vendor != gpu.vendor, path.stem, path))
+    candidates = [c for c in candidates if not c[1]]  # never across vendors
+    return min(candidates)[3] if candidates else None
+
+
 def load_calibration(which: str, gpu: GpuSpec) -> Calibration:
-    """``auto``: the shipped calibration for ``gpu`` if any, else the datasheet;
-    ``none``: the datasheet; otherwise a path. Raises ConfigError."""
+    """``auto``: the shipped calibration for ``gpu``; for a GPU nobody measured, the
+    calibration of a measured GPU of the same architecture (else vendor) transferred:
+    efficiencies and fixed costs carry over, bandwidth and FLOP/s come from this GPU's
+    datasheet (validation/REPORT.md states the cross-GPU error); else the datasheet.
+    ``none``: the datasheet alone; otherwise a path. Raises ConfigError."""
     if which == "none":
         return Calibration(gpu=gpu.name)
     if which == "auto":
         shipped = CALIBRATIONS_DIR / f"{gpu.name}.yaml"
         if shipped.is_file():
             return calibration_from_yaml(shipped)
-        return Calibration(gpu=gpu.name)
+        source = _transfer_source(gpu)
+        if source is None:
+            return Calibration(gpu=gpu.name)
+        cal = calibration_from_yaml(source)
+        return cal.model_copy(update={"gpu": gpu.name,
+                                      "fitted_on": f"transferred from {source.stem}"})
     path = Path(which)
     if not path.is_file():
         raise bad("--calibration", "expected auto, none or an existing file", value=which)

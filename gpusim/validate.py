@@ -235,5 +235,5 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                 pts += points(ev)
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
     table = markdown_table(summary, ["gpu", "evaluation", *ERR_COLS], PCT)
-    md = [*md[:5], "## Summary (all rows)", "", table, "", *md[5:]]
+    md = [*md[:4], "## Summary (all rows)", "", table, "", *md[4:]]
     return "\n".join(md) + "\n", pts
