@@ -224,7 +224,7 @@ def validate(
     from gpusim import micro as micro_mod
     from gpusim import profiles as prof_mod
 
-    datasets, gpus, shipped, micro, profs = {}, {}, {}, {}, {}
+    datasets, gpus, shipped, micro, profs, others = {}, {}, {}, {}, {}, {}
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
@@ -234,13 +234,16 @@ def validate(
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
+        earlier = f.parent / "previous_machine" / "steps.csv"
+        if earlier.is_file():
+            others[name] = measurements.read_steps(earlier)
         cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
             shipped[name] = loader.calibration_from_yaml(cal_file)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data-dir " + str(data_dir)
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
-                             profs)
+                             profs, others)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:
@@ -303,6 +306,15 @@ def serve(
         "--slo-ttft-s", help="Goodput: time-to-first-token target (default 2).")] = None,
     slo_tpot_s: Annotated[float | None, typer.Option(
         "--slo-tpot-s", help="Goodput: time-per-output-token target (default 0.1).")] = None,
+    spec_draft: Annotated[str | None, typer.Option(
+        "--spec-draft", help="Speculative decoding in decode-only steps with this draft: "
+        "a model | medusa:H | eagle[:N] | ngram[:US] (default: no speculation).")] = None,
+    spec_k: Annotated[str | None, typer.Option(
+        "--spec-k", help="Draft tokens per iteration: N (1..16) or auto (per step, "
+        "from the batch size; default 4).")] = None,
+    spec_acceptance: Annotated[float | None, typer.Option(
+        "--spec-acceptance", help="i.i.d. acceptance rate of a draft token (default 0.7).")
+    ] = None,
     calibration: CalOpt = "auto",
     launch: LaunchOpt = Launch.graph,
     stack: StackOpt = loader.DEFAULT_STACK,
@@ -317,6 +329,7 @@ def serve(
     """Simulate serving over time: latency percentiles, throughput, goodput, KV use."""
     from gpusim import serving
     from gpusim.serving import figures, output
+    from gpusim.serving.scenario import parse_spec_k
 
     g = loader.load_gpu(gpu)
     m = loader.load_model(model)
@@ -327,7 +340,9 @@ def serve(
         seed=seed, arrival=arrival, rate_per_s=rate, cv=cv, users=users,
         think_time_s=think_time_s, trace=trace, policy=scheduler, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, block_size_tokens=block_size,
-        reserve_fraction=reserve_fraction, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s)
+        reserve_fraction=reserve_fraction, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
+        spec_draft=spec_draft, spec_acceptance=spec_acceptance,
+        spec_k=None if spec_k is None else parse_spec_k(spec_k))
     result = serving.run(g, m, st, cal, sc, launch.value, quiet=quiet)
     for path, text in ((out_json, output.json_text), (out_csv, output.csv_text),
                        (html, figures.serve_html)):

@@ -185,7 +185,8 @@ def acceptance(lomo: Evaluation, cross: Evaluation | None) -> list[dict[str, obj
 def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: StackSpec,
                resolve: Resolver, shipped: dict[str, Calibration],
                command: str, micro: dict[str, list[MicroGroup]] | None = None,
-               profiles: dict[str, ProfileData | None] | None = None
+               profiles: dict[str, ProfileData | None] | None = None,
+               other_machine: dict[str, StepData] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
@@ -225,6 +226,12 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             md.append(section(cross, f"Cross-GPU: calibration {cross.label}, "
                                      f"{name} datasheet"))
         md.append(section(sheet, "Datasheet only (`--calibration none`)"))
+        if name in shipped and other_machine and name in other_machine:
+            other = in_sample(other_machine[name], gpu, stack, shipped[name], resolve,
+                              "another machine")
+            md.append(section(other, "Another machine of the same kind: the shipped "
+                                     "calibration on an earlier campaign's data"))
+            summary.append({"gpu": name, "evaluation": other.label, **other.errors().__dict__})
         if name in shipped:
             ins = in_sample(data, gpu, stack, shipped[name], resolve,
                             "shipped calibration (in-sample)")

@@ -60,8 +60,13 @@ class KvBudget:
 
 def kv_budget(gpu: GpuSpec, model: ModelSpec,
               block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS,
-              reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> KvBudget:
+              reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+              extra_weight_bytes: float = 0.0,
+              extra_kv_bytes_per_token: float = 0.0) -> KvBudget:
     """Blocks of KV cache that fit next to the weights.
+
+    ``extra_weight_bytes`` and ``extra_kv_bytes_per_token`` count a speculative
+    draft's weights and KV cache (each cached token is held by target and draft).
 
     Raises ConfigError for a bad block size or reserve, and when the weights plus the
     reserve leave no room for one block (the message gives weights, KV per token and
@@ -72,9 +77,9 @@ def kv_budget(gpu: GpuSpec, model: ModelSpec,
     if not 0.0 <= reserve_fraction < 1.0:
         raise bad("--reserve-fraction", "must be in [0, 1)", value=reserve_fraction)
     capacity = float(gpu.hbm_capacity_bytes)
-    weights = float(model.weight_bytes)
+    weights = float(model.weight_bytes) + extra_weight_bytes
     reserve = reserve_fraction * capacity
-    per_token = float(model.kv_bytes_per_token)
+    per_token = float(model.kv_bytes_per_token) + extra_kv_bytes_per_token
     kv_bytes = capacity - weights - reserve
     blocks = int(kv_bytes // (per_token * block_size_tokens)) if kv_bytes > 0 else 0
     if blocks < 1:
@@ -206,6 +211,26 @@ class PagedKVCache:
             self._take(need, f"decode step of {len(self._group)} sequences")
         self.ticks += 1
         return need
+
+    def group_advance(self, seq: int, extra: int) -> int:
+        """Decoding member ``seq`` gains ``extra`` more tokens than the group (accepted
+        speculative tokens); returns the blocks taken."""
+        if extra < 0 or seq not in self._group:
+            raise InvariantError(f"KV cache: cannot advance {seq} by {extra}")
+        base = self._group[seq]
+        tokens = base + self.ticks
+        need = self.blocks_for(tokens + extra) - self.blocks_for(tokens)
+        if need:
+            self._take(need, f"speculative tokens of sequence {seq}")
+        self._residue[base % self.block_size] -= 1
+        self._residue[(base + extra) % self.block_size] += 1
+        self._group[seq] = base + extra
+        self._group_base_sum += extra
+        return need
+
+    def group_members(self) -> list[int]:
+        """The decoding group's sequences (O(group size))."""
+        return list(self._group)
 
     def free(self, seq: int) -> int:
         """Release ``seq`` (finished or preempted); returns the blocks freed."""

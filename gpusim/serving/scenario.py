@@ -143,6 +143,16 @@ class SloSpec(_Strict):
     tpot_s: Pos = DEFAULT_SLO_TPOT_S
 
 
+class SpeculativeSpec(_Strict):
+    """Speculative decoding in decode-only steps: ``draft`` (a model name or path,
+    medusa:H, eagle[:N], ngram[:US]), ``k`` draft tokens per iteration (an integer or
+    ``auto``: chosen per step from the batch size) and the i.i.d. acceptance rate."""
+
+    draft: Annotated[str, Field(min_length=1)]
+    k: Literal["auto"] | Annotated[int, Field(ge=1, le=16)] = 4
+    acceptance: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.7
+
+
 class Scenario(_Strict):
     """One serving experiment: arrivals and lengths (or a trace), engine, SLOs."""
 
@@ -156,6 +166,7 @@ class Scenario(_Strict):
     trace: TraceSpec | None = None
     scheduler: SchedulerSpec = SchedulerSpec()
     slo: SloSpec = SloSpec()
+    speculative: SpeculativeSpec | None = None
 
     @model_validator(mode="after")
     def _workload_given(self) -> Scenario:
@@ -246,7 +257,8 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
     Options: duration_s, seed, arrival (process name), rate_per_s, cv, users,
     think_time_s, prompt, output (LengthSpec), trace (path), scheduler fields
     (policy, max_num_seqs, max_num_batched_tokens, block_size_tokens,
-    reserve_fraction), slo_ttft_s, slo_tpot_s. Raises ConfigError (source: the option).
+    reserve_fraction), slo_ttft_s, slo_tpot_s, spec_draft, spec_k, spec_acceptance.
+    Raises ConfigError (source: the option).
     """
     data: dict[str, Any] = base.model_dump(exclude_none=True) if base else {}
     given = {k: v for k, v in options.items() if v is not None}
@@ -282,6 +294,16 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
         if key in given:
             slo[field] = given[key]
     data["slo"] = slo
+    spec_keys = (("spec_draft", "draft"), ("spec_k", "k"), ("spec_acceptance", "acceptance"))
+    if any(key in given for key, _ in spec_keys):
+        spec = dict(data.get("speculative") or {})
+        for key, field in spec_keys:
+            if key in given:
+                spec[field] = given[key]
+        if "draft" not in spec:
+            raise bad("--spec-draft", "--spec-k and --spec-acceptance need a draft "
+                      "(--spec-draft or speculative.draft in the scenario)")
+        data["speculative"] = spec
     try:
         return loader.validate(Scenario, data, "options")
     except ConfigError as exc:
@@ -301,4 +323,20 @@ _OPTION_FOR_FIELD = {
     "scheduler.block_size_tokens": "--block-size",
     "scheduler.reserve_fraction": "--reserve-fraction",
     "slo.ttft_s": "--slo-ttft-s", "slo.tpot_s": "--slo-tpot-s",
+    "speculative": "--spec-draft", "speculative.draft": "--spec-draft",
+    "speculative.k": "--spec-k", "speculative.acceptance": "--spec-acceptance",
 }
+
+
+def parse_spec_k(text: str) -> int | str:
+    """``--spec-k``: an integer 1..16 or ``auto``. Raises ConfigError."""
+    s = text.strip().lower()
+    if s == "auto":
+        return "auto"
+    try:
+        k = int(s)
+    except ValueError:
+        raise bad("--spec-k", "expected an integer in 1..16 or auto", value=text) from None
+    if not 1 <= k <= 16:
+        raise bad("--spec-k", "expected an integer in 1..16 or auto", value=text)
+    return k

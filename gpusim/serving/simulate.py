@@ -27,6 +27,12 @@ from gpusim.serving.metrics import RELATIVE_ACCURACY, Metrics
 from gpusim.serving.requests import Request
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.scheduler import ContinuousBatching, StaticBatching, make_scheduler
+from gpusim.serving.speculation import (
+    SpecStepModel,
+    build_spec_step_model,
+    draft_memory,
+    draft_option,
+)
 from gpusim.serving.state import EngineState
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model
 from gpusim.serving.workload import Source, build_source
@@ -48,6 +54,7 @@ class Engine:
     budget: KvBudget
     max_ctx_tokens: int
     step_model: StepTimeModel
+    spec: SpecStepModel | None = None   # speculative decoding (None: plain decoding)
 
 
 def build_engine(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
@@ -57,11 +64,20 @@ def build_engine(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibrat
     Raises ConfigError when the model does not fit, ValueError for a bad launch mode.
     """
     s = scenario.scheduler
-    budget = kv_budget(gpu, model, s.block_size_tokens, s.reserve_fraction)
+    sp = scenario.speculative
+    draft = draft_option(sp.draft) if sp is not None else None
+    extra_w, extra_kv = draft_memory(draft, model) if draft is not None else (0.0, 0.0)
+    budget = kv_budget(gpu, model, s.block_size_tokens, s.reserve_fraction, extra_w,
+                       extra_kv)
     max_ctx = min(model.max_position_embeddings, budget.capacity_tokens)
     step_model = build_step_time_model(gpu, model, stack, cal, launch,
                                        s.max_num_batched_tokens, s.max_num_seqs, max_ctx)
-    return Engine(gpu, model, stack, cal, launch, budget, max_ctx, step_model)
+    spec = None
+    if sp is not None and draft is not None:
+        spec = build_spec_step_model(gpu, model, stack, cal, launch, draft,
+                                     None if sp.k == "auto" else int(sp.k), sp.acceptance,
+                                     s.max_num_seqs, max_ctx, s.reserve_fraction)
+    return Engine(gpu, model, stack, cal, launch, budget, max_ctx, step_model, spec)
 
 
 def _window_s(scenario: Scenario, source: Source) -> float:
@@ -90,17 +106,30 @@ def simulate(engine: Engine, scenario: Scenario,
     state = EngineState(kv)
     scheduler = make_scheduler(sched_spec.policy, sched_spec.max_num_seqs,
                                sched_spec.max_num_batched_tokens)
-    end_s = _loop(engine, state, scheduler, source, metrics, progress)
+    # accepted lengths: a stream of their own, derived from the seed, so that the
+    # workload is the same with and without speculation
+    spec_rng = np.random.default_rng([scenario.seed, 1])
+    end_s = _loop(engine, state, scheduler, source, metrics, progress, spec_rng)
     checks = _final_checks(state, source, metrics)
     return _summary(engine, scenario, source, state, metrics, end_s, checks)
 
 
 def _loop(engine: Engine, st: EngineState, scheduler: ContinuousBatching | StaticBatching,
           source: Source, m: Metrics,
-          progress: Callable[[float], None] | None) -> float:
-    """The event loop; returns the time the last request completed."""
+          progress: Callable[[float], None] | None,
+          spec_rng: np.random.Generator | None = None) -> float:
+    """The event loop; returns the time the last request completed.
+
+    With speculation (``engine.spec``), a step with no prefill chunk runs one
+    speculative iteration when the KV cache has room for k more tokens per decoding
+    sequence; each sequence then advances by its accepted length + 1 (capped by its
+    remaining output), all emitted at the step's end. Other steps run as without.
+    """
     sm = engine.step_model
+    spec = engine.spec
+    heappush = heapq.heappush
     kv = st.kv
+    block = kv.block_size
     total_blocks = kv.total_blocks
     context_window = engine.model.max_position_embeddings
     waiting, running, heap = st.waiting, st.running, st.finish_heap
@@ -145,13 +174,23 @@ def _loop(engine: Engine, st: EngineState, scheduler: ContinuousBatching | Stati
         batch = scheduler.schedule(st, now)
         chunks = batch.chunks
         decode = batch.decode
+        extra_total = 0
         if chunks:
             dt, moved = mixed_step(decode, batch.decode_ctx_tokens,
                                    [(n, ctx) for _, ctx, n in chunks])
             tokens = decode + sum(n for _, _, n in chunks)
         elif decode:
-            dt, moved = decode_step(decode, batch.decode_ctx_tokens)
-            tokens = decode
+            if spec is not None:
+                mean_ctx = batch.decode_ctx_tokens / decode
+                k = spec.choose_k(decode, mean_ctx)
+                if kv.free_blocks >= decode * -(-k // block):
+                    dt, moved = spec.iteration(k, decode, mean_ctx)
+                    extra_total = _speculate(st, spec, k, decode, spec_rng, heap, heappush)
+                else:
+                    dt, moved = decode_step(decode, batch.decode_ctx_tokens)
+            else:
+                dt, moved = decode_step(decode, batch.decode_ctx_tokens)
+            tokens = decode + extra_total
         else:
             raise InvariantError(f"scheduler made no progress at t={now!r}: "
                                  f"{len(waiting)} waiting, {len(running)} running, "
@@ -163,6 +202,10 @@ def _loop(engine: Engine, st: EngineState, scheduler: ContinuousBatching | Stati
             arrive(t1)
         if decode:
             m.tokens_emitted += decode
+            if extra_total:
+                # accepted draft tokens: emitted with the step's token, at its end
+                m.tokens_emitted += extra_total
+                itl_add(0.0, extra_total)
             late = st.late_joiners
             if late:
                 for req in late:
@@ -201,6 +244,34 @@ def _loop(engine: Engine, st: EngineState, scheduler: ContinuousBatching | Stati
         steps += 1
         if progress is not None and steps % PROGRESS_EVERY_STEPS == 0:
             progress(now)
+
+
+def _speculate(st: EngineState, spec: SpecStepModel, k: int, decode: int,
+               rng: np.random.Generator | None, heap: list[tuple[int, int]],
+               heappush: Callable[[list[tuple[int, int]], tuple[int, int]], None]) -> int:
+    """After the scheduler's group step (one token each), advance every decoding
+    sequence by its sampled accepted draft tokens, capped by its remaining output;
+    returns the extra tokens in all."""
+    if rng is None:
+        raise ValueError("speculation needs a seeded random generator")
+    kv = st.kv
+    members = kv.group_members()
+    require(len(members) == decode, f"{len(members)} decoding, batch says {decode}")
+    accepted = spec.sample_accepted(k, decode, rng).tolist()
+    running = st.running
+    ticks = kv.ticks
+    total = 0
+    for rid, a in zip(members, accepted, strict=True):
+        if not a:
+            continue
+        req = running[rid]
+        extra = min(a, req.finish_tick - ticks)
+        if extra > 0:
+            kv.group_advance(rid, extra)
+            req.finish_tick -= extra
+            heappush(heap, (req.finish_tick, rid))
+            total += extra
+    return total
 
 
 def _final_checks(st: EngineState, source: Source, m: Metrics) -> dict[str, bool]:
@@ -253,6 +324,7 @@ def _summary(engine: Engine, scenario: Scenario, source: Source, st: EngineState
         "scheduler": scenario.scheduler.model_dump(),
         "slo": scenario.slo.model_dump(),
         "kv_cache": engine.budget.as_dict(),
+        **({"speculative": engine.spec.describe()} if engine.spec is not None else {}),
         "requests": {
             "arrived": m.arrived + rejected,
             "accepted": m.arrived,
