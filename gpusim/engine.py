@@ -60,81 +60,21 @@ def _check(name: str, value: float) -> None:
 def simulate_stream(launches: Sequence[Launch], *, host_launch_s: float,
                     graph_launch_s: float, graph: bool, sram_bytes: float,
                     record: bool = True) -> Timeline:
-    """Run the launches through host -> stream -> GPU; returns the Timeline.
+    """Run the launches of one step through host -> stream -> GPU; returns the Timeline.
 
-    Raises ValueError for a negative cost or an empty SRAM.
+    One step is a one-step host program (``simulate_program``); its graph launch is
+    the host interval named ``graph_launch``. Raises ValueError for a negative cost or
+    an empty SRAM.
     """
-    _check("host_launch_s", host_launch_s)
-    _check("graph_launch_s", graph_launch_s)
-    if not sram_bytes > 0:
-        raise ValueError(f"sram_bytes(={sram_bytes}) must be > 0")
-    for la in launches:
-        _check(f"{la.name}.gpu_s", la.gpu_s)
-        _check(f"{la.name}.memory_s", la.memory_s)
-        _check(f"{la.name}.compute_s", la.compute_s)
-    env = simpy.Environment()
-    stream: simpy.Store = simpy.Store(env)
-    sms = simpy.Resource(env, capacity=1)
-    hbm = simpy.Resource(env, capacity=1)
-    sram = simpy.Container(env, capacity=sram_bytes, init=0)
-    tl = Timeline()
-    done = env.event()
-
-    def host():  # type: ignore[no-untyped-def]
-        if graph:
-            t0 = env.now
-            yield env.timeout(graph_launch_s)
-            if record:
-                tl.intervals.append(Interval("host", "graph_launch", -1, t0, env.now))
-            for la in launches:
-                yield stream.put(la)
-        else:
-            for la in launches:
-                t0 = env.now
-                yield env.timeout(host_launch_s)
-                if record:
-                    tl.intervals.append(Interval("host", la.name, la.layer, t0, env.now))
-                yield stream.put(la)
-
-    def memory_phase(la: Launch, span_s: float):  # type: ignore[no-untyped-def]
-        with hbm.request() as req:
-            yield req
-            t0 = env.now
-            yield env.timeout(span_s)
-            if record:
-                tl.intervals.append(Interval("hbm", la.name, la.layer, t0, env.now,
-                                             bytes=la.bytes))
-
-    def gpu():  # type: ignore[no-untyped-def]
-        for _ in range(len(launches)):
-            la = yield stream.get()
-            staged = min(la.bytes, sram_bytes)
-            with sms.request() as req:
-                yield req
-                if staged > 0:
-                    yield sram.put(staged)
-                tl.sram_peak_bytes = max(tl.sram_peak_bytes, sram.level)
-                t0 = env.now
-                mem = env.process(memory_phase(la, min(la.memory_s, la.gpu_s)))
-                yield env.timeout(la.gpu_s)
-                yield mem
-                if staged > 0:
-                    yield sram.get(staged)
-                if record:
-                    tl.intervals.append(Interval("sm", la.name, la.layer, t0, env.now,
-                                                 bytes=la.bytes, flops=la.flops))
-        done.succeed()
-
-    env.process(host())
-    env.process(gpu())
-    env.run(until=done)
-    tl.end_s = float(env.now)
-    return tl
+    step = HostStep(name="graph_launch", launches=tuple(launches), graph=graph)
+    return simulate_program([step], host_launch_s=host_launch_s,
+                            graph_launch_s=graph_launch_s, sram_bytes=sram_bytes,
+                            record=record)
 
 
 # ----------------------------------------------------------------------------------
 # Programs: several steps from one host thread, with host work and syncs between them
-# (added for speculative decoding; simulate_stream above is unchanged)
+# (a single step is the one-step program: simulate_stream above)
 # ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HostStep:
@@ -169,6 +109,8 @@ def simulate_program(program: Sequence[HostStep], *, host_launch_s: float,
         _check(f"{hs.name}.host_after_s", hs.host_after_s)
         for la in hs.launches:
             _check(f"{la.name}.gpu_s", la.gpu_s)
+            _check(f"{la.name}.memory_s", la.memory_s)
+            _check(f"{la.name}.compute_s", la.compute_s)
     env = simpy.Environment()
     stream: simpy.Store = simpy.Store(env)
     sms = simpy.Resource(env, capacity=1)
