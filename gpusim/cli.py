@@ -212,6 +212,9 @@ def validate(
         "--html-dir", help="Write scatter and error-vs-batch Plotly HTML here.")] = None,
     stack: StackOpt = loader.DEFAULT_STACK,
     micro_kind: MicroOpt = Micro.none,
+    fmt: Annotated[Fmt, typer.Option(
+        "--format", help="stdout: table (the markdown report), json or csv (per-row "
+        "predictions of every evaluation).")] = Fmt.table,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
     from gpusim import measurements
@@ -258,7 +261,12 @@ def validate(
                           html_dir / "validation_scatter.html")
         report.write_html(report.error_vs_batch_figure(oos, "LOMO: error vs batch"),
                           html_dir / "validation_error_vs_batch.html")
-    _echo(md)
+    if fmt is Fmt.json:
+        _echo(report.to_json(pts))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv(pts).rstrip("\n"))
+    else:
+        _echo(md)
 
 
 @app.command()
