@@ -230,8 +230,10 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         verify = k.attention is not None and k.attention.mode == "verify"
         tensor_eff = (cal.verify_attention_tensor_efficiency if verify
                       else cal.attention_tensor_efficiency)
-        ctas, critical = attention_schedule(
-            k, gpu, cal.attention_cta_overhead_s * per_sm * tensor_eff)
+        # the per-CTA prologue/epilogue was measured on verify's FA2 kernel; decode's
+        # and prefill's kernels amortise theirs over long key loops
+        overhead_s = cal.attention_cta_overhead_s if verify else 0.0
+        ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff)
         compute = critical / (per_sm * tensor_eff)
         a = k.attention
         assert a is not None
