@@ -1,13 +1,21 @@
 """Kernel -> Cost: the time one op takes on a GPU, from its bytes and flops.
 
-Physics, each term with its parameter in ``Calibration``:
+Physics, each term with its parameter in ``Calibration`` (calibrate.FIT_SPACE fits
+them; the defaults are the ideal datasheet GPU):
 
-* HBM: ``bytes / (bandwidth x efficiency x parallelism)`` plus a first-byte latency
-  per launch (Little's law: a small transfer never reaches peak). ``parallelism`` is
-  the fraction of the GPU's memory-level parallelism a kernel with few CTAs reaches.
-* Tensor math: GEMM output tiles quantised into waves over the SMs, split-K when a
-  skinny GEMM has fewer tiles than SMs; attention blocks likewise, with FlashAttention's
-  GQA packing for decode and split-KV (flash-decoding) for small batches.
+* HBM streaming at a sustained fraction of the datasheet bandwidth, plus a first-byte
+  latency per launch (small transfers never reach peak).
+* Pointwise kernels: vectorised or not (strided views, broadcasts, reductions are
+  slower per launch and per byte); chains whose tensors fit in L2 move at L2 speed;
+  RMSNorm's row reductions are latency-bound per row until rows run side by side.
+* GEMMs: token tiles padded to the MMA granularity for skinny shapes, output tiles
+  quantised into waves over the SMs with the tile width that wastes least, split-K
+  when tiles can't fill the GPU; a fixed cost per GEMM.
+* Attention: decode packs a KV group's query heads and splits keys over CTAs
+  (flash-decoding); verify's FA2 kernel re-reads KV per query head (L2 serving part
+  of it, differently in one wave and in many), pays a per-CTA prologue and splits
+  keys when few CTAs; prefill is causal with waves of 128-query blocks. A kernel with
+  too few CTAs in flight is bound by one CTA's share of the bandwidth.
 * A fixed GPU-side cost per launch (launch gap, prologue, epilogue).
 * Memory and math overlap inside a kernel: ``(m^p + c^p)^(1/p)`` (p large: max).
 
