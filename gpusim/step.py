@@ -236,3 +236,32 @@ def summary(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> dict[str, obj
         "roofline_fraction": roof / t if t else 0.0,
         "bound": bound,
     }
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One op of a step as the layers above ``step`` see it: what it is and what it
+    costs (per step, all its repeats included), arrays over step shapes."""
+
+    name: str
+    kind: str           # gemm | attention | elementwise | embedding
+    launches: int       # kernel launches per occurrence
+    repeat: int         # occurrences per step (layers)
+    seconds: np.ndarray
+    bytes: np.ndarray
+    fixed_s: np.ndarray
+
+
+def op_costs(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration, mode: str,
+             batch: object, ctx: object, q: object) -> list[OpCost]:
+    """Per-op GPU cost of a step for arrays of (batch, ctx, q), in launch order.
+
+    For simulators built on ``step`` (serving) that need a step split by op kind without
+    handling kernels. Raises ValueError for an impossible shape.
+    """
+    out = []
+    for k in build_kernels(model, stack, mode, batch, ctx, q):
+        c = kernel_cost(k, gpu, cal).scaled(k.repeat)
+        out.append(OpCost(name=k.name, kind=k.kind, launches=k.launches, repeat=k.repeat,
+                          seconds=c.seconds, bytes=c.bytes, fixed_s=c.fixed_s))
+    return out

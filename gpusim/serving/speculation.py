@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim import loader
-from gpusim.cost import step_cost
 from gpusim.errors import bad
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance
@@ -38,7 +37,7 @@ from gpusim.speculative.drafts import (
     kv_bytes_per_token,
     parse_draft,
 )
-from gpusim.speculative.iteration import Speculation, plan_iteration, predict_iteration
+from gpusim.speculative.iteration import Speculation, iteration_bytes, predict_iteration
 from gpusim.speculative.overhead import load_overhead
 from gpusim.speculative.trees import TokenTree
 
@@ -140,8 +139,7 @@ def build_spec_step_model(gpu: GpuSpec, target: ModelSpec, stack: StackSpec,
         spec = Speculation(target, draft, TokenTree.chain(kk), acc)
         pred = predict_iteration(gpu, stack, cal, overhead, spec, b, c, launch,
                                  reserve_fraction)
-        moved = sum((step_cost(st.kernels, gpu, cal).bytes
-                     for st in plan_iteration(spec, stack, b, c)), np.zeros_like(b))
+        moved = iteration_bytes(spec, stack, gpu, cal, b, c)
         secs = pred.iteration_s.reshape(max_num_seqs, len(grid))
         byts = np.broadcast_to(moved, b.shape).reshape(max_num_seqs, len(grid))
         # row 0 unused (batch sizes start at 1)

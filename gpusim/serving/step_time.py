@@ -11,9 +11,9 @@ split by what their cost depends on:
   prefill kernel (no cached context) or verify-shaped kernel (after cached context).
   The attention launches' fixed cost is paid once per step.
 
-``build_step_time_model`` evaluates the real kernels (``ops.build_kernels`` +
-``cost.kernel_cost``) on grids: every m up to the token budget, every n up to the
-sequence limit, every decode batch size against a context grid, and a (q, ctx) grid
+``build_step_time_model`` evaluates the step's per-op costs (``step.op_costs``; the
+serving layer never sees kernels) on grids: every m up to the token budget, every n up
+to the sequence limit, every decode batch size against a context grid, and a (q, ctx) grid
 for chunks; lookups interpolate linearly, so a step costs a few list lookups and no
 numpy. On uniform batches the result matches ``step.predict``.
 
@@ -32,9 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.cost import kernel_cost
-from gpusim.ops import Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.step import OpCost, op_costs
 
 LAUNCH_MODES = ("graph", "eager")
 CTX_GRID_KNEE_TOKENS = 2048   # context grid: spacing 32 tokens at 0, ~1.6% of ctx beyond
@@ -184,17 +183,15 @@ class StepTimeModel:
 # ----------------------------------------------------------------------------------
 # building the tables
 # ----------------------------------------------------------------------------------
-def _cost_sum(kernels: list[Kernel], keep, gpu: GpuSpec, cal: Calibration
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(seconds, bytes, fixed seconds) of the kept kernels, each times its repeat."""
-    n = len(kernels[0].flops)
+def _cost_sum(ops: list[OpCost], keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(seconds, bytes, fixed seconds) of the kept ops (repeats included)."""
+    n = len(ops[0].seconds)
     secs, moved, fixed = np.zeros(n), np.zeros(n), np.zeros(n)
-    for k in kernels:
-        if keep(k):
-            c = kernel_cost(k, gpu, cal)
-            secs += c.seconds * k.repeat
-            moved += c.bytes * k.repeat
-            fixed += c.fixed_s * k.repeat
+    for op in ops:
+        if keep(op):
+            secs += op.seconds
+            moved += op.bytes
+            fixed += op.fixed_s
     return secs, moved, fixed
 
 
@@ -206,8 +203,8 @@ def _evaluate(model: ModelSpec, stack: StackSpec, gpu: GpuSpec, cal: Calibration
     parts = []
     for lo in range(0, len(batch), _EVAL_CHUNK):
         sl = slice(lo, lo + _EVAL_CHUNK)
-        kernels = build_kernels(model, stack, mode, batch[sl], ctx[sl], q[sl])
-        parts.append(_cost_sum(kernels, keep, gpu, cal))
+        ops = op_costs(gpu, model, stack, cal, mode, batch[sl], ctx[sl], q[sl])
+        parts.append(_cost_sum(ops, keep))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore
 
 
@@ -240,13 +237,13 @@ def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
     max_tokens = max(max_batched_tokens, max_num_seqs)
     last_ops = _last_position_ops(stack)
 
-    def per_token(k: Kernel) -> bool:
+    def per_token(k: OpCost) -> bool:
         return k.kind != "attention" and k.name not in last_ops
 
-    def per_seq(k: Kernel) -> bool:
+    def per_seq(k: OpCost) -> bool:
         return k.kind != "attention" and k.name in last_ops
 
-    def attention(k: Kernel) -> bool:
+    def attention(k: OpCost) -> bool:
         return k.kind == "attention"
 
     m = np.arange(1, max_tokens + 1, dtype=np.float64)
@@ -271,15 +268,15 @@ def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
     attn_fixed = float(dec_fixed[0]) if len(dec_fixed) else 0.0
 
     # eager: which op launches last, and does its cost follow tokens or sequences?
-    probe = build_kernels(model, stack, "decode", 1, 0, 1)
-    launches = kernel_launches(probe)
+    probe = op_costs(gpu, model, stack, cal, "decode", 1, 0, 1)
+    launches = sum(op.launches * op.repeat for op in probe)
     tail_tok = [0.0] * (max_tokens + 1)
     tail_seq = [0.0] * (max_num_seqs + 1)
     last = next((k for k in reversed(probe) if k.launches > 0), None)
     if launch == "eager" and last is not None:
         if last.kind == "attention":
             raise ValueError("eager step model: a stack ending in attention is not supported")
-        def only(k: Kernel) -> bool:
+        def only(k: OpCost) -> bool:
             return k.name == last.name
 
         if last.name in last_ops:

@@ -353,3 +353,12 @@ def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         program, host_launch_s=cal.host_launch_cost_s,
         graph_launch_s=cal.host_graph_launch_cost_s,
         sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
+
+
+def iteration_bytes(spec: Speculation, stack: StackSpec, gpu: GpuSpec, cal: Calibration,
+                    batch: object, ctx: object) -> np.ndarray:
+    """HBM bytes one iteration moves (draft steps, verify, acceptance kernels), per
+    (batch, ctx) shape. Raises ValueError for an impossible shape."""
+    steps = plan_iteration(spec, stack, batch, ctx)
+    return sum((step_cost(st.kernels, gpu, cal).bytes for st in steps),
+               np.zeros(len(np.atleast_1d(np.asarray(batch, dtype=np.float64)))))
