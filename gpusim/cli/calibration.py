@@ -1,0 +1,149 @@
+"""``gpusim calibrate`` and ``gpusim validate``: fit and judge the cost model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpusim import loader, report
+from gpusim.cli.common import (
+    Fmt,
+    FmtOpt,
+    GpuOpt,
+    Micro,
+    MicroOpt,
+    StackOpt,
+    _echo,
+    _print_table,
+    app,
+    micro_kinds,
+)
+from gpusim.errors import bad, cannot
+
+
+@app.command()
+def calibrate(
+    gpu: GpuOpt,
+    data: Annotated[Path, typer.Option(
+        "--data", help="Measured steps.csv (default validation/data/<gpu>/steps.csv).")
+    ] = Path(""),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
+    ] = None,
+    stack: StackOpt = loader.DEFAULT_STACK,
+    micro_kind: MicroOpt = Micro.none,
+    fmt: FmtOpt = Fmt.table,
+) -> None:
+    """Fit the cost model's parameters for one GPU from measured step times."""
+    from gpusim import calibrate as cal_mod
+    from gpusim import measurements
+
+    g = loader.load_gpu(gpu)
+    st = loader.load_stack(stack)
+    default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
+    path = data if str(data) not in ("", ".") else default
+    from gpusim import micro as micro_mod
+
+    steps = measurements.read_steps(path)
+    micro_path = path.parent / "micro.csv"
+    micro = []
+    if micro_path.is_file():
+        models = [loader.load_model(m) for m in sorted(set(steps.model))]
+        micro = micro_mod.read_micro(micro_path, st, models, kinds=micro_kinds(micro_kind))
+    print(f"fitting {len(steps)} steps and {sum(len(m.measured_s) for m in micro)} "
+          f"kernel microbenchmarks from {path.parent} ...", file=sys.stderr)
+    from gpusim import profiles as prof_mod
+
+    prof = prof_mod.read_profiles(sorted(path.parent.glob("kernels*.csv")), st)
+    res = cal_mod.fit(steps, g, st, loader.load_model, note=f"{path.parent.name}/{path.name}",
+                      micro=micro, profiles=prof)
+    target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot(target.parent, exc) from None
+    report.write_atomic(target, cal_mod.to_yaml(res))
+    print(f"wrote {target}", file=sys.stderr)
+    params = res.calibration.model_dump(exclude={"notes"})
+    summary = {"rows": res.rows, "mape": res.mape, "log_rmse": res.log_rmse, **params}
+    if fmt is Fmt.json:
+        _echo(report.to_json(summary))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv([summary]).rstrip("\n"))
+    else:
+        _print_table(f"calibration of {g.name} (in-sample fit)",
+                     [{"parameter": k, "value": v} for k, v in summary.items()],
+                     ["parameter", "value"])
+
+
+@app.command()
+def validate(
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="Directory with <gpu>/steps.csv measurements.")
+    ] = Path("validation/data"),
+    report_path: Annotated[Path, typer.Option(
+        "--report", help="Markdown report to write.")] = Path("validation/REPORT.md"),
+    points_path: Annotated[Path | None, typer.Option(
+        "--points", help="Per-row predictions CSV to write.")] = None,
+    html_dir: Annotated[Path | None, typer.Option(
+        "--html-dir", help="Write scatter and error-vs-batch Plotly HTML here.")] = None,
+    stack: StackOpt = loader.DEFAULT_STACK,
+    micro_kind: MicroOpt = Micro.none,
+    fmt: Annotated[Fmt, typer.Option(
+        "--format", help="stdout: table (the markdown report), json or csv (per-row "
+        "predictions of every evaluation).")] = Fmt.table,
+) -> None:
+    """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
+    from gpusim import measurements
+    from gpusim import validate as val
+
+    st = loader.load_stack(stack)
+    files = sorted(data_dir.glob("*/steps.csv"))
+    if not files:
+        raise bad(str(data_dir), "no <gpu>/steps.csv files found")
+    from gpusim import micro as micro_mod
+    from gpusim import profiles as prof_mod
+
+    datasets, gpus, shipped, micro, profs, others = {}, {}, {}, {}, {}, {}
+    for f in files:
+        name = f.parent.name
+        gpus[name] = loader.load_gpu(name)
+        datasets[name] = measurements.read_steps(f)
+        if (f.parent / "micro.csv").is_file():
+            models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
+            micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
+                                               kinds=micro_kinds(micro_kind))
+        profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
+        earlier = f.parent / "previous_machine" / "steps.csv"
+        if earlier.is_file():
+            others[name] = measurements.read_steps(earlier)
+        cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
+        if cal_file.is_file():
+            shipped[name] = loader.calibration_from_yaml(cal_file)
+        print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
+    command = "gpusim validate --data-dir " + str(data_dir)
+    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
+                             profs, others)
+    report.write_atomic(report_path, md)
+    print(f"wrote {report_path}", file=sys.stderr)
+    if points_path is not None:
+        report.write_atomic(points_path, report.to_csv(pts))
+    if html_dir is not None:
+        try:
+            html_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cannot(html_dir, exc) from None
+        oos = [p for p in pts if p["evaluation"] == "leave-one-model-out"]
+        report.write_html(report.scatter_figure(oos, "LOMO: predicted vs measured"),
+                          html_dir / "validation_scatter.html")
+        report.write_html(report.error_vs_batch_figure(oos, "LOMO: error vs batch"),
+                          html_dir / "validation_error_vs_batch.html")
+    if fmt is Fmt.json:
+        _echo(report.to_json(pts))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv(pts).rstrip("\n"))
+    else:
+        _echo(md)

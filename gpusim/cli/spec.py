@@ -1,0 +1,239 @@
+"""``gpusim spec``, ``spec-sweep`` and ``spec-validate``: speculative decoding."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gpusim import loader, report
+from gpusim.cli.common import (
+    CalOpt,
+    Fmt,
+    FmtOpt,
+    GpuOpt,
+    Launch,
+    LaunchOpt,
+    StackOpt,
+    _echo,
+    _print_table,
+    app,
+    setup,
+)
+from gpusim.errors import bad
+
+SpecDraftOpt = Annotated[str, typer.Option(
+    "--draft", help="Draft: a model (name, YAML or config.json path) | medusa:H (H heads "
+    "on the target, k <= H) | eagle or eagle:N (EAGLE head, N layers) | ngram or "
+    "ngram:US (prompt lookup, US us of host time per iteration).")]
+SpecOverheadOpt = Annotated[str, typer.Option(
+    "--overhead", help="Host round trip per iteration: auto (fitted for this GPU under "
+    "validation/calibrations/speculative/, else a prior), none (the prior), or a YAML path.")]
+SpecRoundTripOpt = Annotated[float | None, typer.Option(
+    "--round-trip-us", help="Override the host round trip (microseconds).")]
+SpecReserveOpt = Annotated[float, typer.Option(
+    "--reserve-fraction", help="HBM fraction kept for the runtime (not weights or KV).")]
+
+
+@app.command()
+def spec(
+    gpu: GpuOpt,
+    target: Annotated[str, typer.Option("--target", help="Target model name or path.")],
+    draft: SpecDraftOpt,
+    k: Annotated[int | None, typer.Option(
+        "--k", help="Draft tokens per iteration (a chain; default 4, medusa:H -> H).")
+    ] = None,
+    tree: Annotated[str | None, typer.Option(
+        "--tree", help="Token tree instead of a chain: WxD | parents:0,0,1,... | "
+        "best:N[:D] (Sequoia DP, <= N nodes, depth <= D). Verify q = nodes.")] = None,
+    batch: Annotated[int, typer.Option("--batch")] = 1,
+    ctx: Annotated[int, typer.Option("--ctx", help="Tokens already cached.")] = 1024,
+    acceptance: Annotated[str, typer.Option(
+        "--acceptance", help="0.8 (i.i.d.) | 0.9,0.8,0.7 (per position; last repeats) | "
+        "ranked:0.6,0.2,0.1 (trees) | file:PATH or PATH.csv/.json (accepted-length "
+        "histogram: CSV accepted,count or JSON {\"counts\": [...]}).")] = "0.8",
+    calibration: CalOpt = "auto",
+    overhead: SpecOverheadOpt = "auto",
+    round_trip_us: SpecRoundTripOpt = None,
+    launch: LaunchOpt = Launch.graph,
+    stack: StackOpt = loader.DEFAULT_STACK,
+    reserve_fraction: SpecReserveOpt = 0.1,
+    mc_iterations: Annotated[int, typer.Option(
+        "--mc-iterations", help="Also sample this many iterations per request (Monte-Carlo "
+        "check of tokens per iteration; 0: off).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Monte-Carlo seed.")] = 0,
+    fmt: FmtOpt = Fmt.table,
+    timeline: Annotated[Path | None, typer.Option(
+        "--timeline", help="Write a Plotly timeline of one iteration (SimPy engine) here.")
+    ] = None,
+) -> None:
+    """Speculative decoding: one iteration's time, tokens per iteration, speedup.
+
+    Example: gpusim spec --gpu h100-sxm --target llama-3.1-8b --draft llama-3.2-1b
+    --k 4 --batch 8 --ctx 4096 --acceptance 0.8 --format json
+    """
+    import numpy as np
+
+    from gpusim.speculative import iteration as it
+    from gpusim.speculative import options, output
+
+    g, st, cal = setup(gpu, stack, calibration)
+    ov = options.overhead_from_options(overhead, round_trip_us, g)
+    sp = options.speculation_from_options(target, draft, acceptance, k, tree)
+    if not 0.0 <= reserve_fraction < 1.0:
+        raise bad("--reserve-fraction", "must be in [0, 1)", value=reserve_fraction)
+    if mc_iterations < 0:
+        raise bad("--mc-iterations", "must be >= 0", value=mc_iterations)
+    try:
+        p = it.predict_iteration(g, st, cal, ov, sp, batch, ctx, launch.value,
+                                 reserve_fraction)
+    except ValueError as exc:
+        raise bad("--" + str(exc).split("=", 1)[0], str(exc)) from None
+    options.check_weights_fit(p)
+    if not bool(p.fits[0]):
+        print(f"gpusim: warning: weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed "
+              f"the usable HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}",
+              file=sys.stderr)
+    mc = (sp.monte_carlo(batch, mc_iterations, np.random.default_rng(seed))
+          if mc_iterations else None)
+    rec = output.spec_record(p, g, cal, ov, mc)
+    if timeline is not None:
+        tl = it.simulate_iteration(g, st, cal, ov, sp, batch, ctx, launch.value)
+        title = (f"{sp.target.name} + {sp.draft.label} {sp.tree.label()} b={batch} "
+                 f"ctx={ctx} on {g.name}")
+        report.write_html(report.timeline_figure(tl, title), timeline)
+        print(f"wrote timeline to {timeline}", file=sys.stderr)
+    if fmt is Fmt.json:
+        _echo(report.to_json(rec))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv([rec]).rstrip("\n"))
+    else:
+        _print_table(f"{rec['target']} + {rec['draft']} ({rec['tree']}, {rec['acceptance']}) "
+                     f"batch={batch} ctx={ctx} on {g.name} (calibration: {cal.fitted_on}; "
+                     f"overhead: {ov.fitted_on})", [rec], list(output.TABLE_COLUMNS))
+
+
+@app.command("spec-sweep")
+def spec_sweep(
+    gpu: GpuOpt,
+    target: Annotated[str, typer.Option("--target", help="Target model name or path.")],
+    draft: SpecDraftOpt,
+    acceptance: Annotated[list[str] | None, typer.Option(
+        "--acceptance", help="Acceptance model (as for `spec`); repeat for several.")
+    ] = None,
+    batches: Annotated[str, typer.Option("--batches", help="e.g. 1,2,4,8 or 1-16.")
+                       ] = "1,2,4,8,16,32,64,128,256",
+    ctxs: Annotated[str, typer.Option("--ctxs", help="Contexts, e.g. 1024,16384.")
+                    ] = "1024,4096,16384",
+    ks: Annotated[str, typer.Option("--ks", help="Chain lengths to try, e.g. 1-8.")] = "1-8",
+    max_batch: Annotated[int | None, typer.Option(
+        "--max-batch", help="Break-even search over every batch 1..this (default: the "
+        "largest of --batches).")] = None,
+    calibration: CalOpt = "auto",
+    overhead: SpecOverheadOpt = "auto",
+    round_trip_us: SpecRoundTripOpt = None,
+    launch: LaunchOpt = Launch.graph,
+    stack: StackOpt = loader.DEFAULT_STACK,
+    reserve_fraction: SpecReserveOpt = 0.1,
+    fmt: FmtOpt = Fmt.table,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write the Plotly heatmaps (best-k speedup) here.")] = None,
+    md: Annotated[Path | None, typer.Option(
+        "--md", help="Write a markdown report (break-even and best-k tables) here.")] = None,
+    out_csv: Annotated[Path | None, typer.Option(
+        "--out-csv", help="Write every (acceptance, ctx, batch, k) row here.")] = None,
+) -> None:
+    """Speedup over plain decoding against batch and context; best k; break-even batch."""
+    from gpusim.speculative import figures, options
+    from gpusim.speculative import sweep as sw
+
+    g, st, cal = setup(gpu, stack, calibration)
+    ov = options.overhead_from_options(overhead, round_trip_us, g)
+    t = loader.load_model(target)
+    sp = options.speculation_from_options(target, draft, "0.8", 1, None)
+    accs = [options.acceptance_option(a) for a in (acceptance or ["0.8"])]
+    if not 0.0 <= reserve_fraction < 1.0:
+        raise bad("--reserve-fraction", "must be in [0, 1)", value=reserve_fraction)
+    try:
+        res = sw.sweep(g, st, cal, ov, t, sp.draft, accs,
+                       options.int_list(batches, "--batches", 1),
+                       options.int_list(ctxs, "--ctxs", 0), options.int_list(ks, "--ks", 1),
+                       launch.value, reserve_fraction, max_batch)
+    except ValueError as exc:
+        raise bad("--" + str(exc).split("=", 1)[0].replace("_", "-"), str(exc)) from None
+    title = f"{t.name} + {sp.draft.label} on {g.name}"
+    notes = [f"Calibration: {cal.fitted_on}; host round trip "
+             f"{ov.host_round_trip_s * 1e6:.1f} us ({ov.fitted_on}); launch {launch.value}."]
+    for path, text in ((html, lambda: figures.sweep_html(res, title)),
+                       (md, lambda: figures.sweep_markdown(
+                           res, title, "gpusim " + " ".join(sys.argv[1:]), notes)),
+                       (out_csv, lambda: report.to_csv(res.rows))):
+        if path is not None:
+            report.write_atomic(path, text())
+            print(f"wrote {path}", file=sys.stderr)
+    if fmt is Fmt.json:
+        _echo(report.to_json(figures.clean({"title": title, "break_even": res.break_even,
+                                            "best": res.best, "rows": res.rows})))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv(res.best).rstrip("\n"))
+    else:
+        _print_table(f"{title}: where speculation stops paying", res.break_even,
+                     list(res.break_even[0]))
+        _print_table("best k per (acceptance, ctx, batch)", res.best,
+                     ["acceptance", "ctx", "batch", "best_k", "speedup", "ms_per_token",
+                      "fits_in_memory"])
+
+
+@app.command("spec-validate")
+def spec_validate(
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="Directory with <gpu>/spec.csv measured loops.")
+    ] = Path("validation/data"),
+    fit_pair: Annotated[str | None, typer.Option(
+        "--fit-pair", help="Pair whose rows fit the round trip (default: the first).")
+    ] = None,
+    report_path: Annotated[Path, typer.Option("--report", help="Markdown report to write.")
+                           ] = Path("validation/SPEC_REPORT.md"),
+    points_path: Annotated[Path | None, typer.Option(
+        "--points", help="Per-row predictions CSV to write.")] = None,
+    write_overhead: Annotated[bool, typer.Option(
+        "--write-overhead", help="Write validation/calibrations/speculative/<gpu>.yaml.")
+    ] = False,
+    calibration: CalOpt = "auto",
+    stack: StackOpt = loader.DEFAULT_STACK,
+) -> None:
+    """Fit the host round trip per GPU and report predicted vs measured iterations."""
+    from gpusim.speculative import measured
+    from gpusim.speculative import overhead as ovmod
+    from gpusim.speculative import validate as val
+
+    st = loader.load_stack(stack)
+    files = sorted(data_dir.glob("*/spec.csv"))
+    if not files:
+        raise bad(str(data_dir), "no <gpu>/spec.csv files found (run "
+                  "validation/harness/bench_spec.py on a GPU first)")
+    results = []
+    for f in files:
+        g = loader.load_gpu(f.parent.name)
+        rows = measured.read_spec_csv(f)
+        try:
+            results.append(val.validate_gpu(g, st, loader.load_calibration(calibration, g),
+                                             rows, loader.load_model, fit_pair, str(f)))
+        except ValueError as exc:
+            raise bad(str(f), str(exc)) from None
+        print(f"{g.name}: {len(rows)} rows", file=sys.stderr)
+    md = val.markdown(results, "gpusim spec-validate --data-dir " + str(data_dir))
+    report.write_atomic(report_path, md)
+    print(f"wrote {report_path}", file=sys.stderr)
+    if points_path is not None:
+        report.write_atomic(points_path, report.to_csv([p for r in results
+                                                        for p in r.points()]))
+    if write_overhead:
+        ovmod.SPEC_CALIBRATIONS_DIR.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            path = ovmod.SPEC_CALIBRATIONS_DIR / f"{r.gpu}.yaml"
+            report.write_atomic(path, ovmod.to_yaml(r.overhead))
+            print(f"wrote {path}", file=sys.stderr)
+    _echo(md)
