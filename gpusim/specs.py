@@ -25,7 +25,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 def field_error(field: str, message: str) -> PydanticCustomError:
     """A cross-field check's error that names ``field``: raise it in a model
-    validator; ``gpusim.loader.validate`` reports it at that key (file line, value)."""
+    validator; ``gpusim.yamlfile.validate`` reports it at that key (file line, value)."""
     return PydanticCustomError("field_value", message, {"field": field})
 
 

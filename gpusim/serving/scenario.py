@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gpusim import loader
+from gpusim import yamlfile
 from gpusim.errors import ConfigError, bad
 from gpusim.serving.kv_cache import DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_RESERVE_FRACTION
 
@@ -187,13 +187,13 @@ class Scenario(_Strict):
 def load_scenario(path: Path) -> Scenario:
     """Read a scenario YAML; a relative trace path becomes relative to the file.
     Raises ConfigError with file, line and field."""
-    data, lines = loader.load_yaml(Path(path))
+    data, lines = yamlfile.load_yaml(Path(path))
     trace = data.get("trace")
     if isinstance(trace, dict) and isinstance(trace.get("path"), str):
         p = Path(trace["path"])
         if not p.is_absolute():
             data = {**data, "trace": {**trace, "path": str(Path(path).parent / p)}}
-    return loader.validate(Scenario, data, str(path), lines)
+    return yamlfile.validate(Scenario, data, str(path), lines)
 
 
 # ----------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def parse_length(text: str, option: str) -> LengthSpec:
         raise bad(option, "expected N, fixed:N, uniform:LOW-HIGH, "
                   "lognormal:median=M,sigma=S[,min=A][,max=B] or empirical:V1,V2,...",
                   value=text)
-    return loader.validate(LengthSpec, data, option)
+    return yamlfile.validate(LengthSpec, data, option)
 
 
 def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
@@ -305,7 +305,7 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
                       "(--spec-draft or speculative.draft in the scenario)")
         data["speculative"] = spec
     try:
-        return loader.validate(Scenario, data, "options")
+        return yamlfile.validate(Scenario, data, "options")
     except ConfigError as exc:
         option = _OPTION_FOR_FIELD.get(exc.field or "", "command line")
         raise ConfigError(option, exc.reason, exc.field, None, exc.value,

@@ -19,7 +19,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpusim import loader
+from gpusim import loader, yamlfile
 from gpusim.errors import bad
 from gpusim.specs import Calibration, GpuSpec
 
@@ -65,8 +65,8 @@ def load_overhead(which: str, gpu: GpuSpec) -> SpecOverhead:
 
 def from_yaml(path: Path) -> SpecOverhead:
     """Read one overhead YAML. Raises ConfigError with file:line."""
-    data, lines = loader.load_yaml(path)
-    return loader.validate(SpecOverhead, data, str(path), lines)
+    data, lines = yamlfile.load_yaml(path)
+    return yamlfile.validate(SpecOverhead, data, str(path), lines)
 
 
 def to_yaml(ov: SpecOverhead) -> str:
