@@ -45,10 +45,8 @@ class Batch:
         return not self.decode and not self.chunks
 
 
-class ContinuousBatching:
-    """vLLM-style continuous batching with chunked prefill, FCFS and recompute."""
-
-    name = "continuous"
+class _Limits:
+    """The two limits every scheduler keeps (vLLM's names); checked where they enter."""
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
         if max_num_batched_tokens < max_num_seqs:
@@ -56,6 +54,12 @@ class ContinuousBatching:
                              f">= max_num_seqs(={max_num_seqs})")
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+
+
+class ContinuousBatching(_Limits):
+    """vLLM-style continuous batching with chunked prefill, FCFS and recompute."""
+
+    name = "continuous"
 
     def _running_chunks(self, st: EngineState, budget: int
                         ) -> tuple[list[tuple[Request, int, int]], int, int]:
@@ -115,17 +119,10 @@ class ContinuousBatching:
         st.start_decoding(req)
 
 
-class StaticBatching:
+class StaticBatching(_Limits):
     """Static batching: admit a batch when empty, prefill it, decode it to the end."""
 
     name = "static"
-
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
-        if max_num_batched_tokens < max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens(={max_num_batched_tokens}) must be "
-                             f">= max_num_seqs(={max_num_seqs})")
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
 
     def schedule(self, st: EngineState, now_s: float) -> Batch:
         kv = st.kv

@@ -50,6 +50,11 @@ class LogHistogram:
         """Record ``value`` ``weight`` times."""
         if not value >= 0.0 or value == math.inf:
             raise ValueError(f"value(={value}) must be finite and >= 0")
+        self.add_positive(value, weight)
+
+    def add_positive(self, value: float, weight: int = 1) -> None:
+        """``add`` without the argument check, for values known to be finite and >= 0
+        (the hot path)."""
         self.count += weight
         self.sum += value * weight
         if value < self.min:
@@ -65,23 +70,6 @@ class LogHistogram:
             i = len(counts) - 1
         elif i < 0:
             i = 0
-        counts[i] += weight
-
-    def add_positive(self, value: float, weight: int = 1) -> None:
-        """``add`` without the argument check, for values known to be finite and > 0."""
-        self.count += weight
-        self.sum += value * weight
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
-        if value <= self.min_value:
-            self.zero_count += weight
-            return
-        i = math.ceil(math.log(value) * self._inv_log_gamma) - self._offset
-        counts = self._counts
-        if i >= len(counts):
-            i = len(counts) - 1
         counts[i] += weight
 
     @property
