@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -62,6 +63,17 @@ def to_csv(rows: Sequence[dict[str, object]], columns: Sequence[str] | None = No
 def to_json(obj: object) -> str:
     """JSON text, keys in insertion order, 2-space indent, trailing newline."""
     return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def json_safe(obj: object) -> object:
+    """NaN and infinities as None, recursively, so the result is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _json_default(o: object) -> object:

@@ -174,7 +174,7 @@ def spec_sweep(
             report.write_atomic(path, text())
             print(f"wrote {path}", file=sys.stderr)
     if fmt is Fmt.json:
-        _echo(report.to_json(figures.clean({"title": title, "break_even": res.break_even,
+        _echo(report.to_json(report.json_safe({"title": title, "break_even": res.break_even,
                                             "best": res.best, "rows": res.rows})))
     elif fmt is Fmt.csv:
         _echo(report.to_csv(res.best).rstrip("\n"))

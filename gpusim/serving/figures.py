@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpusim.serving.output import clean, title
+from gpusim import report
+from gpusim.serving.output import title
 
 DIV_ID = "gpusim-serve"
 
@@ -17,7 +18,7 @@ def serve_figure(summary: dict[str, Any]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    s = clean(summary)
+    s = report.json_safe(summary)
     ts = s["time_series"]
     fig = make_subplots(rows=3, cols=1, vertical_spacing=0.09, subplot_titles=(
         "requests waiting and running (time-weighted mean per bucket)",

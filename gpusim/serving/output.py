@@ -10,20 +10,9 @@ from gpusim import report
 SERIES_KEYS = ("time_series", "latency_cdf")
 
 
-def clean(obj: Any) -> Any:
-    """The summary with NaN and infinities as None (valid JSON), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    return obj
-
-
 def json_text(summary: dict[str, Any]) -> str:
     """The whole summary (time series and CDFs included) as JSON."""
-    return report.to_json(clean(summary))
+    return report.to_json(report.json_safe(summary))
 
 
 def flat_rows(summary: dict[str, Any]) -> list[dict[str, object]]:
@@ -37,7 +26,7 @@ def flat_rows(summary: dict[str, Any]) -> list[dict[str, object]]:
         else:
             rows.append({"metric": prefix, "value": "" if node is None else node})
 
-    walk("", {k: v for k, v in clean(summary).items() if k not in SERIES_KEYS})
+    walk("", {k: v for k, v in report.json_safe(summary).items() if k not in SERIES_KEYS})
     return rows
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from gpusim import report
@@ -111,12 +110,3 @@ def sweep_markdown(result: SweepResult, title: str, command: str,
     return "\n".join(lines) + "\n"
 
 
-def clean(obj: object) -> object:
-    """NaN/inf -> None, recursively (valid JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    return obj
