@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 from gpusim import loader
 from gpusim.rows import Row, predict_rows
@@ -128,30 +127,6 @@ def timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], o
         result = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times, result
-
-
-def _cpu_model() -> str:
-    """The CPU's model name where /proc/cpuinfo has one (Linux), else ''."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def machine_info() -> dict[str, object]:
-    return {
-        "cpu_model": _cpu_model(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-        "numpy": np.__version__,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 from gpusim import loader
 from gpusim.serving.scenario import Scenario
@@ -74,16 +75,6 @@ def traced_peak_bytes(engine, scenario: Scenario) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu_model": _cpu_model(), "platform": platform.platform(),
+        "machine": {"cpu_model": cpu_model(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "cpu_count": os.cpu_count()},
         "config": {"gpu": gpu.name, "model": model.name, "calibration": cal.fitted_on,
