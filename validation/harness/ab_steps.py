@@ -1,0 +1,148 @@
+"""A/B checks of the step-timing method, interleaved in one process.
+
+Two questions the campaigns could not answer from their own data:
+
+* graph steps: does the KV cache's allocated length change a step's time? bench.py
+  allocates one cache per batch at the longest context of its grid (16k), the
+  speculative harness one just long enough; the same shapes came out 3-9% apart.
+  Each shape is timed with both caches in turns (rounds), so drift in the GPU's
+  state lands on both variants alike.
+* eager steps: how much of the host-bound time's spread is the host itself? Eager
+  steps are timed in turns with and without pinning the process to one core and
+  pausing the garbage collector, with a host probe (time per launch of a tiny
+  kernel) in every round.
+
+    python3 validation/harness/ab_steps.py --out DIR [--shapes m:b:ctx,...] [--rounds 8]
+
+Writes DIR/ab_graph.csv and DIR/ab_eager.csv (one row per variant and round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference
+from bench import MODELS_DIR, load_models
+from bench_steps import make_cache
+from bench_timing import Clock, capture
+
+BIG_LEN = 16384 + 9   # bench.py's cache length for a batch whose grid reaches 16k
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2]
+
+
+def host_probe_us(n: int = 400) -> float:
+    """Host microseconds per launch of a tiny add (the dispatcher + driver path)."""
+    x = torch.zeros(8, device="cuda")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        x.add_(1.0)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def graph_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.Weights,
+             b: int, c: int, rounds: int, reps: int) -> None:
+    clock = Clock(torch.device("cuda"))
+    tokens = torch.randint(0, shape.vocab_size, (b, 1), device="cuda")
+    variants = {}
+    for name, length in (("tight", c + 1), ("big", BIG_LEN)):
+        cache = make_cache(shape, b, length, torch.device("cuda"), torch.bfloat16)
+        g = capture(lambda cache=cache: reference.forward(w, cache, tokens, c, "decode"))
+        variants[name] = (cache, g)
+    for r in range(rounds):
+        for name, (_, g) in variants.items():
+            for _ in range(3):
+                g.replay()
+            times = [clock.time(g.replay) * 1e3 for _ in range(reps)]
+            out.writerow([model, b, c, name, r, f"{_median(times):.5f}", f"{min(times):.5f}"])
+    variants.clear()
+    torch.cuda.empty_cache()
+
+
+def eager_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.Weights,
+             b: int, c: int, rounds: int, reps: int) -> None:
+    clock = Clock(torch.device("cuda"))
+    tokens = torch.randint(0, shape.vocab_size, (b, 1), device="cuda")
+    cache = make_cache(shape, b, c + 1, torch.device("cuda"), torch.bfloat16)
+
+    def fn() -> None:
+        reference.forward(w, cache, tokens, c, "decode")
+
+    all_cpus = os.sched_getaffinity(0)
+    one = {sorted(all_cpus)[len(all_cpus) // 2]}
+    for _ in range(3):
+        fn()
+    for r in range(rounds):
+        for name in ("default", "pinned"):
+            if name == "pinned":
+                os.sched_setaffinity(0, one)
+                gc.disable()
+            try:
+                probe = host_probe_us()
+                for _ in range(2):
+                    fn()
+                clock.sync()
+                times = [clock.time(fn) * 1e3 for _ in range(reps)]
+            finally:
+                os.sched_setaffinity(0, all_cpus)
+                gc.enable()
+            out.writerow([model, b, c, name, r, f"{_median(times):.5f}", f"{min(times):.5f}",
+                          f"{probe:.3f}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--graph-shapes", default="llama-3.2-1b:1:1024,llama-3.2-1b:16:1024,"
+                   "llama-3.2-3b:4:1024,llama-3.1-8b:1:1024,llama-3.1-8b:4:1024,"
+                   "llama-3.1-8b:16:4096")
+    p.add_argument("--eager-shapes", default="llama-3.2-1b:1:1024,llama-3.1-8b:8:1024")
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--reps", type=int, default=10)
+    args = p.parse_args(argv)
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    parse = lambda s: [(m, int(b), int(c)) for m, b, c in (x.split(":") for x in s.split(","))]  # noqa: E731
+    graph, eager = parse(args.graph_shapes), parse(args.eager_shapes)
+    models = load_models(sorted({m for m, _, _ in graph + eager}), {}, MODELS_DIR)
+    with (outdir / "ab_graph.csv").open("w", newline="") as fg, \
+            (outdir / "ab_eager.csv").open("w", newline="") as fe:
+        wg, we = csv.writer(fg), csv.writer(fe)
+        wg.writerow(["model", "batch", "ctx", "variant", "round", "median_ms", "min_ms"])
+        we.writerow(["model", "batch", "ctx", "variant", "round", "median_ms", "min_ms",
+                     "host_probe_us"])
+        for model in models:
+            w = reference.Weights(models[model], "cuda", torch.bfloat16)
+            for m, b, c in graph:
+                if m == model:
+                    graph_ab(wg, model, models[model], w, b, c, args.rounds, args.reps)
+                    fg.flush()
+                    print(f"graph {model} b={b} ctx={c} done", flush=True)
+            for m, b, c in eager:
+                if m == model:
+                    eager_ab(we, model, models[model], w, b, c, args.rounds, args.reps)
+                    fe.flush()
+                    print(f"eager {model} b={b} ctx={c} done", flush=True)
+            del w
+            gc.collect()
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
