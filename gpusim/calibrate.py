@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from gpusim.cost import kernel_cost
+from gpusim.cost import busy_s, kernel_cost
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup
 from gpusim.ops import Kernel, build_kernels
@@ -27,7 +27,8 @@ FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
     "hbm_bandwidth_efficiency": (0.5, 1.0, 0.85, 1.0),
     "dram_latency_s": (0.0, 5e-6, 1e-6, 1e-6),
     "saturating_ctas_per_sm": (0.0, 4.0, 0.5, 1.0),
-    "kernel_fixed_cost_s": (0.5e-6, 4e-6, 1.5e-6, 1e-6),
+    "kernel_fixed_cost_s": (0.0, 4e-6, 1.5e-6, 1e-6),
+    "launch_gap_s": (0.0, 3e-6, 0.4e-6, 1e-6),
     "tensor_efficiency": (0.3, 1.0, 0.7, 1.0),
     "attention_bandwidth_efficiency": (0.3, 1.0, 0.85, 1.0),
     "attention_tensor_efficiency": (0.1, 1.0, 0.5, 1.0),
@@ -146,7 +147,7 @@ def predict_classes(pf: ProfileFit, gpu: GpuSpec, cal: Calibration) -> dict[str,
         for k in g.kernels:
             cls = KIND_CLASS[k.kind]
             if cls in out:
-                out[cls][g.rows] += kernel_cost(k, gpu, cal).seconds * k.repeat
+                out[cls][g.rows] += busy_s(k, kernel_cost(k, gpu, cal), cal) * k.repeat
     return out
 
 

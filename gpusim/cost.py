@@ -16,7 +16,9 @@ them; the defaults are the ideal datasheet GPU):
   of it, differently in one wave and in many), pays a per-CTA prologue and splits
   keys when few CTAs; prefill is causal with waves of 128-query blocks. A kernel with
   too few CTAs in flight is bound by one CTA's share of the bandwidth.
-* A fixed GPU-side cost per launch (launch gap, prologue, epilogue).
+* A fixed GPU-side cost per launch inside the kernel (prologue, epilogue), and the
+  idle gap before each launch in the stream (``launch_gap_s``): the gap belongs to the
+  step's time but not to a kernel's profiled duration (``busy_s``).
 * Memory and math overlap inside a kernel: ``(m^p + c^p)^(1/p)`` (p large: max).
 
 Pure and vectorised over step shapes; no SimPy, no requests.
@@ -275,9 +277,15 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
     lo = np.minimum(memory, compute)
     with np.errstate(divide="ignore", invalid="ignore"):
         overlapped = hi * np.power(1.0 + np.power(np.where(hi > 0, lo / hi, 0.0), p), 1.0 / p)
-    seconds = fixed + overlapped
+    seconds = fixed + overlapped + launches * cal.launch_gap_s
     return Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
                 flops=k.flops, bytes=k.bytes)
+
+
+def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:
+    """GPU seconds ``k``'s kernels run (as a profiler reports them): ``cost`` less the
+    idle launch gaps before them."""
+    return cost.seconds - k.launches * cal.launch_gap_s
 
 
 def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:

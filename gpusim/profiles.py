@@ -1,9 +1,10 @@
 """Profiled kernel lists (validation/data/<gpu>/kernels*.csv) -> GPU time per kernel class.
 
-torch.profiler gives each kernel's GPU time in a step. Summed by class (pointwise,
-attention; GEMMs are left to the whole-step fit), they tell calibration how a step's
-time divides between kinds of kernel, which step times alone cannot: a model heavy
-in small pointwise kernels and one heavy in GEMMs can take the same total time.
+torch.profiler gives each kernel's GPU time in a step. Summed by class (GEMM,
+pointwise, attention), they tell calibration how a step's time divides between kinds
+of kernel, which step times alone cannot: a model heavy in small pointwise kernels
+and one heavy in GEMMs can take the same total time. Profiled durations leave out the
+idle gaps between kernels; the step times hold them (``Calibration.launch_gap_s``).
 Which kernel names belong to which class is software-stack knowledge, so it lives
 in the stack file (``profile_classes``).
 """
@@ -21,7 +22,7 @@ from gpusim.errors import bad
 from gpusim.measurements import StepData
 from gpusim.specs import StackSpec
 
-CLASSES = ("elementwise", "attention")
+CLASSES = ("gemm", "elementwise", "attention")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def read_profiles(paths: list[Path], stack: StackSpec) -> ProfileData | None:
             if key in totals and key not in seen:
                 continue  # already read from an earlier file
             seen.add(key)
-            acc = totals.setdefault(key, {"gemm": 0.0, **dict.fromkeys(CLASSES, 0.0)})
+            acc = totals.setdefault(key, dict.fromkeys(CLASSES, 0.0))
             acc[classify(r["kernel_name"], stack)] += t
     if not totals:
         return None

@@ -284,8 +284,11 @@ class Calibration(_Frozen):
     dram_latency_s: NonNeg = 0.0
     # CTAs per SM a kernel needs in flight to reach full bandwidth (0: no limit).
     saturating_ctas_per_sm: NonNeg = 0.0
-    # Per-kernel GPU-side cost (launch gap, prologue/epilogue) under CUDA graphs.
+    # Per-kernel GPU-side cost inside the kernel (prologue/epilogue, tail).
     kernel_fixed_cost_s: NonNeg = 0.0
+    # Idle time on the GPU between two kernels of a stream (the next kernel's launch
+    # by the front end): in a step's time, not in any kernel's profiled duration.
+    launch_gap_s: NonNeg = 0.0
     # Achievable fraction of dense tensor throughput in large GEMMs.
     tensor_efficiency: Fraction = 1.0
     # GEMM output tile (cuBLAS-like) for wave quantisation.

@@ -13,6 +13,7 @@ from conftest import toy_gpu
 from gpusim.cost import (
     Cost,
     attention_schedule,
+    busy_s,
     gemm_schedule,
     kernel_cost,
     step_cost,
@@ -205,6 +206,19 @@ def test_fixed_cost_scales_with_launches(launches):
     assert c.fixed_s[0] == pytest.approx(launches * 2e-6, rel=1e-12)
     base = kernel_cost(elementwise_kernel(1e5, 36, launches=launches), GPU, DATASHEET)
     assert c.seconds[0] == pytest.approx(base.seconds[0] + launches * 2e-6, rel=1e-12)
+
+
+@pytest.mark.parametrize("launches", [1, 3])
+def test_launch_gap_in_step_time_not_in_busy_time(launches):
+    """The idle gap before each launch adds to the op's time in the stream, but a
+    profiler's kernel duration (busy_s) does not hold it."""
+    k = gemm_kernel(8, 4096, 4096, launches=launches)
+    base = kernel_cost(k, GPU, DATASHEET)
+    cal = Calibration(launch_gap_s=0.3e-6)
+    c = kernel_cost(k, GPU, cal)
+    assert c.seconds[0] == pytest.approx(base.seconds[0] + launches * 0.3e-6, rel=1e-12)
+    assert busy_s(k, c, cal)[0] == pytest.approx(base.seconds[0], rel=1e-12)
+    assert c.fixed_s[0] == base.fixed_s[0]
 
 
 def test_attention_fixed_cost_once_per_launch_plus_its_own():

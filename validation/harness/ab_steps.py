@@ -11,10 +11,13 @@ Two questions the campaigns could not answer from their own data:
   steps are timed in turns with and without pinning the process to one core and
   pausing the garbage collector, with a host probe (time per launch of a tiny
   kernel) in every round.
+* --profiler-check: a graph step and an eager step timed, then one torch.profiler
+  session, then timed again (does the profiler slow the rest of the process?).
 
     python3 validation/harness/ab_steps.py --out DIR [--shapes m:b:ctx,...] [--rounds 8]
 
-Writes DIR/ab_graph.csv and DIR/ab_eager.csv (one row per variant and round).
+Writes DIR/ab_graph.csv and DIR/ab_eager.csv (one row per variant and round) and,
+with --profiler-check, DIR/ab_profiler.csv.
 """
 
 from __future__ import annotations
@@ -105,6 +108,38 @@ def eager_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.W
                           f"{probe:.3f}"])
 
 
+def profiler_check(outdir: Path, model: str, shape: reference.Shape, w: reference.Weights,
+                   b: int, c: int, reps: int = 30) -> None:
+    """Graph replay and eager step times before and after one profiler session."""
+    from torch.profiler import ProfilerActivity, profile
+
+    clock = Clock(torch.device("cuda"))
+    tokens = torch.randint(0, shape.vocab_size, (b, 1), device="cuda")
+    cache = make_cache(shape, b, c + 1, torch.device("cuda"), torch.bfloat16)
+
+    def fn() -> None:
+        reference.forward(w, cache, tokens, c, "decode")
+
+    g = capture(fn)
+    rows = []
+    for when in ("before", "after"):
+        if when == "after":
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]):
+                fn()
+                torch.cuda.synchronize()
+        for name, call in (("graph", g.replay), ("eager", fn)):
+            for _ in range(3):
+                call()
+            times = [clock.time(call) * 1e3 for _ in range(reps)]
+            rows.append([model, b, c, name, when, f"{_median(times):.5f}", f"{min(times):.5f}"])
+            print(f"profiler check {model} b={b} {name} {when}: {_median(times):.3f} ms",
+                  flush=True)
+    with (outdir / "ab_profiler.csv").open("w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["model", "batch", "ctx", "launch", "profiler", "median_ms", "min_ms"])
+        wr.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -114,9 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager-shapes", default="llama-3.2-1b:1:1024,llama-3.1-8b:8:1024")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--profiler-check", default=None, metavar="MODEL:B:CTX",
+                   help="only the before/after-profiler check, on this decode shape")
     args = p.parse_args(argv)
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
+    if args.profiler_check:
+        m, b, c = args.profiler_check.split(":")
+        shape = load_models([m], {}, MODELS_DIR)[m]
+        profiler_check(outdir, m, shape, reference.Weights(shape, "cuda", torch.bfloat16),
+                       int(b), int(c))
+        return 0
     parse = lambda s: [(m, int(b), int(c)) for m, b, c in (x.split(":") for x in s.split(","))]  # noqa: E731
     graph, eager = parse(args.graph_shapes), parse(args.eager_shapes)
     models = load_models(sorted({m for m, _, _ in graph + eager}), {}, MODELS_DIR)

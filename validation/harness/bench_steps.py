@@ -141,18 +141,16 @@ def _forward(w: reference.Weights, cache: reference.KVCache, s: StepShape, devic
 def _step_one(ctx: Ctx, model: str, w: reference.Weights, cache: reference.KVCache,
               s: StepShape) -> None:
     fn = _forward(w, cache, s, ctx.device)
-    kernels = None
     if s.launch == "graph":
         times = measure(ctx.clock, fn, ctx.policy, graph=True)
         launch = ctx.graph_launch
     else:
         times = repeat(ctx.clock, fn, ctx.policy)
         launch = "eager"
-        kernels = int(sum(c for c, _ in profile_kernels(ctx, fn).values()))
     st = stats(times, 1e3)
     ctx.steps.write(model=model, mode=s.mode, batch=s.batch, ctx=s.ctx, q=s.q, launch=launch,
                     median_ms=st["median"], p10_ms=st["p10"], p90_ms=st["p90"],
-                    repeats=st["repeats"], kernels=kernels)
+                    repeats=st["repeats"], kernels=None)
 
 
 EAGER_ROUNDS = 40
@@ -166,6 +164,9 @@ def _eager_round_robin(ctx: Ctx, model: str, w: reference.Weights,
     (seen on the lent VMs: the same step 22 ms in one phase, 35 ms in the next);
     taking turns spreads each phase over every shape instead of over one.
     """
+    # no kernel count here: torch.profiler, once used in a process, leaves CUPTI hooks
+    # that slow every later launch and graph replay (ab_steps.py --profiler-check), so
+    # the steps phase never profiles; kernels.csv (the profile phase, last) counts them
     fns = [_forward(w, cache, s, ctx.device) for s in shapes]
     for fn in fns:
         for _ in range(ctx.policy.warmup):
@@ -177,12 +178,11 @@ def _eager_round_robin(ctx: Ctx, model: str, w: reference.Weights,
             times[i].append(ctx.clock.time(fn))
         if ctx.stop():
             break
-    for s, fn, t in zip(shapes, fns, times, strict=True):
-        kernels = int(sum(c for c, _ in profile_kernels(ctx, fn).values()))
+    for s, t in zip(shapes, times, strict=True):
         st = stats(t, 1e3)
         ctx.steps.write(model=model, mode=s.mode, batch=s.batch, ctx=s.ctx, q=s.q,
                         launch="eager", median_ms=st["median"], p10_ms=st["p10"],
-                        p90_ms=st["p90"], repeats=st["repeats"], kernels=kernels)
+                        p90_ms=st["p90"], repeats=st["repeats"], kernels=None)
 
 
 def run_steps(ctx: Ctx) -> None:
