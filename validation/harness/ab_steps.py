@@ -77,6 +77,26 @@ def graph_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.W
     torch.cuda.empty_cache()
 
 
+def _host_counters() -> tuple[float, float]:
+    """(steal, total) CPU jiffies of the whole machine from /proc/stat (0, 0 if absent):
+    steal is time the hypervisor gave this VM's CPUs to someone else."""
+    try:
+        with open("/proc/stat") as fh:
+            f = fh.readline().split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    v = [float(x) for x in f]
+    return (v[7] if len(v) > 7 else 0.0), sum(v)
+
+
+def _sm_clock_mhz() -> float:
+    """Current SM clock (MHz) by NVML through torch, or -1 if unavailable."""
+    try:
+        return float(torch.cuda.clock_rate())
+    except Exception:  # pynvml missing or an NVML error: a diagnostic only
+        return -1.0
+
+
 def eager_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.Weights,
              b: int, c: int, rounds: int, reps: int) -> None:
     clock = Clock(torch.device("cuda"))
@@ -100,12 +120,21 @@ def eager_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.W
                 for _ in range(2):
                     fn()
                 clock.sync()
-                times = [clock.time(fn) * 1e3 for _ in range(reps)]
+                steal0, total0 = _host_counters()
+                t0 = time.time()
+                times = []
+                clocks = []
+                for _ in range(reps):
+                    times.append(clock.time(fn) * 1e3)
+                    clocks.append(_sm_clock_mhz())
+                steal1, total1 = _host_counters()
             finally:
                 os.sched_setaffinity(0, all_cpus)
                 gc.enable()
+            steal = (steal1 - steal0) / max(total1 - total0, 1.0)
             out.writerow([model, b, c, name, r, f"{_median(times):.5f}", f"{min(times):.5f}",
-                          f"{probe:.3f}"])
+                          f"{probe:.3f}", f"{t0:.3f}", f"{_median(clocks):.0f}",
+                          f"{min(clocks):.0f}", f"{steal:.4f}"])
 
 
 def profiler_check(outdir: Path, model: str, shape: reference.Shape, w: reference.Weights,
@@ -168,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         wg, we = csv.writer(fg), csv.writer(fe)
         wg.writerow(["model", "batch", "ctx", "variant", "round", "median_ms", "min_ms"])
         we.writerow(["model", "batch", "ctx", "variant", "round", "median_ms", "min_ms",
-                     "host_probe_us"])
+                     "host_probe_us", "unix_s", "sm_clock_mhz", "sm_clock_min_mhz",
+                     "cpu_steal_fraction"])
         for model in models:
             w = reference.Weights(models[model], "cuda", torch.bfloat16)
             for m, b, c in graph:
