@@ -153,7 +153,7 @@ def _step_one(ctx: Ctx, model: str, w: reference.Weights, cache: reference.KVCac
                     repeats=st["repeats"], kernels=None)
 
 
-EAGER_ROUNDS = 40
+EAGER_ROUNDS = 60
 
 
 def _eager_round_robin(ctx: Ctx, model: str, w: reference.Weights,
