@@ -94,6 +94,9 @@ def test_quick_cpu_run_rows(full_run):
         + len(g.pre) + len(g.eager)
     assert len(steps) == 2 * per_model
     assert {r["mode"] for r in steps} == {"decode", "verify", "prefill"}
+    # eager steps first, before any graph work (a fresh process's host path)
+    launches = [r["launch"] for r in steps]
+    assert launches == sorted(launches, key=lambda x: x != "eager")
     for r in steps:
         assert float(r["p10_ms"]) <= float(r["median_ms"]) <= float(r["p90_ms"])
         assert r["kernels"] == ""   # counted by the profile phase, after all timing
