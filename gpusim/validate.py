@@ -230,7 +230,7 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             other = in_sample(other_machine[name], gpu, stack, shipped[name], resolve,
                               "another machine")
             md.append(section(other, "Another machine of the same kind: the shipped "
-                                     "calibration on an earlier campaign's data"))
+                                     "calibration on a second lease's data (never fitted)"))
             summary.append({"gpu": name, "evaluation": other.label, **other.errors().__dict__})
         if name in shipped:
             ins = in_sample(data, gpu, stack, shipped[name], resolve,

@@ -117,7 +117,7 @@ def validate(
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
-        earlier = f.parent / "previous_machine" / "steps.csv"
+        earlier = f.parent / "second_lease" / "steps.csv"
         if earlier.is_file():
             others[name] = measurements.read_steps(earlier)
         cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
