@@ -38,6 +38,7 @@ SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this 
 FLASH_BLOCK_M = 128          # FlashAttention-2 query tile (forward, head_dim 128)
 FLASH_BLOCK_N = 128          # keys per inner step; also the split-KV granularity
 FLASH_DECODE_BLOCK_M = 64    # query tile in the split-KV decode kernel
+FLASH_CTAS_PER_SM = 2        # FA2's split heuristic counts two 128-thread CTAs per SM
 
 
 @dataclass(frozen=True)
@@ -136,13 +137,21 @@ def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0
     critical = np.where(waves <= 1, full_cta, waves * mean_cta)
     ideal = np.minimum(sms, ctas * a.kv_len / FLASH_BLOCK_N)
     if a.mode == "verify":
-        # few query rows: FA2 splits the keys over CTAs of 64-row query tiles when that
-        # fills the GPU better (its split-KV heuristic); take the faster schedule
+        # few query rows: FA2 splits the keys over CTAs of 64-row query tiles when its
+        # heuristic says the plain grid would leave the GPU part-empty
         base = a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M)
         _, split_critical = _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms,
                                       cta_overhead_flops)
-        critical = np.minimum(critical, split_critical)
+        critical = np.where(fa2_splits_kv(a, sms), split_critical, critical)
     return np.maximum(ideal, 1.0), critical
+
+
+def fa2_splits_kv(a: AttentionShape, sms: float) -> np.ndarray:
+    """Whether FlashAttention-2 runs a verify step split over the keys: its heuristic
+    splits unless batch x heads x 64-row query blocks fill 80% of the CTA slots (two
+    128-thread CTAs per SM)."""
+    base = a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M)
+    return base < 0.8 * FLASH_CTAS_PER_SM * sms
 
 
 def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: int,
@@ -167,15 +176,16 @@ def _attention_bandwidth(a: AttentionShape, gpu: GpuSpec, cal: Calibration
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
 
-    Verify's kernel behaves in two regimes: when its CTAs fit in one wave, the query
-    heads of a KV group stream the same keys at the same time (L2 serves many
-    re-reads) and HBM runs near its best; past one wave CTAs of a group drift apart,
-    reuse falls and the tail of each wave costs bandwidth.
+    Verify's kernel behaves in two regimes, FA2's own (``fa2_splits_kv``): split over
+    the keys, few short CTAs run side by side, the query heads of a KV group stream the
+    same keys at the same time (L2 serves many re-reads) and HBM runs near its best;
+    unsplit, each CTA walks all the keys, CTAs of a group drift apart, reuse falls and
+    the tail of each wave costs bandwidth.
     """
     n = np.ones_like(a.batch, dtype=np.float64)
     if a.mode != "verify":
         return n * cal.attention_bandwidth_efficiency, n * cal.attention_l2_reuse
-    one_wave = a.batch * a.heads * _ceil_div(a.q, FLASH_BLOCK_M) <= gpu.sm_count
+    one_wave = fa2_splits_kv(a, float(gpu.sm_count))
     eff = np.where(one_wave, cal.verify_attention_bandwidth_efficiency,
                    cal.verify_attention_multiwave_bandwidth_efficiency)
     reuse = np.where(one_wave, cal.attention_l2_reuse, cal.attention_l2_reuse_multiwave)

@@ -14,6 +14,7 @@ from gpusim.cost import (
     Cost,
     attention_schedule,
     busy_s,
+    fa2_splits_kv,
     gemm_schedule,
     kernel_cost,
     step_cost,
@@ -308,6 +309,28 @@ def test_attention_schedule_decode_split_kv():
     ctas, critical = attention_schedule(attention_kernel("decode", 1, 1, 64), GPU)
     assert ctas[0] == 4
     assert critical[0] == pytest.approx(4 * 64 * 64 * 64, rel=1e-12)
+
+
+def test_fa2_splits_kv_until_query_blocks_fill_80pct_of_two_ctas_per_sm():
+    # toy GPU: 100 SMs -> 200 CTA slots, threshold 160 (batch x heads x ceil(q/64))
+    def split(batch, q=5, heads=32):
+        return bool(fa2_splits_kv(attention_kernel("verify", batch, q, 1024 + q,
+                                                   heads=heads).attention, 100.0)[0])
+    assert split(4)             # 128 < 160
+    assert not split(5)         # 160: full enough, one CTA per (batch, head, block)
+    assert split(6, heads=24)   # 144 < 160: fewer heads split longer
+    assert not split(1, q=384, heads=32)   # 6 query blocks x 32 heads = 192
+
+
+def test_verify_schedule_follows_the_fa2_split_decision():
+    # below the threshold the verify runs the split-KV schedule (64-row tiles);
+    # above it the plain one (128-row tiles): the busiest SM's flops differ
+    split = attention_schedule(attention_kernel("verify", 4, 5, 1029), GPU)[1][0]
+    plain = attention_schedule(attention_kernel("verify", 5, 5, 1029), GPU)[1][0]
+    # 160 CTAs over 100 SMs: 2 waves of 128 query rows x 1029 keys
+    assert plain == pytest.approx(2 * 4 * 128 * 1029 * 64, rel=1e-12)
+    # 128 base CTAs > 100 SMs: no split; 2 waves of 64 rows x all 9 key blocks
+    assert split == pytest.approx(2 * 4 * 64 * 1029 * 64, rel=1e-12)
 
 
 def test_attention_schedule_prefill_waves():
