@@ -11,19 +11,32 @@ Two ways to the same number:
   are candidates for the max.
 * ``simulate``: the SimPy engine, launch by launch, with a timeline. Tests check the
   two agree.
+
+Layers built on ``step`` (speculative decoding, serving) reach kernels, their costs and
+the engine only through this module: ``forward_kernels`` (a forward pass's kernels, to
+which a caller may add its own ``Kernel`` records), ``predict_kernels`` and
+``kernels_cost`` (closed form) and ``simulate_steps`` (a host program of several
+steps through the engine). ``Kernel`` and ``GemmShape`` (ops' records) are shared
+vocabulary: a layer above may describe extra work with them, never build a forward
+pass, cost a kernel or drive the engine itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from gpusim.cost import Cost, kernel_cost
-from gpusim.engine import Launch, Timeline, simulate_stream
-from gpusim.ops import Kernel, build_kernels, kernel_launches
+from gpusim.cost import Cost, kernel_cost, step_cost
+from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate_stream
+from gpusim.ops import GemmShape, Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+
+__all__ = ["GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
+           "forward_kernels", "kernels_cost", "predict", "predict_kernels",
+           "simulate", "simulate_steps"]
 
 LaunchMode = Literal["graph", "eager"]
 LAUNCH_MODES: tuple[str, ...] = ("graph", "eager")
@@ -173,6 +186,55 @@ def simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
     return simulate_stream(
         launches, host_launch_s=cal.host_launch_cost_s,
         graph_launch_s=cal.host_graph_launch_cost_s, graph=launch == "graph",
+        sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
+
+
+def forward_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object, ctx: object,
+                    q: object) -> list[Kernel]:
+    """The kernels of one forward pass for arrays of (batch, ctx, q), in launch order.
+    Raises ValueError for an impossible shape or an unknown mode."""
+    return build_kernels(model, stack, mode, batch, ctx, q)
+
+
+def kernels_cost(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:
+    """GPU-side cost of a kernel list (each op times its repeat), arrays over shapes."""
+    return step_cost(list(kernels), gpu, cal)
+
+
+@dataclass(frozen=True)
+class ProgramStep:
+    """One launch unit of a host program of steps (see ``simulate_steps``): ``kernels``
+    of a forward pass of ``model`` (plus any added kernels), host work before it, and
+    optionally a wait for the GPU and host work after it."""
+
+    name: str
+    model: ModelSpec
+    kernels: list[Kernel]
+    host_before_s: float = 0.0
+    sync_after: bool = False
+    host_after_s: float = 0.0
+
+
+def simulate_steps(steps: Sequence[ProgramStep], gpu: GpuSpec, cal: Calibration,
+                   launch: str = "graph", index: int = 0, record: bool = True) -> Timeline:
+    """Several steps issued by one host thread through the SimPy engine (shape
+    ``index``); kernel names carry their step (``draft0/qkv_proj``).
+
+    Raises ValueError for an unknown launch mode or a negative cost.
+    """
+    _check_launch(launch)
+    program = []
+    for st in steps:
+        costs = [kernel_cost(k, gpu, cal) for k in st.kernels]
+        launches = expand_launches(st.kernels, costs, st.model.num_hidden_layers, index)
+        program.append(HostStep(
+            name=st.name, launches=tuple(replace(la, name=f"{st.name}/{la.name}")
+                                         for la in launches),
+            graph=launch == "graph", host_before_s=st.host_before_s,
+            sync_after=st.sync_after, host_after_s=st.host_after_s))
+    return simulate_program(
+        program, host_launch_s=cal.host_launch_cost_s,
+        graph_launch_s=cal.host_graph_launch_cost_s,
         sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
 
 

@@ -26,14 +26,11 @@ caches count against one HBM capacity (``fits_in_memory``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from gpusim import step as step_mod
-from gpusim.cost import kernel_cost, step_cost
-from gpusim.engine import HostStep, Timeline, simulate_program
-from gpusim.ops import Kernel, build_kernels
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative import kernels as kmod
 from gpusim.speculative.acceptance import (
@@ -65,7 +62,7 @@ class PlannedStep:
     name: str
     role: str                 # "draft", "verify" or "decode"
     model: ModelSpec          # whose layer count the layer kernels repeat
-    kernels: list[Kernel]
+    kernels: list[step_mod.Kernel]
     host_before_s: float = 0.0
 
 
@@ -145,7 +142,7 @@ def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarr
     before = spec.tree.nodes_before_level()
     for level, q in enumerate(spec.tree.expanded_per_level()):
         mode = "decode" if q == 1 else "verify"
-        ks = build_kernels(model, stack, mode, b, c + before[level], q)
+        ks = step_mod.forward_kernels(model, stack, mode, b, c + before[level], q)
         if extra is not None:
             ks = [kmod.eagle_fc_kernel(extra, b * q), *ks]
         ks += kmod.sample_kernels(model, b * q, kmod.DRAFT_SAMPLE_LAUNCHES, "draft_sample")
@@ -164,7 +161,7 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
     steps = _draft_steps(spec, stack, b, c)
     n = spec.tree.nodes
     t = spec.target
-    ks = build_kernels(t, stack, "verify", b, c, n)
+    ks = step_mod.forward_kernels(t, stack, "verify", b, c, n)
     if isinstance(spec.draft, MedusaDraft):
         ks += kmod.medusa_head_kernels(t, b, spec.k)
     ks += kmod.sample_kernels(t, b * n, 1 + kmod.VERIFY_ACCEPT_LAUNCHES, "accept")
@@ -178,7 +175,7 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
 def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object
                ) -> PlannedStep:
     """One step of plain decoding: the target's decode pass and greedy sampling."""
-    ks = build_kernels(target, stack, "decode", batch, ctx, 1)
+    ks = step_mod.forward_kernels(target, stack, "decode", batch, ctx, 1)
     b = np.broadcast_to(np.asarray(batch, dtype=np.float64), ks[0].flops.shape)
     ks += kmod.sample_kernels(target, b, kmod.PLAIN_SAMPLE_LAUNCHES, "sample")
     return PlannedStep("decode", "decode", target, ks)
@@ -308,7 +305,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         verify_alone = verify.alone_s
     elif isinstance(d, MedusaDraft):
         heads = [k for k in steps[-1].kernels if k.name.startswith("medusa")]
-        heads_s = step_cost(heads, gpu, cal).seconds
+        heads_s = step_mod.kernels_cost(heads, gpu, cal).seconds
         draft, draft_step = heads_s, heads_s / spec.k
         verify_alone = verify.alone_s - heads_s
     else:
@@ -329,7 +326,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
 
 def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
                        overhead: SpecOverhead, spec: Speculation, batch: int, ctx: int,
-                       launch: str = "graph", record: bool = True) -> Timeline:
+                       launch: str = "graph", record: bool = True) -> step_mod.Timeline:
     """The iteration through the SimPy engine, launch by launch (one shape).
 
     ``Timeline.end_s`` equals ``predict_iteration(...).iteration_s``; kernel names carry
@@ -339,20 +336,12 @@ def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         raise ValueError(f"launch={launch!r} must be one of graph, eager")
     cal = overhead.calibration_for_loop(cal)
     steps = plan_iteration(spec, stack, batch, ctx)
-    program = []
-    for i, st in enumerate(steps):
-        costs = [kernel_cost(k, gpu, cal) for k in st.kernels]
-        launches = step_mod.expand_launches(st.kernels, costs, st.model.num_hidden_layers)
-        launches = [replace(la, name=f"{st.name}/{la.name}") for la in launches]
-        last = i == len(steps) - 1
-        program.append(HostStep(name=st.name, launches=tuple(launches),
-                                graph=launch == "graph", host_before_s=st.host_before_s,
-                                sync_after=last,
-                                host_after_s=overhead.host_round_trip_s if last else 0.0))
-    return simulate_program(
-        program, host_launch_s=cal.host_launch_cost_s,
-        graph_launch_s=cal.host_graph_launch_cost_s,
-        sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
+    last = len(steps) - 1
+    program = [step_mod.ProgramStep(
+        name=st.name, model=st.model, kernels=st.kernels, host_before_s=st.host_before_s,
+        sync_after=i == last, host_after_s=overhead.host_round_trip_s if i == last else 0.0)
+        for i, st in enumerate(steps)]
+    return step_mod.simulate_steps(program, gpu, cal, launch, record=record)
 
 
 def iteration_bytes(spec: Speculation, stack: StackSpec, gpu: GpuSpec, cal: Calibration,
@@ -360,5 +349,5 @@ def iteration_bytes(spec: Speculation, stack: StackSpec, gpu: GpuSpec, cal: Cali
     """HBM bytes one iteration moves (draft steps, verify, acceptance kernels), per
     (batch, ctx) shape. Raises ValueError for an impossible shape."""
     steps = plan_iteration(spec, stack, batch, ctx)
-    return sum((step_cost(st.kernels, gpu, cal).bytes for st in steps),
+    return sum((step_mod.kernels_cost(st.kernels, gpu, cal).bytes for st in steps),
                np.zeros(len(np.atleast_1d(np.asarray(batch, dtype=np.float64)))))

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpusim.ops import GemmShape, Kernel
 from gpusim.specs import ModelSpec
+from gpusim.step import GemmShape, Kernel
 
 DRAFT_SAMPLE_LAUNCHES = 2    # argmax, copy into the next input
 PLAIN_SAMPLE_LAUNCHES = 2    # argmax, copy into the next input (plain decoding)
