@@ -13,8 +13,9 @@ them; the defaults are the ideal datasheet GPU):
   when tiles can't fill the GPU; a fixed cost per GEMM.
 * Attention: decode packs a KV group's query heads and splits keys over CTAs
   (flash-decoding); verify's FA2 kernel re-reads KV per query head (L2 serving part
-  of it, differently in one wave and in many), pays a per-CTA prologue and splits
-  keys when few CTAs; prefill is causal with waves of 128-query blocks. A kernel with
+  of it, differently split over keys and not), pays a per-CTA prologue and splits
+  keys when FA2's own heuristic does; prefill is causal with waves of 128-query
+  blocks. A kernel with
   too few CTAs in flight is bound by one CTA's share of the bandwidth.
 * A fixed GPU-side cost per launch inside the kernel (prologue, epilogue), and the
   idle gap before each launch in the stream (``launch_gap_s``): the gap belongs to the
