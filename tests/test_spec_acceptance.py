@@ -20,9 +20,8 @@ from gpusim.speculative.acceptance import (
     PositionalAcceptance,
     RankedAcceptance,
     monte_carlo,
-    parse_acceptance,
-    read_histogram,
 )
+from gpusim.speculative.acceptance_input import parse_acceptance, read_histogram
 
 Z_MAX = 4.0
 SEEDS = (0, 1, 2)

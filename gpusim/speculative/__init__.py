@@ -16,9 +16,8 @@ from gpusim.speculative.acceptance import (
     PositionalAcceptance,
     RankedAcceptance,
     monte_carlo,
-    parse_acceptance,
-    read_histogram,
 )
+from gpusim.speculative.acceptance_input import parse_acceptance, read_histogram
 from gpusim.speculative.drafts import (
     EagleDraft,
     MedusaDraft,
