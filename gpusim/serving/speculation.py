@@ -21,13 +21,13 @@ The draft's weights reduce the KV budget and its KV cache scales the bytes per t
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpusim import loader
 from gpusim.errors import bad
+from gpusim.serving.step_time import grid_position
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import (
@@ -80,13 +80,7 @@ class SpecStepModel:
     acceptance: IidAcceptance
 
     def _ctx_index(self, ctx: float) -> tuple[int, float]:
-        g = self.ctx_grid
-        i = bisect_right(g, ctx) - 1
-        if i >= len(g) - 1:
-            i = len(g) - 2
-        elif i < 0:
-            i = 0
-        return i, (ctx - g[i]) / (g[i + 1] - g[i])
+        return grid_position(self.ctx_grid, ctx)
 
     def choose_k(self, batch: int, mean_ctx: float) -> int:
         """The fixed k, or (auto) the tabulated best k at the nearest grid context."""

@@ -66,6 +66,13 @@ def chunk_grid(max_tokens: int) -> list[int]:
     return sorted(pts)
 
 
+
+def grid_position(grid: list[float], x: float) -> tuple[int, float]:
+    """(i, f): ``x`` lies at ``grid[i] + f * (grid[i+1] - grid[i])``, the segment
+    clamped to the grid's ends (f < 0 or > 1 extrapolates linearly)."""
+    i = min(max(bisect_right(grid, x) - 1, 0), len(grid) - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
 @dataclass(frozen=True)
 class StepTimeModel:
     """Tabulated step-time model for one (GPU, model, stack, calibration, launch).
@@ -98,13 +105,7 @@ class StepTimeModel:
 
     # --- attention lookups --------------------------------------------------------
     def _ctx_index(self, ctx: float) -> tuple[int, float]:
-        g = self.ctx_grid
-        i = bisect_right(g, ctx) - 1
-        if i >= len(g) - 1:
-            i = len(g) - 2
-        elif i < 0:
-            i = 0
-        return i, (ctx - g[i]) / (g[i + 1] - g[i])
+        return grid_position(self.ctx_grid, ctx)
 
     def decode_attention(self, batch: int, mean_ctx: float) -> tuple[float, float]:
         """(seconds, bytes) of decode attention for ``batch`` sequences at ``mean_ctx``."""
