@@ -125,8 +125,42 @@ GRIDS: dict[str, Grid] = {
 }
 
 
+class Logged:
+    """Logging and error containment shared by the campaigns' contexts (``Ctx`` here,
+    ``bench_spec.Run``). Needs ``out``, ``device``, ``budget`` and ``n_errors``."""
+
+    out: Path
+    device: torch.device
+    budget: Budget
+    n_errors: int
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.budget.elapsed():7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def error(self, what: str, text: str) -> None:
+        self.n_errors += 1
+        first = text.strip().splitlines()[-1] if text.strip() else "?"
+        self.log(f"ERROR in {what}: {first}")
+        with open(self.out / "errors.log", "a") as f:
+            f.write(f"=== {what} (t={self.budget.elapsed():.1f}s)\n{text}\n")
+
+    def guard(self, what: str, fn: Callable[[], object]) -> bool:
+        """Run ``fn``; on an exception log it, free memory, and carry on (False)."""
+        err = None
+        try:
+            fn()
+        except Exception:
+            err = traceback.format_exc()
+        if err is None:
+            return True
+        # the traceback (and the tensors its frames held) is gone here
+        self.error(what, err)
+        free_memory(self.device)
+        return False
+
+
 @dataclass
-class Ctx:
+class Ctx(Logged):
     """Everything a measurement phase needs."""
 
     out: Path
@@ -158,9 +192,6 @@ class Ctx:
         """The launch label of graph-timed rows: ``cpu`` where there are no graphs."""
         return "graph" if self.cuda else "cpu"
 
-    def log(self, msg: str) -> None:
-        print(f"[{self.budget.elapsed():7.1f}s] {msg}", file=sys.stderr, flush=True)
-
     def stop(self) -> bool:
         """True once the budget is spent (logged once)."""
         if self.budget.over():
@@ -171,23 +202,3 @@ class Ctx:
             return True
         return False
 
-    def error(self, what: str, text: str) -> None:
-        self.n_errors += 1
-        first = text.strip().splitlines()[-1] if text.strip() else "?"
-        self.log(f"ERROR in {what}: {first}")
-        with open(self.out / "errors.log", "a") as f:
-            f.write(f"=== {what} (t={self.budget.elapsed():.1f}s)\n{text}\n")
-
-    def guard(self, what: str, fn: Callable[[], object]) -> bool:
-        """Run ``fn``; on an exception log it, free memory, and carry on (False)."""
-        err = None
-        try:
-            fn()
-        except Exception:
-            err = traceback.format_exc()
-        if err is None:
-            return True
-        # the traceback (and the tensors its frames held) is gone here
-        self.error(what, err)
-        free_memory(self.device)
-        return False

@@ -33,7 +33,6 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ if str(HERE) not in sys.path:  # imported from tests (run as a script, it is the
 
 import bench  # noqa: E402
 import reference  # noqa: E402
+from bench_common import Logged  # noqa: E402
 from bench_steps import kv_bytes_per_token, make_cache  # noqa: E402
 from bench_timing import Budget, Clock, CsvSink, GiB, Policy, free_memory, repeat, stats  # noqa: E402
 from reference import Shape  # noqa: E402
@@ -299,7 +299,7 @@ def wall_times(fn: Callable[[], object], policy: Policy, sync: Callable[[], None
 # the campaign
 # ----------------------------------------------------------------------------------
 @dataclass
-class Run:
+class Run(Logged):
     out: Path
     device: torch.device
     dtype: torch.dtype
@@ -316,23 +316,6 @@ class Run:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def log(self, msg: str) -> None:
-        print(f"[{self.budget.elapsed():7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    def guard(self, what: str, fn: Callable[[], object]) -> bool:
-        err = None
-        try:
-            fn()
-        except Exception:
-            err = traceback.format_exc()
-        if err is None:
-            return True
-        self.n_errors += 1
-        self.log(f"ERROR in {what}: {err.strip().splitlines()[-1]}")
-        with open(self.out / "errors.log", "a") as f:
-            f.write(f"=== {what} (t={self.budget.elapsed():.1f}s)\n{err}\n")
-        free_memory(self.device)
-        return False
 
 
 def measure_group(run: Run, pair: str, tname: str, dname: str, group: Group) -> None:
