@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import reference
 import torch
 from bench_common import Ctx, Grid
-from bench_timing import GiB, MiB, free_memory, measure, repeat, stats
+from bench_timing import GiB, MiB, free_memory, measure, stats
 from reference import Shape
 
 
@@ -139,16 +139,12 @@ def _forward(w: reference.Weights, cache: reference.KVCache, s: StepShape, devic
 
 
 def _step_one(ctx: Ctx, model: str, w: reference.Weights, cache: reference.KVCache,
-              s: StepShape) -> None:
-    fn = _forward(w, cache, s, ctx.device)
-    if s.launch == "graph":
-        times = measure(ctx.clock, fn, ctx.policy, graph=True)
-        launch = ctx.graph_launch
-    else:
-        times = repeat(ctx.clock, fn, ctx.policy)
-        launch = "eager"
+                s: StepShape) -> None:
+    """One CUDA-graph step shape (eager shapes: ``_eager_round_robin``)."""
+    times = measure(ctx.clock, _forward(w, cache, s, ctx.device), ctx.policy, graph=True)
     st = stats(times, 1e3)
-    ctx.steps.write(model=model, mode=s.mode, batch=s.batch, ctx=s.ctx, q=s.q, launch=launch,
+    ctx.steps.write(model=model, mode=s.mode, batch=s.batch, ctx=s.ctx, q=s.q,
+                    launch=ctx.graph_launch,
                     median_ms=st["median"], p10_ms=st["p10"], p90_ms=st["p90"],
                     repeats=st["repeats"], kernels=None)
 
@@ -228,20 +224,20 @@ def _steps_model(ctx: Ctx, model: str, shape: Shape, launch: str) -> None:
             continue
         ctx.log(f"steps {model} batch={p.batch}: {len(p.shapes)} shapes, cache "
                 f"{p.max_len} tokens ({2 * holder['cache'].k.nbytes / GiB:.2f} GiB)")
-        for s in p.shapes:
-            if ctx.stop():
-                break
-            if s.launch == "eager":
-                continue  # measured together below
-            ctx.guard(f"steps {model} {s.mode} b={s.batch} ctx={s.ctx} q={s.q} {s.launch}",
-                      lambda s=s, holder=holder: _step_one(ctx, model, w, holder["cache"], s))
-            if ctx.cuda:
-                torch.cuda.empty_cache()   # the graph's private pool
-        eager = [s for s in p.shapes if s.launch == "eager"]
-        if eager and not ctx.stop():
-            ctx.guard(f"steps {model} eager b={p.batch}",
-                      lambda eager=eager, holder=holder:
-                      _eager_round_robin(ctx, model, w, holder["cache"], eager))
+        if launch == "eager":
+            if not ctx.stop():
+                ctx.guard(f"steps {model} eager b={p.batch}",
+                          lambda p=p, holder=holder:
+                          _eager_round_robin(ctx, model, w, holder["cache"], list(p.shapes)))
+        else:
+            for s in p.shapes:
+                if ctx.stop():
+                    break
+                ctx.guard(f"steps {model} {s.mode} b={s.batch} ctx={s.ctx} q={s.q} graph",
+                          lambda s=s, holder=holder:
+                          _step_one(ctx, model, w, holder["cache"], s))
+                if ctx.cuda:
+                    torch.cuda.empty_cache()   # the graph's private pool
         holder.clear()
         free_memory(ctx.device)
 
