@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -39,11 +40,6 @@ from bench_steps import make_cache
 from bench_timing import Clock, capture
 
 BIG_LEN = 16384 + 9   # bench.py's cache length for a batch whose grid reaches 16k
-
-
-def _median(xs: list[float]) -> float:
-    s = sorted(xs)
-    return s[len(s) // 2]
 
 
 def host_probe_us(n: int = 400) -> float:
@@ -72,7 +68,7 @@ def graph_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.W
             for _ in range(3):
                 g.replay()
             times = [clock.time(g.replay) * 1e3 for _ in range(reps)]
-            out.writerow([model, b, c, name, r, f"{_median(times):.5f}", f"{min(times):.5f}"])
+            out.writerow([model, b, c, name, r, f"{median(times):.5f}", f"{min(times):.5f}"])
     variants.clear()
     torch.cuda.empty_cache()
 
@@ -132,8 +128,8 @@ def eager_ab(out: csv.writer, model: str, shape: reference.Shape, w: reference.W
                 os.sched_setaffinity(0, all_cpus)
                 gc.enable()
             steal = (steal1 - steal0) / max(total1 - total0, 1.0)
-            out.writerow([model, b, c, name, r, f"{_median(times):.5f}", f"{min(times):.5f}",
-                          f"{probe:.3f}", f"{t0:.3f}", f"{_median(clocks):.0f}",
+            out.writerow([model, b, c, name, r, f"{median(times):.5f}", f"{min(times):.5f}",
+                          f"{probe:.3f}", f"{t0:.3f}", f"{median(clocks):.0f}",
                           f"{min(clocks):.0f}", f"{steal:.4f}"])
 
 
@@ -160,8 +156,8 @@ def profiler_check(outdir: Path, model: str, shape: reference.Shape, w: referenc
             for _ in range(3):
                 call()
             times = [clock.time(call) * 1e3 for _ in range(reps)]
-            rows.append([model, b, c, name, when, f"{_median(times):.5f}", f"{min(times):.5f}"])
-            print(f"profiler check {model} b={b} {name} {when}: {_median(times):.3f} ms",
+            rows.append([model, b, c, name, when, f"{median(times):.5f}", f"{min(times):.5f}"])
+            print(f"profiler check {model} b={b} {name} {when}: {median(times):.3f} ms",
                   flush=True)
     with (outdir / "ab_profiler.csv").open("w", newline="") as fh:
         wr = csv.writer(fh)
