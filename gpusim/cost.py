@@ -12,11 +12,13 @@ them; the defaults are the ideal datasheet GPU):
   quantised into waves over the SMs with the tile width that wastes least, split-K
   when tiles can't fill the GPU; a fixed cost per GEMM.
 * Attention: decode packs a KV group's query heads and splits keys over CTAs
-  (flash-decoding); verify's FA2 kernel re-reads KV per query head (L2 serving part
-  of it, differently split over keys and not), pays a per-CTA prologue and splits
-  keys when FA2's own heuristic does; prefill is causal with waves of 128-query
-  blocks. A kernel with
-  too few CTAs in flight is bound by one CTA's share of the bandwidth.
+  (flash-decoding); prefill is causal with waves of 128-query blocks. Verify runs
+  FlashAttention-2 as PyTorch calls it: its own split heuristic picks the number of
+  key splits (``fa2_num_splits``); its MMAs run on padded query tiles in waves over
+  the SMs, with a softmax cost per score; CTA prologues run in rounds of two CTAs
+  per SM; the unsplit kernel pays a fixed cost per launch, the split one a combine
+  per split; it re-reads KV once per query head, L2 serving part of the re-reads.
+  A kernel with too few CTAs in flight is bound by one CTA's share of the bandwidth.
 * A fixed GPU-side cost per launch inside the kernel (prologue, epilogue), and the
   idle gap before each launch in the stream (``launch_gap_s``): the gap belongs to the
   step's time but not to a kernel's profiled duration (``busy_s``).
@@ -40,6 +42,7 @@ FLASH_BLOCK_M = 128          # FlashAttention-2 query tile (forward, head_dim 12
 FLASH_BLOCK_N = 128          # keys per inner step; also the split-KV granularity
 FLASH_DECODE_BLOCK_M = 64    # query tile in the split-KV decode kernel
 FLASH_CTAS_PER_SM = 2        # FA2's split heuristic counts two 128-thread CTAs per SM
+FA2_MAX_SPLITS = 128         # FA2 splits the keys at most this many ways
 
 
 @dataclass(frozen=True)
@@ -109,13 +112,14 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
     return best
 
 
-def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0,
+                       score_flops: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(ctas, critical_flops): CTAs in flight and the flops the busiest SM executes.
 
     Compute time follows from ``critical_flops`` at the per-SM tensor rate; each CTA
     also pays ``cta_overhead_flops`` (its prologue and epilogue: loading its query
-    tile, writing its output) on the critical path.
+    tile, writing its output) on the critical path; verify's FA2 kernels also spend
+    ``score_flops`` per attention score on the softmax.
     """
     a = k.attention
     assert a is not None  # built by ops for attention kernels only
@@ -126,8 +130,10 @@ def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0
         base = a.batch * a.kv_heads * _ceil_div(a.q * group, FLASH_DECODE_BLOCK_M)
         return _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms,
                          cta_overhead_flops)
-    # verify / prefill: one CTA per (batch, head, query block); causal blocks see
-    # fewer keys, the last one sees all of them.
+    if a.mode == "verify":
+        return _fa2_verify_schedule(a, sms, cta_overhead_flops, score_flops)
+    # prefill: one CTA per (batch, head, query block); causal blocks see fewer keys,
+    # the last one sees all of them.
     m_blocks = _ceil_div(a.q, FLASH_BLOCK_M)
     ctas = a.batch * a.heads * m_blocks
     waves = _ceil_div(ctas, sms)
@@ -137,22 +143,60 @@ def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0
     # less than one wave: the slowest CTA decides; many waves: the average does
     critical = np.where(waves <= 1, full_cta, waves * mean_cta)
     ideal = np.minimum(sms, ctas * a.kv_len / FLASH_BLOCK_N)
-    if a.mode == "verify":
-        # few query rows: FA2 splits the keys over CTAs of 64-row query tiles when its
-        # heuristic says the plain grid would leave the GPU part-empty
-        base = a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M)
-        _, split_critical = _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms,
-                                      cta_overhead_flops)
-        critical = np.where(fa2_splits_kv(a, sms), split_critical, critical)
     return np.maximum(ideal, 1.0), critical
 
 
+def fa2_block_n(head_dim: int) -> int:
+    """Keys per block of FlashAttention-2's split-KV kernel (its split granularity)."""
+    return 256 if head_dim <= 64 else (128 if head_dim <= 128 else 64)
+
+
+def fa2_num_splits(a: AttentionShape, sms: float) -> np.ndarray:
+    """How many key splits FlashAttention-2 runs a verify step with: its
+    ``num_splits_heuristic`` (flash_api.cpp). 1 while batch x heads x 64-row query
+    blocks fill 80% of the CTA slots (two 128-thread CTAs per SM); else the fewest
+    splits whose last wave of CTAs is at least 85% as full as the best split's, among
+    split counts that change the blocks per split (at most 128, the blocks, the slots).
+    """
+    slots = FLASH_CTAS_PER_SM * sms
+    base = np.atleast_1d(a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M))
+    n_blocks = np.atleast_1d(_ceil_div(a.kv_len, fa2_block_n(a.head_dim)))[:, None]
+    cand = np.arange(1.0, FA2_MAX_SPLITS + 1.0)[None, :]
+    eligible = ((cand == 1.0) | (np.ceil(n_blocks / cand)
+                                 != np.ceil(n_blocks / np.maximum(cand - 1.0, 1.0))))
+    eligible &= cand <= np.minimum(min(FA2_MAX_SPLITS, slots), n_blocks)
+    waves = base[:, None] * cand / slots
+    eff = np.where(eligible, waves / np.ceil(waves), 0.0)
+    ok = eligible & (eff >= 0.85 * eff.max(axis=1, keepdims=True))
+    first = ok.argmax(axis=1) + 1.0
+    return np.where(base >= 0.8 * slots, 1.0, first)
+
+
 def fa2_splits_kv(a: AttentionShape, sms: float) -> np.ndarray:
-    """Whether FlashAttention-2 runs a verify step split over the keys: its heuristic
-    splits unless batch x heads x 64-row query blocks fill 80% of the CTA slots (two
-    128-thread CTAs per SM)."""
-    base = a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M)
-    return base < 0.8 * FLASH_CTAS_PER_SM * sms
+    """Whether FlashAttention-2 runs a verify step split over the keys."""
+    return fa2_num_splits(a, sms) > 1.0
+
+
+def _fa2_verify_schedule(a: AttentionShape, sms: float, cta_overhead_flops: float,
+                         score_flops: float) -> tuple[np.ndarray, np.ndarray]:
+    """FlashAttention-2's verify kernels: unsplit, one CTA of 128 query rows (padded:
+    q is a few tokens) per (batch, head) walks all keys; split, CTAs of 64 rows each
+    take a run of whole key blocks. Their MMAs keep an SM busy with one CTA or two,
+    so the key loop runs in waves over the SMs; the prologue and epilogue of a CTA
+    overlap a co-resident CTA's loop and run in rounds of two CTAs per SM."""
+    splits = fa2_num_splits(a, sms)
+    split = splits > 1.0
+    block_n = fa2_block_n(a.head_dim)
+    n_blocks = _ceil_div(a.kv_len, block_n)
+    block_m = np.where(split, FLASH_DECODE_BLOCK_M, FLASH_BLOCK_M)
+    ctas = a.batch * a.heads * _ceil_div(a.q, block_m) * splits
+    keys = np.where(split, np.minimum(a.kv_len, _ceil_div(n_blocks, splits) * block_n),
+                    a.kv_len)
+    waves = _ceil_div(ctas, sms)
+    rounds = _ceil_div(ctas, FLASH_CTAS_PER_SM * sms)
+    critical = (waves * block_m * keys * (4.0 * a.head_dim + score_flops)
+                + rounds * cta_overhead_flops)
+    return np.maximum(np.minimum(sms, ctas), 1.0), critical
 
 
 def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: int,
@@ -177,20 +221,18 @@ def _attention_bandwidth(a: AttentionShape, gpu: GpuSpec, cal: Calibration
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
 
-    Verify's kernel behaves in two regimes, FA2's own (``fa2_splits_kv``): split over
-    the keys, few short CTAs run side by side, the query heads of a KV group stream the
-    same keys at the same time (L2 serves many re-reads) and HBM runs near its best;
-    unsplit, each CTA walks all the keys, CTAs of a group drift apart, reuse falls and
-    the tail of each wave costs bandwidth.
+    Every attention kernel streams KV at one sustained fraction of HBM bandwidth. What
+    differs is how much of verify's re-reads (FA2 reads a KV head once per query head)
+    L2 serves, in FA2's two regimes (``fa2_splits_kv``): split over the keys, short
+    CTAs of a KV group stream the same keys at the same time and L2 serves many
+    re-reads; unsplit, each CTA walks all the keys, CTAs of a group drift apart and
+    reuse falls.
     """
-    n = np.ones_like(a.batch, dtype=np.float64)
+    eff = np.full_like(a.batch, cal.attention_bandwidth_efficiency, dtype=np.float64)
     if a.mode != "verify":
-        return n * cal.attention_bandwidth_efficiency, n * cal.attention_l2_reuse
+        return eff, np.full_like(eff, cal.attention_l2_reuse)
     one_wave = fa2_splits_kv(a, float(gpu.sm_count))
-    eff = np.where(one_wave, cal.verify_attention_bandwidth_efficiency,
-                   cal.verify_attention_multiwave_bandwidth_efficiency)
-    reuse = np.where(one_wave, cal.attention_l2_reuse, cal.attention_l2_reuse_multiwave)
-    return eff, reuse
+    return eff, np.where(one_wave, cal.attention_l2_reuse, cal.attention_l2_reuse_multiwave)
 
 
 def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,
@@ -254,10 +296,16 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         # the per-CTA prologue/epilogue was measured on verify's FA2 kernel; decode's
         # and prefill's kernels amortise theirs over long key loops
         overhead_s = cal.attention_cta_overhead_s if verify else 0.0
-        ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff)
+        ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff,
+                                            cal.verify_attention_score_flops)
         compute = critical / (per_sm * tensor_eff)
         a = k.attention
         assert a is not None
+        if verify:
+            splits = fa2_num_splits(a, float(gpu.sm_count))
+            fixed = fixed + np.where(splits > 1.0,
+                                     splits * cal.verify_attention_combine_s_per_split,
+                                     cal.verify_attention_unsplit_fixed_s)
         eff, reuse = _attention_bandwidth(a, gpu, cal)
         attn_bw = gpu.hbm_bandwidth_bytes_per_s * eff
         kv_bytes = k.kv_bytes

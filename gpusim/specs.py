@@ -298,14 +298,19 @@ class Calibration(_Frozen):
     # Attention: bandwidth fraction for KV streaming; tensor fraction for prefill.
     attention_bandwidth_efficiency: Fraction = 1.0
     attention_tensor_efficiency: Fraction = 1.0
-    # verify runs a different kernel (FA2 split-KV) than decode: its own bandwidth
-    verify_attention_bandwidth_efficiency: Fraction = 1.0
+    # verify runs a different kernel (FA2, padded 128/64-row query tiles) than decode
     verify_attention_tensor_efficiency: Fraction = 1.0
-    # ... and past one wave of CTAs (see cost._attention_bandwidth)
-    verify_attention_multiwave_bandwidth_efficiency: Fraction = 1.0
     attention_fixed_cost_s: NonNeg = 0.0
     # Per-CTA prologue/epilogue of an attention kernel, on its critical path.
     attention_cta_overhead_s: NonNeg = 0.0
+    # FA2 verify: work per attention score besides its MMAs (softmax: scale, max, exp,
+    # sum on the CUDA cores), in tensor-flop equivalents; MMAs are 4 x head_dim per score.
+    verify_attention_score_flops: NonNeg = 0.0
+    # FA2 verify, unsplit kernel: extra time per launch (its first round of CTAs
+    # starts together and waits on memory together).
+    verify_attention_unsplit_fixed_s: NonNeg = 0.0
+    # FA2 verify, split kernel: the combine kernel's time per split it merges.
+    verify_attention_combine_s_per_split: NonNeg = 0.0
     # Fraction of a KV head's re-reads by the other query heads of its group that L2
     # serves, in kernels that don't share KV across the group (1: all, as one read).
     attention_l2_reuse: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0

@@ -14,6 +14,7 @@ from gpusim.cost import (
     Cost,
     attention_schedule,
     busy_s,
+    fa2_num_splits,
     fa2_splits_kv,
     gemm_schedule,
     kernel_cost,
@@ -329,8 +330,60 @@ def test_verify_schedule_follows_the_fa2_split_decision():
     plain = attention_schedule(attention_kernel("verify", 5, 5, 1029), GPU)[1][0]
     # 160 CTAs over 100 SMs: 2 waves of 128 query rows x 1029 keys
     assert plain == pytest.approx(2 * 4 * 128 * 1029 * 64, rel=1e-12)
-    # 128 base CTAs > 100 SMs: no split; 2 waves of 64 rows x all 9 key blocks
-    assert split == pytest.approx(2 * 4 * 64 * 1029 * 64, rel=1e-12)
+    # 128 base CTAs, head_dim 64 -> 256-key blocks: 5 of them; FA2 picks 3 splits
+    # (2 blocks each): 384 CTAs in 4 waves of 64 rows x 512 keys
+    assert split == pytest.approx(4 * 4 * 64 * 512 * 64, rel=1e-12)
+
+
+def _splits(batch, q, kv_len, heads=32, head_dim=128, sms=132.0):
+    k = attention_kernel("verify", batch, q, kv_len, heads=heads, head_dim=head_dim)
+    return fa2_num_splits(k.attention, sms)
+
+
+def test_fa2_num_splits_matches_the_heuristic_worked_by_hand():
+    # H100 (132 SMs -> 264 slots), head_dim 128 -> 128-key blocks
+    # batch 1, 32 heads, kv 4098: 33 blocks; 8 splits would fill 97% of a wave but
+    # leave 5 blocks per split like 7 splits (not eligible); the next eligible counts
+    # fill <= 69% until 33 splits: exactly 4 waves
+    assert _splits(1, 2, 4098)[0] == 33
+    # batch 6, q 5, kv 16389: base 192, 129 blocks: 4 splits fill 97% of 3 waves
+    assert _splits(6, 5, 16389)[0] == 4
+    # batch 4, 24 heads, kv 514 (5 blocks): 5 splits are 480 CTAs (91% of 2 waves)
+    assert _splits(4, 2, 514, heads=24)[0] == 5
+    # 256 CTAs fill 80% of the slots: never split; one key block: nothing to split
+    assert _splits(8, 2, 16386)[0] == 1
+    assert _splits(1, 2, 100)[0] == 1
+    # vectorised over shapes
+    np.testing.assert_array_equal(_splits([1, 6, 8], [2, 5, 2], [4098, 16389, 16386]),
+                                  [33, 4, 1])
+
+
+def test_verify_schedule_pays_the_softmax_per_score_and_the_overhead_per_round():
+    # batch 5, 32 heads, q 5: 160 unsplit CTAs (2 waves of 100 SMs, 1 round of 200
+    # slots); per score 4*64 MMA flops + 100 softmax flop-equivalents
+    k = attention_kernel("verify", 5, 5, 1029)
+    _, critical = attention_schedule(k, GPU, cta_overhead_flops=1e6, score_flops=100.0)
+    assert critical[0] == pytest.approx(2 * 128 * 1029 * (4 * 64 + 100) + 1 * 1e6,
+                                        rel=1e-12)
+    # 201 CTAs: a second round
+    k = attention_kernel("verify", 201, 1, 1029, heads=1)
+    _, critical = attention_schedule(k, GPU, cta_overhead_flops=1e6)
+    assert critical[0] == pytest.approx(3 * 4 * 128 * 1029 * 64 + 2 * 1e6, rel=1e-12)
+
+
+def test_verify_kernel_fixed_costs_split_combine_and_unsplit_launch():
+    cal = Calibration(gpu="toy", verify_attention_unsplit_fixed_s=10e-6,
+                      verify_attention_combine_s_per_split=1e-6)
+    base = Calibration(gpu="toy")
+    unsplit = attention_kernel("verify", 5, 5, 1029)
+    split = attention_kernel("verify", 4, 5, 1029)     # 3 splits (above)
+    assert (kernel_cost(unsplit, GPU, cal).fixed_s[0]
+            - kernel_cost(unsplit, GPU, base).fixed_s[0]) == pytest.approx(10e-6)
+    assert (kernel_cost(split, GPU, cal).fixed_s[0]
+            - kernel_cost(split, GPU, base).fixed_s[0]) == pytest.approx(3e-6)
+    # decode's kernel pays neither
+    dec = attention_kernel("decode", 4, 1, 1029)
+    assert kernel_cost(dec, GPU, cal).fixed_s[0] == kernel_cost(dec, GPU, base).fixed_s[0]
 
 
 def test_attention_schedule_prefill_waves():
