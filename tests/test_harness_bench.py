@@ -258,3 +258,19 @@ def test_steps_phase_never_starts_the_profiler(monkeypatch, tmp_path):
     assert summary["errors"] == 0
     _, steps = _read(tmp_path / "steps.csv")
     assert any(r["launch"] == "eager" for r in steps)
+
+
+def test_parse_int_list_ranges_and_errors():
+    assert bench.parse_int_list("1,2,8:32:8") == (1, 2, 8, 16, 24, 32)
+    assert bench.parse_int_list("16,8:16:8") == (8, 16)
+    for bad in ("", "0", "8:4", "a", "8:16:0"):
+        with pytest.raises(ValueError):
+            bench.parse_int_list(bad)
+
+
+def test_gemm_m_replaces_the_m_grid(tmp_path):
+    rc = bench.main(_cli(tmp_path, "--only", "gemm", "--gemm-m", "3,5"),
+                    shapes={"tiny": TINY})
+    assert rc == 0
+    _, rows = _read(tmp_path / "micro.csv")
+    assert rows and {int(r["m"]) for r in rows} == {3, 5}

@@ -2,7 +2,7 @@
 
     python3 validation/harness/bench.py --out DIR --gpu NAME [--device cuda|cpu]
         [--budget-s 480] [--quick] [--only micro,steps,profile] [--models m1,m2,...]
-        [--shapes-json FILE] [--kv-budget-gb G]
+        [--shapes-json FILE] [--kv-budget-gb G] [--profile-shapes ...] [--gemm-m ...]
 
 Writes into DIR: env.json, micro.csv, steps.csv, kernels.csv, errors.log (if any),
 summary.json. CSV rows are appended and flushed as they are measured, so a killed run
@@ -57,6 +57,23 @@ PHASES = ("launch", "copy", "steps", "profile", "gemm", "attention", "elementwis
 ALIASES = {"micro": ("launch", "copy", "gemm", "attention", "elementwise")}
 
 
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """``"1,2,8:32:8"`` -> (1, 2, 8, 16, 24, 32): comma list of ints and inclusive
+    first:last:step ranges, sorted, without repeats. Raises ValueError."""
+    out: set[int] = set()
+    for item in text.split(","):
+        parts = [int(p) for p in item.split(":")]
+        if len(parts) == 1:
+            out.add(parts[0])
+        elif len(parts) == 3 and parts[2] > 0:
+            out.update(range(parts[0], parts[1] + 1, parts[2]))
+        else:
+            raise ValueError(f"{item!r}: expected an int or first:last:step")
+    if not out or min(out) < 1:
+        raise ValueError(f"{text!r}: expected positive ints")
+    return tuple(sorted(out))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output directory (created; appended to)")
@@ -78,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="steps phase: measure only the eager shapes")
     p.add_argument("--profile-shapes", default="",
                    help="replace the profiled steps: comma list of mode:batch:ctx:q")
+    p.add_argument("--gemm-m", default="",
+                   help="replace the GEMM microbenchmarks' M values: comma list of M or "
+                        "first:last:step ranges (8:1024:8)")
     p.add_argument("--kv-budget-gb", type=float, default=None,
                    help="KV cache bytes per model in steps (default: ~half the GPU memory)")
     return p.parse_args(argv)
@@ -262,6 +282,9 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
                       (item.split(":") for item in args.profile_shapes.split(",")))
         grid = dataclasses.replace(grid, profile=steps)
+    if args.gemm_m:
+        import dataclasses
+        grid = dataclasses.replace(grid, gemm_m=parse_int_list(args.gemm_m))
     env["grid"] = grid.name
     (out / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
 
