@@ -113,7 +113,8 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
 
 
 def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0,
-                       score_flops: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                       score_flops: float = 0.0, splits: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """(ctas, critical_flops): CTAs in flight and the flops the busiest SM executes.
 
     Compute time follows from ``critical_flops`` at the per-SM tensor rate; each CTA
@@ -131,7 +132,9 @@ def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0,
         return _split_kv(base, a.kv_len, FLASH_DECODE_BLOCK_M, a.head_dim, sms,
                          cta_overhead_flops)
     if a.mode == "verify":
-        return _fa2_verify_schedule(a, sms, cta_overhead_flops, score_flops)
+        if splits is None:
+            splits = fa2_num_splits(a, sms)
+        return _fa2_verify_schedule(a, sms, splits, cta_overhead_flops, score_flops)
     # prefill: one CTA per (batch, head, query block); causal blocks see fewer keys,
     # the last one sees all of them.
     m_blocks = _ceil_div(a.q, FLASH_BLOCK_M)
@@ -160,16 +163,24 @@ def fa2_num_splits(a: AttentionShape, sms: float) -> np.ndarray:
     """
     slots = FLASH_CTAS_PER_SM * sms
     base = np.atleast_1d(a.batch * a.heads * _ceil_div(a.q, FLASH_DECODE_BLOCK_M))
-    n_blocks = np.atleast_1d(_ceil_div(a.kv_len, fa2_block_n(a.head_dim)))[:, None]
-    cand = np.arange(1.0, FA2_MAX_SPLITS + 1.0)[None, :]
-    eligible = ((cand == 1.0) | (np.ceil(n_blocks / cand)
-                                 != np.ceil(n_blocks / np.maximum(cand - 1.0, 1.0))))
-    eligible &= cand <= np.minimum(min(FA2_MAX_SPLITS, slots), n_blocks)
-    waves = base[:, None] * cand / slots
+    n_blocks = np.atleast_1d(_ceil_div(a.kv_len, fa2_block_n(a.head_dim)))
+    base, n_blocks = np.broadcast_arrays(base, n_blocks)
+    out = np.ones(base.shape)
+    need = (base < 0.8 * slots) & (n_blocks > 1.0)
+    if not need.any():
+        return out
+    # shapes repeat (a sweep's batches share contexts): search each pair once
+    pairs, inverse = np.unique(np.stack([base[need], n_blocks[need]]), axis=1,
+                               return_inverse=True)
+    b, nb = pairs[0][:, None], pairs[1][:, None]
+    cand = np.arange(1.0, min(FA2_MAX_SPLITS, slots, float(nb.max())) + 1.0)[None, :]
+    eligible = (cand == 1.0) | (np.ceil(nb / cand) != np.ceil(nb / np.maximum(cand - 1.0, 1.0)))
+    eligible &= cand <= nb
+    waves = b * cand / slots
     eff = np.where(eligible, waves / np.ceil(waves), 0.0)
     ok = eligible & (eff >= 0.85 * eff.max(axis=1, keepdims=True))
-    first = ok.argmax(axis=1) + 1.0
-    return np.where(base >= 0.8 * slots, 1.0, first)
+    out[need] = (ok.argmax(axis=1) + 1.0)[inverse.ravel()]
+    return out
 
 
 def fa2_splits_kv(a: AttentionShape, sms: float) -> np.ndarray:
@@ -177,14 +188,14 @@ def fa2_splits_kv(a: AttentionShape, sms: float) -> np.ndarray:
     return fa2_num_splits(a, sms) > 1.0
 
 
-def _fa2_verify_schedule(a: AttentionShape, sms: float, cta_overhead_flops: float,
-                         score_flops: float) -> tuple[np.ndarray, np.ndarray]:
+def _fa2_verify_schedule(a: AttentionShape, sms: float, splits: np.ndarray,
+                         cta_overhead_flops: float, score_flops: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """FlashAttention-2's verify kernels: unsplit, one CTA of 128 query rows (padded:
     q is a few tokens) per (batch, head) walks all keys; split, CTAs of 64 rows each
     take a run of whole key blocks. Their MMAs keep an SM busy with one CTA or two,
     so the key loop runs in waves over the SMs; the prologue and epilogue of a CTA
     overlap a co-resident CTA's loop and run in rounds of two CTAs per SM."""
-    splits = fa2_num_splits(a, sms)
     split = splits > 1.0
     block_n = fa2_block_n(a.head_dim)
     n_blocks = _ceil_div(a.kv_len, block_n)
@@ -217,13 +228,13 @@ def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: in
     return ctas, waves * per_cta
 
 
-def _attention_bandwidth(a: AttentionShape, gpu: GpuSpec, cal: Calibration
+def _attention_bandwidth(a: AttentionShape, cal: Calibration, splits: np.ndarray | None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
 
     Every attention kernel streams KV at one sustained fraction of HBM bandwidth. What
     differs is how much of verify's re-reads (FA2 reads a KV head once per query head)
-    L2 serves, in FA2's two regimes (``fa2_splits_kv``): split over the keys, short
+    L2 serves, in FA2's two regimes (``splits``: ``fa2_num_splits``): split over the keys, short
     CTAs of a KV group stream the same keys at the same time and L2 serves many
     re-reads; unsplit, each CTA walks all the keys, CTAs of a group drift apart and
     reuse falls.
@@ -231,8 +242,9 @@ def _attention_bandwidth(a: AttentionShape, gpu: GpuSpec, cal: Calibration
     eff = np.full_like(a.batch, cal.attention_bandwidth_efficiency, dtype=np.float64)
     if a.mode != "verify":
         return eff, np.full_like(eff, cal.attention_l2_reuse)
-    one_wave = fa2_splits_kv(a, float(gpu.sm_count))
-    return eff, np.where(one_wave, cal.attention_l2_reuse, cal.attention_l2_reuse_multiwave)
+    assert splits is not None  # kernel_cost passes verify's split counts
+    return eff, np.where(splits > 1.0, cal.attention_l2_reuse,
+                         cal.attention_l2_reuse_multiwave)
 
 
 def _latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,
@@ -296,17 +308,17 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         # the per-CTA prologue/epilogue was measured on verify's FA2 kernel; decode's
         # and prefill's kernels amortise theirs over long key loops
         overhead_s = cal.attention_cta_overhead_s if verify else 0.0
-        ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff,
-                                            cal.verify_attention_score_flops)
-        compute = critical / (per_sm * tensor_eff)
         a = k.attention
         assert a is not None
-        if verify:
-            splits = fa2_num_splits(a, float(gpu.sm_count))
+        splits = fa2_num_splits(a, float(gpu.sm_count)) if verify else None
+        ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff,
+                                            cal.verify_attention_score_flops, splits)
+        compute = critical / (per_sm * tensor_eff)
+        if splits is not None:
             fixed = fixed + np.where(splits > 1.0,
                                      splits * cal.verify_attention_combine_s_per_split,
                                      cal.verify_attention_unsplit_fixed_s)
-        eff, reuse = _attention_bandwidth(a, gpu, cal)
+        eff, reuse = _attention_bandwidth(a, cal, splits)
         attn_bw = gpu.hbm_bandwidth_bytes_per_s * eff
         kv_bytes = k.kv_bytes
         if not a.shares_kv:
