@@ -191,21 +191,27 @@ def fa2_splits_kv(a: AttentionShape, sms: float) -> np.ndarray:
 def _fa2_verify_schedule(a: AttentionShape, sms: float, splits: np.ndarray,
                          cta_overhead_flops: float, score_flops: float
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """FlashAttention-2's verify kernels: unsplit, one CTA of 128 query rows (padded:
-    q is a few tokens) per (batch, head) walks all keys; split, CTAs of 64 rows each
-    take a run of whole key blocks. Their MMAs keep an SM busy with one CTA or two,
-    so the key loop runs in waves over the SMs; the prologue and epilogue of a CTA
-    overlap a co-resident CTA's loop and run in rounds of two CTAs per SM."""
+    """FlashAttention-2's verify kernels: unsplit, one CTA per (batch, head, 128 query
+    rows) (padded: q is often a few tokens) walks the keys its causal rows see (a long
+    chunk's early rows see fewer); split, CTAs of 64 rows each take a run of whole key
+    blocks. Their MMAs keep an SM busy with one CTA or two, so the key loop runs in
+    waves over the SMs (less than a wave: the slowest CTA decides); the prologue and
+    epilogue of a CTA overlap a co-resident CTA's loop and run in rounds of two CTAs
+    per SM."""
     split = splits > 1.0
     block_n = fa2_block_n(a.head_dim)
     n_blocks = _ceil_div(a.kv_len, block_n)
     block_m = np.where(split, FLASH_DECODE_BLOCK_M, FLASH_BLOCK_M)
-    ctas = a.batch * a.heads * _ceil_div(a.q, block_m) * splits
+    m_blocks = _ceil_div(a.q, block_m)
+    ctas = a.batch * a.heads * m_blocks * splits
+    mean_keys = (a.kv_len - a.q) + np.minimum(a.q, FLASH_BLOCK_M * (m_blocks + 1) / 2)
     keys = np.where(split, np.minimum(a.kv_len, _ceil_div(n_blocks, splits) * block_n),
-                    a.kv_len)
+                    mean_keys)
+    full = np.where(split, keys, a.kv_len)
     waves = _ceil_div(ctas, sms)
     rounds = _ceil_div(ctas, FLASH_CTAS_PER_SM * sms)
-    critical = (waves * block_m * keys * (4.0 * a.head_dim + score_flops)
+    per_key = block_m * (4.0 * a.head_dim + score_flops)
+    critical = (np.where(waves <= 1, full, waves * keys) * per_key
                 + rounds * cta_overhead_flops)
     return np.maximum(np.minimum(sms, ctas), 1.0), critical
 

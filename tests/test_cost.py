@@ -371,6 +371,18 @@ def test_verify_schedule_pays_the_softmax_per_score_and_the_overhead_per_round()
     assert critical[0] == pytest.approx(3 * 4 * 128 * 1029 * 64 + 2 * 1e6, rel=1e-12)
 
 
+def test_verify_chunk_rows_see_causal_keys():
+    # a 512-token chunk after 3000 cached tokens, 32 heads, batch 4: 4 query blocks of
+    # 128 rows -> 512 CTAs (never split), 6 waves of 100 SMs; block j sees 3000 + 128(j+1)
+    # keys: 3320 on average
+    k = attention_kernel("verify", 4, 512, 3512)
+    _, critical = attention_schedule(k, GPU)
+    assert critical[0] == pytest.approx(6 * 128 * 3320 * 4 * 64, rel=1e-12)
+    # one CTA (less than a wave): the last block, all 3512 keys, decides
+    k = attention_kernel("verify", 1, 128, 3512, heads=1)
+    assert attention_schedule(k, GPU)[1][0] == pytest.approx(128 * 3512 * 4 * 64)
+
+
 def test_verify_kernel_fixed_costs_split_combine_and_unsplit_launch():
     cal = Calibration(gpu="toy", verify_attention_unsplit_fixed_s=10e-6,
                       verify_attention_combine_s_per_split=1e-6)
