@@ -378,8 +378,9 @@ def test_verify_chunk_rows_see_causal_keys():
     k = attention_kernel("verify", 4, 512, 3512)
     _, critical = attention_schedule(k, GPU)
     assert critical[0] == pytest.approx(6 * 128 * 3320 * 4 * 64, rel=1e-12)
-    # one CTA (less than a wave): the last block, all 3512 keys, decides
-    k = attention_kernel("verify", 1, 128, 3512, heads=1)
+    # 80 heads x one 128-row block: 160 64-row blocks fill 80% of the slots (no
+    # split) and the 80 CTAs one wave: the slowest, all 3512 keys, decides
+    k = attention_kernel("verify", 1, 128, 3512, heads=80, kv_heads=8)
     assert attention_schedule(k, GPU)[1][0] == pytest.approx(128 * 3512 * 4 * 64)
 
 
