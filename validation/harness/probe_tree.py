@@ -1,0 +1,118 @@
+"""Probe: a token-tree verify step (boolean tree mask) against the causal verify step.
+
+    python3 validation/harness/probe_tree.py --out DIR [--model llama-3.1-8b]
+
+For each (batch, ctx, nodes): CUDA-graph step time of the reference forward with
+q = nodes under the causal lower-right mask (what FlashAttention-2 runs) and under a
+tree mask (every cached token plus the node's ancestors: a boolean attn_mask, which
+SDPA cannot hand to FlashAttention-2). Then one tree step's kernels under
+torch.profiler (last: the profiler slows what follows). Writes DIR/tree.csv,
+DIR/tree_kernels.csv and DIR/tree_env.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import bench  # noqa: E402
+import reference  # noqa: E402
+from bench_steps import make_cache  # noqa: E402
+from bench_timing import Clock, Policy, free_memory, measure, stats  # noqa: E402
+
+
+def tree_mask(nodes: int, ctx: int, width: int, device: torch.device) -> torch.Tensor:
+    """[nodes, ctx + nodes] bool: every cached token, then each node's ancestors and
+    itself; node i's parent is (i - 1) // width (a complete ``width``-ary tree)."""
+    m = torch.zeros(nodes, ctx + nodes, dtype=torch.bool, device=device)
+    m[:, :ctx] = True
+    for i in range(nodes):
+        j = i
+        while True:
+            m[i, ctx + j] = True
+            if j == 0:
+                break
+            j = (j - 1) // width
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--batches", default="1,4,16")
+    ap.add_argument("--ctxs", default="1024,4096")
+    ap.add_argument("--nodes", default="4,8,16,32,64")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda")
+    dtype = torch.bfloat16
+    shape = bench.load_models([args.model], {}, bench.MODELS_DIR)[args.model]
+    w = reference.Weights(shape, "cuda", dtype)
+    clock, policy = Clock(dev), Policy(warmup=2, target=15, min_reps=5, max_s=0.3)
+    ints = [[int(x) for x in s.split(",")] for s in (args.batches, args.ctxs, args.nodes)]
+    rows = []
+    for b in ints[0]:
+        for c in ints[1]:
+            cache = make_cache(shape, b, c + max(ints[2]), dev, dtype)
+            for n in ints[2]:
+                tokens = torch.randint(0, shape.vocab_size, (b, n), device=dev)
+                out = {"model": args.model, "batch": b, "ctx": c, "nodes": n}
+                for label, mask in (("causal", reference.verify_mask(n, c + n)),
+                                    ("tree", tree_mask(n, c, 2, dev))):
+                    def fn(mask: object = mask, tokens: torch.Tensor = tokens,
+                           cache: reference.KVCache = cache, c: int = c) -> torch.Tensor:
+                        return reference.forward(w, cache, tokens, c, "verify", mask)
+
+                    st = stats(measure(clock, fn, policy, graph=True), 1e3)
+                    out[f"{label}_ms"] = round(st["median"], 5)
+                rows.append(out)
+                print(out, flush=True)
+            del cache
+            free_memory(dev)
+    import datetime as dt
+    import json
+    env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "gpu_name": torch.cuda.get_device_name(), "model": args.model,
+           "command": sys.argv}
+    (args.out / "tree_env.json").write_text(json.dumps(env, indent=2) + "\n")
+    with (args.out / "tree.csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    from torch.profiler import ProfilerActivity, profile
+    b, c, n = ints[0][-1], ints[1][0], 16
+    cache = make_cache(shape, b, c + n, dev, dtype)
+    tokens = torch.randint(0, shape.vocab_size, (b, n), device=dev)
+    mask = tree_mask(n, c, 2, dev)
+    for _ in range(2):
+        reference.forward(w, cache, tokens, c, "verify", mask)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        reference.forward(w, cache, tokens, c, "verify", mask)
+        torch.cuda.synchronize()
+    agg: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            a = agg.setdefault(e.name, [0, 0.0])
+            a[0] += 1
+            a[1] += e.time_range.elapsed_us()
+    with (args.out / "tree_kernels.csv").open("w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["batch", "ctx", "nodes", "kernel_name", "count", "total_us"])
+        for name, (cnt, tot) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+            wr.writerow([b, c, n, name, cnt, round(tot, 3)])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
