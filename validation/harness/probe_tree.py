@@ -1,12 +1,13 @@
 """Probe: a token-tree verify step (boolean tree mask) against the causal verify step.
 
-    python3 validation/harness/probe_tree.py --out DIR [--model llama-3.1-8b]
+    python3 validation/harness/probe_tree.py --out DIR [--models llama-3.1-8b,...]
 
 For each (batch, ctx, nodes): CUDA-graph step time of the reference forward with
 q = nodes under the causal lower-right mask (what FlashAttention-2 runs) and under a
 tree mask (every cached token plus the node's ancestors: a boolean attn_mask, which
-SDPA cannot hand to FlashAttention-2). Then one tree step's kernels under
-torch.profiler (last: the profiler slows what follows). Writes DIR/tree.csv,
+SDPA cannot hand to FlashAttention-2), every model's timings first; then one tree
+step's kernels per model under torch.profiler (last: the profiler slows what follows).
+A (batch, ctx) whose cache does not fit is skipped. Writes DIR/tree.csv,
 DIR/tree_kernels.csv and DIR/tree_env.json.
 """
 
@@ -44,28 +45,22 @@ def tree_mask(nodes: int, ctx: int, width: int, device: torch.device) -> torch.T
     return m
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--model", default="llama-3.1-8b")
-    ap.add_argument("--batches", default="1,4,16")
-    ap.add_argument("--ctxs", default="1024,4096")
-    ap.add_argument("--nodes", default="4,8,16,32,64")
-    args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda")
-    dtype = torch.bfloat16
-    shape = bench.load_models([args.model], {}, bench.MODELS_DIR)[args.model]
+def _time_model(model: str, ints: list[list[int]], dev: torch.device, dtype: torch.dtype,
+                clock: Clock, policy: Policy, rows: list[dict[str, object]]) -> None:
+    """Time every (batch, ctx, nodes) of ``model`` under both masks."""
+    shape = bench.load_models([model], {}, bench.MODELS_DIR)[model]
     w = reference.Weights(shape, "cuda", dtype)
-    clock, policy = Clock(dev), Policy(warmup=2, target=15, min_reps=5, max_s=0.3)
-    ints = [[int(x) for x in s.split(",")] for s in (args.batches, args.ctxs, args.nodes)]
-    rows = []
     for b in ints[0]:
         for c in ints[1]:
-            cache = make_cache(shape, b, c + max(ints[2]), dev, dtype)
+            try:
+                cache = make_cache(shape, b, c + max(ints[2]), dev, dtype)
+            except torch.OutOfMemoryError:
+                print(f"{model} b={b} ctx={c}: the cache does not fit", flush=True)
+                free_memory(dev)
+                continue
             for n in ints[2]:
                 tokens = torch.randint(0, shape.vocab_size, (b, n), device=dev)
-                out = {"model": args.model, "batch": b, "ctx": c, "nodes": n}
+                out: dict[str, object] = {"model": model, "batch": b, "ctx": c, "nodes": n}
                 for label, mask in (("causal", reference.verify_mask(n, c + n)),
                                     ("tree", tree_mask(n, c, 2, dev))):
                     def fn(mask: object = mask, tokens: torch.Tensor = tokens,
@@ -78,19 +73,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(out, flush=True)
             del cache
             free_memory(dev)
-    import datetime as dt
-    import json
-    env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "cuda": torch.version.cuda,
-           "gpu_name": torch.cuda.get_device_name(), "model": args.model,
-           "command": sys.argv}
-    (args.out / "tree_env.json").write_text(json.dumps(env, indent=2) + "\n")
-    with (args.out / "tree.csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+
+
+def _profile_model(model: str, b: int, c: int, n: int, dev: torch.device,
+                   dtype: torch.dtype, kernels: list[list[object]]) -> None:
+    """One tree step's kernels under torch.profiler (after every timing: the profiler
+    slows what follows it in the process)."""
     from torch.profiler import ProfilerActivity, profile
-    b, c, n = ints[0][-1], ints[1][0], 16
+    shape = bench.load_models([model], {}, bench.MODELS_DIR)[model]
+    w = reference.Weights(shape, "cuda", dtype)
     cache = make_cache(shape, b, c + n, dev, dtype)
     tokens = torch.randint(0, shape.vocab_size, (b, n), device=dev)
     mask = tree_mask(n, c, 2, dev)
@@ -106,11 +97,53 @@ def main(argv: list[str] | None = None) -> int:
             a = agg.setdefault(e.name, [0, 0.0])
             a[0] += 1
             a[1] += e.time_range.elapsed_us()
+    for name, (cnt, tot) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+        kernels.append([model, b, c, n, name, cnt, round(tot, 3)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--models", default="llama-3.1-8b")
+    ap.add_argument("--batches", default="1,4,16,32")
+    ap.add_argument("--ctxs", default="1024,4096")
+    ap.add_argument("--nodes", default="4,8,16,32,64")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda")
+    dtype = torch.bfloat16
+    clock, policy = Clock(dev), Policy(warmup=2, target=15, min_reps=5, max_s=0.3)
+    ints = [[int(x) for x in s.split(",")] for s in (args.batches, args.ctxs, args.nodes)]
+    rows: list[dict[str, object]] = []
+    kernels: list[list[object]] = []
+    models = args.models.split(",")
+    for model in models:
+        try:
+            _time_model(model, ints, dev, dtype, clock, policy, rows)
+        except torch.OutOfMemoryError as exc:   # the next model may fit
+            print(f"{model}: out of memory ({exc})", flush=True)
+        free_memory(dev)
+    for model in models:
+        try:
+            _profile_model(model, ints[0][-1], ints[1][0], 16, dev, dtype, kernels)
+        except torch.OutOfMemoryError as exc:
+            print(f"{model}: out of memory in the profile ({exc})", flush=True)
+        free_memory(dev)
+    import datetime as dt
+    import json
+    env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "gpu_name": torch.cuda.get_device_name(), "models": args.models,
+           "command": sys.argv}
+    (args.out / "tree_env.json").write_text(json.dumps(env, indent=2) + "\n")
+    with (args.out / "tree.csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
     with (args.out / "tree_kernels.csv").open("w", newline="") as fh:
-        wr = csv.writer(fh)
-        wr.writerow(["batch", "ctx", "nodes", "kernel_name", "count", "total_us"])
-        for name, (cnt, tot) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
-            wr.writerow([b, c, n, name, cnt, round(tot, 3)])
+        wr2 = csv.writer(fh)
+        wr2.writerow(["model", "batch", "ctx", "nodes", "kernel_name", "count", "total_us"])
+        wr2.writerows(kernels)
     return 0
 
 
