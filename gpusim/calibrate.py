@@ -17,7 +17,7 @@ from scipy.optimize import least_squares
 from gpusim.cost import busy_s, kernel_cost
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup
-from gpusim.ops import Kernel, build_kernels
+from gpusim.ops import TREE_MODE, Kernel, build_kernels
 from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.step import predict_kernels
@@ -48,6 +48,15 @@ FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
     "l2_bandwidth_ratio": (1.0, 6.0, 2.0, 1.0),
     "host_graph_launch_cost_s": (0.0, 30e-6, 5e-6, 1e-6),
     "overlap_exponent": (1.0, 16.0, 3.0, 1.0),
+}
+# the token-tree kernel's own parameters, fitted last on the tree rows with every other
+# parameter held: a few hundred tree steps must not move the shared ones (with a single
+# head_dim-64 model, verify's softmax cost and efficiency trade off freely)
+TREE_SPACE: dict[str, tuple[float, float, float, float]] = {
+    "tree_attention_tensor_efficiency": (0.05, 1.0, 0.3, 1.0),
+    "tree_attention_score_flops": (0.0, 4096.0, 256.0, 100.0),
+    "tree_attention_wave_overhead_s": (0.0, 20e-6, 3e-6, 1e-6),
+    "tree_attention_fixed_s": (0.0, 60e-6, 10e-6, 1e-6),
 }
 EAGER_SPACE: dict[str, tuple[float, float, float, float]] = {
     "host_launch_cost_s": (0.0, 60e-6, 6e-6, 1e-6),
@@ -188,13 +197,15 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None
         ) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
-    given), then the host launch cost on eager rows (graph parameters held).
+    given), then the host launch cost on eager rows and the token-tree kernel on tree
+    rows (mode ``tree``), the earlier parameters held each time.
 
     Raises ValueError if there are no graph rows.
     """
     groups = make_groups(data, stack, resolve_model)
-    graph = [g for g in groups if g.launch == "graph"]
+    graph = [g for g in groups if g.launch == "graph" and g.mode != TREE_MODE]
     eager = [g for g in groups if g.launch == "eager"]
+    trees = [g for g in groups if g.mode == TREE_MODE]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
     cal = Calibration(gpu=gpu.name, fitted_on=note or data.source)
@@ -203,6 +214,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
+    if trees:
+        cal = _fit(TREE_SPACE, cal, trees, data, gpu)
     pred = predict_groups(groups, len(data), gpu, cal)
     ok = np.isfinite(pred)
     err = np.log(pred[ok] / data.measured_s[ok])

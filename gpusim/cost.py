@@ -12,7 +12,8 @@ them; the defaults are the ideal datasheet GPU):
   quantised into waves over the SMs with the tile width that wastes least, split-K
   when tiles can't fill the GPU; a fixed cost per GEMM.
 * Attention: decode packs a KV group's query heads and splits keys over CTAs
-  (flash-decoding); prefill is causal with waves of 128-query blocks. Verify runs
+  (flash-decoding); prefill is causal with waves of 128-query blocks; a token tree's
+  verify (a boolean mask) runs 64-row tiles over every key, in waves. Verify runs
   FlashAttention-2 as PyTorch calls it: its own split heuristic picks the number of
   key splits (``fa2_num_splits``); its MMAs run on padded query tiles in waves over
   the SMs, with a softmax cost per score; CTA prologues run in rounds of two CTAs
@@ -43,6 +44,7 @@ FLASH_BLOCK_N = 128          # keys per inner step; also the split-KV granularit
 FLASH_DECODE_BLOCK_M = 64    # query tile in the split-KV decode kernel
 FLASH_CTAS_PER_SM = 2        # FA2's split heuristic counts two 128-thread CTAs per SM
 FA2_MAX_SPLITS = 128         # FA2 splits the keys at most this many ways
+TREE_BLOCK_M = 64            # cuDNN's masked SDPA kernel: 64-row query tiles (profiled)
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,9 @@ def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0,
 
     Compute time follows from ``critical_flops`` at the per-SM tensor rate; each CTA
     also pays ``cta_overhead_flops`` (its prologue and epilogue: loading its query
-    tile, writing its output) on the critical path; verify's FA2 kernels also spend
-    ``score_flops`` per attention score on the softmax.
+    tile, writing its output) on the critical path (a tree's kernel: per wave);
+    verify's and a tree's kernels also spend ``score_flops`` per attention score on the
+    softmax (and the mask).
     """
     a = k.attention
     assert a is not None  # built by ops for attention kernels only
@@ -135,6 +138,13 @@ def attention_schedule(k: Kernel, gpu: GpuSpec, cta_overhead_flops: float = 0.0,
         if splits is None:
             splits = fa2_num_splits(a, sms)
         return _fa2_verify_schedule(a, sms, splits, cta_overhead_flops, score_flops)
+    if a.mode == "tree":
+        # a boolean mask can't skip blocks: every 64-row tile walks every key, never
+        # split; waves over the SMs, each paying its tiles' MMAs, softmax and mask
+        ctas = a.batch * a.heads * _ceil_div(a.q, TREE_BLOCK_M)
+        waves = _ceil_div(ctas, sms)
+        per_cta = TREE_BLOCK_M * a.kv_len * (4.0 * a.head_dim + score_flops)
+        return np.maximum(np.minimum(sms, ctas), 1.0), waves * (per_cta + cta_overhead_flops)
     # prefill: one CTA per (batch, head, query block); causal blocks see fewer keys,
     # the last one sees all of them.
     m_blocks = _ceil_div(a.q, FLASH_BLOCK_M)
@@ -308,17 +318,26 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         memory = k.bytes / bw
         fixed = fixed + launches * cal.gemm_fixed_cost_s
     elif k.kind == "attention":
-        verify = k.attention is not None and k.attention.mode == "verify"
-        tensor_eff = (cal.verify_attention_tensor_efficiency if verify
-                      else cal.attention_tensor_efficiency)
-        # the per-CTA prologue/epilogue was measured on verify's FA2 kernel; decode's
-        # and prefill's kernels amortise theirs over long key loops
-        overhead_s = cal.attention_cta_overhead_s if verify else 0.0
         a = k.attention
         assert a is not None
+        verify, tree = a.mode == "verify", a.mode == "tree"
+        # the per-CTA prologue/epilogue was measured on verify's FA2 kernel (and per
+        # wave on the tree's masked kernel); decode's and prefill's kernels amortise
+        # theirs over long key loops
+        if verify:
+            tensor_eff, overhead_s = (cal.verify_attention_tensor_efficiency,
+                                      cal.attention_cta_overhead_s)
+            score_flops = cal.verify_attention_score_flops
+        elif tree:
+            tensor_eff, overhead_s = (cal.tree_attention_tensor_efficiency,
+                                      cal.tree_attention_wave_overhead_s)
+            score_flops = cal.tree_attention_score_flops
+            fixed = fixed + cal.tree_attention_fixed_s
+        else:
+            tensor_eff, overhead_s, score_flops = cal.attention_tensor_efficiency, 0.0, 0.0
         splits = fa2_num_splits(a, float(gpu.sm_count)) if verify else None
         ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff,
-                                            cal.verify_attention_score_flops, splits)
+                                            score_flops, splits)
         compute = critical / (per_sm * tensor_eff)
         if splits is not None:
             fixed = fixed + np.where(splits > 1.0,

@@ -1,7 +1,9 @@
-"""Measured step times (validation/data/<gpu>/steps.csv) -> typed rows.
+"""Measured step times (validation/data/<gpu>/steps.csv, tree.csv) -> typed rows.
 
 The harness writes ``model,mode,batch,ctx,q,launch,median_ms,...``; this module reads
-it (file:line errors) and groups rows so the predictor can run vectorised.
+it (file:line errors) and groups rows so the predictor can run vectorised. A
+``tree.csv`` beside it (``harness/probe_tree.py``: verify passes under a token-tree
+mask, CUDA graphs) adds rows of mode ``tree`` (q = the tree's nodes).
 
 Which statistic stands for a row: the median for CUDA-graph rows (GPU-bound, tight:
 p10 and p90 within ~2%), the 10th percentile for eager rows when the file has one.
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.errors import bad
-from gpusim.ops import MODES
+from gpusim.ops import MODES, TREE_MODE
 
 STEP_COLUMNS = ("model", "mode", "batch", "ctx", "q", "launch", "median_ms")
 EAGER_STATISTIC = "p10_ms"   # optional column; eager rows use it when present
@@ -46,6 +48,12 @@ class StepData:
         """Rows where ``mask`` is true."""
         return StepData(self.model[mask], self.mode[mask], self.batch[mask], self.ctx[mask],
                         self.q[mask], self.launch[mask], self.measured_s[mask], self.source)
+
+    def concat(self, other: StepData) -> StepData:
+        """These rows, then ``other``'s (the sources joined)."""
+        return StepData(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in
+                          ("model", "mode", "batch", "ctx", "q", "launch", "measured_s")),
+                        source=f"{self.source}, {other.source}")
 
     def groups(self) -> dict[tuple[str, str, str], np.ndarray]:
         """{(model, mode, launch): row indices} for vectorised prediction."""
@@ -118,3 +126,51 @@ def read_steps(path: Path) -> StepData:
         batch=np.array(cols["batch"]), ctx=np.array(cols["ctx"]), q=np.array(cols["q"]),
         launch=np.array(cols["launch"]), measured_s=np.array(cols["median_ms"]) / 1e3,
         source=source)
+
+
+TREE_COLUMNS = ("model", "batch", "ctx", "nodes", "tree_ms")
+
+
+def read_tree_steps(path: Path) -> StepData:
+    """Read a tree.csv: one CUDA-graph verify step under a token-tree mask per row (its
+    median, ``tree_ms``), as rows of mode ``tree``. Raises ConfigError naming file,
+    line and field."""
+    source = str(path)
+    try:
+        fh = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in TREE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise bad(source, f"missing column(s) {', '.join(missing)}", line=1)
+        models, vals = [], []
+        for rec in reader:
+            row = []
+            for c in TREE_COLUMNS[1:]:
+                try:
+                    v = float(rec[c])
+                except (TypeError, ValueError):
+                    raise bad(source, "must be a number", field=c, line=reader.line_num,
+                              value=rec[c]) from None
+                if not np.isfinite(v) or v < 0 or (c != "ctx" and v == 0):
+                    raise bad(source, "must be a finite positive number", field=c,
+                              line=reader.line_num, value=rec[c])
+                row.append(v)
+            models.append(rec["model"])
+            vals.append(row)
+    if not models:
+        raise bad(source, "no measurements")
+    b, c, n, ms = (np.array(col) for col in zip(*vals, strict=True))
+    return StepData(model=np.array(models), mode=np.full(len(models), TREE_MODE),
+                    batch=b, ctx=c, q=n, launch=np.full(len(models), "graph"),
+                    measured_s=ms / 1e3, source=source)
+
+
+def read_step_dir(steps_csv: Path) -> StepData:
+    """``steps.csv`` and, when one lies beside it, ``tree.csv``'s rows. Raises
+    ConfigError like the readers."""
+    data = read_steps(steps_csv)
+    trees = steps_csv.parent / "tree.csv"
+    return data.concat(read_tree_steps(trees)) if trees.is_file() else data

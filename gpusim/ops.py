@@ -17,6 +17,10 @@ from gpusim.specs import ModelSpec, StackOp, StackSpec
 
 Mode = Literal["decode", "verify", "prefill"]
 MODES: tuple[str, ...] = ("decode", "verify", "prefill")
+# a verify step of a token tree: q tree nodes under a boolean tree mask (each node sees
+# the cache and its ancestors); a mode of the kernel model, not of the rows contract
+TREE_MODE = "tree"
+KERNEL_MODES: tuple[str, ...] = (*MODES, TREE_MODE)
 Section = Literal["prologue", "layer", "epilogue"]
 
 
@@ -31,7 +35,11 @@ class GemmShape:
 
 @dataclass(frozen=True)
 class AttentionShape:
-    """SDPA over a KV cache: q new queries per sequence against kv_len keys."""
+    """SDPA over a KV cache: q new queries per sequence against kv_len keys.
+
+    ``mode``: decode, verify (causal), prefill, or tree (a verify step under a boolean
+    token-tree mask).
+    """
 
     mode: str
     batch: np.ndarray
@@ -80,8 +88,8 @@ def _as_arrays(batch: object, ctx: object, q: object) -> tuple[np.ndarray, ...]:
 
 def check_shape(mode: str, batch: np.ndarray, ctx: np.ndarray, q: np.ndarray) -> None:
     """Raise ValueError naming the first bad value of a step shape."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"mode={mode!r} must be one of {', '.join(KERNEL_MODES)}")
     for name, arr, low in (("batch", batch, 1), ("q", q, 1), ("ctx", ctx, 0)):
         bad = ~np.isfinite(arr) | (arr < low) | (arr != np.round(arr))
         if bad.any():

@@ -233,8 +233,8 @@ class StackOp(_Frozen):
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
     # attention: the modes whose kernel reads each KV head once for its whole GQA group
     # (query heads packed into one CTA); in the others each query head re-reads it
-    shares_kv_in_group: tuple[Literal["decode", "verify", "prefill"], ...] = (
-        "decode", "verify", "prefill")
+    shares_kv_in_group: tuple[Literal["decode", "verify", "prefill", "tree"], ...] = (
+        "decode", "verify", "prefill", "tree")
 
     @model_validator(mode="after")
     def _fields_for_op(self) -> StackOp:
@@ -311,6 +311,13 @@ class Calibration(_Frozen):
     verify_attention_unsplit_fixed_s: NonNeg = 0.0
     # FA2 verify, split kernel: the combine kernel's time per split it merges.
     verify_attention_combine_s_per_split: NonNeg = 0.0
+    # A token tree's verify (a boolean mask: cuDNN's fused kernel, 64-row query tiles
+    # over every key): tensor fraction, softmax-and-mask work per score (tensor-flop
+    # equivalents), time per wave of CTAs (prologue, epilogue) and per launch.
+    tree_attention_tensor_efficiency: Fraction = 1.0
+    tree_attention_score_flops: NonNeg = 0.0
+    tree_attention_wave_overhead_s: NonNeg = 0.0
+    tree_attention_fixed_s: NonNeg = 0.0
     # Fraction of a KV head's re-reads by the other query heads of its group that L2
     # serves, in kernels that don't share KV across the group (1: all, as one read).
     attention_l2_reuse: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0

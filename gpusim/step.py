@@ -31,10 +31,10 @@ import numpy as np
 
 from gpusim.cost import Cost, kernel_cost, step_cost
 from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate_stream
-from gpusim.ops import GemmShape, Kernel, build_kernels, kernel_launches
+from gpusim.ops import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
-__all__ = ["GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
+__all__ = ["TREE_MODE", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
            "forward_kernels", "kernels_cost", "predict", "predict_kernels",
            "simulate", "simulate_steps"]
 
@@ -191,8 +191,9 @@ def simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
 
 def forward_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object, ctx: object,
                     q: object) -> list[Kernel]:
-    """The kernels of one forward pass for arrays of (batch, ctx, q), in launch order.
-    Raises ValueError for an impossible shape or an unknown mode."""
+    """The kernels of one forward pass for arrays of (batch, ctx, q), in launch order
+    (``mode``: decode, verify, prefill or ``TREE_MODE``, a verify under a token-tree
+    mask). Raises ValueError for an impossible shape or an unknown mode."""
     return build_kernels(model, stack, mode, batch, ctx, q)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from gpusim.calibrate import fit, make_groups, predict_groups
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup, without_models
+from gpusim.ops import KERNEL_MODES
 from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
@@ -60,7 +61,7 @@ class Evaluation:
     def by_mode(self) -> list[dict[str, object]]:
         rows = []
         for launch in ("graph", "eager"):
-            for mode in ("decode", "verify", "prefill"):
+            for mode in KERNEL_MODES:
                 m = (self.data.mode == mode) & (self.data.launch == launch)
                 if m.any():
                     rows.append({"launch": launch, "mode": mode, **self.errors(m).__dict__})

@@ -384,6 +384,28 @@ def test_verify_chunk_rows_see_causal_keys():
     assert attention_schedule(k, GPU)[1][0] == pytest.approx(128 * 3512 * 4 * 64)
 
 
+def test_tree_schedule_walks_every_key_in_64_row_tiles():
+    # batch 5, 32 heads, 40 tree nodes, 1064 keys: one 64-row tile per (batch, head):
+    # 160 CTAs -> 2 waves of 100 SMs, each tile 64 x 1064 keys x (4*64 MMA + 300
+    # softmax/mask) flops, plus the per-wave overhead; never split, at any batch
+    k = attention_kernel("tree", 5, 40, 1064)
+    ctas, critical = attention_schedule(k, GPU, cta_overhead_flops=1e6, score_flops=300.0)
+    assert ctas[0] == 100
+    assert critical[0] == pytest.approx(2 * (64 * 1064 * (4 * 64 + 300) + 1e6), rel=1e-12)
+    one = attention_schedule(attention_kernel("tree", 1, 40, 1064, heads=2), GPU)[1][0]
+    assert one == pytest.approx(64 * 1064 * 4 * 64, rel=1e-12)
+
+
+def test_tree_kernel_costs_use_their_own_parameters():
+    base = Calibration(gpu="toy")
+    cal = Calibration(gpu="toy", tree_attention_tensor_efficiency=0.5,
+                      tree_attention_fixed_s=7e-6, verify_attention_tensor_efficiency=0.1)
+    k = attention_kernel("tree", 5, 40, 1064)
+    c0, c1 = kernel_cost(k, GPU, base), kernel_cost(k, GPU, cal)
+    assert c1.compute_s[0] == pytest.approx(2 * c0.compute_s[0])
+    assert c1.fixed_s[0] - c0.fixed_s[0] == pytest.approx(7e-6)
+
+
 def test_verify_kernel_fixed_costs_split_combine_and_unsplit_launch():
     cal = Calibration(gpu="toy", verify_attention_unsplit_fixed_s=10e-6,
                       verify_attention_combine_s_per_split=1e-6)

@@ -46,3 +46,30 @@ def test_graph_row_p10_is_not_read(tmp_path):
     # a graph row's p10 cell plays no part (even if odd): the median stands for it
     p = _write(tmp_path, "m,decode,1,1024,1,graph,2.0,,2.1,20,\n")
     assert read_steps(p).measured_s[0] == pytest.approx(2e-3)
+
+
+TREE_HEADER = "model,batch,ctx,nodes,causal_ms,tree_ms\n"
+
+
+def test_tree_rows_are_graph_steps_of_mode_tree(tmp_path):
+    from gpusim.measurements import read_step_dir, read_tree_steps
+    (tmp_path / "tree.csv").write_text(TREE_HEADER + "m,4,1024,16,9.5,10.0\n")
+    d = read_tree_steps(tmp_path / "tree.csv")
+    assert list(d.mode) == ["tree"] and list(d.launch) == ["graph"]
+    assert (d.batch[0], d.ctx[0], d.q[0], d.measured_s[0]) == (4, 1024, 16, 0.010)
+    steps = _write(tmp_path, "m,decode,1,512,1,graph,2.0,1.9,2.1,20,\n")
+    both = read_step_dir(steps)
+    assert list(both.mode) == ["decode", "tree"] and len(both) == 2
+    assert list(read_step_dir(_write(tmp_path / "..", "m,decode,1,512,1,graph,2,1,3,9,\n")
+                              ).mode) == ["decode"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ("m,4,1024,x,9.5,10.0\n", "nodes"),
+    ("m,4,1024,16,9.5,0\n", "tree_ms"),
+])
+def test_bad_tree_row_is_one_clear_error(tmp_path, body, field):
+    from gpusim.measurements import read_tree_steps
+    (tmp_path / "tree.csv").write_text(TREE_HEADER + body)
+    with pytest.raises(ConfigError, match=f"tree.csv:2: {field}: "):
+        read_tree_steps(tmp_path / "tree.csv")

@@ -358,3 +358,21 @@ def test_valid_edge_shapes_accepted():
     check_shape("decode", _arr(1), _arr(0), _arr(1))      # empty cache
     check_shape("verify", _arr(1), _arr(0), _arr(1))      # verify with q 1 is allowed
     check_shape("prefill", _arr(1), _arr(0), _arr(1))
+
+
+def test_tree_mode_is_a_verify_step_with_a_tree_attention(models, stack):
+    # a token tree's verify: every kernel as the causal verify's, the attention's mode
+    # "tree" (its boolean mask takes another kernel); rows keep decode/verify/prefill
+    m = models["llama-3.2-1b"]
+    tree = build_kernels(m, stack, "tree", [4, 16], [1024, 4096], [7, 31])
+    verify = build_kernels(m, stack, "verify", [4, 16], [1024, 4096], [7, 31])
+    assert [k.name for k in tree] == [k.name for k in verify]
+    for kt, kv in zip(tree, verify, strict=True):
+        np.testing.assert_array_equal(kt.flops, kv.flops)
+        np.testing.assert_array_equal(kt.bytes, kv.bytes)
+        if kt.attention is not None:
+            assert (kt.attention.mode, kv.attention.mode) == ("tree", "verify")
+            # cuDNN's kernel reads each KV head once for its group (the stack says so)
+            assert kt.attention.shares_kv and not kv.attention.shares_kv
+    from gpusim.ops import MODES
+    assert "tree" not in MODES

@@ -156,3 +156,24 @@ def test_tree_monte_carlo_via_speculation(models):
     for seed in (0, 1):
         mc = spec.monte_carlo(32, 300, np.random.default_rng(seed))
         assert mc.agrees(4.0), (mc.mean, mc.expected)
+
+
+def test_a_tree_verifies_with_the_tree_kernel_and_a_chain_with_fa2(models, h100, stack):
+    # a slow tree kernel slows a tree's verify and a tree-shaped draft level, not a chain
+    t, d = models["llama-3.1-8b"], models["llama-3.2-1b"]
+    fast = Calibration(gpu="h100-sxm")
+    slow = Calibration(gpu="h100-sxm", tree_attention_tensor_efficiency=0.05)
+    tree = TokenTree.full(2, 3)
+    for draft in (NgramDraft(0.0), ModelDraft(d)):
+        s = Speculation(t, draft, tree, IidAcceptance(0.7))
+        pf = predict_iteration(h100, stack, fast, SpecOverhead(), s, 16, 4096)
+        ps = predict_iteration(h100, stack, slow, SpecOverhead(), s, 16, 4096)
+        assert float(ps.verify_s[0]) > 1.5 * float(pf.verify_s[0])
+    s = Speculation(t, ModelDraft(d), tree, IidAcceptance(0.7))
+    ps = predict_iteration(h100, stack, slow, SpecOverhead(), s, 16, 4096)
+    pf = predict_iteration(h100, stack, fast, SpecOverhead(), s, 16, 4096)
+    assert float(ps.draft_s[0]) > float(pf.draft_s[0])      # levels of 2 and 4 nodes
+    chain = Speculation(t, ModelDraft(d), TokenTree.chain(3), IidAcceptance(0.7))
+    a = predict_iteration(h100, stack, fast, SpecOverhead(), chain, 16, 4096)
+    b = predict_iteration(h100, stack, slow, SpecOverhead(), chain, 16, 4096)
+    assert float(a.iteration_s[0]) == float(b.iteration_s[0])

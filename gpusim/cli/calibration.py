@@ -28,7 +28,8 @@ from gpusim.errors import bad, cannot
 def calibrate(
     gpu: GpuOpt,
     data: Annotated[Path, typer.Option(
-        "--data", help="Measured steps.csv (default validation/data/<gpu>/steps.csv).")
+        "--data", help="Measured steps.csv (default validation/data/<gpu>/steps.csv); a "
+        "tree.csv beside it fits the token-tree kernel too.")
     ] = Path(""),
     out: Annotated[Path | None, typer.Option(
         "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
@@ -47,7 +48,7 @@ def calibrate(
     path = data if str(data) not in ("", ".") else default
     from gpusim import micro as micro_mod
 
-    steps = measurements.read_steps(path)
+    steps = measurements.read_step_dir(path)
     micro_path = path.parent / "micro.csv"
     micro = []
     if micro_path.is_file():
@@ -58,8 +59,10 @@ def calibrate(
     from gpusim import profiles as prof_mod
 
     prof = prof_mod.read_profiles(sorted(path.parent.glob("kernels*.csv")), st)
-    res = cal_mod.fit(steps, g, st, loader.load_model, note=f"{path.parent.name}/{path.name}",
-                      micro=micro, profiles=prof)
+    note = f"{path.parent.name}/{path.name}"
+    if (path.parent / "tree.csv").is_file():
+        note += " + tree.csv"
+    res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof)
     target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ def validate(
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
-        datasets[name] = measurements.read_steps(f)
+        datasets[name] = measurements.read_step_dir(f)
         if (f.parent / "micro.csv").is_file():
             models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,

@@ -6,7 +6,8 @@ An iteration of a chain of k draft tokens (or a token tree of n nodes, depth D):
    the tree nodes at depth l, q = their count, at ctx L + nodes above them; a chain:
    k decode steps at ctx L .. L+k-1), each followed by greedy sampling; Medusa heads
    run inside the verify pass; n-gram lookup is host work before it;
-2. the target verifies all n positions in one pass (mode verify, q = n, ctx L) and
+2. the target verifies all n positions in one pass (q = n, ctx L: mode verify for a
+   chain, mode tree for a tree: its boolean mask takes another attention kernel) and
    the acceptance kernels pick the accepted prefix and the next root token;
 3. the host waits for the GPU, reads the accepted counts and moves each sequence's
    KV pointer back past the rejected positions (static cache: a pointer move, no
@@ -141,7 +142,9 @@ def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarr
     steps = []
     before = spec.tree.nodes_before_level()
     for level, q in enumerate(spec.tree.expanded_per_level()):
-        mode = "decode" if q == 1 else "verify"
+        # a level of several nodes attends under the tree's mask (each node: its
+        # ancestors), which the stack may run with another attention kernel
+        mode = "decode" if q == 1 else step_mod.TREE_MODE
         ks = step_mod.forward_kernels(model, stack, mode, b, c + before[level], q)
         if extra is not None:
             ks = [kmod.eagle_fc_kernel(extra, b * q), *ks]
@@ -161,7 +164,9 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
     steps = _draft_steps(spec, stack, b, c)
     n = spec.tree.nodes
     t = spec.target
-    ks = step_mod.forward_kernels(t, stack, "verify", b, c, n)
+    # a chain verifies under the causal mask (FA2); a tree passes its boolean mask
+    mode = "verify" if spec.tree.is_chain else step_mod.TREE_MODE
+    ks = step_mod.forward_kernels(t, stack, mode, b, c, n)
     if isinstance(spec.draft, MedusaDraft):
         ks += kmod.medusa_head_kernels(t, b, spec.k)
     ks += kmod.sample_kernels(t, b * n, 1 + kmod.VERIFY_ACCEPT_LAUNCHES, "accept")
