@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 from conftest import toy_gpu
 
-from gpusim.cost import (
-    Cost,
-    attention_schedule,
-    busy_s,
-    fa2_num_splits,
-    fa2_splits_kv,
-    gemm_schedule,
-    kernel_cost,
-    step_cost,
-)
+from gpusim.attention import attention_schedule, fa2_num_splits, fa2_splits_kv
+from gpusim.cost import Cost, busy_s, gemm_schedule, kernel_cost, step_cost
 from gpusim.ops import AttentionShape, GemmShape, Kernel
 from gpusim.specs import Calibration
 

@@ -1,6 +1,6 @@
 """DESIGN's data flow, checked on the source: the layers built on ``step`` (speculative
-decoding, serving) import nothing below it (ops, cost, engine), and only the engine
-imports SimPy."""
+decoding, serving) import nothing below it (ops, attention, cost, engine), and only the
+engine imports SimPy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "gpusim"
-BELOW_STEP = {"gpusim.ops", "gpusim.cost", "gpusim.engine"}
+BELOW_STEP = {"gpusim.ops", "gpusim.cost", "gpusim.attention", "gpusim.engine"}
 
 
 def _imports(path: Path) -> set[str]:
