@@ -80,9 +80,9 @@ def _low_statistic(rec: dict, source: str, line: int, median_ms: float) -> float
     return v
 
 
-def read_steps(path: Path) -> StepData:
-    """Read a harness steps.csv (eager rows: their p10, see the module docstring).
-    Raises ConfigError naming file, line and field."""
+def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line, record)]) of a CSV that has ``columns``. Raises ConfigError for
+    an unreadable file or a missing column."""
     source = str(path)
     try:
         fh = path.open(encoding="utf-8", newline="")
@@ -90,35 +90,42 @@ def read_steps(path: Path) -> StepData:
         raise bad(source, f"cannot read file: {exc.strerror}") from None
     with fh:
         reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in STEP_COLUMNS if c not in header]
+        header = list(reader.fieldnames or [])
+        missing = [c for c in columns if c not in header]
         if missing:
             raise bad(source, f"missing column(s) {', '.join(missing)}", line=1)
-        cols: dict[str, list] = {c: [] for c in STEP_COLUMNS}
-        has_low = EAGER_STATISTIC in header
-        for rec in reader:
-            line = reader.line_num
-            if rec["mode"] not in MODES:
-                raise bad(source, f"must be one of {', '.join(MODES)}", field="mode",
-                          line=line, value=rec["mode"])
-            if rec["launch"] not in ("graph", "eager"):
-                raise bad(source, "must be graph or eager", field="launch", line=line,
-                          value=rec["launch"])
-            for c in ("batch", "ctx", "q", "median_ms"):
-                try:
-                    v = float(rec[c])
-                except (TypeError, ValueError):
-                    raise bad(source, "must be a number", field=c, line=line,
-                              value=rec[c]) from None
-                if not np.isfinite(v) or v < 0 or (c == "median_ms" and v == 0):
-                    raise bad(source, "must be a finite positive number", field=c,
-                              line=line, value=rec[c])
-                cols[c].append(v)
-            if has_low and rec["launch"] == "eager":
-                cols["median_ms"][-1] = _low_statistic(rec, source, line,
-                                                       cols["median_ms"][-1])
-            for c in ("model", "mode", "launch"):
-                cols[c].append(rec[c])
+        return header, [(reader.line_num, rec) for rec in reader]
+
+
+def read_steps(path: Path) -> StepData:
+    """Read a harness steps.csv (eager rows: their p10, see the module docstring).
+    Raises ConfigError naming file, line and field."""
+    source = str(path)
+    header, records = _read_csv(path, STEP_COLUMNS)
+    cols: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+    has_low = EAGER_STATISTIC in header
+    for line, rec in records:
+        if rec["mode"] not in MODES:
+            raise bad(source, f"must be one of {', '.join(MODES)}", field="mode",
+                      line=line, value=rec["mode"])
+        if rec["launch"] not in ("graph", "eager"):
+            raise bad(source, "must be graph or eager", field="launch", line=line,
+                      value=rec["launch"])
+        for c in ("batch", "ctx", "q", "median_ms"):
+            try:
+                v = float(rec[c])
+            except (TypeError, ValueError):
+                raise bad(source, "must be a number", field=c, line=line,
+                          value=rec[c]) from None
+            if not np.isfinite(v) or v < 0 or (c == "median_ms" and v == 0):
+                raise bad(source, "must be a finite positive number", field=c,
+                          line=line, value=rec[c])
+            cols[c].append(v)
+        if has_low and rec["launch"] == "eager":
+            cols["median_ms"][-1] = _low_statistic(rec, source, line,
+                                                   cols["median_ms"][-1])
+        for c in ("model", "mode", "launch"):
+            cols[c].append(rec[c])
     if not cols["model"]:
         raise bad(source, "no measurements")
     return StepData(
@@ -136,30 +143,22 @@ def read_tree_steps(path: Path) -> StepData:
     median, ``tree_ms``), as rows of mode ``tree``. Raises ConfigError naming file,
     line and field."""
     source = str(path)
-    try:
-        fh = path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in TREE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise bad(source, f"missing column(s) {', '.join(missing)}", line=1)
-        models, vals = [], []
-        for rec in reader:
-            row = []
-            for c in TREE_COLUMNS[1:]:
-                try:
-                    v = float(rec[c])
-                except (TypeError, ValueError):
-                    raise bad(source, "must be a number", field=c, line=reader.line_num,
-                              value=rec[c]) from None
-                if not np.isfinite(v) or v < 0 or (c != "ctx" and v == 0):
-                    raise bad(source, "must be a finite positive number", field=c,
-                              line=reader.line_num, value=rec[c])
-                row.append(v)
-            models.append(rec["model"])
-            vals.append(row)
+    _, records = _read_csv(path, TREE_COLUMNS)
+    models, vals = [], []
+    for line, rec in records:
+        row = []
+        for c in TREE_COLUMNS[1:]:
+            try:
+                v = float(rec[c])
+            except (TypeError, ValueError):
+                raise bad(source, "must be a number", field=c, line=line,
+                          value=rec[c]) from None
+            if not np.isfinite(v) or v < 0 or (c != "ctx" and v == 0):
+                raise bad(source, "must be a finite positive number", field=c, line=line,
+                          value=rec[c])
+            row.append(v)
+        models.append(rec["model"])
+        vals.append(row)
     if not models:
         raise bad(source, "no measurements")
     b, c, n, ms = (np.array(col) for col in zip(*vals, strict=True))
