@@ -187,12 +187,15 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                resolve: Resolver, shipped: dict[str, Calibration],
                command: str, micro: dict[str, list[MicroGroup]] | None = None,
                profiles: dict[str, ProfileData | None] | None = None,
-               other_machine: dict[str, StepData] | None = None
+               other_machine: dict[str, StepData] | None = None,
+               unseen_models: dict[str, StepData] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
     ``datasets``/``gpus``: keyed by GPU name; ``shipped``: calibrations to report
-    in-sample (keyed by GPU name, may be empty).
+    in-sample (keyed by GPU name, may be empty); ``other_machine``, ``unseen_models``:
+    data no calibration was fitted on (a second lease; models outside the fit), which
+    the shipped calibration predicts.
     """
     from gpusim.report import markdown_table
 
@@ -229,12 +232,17 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             md.append(section(cross, f"Cross-GPU: calibration {cross.label}, "
                                      f"{name} datasheet"))
         md.append(section(sheet, "Datasheet only (`--calibration none`)"))
-        if name in shipped and other_machine and name in other_machine:
-            other = in_sample(other_machine[name], gpu, stack, shipped[name], resolve,
-                              "another machine")
-            md.append(section(other, "Another machine of the same kind: the shipped "
-                                     "calibration on a second lease's data (never fitted)"))
-            summary.append({"gpu": name, "evaluation": other.label, **other.errors().__dict__})
+        held_out = (
+            ("another machine", "Another machine of the same kind: the shipped calibration "
+             "on a second lease's data (never fitted)", other_machine),
+            ("models never fitted", "Models the calibration never saw: the shipped "
+             "calibration on their steps (never fitted)", unseen_models))
+        for label, title, sets in held_out:
+            if name in shipped and sets and name in sets:
+                ev = in_sample(sets[name], gpu, stack, shipped[name], resolve, label)
+                md.append(section(ev, title))
+                summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
+                pts += points(ev)
         if name in shipped:
             ins = in_sample(data, gpu, stack, shipped[name], resolve,
                             "shipped calibration (in-sample)")

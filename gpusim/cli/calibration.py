@@ -110,7 +110,7 @@ def validate(
     from gpusim import micro as micro_mod
     from gpusim import profiles as prof_mod
 
-    datasets, gpus, shipped, micro, profs, others = {}, {}, {}, {}, {}, {}
+    datasets, gpus, shipped, micro, profs, others, unseen = {}, {}, {}, {}, {}, {}, {}
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
@@ -123,13 +123,16 @@ def validate(
         earlier = f.parent / "second_lease" / "steps.csv"
         if earlier.is_file():
             others[name] = measurements.read_steps(earlier)
+        new_models = f.parent / "unseen_models" / "steps.csv"
+        if new_models.is_file():
+            unseen[name] = measurements.read_steps(new_models)
         cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
             shipped[name] = loader.calibration_from_yaml(cal_file)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data-dir " + str(data_dir)
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
-                             profs, others)
+                             profs, others, unseen)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:
