@@ -56,12 +56,17 @@ class Cost:
     flops: np.ndarray
     bytes: np.ndarray
 
+    # spelled out, not a loop over the fields: a step sums a few dozen of these per
+    # call, and the generator's overhead showed in the prediction benchmark
     def __add__(self, other: Cost) -> Cost:
-        return Cost(*(getattr(self, f) + getattr(other, f) for f in _FIELDS))
+        return Cost(self.seconds + other.seconds, self.fixed_s + other.fixed_s,
+                    self.memory_s + other.memory_s, self.compute_s + other.compute_s,
+                    self.flops + other.flops, self.bytes + other.bytes)
 
     def scaled(self, factor: float) -> Cost:
         """This cost ``factor`` times over (e.g. once per layer)."""
-        return Cost(*(getattr(self, f) * factor for f in _FIELDS))
+        return Cost(self.seconds * factor, self.fixed_s * factor, self.memory_s * factor,
+                    self.compute_s * factor, self.flops * factor, self.bytes * factor)
 
     @staticmethod
     def zero(n: int = 1) -> Cost:
@@ -69,7 +74,6 @@ class Cost:
         return Cost(z, z, z, z, z, z)
 
 
-_FIELDS = ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes")
 
 
 def _tiled(m: np.ndarray, n: int, k: int, tile_m: np.ndarray, tile_n: float, sms: float
