@@ -74,8 +74,6 @@ class Cost:
         return Cost(z, z, z, z, z, z)
 
 
-
-
 def _tiled(m: np.ndarray, n: int, k: int, tile_m: np.ndarray, tile_n: float, sms: float
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tiles = ceil_div(m, tile_m) * ceil_div(n, tile_n)
