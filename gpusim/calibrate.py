@@ -1,9 +1,13 @@
 """Fit a GPU's Calibration from measured step times (scipy least squares).
 
 Few parameters, each physical (see ``FIT_SPACE``). The objective is the log of
-predicted over measured time per row, so every row counts by its relative error; a
-soft-L1 loss keeps one odd row from steering the fit. Kernels depend only on shapes,
-so they are built once per (model, mode, launch) group and re-costed per evaluation.
+predicted over measured time per row, so every row counts by its relative error, in
+plain least squares (a soft-L1 loss, which discounts odd rows such as a GEMM that
+cuBLAS runs with a slow tile, fitted prefill and token-tree rows worse out of sample).
+Stages: graph parameters on CUDA-graph rows (and profiles, microbenchmarks), then the
+host launch cost on eager rows, then the token-tree kernel on tree rows. Kernels depend
+only on shapes, so they are built once per (model, mode, launch) group and re-costed
+per evaluation.
 """
 
 from __future__ import annotations
