@@ -274,3 +274,13 @@ def test_gemm_m_replaces_the_m_grid(tmp_path):
     assert rc == 0
     _, rows = _read(tmp_path / "micro.csv")
     assert rows and {int(r["m"]) for r in rows} == {3, 5}
+
+
+def test_step_shapes_replace_the_steps_grid(tmp_path):
+    rc = bench.main(_cli(tmp_path, "--only", "steps", "--step-shapes",
+                         "decode:3:40:1,verify:2:20:3"), shapes={"tiny": TINY})
+    assert rc == 0
+    _, rows = _read(tmp_path / "steps.csv")
+    got = {(r["mode"], r["batch"], r["ctx"], r["q"]) for r in rows}
+    assert got == {("decode", "3", "40", "1"), ("verify", "2", "20", "3")}
+    assert "eager" not in {r["launch"] for r in rows}   # graph steps (on a CPU: "cpu")

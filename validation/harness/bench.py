@@ -3,6 +3,7 @@
     python3 validation/harness/bench.py --out DIR --gpu NAME [--device cuda|cpu]
         [--budget-s 480] [--quick] [--only micro,steps,profile] [--models m1,m2,...]
         [--shapes-json FILE] [--kv-budget-gb G] [--profile-shapes ...] [--gemm-m ...]
+        [--step-shapes mode:batch:ctx:q,...]
 
 Writes into DIR: env.json, micro.csv, steps.csv, kernels.csv, errors.log (if any),
 summary.json. CSV rows are appended and flushed as they are measured, so a killed run
@@ -95,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="steps phase: measure only the eager shapes")
     p.add_argument("--profile-shapes", default="",
                    help="replace the profiled steps: comma list of mode:batch:ctx:q")
+    p.add_argument("--step-shapes", default="",
+                   help="replace the steps grid by these CUDA-graph steps: comma list of "
+                        "mode:batch:ctx:q")
     p.add_argument("--gemm-m", default="",
                    help="replace the GEMM microbenchmarks' M values: comma list of M or "
                         "first:last:step ranges (8:1024:8)")
@@ -282,6 +286,12 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
                       (item.split(":") for item in args.profile_shapes.split(",")))
         grid = dataclasses.replace(grid, profile=steps)
+    if args.step_shapes:
+        import dataclasses
+        steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
+                      (item.split(":") for item in args.step_shapes.split(",")))
+        grid = dataclasses.replace(grid, dec_b=(), ver_b=(), pre=(), eager=(),
+                                   graph_steps=steps)
     if args.gemm_m:
         import dataclasses
         grid = dataclasses.replace(grid, gemm_m=parse_int_list(args.gemm_m))

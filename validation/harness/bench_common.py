@@ -49,6 +49,7 @@ class Grid:
     eager: tuple[Step, ...]
     profile: tuple[Step, ...]
     slot_cap: int = 16384  # most rotated buffers per micro measurement
+    graph_steps: tuple[Step, ...] = ()  # extra CUDA-graph step shapes (--step-shapes)
 
 
 def _eager_grid(dec_b: tuple[int, ...], dec_ctx: tuple[int, ...], ver_b: tuple[int, ...],

@@ -45,6 +45,7 @@ def plan_steps(grid: Grid, shape: Shape, kv_budget: int, itemsize: int = 2
                for c in grid.ver_ctx]
     wanted += [StepShape("prefill", b, 0, q, "graph") for b, q in grid.pre]
     wanted += [StepShape(m, b, c, q, "eager") for m, b, c, q in grid.eager]
+    wanted += [StepShape(m, b, c, q, "graph") for m, b, c, q in grid.graph_steps]
     per_tok = kv_bytes_per_token(shape, itemsize)
     fits = [s for s in wanted if s.batch * s.end * per_tok <= kv_budget]
     skipped = [s for s in wanted if s not in fits]
