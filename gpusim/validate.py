@@ -183,19 +183,39 @@ def acceptance(lomo: Evaluation, cross: Evaluation | None) -> list[dict[str, obj
     return rows
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """Measurements no calibration was fitted on, by GPU name, with their report
+    section's label and title."""
+
+    label: str
+    title: str
+    data: dict[str, StepData]
+
+
+HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
+    ("second_lease", "another machine", "Another machine of the same kind: the shipped "
+     "calibration on a second lease's data (never fitted)"),
+    ("unseen_models", "models never fitted", "Models the calibration never saw: the "
+     "shipped calibration on their steps (never fitted)"),
+    ("beyond_grid", "shapes beyond the fit", "Shapes beyond the fitted grid (batch up to "
+     "1024, context up to 128k, verify at batch 256, prefill of 16k): the shipped "
+     "calibration (never fitted)"),
+)
+
+
 def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: StackSpec,
                resolve: Resolver, shipped: dict[str, Calibration],
                command: str, micro: dict[str, list[MicroGroup]] | None = None,
                profiles: dict[str, ProfileData | None] | None = None,
-               other_machine: dict[str, StepData] | None = None,
-               unseen_models: dict[str, StepData] | None = None
+               held_out: Sequence[HeldOut] = ()
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
     ``datasets``/``gpus``: keyed by GPU name; ``shipped``: calibrations to report
-    in-sample (keyed by GPU name, may be empty); ``other_machine``, ``unseen_models``:
-    data no calibration was fitted on (a second lease; models outside the fit), which
-    the shipped calibration predicts.
+    in-sample (keyed by GPU name, may be empty); ``held_out``: data no calibration was
+    fitted on (another lease, models or shapes outside the fit), each predicted by the
+    shipped calibration in its own section.
     """
     from gpusim.report import markdown_table
 
@@ -232,15 +252,10 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             md.append(section(cross, f"Cross-GPU: calibration {cross.label}, "
                                      f"{name} datasheet"))
         md.append(section(sheet, "Datasheet only (`--calibration none`)"))
-        held_out = (
-            ("another machine", "Another machine of the same kind: the shipped calibration "
-             "on a second lease's data (never fitted)", other_machine),
-            ("models never fitted", "Models the calibration never saw: the shipped "
-             "calibration on their steps (never fitted)", unseen_models))
-        for label, title, sets in held_out:
-            if name in shipped and sets and name in sets:
-                ev = in_sample(sets[name], gpu, stack, shipped[name], resolve, label)
-                md.append(section(ev, title))
+        for h in held_out:
+            if name in shipped and name in h.data:
+                ev = in_sample(h.data[name], gpu, stack, shipped[name], resolve, h.label)
+                md.append(section(ev, h.title))
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
                 pts += points(ev)
         if name in shipped:

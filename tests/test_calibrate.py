@@ -62,17 +62,18 @@ def test_tree_rows_fit_only_the_tree_kernel(fits):
 def test_report_sections_for_data_never_fitted():
     # one GPU, two models fitted leave-one-out; a second lease and a third model are
     # predicted by the shipped calibration, which generated every number here
-    from gpusim.validate import run_report
+    from gpusim.validate import HeldOut, run_report
 
     data = _measured(_shapes(("decode",)), TRUE)
     extra = data.subset(data.model == "llama-3.2-1b")
     unseen = _measured(StepData(np.array(["qwen2.5-0.5b"] * 3), np.array(["decode"] * 3),
                                 np.array([1.0, 8, 64]), np.array([1024.0] * 3),
                                 np.ones(3), np.array(["graph"] * 3), np.ones(3), "u"), TRUE)
+    held = [HeldOut("another machine", "Another lease", {"h100-sxm": extra}),
+            HeldOut("models never fitted", "Unseen models", {"h100-sxm": unseen})]
     md, pts = run_report({"h100-sxm": data}, {"h100-sxm": GPU}, STACK, loader.load_model,
-                         {"h100-sxm": TRUE}, "test", other_machine={"h100-sxm": extra},
-                         unseen_models={"h100-sxm": unseen})
-    assert "Another machine of the same kind" in md and "Models the calibration never saw" in md
+                         {"h100-sxm": TRUE}, "test", held_out=held)
+    assert "### Another lease" in md and "### Unseen models" in md
     never = [p for p in pts if p["evaluation"] == "models never fitted"]
     assert [p["model"] for p in never] == ["qwen2.5-0.5b"] * 3
     assert max(abs(p["error"]) for p in never) < 1e-9

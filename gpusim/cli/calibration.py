@@ -110,7 +110,8 @@ def validate(
     from gpusim import micro as micro_mod
     from gpusim import profiles as prof_mod
 
-    datasets, gpus, shipped, micro, profs, others, unseen = {}, {}, {}, {}, {}, {}, {}
+    datasets, gpus, shipped, micro, profs = {}, {}, {}, {}, {}
+    held: dict[str, dict] = {}
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
@@ -120,19 +121,19 @@ def validate(
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
-        earlier = f.parent / "second_lease" / "steps.csv"
-        if earlier.is_file():
-            others[name] = measurements.read_steps(earlier)
-        new_models = f.parent / "unseen_models" / "steps.csv"
-        if new_models.is_file():
-            unseen[name] = measurements.read_steps(new_models)
+        for sub, _, _ in val.HELD_OUT_SETS:
+            extra = f.parent / sub / "steps.csv"
+            if extra.is_file():
+                held.setdefault(sub, {})[name] = measurements.read_steps(extra)
         cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
             shipped[name] = loader.calibration_from_yaml(cal_file)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data-dir " + str(data_dir)
+    held_out = [val.HeldOut(label, title, held[sub])
+                for sub, label, title in val.HELD_OUT_SETS if sub in held]
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
-                             profs, others, unseen)
+                             profs, held_out)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:
