@@ -169,23 +169,27 @@ def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: in
     return ctas, waves * per_cta
 
 
-def attention_bandwidth(a: AttentionShape, cal: Calibration, splits: np.ndarray | None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def attention_bandwidth(a: AttentionShape, cal: Calibration, splits: np.ndarray | None,
+                        sms: float = 132.0) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
 
     Every attention kernel streams KV at one sustained fraction of HBM bandwidth. What
     differs is how much of verify's re-reads (FA2 reads a KV head once per query head)
-    L2 serves, in FA2's two regimes (``splits``: ``fa2_num_splits``): split over the keys, short
-    CTAs of a KV group stream the same keys at the same time and L2 serves many
-    re-reads; unsplit, each CTA walks all the keys, CTAs of a group drift apart and
-    reuse falls.
+    L2 serves, in FA2's two regimes (``splits``: ``fa2_num_splits``): split, the query
+    heads of a KV group are neighbours in the grid and stream the same keys at the same
+    time, and L2 serves many re-reads; unsplit, each CTA walks all the keys and the
+    grid runs every batch of one head before the next head, so a group's query heads
+    are ``batch`` CTAs apart: L2 serves their re-reads only while the whole group fits
+    in the CTAs running at once (two per SM), a falling share of them beyond.
     """
     eff = np.full_like(a.batch, cal.attention_bandwidth_efficiency, dtype=np.float64)
     if a.mode != "verify":
         return eff, np.full_like(eff, cal.attention_l2_reuse)
     assert splits is not None  # kernel_cost passes verify's split counts
+    group = a.heads // a.kv_heads
+    together = np.minimum(1.0, FLASH_CTAS_PER_SM * sms / (a.batch * group))
     return eff, np.where(splits > 1.0, cal.attention_l2_reuse,
-                         cal.attention_l2_reuse_multiwave)
+                         cal.attention_l2_reuse_multiwave * together)
 
 
 def latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,

@@ -176,7 +176,7 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
             fixed = fixed + np.where(splits > 1.0,
                                      splits * cal.verify_attention_combine_s_per_split,
                                      cal.verify_attention_unsplit_fixed_s)
-        eff, reuse = attention_bandwidth(a, cal, splits)
+        eff, reuse = attention_bandwidth(a, cal, splits, float(gpu.sm_count))
         attn_bw = gpu.hbm_bandwidth_bytes_per_s * eff
         kv_bytes = k.kv_bytes
         if not a.shares_kv:

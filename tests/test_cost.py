@@ -398,6 +398,19 @@ def test_tree_kernel_costs_use_their_own_parameters():
     assert c1.fixed_s[0] - c0.fixed_s[0] == pytest.approx(7e-6)
 
 
+def test_unsplit_verify_reuse_falls_once_a_kv_group_spans_more_than_the_running_ctas():
+    from gpusim.attention import attention_bandwidth
+    # toy GPU: 100 SMs -> 200 CTAs at once; group of 4 query heads per KV head: a group's
+    # heads are `batch` CTAs apart, so up to batch 50 they run together
+    cal = Calibration(gpu="toy", attention_l2_reuse=0.9, attention_l2_reuse_multiwave=0.6)
+    k = attention_kernel("verify", [50.0, 100.0, 400.0], 5, 1029)
+    _, reuse = attention_bandwidth(k.attention, cal, np.ones(3), 100.0)
+    np.testing.assert_allclose(reuse, [0.6, 0.3, 0.075])
+    # split kernels keep a group's heads side by side in the grid
+    _, reuse = attention_bandwidth(k.attention, cal, np.full(3, 2.0), 100.0)
+    np.testing.assert_allclose(reuse, [0.9, 0.9, 0.9])
+
+
 def test_verify_kernel_fixed_costs_split_combine_and_unsplit_launch():
     cal = Calibration(gpu="toy", verify_attention_unsplit_fixed_s=10e-6,
                       verify_attention_combine_s_per_split=1e-6)
