@@ -284,3 +284,10 @@ def test_step_shapes_replace_the_steps_grid(tmp_path):
     got = {(r["mode"], r["batch"], r["ctx"], r["q"]) for r in rows}
     assert got == {("decode", "3", "40", "1"), ("verify", "2", "20", "3")}
     assert "eager" not in {r["launch"] for r in rows}   # graph steps (on a CPU: "cpu")
+
+
+def test_parse_steps():
+    assert bench.parse_steps("decode:8:1024:1,verify:4:512:2") == (
+        ("decode", 8, 1024, 1), ("verify", 4, 512, 2))
+    with pytest.raises(ValueError, match="mode:batch:ctx:q"):
+        bench.parse_steps("decode:8:1024")

@@ -19,6 +19,7 @@ Imports only stdlib, numpy, yaml, torch (the GPU machine has no gpusim).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -56,6 +57,18 @@ TINY = {  # built in, for CPU runs: --models tiny
 }
 PHASES = ("launch", "copy", "steps", "profile", "gemm", "attention", "elementwise")
 ALIASES = {"micro": ("launch", "copy", "gemm", "attention", "elementwise")}
+
+
+def parse_steps(text: str) -> tuple[tuple[str, int, int, int], ...]:
+    """``"decode:8:1024:1,verify:4:512:2"`` -> ((mode, batch, ctx, q), ...). Raises
+    ValueError for an item that is not mode:batch:ctx:q."""
+    out = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) != 4:
+            raise ValueError(f"{item!r}: expected mode:batch:ctx:q")
+        out.append((parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
+    return tuple(out)
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -279,21 +292,13 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         grid = GRIDS["cpu"]                # CPU: tiny shapes only, whatever --quick says
         l2, mem_total = 1 * MiB, 8 * GiB
     if args.eager_only:
-        import dataclasses
         grid = dataclasses.replace(grid, dec_b=(), ver_b=(), pre=())
     if args.profile_shapes:
-        import dataclasses
-        steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
-                      (item.split(":") for item in args.profile_shapes.split(",")))
-        grid = dataclasses.replace(grid, profile=steps)
+        grid = dataclasses.replace(grid, profile=parse_steps(args.profile_shapes))
     if args.step_shapes:
-        import dataclasses
-        steps = tuple((m, int(b), int(c), int(q)) for m, b, c, q in
-                      (item.split(":") for item in args.step_shapes.split(",")))
         grid = dataclasses.replace(grid, dec_b=(), ver_b=(), pre=(), eager=(),
-                                   graph_steps=steps)
+                                   graph_steps=parse_steps(args.step_shapes))
     if args.gemm_m:
-        import dataclasses
         grid = dataclasses.replace(grid, gemm_m=parse_int_list(args.gemm_m))
     env["grid"] = grid.name
     (out / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
