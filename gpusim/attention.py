@@ -118,11 +118,6 @@ def fa2_num_splits(a: AttentionShape, sms: float) -> np.ndarray:
     return out
 
 
-def fa2_splits_kv(a: AttentionShape, sms: float) -> np.ndarray:
-    """Whether FlashAttention-2 runs a verify step split over the keys."""
-    return fa2_num_splits(a, sms) > 1.0
-
-
 def _fa2_verify_schedule(a: AttentionShape, sms: float, splits: np.ndarray,
                          cta_overhead_flops: float, score_flops: float
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +165,7 @@ def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: in
 
 
 def attention_bandwidth(a: AttentionShape, cal: Calibration, splits: np.ndarray | None,
-                        sms: float = 132.0) -> tuple[np.ndarray, np.ndarray]:
+                        sms: float) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
 
     Every attention kernel streams KV at one sustained fraction of HBM bandwidth. What

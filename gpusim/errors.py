@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(eq=False)
@@ -57,3 +58,14 @@ def cannot(path: object, exc: OSError, action: str = "write") -> ConfigError:
     else:
         reason = exc.strerror or str(exc) or type(exc).__name__
     return bad(str(path), f"cannot {action}: {reason}")
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A text file's contents (``encoding="utf-8-sig"`` drops a BOM). Raises ConfigError
+    for a file that cannot be read or is not text in that encoding."""
+    try:
+        return path.read_text(encoding=encoding)
+    except OSError as exc:
+        raise bad(str(path), f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(str(path), "file is not UTF-8 text") from None

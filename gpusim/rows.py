@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim.errors import ConfigError, bad
+from gpusim.errors import ConfigError, bad, read_text
 from gpusim.ops import MODES, check_shape
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.step import predict
@@ -53,12 +53,7 @@ def _int_field(source: str, line: int, name: str, text: str, low: int) -> int:
 def read_rows(path: Path) -> tuple[list[str], list[Row]]:
     """Parse rows.csv; returns (header, rows). Raises ConfigError with file:line."""
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise bad(source, "file is not UTF-8 text") from None
+    text = read_text(path, "utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if not header:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gpusim.errors import bad
+from gpusim.errors import bad, read_text
 
 M = TypeVar("M", bound=BaseModel)
 Path_ = tuple[str | int, ...]
@@ -103,12 +103,7 @@ def _collection_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], sou
 def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse one YAML document; returns (data, {key path: line}). Raises ConfigError."""
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise bad(source, "file is not UTF-8 text") from None
+    text = read_text(path)
     too_deep = f"nesting too deep (over {MAX_DEPTH} levels)"
     try:
         node = yaml.compose(text, Loader=_DepthLimitedLoader)

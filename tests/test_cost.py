@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import toy_gpu
 
-from gpusim.attention import attention_schedule, fa2_num_splits, fa2_splits_kv
+from gpusim.attention import attention_schedule, fa2_num_splits
 from gpusim.cost import Cost, busy_s, gemm_schedule, kernel_cost, step_cost
 from gpusim.ops import AttentionShape, GemmShape, Kernel
 from gpusim.specs import Calibration
@@ -307,8 +307,8 @@ def test_attention_schedule_decode_split_kv():
 def test_fa2_splits_kv_until_query_blocks_fill_80pct_of_two_ctas_per_sm():
     # toy GPU: 100 SMs -> 200 CTA slots, threshold 160 (batch x heads x ceil(q/64))
     def split(batch, q=5, heads=32):
-        return bool(fa2_splits_kv(attention_kernel("verify", batch, q, 1024 + q,
-                                                   heads=heads).attention, 100.0)[0])
+        return bool(fa2_num_splits(attention_kernel("verify", batch, q, 1024 + q,
+                                                    heads=heads).attention, 100.0)[0] > 1)
     assert split(4)             # 128 < 160
     assert not split(5)         # 160: full enough, one CTA per (batch, head, block)
     assert split(6, heads=24)   # 144 < 160: fewer heads split longer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim.errors import bad
+from gpusim.errors import bad, read_text
 
 COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 
@@ -113,12 +113,7 @@ def read_trace(path: str | Path) -> Trace:
     source = str(p)
     if p.suffix not in (".jsonl", ".json", ".csv"):
         raise bad(source, "trace must be a .jsonl or .csv file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise bad(source, "file is not UTF-8 text") from None
+    text = read_text(p)
     records = _csv_records(text, source) if p.suffix == ".csv" else _jsonl_records(text, source)
     times: list[float] = []
     prompts: list[int] = []

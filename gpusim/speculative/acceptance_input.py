@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from gpusim.errors import bad
+from gpusim.errors import bad, read_text
 from gpusim.speculative.acceptance import (
     MAX_K,
     Acceptance,
@@ -102,12 +102,7 @@ def read_histogram(path: Path) -> EmpiricalAcceptance:
     Raises ConfigError naming file, line and field.
     """
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise bad(source, "file is not UTF-8 text") from None
+    text = read_text(path, "utf-8-sig")
     if path.suffix == ".json":
         return _histogram_json(text, source)
     reader = csv.DictReader(io.StringIO(text))
