@@ -89,3 +89,54 @@ def test_bad_pairs_option(tmp_path):
     with pytest.raises(SystemExit, match="--pairs"):
         bench_spec.main(["--out", str(tmp_path), "--gpu", "x", "--device", "cpu",
                          "--pairs", "t-d"], shapes=SHAPES)
+
+
+def test_draft_kinds_run_on_the_cpu(tmp_path):
+    """EAGLE head, Medusa heads and prompt lookup: every code path, gpusim's draft
+    syntax in the draft column, Medusa skipped where k exceeds its heads."""
+    rc = bench_spec.main(["--out", str(tmp_path), "--gpu", "cpu-test", "--device", "cpu",
+                          "--pairs", "t:eagle1,t:medusa3,t:ngram,t:medusa2", "--ks", "1,3",
+                          "--batches", "2", "--ctxs", "8"], shapes=SHAPES)
+    assert rc == 0 and not (tmp_path / "errors.log").exists()
+    _, rows = _read(tmp_path / "spec.csv")
+    assert {(r["pair"], r["draft"]) for r in rows} == {
+        ("t+eagle1", "eagle:1"), ("t+medusa3", "medusa:3"), ("t+ngram", "ngram")}
+    assert len(rows) == 6 and all(float(r["iteration_ms"]) > 0 for r in rows)
+    summary = json.loads((tmp_path / "spec_summary.json").read_text())
+    assert summary["skipped"] == ["t+medusa2: k up to 3 needs as many heads"]
+
+
+def test_parse_kind():
+    from spec_drafts import DraftKind, parse_kind
+    assert parse_kind("eagle2") == DraftKind("eagle", 2)
+    assert parse_kind("medusa4").label == "medusa:4"
+    assert parse_kind("ngram").label == "ngram"
+    assert parse_kind("llama-3.2-1b") is None and parse_kind("eagle") is None
+    with pytest.raises(SystemExit, match=r"1\.\.16"):
+        parse_kind("medusa17")
+
+
+def _brute_force_lookup(hist, k: int):
+    import numpy as np
+    out = np.zeros(k, dtype=np.int64)
+    n_len = len(hist)
+    for n in (3, 2, 1):
+        starts = [j for j in range(n_len - n) if (hist[j:j + n] == hist[n_len - n:]).all()]
+        if starts:
+            seg = hist[starts[-1] + n: starts[-1] + n + k]
+            out[:len(seg)] = seg
+            return out
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prompt_lookup_matches_a_brute_force_search(seed):
+    import numpy as np
+    from spec_drafts import PromptLookup
+    lk = PromptLookup(4, 30, seed=seed)
+    got = lk.propose(5)
+    for s in range(4):
+        assert (got[s] == _brute_force_lookup(lk.history[s], 5)).all()
+    before = lk.history.copy()
+    lk.accept(np.array([1, 2, 3, 4]))
+    assert (lk.history[:, :-1] == before[:, 1:]).all() and list(lk.history[:, -1]) == [1, 2, 3, 4]

@@ -11,9 +11,15 @@ import pytest
 from gpusim.errors import ConfigError
 from gpusim.loader import load_model
 from gpusim.specs import Calibration
-from gpusim.speculative.measured import SPEC_COLUMNS, read_spec_csv
+from gpusim.speculative.measured import SPEC_COLUMNS, SpecRow, read_spec_csv
 from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
-from gpusim.speculative.validate import fit_overhead_s, markdown, validate_gpu
+from gpusim.speculative.validate import (
+    composed_no_round_trip_s,
+    fit_overhead_s,
+    loop_parts,
+    markdown,
+    validate_gpu,
+)
 
 RT, H = 60e-6, 15e-6
 PAIRS = (("llama-3.1-8b", "llama-3.2-1b"), ("llama-3.2-3b", "llama-3.2-1b"))
@@ -111,3 +117,22 @@ def test_overhead_yaml_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"ov.yaml:2: bogus: unknown key"):
         from_yaml(f)
     assert SpecOverhead().calibration_for_loop(Calibration()) == Calibration()
+
+
+def _row(draft: str, k: int = 3, draft_s: float = 1e-3, verify_s: float = 8e-3) -> SpecRow:
+    return SpecRow(line=2, pair=f"t+{draft}", target="llama-3.1-8b", draft=draft, k=k,
+                   batch=4, ctx=1024, launch="graph", iteration_s=1e-2, draft_step_s=draft_s,
+                   verify_s=verify_s, target_step_s=7e-3, plain_iteration_s=None)
+
+
+def test_loop_parts_of_each_draft_kind():
+    """A model or EAGLE head replays k draft steps; Medusa's heads are inside the
+    verify; prompt lookup is host work before the verify's launch."""
+    assert loop_parts(_row("llama-3.2-1b")) == (0.0, [1e-3] * 3 + [8e-3])
+    assert loop_parts(_row("eagle:1")) == (0.0, [1e-3] * 3 + [8e-3])
+    assert loop_parts(_row("medusa:4")) == (0.0, [8e-3])
+    assert loop_parts(_row("ngram")) == (1e-3, [8e-3])
+    got = composed_no_round_trip_s([_row("llama-3.2-1b"), _row("medusa:4"), _row("ngram")],
+                                   graph_launch_s=20e-6)
+    # the model draft: launches after the first hide 20 us each behind the GPU's work
+    assert got == pytest.approx([3e-3 + 8e-3 - 3 * 20e-6, 8e-3, 1e-3 + 8e-3])

@@ -122,6 +122,13 @@ def parse_draft(text: str, load_model: Callable[[str], ModelSpec]) -> Draft:
     return ModelDraft(load_model(s))
 
 
+def kind_of(text: str) -> str:
+    """The kind a ``--draft`` string names (medusa, eagle, ngram, or model for anything
+    else), without loading a model or checking sizes."""
+    m = re.fullmatch(r"(medusa|eagle|ngram)(?::.*)?", text.strip())
+    return m.group(1) if m else "model"
+
+
 def medusa_head_params(target: ModelSpec) -> int:
     """Parameters of one Medusa-1 head: residual block (h x h + bias) and LM head."""
     h = target.hidden_size

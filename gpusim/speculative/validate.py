@@ -23,7 +23,7 @@ import numpy as np
 
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance
-from gpusim.speculative.drafts import ModelDraft
+from gpusim.speculative.drafts import kind_of, parse_draft
 from gpusim.speculative.iteration import Speculation, predict_iteration
 from gpusim.speculative.measured import SpecRow
 from gpusim.speculative.overhead import SpecOverhead
@@ -32,15 +32,29 @@ from gpusim.speculative.trees import TokenTree
 TARGET_ERROR = 0.05
 
 
+def loop_parts(r: SpecRow) -> tuple[float, list[float]]:
+    """(host work before the first launch, alone times of the launches in order) of a
+    measured iteration: a draft model or EAGLE head replays k draft steps then the
+    verify; Medusa's heads run inside the verify; prompt lookup is host work (the
+    row's draft step) before the verify."""
+    kind = kind_of(r.draft)
+    if kind == "medusa":
+        return 0.0, [r.verify_s]
+    if kind == "ngram":
+        return r.draft_step_s, [r.verify_s]
+    return 0.0, [r.draft_step_s] * r.k + [r.verify_s]
+
+
 def composed_no_round_trip_s(rows: Sequence[SpecRow], graph_launch_s: float) -> np.ndarray:
-    """Iteration time from measured alone step times, before the round trip: k draft
-    steps then the verify, each alone = launch + GPU time; launches after the first
-    overlap the GPU work (``iteration.pipeline_end_s`` with measured times)."""
+    """Iteration time from measured alone step times, before the round trip: the
+    launches of ``loop_parts``, each alone = launch + GPU time; launches after the
+    first overlap the GPU work (``iteration.pipeline_end_s`` with measured times)."""
     out = []
     for r in rows:
-        h = min(graph_launch_s, r.draft_step_s, r.verify_s)
-        alone = [r.draft_step_s] * r.k + [r.verify_s]
-        host = gpu_end = 0.0
+        host_before, alone = loop_parts(r)
+        h = min(graph_launch_s, *alone)
+        host = host_before
+        gpu_end = 0.0
         for t in alone:
             start = host
             host = start + h
@@ -51,13 +65,15 @@ def composed_no_round_trip_s(rows: Sequence[SpecRow], graph_launch_s: float) -> 
 
 def fit_overhead_s(rows: Sequence[SpecRow]) -> tuple[float, float]:
     """(host round trip, graph launch hidden per replay) minimising the squared relative
-    error of the composed iteration, sum(T) - k h + rt, over ``rows`` (bounded linear
-    least squares: 0 <= rt <= 0.1 s, 0 <= h <= 1 ms)."""
+    error of the composed iteration over ``rows``: host work + sum(T) - h per launch
+    after the first + rt (``loop_parts``; bounded linear least squares: 0 <= rt <=
+    0.1 s, 0 <= h <= 1 ms)."""
     from scipy.optimize import lsq_linear
 
     meas = np.array([r.iteration_s for r in rows])
-    alone = np.array([r.k * r.draft_step_s + r.verify_s for r in rows])
-    ks = np.array([float(r.k) for r in rows])
+    parts = [loop_parts(r) for r in rows]
+    alone = np.array([before + sum(ts) for before, ts in parts])
+    ks = np.array([float(len(ts) - 1) for _, ts in parts])   # launches hidden
     a = np.stack([1.0 / meas, -ks / meas], axis=1)
     y = (meas - alone) / meas
     res = lsq_linear(a, y, bounds=([0.0, 0.0], [0.1, 1e-3]))
@@ -156,7 +172,7 @@ def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[Sp
     for i, r in enumerate(graph):
         groups.setdefault((r.target, r.draft, r.k), []).append(i)
     for (tname, dname, k), idx in groups.items():
-        spec = Speculation(load_model(tname), ModelDraft(load_model(dname)),
+        spec = Speculation(load_model(tname), parse_draft(dname, load_model),
                            TokenTree.chain(k), IidAcceptance(0.0))
         b = np.array([graph[i].batch for i in idx])
         c = np.array([graph[i].ctx for i in idx])

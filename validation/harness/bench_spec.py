@@ -49,6 +49,14 @@ from bench_common import Logged  # noqa: E402
 from bench_steps import kv_bytes_per_token, make_cache  # noqa: E402
 from bench_timing import Budget, Clock, CsvSink, GiB, Policy, free_memory, repeat, stats  # noqa: E402
 from reference import Shape  # noqa: E402
+from spec_drafts import (  # noqa: E402
+    DraftKind,
+    EagleWeights,
+    MedusaHeads,
+    PromptLookup,
+    eagle_shape,
+    parse_kind,
+)
 
 SPEC_COLUMNS = ["pair", "target", "draft", "k", "batch", "ctx", "launch", "iteration_ms",
                 "iteration_p10_ms", "iteration_p90_ms", "repeats", "draft_step_ms",
@@ -151,26 +159,50 @@ class Group:
     verify_fns: dict[int, Callable[[], None]]
     plain_fn: Callable[[], None]
     graphs: dict[str, object] = field(default_factory=dict)
+    kind: DraftKind | None = None         # None: a draft model
+    lookup: PromptLookup | None = None    # n-gram: the host's token histories
+    staged: dict[int, torch.Tensor] = field(default_factory=dict)  # n-gram: pinned [B, k]
+
+    @property
+    def loop_drafts(self) -> bool:
+        """Whether the draft steps run in the loop (Medusa's heads run inside the
+        verify; prompt lookup is host work)."""
+        return self.kind is None or self.kind.kind == "eagle"
 
 
-def make_group(wt: reference.Weights, wd: reference.Weights, ct: reference.KVCache,
-               cd: reference.KVCache, batch: int, ctx: int, ks: tuple[int, ...],
-               device: torch.device, seed: int = 7) -> Group:
-    """Static buffers and the three kinds of step as closures over them."""
+def make_group(wt: reference.Weights, wd: reference.Weights | MedusaHeads | None,
+               ct: reference.KVCache, cd: reference.KVCache | None, batch: int, ctx: int,
+               ks: tuple[int, ...], device: torch.device, seed: int = 7,
+               kind: DraftKind | None = None) -> Group:
+    """Static buffers and the three kinds of step as closures over them. ``kind``:
+    None for a draft model ``wd`` with cache ``cd``; an EAGLE head (``wd`` its
+    EagleWeights, ``cd`` its cache), Medusa heads (``wd`` the MedusaHeads, no cache)
+    or prompt lookup (neither)."""
     kmax = max(ks)
-    vocab = min(wt.shape.vocab_size, wd.shape.vocab_size)
+    if isinstance(wd, reference.Weights) and (kind is None or kind.kind == "eagle"):
+        vocab = min(wt.shape.vocab_size, wd.shape.vocab_size)
+    else:
+        vocab = wt.shape.vocab_size
     # a pair whose vocabularies are padded to different sizes (Qwen2.5 7B vs 0.5B):
     # pick tokens from the shared range only (a view; the argmax stays one kernel)
     t_cut = vocab if wt.shape.vocab_size > vocab else None
-    d_cut = vocab if wd.shape.vocab_size > vocab else None
+    d_cut = (vocab if isinstance(wd, reference.Weights) and wd.shape.vocab_size > vocab
+             else None)
+    h = wt.shape.hidden_size
+    # EAGLE's feature and Medusa's hidden state: static buffers (timing only)
+    hidden = torch.zeros(batch, h, dtype=wt.embed.dtype, device=device)     # [B, h]
     g = torch.Generator(device="cpu").manual_seed(seed)
     tok = torch.randint(0, vocab, (batch, kmax + 1), generator=g).to(device)
     ptok = tok[:, :1].clone()
     results = {k: torch.zeros(batch, k + 2, dtype=torch.int64, device=device) for k in ks}
 
+    eagle = kind is not None and kind.kind == "eagle"
+    medusa = wd if isinstance(wd, MedusaHeads) else None
+
     def draft_step(i: int) -> Callable[[], None]:
         def fn() -> None:
-            logits = reference.forward(wd, cd, tok[:, i:i + 1], ctx + i, "decode")   # [B, V]
+            logits = reference.forward(wd, cd, tok[:, i:i + 1], ctx + i, "decode",  # type: ignore[arg-type]
+                                       feature=hidden if eagle else None)   # [B, V]
             tok[:, i + 1].copy_(logits[:, :d_cut].argmax(-1))   # argmax, copy: 2 kernels
         return fn
 
@@ -188,14 +220,28 @@ def make_group(wt: reference.Weights, wd: reference.Weights, ct: reference.KVCac
             tok[:, :1].copy_(nxt)                                                # copy
             res[:, 0].copy_(accepted)                                            # copy
             res[:, 1:].copy_(pred)                                               # copy
+            if medusa is not None:
+                medusa.run(hidden, tok, k, t_cut)      # next iteration's k guesses
         return fn
 
     def plain() -> None:
         logits = reference.forward(wt, ct, ptok, ctx, "decode")                  # [B, V]
         ptok.copy_(logits[:, :t_cut].argmax(-1, keepdim=True))                   # 2 kernels
 
-    return Group(batch, ctx, ks, tok, ptok, results,
-                 [draft_step(i) for i in range(kmax)], {k: verify_step(k) for k in ks}, plain)
+    if kind is None or eagle:
+        drafts = [draft_step(i) for i in range(kmax)]
+    elif medusa is not None:
+        drafts = [lambda: medusa.run(hidden, tok, 1, t_cut)]   # one head, timed alone
+    else:
+        drafts = []
+    lookup = PromptLookup(batch, ctx) if kind is not None and kind.kind == "ngram" else None
+    staged = {}
+    if lookup is not None:   # pinned, one per k: the copy to the GPU is asynchronous
+        staged = {k: torch.zeros(batch, k, dtype=torch.int64,
+                                 pin_memory=device.type == "cuda") for k in ks}
+    return Group(batch, ctx, ks, tok, ptok, results, drafts,
+                 {k: verify_step(k) for k in ks}, plain, kind=kind, lookup=lookup,
+                 staged=staged)
 
 
 def capture_all(group: Group, device: torch.device) -> None:
@@ -228,18 +274,26 @@ def _runner(group: Group, name: str, fn: Callable[[], None]) -> Callable[[], Non
 
 
 def spec_iteration(group: Group, k: int) -> Callable[[], list[int]]:
-    """One speculative iteration: k draft steps, the verify, host sync and bookkeeping."""
-    drafts = [_runner(group, f"draft{i}", group.draft_fns[i]) for i in range(k)]
+    """One speculative iteration: k draft steps (or a host lookup and its copy), the
+    verify, host sync and bookkeeping."""
+    drafts = ([_runner(group, f"draft{i}", group.draft_fns[i]) for i in range(k)]
+              if group.loop_drafts else [])
     verify = _runner(group, f"verify{k}", group.verify_fns[k])
     res = group.results[k]
     ctx = group.ctx
+    lookup, staged = group.lookup, group.staged.get(k)
 
     def fn() -> list[int]:
+        if lookup is not None and staged is not None:
+            staged.copy_(torch.from_numpy(lookup.propose(k)))
+            group.tok[:, 1:k + 1].copy_(staged, non_blocking=True)            # H2D
         for d in drafts:
             d()
         verify()
         host = res.cpu()                          # D2H copy: waits for the GPU
         accepted = host[:, 0].tolist()
+        if lookup is not None:   # the next root token joins each history
+            lookup.accept(host[:, 1:].gather(1, host[:, :1]).numpy()[:, 0])
         # per-sequence bookkeeping: new length, then roll the pointer back to ctx
         ends = [ctx + a + 1 for a in accepted]
         _ = [e - (e - ctx) for e in ends]
@@ -322,7 +376,11 @@ def measure_group(run: Run, pair: str, tname: str, dname: str, group: Group) -> 
     capture_all(group, run.device)
     launch = "graph" if run.cuda else "cpu"
     alone = lambda name, fn: stats(repeat(run.clock, _runner(group, name, fn), run.alone), 1e3)  # noqa: E731
-    draft = alone("draft0", group.draft_fns[0])
+    if group.lookup is not None:   # prompt lookup: host wall time of one proposal
+        lk, kmax = group.lookup, max(group.ks)
+        draft = stats(wall_times(lambda: lk.propose(kmax), run.alone, lambda: None)[0], 1e3)
+    else:
+        draft = alone("draft0", group.draft_fns[0])
     target = alone("plain", group.plain_fn)
     plain_t, _ = wall_times(plain_iteration(group), run.loop, run.clock.sync)
     plain = stats(plain_t, 1e3)
@@ -351,20 +409,42 @@ def _free_bytes(run: Run) -> int:
     return free
 
 
+def draft_shape(dname: str, target: Shape, shapes: dict[str, Shape]) -> Shape | None:
+    """The shape of the draft's decoder (its KV cache): a model's, an EAGLE head's,
+    None for Medusa heads and prompt lookup."""
+    kind = parse_kind(dname)
+    if kind is None:
+        return shapes[dname]
+    return eagle_shape(target, kind.size) if kind.kind == "eagle" else None
+
+
 def measure_pair(run: Run, grid: Grid, tname: str, dname: str, shapes: dict[str, Shape]
                  ) -> None:
     pair = f"{tname}+{dname}"
-    ts, ds = shapes[tname], shapes[dname]
+    kind = parse_kind(dname)
+    ts = shapes[tname]
+    ds = draft_shape(dname, ts, shapes)
     run.log(f"{pair}: random weights")
     wt = reference.Weights(ts, str(run.device), run.dtype)
-    wd = reference.Weights(ds, str(run.device), run.dtype, seed=1)
+    wd: reference.Weights | MedusaHeads | None = None
+    if kind is None:
+        wd = reference.Weights(shapes[dname], str(run.device), run.dtype, seed=1)
+    elif kind.kind == "eagle":
+        wd = EagleWeights(wt, kind.size, str(run.device), run.dtype)
+    elif kind.kind == "medusa":
+        wd = MedusaHeads(ts, kind.size, str(run.device), run.dtype)
+    label = kind.label if kind is not None else dname
     kmax, cmax = max(grid.ks), max(grid.ctxs)
+    if kind is not None and kind.kind == "medusa" and kmax > kind.size:
+        run.skipped += [f"{pair}: k up to {kmax} needs as many heads"]
+        run.log(run.skipped[-1])
+        return
     item = torch.tensor([], dtype=run.dtype).element_size()
     for b in grid.batches:
         if run.budget.over():
             return
         need = b * ((cmax + kmax + 1) * kv_bytes_per_token(ts, item)
-                    + (cmax + kmax) * kv_bytes_per_token(ds, item))
+                    + (0 if ds is None else (cmax + kmax) * kv_bytes_per_token(ds, item)))
         if need + (GRAPH_POOL_RESERVE if run.cuda else 0) > _free_bytes(run):
             run.skipped += [f"{pair} b={b}: KV ({need / GiB:.1f} GiB) does not fit"]
             run.log(run.skipped[-1])
@@ -373,7 +453,8 @@ def measure_pair(run: Run, grid: Grid, tname: str, dname: str, shapes: dict[str,
 
         def alloc(b: int = b, holder: dict = holder) -> None:
             holder["t"] = make_cache(ts, b, cmax + kmax + 1, run.device, run.dtype)
-            holder["d"] = make_cache(ds, b, cmax + kmax, run.device, run.dtype, seed=2)
+            if ds is not None:
+                holder["d"] = make_cache(ds, b, cmax + kmax, run.device, run.dtype, seed=2)
 
         if not run.guard(f"{pair} caches b={b}", alloc):
             continue
@@ -382,9 +463,10 @@ def measure_pair(run: Run, grid: Grid, tname: str, dname: str, shapes: dict[str,
                 break
 
             def one(b: int = b, c: int = c, holder: dict = holder) -> None:
-                grp = make_group(wt, wd, holder["t"], holder["d"], b, c, grid.ks, run.device)
+                grp = make_group(wt, wd, holder["t"], holder.get("d"), b, c, grid.ks,
+                                 run.device, kind=kind)
                 try:
-                    measure_group(run, pair, tname, dname, grp)
+                    measure_group(run, pair, tname, label, grp)
                 finally:
                     grp.graphs.clear()
 
@@ -413,14 +495,16 @@ def estimate_s(grid: Grid, shapes: dict[str, Shape], cuda: bool) -> tuple[int, i
                     return (2 * params + kv) / 2.6e12 + s.num_hidden_layers * 40 * 4e-6 \
                         + 2 * params * b * q / 6e14
                 kmax = max(grid.ks)
+                ds = draft_shape(d, shapes[t], shapes)
+                draft_s = step_s(ds, 1) if ds is not None else 0.0
                 eager = 3.0   # eager forward ~ 3x the graph replay (launch-bound)
-                capture = eager * (2 * kmax * step_s(shapes[d], 1)
+                capture = eager * (2 * kmax * draft_s
                                    + sum(2 * step_s(shapes[t], k + 1) for k in grid.ks)
                                    + 2 * step_s(shapes[t], 1)) + 0.05 * (kmax + len(grid.ks))
                 alone = (2 + len(grid.ks)) * (ALONE.max_s + ALONE.warmup * 0.01)
-                loops = sum(min(LOOP.max_s, LOOP.target * (k * step_s(shapes[d], 1)
+                loops = sum(min(LOOP.max_s, LOOP.target * (k * draft_s
                                                            + step_s(shapes[t], k + 1)))
-                            + LOOP.warmup * (k * step_s(shapes[d], 1) + step_s(shapes[t], k + 1))
+                            + LOOP.warmup * (k * draft_s + step_s(shapes[t], k + 1))
                             for k in grid.ks) + LOOP.max_s
                 total += capture + alone + loops
         total += 5.0  # random weights
@@ -442,7 +526,7 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     all_shapes = {"tiny-target": TINY_TARGET, "tiny-draft": TINY_DRAFT, **(shapes or {})}
     if args.shapes_json:
         all_shapes.update(json.loads(Path(args.shapes_json).read_text()))
-    names = list(dict.fromkeys(n for p in grid.pairs for n in p))
+    names = list(dict.fromkeys(n for p in grid.pairs for n in p if parse_kind(n) is None))
     models = bench.load_models(names, all_shapes, Path(args.models_dir))
     if args.self_check:
         shape = models[grid.pairs[0][1]]

@@ -118,12 +118,13 @@ def verify_mask(q: int, end: int) -> object:
 
 
 def forward(w: Weights, cache: KVCache, tokens: torch.Tensor, ctx: int, mode: str,
-            mask: object = None) -> torch.Tensor:
+            mask: object = None, feature: torch.Tensor | None = None) -> torch.Tensor:
     """One step. tokens [B, q]; ctx tokens already cached per sequence.
 
     mode: ``decode`` (q == 1), ``verify`` (q new tokens, causal mask aligned to the end
     of the cache), ``prefill`` (ctx == 0, causal over the prompt; logits of the last
-    position only). ``mask``: a prebuilt verify mask (else built here).
+    position only). ``mask``: a prebuilt verify mask (else built here). ``feature``
+    [B*q, h]: an EAGLE head's input, fc(concat(embedding, feature)) with ``w.fc``.
     Returns logits [B*q, V] (prefill: [B, V]).
     """
     s = w.shape
@@ -134,6 +135,8 @@ def forward(w: Weights, cache: KVCache, tokens: torch.Tensor, ctx: int, mode: st
     if mode == "prefill" and ctx != 0:
         raise ValueError(f"prefill needs ctx == 0 (got {ctx})")
     x = F.embedding(tokens.reshape(-1), w.embed)                           # [T, h]
+    if feature is not None:
+        x = F.linear(torch.cat((x, feature), -1), w.fc)  # type: ignore[attr-defined]
     cos, sin = rope_tables(w.inv_freq, ctx, q, x.dtype)                    # [q, D]
     end = ctx + q
     if mode == "verify" and mask is None:
