@@ -30,7 +30,7 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None,
                                            HealthCheck.function_scoped_fixture])
 TARGET = tiny_model(layers=2, hidden=256, heads=4, kv_heads=2, intermediate=512, vocab=1000)
 DRAFT = tiny_model(layers=1, hidden=128, heads=2, kv_heads=1, intermediate=256, vocab=1000)
-DRAFTS = [ModelDraft(DRAFT), MedusaDraft(4), EagleDraft(1), NgramDraft(30e-6)]
+DRAFTS = [ModelDraft(DRAFT), MedusaDraft(4), EagleDraft(1), NgramDraft(30e-6), NgramDraft()]
 
 
 def _rel_close(a: float, b: float, rel: float = 1e-9) -> bool:
@@ -46,7 +46,7 @@ def test_engine_agrees_with_closed_form(h100, stack, cal, launch, draft, k, batc
                                         rt, gl):
     shape = best_tree((0.6, 0.2, 0.1), 2 * k + 1, k) if tree else TokenTree.chain(k)
     spec = Speculation(TARGET, draft, shape, IidAcceptance(0.7))
-    ov = SpecOverhead(host_round_trip_s=rt, graph_launch_s=gl)
+    ov = SpecOverhead(host_round_trip_s=rt, graph_launch_s=gl, ngram_lookup_s_per_token=2e-9)
     p = predict_iteration(h100, stack, cal, ov, spec, batch, ctx, launch)
     tl = simulate_iteration(h100, stack, cal, ov, spec, batch, ctx, launch, record=False)
     assert _rel_close(tl.end_s, float(p.iteration_s[0])), (tl.end_s, p.iteration_s)
@@ -114,6 +114,22 @@ def test_draft_kind_costs_are_ordered(models, h100, stack, datasheet):
                 float(p.verify_s[0]) + 20e-6 + SpecOverhead().host_round_trip_s)
     assert it["ngram"] < it["medusa"] < it["model"]
     assert it["ngram"] < it["eagle"] < it["model"]
+
+
+def test_host_lookup_grows_with_the_history_scanned(models, h100, stack, datasheet):
+    """``ngram`` without a time takes the host's fitted lookup cost: fixed plus per
+    history token (batch x ctx); ``ngram:US`` a fixed time."""
+    t = models["llama-3.1-8b"]
+    ov = SpecOverhead(ngram_lookup_fixed_s=50e-6, ngram_lookup_s_per_token=5e-9)
+    spec = Speculation(t, NgramDraft(), TokenTree.chain(4), IidAcceptance(0.8))
+    b, c = np.array([1, 64, 64]), np.array([1024, 1024, 4096])
+    p = predict_iteration(h100, stack, datasheet, ov, spec, b, c)
+    assert p.draft_s == pytest.approx(50e-6 + 5e-9 * b * c)
+    fixed = predict_iteration(h100, stack, datasheet, ov,
+                              Speculation(t, NgramDraft(30e-6), TokenTree.chain(4),
+                                          IidAcceptance(0.8)), b, c)
+    assert fixed.draft_s == pytest.approx([30e-6] * 3)
+    assert (p.iteration_s - fixed.iteration_s) == pytest.approx(p.draft_s - 30e-6)
 
 
 def test_verify_cost_uses_tree_nodes(models, h100, stack, datasheet):

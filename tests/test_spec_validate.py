@@ -15,6 +15,7 @@ from gpusim.speculative.measured import SPEC_COLUMNS, SpecRow, read_spec_csv
 from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
 from gpusim.speculative.validate import (
     composed_no_round_trip_s,
+    fit_lookup_s,
     fit_overhead_s,
     loop_parts,
     markdown,
@@ -136,3 +137,13 @@ def test_loop_parts_of_each_draft_kind():
                                    graph_launch_s=20e-6)
     # the model draft: launches after the first hide 20 us each behind the GPU's work
     assert got == pytest.approx([3e-3 + 8e-3 - 3 * 20e-6, 8e-3, 1e-3 + 8e-3])
+
+
+def test_fit_lookup_recovers_fixed_and_per_token_cost():
+    rows = [_row("ngram", draft_s=40e-6 + 6e-9 * b * c) for b in (1, 4, 16, 64)
+            for c in (1024, 4096)]
+    rows = [SpecRow(**{**r.__dict__, "batch": b, "ctx": c})
+            for r, (b, c) in zip(rows, [(b, c) for b in (1, 4, 16, 64) for c in (1024, 4096)],
+                                 strict=True)]
+    fixed, per_token = fit_lookup_s(rows)
+    assert fixed == pytest.approx(40e-6, rel=1e-6) and per_token == pytest.approx(6e-9, rel=1e-6)

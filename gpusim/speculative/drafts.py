@@ -8,7 +8,8 @@
   target's width plus an fc layer (2 hidden -> hidden), sharing the target's
   embedding and LM head; it decodes k steps like a tiny draft model.
 * ``NgramDraft``: prompt lookup / n-gram matching on the host, no GPU work; costs
-  ``lookup_s`` of host time per iteration.
+  ``lookup_s`` of host time per iteration, or (None) the host's measured lookup cost,
+  which grows with the history tokens scanned (``SpecOverhead.ngram_lookup_s``).
 
 Parsing raises ValueError for a malformed kind; a model name goes to the loader
 (ConfigError for an unknown model or a bad file).
@@ -22,14 +23,14 @@ from dataclasses import dataclass
 
 from gpusim.specs import ModelSpec
 
-DEFAULT_NGRAM_LOOKUP_S = 20e-6   # assumed host cost of a prompt-lookup search (not measured)
 MAX_HEADS = 16
 MAX_EAGLE_LAYERS = 8
 
 DRAFT_HELP = ("a model (name, YAML or config.json path) | medusa:H (H Medusa heads on the "
               "target, k <= H) | eagle or eagle:N (EAGLE head of N decoder layers, "
-              "default 1) | ngram or ngram:US (prompt lookup, US microseconds of host "
-              f"time per iteration, default {DEFAULT_NGRAM_LOOKUP_S * 1e6:g})")
+              "default 1) | ngram or ngram:US (prompt lookup: the host's measured cost, "
+              "which grows with batch x ctx, or US microseconds of host time per "
+              "iteration)")
 
 
 @dataclass(frozen=True)
@@ -79,16 +80,16 @@ class EagleDraft:
 
 @dataclass(frozen=True)
 class NgramDraft:
-    lookup_s: float = DEFAULT_NGRAM_LOOKUP_S
+    lookup_s: float | None = None   # None: the host's lookup cost (SpecOverhead)
     kind: str = "ngram"
 
     def __post_init__(self) -> None:
-        if not (self.lookup_s >= 0 and self.lookup_s < 1.0):
+        if self.lookup_s is not None and not (0 <= self.lookup_s < 1.0):
             raise ValueError(f"lookup_s={self.lookup_s} must be in [0, 1) seconds")
 
     @property
     def label(self) -> str:
-        return f"ngram:{self.lookup_s * 1e6:g}"
+        return "ngram" if self.lookup_s is None else f"ngram:{self.lookup_s * 1e6:g}"
 
 
 Draft = ModelDraft | MedusaDraft | EagleDraft | NgramDraft

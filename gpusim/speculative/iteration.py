@@ -64,7 +64,7 @@ class PlannedStep:
     role: str                 # "draft", "verify" or "decode"
     model: ModelSpec          # whose layer count the layer kernels repeat
     kernels: list[step_mod.Kernel]
-    host_before_s: float = 0.0
+    host_before_s: float | np.ndarray = 0.0   # host work before the launch, per shape
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,10 @@ def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarr
     return steps
 
 
-def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: object
-                   ) -> list[PlannedStep]:
-    """The steps of one iteration, in launch order, for every (batch, ctx) shape.
+def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: object,
+                   overhead: SpecOverhead | None = None) -> list[PlannedStep]:
+    """The steps of one iteration, in launch order, for every (batch, ctx) shape
+    (``overhead``: the host's prompt-lookup cost; default the prior).
 
     Raises ValueError for an impossible shape.
     """
@@ -172,9 +173,20 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
     ks += kmod.sample_kernels(t, b * n, 1 + kmod.VERIFY_ACCEPT_LAUNCHES, "accept")
     if not spec.tree.is_chain:
         ks.append(kmod.tree_compaction_kernel(t, b, spec.k))
-    lookup = spec.draft.lookup_s if isinstance(spec.draft, NgramDraft) else 0.0
-    steps.append(PlannedStep("verify", "verify", t, ks, host_before_s=lookup))
+    steps.append(PlannedStep("verify", "verify", t, ks,
+                             host_before_s=lookup_s(spec.draft, overhead, b, c)))
     return steps
+
+
+def lookup_s(draft: Draft, overhead: SpecOverhead | None, b: np.ndarray, c: np.ndarray
+             ) -> np.ndarray:
+    """Host seconds of drafting before the verify, per shape: prompt lookup's (a fixed
+    time if the draft names one, else the host's measured cost), 0 for other drafts."""
+    if not isinstance(draft, NgramDraft):
+        return np.zeros_like(b)
+    if draft.lookup_s is not None:
+        return np.full_like(b, draft.lookup_s)
+    return (overhead or SpecOverhead()).ngram_lookup_s(b, c)
 
 
 def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object
@@ -194,7 +206,7 @@ def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str) -> 
     return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
 
 
-def pipeline_end_s(times: list[StepTimes], host_before_s: list[float],
+def pipeline_end_s(times: list[StepTimes], host_before_s: list[float | np.ndarray],
                    round_trip_s: float) -> np.ndarray:
     """End of a sequence of launch units issued by one host thread, then a host sync
     and ``round_trip_s`` of host work (the recurrence in the module docstring)."""
@@ -297,7 +309,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
     b, c = b.copy(), c.copy()
     cal = overhead.calibration_for_loop(cal)
-    steps = plan_iteration(spec, stack, b, c)
+    steps = plan_iteration(spec, stack, b, c, overhead)
     times = [step_times(s, gpu, cal, launch) for s in steps]
     rt = overhead.host_round_trip_s
     iteration = pipeline_end_s(times, [s.host_before_s for s in steps], rt)
@@ -315,7 +327,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         verify_alone = verify.alone_s - heads_s
     else:
         assert isinstance(d, NgramDraft)
-        draft = np.full_like(b, d.lookup_s)
+        draft = np.asarray(steps[-1].host_before_s, dtype=np.float64)
         draft_step = draft
         verify_alone = verify.alone_s
     plain = step_times(plan_plain(spec.target, stack, b, c), gpu, cal, launch)
@@ -340,10 +352,11 @@ def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
     if launch not in step_mod.LAUNCH_MODES:
         raise ValueError(f"launch={launch!r} must be one of graph, eager")
     cal = overhead.calibration_for_loop(cal)
-    steps = plan_iteration(spec, stack, batch, ctx)
+    steps = plan_iteration(spec, stack, batch, ctx, overhead)
     last = len(steps) - 1
     program = [step_mod.ProgramStep(
-        name=st.name, model=st.model, kernels=st.kernels, host_before_s=st.host_before_s,
+        name=st.name, model=st.model, kernels=st.kernels,
+        host_before_s=float(np.asarray(st.host_before_s).ravel()[0]),
         sync_after=i == last, host_after_s=overhead.host_round_trip_s if i == last else 0.0)
         for i, st in enumerate(steps)]
     return step_mod.simulate_steps(program, gpu, cal, launch, record=record)
