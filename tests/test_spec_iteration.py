@@ -117,14 +117,15 @@ def test_draft_kind_costs_are_ordered(models, h100, stack, datasheet):
 
 
 def test_host_lookup_grows_with_the_history_scanned(models, h100, stack, datasheet):
-    """``ngram`` without a time takes the host's fitted lookup cost: fixed plus per
-    history token (batch x ctx); ``ngram:US`` a fixed time."""
+    """``ngram`` without a time takes the host's fitted lookup cost: fixed, per sequence
+    and per history token (batch x ctx); ``ngram:US`` a fixed time."""
     t = models["llama-3.1-8b"]
-    ov = SpecOverhead(ngram_lookup_fixed_s=50e-6, ngram_lookup_s_per_token=5e-9)
+    ov = SpecOverhead(ngram_lookup_fixed_s=50e-6, ngram_lookup_s_per_sequence=2e-6,
+                      ngram_lookup_s_per_token=5e-9)
     spec = Speculation(t, NgramDraft(), TokenTree.chain(4), IidAcceptance(0.8))
     b, c = np.array([1, 64, 64]), np.array([1024, 1024, 4096])
     p = predict_iteration(h100, stack, datasheet, ov, spec, b, c)
-    assert p.draft_s == pytest.approx(50e-6 + 5e-9 * b * c)
+    assert p.draft_s == pytest.approx(50e-6 + 2e-6 * b + 5e-9 * b * c)
     fixed = predict_iteration(h100, stack, datasheet, ov,
                               Speculation(t, NgramDraft(30e-6), TokenTree.chain(4),
                                           IidAcceptance(0.8)), b, c)

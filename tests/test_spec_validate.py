@@ -140,10 +140,11 @@ def test_loop_parts_of_each_draft_kind():
 
 
 def test_fit_lookup_recovers_fixed_and_per_token_cost():
-    rows = [_row("ngram", draft_s=40e-6 + 6e-9 * b * c) for b in (1, 4, 16, 64)
+    rows = [_row("ngram", draft_s=40e-6 + 3e-6 * b + 6e-9 * b * c) for b in (1, 4, 16, 64)
             for c in (1024, 4096)]
     rows = [SpecRow(**{**r.__dict__, "batch": b, "ctx": c})
             for r, (b, c) in zip(rows, [(b, c) for b in (1, 4, 16, 64) for c in (1024, 4096)],
                                  strict=True)]
-    fixed, per_token = fit_lookup_s(rows)
-    assert fixed == pytest.approx(40e-6, rel=1e-6) and per_token == pytest.approx(6e-9, rel=1e-6)
+    fixed, per_seq, per_token = fit_lookup_s(rows)
+    assert fixed == pytest.approx(40e-6, rel=1e-6) and per_seq == pytest.approx(3e-6, rel=1e-6)
+    assert per_token == pytest.approx(6e-9, rel=1e-6)

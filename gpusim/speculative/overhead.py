@@ -7,8 +7,8 @@ stop checks). Plain decoding pays the same round trip once per token. Between th
 steps of one iteration the host issues CUDA graph replays back to back, so all but
 the first replay's launch cost hide behind GPU work.
 
-Prompt lookup (n-gram drafting) is host work before the verify: a fixed cost plus a
-cost per history token scanned. All are per GPU (and host), fitted from measured
+Prompt lookup (n-gram drafting) is host work before the verify: a fixed cost plus
+costs per sequence and per history token scanned. All are per GPU (and host), fitted from measured
 loops by ``gpusim spec-validate --write-overhead`` into
 ``validation/calibrations/speculative/<gpu>.yaml``; without that file the round trip
 and the lookup are priors and the launch cost the calibration's.
@@ -44,17 +44,20 @@ class SpecOverhead(BaseModel):
     # alone time that back-to-back replays hide. None: the calibration's
     # host_graph_launch_cost_s.
     graph_launch_s: Annotated[float, Field(ge=0, le=1e-3, allow_inf_nan=False)] | None = None
-    # Prompt lookup (``--draft ngram``) on this host: a fixed cost per iteration plus a
-    # cost per history token scanned (every sequence's ctx tokens are searched for its
-    # last n-gram). The prior: a fixed 20 us, nothing per token.
+    # Prompt lookup (``--draft ngram``) on this host: a fixed cost per iteration, a cost
+    # per sequence (its proposal's bookkeeping) and per history token scanned (every
+    # sequence's ctx tokens are searched for its last n-gram). The prior: a fixed 20 us.
     ngram_lookup_fixed_s: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = (
         PRIOR_NGRAM_LOOKUP_S)
+    ngram_lookup_s_per_sequence: Annotated[
+        float, Field(ge=0, le=1e-3, allow_inf_nan=False)] = 0.0
     ngram_lookup_s_per_token: Annotated[float, Field(ge=0, le=1e-6, allow_inf_nan=False)] = 0.0
     notes: str = ""
 
     def ngram_lookup_s(self, batch: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         """Host seconds of one prompt lookup over ``batch`` histories of ``ctx`` tokens."""
-        return self.ngram_lookup_fixed_s + self.ngram_lookup_s_per_token * batch * ctx
+        return (self.ngram_lookup_fixed_s + self.ngram_lookup_s_per_sequence * batch
+                + self.ngram_lookup_s_per_token * batch * ctx)
 
     def calibration_for_loop(self, cal: Calibration) -> Calibration:
         """``cal`` with the graph launch cost the loop measured (if fitted)."""

@@ -80,17 +80,19 @@ def fit_overhead_s(rows: Sequence[SpecRow]) -> tuple[float, float]:
     return float(res.x[0]), float(res.x[1])
 
 
-def fit_lookup_s(rows: Sequence[SpecRow]) -> tuple[float, float]:
-    """(fixed seconds, seconds per history token) of the host's prompt lookup, from the
-    lookup times measured alone (``draft_step_s`` of n-gram rows) against batch x ctx
-    tokens scanned: bounded linear least squares on relative error (both >= 0)."""
+def fit_lookup_s(rows: Sequence[SpecRow]) -> tuple[float, float, float]:
+    """(fixed seconds, seconds per sequence, seconds per history token) of the host's
+    prompt lookup, from the lookup times measured alone (``draft_step_s`` of n-gram
+    rows) against batch and batch x ctx tokens scanned: bounded linear least squares
+    on relative error (all >= 0)."""
     from scipy.optimize import lsq_linear
 
     meas = np.array([r.draft_step_s for r in rows])
+    seqs = np.array([float(r.batch) for r in rows])
     tokens = np.array([float(r.batch * r.ctx) for r in rows])
-    a = np.stack([1.0 / meas, tokens / meas], axis=1)
-    res = lsq_linear(a, np.ones(len(rows)), bounds=([0.0, 0.0], [0.1, 1e-6]))
-    return float(res.x[0]), float(res.x[1])
+    a = np.stack([1.0 / meas, seqs / meas, tokens / meas], axis=1)
+    res = lsq_linear(a, np.ones(len(rows)), bounds=([0.0] * 3, [0.1, 1e-3, 1e-6]))
+    return float(res.x[0]), float(res.x[1]), float(res.x[2])
 
 
 def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -180,8 +182,9 @@ def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[Sp
     fitted_on = f"{source} pair {fp} ({len(fit_rows)} rows)"
     lookup = {}
     if ngram:
-        fixed, per_token = fit_lookup_s(ngram)
-        lookup = {"ngram_lookup_fixed_s": fixed, "ngram_lookup_s_per_token": per_token}
+        fixed, per_seq, per_token = fit_lookup_s(ngram)
+        lookup = {"ngram_lookup_fixed_s": fixed, "ngram_lookup_s_per_sequence": per_seq,
+                  "ngram_lookup_s_per_token": per_token}
         fitted_on += f"; prompt lookup: its {len(ngram)} n-gram rows' lookup times"
     ov = SpecOverhead(gpu=gpu.name, fitted_on=fitted_on, host_round_trip_s=rt,
                       graph_launch_s=h, **lookup,
@@ -264,8 +267,8 @@ def markdown(results: Sequence[GpuValidation], command: str) -> str:
              "`composed`: the iteration model on measured step times (tests the loop "
              "model); `end_to_end`: predicted step times from the GPU's calibration "
              "(what a user gets). The host round trip is fitted on one pair's rows; "
-             "`held-out pairs` are rows it never saw. Prompt lookup's host cost (fixed + "
-             "per history token, batch x ctx) is fitted on the n-gram rows' lookup "
+             "`held-out pairs` are rows it never saw. Prompt lookup's host cost (fixed, "
+             "per sequence, per history token) is fitted on the n-gram rows' lookup "
              "times measured alone, not on their iterations.", "",
              "## Fitted host round trip", ""]
     lines.append(report.markdown_table(
@@ -273,10 +276,12 @@ def markdown(results: Sequence[GpuValidation], command: str) -> str:
           "host_round_trip_us": r.overhead.host_round_trip_s * 1e6,
           "graph_launch_us": (r.overhead.graph_launch_s or 0.0) * 1e6,
           "ngram_lookup_us": r.overhead.ngram_lookup_fixed_s * 1e6,
-          "ngram_lookup_ns_per_token": r.overhead.ngram_lookup_s_per_token * 1e9,
+          "ngram_us_per_sequence": r.overhead.ngram_lookup_s_per_sequence * 1e6,
+          "ngram_ns_per_token": r.overhead.ngram_lookup_s_per_token * 1e9,
           "rows": len(r.rows)}
          for r in results], ["gpu", "fit_pair", "host_round_trip_us", "graph_launch_us",
-                             "ngram_lookup_us", "ngram_lookup_ns_per_token", "rows"]))
+                             "ngram_lookup_us", "ngram_us_per_sequence", "ngram_ns_per_token",
+                             "rows"]))
     lines += ["", "## Errors", ""]
     summ = [s for r in results for s in r.summary()]
     lines.append(report.markdown_table(
