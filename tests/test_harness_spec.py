@@ -140,3 +140,14 @@ def test_prompt_lookup_matches_a_brute_force_search(seed):
     before = lk.history.copy()
     lk.accept(np.array([1, 2, 3, 4]))
     assert (lk.history[:, :-1] == before[:, 1:]).all() and list(lk.history[:, -1]) == [1, 2, 3, 4]
+
+
+def test_prompt_lookup_history_survives_its_buffer_shifting_back():
+    import numpy as np
+    from spec_drafts import HISTORY_SLACK, PromptLookup
+    lk = PromptLookup(2, 8, seed=3)
+    appended = [np.array([i % 50, (i + 7) % 50]) for i in range(HISTORY_SLACK + 5)]
+    for t in appended:
+        lk.accept(t)
+    assert lk.history.shape == (2, 8)
+    assert [list(c) for c in lk.history.T] == [list(t) for t in appended[-8:]]

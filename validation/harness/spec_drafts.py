@@ -33,6 +33,7 @@ from reference import Shape
 
 NGRAM_MAX_N = 3          # longest suffix tried first, as prompt-lookup decoding does
 HISTORY_VOCAB = 64       # small alphabet: the random histories repeat their n-grams
+HISTORY_SLACK = 1024     # appended tokens before the history buffer shifts back
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,24 @@ class MedusaHeads:
 
 
 class PromptLookup:
-    """Host-side n-gram proposals from each sequence's token history [B, ctx]."""
+    """Host-side n-gram proposals from each sequence's last ``ctx`` tokens.
+
+    The tokens sit in a buffer with room to grow, so accepting a token writes one
+    column (O(batch), as an engine appends to its requests' token lists); the buffer
+    shifts back once per ``HISTORY_SLACK`` iterations.
+    """
 
     def __init__(self, batch: int, ctx: int, seed: int = 11):
         rng = np.random.default_rng(seed)
-        self.history = rng.integers(0, HISTORY_VOCAB, (batch, max(ctx, NGRAM_MAX_N + 1)),
-                                    dtype=np.int32)
+        self.window = max(ctx, NGRAM_MAX_N + 1)
+        self.buffer = np.zeros((batch, self.window + HISTORY_SLACK), dtype=np.int32)
+        self.buffer[:, :self.window] = rng.integers(0, HISTORY_VOCAB, (batch, self.window))
+        self.end = self.window
+
+    @property
+    def history(self) -> np.ndarray:
+        """[B, ctx] the tokens searched (a view)."""
+        return self.buffer[:, self.end - self.window:self.end]
 
     def propose(self, k: int) -> np.ndarray:
         """[B, k] proposed tokens (0 where no n-gram matched or the match ran out)."""
@@ -139,6 +152,9 @@ class PromptLookup:
         return out
 
     def accept(self, tokens: np.ndarray) -> None:
-        """Append one accepted token per sequence (the history keeps its length)."""
-        self.history = np.concatenate(
-            [self.history[:, 1:], (tokens[:, None] % HISTORY_VOCAB).astype(np.int32)], axis=1)
+        """Append one accepted token per sequence (the window keeps its length)."""
+        if self.end == self.buffer.shape[1]:
+            self.buffer[:, :self.window] = self.history.copy()
+            self.end = self.window
+        self.buffer[:, self.end] = tokens % HISTORY_VOCAB
+        self.end += 1
