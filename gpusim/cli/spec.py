@@ -26,8 +26,9 @@ from gpusim.errors import bad
 
 SpecDraftOpt = Annotated[str, typer.Option(
     "--draft", help="Draft: a model (name, YAML or config.json path) | medusa:H (H heads "
-    "on the target, k <= H) | eagle or eagle:N (EAGLE head, N layers) | ngram or "
-    "ngram:US (prompt lookup, US us of host time per iteration).")]
+    "on the target, k <= H) | eagle or eagle:N (EAGLE head, N layers) | ngram (prompt "
+    "lookup at the host cost fitted in --overhead, growing with batch x ctx) or ngram:US "
+    "(US us of host time per iteration).")]
 SpecOverheadOpt = Annotated[str, typer.Option(
     "--overhead", help="Host round trip per iteration: auto (fitted for this GPU under "
     "validation/calibrations/speculative/, else a prior), none (the prior), or a YAML path.")]
