@@ -63,36 +63,39 @@ def composed_no_round_trip_s(rows: Sequence[SpecRow], graph_launch_s: float) -> 
     return np.asarray(out)
 
 
+def _fit_relative(meas: np.ndarray, known: np.ndarray, columns: list[np.ndarray],
+                  upper: list[float]) -> list[float]:
+    """Coefficients x in [0, upper] of ``known + sum(x_i * columns_i)`` that minimise
+    its squared relative error against ``meas`` (bounded linear least squares)."""
+    from scipy.optimize import lsq_linear
+
+    a = np.stack([c / meas for c in columns], axis=1)
+    res = lsq_linear(a, (meas - known) / meas, bounds=([0.0] * len(upper), upper))
+    return [float(v) for v in res.x]
+
+
 def fit_overhead_s(rows: Sequence[SpecRow]) -> tuple[float, float]:
     """(host round trip, graph launch hidden per replay) minimising the squared relative
     error of the composed iteration over ``rows``: host work + sum(T) - h per launch
-    after the first + rt (``loop_parts``; bounded linear least squares: 0 <= rt <=
-    0.1 s, 0 <= h <= 1 ms)."""
-    from scipy.optimize import lsq_linear
-
+    after the first + rt (``loop_parts``; 0 <= rt <= 0.1 s, 0 <= h <= 1 ms)."""
     meas = np.array([r.iteration_s for r in rows])
     parts = [loop_parts(r) for r in rows]
     alone = np.array([before + sum(ts) for before, ts in parts])
-    ks = np.array([float(len(ts) - 1) for _, ts in parts])   # launches hidden
-    a = np.stack([1.0 / meas, -ks / meas], axis=1)
-    y = (meas - alone) / meas
-    res = lsq_linear(a, y, bounds=([0.0, 0.0], [0.1, 1e-3]))
-    return float(res.x[0]), float(res.x[1])
+    hidden = np.array([float(len(ts) - 1) for _, ts in parts])   # launches hidden
+    rt, h = _fit_relative(meas, alone, [np.ones_like(meas), -hidden], [0.1, 1e-3])
+    return rt, h
 
 
 def fit_lookup_s(rows: Sequence[SpecRow]) -> tuple[float, float, float]:
     """(fixed seconds, seconds per sequence, seconds per history token) of the host's
     prompt lookup, from the lookup times measured alone (``draft_step_s`` of n-gram
-    rows) against batch and batch x ctx tokens scanned: bounded linear least squares
-    on relative error (all >= 0)."""
-    from scipy.optimize import lsq_linear
-
+    rows) against batch and batch x ctx tokens scanned, on relative error (all >= 0)."""
     meas = np.array([r.draft_step_s for r in rows])
     seqs = np.array([float(r.batch) for r in rows])
-    tokens = np.array([float(r.batch * r.ctx) for r in rows])
-    a = np.stack([1.0 / meas, seqs / meas, tokens / meas], axis=1)
-    res = lsq_linear(a, np.ones(len(rows)), bounds=([0.0] * 3, [0.1, 1e-3, 1e-6]))
-    return float(res.x[0]), float(res.x[1]), float(res.x[2])
+    fixed, per_seq, per_token = _fit_relative(
+        meas, np.zeros_like(meas), [np.ones_like(meas), seqs, seqs * [r.ctx for r in rows]],
+        [0.1, 1e-3, 1e-6])
+    return fixed, per_seq, per_token
 
 
 def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:

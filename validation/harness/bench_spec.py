@@ -179,15 +179,13 @@ def make_group(wt: reference.Weights, wd: reference.Weights | MedusaHeads | None
     EagleWeights, ``cd`` its cache), Medusa heads (``wd`` the MedusaHeads, no cache)
     or prompt lookup (neither)."""
     kmax = max(ks)
-    if isinstance(wd, reference.Weights) and (kind is None or kind.kind == "eagle"):
-        vocab = min(wt.shape.vocab_size, wd.shape.vocab_size)
-    else:
-        vocab = wt.shape.vocab_size
+    # a draft with its own LM head (a model; an EAGLE head shares the target's)
+    own_vocab = wd.shape.vocab_size if isinstance(wd, reference.Weights) else None
+    vocab = min(wt.shape.vocab_size, own_vocab or wt.shape.vocab_size)
     # a pair whose vocabularies are padded to different sizes (Qwen2.5 7B vs 0.5B):
     # pick tokens from the shared range only (a view; the argmax stays one kernel)
     t_cut = vocab if wt.shape.vocab_size > vocab else None
-    d_cut = (vocab if isinstance(wd, reference.Weights) and wd.shape.vocab_size > vocab
-             else None)
+    d_cut = vocab if own_vocab is not None and own_vocab > vocab else None
     h = wt.shape.hidden_size
     # EAGLE's feature and Medusa's hidden state: static buffers (timing only)
     hidden = torch.zeros(batch, h, dtype=wt.embed.dtype, device=device)     # [B, h]

@@ -73,6 +73,8 @@ class EagleWeights(reference.Weights):
 
     def __init__(self, target: reference.Weights, layers: int, device: str,
                  dtype: torch.dtype, seed: int = 3):
+        # built with a token-sized vocabulary so the embedding and LM head, replaced below by
+        # the target's, are not allocated (a 128k-vocab head is a GiB)
         small = dataclasses.replace(eagle_shape(target.shape, layers), vocab_size=8,
                                     tie_word_embeddings=True)
         super().__init__(small, device, dtype, seed)
