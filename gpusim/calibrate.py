@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from gpusim.cost import busy_s, kernel_cost
+from gpusim.cost import busy_s, step_costs
+from gpusim.gemm_picks import SweptPoint, slow_picks
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup
 from gpusim.ops import TREE_MODE, Kernel, build_kernels
@@ -52,6 +53,7 @@ FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
     "l2_bandwidth_ratio": (1.0, 6.0, 2.0, 1.0),
     "host_graph_launch_cost_s": (0.0, 30e-6, 5e-6, 1e-6),
     "overlap_exponent": (1.0, 16.0, 3.0, 1.0),
+    "power_cap_compute_fraction": (0.3, 1.0, 0.8, 1.0),
 }
 # the token-tree kernel's own parameters, fitted last on the tree rows with every other
 # parameter held: a few hundred tree steps must not move the shared ones (with a single
@@ -121,7 +123,8 @@ def predict_micro(micro: Sequence[MicroGroup], gpu: GpuSpec, cal: Calibration) -
     """Predicted seconds of every microbenchmark row, in group order."""
     if not micro:
         return np.zeros(0)
-    return np.concatenate([kernel_cost(g.kernel, gpu, cal).seconds for g in micro])
+    # each microbenchmark runs one kernel back to back: a step of its own
+    return np.concatenate([step_costs([g.kernel], gpu, cal)[0].seconds for g in micro])
 
 
 PROFILE_WEIGHT = 1.0  # each profiled class total counts as much as a whole step
@@ -158,10 +161,10 @@ def predict_classes(pf: ProfileFit, gpu: GpuSpec, cal: Calibration) -> dict[str,
     """Predicted GPU seconds per kernel class of every profiled shape."""
     out = {c: np.zeros(pf.n) for c in pf.class_s}
     for g in pf.groups:
-        for k in g.kernels:
+        for k, c in zip(g.kernels, step_costs(g.kernels, gpu, cal), strict=True):
             cls = KIND_CLASS[k.kind]
             if cls in out:
-                out[cls][g.rows] += busy_s(k, kernel_cost(k, gpu, cal), cal) * k.repeat
+                out[cls][g.rows] += busy_s(k, c, cal) * k.repeat
     return out
 
 
@@ -198,11 +201,15 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
 
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         resolve_model: Callable[[str], ModelSpec], note: str = "",
-        micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None
-        ) -> FitResult:
+        micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
+        sweep: Sequence[SweptPoint] = ()) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
     given), then the host launch cost on eager rows and the token-tree kernel on tree
     rows (mode ``tree``), the earlier parameters held each time.
+
+    ``sweep``: this GPU's swept GEMMs; their slow cuBLAS picks (``gemm_picks``) are
+    priced throughout the fit and kept in the calibration, except shapes only models
+    outside ``data`` have.
 
     Raises ValueError if there are no graph rows.
     """
@@ -212,9 +219,12 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     trees = [g for g in groups if g.mode == TREE_MODE]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
-    cal = Calibration(gpu=gpu.name, fitted_on=note or data.source)
+    fitted_models = frozenset(map(str, data.model))
+    others = frozenset(m for p in sweep for m in p.models) - fitted_models
+    cal = Calibration(gpu=gpu.name, fitted_on=note or data.source,
+                      gemm_slow_picks=slow_picks(list(sweep), exclude_models=others))
     # profiled shapes of the models being fitted only (leave-one-model-out honesty)
-    pf = make_profile_fit(profiles, stack, resolve_model, set(map(str, data.model)))
+    pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)

@@ -8,9 +8,10 @@ them; the defaults are the ideal datasheet GPU):
 * Pointwise kernels: vectorised or not (strided views, broadcasts, reductions are
   slower per launch and per byte); chains whose tensors fit in L2 move at L2 speed;
   RMSNorm's row reductions are latency-bound per row until rows run side by side.
-* GEMMs: token tiles padded to the MMA granularity for skinny shapes, output tiles
-  quantised into waves over the SMs with the tile width that wastes least, split-K
-  when tiles can't fill the GPU; a fixed cost per GEMM.
+* GEMMs: the token side split into equal tiles padded to the MMA's 8 rows, output
+  tiles quantised into waves over the SMs with the tile shape that wastes least,
+  split-K when tiles can't fill the GPU; a fixed cost per GEMM; the measured
+  slowdown of the few shapes where cuBLAS picks a slow kernel (``gemm_picks``).
 * Attention: each kernel's schedule (CTAs, waves, the busiest SM's flops) comes from
   ``attention`` (decode, prefill, FlashAttention-2's verify with its own split
   heuristic, a token tree's masked kernel); here it meets its tensor efficiency, the
@@ -21,12 +22,16 @@ them; the defaults are the ideal datasheet GPU):
   idle gap before each launch in the stream (``launch_gap_s``): the gap belongs to the
   step's time but not to a kernel's profiled duration (``busy_s``).
 * Memory and math overlap inside a kernel: ``(m^p + c^p)^(1/p)`` (p large: max).
+* A step whose arithmetic keeps the SMs busy for most of its time runs into the GPU's
+  power cap when run back to back: its arithmetic slows with the clock the cap allows
+  (``power_clock``).
 
 Pure and vectorised over step shapes; no SimPy, no requests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +43,16 @@ from gpusim.attention import (
     fa2_num_splits,
     latency_bound_s,
 )
+from gpusim.gemm_picks import slowdown
 from gpusim.ops import Kernel
 from gpusim.specs import Calibration, GpuSpec
 
+# the tile shapes a GEMM chooses from, in units of gemm_tile_m (token rows, besides
+# one tile of all the rows) and gemm_tile_n (output columns): cuBLAS's Hopper kernels
+# run tiles 64 to 512 wide in steps of 16 or 32 (96, 112, 168, 176, 224 profiled)
+TILE_M_FACTORS = (0.5, 1.0, 1.5, 2.0)
+TILE_N_FACTORS = (1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0)
+POWER_EXPONENT = 1.0 / 3.0   # clock under a power cap ~ (cap / load)^(1/3): P ~ f V^2, V ~ f
 MMA_ROWS = 8.0               # smallest row tile of a tensor-core MMA (m8n8k16 family)
 SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this much K
 
@@ -74,40 +86,45 @@ class Cost:
         return Cost(z, z, z, z, z, z)
 
 
-def _tiled(m: np.ndarray, n: int, k: int, tile_m: np.ndarray, tile_n: float, sms: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tiles = ceil_div(m, tile_m) * ceil_div(n, tile_n)
+def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ctas, waves, flops per CTA) of a tiled GEMM, split-K where tiles can't fill
+    the GPU.
+
+    Token tiles (rows of m) are padded to the MMA's 8 rows: Hopper's wgmma takes any
+    multiple of 8 as its token extent, and cuBLAS's kernels run one tile of all m rows
+    when m is small (profiled: m = 36 in 40-row tiles, m = 144 in one of 144) and
+    tiles of ``gemm_tile_m`` x TILE_M_FACTORS rows otherwise. Output tiles are
+    ``gemm_tile_n`` x TILE_N_FACTORS wide. Of these shapes the schedule takes the one
+    whose waves do the least work, as cuBLAS's heuristics balance the last wave (they
+    were seen picking 64 to 232 rows and 96 to 512 columns). Each candidate's work is
+    monotone in m and the candidate set only shrinks as m grows (the single tile
+    reaches the tallest fixed height where it stops), so the time is monotone in m.
+    """
+    sms = float(gpu.sm_count)
+    m = np.maximum(np.asarray(m, dtype=np.float64), 1.0)[..., None, None]
+    fixed = float(cal.gemm_tile_m) * np.asarray(TILE_M_FACTORS)
+    tallest = float(fixed.max())
+    single = np.minimum(MMA_ROWS * np.ceil(m / MMA_ROWS), tallest)
+    tile_m = np.concatenate([single, np.broadcast_to(fixed[:, None], (*m.shape[:-2],
+                                                                       len(fixed), 1))],
+                            axis=-2)                                  # (..., H, 1)
+    tile_n = float(cal.gemm_tile_n) * np.asarray(TILE_N_FACTORS)      # (W,)
+    tiles = np.ceil(m / tile_m) * np.ceil(n / tile_n)                 # (..., H, W)
     max_split = max(1.0, np.floor(k / SPLIT_K_MIN_K))
     split = np.clip(np.floor(sms / tiles), 1.0, max_split)
     ctas = tiles * split
-    waves = ceil_div(ctas, sms)
+    waves = np.ceil(ctas / sms)
     # a tile computes its full tile_m rows even when m is smaller (padding)
     cta_flops = 2.0 * tile_m * tile_n * (k / split)
-    return ctas, waves, cta_flops
+    shape = (*ctas.shape[:-2], -1)
+    pick = np.argmin((waves * cta_flops).reshape(shape), axis=-1)[..., None]
 
+    def take(x: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(np.broadcast_to(x, ctas.shape).reshape(shape), pick,
+                                  axis=-1)[..., 0]
 
-def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ctas, waves, flops per CTA) of a tiled GEMM with split-K for skinny shapes.
-
-    Wide GEMMs pick, among output-tile widths of ``gemm_tile_n`` x {1/2, 1, 3/2, 2},
-    the one whose waves waste the least (cuBLAS's heuristics pick tile shapes such
-    as 192x128 to balance the last wave); the time is then monotone in m.
-    """
-    sms = float(gpu.sm_count)
-    # skinny GEMMs (m <= gemm_skinny_tile_m) run token tiles padded to the MMA's
-    # granularity of 8 rows, rounded up to a power of two (cuBLAS's 8/16/32/64 tiles)
-    pow2 = np.exp2(np.ceil(np.log2(np.maximum(m, 1.0))))
-    skinny = np.clip(pow2, MMA_ROWS, cal.gemm_skinny_tile_m)
-    tile_m = np.where(m <= cal.gemm_skinny_tile_m, skinny, cal.gemm_tile_m)
-    best = _tiled(m, n, k, tile_m, float(cal.gemm_tile_n), sms)
-    wide = m > cal.gemm_skinny_tile_m
-    if wide.any():
-        for factor in (0.5, 1.5, 2.0):
-            cand = _tiled(m, n, k, tile_m, cal.gemm_tile_n * factor, sms)
-            better = wide & (cand[1] * cand[2] < best[1] * best[2])
-            best = tuple(np.where(better, c, b) for c, b in zip(cand, best, strict=True))
-    return best
+    return take(ctas), take(waves), take(cta_flops)
 
 
 def _l2_aware_s(total_bytes: np.ndarray, launches: float, bw: np.ndarray | float,
@@ -133,12 +150,15 @@ def reduction_s(r: np.ndarray, cal: Calibration) -> np.ndarray:
         * cal.reduction_s_per_element
 
 
-def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
-    """Cost of one occurrence of ``k`` (all its launches) on ``gpu`` under ``cal``."""
+def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
+                clock: np.ndarray | float = 1.0) -> Cost:
+    """Cost of one occurrence of ``k`` (all its launches) on ``gpu`` under ``cal``, with
+    the SMs at ``clock`` times their full clock (``power_clock``; per shape)."""
     bw = gpu.hbm_bandwidth_bytes_per_s * cal.hbm_bandwidth_efficiency
     tensor_peak = gpu.tensor_peak_flops_per_s("bf16")
     per_sm = tensor_peak / gpu.sm_count
     launches = float(k.launches)
+    slow = None  # cuBLAS's measured slow pick for this GEMM shape, if any
     fixed = np.full_like(k.flops, launches * cal.kernel_fixed_cost_s)
     if k.strided_launches is not None:
         fixed = fixed + k.strided_launches * cal.strided_kernel_extra_s
@@ -150,6 +170,7 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         # split-K lets a skinny GEMM keep every SM streaming: no parallelism limit
         memory = k.bytes / bw
         fixed = fixed + launches * cal.gemm_fixed_cost_s
+        slow = slowdown(cal.gemm_slow_picks, g.n, g.k, g.m)
     elif k.kind == "attention":
         a = k.attention
         assert a is not None
@@ -201,12 +222,17 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration) -> Cost:
         z = np.zeros_like(k.flops)
         return Cost(z, z, z, z, z, z)
     memory = memory + launches * cal.dram_latency_s
+    # arithmetic runs at the SM clock; HBM has its own
+    compute = compute / clock
     p = cal.overlap_exponent
     hi = np.maximum(memory, compute)
     lo = np.minimum(memory, compute)
     with np.errstate(divide="ignore", invalid="ignore"):
         overlapped = hi * np.power(1.0 + np.power(np.where(hi > 0, lo / hi, 0.0), p), 1.0 / p)
-    seconds = fixed + overlapped + launches * cal.launch_gap_s
+    kernel_s = fixed + overlapped
+    if slow is not None:
+        kernel_s = kernel_s * slow
+    seconds = kernel_s + launches * cal.launch_gap_s
     return Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
                 flops=k.flops, bytes=k.bytes)
 
@@ -217,9 +243,45 @@ def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:
     return cost.seconds - k.launches * cal.launch_gap_s
 
 
+def power_clock(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibration
+                ) -> np.ndarray | None:
+    """The SM clock, as a fraction of full, at which a step run back to back stays
+    within the GPU's power cap; None where every shape runs at full clock.
+
+    The SMs' power follows their arithmetic: a step busy computing for a fraction u of
+    its time (at full clock) draws more than the cap allows once u passes
+    ``power_cap_compute_fraction`` (u_cap), and the power manager lowers the clock.
+    Dynamic power goes as f V^2 with the voltage following f, so at the cap
+    f = (u_cap / u)^(1/3). Measured on an H100 SXM (700 W): GEMMs run back to back
+    for more than ~0.1 s fall from about 780 to 690 TFLOP/s, with the driver
+    reporting the software power cap (validation/data/h100-sxm/power/).
+    """
+    if cal.power_cap_compute_fraction >= 1.0:
+        return None
+    n = len(costs[0].seconds) if costs else 1
+    compute, total = np.zeros(n), np.zeros(n)
+    for k, c in zip(kernels, costs, strict=True):
+        compute = compute + c.compute_s * k.repeat
+        total = total + c.seconds * k.repeat
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.where(total > 0, compute / total, 0.0)
+        clock = np.minimum(1.0, np.power(cal.power_cap_compute_fraction / u, POWER_EXPONENT))
+    return clock if bool((clock < 1.0).any()) else None
+
+
+def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration) -> list[Cost]:
+    """Each kernel's cost in a step run back to back: at full clock, or, where the
+    step's arithmetic would exceed the power cap, at the clock the cap allows."""
+    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    clock = power_clock(kernels, costs, cal)
+    if clock is None:
+        return costs
+    return [kernel_cost(k, gpu, cal, clock) for k in kernels]
+
+
 def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:
     """GPU-side cost of a whole step: each op's cost times its repeat, summed."""
     total = Cost.zero(len(kernels[0].flops)) if kernels else Cost.zero()
-    for k in kernels:
-        total = total + kernel_cost(k, gpu, cal).scaled(k.repeat)
+    for k, c in zip(kernels, step_costs(kernels, gpu, cal), strict=True):
+        total = total + c.scaled(k.repeat)
     return total

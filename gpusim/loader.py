@@ -235,7 +235,8 @@ def load_calibration(which: str, gpu: GpuSpec) -> Calibration:
         if source is None:
             return Calibration(gpu=gpu.name)
         cal = calibration_from_yaml(source)
-        return cal.model_copy(update={"gpu": gpu.name,
+        # cuBLAS's slow picks are measured on one GPU: another runs other kernels
+        return cal.model_copy(update={"gpu": gpu.name, "gemm_slow_picks": (),
                                       "fitted_on": f"transferred from {source.stem}"})
     path = Path(which)
     if not path.is_file():

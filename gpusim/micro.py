@@ -60,15 +60,16 @@ def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
     heads = {m.name: (m.num_attention_heads, m.num_key_value_heads, m.head_dim_eff)
              for m in models}
     attn_op = _attention_op(stack)
-    gemm: dict[tuple[int, int, str], list[tuple[float, float]]] = {}
+    gemm: dict[tuple[int, int, frozenset[str]], list[tuple[float, float]]] = {}
     attn: dict[tuple[str, int, int, int], list[tuple[float, ...]]] = {}
     for line, r in enumerate(rows, start=2):
         try:
             if r["kind"] not in kinds:
                 continue
             if r["kind"] == "gemm":
-                model = r["name"].split(".")[0]
-                key = (int(r["n"]), int(r["k"]), model)
+                # "<model>.<gemm>", "|"-joined when models share the shape
+                owners = frozenset(part.rsplit(".", 1)[0] for part in r["name"].split("|"))
+                key = (int(r["n"]), int(r["k"]), owners)
                 gemm.setdefault(key, []).append((float(r["m"]), float(r["median_us"])))
             elif r["kind"] == "attention":
                 key = (r["name"], int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]))
@@ -77,15 +78,14 @@ def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
         except (KeyError, ValueError) as exc:
             raise bad(source, f"malformed row: {exc}", line=line) from None
     out: list[MicroGroup] = []
-    for (n, k, model), vals in sorted(gemm.items()):
+    for (n, k, owners), vals in sorted(gemm.items(), key=lambda kv: (kv[0][:2], sorted(kv[0][2]))):
         m = np.array([v[0] for v in vals])
         zeros = np.zeros_like(m)
         kern = Kernel(name=f"gemm_{n}x{k}", kind="gemm", section="layer", launches=1,
                       repeat=1, flops=2.0 * m * n * k,
                       weight_bytes=np.full_like(m, n * k * DTYPE_BYTES), kv_bytes=zeros,
                       act_bytes=(m * k + m * n) * DTYPE_BYTES, gemm=GemmShape(m, n, k))
-        out.append(MicroGroup(kern, np.array([v[1] for v in vals]) * 1e-6,
-                              frozenset({model})))
+        out.append(MicroGroup(kern, np.array([v[1] for v in vals]) * 1e-6, owners))
     for (mode, h, hkv, d), vals in sorted(attn.items()):
         b, c, q, t = (np.array(x) for x in zip(*vals, strict=True))
         kv_len = c + q

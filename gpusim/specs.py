@@ -266,6 +266,16 @@ class StackSpec(_Frozen):
         default_factory=dict)
 
 
+class SlowPick(_Frozen):
+    """A GEMM shape for which cuBLAS picks a kernel far slower than its neighbours' in
+    m, and by how much (measured: ``gemm_picks``)."""
+
+    n: PosInt
+    k: PosInt
+    m: PosInt
+    slowdown: Annotated[float, Field(ge=1.0, le=100.0)]
+
+
 # ----------------------------------------------------------------------------------
 # Calibration: the cost model's parameters. Defaults are the datasheet (ideal) model.
 # ----------------------------------------------------------------------------------
@@ -294,7 +304,9 @@ class Calibration(_Frozen):
     # GEMM output tile (cuBLAS-like) for wave quantisation.
     gemm_tile_m: PosInt = 128
     gemm_tile_n: PosInt = 128
-    gemm_skinny_tile_m: PosInt = 64
+    # Shapes where cuBLAS's kernel pick is measured far slower than the smooth model's
+    # (gemm_picks); empty for a GPU without a GEMM sweep.
+    gemm_slow_picks: tuple[SlowPick, ...] = ()
     # Attention: bandwidth fraction for KV streaming; tensor fraction for prefill.
     attention_bandwidth_efficiency: Fraction = 1.0
     attention_tensor_efficiency: Fraction = 1.0
@@ -339,6 +351,9 @@ class Calibration(_Frozen):
     # Host side: cost to launch one kernel from eager PyTorch, and one graph replay.
     host_launch_cost_s: NonNeg = 0.0
     host_graph_launch_cost_s: NonNeg = 0.0
+    # Power cap: the fraction of a back-to-back step's time its arithmetic (at full
+    # clock) may take before the power manager lowers the SM clock (1: never).
+    power_cap_compute_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # How memory and compute overlap inside a kernel: time = (m^p + c^p)^(1/p).
     overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 64.0
     notes: str = ""

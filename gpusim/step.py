@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from gpusim.cost import Cost, kernel_cost, step_cost
+from gpusim.cost import Cost, step_cost, step_costs
 from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate_stream
 from gpusim.ops import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
@@ -115,7 +115,7 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, gpu: GpuSpec,
                     cal: Calibration, launch: str = "graph") -> StepPrediction:
     """Closed-form step time from an already-built kernel list."""
     _check_launch(launch)
-    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    costs = step_costs(kernels, gpu, cal)
     n = len(kernels[0].flops)
     total = Cost.zero(n)
     by_op: dict[str, Cost] = {}
@@ -181,7 +181,7 @@ def simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
     """Event simulation of one step shape; returns its Timeline (end_s = step time)."""
     _check_launch(launch)
     kernels = build_kernels(model, stack, mode, batch, ctx, q)
-    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    costs = step_costs(kernels, gpu, cal)
     launches = expand_launches(kernels, costs, model.num_hidden_layers)
     return simulate_stream(
         launches, host_launch_s=cal.host_launch_cost_s,
@@ -226,7 +226,7 @@ def simulate_steps(steps: Sequence[ProgramStep], gpu: GpuSpec, cal: Calibration,
     _check_launch(launch)
     program = []
     for st in steps:
-        costs = [kernel_cost(k, gpu, cal) for k in st.kernels]
+        costs = step_costs(st.kernels, gpu, cal)
         launches = expand_launches(st.kernels, costs, st.model.num_hidden_layers, index)
         program.append(HostStep(
             name=st.name, launches=tuple(replace(la, name=f"{st.name}/{la.name}")
@@ -323,8 +323,9 @@ def op_costs(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
     handling kernels. Raises ValueError for an impossible shape.
     """
     out = []
-    for k in build_kernels(model, stack, mode, batch, ctx, q):
-        c = kernel_cost(k, gpu, cal).scaled(k.repeat)
+    kernels = build_kernels(model, stack, mode, batch, ctx, q)
+    for k, cost in zip(kernels, step_costs(kernels, gpu, cal), strict=True):
+        c = cost.scaled(k.repeat)
         out.append(OpCost(name=k.name, kind=k.kind, launches=k.launches, repeat=k.repeat,
                           seconds=c.seconds, bytes=c.bytes, fixed_s=c.fixed_s))
     return out

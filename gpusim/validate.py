@@ -14,6 +14,7 @@ import numpy as np
 
 from gpusim.calibrate import fit, make_groups, predict_groups
 from gpusim.measurements import StepData
+from gpusim.gemm_picks import SweptPoint
 from gpusim.micro import MicroGroup, without_models
 from gpusim.ops import KERNEL_MODES
 from gpusim.profiles import ProfileData
@@ -97,15 +98,18 @@ def in_sample(data: StepData, gpu: GpuSpec, stack: StackSpec, cal: Calibration,
 
 def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
                         resolve: Resolver, micro: Sequence[MicroGroup] = (),
-                        profiles: ProfileData | None = None) -> Evaluation:
+                        profiles: ProfileData | None = None,
+                        sweep: Sequence[SweptPoint] = ()) -> Evaluation:
     """Each model's rows predicted by a calibration fitted without that model (its
-    steps and the kernel microbenchmarks of its shapes both left out)."""
+    steps, and the kernel microbenchmarks and slow GEMM picks of its shapes, left
+    out)."""
     pred = np.full(len(data), np.nan)
     cals = {}
     for model in sorted(set(data.model)):
         held = data.model == model
         res = fit(data.subset(~held), gpu, stack, resolve, note=f"LOMO without {model}",
-                  micro=without_models(list(micro), {model}), profiles=profiles)
+                  micro=without_models(list(micro), {model}), profiles=profiles,
+                  sweep=sweep)
         groups = make_groups(data.subset(held), stack, resolve)
         pred[held] = predict_groups(groups, int(held.sum()), gpu, res.calibration)
         cals[model] = res.calibration
@@ -114,16 +118,18 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
 
 def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: GpuSpec,
               stack: StackSpec, resolve: Resolver,
-              micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None
-              ) -> Evaluation:
-    """Fit on ``train`` (one GPU, with its microbenchmarks), predict ``test`` on
-    another GPU's datasheet."""
+              micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
+              sweep: Sequence[SweptPoint] = ()) -> Evaluation:
+    """Fit on ``train`` (one GPU, with its microbenchmarks and GEMM sweep), predict
+    ``test`` on another GPU's datasheet (without the train GPU's slow GEMM picks, as
+    a transferred calibration is used)."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
-              micro=micro, profiles=profiles)
+              micro=micro, profiles=profiles, sweep=sweep)
+    cal = res.calibration.model_copy(update={"gemm_slow_picks": ()})
     groups = make_groups(test, stack, resolve)
-    pred = predict_groups(groups, len(test), test_gpu, res.calibration)
+    pred = predict_groups(groups, len(test), test_gpu, cal)
     return Evaluation(f"fitted on {train_gpu.name}", test_gpu.name, test, pred,
-                      {"all": res.calibration})
+                      {"all": cal})
 
 
 # ----------------------------------------------------------------------------------
@@ -208,14 +214,16 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                resolve: Resolver, shipped: dict[str, Calibration],
                command: str, micro: dict[str, list[MicroGroup]] | None = None,
                profiles: dict[str, ProfileData | None] | None = None,
-               held_out: Sequence[HeldOut] = ()
+               held_out: Sequence[HeldOut] = (),
+               sweeps: dict[str, list[SweptPoint]] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
     ``datasets``/``gpus``: keyed by GPU name; ``shipped``: calibrations to report
     in-sample (keyed by GPU name, may be empty); ``held_out``: data no calibration was
     fitted on (another lease, models or shapes outside the fit), each predicted by the
-    shipped calibration in its own section.
+    shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
+    slow cuBLAS picks go into every fit).
     """
     from gpusim.report import markdown_table
 
@@ -233,14 +241,15 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
         data, gpu = datasets[name], gpus[name]
         micro = micro or {}
         profiles = profiles or {}
+        sweeps = sweeps or {}
         lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []),
-                                   profiles.get(name))
+                                   profiles.get(name), sweeps.get(name, []))
         cross = None
         others = [o for o in names if o != name]
         if others:
             src = others[0]
             cross = cross_gpu(datasets[src], gpus[src], data, gpu, stack, resolve,
-                              micro.get(src, []), profiles.get(src))
+                              micro.get(src, []), profiles.get(src), sweeps.get(src, []))
         sheet = in_sample(data, gpu, stack, Calibration(gpu=gpu.name), resolve,
                           "datasheet only")
         md += [f"## {name} ({len(data)} measured steps, {len(set(data.model))} models)", ""]

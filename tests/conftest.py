@@ -87,7 +87,6 @@ def calibrations(draw) -> Calibration:
         tensor_efficiency=draw(st.floats(0.3, 1.0)),
         gemm_tile_m=tile_m,
         gemm_tile_n=draw(st.sampled_from([64, 128, 256])),
-        gemm_skinny_tile_m=draw(st.sampled_from([m for m in (16, 32, 64) if m <= tile_m])),
         attention_bandwidth_efficiency=draw(st.floats(0.5, 1.0)),
         attention_tensor_efficiency=draw(st.floats(0.3, 1.0)),
         attention_fixed_cost_s=draw(st.floats(0.0, 5e-6)),

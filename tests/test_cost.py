@@ -61,20 +61,21 @@ def attention_kernel(mode: str, batch, q, kv_len, heads: int = 32, kv_heads: int
 # GEMM schedule: tiles, waves, split-K
 # ---------------------------------------------------------------------------------
 def test_wave_quantisation_sm_count_plus_one_tiles_takes_two_waves():
-    # m = 128 (> skinny 64: 128-row tiles), n = 128*100 -> 1*100 = 100 tiles = SMs
+    # m = 128 (one 128-row tile), n = 128*100 -> 1*100 = 100 tiles = SMs
     ctas, waves, cta_flops = gemm_schedule(a(128), 12800, 1024, GPU, DATASHEET)
     assert (ctas[0], waves[0]) == (100, 1)
-    # a CTA: 2*128*128*1024 = 33,554,432 flops
+    # a CTA: 2*128*128*1024 = 33,554,432 flops (a perfect balance: other tile shapes
+    # tie at best, and ties keep the default 128x128)
     assert cta_flops[0] == 33_554_432
     c1 = kernel_cost(gemm_kernel(128, 12800, 1024), GPU, DATASHEET)
     # 1 wave: 33,554,432 / 1e13 = 3.3554432 us
     assert c1.compute_s[0] == pytest.approx(3.3554432e-6, rel=1e-12)
-    # n = 128*101 -> 101 tiles of 128: one more than SMs would take 2 waves; 192-wide
-    # tiles (ceil(12928/192) = 68 CTAs) finish in one wave of 2*128*192*1024 flops
-    # (64-wide tiles, 202 CTAs in 3 waves, do the same critical work; either may win)
+    # n = 128*101 -> 101 tiles of 128: one more than the SMs, 2 waves (67.1M flops on
+    # the critical path); two 64-row tiles by 96 columns (2*135 = 270 CTAs, 3 waves of
+    # 2*64*96*1024) take 37.7M, near a perfect balance's 2*128*12928*1024/100 = 33.9M
     _, waves2, cta_flops2 = gemm_schedule(a(128), 12928, 1024, GPU, DATASHEET)
-    assert waves2[0] * cta_flops2[0] == 2 * 128 * 192 * 1024
-    # the schedule never does more critical work than plain 128-wide tiles
+    assert waves2[0] * cta_flops2[0] == 3 * 2 * 64 * 96 * 1024
+    # the schedule never does more critical work than plain 128x128 tiles
     m = a(4096)
     for n in (12800, 12928, 30000):
         _, w, f = gemm_schedule(m, n, 1024, GPU, DATASHEET)
@@ -84,16 +85,28 @@ def test_wave_quantisation_sm_count_plus_one_tiles_takes_two_waves():
 
 
 def test_padding_tile_rows_counts_a_full_tile():
-    # m = 1: the smallest (8-row) MMA tile still computes 8 rows
-    _, _, cta_flops = gemm_schedule(a(1), 128, 128, GPU, DATASHEET)
-    # tiles = 1*1 = 1; max_split = max(1, floor(128/256)) = 1 -> 2*8*128*128 = 262,144
-    assert cta_flops[0] == 262_144
-    # m = 20: padded to a 32-row tile (next power of two) -> 2*32*128*128
+    # m = 1: the smallest (8-row) MMA tile still computes 8 rows; n = 128 in two
+    # 64-wide tiles (one wave either way, less work per CTA): 2*8*64*128 = 131,072
+    ctas, _, cta_flops = gemm_schedule(a(1), 128, 128, GPU, DATASHEET)
+    assert (ctas[0], cta_flops[0]) == (2, 131_072)
+    # m = 20: one tile padded to 24 rows (the MMA's 8-row granularity) -> 2*24*64*128
     _, _, cta_flops = gemm_schedule(a(20), 128, 128, GPU, DATASHEET)
-    assert cta_flops[0] == 2 * 32 * 128 * 128
-    # m = 64: the largest skinny tile, 64 rows
+    assert cta_flops[0] == 2 * 24 * 64 * 128
+    # m = 64: one 64-row tile
     _, _, cta_flops = gemm_schedule(a(64), 128, 128, GPU, DATASHEET)
-    assert cta_flops[0] == 2 * 64 * 128 * 128
+    assert cta_flops[0] == 2 * 64 * 64 * 128
+
+
+def test_one_token_tile_of_all_the_rows():
+    # m = 144 > gemm_tile_m = 128: one 144-row tile (cuBLAS runs 144-row tiles there),
+    # not two of 128 rows. n = 6400 in 50 tiles of 128, split-K 2 -> 100 CTAs, one
+    # wave of 2*144*128*512: a perfect balance, 2*144*6400*1024/100 flops per SM
+    ctas, waves, cta_flops = gemm_schedule(a(144), 6400, 1024, GPU, DATASHEET)
+    assert (ctas[0], waves[0]) == (100, 1)
+    assert cta_flops[0] == 2 * 144 * 128 * 512
+    # two 128-row tiles would do 256 rows of work: 1.78x
+    two_tiles = 2 * 2 * 128 * 64 * 1024   # 200 CTAs of 128x64 in 2 waves
+    assert two_tiles / (waves[0] * cta_flops[0]) == pytest.approx(256 / 144)
 
 
 def test_split_k_for_skinny_gemm():
@@ -103,20 +116,21 @@ def test_split_k_for_skinny_gemm():
     ctas, waves, cta_flops = gemm_schedule(a(1), 1280, 4096, GPU, DATASHEET)
     assert (ctas[0], waves[0]) == (100, 1)
     assert cta_flops[0] == pytest.approx(838_860.8, rel=1e-12)
-    # k = 512 -> max split 2 -> 20 CTAs of 2*8*128*256 = 524,288
+    # k = 512 -> max split 2: 64-wide tiles (20, split 2 -> 40 CTAs of 2*8*64*256 =
+    # 262,144) beat 128-wide ones (20 CTAs of 524,288)
     ctas, waves, cta_flops = gemm_schedule(a(1), 1280, 512, GPU, DATASHEET)
-    assert (ctas[0], waves[0], cta_flops[0]) == (20, 1, 524_288)
-    # k = 200 < 256 -> no split: 10 CTAs of 2*8*128*200 = 409,600
+    assert (ctas[0], waves[0], cta_flops[0]) == (40, 1, 262_144)
+    # k = 200 < 256 -> no split: 20 CTAs of 2*8*64*200 = 204,800
     ctas, waves, cta_flops = gemm_schedule(a(1), 1280, 200, GPU, DATASHEET)
-    assert (ctas[0], waves[0], cta_flops[0]) == (10, 1, 409_600)
+    assert (ctas[0], waves[0], cta_flops[0]) == (20, 1, 204_800)
 
 
 def test_split_k_not_used_when_tiles_fill_the_gpu():
-    # m = 4096, n = 4096 -> 32*32 = 1024 tiles >= 100 SMs -> split 1, ceil(1024/100) =
-    # 11 waves of 128-wide tiles; 64-wide ones (2048 tiles, 21 waves) waste less
+    # m = 4096, n = 4096 -> 32*32 = 1024 tiles of 128x128 >= 100 SMs -> split 1, 11
+    # waves; 64x64 tiles (4096, 41 waves of a quarter the work) waste less: full K
     ctas, waves, cta_flops = gemm_schedule(a(4096), 4096, 4096, GPU, DATASHEET)
-    assert (ctas[0], waves[0]) == (2048, 21)
-    assert cta_flops[0] == 2 * 128 * 64 * 4096  # full K: no split
+    assert (ctas[0], waves[0]) == (4096, 41)
+    assert cta_flops[0] == 2 * 64 * 64 * 4096  # full K: no split
 
 
 def test_gemm_schedule_vectorised_over_m():
@@ -128,11 +142,12 @@ def test_gemm_schedule_vectorised_over_m():
 
 
 def test_calibrated_tile_sizes_are_used():
-    cal = Calibration(gemm_tile_m=256, gemm_tile_n=64, gemm_skinny_tile_m=32)
-    # m = 300 -> ceil(300/256) = 2 rows of 256-row tiles; n = 640 in 64-wide tiles -> 20
-    # tiles, or 32-wide -> 40 tiles, both one wave: the narrower does less work per CTA
+    cal = Calibration(gemm_tile_m=256, gemm_tile_n=64)
+    # m = 300 -> token tiles of 128 (256 x 1/2: 3 tiles) or 256 (2 tiles); n = 640 in
+    # 32-wide tiles (64 x 1/2) -> 20 columns: 3*20 = 60 CTAs of 128x32, one wave, the
+    # least work per CTA: 2*128*32*256
     ctas, waves, cta_flops = gemm_schedule(a(300), 640, 256, GPU, cal)
-    assert (ctas[0], waves[0], cta_flops[0]) == (40, 1, 2 * 256 * 32 * 256)
+    assert (ctas[0], waves[0], cta_flops[0]) == (60, 1, 2 * 128 * 32 * 256)
 
 
 # ---------------------------------------------------------------------------------

@@ -62,7 +62,10 @@ def calibrate(
     note = f"{path.parent.name}/{path.name}"
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
-    res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof)
+    from gpusim.gemm_picks import read_sweep_beside
+
+    res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof,
+                      sweep=read_sweep_beside(path))
     target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +113,9 @@ def validate(
     from gpusim import micro as micro_mod
     from gpusim import profiles as prof_mod
 
-    datasets, gpus, shipped, micro, profs = {}, {}, {}, {}, {}
+    from gpusim.gemm_picks import read_sweep_beside
+
+    datasets, gpus, shipped, micro, profs, sweeps = {}, {}, {}, {}, {}, {}
     held: dict[str, dict] = {}
     for f in files:
         name = f.parent.name
@@ -121,6 +126,7 @@ def validate(
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
+        sweeps[name] = read_sweep_beside(f)
         for sub, _, _ in val.HELD_OUT_SETS:
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
@@ -133,7 +139,7 @@ def validate(
     held_out = [val.HeldOut(label, title, held[sub])
                 for sub, label, title in val.HELD_OUT_SETS if sub in held]
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
-                             profs, held_out)
+                             profs, held_out, sweeps)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:

@@ -1,0 +1,174 @@
+"""cuBLAS's measured slow picks (gemm_picks) and the power-capped clock (cost.power_clock).
+
+Toy GPU of tests/conftest.py: 100 SMs, 1 TB/s, 10 TFLOP/s bf16 per SM.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_model, toy_gpu
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cost import elementwise_kernel, gemm_kernel
+
+from gpusim import loader
+from gpusim.calibrate import fit
+from gpusim.cost import kernel_cost, power_clock, step_cost, step_costs
+from gpusim.errors import ConfigError
+from gpusim.gemm_picks import MIN_SLOWDOWN, read_sweep, slow_picks, slowdown
+from gpusim.measurements import StepData
+from gpusim.specs import Calibration, SlowPick
+
+GPU = toy_gpu()
+
+
+def write_sweep(path: Path, name: str, n: int, k: int, spike_m: int, factor: float) -> None:
+    """A swept GEMM on a straight line in m (8 to 256 by 8), slow by ``factor`` at one m."""
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["kind", "name", "m", "n", "k", "median_us"])
+        w.writeheader()
+        for m in range(8, 257, 8):
+            t = 10.0 + 0.1 * m
+            w.writerow({"kind": "gemm", "name": name, "m": m, "n": n, "k": k,
+                        "median_us": t * (factor if m == spike_m else 1.0)})
+
+
+# ---------------------------------------------------------------------------------
+# reading the sweep
+# ---------------------------------------------------------------------------------
+def test_a_spike_on_a_line_is_found_with_its_slowdown(tmp_path):
+    path = tmp_path / "gemm_sweep.csv"
+    write_sweep(path, "llama-3.1-8b.gate_up", 28672, 4096, spike_m=128, factor=2.0)
+    points = read_sweep(path)
+    assert len(points) == 32
+    by_m = {p.m: p.slowdown for p in points}
+    # the line through its neighbours (itself left out) is exact; points whose window
+    # holds the slow one stay close to their line (Theil-Sen), the rest lie on it
+    assert by_m[128] == pytest.approx(2.0, rel=1e-9)
+    assert by_m[120] == pytest.approx(1.0, abs=0.05)
+    assert by_m[64] == pytest.approx(1.0, rel=1e-9)
+    picks = slow_picks(points)
+    assert picks == (SlowPick(n=28672, k=4096, m=128, slowdown=2.0),)
+    assert points[0].models == frozenset({"llama-3.1-8b"})
+
+
+def test_small_slowdowns_are_not_picks(tmp_path):
+    path = tmp_path / "gemm_sweep.csv"
+    write_sweep(path, "m.qkv", 3072, 2048, spike_m=64, factor=MIN_SLOWDOWN - 0.05)
+    assert slow_picks(read_sweep(path)) == ()
+
+
+def test_held_out_models_shapes_are_dropped_shared_ones_kept(tmp_path):
+    path = tmp_path / "gemm_sweep.csv"
+    write_sweep(path, "llama-3.1-8b.o|llama-2-7b.o", 4096, 4096, spike_m=96, factor=1.6)
+    points = read_sweep(path)
+    assert points[0].models == frozenset({"llama-3.1-8b", "llama-2-7b"})
+    assert len(slow_picks(points, exclude_models=frozenset({"llama-2-7b"}))) == 1
+    both = frozenset({"llama-2-7b", "llama-3.1-8b"})
+    assert slow_picks(points, exclude_models=both) == ()
+
+
+def test_malformed_sweep_is_one_config_error(tmp_path):
+    path = tmp_path / "gemm_sweep.csv"
+    path.write_text("kind,name,m,n,k,median_us\ngemm,x.y,eight,1,1,3.0\n")
+    with pytest.raises(ConfigError, match="gemm_sweep.csv:2: malformed row"):
+        read_sweep(path)
+
+
+# ---------------------------------------------------------------------------------
+# pricing a pick
+# ---------------------------------------------------------------------------------
+def test_a_pick_scales_only_its_own_shape():
+    m = np.array([64.0, 128.0, 192.0])
+    plain = kernel_cost(gemm_kernel(m, 2048, 1024), GPU, Calibration())
+    cal = Calibration(launch_gap_s=1e-6,
+                      gemm_slow_picks=(SlowPick(n=2048, k=1024, m=128, slowdown=1.5),))
+    picked = kernel_cost(gemm_kernel(m, 2048, 1024), GPU, cal)
+    gap = 1e-6
+    assert picked.seconds[0] == pytest.approx(plain.seconds[0] + gap)
+    # the kernel's own time is 1.5x; the idle launch gap before it is not
+    assert picked.seconds[1] == pytest.approx(plain.seconds[1] * 1.5 + gap)
+    assert picked.seconds[2] == pytest.approx(plain.seconds[2] + gap)
+    # another (n, k) is untouched
+    other = kernel_cost(gemm_kernel(m, 4096, 1024), GPU, cal)
+    assert np.allclose(other.seconds,
+                       kernel_cost(gemm_kernel(m, 4096, 1024), GPU, Calibration()).seconds
+                       + gap)
+    assert slowdown((), 2048, 1024, m) is None
+
+
+def test_duplicate_picks_take_the_larger_slowdown():
+    picks = (SlowPick(n=8, k=8, m=16, slowdown=1.4), SlowPick(n=8, k=8, m=16, slowdown=1.8))
+    assert slowdown(picks, 8, 8, np.array([16.0, 24.0])).tolist() == [1.8, 1.0]
+
+
+def test_transferred_calibration_drops_picks(monkeypatch, tmp_path):
+    cal_dir = tmp_path / "calibrations"
+    cal_dir.mkdir()
+    (cal_dir / "h100-sxm.yaml").write_text(
+        "gpu: h100-sxm\ntensor_efficiency: 0.8\n"
+        "gemm_slow_picks:\n- {n: 28672, k: 4096, m: 448, slowdown: 1.75}\n")
+    monkeypatch.setattr(loader, "CALIBRATIONS_DIR", cal_dir)
+    own = loader.load_calibration("auto", loader.load_gpu("h100-sxm"))
+    assert len(own.gemm_slow_picks) == 1
+    other = loader.load_calibration("auto", loader.load_gpu("a100-sxm-80gb"))
+    assert other.gemm_slow_picks == () and other.tensor_efficiency == 0.8
+
+
+def test_fit_keeps_picks_of_fitted_models_only(tmp_path):
+    model = tiny_model()
+    theirs, ours = tmp_path / "theirs.csv", tmp_path / "ours.csv"
+    write_sweep(theirs, "other-model.gate_up", 512, 256, spike_m=64, factor=2.0)
+    write_sweep(ours, f"{model.name}.gate_up", 1024, 256, spike_m=64, factor=2.0)
+    stack = loader.load_stack()
+    b = np.array([1.0, 4.0, 16.0, 64.0])
+    data = StepData(source="toy", model=np.array([model.name] * 4),
+                    mode=np.array(["decode"] * 4), launch=np.array(["graph"] * 4), batch=b,
+                    ctx=np.full(4, 256.0), q=np.ones(4), measured_s=np.full(4, 1e-3))
+    res = fit(data, GPU, stack, lambda name: model, sweep=read_sweep(theirs) + read_sweep(ours))
+    assert res.calibration.gemm_slow_picks == (SlowPick(n=1024, k=256, m=64, slowdown=2.0),)
+
+
+# ---------------------------------------------------------------------------------
+# the power cap
+# ---------------------------------------------------------------------------------
+def test_no_cap_means_full_clock():
+    k = [gemm_kernel(4096, 8192, 8192)]
+    assert power_clock(k, step_costs(k, GPU, Calibration()), Calibration()) is None
+
+
+def test_compute_bound_step_runs_at_the_cube_root_clock():
+    # one compute-bound GEMM: its arithmetic takes a fraction u of the step at full clock
+    cal = Calibration(power_cap_compute_fraction=0.5, overlap_exponent=64.0)
+    k = [gemm_kernel(4096, 8192, 8192)]
+    full = [kernel_cost(k[0], GPU, cal)]
+    u = full[0].compute_s[0] / full[0].seconds[0]
+    clock = power_clock(k, full, cal)
+    assert clock is not None
+    assert clock[0] == pytest.approx((0.5 / u) ** (1 / 3))
+    slowed = step_costs(k, GPU, cal)[0]
+    assert slowed.compute_s[0] == pytest.approx(full[0].compute_s[0] / clock[0])
+    assert slowed.memory_s[0] == pytest.approx(full[0].memory_s[0])
+
+
+def test_memory_bound_step_keeps_full_clock():
+    cal = Calibration(power_cap_compute_fraction=0.5)
+    k = [gemm_kernel(1, 8192, 8192), elementwise_kernel(1e8, 4.0)]
+    assert power_clock(k, step_costs(k, GPU, Calibration()), cal) is None
+    assert step_cost(k, GPU, cal).seconds[0] == pytest.approx(
+        step_cost(k, GPU, Calibration()).seconds[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(cap=st.floats(0.3, 1.0), m=st.sampled_from([1.0, 64.0, 512.0, 4096.0]))
+def test_a_lower_cap_never_speeds_a_step_up(cap, m):
+    k = [gemm_kernel(m, 8192, 8192), elementwise_kernel(1e7, 4.0)]
+    capped = step_cost(k, GPU, Calibration(power_cap_compute_fraction=cap)).seconds[0]
+    looser = step_cost(k, GPU, Calibration(
+        power_cap_compute_fraction=min(1.0, cap + 0.1))).seconds[0]
+    free = step_cost(k, GPU, Calibration()).seconds[0]
+    assert free <= looser * (1 + 1e-12) and looser <= capped * (1 + 1e-12)
