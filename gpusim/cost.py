@@ -33,13 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from gpusim.attention import (
     attention_bandwidth,
     attention_schedule,
-    ceil_div,
     fa2_num_splits,
     latency_bound_s,
 )
@@ -101,15 +101,26 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
     monotone in m and the candidate set only shrinks as m grows (the single tile
     reaches the tallest fixed height where it stops), so the time is monotone in m.
     """
-    sms = float(gpu.sm_count)
-    m = np.maximum(np.asarray(m, dtype=np.float64), 1.0)[..., None, None]
-    fixed = float(cal.gemm_tile_m) * np.asarray(TILE_M_FACTORS)
+    m = np.asarray(m, dtype=np.float64)
+    # the schedule depends on shapes and tile sizes only, never on fitted parameters:
+    # a fit re-costs the same kernels hundreds of times
+    return _schedule(m.tobytes(), m.shape, n, k, float(gpu.sm_count),
+                     float(cal.gemm_tile_m), float(cal.gemm_tile_n))
+
+
+@lru_cache(maxsize=4096)
+def _schedule(m_bytes: bytes, shape: tuple[int, ...], n: int, k: int, sms: float,
+              gemm_tile_m: float, gemm_tile_n: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = np.maximum(np.frombuffer(m_bytes, dtype=np.float64).reshape(shape), 1.0)
+    m = m[..., None, None]
+    fixed = gemm_tile_m * np.asarray(TILE_M_FACTORS)
     tallest = float(fixed.max())
     single = np.minimum(MMA_ROWS * np.ceil(m / MMA_ROWS), tallest)
     tile_m = np.concatenate([single, np.broadcast_to(fixed[:, None], (*m.shape[:-2],
                                                                        len(fixed), 1))],
                             axis=-2)                                  # (..., H, 1)
-    tile_n = float(cal.gemm_tile_n) * np.asarray(TILE_N_FACTORS)      # (W,)
+    tile_n = gemm_tile_n * np.asarray(TILE_N_FACTORS)                 # (W,)
     tiles = np.ceil(m / tile_m) * np.ceil(n / tile_n)                 # (..., H, W)
     max_split = max(1.0, np.floor(k / SPLIT_K_MIN_K))
     split = np.clip(np.floor(sms / tiles), 1.0, max_split)
@@ -117,12 +128,14 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
     waves = np.ceil(ctas / sms)
     # a tile computes its full tile_m rows even when m is smaller (padding)
     cta_flops = 2.0 * tile_m * tile_n * (k / split)
-    shape = (*ctas.shape[:-2], -1)
-    pick = np.argmin((waves * cta_flops).reshape(shape), axis=-1)[..., None]
+    flat = (*ctas.shape[:-2], -1)
+    pick = np.argmin((waves * cta_flops).reshape(flat), axis=-1)[..., None]
 
     def take(x: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(np.broadcast_to(x, ctas.shape).reshape(shape), pick,
-                                  axis=-1)[..., 0]
+        out = np.take_along_axis(np.broadcast_to(x, ctas.shape).reshape(flat), pick,
+                                 axis=-1)[..., 0]
+        out.flags.writeable = False  # cached: shared by every caller
+        return out
 
     return take(ctas), take(waves), take(cta_flops)
 
@@ -223,18 +236,34 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         return Cost(z, z, z, z, z, z)
     memory = memory + launches * cal.dram_latency_s
     # arithmetic runs at the SM clock; HBM has its own
-    compute = compute / clock
+    return _combined(k, cal, fixed, memory, compute / clock, slow)
+
+
+def _combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
+              compute: np.ndarray, slow: np.ndarray | None) -> Cost:
+    """A kernel's Cost from its parts: memory and compute overlapped, plus fixed
+    costs, times cuBLAS's slowdown if any, plus the idle gaps before its launches."""
     p = cal.overlap_exponent
     hi = np.maximum(memory, compute)
     lo = np.minimum(memory, compute)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        overlapped = hi * np.power(1.0 + np.power(np.where(hi > 0, lo / hi, 0.0), p), 1.0 / p)
+    # (hi = 0 means lo = 0: the ratio is then 0, without a division by zero)
+    ratio = lo / np.maximum(hi, 1e-300)
+    overlapped = hi * (1.0 + ratio**p) ** (1.0 / p)
     kernel_s = fixed + overlapped
     if slow is not None:
         kernel_s = kernel_s * slow
-    seconds = kernel_s + launches * cal.launch_gap_s
+    seconds = kernel_s + k.launches * cal.launch_gap_s
     return Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
                 flops=k.flops, bytes=k.bytes)
+
+
+def _reclocked(k: Kernel, cost: Cost, cal: Calibration, clock: np.ndarray) -> Cost:
+    """``cost`` (at full clock) with its arithmetic at ``clock``: the schedule, bytes
+    and fixed costs stay, so nothing but the overlap is redone."""
+    if k.launches == 0:
+        return cost
+    slow = slowdown(cal.gemm_slow_picks, k.gemm.n, k.gemm.k, k.gemm.m) if k.gemm else None
+    return _combined(k, cal, cost.fixed_s, cost.memory_s, cost.compute_s / clock, slow)
 
 
 def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:
@@ -276,7 +305,7 @@ def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration) -> lis
     clock = power_clock(kernels, costs, cal)
     if clock is None:
         return costs
-    return [kernel_cost(k, gpu, cal, clock) for k in kernels]
+    return [_reclocked(k, c, cal, clock) for k, c in zip(kernels, costs, strict=True)]
 
 
 def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:

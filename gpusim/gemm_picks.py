@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +98,25 @@ def slow_picks(points: list[SweptPoint], exclude_models: frozenset[str] = frozen
                  if p.slowdown >= min_slowdown and not p.models <= exclude_models)
 
 
-@lru_cache(maxsize=64)
+_TABLES: dict[int, tuple[tuple[SlowPick, ...], dict]] = {}
+
+
 def _table(picks: tuple[SlowPick, ...]) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    # keyed by the tuple's identity (a calibration and its copies share one): hashing
+    # the picks on every GEMM of every fit evaluation showed in profiles
+    hit = _TABLES.get(id(picks))
+    if hit is not None and hit[0] is picks:
+        return hit[1]
     table: dict[tuple[int, int], dict[int, float]] = {}
     for p in picks:
         by_m = table.setdefault((p.n, p.k), {})
         by_m[p.m] = max(p.slowdown, by_m.get(p.m, 0.0))
-    return {key: (np.array(list(v), dtype=float), np.array(list(v.values())))
-            for key, v in table.items()}
+    out = {key: (np.array(list(v), dtype=float), np.array(list(v.values())))
+           for key, v in table.items()}
+    if len(_TABLES) > 256:
+        _TABLES.clear()
+    _TABLES[id(picks)] = (picks, out)  # holds the tuple, so its id is not reused
+    return out
 
 
 def slowdown(picks: tuple[SlowPick, ...], n: int, k: int, m: np.ndarray) -> np.ndarray | None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpusim.calibrate import fit, make_groups, predict_groups
-from gpusim.measurements import StepData
 from gpusim.gemm_picks import SweptPoint
+from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup, without_models
 from gpusim.ops import KERNEL_MODES
 from gpusim.profiles import ProfileData

@@ -75,7 +75,7 @@ def test_held_out_models_shapes_are_dropped_shared_ones_kept(tmp_path):
 def test_malformed_sweep_is_one_config_error(tmp_path):
     path = tmp_path / "gemm_sweep.csv"
     path.write_text("kind,name,m,n,k,median_us\ngemm,x.y,eight,1,1,3.0\n")
-    with pytest.raises(ConfigError, match="gemm_sweep.csv:2: malformed row"):
+    with pytest.raises(ConfigError, match=r"gemm_sweep\.csv:2: malformed row"):
         read_sweep(path)
 
 

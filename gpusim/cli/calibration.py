@@ -73,7 +73,9 @@ def calibrate(
         raise cannot(target.parent, exc) from None
     report.write_atomic(target, cal_mod.to_yaml(res))
     print(f"wrote {target}", file=sys.stderr)
-    params = res.calibration.model_dump(exclude={"notes"})
+    params = res.calibration.model_dump(exclude={"notes", "gemm_slow_picks"})
+    # the picks are a table (in the YAML); the summary says how many
+    params["gemm_slow_picks"] = len(res.calibration.gemm_slow_picks)
     summary = {"rows": res.rows, "mape": res.mape, "log_rmse": res.log_rmse, **params}
     if fmt is Fmt.json:
         _echo(report.to_json(summary))
@@ -112,7 +114,6 @@ def validate(
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
     from gpusim import micro as micro_mod
     from gpusim import profiles as prof_mod
-
     from gpusim.gemm_picks import read_sweep_beside
 
     datasets, gpus, shipped, micro, profs, sweeps = {}, {}, {}, {}, {}, {}
