@@ -54,6 +54,7 @@ TILE_M_FACTORS = (0.5, 1.0, 1.5, 2.0)
 TILE_N_FACTORS = (1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0)
 POWER_EXPONENT = 1.0 / 3.0   # clock under a power cap ~ (cap / load)^(1/3): P ~ f V^2, V ~ f
 MMA_ROWS = 8.0               # smallest row tile of a tensor-core MMA (m8n8k16 family)
+CACHED_SHAPES_MAX = 1024     # GEMM schedules of at most this many shapes are memoised
 SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this much K
 
 
@@ -102,18 +103,29 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, cal: Calibration
     reaches the tallest fixed height where it stops), so the time is monotone in m.
     """
     m = np.asarray(m, dtype=np.float64)
+    args = (n, k, float(gpu.sm_count), float(cal.gemm_tile_m), float(cal.gemm_tile_n))
+    if m.size > CACHED_SHAPES_MAX:
+        return _schedule(m, *args)
     # the schedule depends on shapes and tile sizes only, never on fitted parameters:
-    # a fit re-costs the same kernels hundreds of times
-    return _schedule(m.tobytes(), m.shape, n, k, float(gpu.sm_count),
-                     float(cal.gemm_tile_m), float(cal.gemm_tile_n))
+    # a fit re-costs the same few dozen shapes hundreds of times (large sweeps are not
+    # cached: their keys alone would hold megabytes)
+    return _cached_schedule(m.tobytes(), m.shape, *args)
 
 
-@lru_cache(maxsize=4096)
-def _schedule(m_bytes: bytes, shape: tuple[int, ...], n: int, k: int, sms: float,
-              gemm_tile_m: float, gemm_tile_n: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    m = np.maximum(np.frombuffer(m_bytes, dtype=np.float64).reshape(shape), 1.0)
-    m = m[..., None, None]
+@lru_cache(maxsize=1024)
+def _cached_schedule(m_bytes: bytes, shape: tuple[int, ...], n: int, k: int, sms: float,
+                     gemm_tile_m: float, gemm_tile_n: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = _schedule(np.frombuffer(m_bytes, dtype=np.float64).reshape(shape), n, k, sms,
+                    gemm_tile_m, gemm_tile_n)
+    for x in out:
+        x.flags.writeable = False  # shared by every caller
+    return out
+
+
+def _schedule(m: np.ndarray, n: int, k: int, sms: float, gemm_tile_m: float,
+              gemm_tile_n: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = np.maximum(m, 1.0)[..., None, None]
     fixed = gemm_tile_m * np.asarray(TILE_M_FACTORS)
     tallest = float(fixed.max())
     single = np.minimum(MMA_ROWS * np.ceil(m / MMA_ROWS), tallest)
@@ -132,10 +144,8 @@ def _schedule(m_bytes: bytes, shape: tuple[int, ...], n: int, k: int, sms: float
     pick = np.argmin((waves * cta_flops).reshape(flat), axis=-1)[..., None]
 
     def take(x: np.ndarray) -> np.ndarray:
-        out = np.take_along_axis(np.broadcast_to(x, ctas.shape).reshape(flat), pick,
-                                 axis=-1)[..., 0]
-        out.flags.writeable = False  # cached: shared by every caller
-        return out
+        return np.take_along_axis(np.broadcast_to(x, ctas.shape).reshape(flat), pick,
+                                  axis=-1)[..., 0]
 
     return take(ctas), take(waves), take(cta_flops)
 
