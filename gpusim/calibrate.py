@@ -222,7 +222,7 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     fitted_models = frozenset(map(str, data.model))
     others = frozenset(m for p in sweep for m in p.models) - fitted_models
     cal = Calibration(gpu=gpu.name, fitted_on=note or data.source,
-                      gemm_slow_picks=slow_picks(list(sweep), exclude_models=others))
+                      gemm_slow_picks=slow_picks(sweep, exclude_models=others))
     # profiled shapes of the models being fitted only (leave-one-model-out honesty)
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf)

@@ -17,6 +17,7 @@ GPU drops its picks, and leave-one-model-out drops the held-out model's shapes.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ from gpusim.specs import SlowPick
 FINE_M_MAX = 1024     # the sweep steps m by 8 rows up to here (by 64 beyond: too coarse)
 WINDOW = 9            # a point and its neighbours in m (4 either side): the line is theirs
 MIN_SLOWDOWN = 1.3    # a pick this much slower than its neighbours' line is kept
+
+
+def gemm_owners(name: str) -> frozenset[str]:
+    """The models of a harness GEMM name: ``<model>.<gemm>``, ``|``-joined when models
+    share the shape (a model name may hold dots: llama-3.1-8b)."""
+    return frozenset(part.rsplit(".", 1)[0] for part in name.split("|"))
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class SweptPoint:
 
     @property
     def models(self) -> frozenset[str]:
-        return frozenset(part.rsplit(".", 1)[0] for part in self.name.split("|"))
+        return gemm_owners(self.name)
 
 
 def read_sweep(path: Path) -> list[SweptPoint]:
@@ -89,7 +96,7 @@ def read_sweep_beside(steps_csv: Path) -> list[SweptPoint]:
     return read_sweep(path) if path.is_file() else []
 
 
-def slow_picks(points: list[SweptPoint], exclude_models: frozenset[str] = frozenset(),
+def slow_picks(points: Sequence[SweptPoint], exclude_models: frozenset[str] = frozenset(),
                min_slowdown: float = MIN_SLOWDOWN) -> tuple[SlowPick, ...]:
     """The points at least ``min_slowdown`` above their line, as calibration entries,
     leaving out shapes that only ``exclude_models`` have (leave-one-model-out)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.errors import bad
+from gpusim.gemm_picks import gemm_owners
 from gpusim.ops import AttentionShape, GemmShape, Kernel, attention_flops
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 
@@ -67,9 +68,7 @@ def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
             if r["kind"] not in kinds:
                 continue
             if r["kind"] == "gemm":
-                # "<model>.<gemm>", "|"-joined when models share the shape
-                owners = frozenset(part.rsplit(".", 1)[0] for part in r["name"].split("|"))
-                key = (int(r["n"]), int(r["k"]), owners)
+                key = (int(r["n"]), int(r["k"]), gemm_owners(r["name"]))
                 gemm.setdefault(key, []).append((float(r["m"]), float(r["median_us"])))
             elif r["kind"] == "attention":
                 key = (r["name"], int(r["heads"]), int(r["kv_heads"]), int(r["head_dim"]))
