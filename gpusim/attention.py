@@ -165,7 +165,8 @@ def _split_kv(base: np.ndarray, kv_len: np.ndarray, block_m: float, head_dim: in
 
 
 def attention_bandwidth(a: AttentionShape, cal: Calibration, splits: np.ndarray | None,
-                        sms: float) -> tuple[np.ndarray, np.ndarray]:
+                        sms: float, kv_head_bytes: np.ndarray | float, l2_bytes: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of datasheet bandwidth, L2 reuse of KV re-reads) of an attention kernel.
 
     Every attention kernel streams KV at one sustained fraction of HBM bandwidth. What
@@ -173,18 +174,23 @@ def attention_bandwidth(a: AttentionShape, cal: Calibration, splits: np.ndarray 
     L2 serves, in FA2's two regimes (``splits``: ``fa2_num_splits``): split, the query
     heads of a KV group are neighbours in the grid and stream the same keys at the same
     time, and L2 serves many re-reads; unsplit, each CTA walks all the keys and the
-    grid runs every batch of one head before the next head, so a group's query heads
-    are ``batch`` CTAs apart: L2 serves their re-reads only while the whole group fits
-    in the CTAs running at once (two per SM), a falling share of them beyond.
+    grid runs every batch of one head before the next head, so the next query head of a
+    group reads a KV head ``batch`` CTAs after the last one did. L2 serves that re-read
+    while (a) the whole group fits in the CTAs running at once (two per SM), a falling
+    share beyond, and (b) the KV the GPU streams in between (``batch`` x
+    ``kv_head_bytes``, one sequence's KV head per CTA) fits in L2, a falling share
+    beyond.
     """
     eff = np.full_like(a.batch, cal.attention_bandwidth_efficiency, dtype=np.float64)
     if a.mode != "verify":
         return eff, np.full_like(eff, cal.attention_l2_reuse)
     assert splits is not None  # kernel_cost passes verify's split counts
+    between = np.maximum(a.batch * kv_head_bytes, 1.0)
+    held = np.minimum(1.0, l2_bytes / between)
     group = a.heads // a.kv_heads
     together = np.minimum(1.0, FLASH_CTAS_PER_SM * sms / (a.batch * group))
     return eff, np.where(splits > 1.0, cal.attention_l2_reuse,
-                         cal.attention_l2_reuse_multiwave * together)
+                         cal.attention_l2_reuse_multiwave * together * held)
 
 
 def latency_bound_s(kv_bytes: np.ndarray, ctas: np.ndarray, bw: float, gpu: GpuSpec,

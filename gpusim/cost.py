@@ -220,7 +220,9 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
             fixed = fixed + np.where(splits > 1.0,
                                      splits * cal.verify_attention_combine_s_per_split,
                                      cal.verify_attention_unsplit_fixed_s)
-        eff, reuse = attention_bandwidth(a, cal, splits, float(gpu.sm_count))
+        eff, reuse = attention_bandwidth(a, cal, splits, float(gpu.sm_count),
+                                         k.kv_bytes / (a.batch * a.kv_heads),
+                                         float(gpu.l2_bytes))
         attn_bw = gpu.hbm_bandwidth_bytes_per_s * eff
         kv_bytes = k.kv_bytes
         if not a.shares_kv:

@@ -333,6 +333,8 @@ class Calibration(_Frozen):
     # Fraction of a KV head's re-reads by the other query heads of its group that L2
     # serves, in kernels that don't share KV across the group (1: all, as one read).
     attention_l2_reuse: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    # The same in FA2's unsplit verify kernel while the KV streamed between two query
+    # heads' reads of a KV head fits in L2 (``attention.attention_bandwidth``)
     attention_l2_reuse_multiwave: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     # L2 bandwidth over sustained HBM bandwidth, for pointwise chains whose tensors
     # stay in L2 between kernels (1: L2 ignored, the datasheet model).

@@ -413,17 +413,24 @@ def test_tree_kernel_costs_use_their_own_parameters():
     assert c1.fixed_s[0] - c0.fixed_s[0] == pytest.approx(7e-6)
 
 
-def test_unsplit_verify_reuse_falls_once_a_kv_group_spans_more_than_the_running_ctas():
+def test_unsplit_verify_reuse_falls_once_a_group_or_its_streamed_kv_outgrows_the_gpu():
     from gpusim.attention import attention_bandwidth
-    # toy GPU: 100 SMs -> 200 CTAs at once; group of 4 query heads per KV head: a group's
-    # heads are `batch` CTAs apart, so up to batch 50 they run together
+    # toy GPU: 100 SMs -> 200 CTAs at once; a group of 4 query heads per KV head, each
+    # `batch` CTAs apart: all running together up to batch 50. Between two heads' reads
+    # of a KV head the GPU streams batch x 1 MB: a 100 MB L2 holds it up to batch 100
     cal = Calibration(gpu="toy", attention_l2_reuse=0.9, attention_l2_reuse_multiwave=0.6)
-    k = attention_kernel("verify", [50.0, 100.0, 400.0], 5, 1029)
-    _, reuse = attention_bandwidth(k.attention, cal, np.ones(3), 100.0)
-    np.testing.assert_allclose(reuse, [0.6, 0.3, 0.075])
+    k = attention_kernel("verify", [50.0, 100.0, 200.0, 400.0], 5, 1029)
+    _, reuse = attention_bandwidth(k.attention, cal, np.ones(4), 100.0, 1e6, 100e6)
+    np.testing.assert_allclose(reuse, [0.6, 0.3, 0.075, 0.01875])
+    # the same with a large L2: only the group's span counts
+    _, reuse = attention_bandwidth(k.attention, cal, np.ones(4), 100.0, 1e6, 1e12)
+    np.testing.assert_allclose(reuse, [0.6, 0.3, 0.15, 0.075])
+    # long contexts: 8 MB per sequence's KV head; at batch 50 L2 holds a quarter
+    _, reuse = attention_bandwidth(k.attention, cal, np.ones(4), 100.0, 8e6, 100e6)
+    np.testing.assert_allclose(reuse[0], 0.6 * 0.25)
     # split kernels keep a group's heads side by side in the grid
-    _, reuse = attention_bandwidth(k.attention, cal, np.full(3, 2.0), 100.0)
-    np.testing.assert_allclose(reuse, [0.9, 0.9, 0.9])
+    _, reuse = attention_bandwidth(k.attention, cal, np.full(4, 2.0), 100.0, 1e6, 100e6)
+    np.testing.assert_allclose(reuse, [0.9, 0.9, 0.9, 0.9])
 
 
 def test_verify_kernel_fixed_costs_split_combine_and_unsplit_launch():

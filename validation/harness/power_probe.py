@@ -33,11 +33,11 @@ DUTIES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
 class Sampler:
-    """nvidia-smi in a background thread."""
+    """nvidia-smi in a background thread (``enabled=False``: samples nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.rows: list[tuple[float, str]] = []
-        self._stop = False
+        self._stop = not enabled
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -55,6 +55,13 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop = True
         self._thread.join()
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """The samples as CSV: unix time, SM MHz, W, deg C, throttle reason bits."""
+        with open(path, "w") as fh:
+            fh.write("time,clock_mhz,power_w,temp_c,throttle\n")
+            for t, s in self.rows:
+                fh.write(f"{t},{s}\n")
 
 
 def timed(fn, seconds: float) -> list[tuple[float, float]]:
@@ -125,10 +132,7 @@ def main() -> None:
             wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
             wr.writeheader()
             wr.writerows(rows)
-    with open(f"{OUT}/power_samples.csv", "w") as fh:
-        fh.write("time,clock_mhz,power_w,temp_c,throttle\n")
-        for t, s in sampler.rows:
-            fh.write(f"{t},{s}\n")
+    sampler.write(f"{OUT}/power_samples.csv")
     for m, n, k in LONE:
         us = [r["us"] for r in lone if (r["m"], r["n"], r["k"]) == (m, n, k)]
         first, late = statistics.median(us[2:12]), statistics.median(us[len(us) // 2:])
