@@ -25,20 +25,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference  # noqa: E402
-from bench import TINY  # noqa: E402
-from bench_timing import capture  # noqa: E402
-from power_probe import Sampler  # noqa: E402
+import reference
+from bench import TINY
+from bench_timing import capture
+from power_probe import Sampler
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(os.environ.get("OUT", "."))
 IDLE_S, RUN_S = 1.5, 2.0
-DEFAULT = ("llama-3.1-8b:verify:64:4096:2 llama-3.1-8b:verify:64:4096:9 "
-           "llama-3.1-8b:verify:16:4096:2 llama-3.1-8b:verify:64:512:9 "
-           "llama-3.1-8b:decode:64:4096:1 llama-3.1-8b:decode:1:1024:1 "
-           "llama-3.1-8b:prefill:1:0:4096 llama-3.2-1b:verify:64:4096:2 "
-           "llama-3.2-3b:verify:64:4096:2 qwen2.5-7b:verify:64:4096:2 "
-           "qwen2.5-7b:verify:64:512:7 qwen2.5-7b:verify:64:1024:9").split()
+DEFAULT = (
+    "llama-3.1-8b:verify:64:4096:2", "llama-3.1-8b:verify:64:4096:9",
+    "llama-3.1-8b:verify:16:4096:2", "llama-3.1-8b:verify:64:512:9",
+    "llama-3.1-8b:decode:64:4096:1", "llama-3.1-8b:decode:1:1024:1",
+    "llama-3.1-8b:prefill:1:0:4096", "llama-3.2-1b:verify:64:4096:2",
+    "llama-3.2-3b:verify:64:4096:2", "qwen2.5-7b:verify:64:4096:2",
+    "qwen2.5-7b:verify:64:512:7", "qwen2.5-7b:verify:64:1024:9")
 
 
 class Cache:
