@@ -6,6 +6,7 @@ import csv
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpusim.errors import ConfigError
@@ -16,6 +17,7 @@ from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
 from gpusim.speculative.validate import (
     composed_no_round_trip_s,
     fit_lookup_s,
+    fit_ngram_loop_s,
     fit_overhead_s,
     loop_parts,
     markdown,
@@ -148,3 +150,31 @@ def test_fit_lookup_recovers_fixed_and_per_token_cost():
     fixed, per_seq, per_token = fit_lookup_s(rows)
     assert fixed == pytest.approx(40e-6, rel=1e-6) and per_seq == pytest.approx(3e-6, rel=1e-6)
     assert per_token == pytest.approx(6e-9, rel=1e-6)
+
+
+def test_fit_ngram_loop_recovers_the_host_work_besides_the_lookup():
+    """Iterations that take 150 us + 2 us per sequence over their composed time."""
+    batches = (1, 4, 16, 64)
+    composed = np.array([5e-3 + 1e-4 * b for b in batches])
+    rows = [SpecRow(**{**_row("ngram").__dict__, "batch": b,
+                       "iteration_s": float(c) + 150e-6 + 2e-6 * b})
+            for b, c in zip(batches, composed, strict=True)]
+    fixed, per_seq = fit_ngram_loop_s(rows, composed)
+    assert fixed == pytest.approx(150e-6, rel=1e-6)
+    assert per_seq == pytest.approx(2e-6, rel=1e-6)
+    # never negative: iterations faster than composed fit zero
+    fast = [SpecRow(**{**r.__dict__, "iteration_s": float(c) * 0.9})
+            for r, c in zip(rows, composed, strict=True)]
+    assert fit_ngram_loop_s(fast, composed) == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_lookup_iteration_adds_the_loop_host_work_to_the_lookup():
+    from gpusim.speculative.drafts import NgramDraft
+    from gpusim.speculative.iteration import lookup_s
+
+    ov = SpecOverhead(ngram_lookup_fixed_s=30e-6, ngram_loop_fixed_s=100e-6,
+                      ngram_loop_s_per_sequence=2e-6)
+    b, c = np.array([1.0, 64.0]), np.array([1024.0, 1024.0])
+    assert lookup_s(NgramDraft(), ov, b, c) == pytest.approx([132e-6, 258e-6])
+    # a lookup time the user names is the whole host time of the iteration
+    assert lookup_s(NgramDraft(lookup_s=5e-6), ov, b, c) == pytest.approx([5e-6, 5e-6])

@@ -181,12 +181,14 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
 def lookup_s(draft: Draft, overhead: SpecOverhead | None, b: np.ndarray, c: np.ndarray
              ) -> np.ndarray:
     """Host seconds of drafting before the verify, per shape: prompt lookup's (a fixed
-    time if the draft names one, else the host's measured cost), 0 for other drafts."""
+    time if the draft names one, else the host's measured cost: the lookup and the
+    rest of the loop's host work, ``SpecOverhead.ngram_loop_s``), 0 for other drafts."""
     if not isinstance(draft, NgramDraft):
         return np.zeros_like(b)
     if draft.lookup_s is not None:
         return np.full_like(b, draft.lookup_s)
-    return (overhead or SpecOverhead()).ngram_lookup_s(b, c)
+    ov = overhead or SpecOverhead()
+    return ov.ngram_lookup_s(b, c) + ov.ngram_loop_s(b)
 
 
 def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object

@@ -52,12 +52,21 @@ class SpecOverhead(BaseModel):
     ngram_lookup_s_per_sequence: Annotated[
         float, Field(ge=0, le=1e-3, allow_inf_nan=False)] = 0.0
     ngram_lookup_s_per_token: Annotated[float, Field(ge=0, le=1e-6, allow_inf_nan=False)] = 0.0
+    # The rest of a prompt-lookup iteration's host work, which the lookup timed alone
+    # leaves out: staging the proposals and copying them into the verify's input, and
+    # appending each sequence's accepted token to its history. Fixed and per sequence.
+    ngram_loop_fixed_s: Annotated[float, Field(ge=0, le=0.1, allow_inf_nan=False)] = 0.0
+    ngram_loop_s_per_sequence: Annotated[float, Field(ge=0, le=1e-3, allow_inf_nan=False)] = 0.0
     notes: str = ""
 
     def ngram_lookup_s(self, batch: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         """Host seconds of one prompt lookup over ``batch`` histories of ``ctx`` tokens."""
         return (self.ngram_lookup_fixed_s + self.ngram_lookup_s_per_sequence * batch
                 + self.ngram_lookup_s_per_token * batch * ctx)
+
+    def ngram_loop_s(self, batch: np.ndarray) -> np.ndarray:
+        """Host seconds of a prompt-lookup iteration besides the lookup itself."""
+        return self.ngram_loop_fixed_s + self.ngram_loop_s_per_sequence * batch
 
     def calibration_for_loop(self, cal: Calibration) -> Calibration:
         """``cal`` with the graph launch cost the loop measured (if fitted)."""
