@@ -217,13 +217,13 @@ def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[Sp
                   "ngram_loop_s_per_sequence": loop_per_seq}
         fitted_on += (f"; prompt lookup: its {len(ngram)} n-gram rows' lookup times, "
                       f"the rest of its loop on pair {nfp}")
-        batch = np.array([float(r.batch) for r in graph])
-        composed0 = composed0 + np.where(is_ngram, loop_fixed + loop_per_seq * batch, 0.0)
     ov = SpecOverhead(gpu=gpu.name, fitted_on=fitted_on, host_round_trip_s=rt,
                       graph_launch_s=h, **lookup,
                       notes="gpusim spec-validate: bounded least squares on the relative "
                             "error of the composed iteration (measured step times) and "
                             "of the lookup time alone")
+    batch = np.array([float(r.batch) for r in graph])
+    composed0 = composed0 + np.where(is_ngram, ov.ngram_loop_s(batch), 0.0)
     e2e = np.empty(len(graph))
     groups: dict[tuple[str, str, int], list[int]] = {}
     for i, r in enumerate(graph):

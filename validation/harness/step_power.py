@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
-from bench import TINY
-from bench_timing import capture
+from bench import load_models
+from bench_timing import Clock, capture
 from power_probe import Sampler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,14 +59,6 @@ def parse(items: list[str]) -> list[tuple[str, str, int, int, int]]:
     return out
 
 
-def shape_of(model: str) -> reference.Shape:
-    if model == "tiny":
-        return reference.Shape.from_dict(TINY)
-    import yaml
-    cfg = yaml.safe_load((ROOT / "workloads" / "models" / f"{model}.yaml").read_text())
-    return reference.Shape.from_dict(cfg)
-
-
 def run_shape(w: reference.Weights, cache: Cache, mode: str, b: int, c: int, q: int,
               dev: torch.device, idle_s: float, run_s: float) -> list[tuple[float, float]]:
     """(s since the first replay, ms) of each replay of the step's graph."""
@@ -76,25 +68,15 @@ def run_shape(w: reference.Weights, cache: Cache, mode: str, b: int, c: int, q: 
     def step() -> None:
         reference.forward(w, cache, tokens, c, mode, mask)
 
-    cuda = dev.type == "cuda"
-    fn = capture(step).replay if cuda else step
-    if cuda:
-        torch.cuda.synchronize()
+    clock = Clock(dev)  # CUDA events and a synchronize per replay, as bench_steps times
+    fn = capture(step).replay if clock.cuda else step
+    clock.sync()
     time.sleep(idle_s)
     out: list[tuple[float, float]] = []
     t0 = time.time()
     while time.time() - t0 < run_s or len(out) < 3:
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            out.append((time.time() - t0, s.elapsed_time(e)))
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append((time.time() - t0, (time.perf_counter() - t) * 1e3))
+        ms = clock.time(fn) * 1e3
+        out.append((time.time() - t0, ms))
     return out
 
 
@@ -110,7 +92,7 @@ def main(argv: list[str]) -> None:
     with Sampler(enabled=not cpu) as sampler:
         for model in dict.fromkeys(s[0] for s in shapes):
             mine = [s for s in shapes if s[0] == model]
-            sh = shape_of(model)
+            sh = load_models([model], {}, ROOT / "workloads" / "models")[model]
             w = reference.Weights(sh, str(dev), dtype)
             size = (sh.num_hidden_layers, max(s[2] for s in mine), sh.num_key_value_heads,
                     max(s[3] + s[4] for s in mine), sh.d)
