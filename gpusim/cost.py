@@ -173,6 +173,24 @@ def reduction_s(r: np.ndarray, cal: Calibration) -> np.ndarray:
         * cal.reduction_s_per_element
 
 
+def tensor_efficiency(k: Kernel, cal: Calibration) -> float:
+    """The fraction of the tensor cores' peak that ``k``'s matrix work sustains: GEMMs,
+    and each attention kernel (decode and prefill, FA2's verify, the token tree's
+    masked kernel) its own; 0 for kernels without matrix work (pointwise, embedding).
+    A kernel's ``compute_s`` times this is the time its matrix work (padded tiles
+    included) keeps the tensor cores busy at peak."""
+    if k.kind == "gemm":
+        return cal.tensor_efficiency
+    if k.kind != "attention" or k.attention is None:
+        return 0.0
+    mode = k.attention.mode
+    if mode == "verify":
+        return cal.verify_attention_tensor_efficiency
+    if mode == "tree":
+        return cal.tree_attention_tensor_efficiency
+    return cal.attention_tensor_efficiency
+
+
 def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
                 clock: np.ndarray | float = 1.0) -> Cost:
     """Cost of one occurrence of ``k`` (all its launches) on ``gpu`` under ``cal``, with
@@ -189,7 +207,7 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         g = k.gemm
         assert g is not None
         _, waves, cta_flops = gemm_schedule(g.m, g.n, g.k, gpu, cal)
-        compute = waves * cta_flops / (per_sm * cal.tensor_efficiency)
+        compute = waves * cta_flops / (per_sm * tensor_efficiency(k, cal))
         # split-K lets a skinny GEMM keep every SM streaming: no parallelism limit
         memory = k.bytes / bw
         fixed = fixed + launches * cal.gemm_fixed_cost_s
@@ -198,20 +216,19 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         a = k.attention
         assert a is not None
         verify, tree = a.mode == "verify", a.mode == "tree"
+        tensor_eff = tensor_efficiency(k, cal)
         # the per-CTA prologue/epilogue was measured on verify's FA2 kernel (and per
         # wave on the tree's masked kernel); decode's and prefill's kernels amortise
         # theirs over long key loops
         if verify:
-            tensor_eff, overhead_s = (cal.verify_attention_tensor_efficiency,
-                                      cal.attention_cta_overhead_s)
+            overhead_s = cal.attention_cta_overhead_s
             score_flops = cal.verify_attention_score_flops
         elif tree:
-            tensor_eff, overhead_s = (cal.tree_attention_tensor_efficiency,
-                                      cal.tree_attention_wave_overhead_s)
+            overhead_s = cal.tree_attention_wave_overhead_s
             score_flops = cal.tree_attention_score_flops
             fixed = fixed + cal.tree_attention_fixed_s
         else:
-            tensor_eff, overhead_s, score_flops = cal.attention_tensor_efficiency, 0.0, 0.0
+            overhead_s, score_flops = 0.0, 0.0
         splits = fa2_num_splits(a, float(gpu.sm_count)) if verify else None
         ctas, critical = attention_schedule(k, gpu, overhead_s * per_sm * tensor_eff,
                                             score_flops, splits)

@@ -40,14 +40,15 @@ def gemm_owners(name: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class SweptPoint:
-    """One swept GEMM (named ``<model>.<gemm>``, ``|``-joined when models share it)
-    with its time over the local line through its neighbours in m."""
+    """One swept GEMM (named ``<model>.<gemm>``, ``|``-joined when models share it):
+    its median time and that time over the local line through its neighbours in m."""
 
     name: str
     n: int
     k: int
     m: int
     slowdown: float
+    measured_s: float
 
     @property
     def models(self) -> frozenset[str]:
@@ -85,7 +86,7 @@ def read_sweep(path: Path) -> list[SweptPoint]:
             slope, intercept, _, _ = theilslopes([v for _, v in near], [x for x, _ in near])
             trend = intercept + slope * m
             if trend > 0:
-                out.append(SweptPoint(name, n, k, m, t / trend))
+                out.append(SweptPoint(name, n, k, m, t / trend, t * 1e-6))
     return out
 
 

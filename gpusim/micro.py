@@ -17,7 +17,7 @@ import numpy as np
 
 from gpusim.errors import bad
 from gpusim.gemm_picks import gemm_owners
-from gpusim.ops import AttentionShape, GemmShape, Kernel, attention_flops
+from gpusim.ops import AttentionShape, Kernel, attention_flops, gemm_kernel
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 
 DTYPE_BYTES = 2.0  # the harness measures bf16
@@ -79,11 +79,7 @@ def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
     out: list[MicroGroup] = []
     for (n, k, owners), vals in sorted(gemm.items(), key=lambda kv: (kv[0][:2], sorted(kv[0][2]))):
         m = np.array([v[0] for v in vals])
-        zeros = np.zeros_like(m)
-        kern = Kernel(name=f"gemm_{n}x{k}", kind="gemm", section="layer", launches=1,
-                      repeat=1, flops=2.0 * m * n * k,
-                      weight_bytes=np.full_like(m, n * k * DTYPE_BYTES), kv_bytes=zeros,
-                      act_bytes=(m * k + m * n) * DTYPE_BYTES, gemm=GemmShape(m, n, k))
+        kern = gemm_kernel(m, n, k, DTYPE_BYTES, name=f"gemm_{n}x{k}")
         out.append(MicroGroup(kern, np.array([v[1] for v in vals]) * 1e-6, owners))
     for (mode, h, hkv, d), vals in sorted(attn.items()):
         b, c, q, t = (np.array(x) for x in zip(*vals, strict=True))

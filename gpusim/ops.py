@@ -150,6 +150,17 @@ def attention_flops(mode: str, b: np.ndarray, q: np.ndarray, kv_len: np.ndarray,
     return 4.0 * b * heads * head_dim * scores
 
 
+def gemm_kernel(m: np.ndarray, n: int, k: int, dtype_bytes: float, name: str = "gemm",
+                section: Section = "layer", launches: int = 1, repeat: int = 1) -> Kernel:
+    """``launches`` GEMMs out[m, n] = x[m, k] @ W[n, k]^T (``m`` an array over step
+    shapes): each reads the weight and its input once and writes its output once."""
+    m = np.asarray(m, dtype=np.float64)
+    return Kernel(name=name, kind="gemm", section=section, launches=launches, repeat=repeat,
+                  flops=2.0 * m * n * k, weight_bytes=np.full_like(m, float(n) * k * dtype_bytes),
+                  kv_bytes=np.zeros_like(m), act_bytes=(m * k + m * n) * dtype_bytes,
+                  gemm=GemmShape(m=m, n=n, k=k))
+
+
 def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
                   ctx: object, q: object) -> list[Kernel]:
     """The kernels of one forward step for every shape in (batch, ctx, q).
@@ -174,12 +185,8 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
                                op.strided_kernels).astype(np.float64)
             if op.op == "gemm":
                 n, k = _gemm_nk(op.weight or "", model)
-                kernels.append(Kernel(
-                    name=op.name, kind="gemm", section=section, launches=op.kernels,
-                    repeat=repeat, flops=2.0 * m_tok * n * k,
-                    weight_bytes=np.full_like(b, float(n) * k * dt), kv_bytes=zeros,
-                    act_bytes=(m_tok * k + m_tok * n) * dt,
-                    gemm=GemmShape(m=m_tok, n=n, k=k)))
+                kernels.append(gemm_kernel(m_tok, n, k, dt, name=op.name, section=section,
+                                           launches=op.kernels, repeat=repeat))
             elif op.op == "attention":
                 kv_len = c + qq
                 kernels.append(Kernel(
