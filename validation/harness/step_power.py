@@ -60,8 +60,10 @@ def parse(items: list[str]) -> list[tuple[str, str, int, int, int]]:
 
 
 def run_shape(w: reference.Weights, cache: Cache, mode: str, b: int, c: int, q: int,
-              dev: torch.device, idle_s: float, run_s: float) -> list[tuple[float, float]]:
-    """(s since the first replay, ms) of each replay of the step's graph."""
+              dev: torch.device, idle_s: float, run_s: float
+              ) -> tuple[float, list[tuple[float, float]]]:
+    """(Unix time of the first replay, [(s since the first replay, ms)] of each replay
+    of the step's graph); the Unix time aligns the replays with nvidia-smi's samples."""
     tokens = torch.randint(0, w.shape.vocab_size, (b, q), device=dev)
     mask = reference.verify_mask(q, c + q) if mode == "verify" else None
 
@@ -77,7 +79,7 @@ def run_shape(w: reference.Weights, cache: Cache, mode: str, b: int, c: int, q: 
     while time.time() - t0 < run_s or len(out) < 3:
         ms = clock.time(fn) * 1e3
         out.append((time.time() - t0, ms))
-    return out
+    return t0, out
 
 
 def main(argv: list[str]) -> None:
@@ -100,9 +102,10 @@ def main(argv: list[str]) -> None:
             k = torch.empty(size, device=dev, dtype=dtype).normal_()
             v = torch.empty(size, device=dev, dtype=dtype).normal_()
             for _, mode, b, c, q in mine:
-                times = run_shape(w, Cache(k, v, b), mode, b, c, q, dev, idle_s, run_s)
+                t0, times = run_shape(w, Cache(k, v, b), mode, b, c, q, dev, idle_s, run_s)
                 rows += [{"model": model, "mode": mode, "batch": b, "ctx": c, "q": q,
-                          "t_s": round(t, 4), "ms": round(ms, 4)} for t, ms in times]
+                          "start_unix_s": round(t0, 3), "t_s": round(t, 4),
+                          "ms": round(ms, 4)} for t, ms in times]
                 cold = statistics.median(ms for _, ms in times[:3])
                 late = [ms for t, ms in times if t > run_s / 2] or [times[-1][1]]
                 print(f"{model} {mode} b={b} ctx={c} q={q}: {len(times)} replays, first 3 "
