@@ -4,8 +4,9 @@ Few parameters, each physical (see ``FIT_SPACE``). The objective is the log of
 predicted over measured time per row, so every row counts by its relative error, in
 plain least squares (a soft-L1 loss, which discounts odd rows such as a GEMM that
 cuBLAS runs with a slow tile, fitted prefill and token-tree rows worse out of sample).
-Stages: graph parameters on CUDA-graph rows (and profiles, microbenchmarks), then the
-host launch cost on eager rows, then the token-tree kernel on tree rows. Kernels depend
+Stages: graph parameters on CUDA-graph rows (and profiles, microbenchmarks, and the
+power probe's steady clocks, which pin the power cap), then the host launch cost on
+eager rows, then the token-tree kernel on tree rows. Kernels depend
 only on shapes, so they are built once per (model, mode, launch) group and re-costed
 per evaluation.
 """
@@ -18,13 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from gpusim.cost import busy_s, kernel_cost, step_costs
+from gpusim.cost import busy_s, kernel_cost, power_clock, step_costs
 from gpusim.gemm_picks import SweptPoint, slow_picks
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup
 from gpusim.ops import TREE_MODE, Kernel, build_kernels
 from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.steady_clocks import SteadyClocks
 from gpusim.step import predict_kernels
 
 # name: (lower, upper, start, unit) — searched in `unit`s so all are O(1)
@@ -53,7 +55,9 @@ FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
     "l2_bandwidth_ratio": (1.0, 6.0, 2.0, 1.0),
     "host_graph_launch_cost_s": (0.0, 30e-6, 5e-6, 1e-6),
     "overlap_exponent": (1.0, 16.0, 3.0, 1.0),
-    "power_cap_compute_fraction": (0.3, 1.0, 0.8, 1.0),
+    "power_cap_tensor_share": (0.1, 1.0, 0.4, 1.0),
+    "power_memory_weight": (0.0, 1.0, 0.2, 1.0),
+    "verify_attention_clock_sensitivity": (0.0, 1.0, 0.5, 1.0),
 }
 # the token-tree kernel's own parameters, fitted last on the tree rows with every other
 # parameter held: a few hundred tree steps must not move the shared ones (with a single
@@ -171,10 +175,48 @@ def predict_classes(pf: ProfileFit, gpu: GpuSpec, cal: Calibration) -> dict[str,
     return out
 
 
+# a probed step's steady clock counts as this many step rows' log errors: the probe
+# measures the clock, the steps only through their times (and it is 12 rows to ~500)
+CLOCK_WEIGHT = 3.0
+
+
+@dataclass(frozen=True)
+class ClockFit:
+    """The power probe's steps with kernels built once, and their measured clocks."""
+
+    groups: list[Group]
+    n: int
+    clock_fraction: np.ndarray
+
+
+def make_clock_fit(clocks: SteadyClocks | None, stack: StackSpec,
+                   resolve_model: Callable[[str], ModelSpec],
+                   keep_models: set[str] | None = None) -> ClockFit | None:
+    """Kernels for the probed shapes (only of ``keep_models`` when given)."""
+    if clocks is None:
+        return None
+    if keep_models is not None:
+        clocks = clocks.subset(np.isin(clocks.steps.model, sorted(keep_models)))
+    if len(clocks) == 0:
+        return None
+    return ClockFit(make_groups(clocks.steps, stack, resolve_model), len(clocks),
+                    clocks.clock_fraction)
+
+
+def predict_clocks(cf: ClockFit, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
+    """The power-capped clock (fraction of full) of every probed step."""
+    out = np.ones(cf.n)
+    for g in cf.groups:
+        clock = power_clock(g.kernels, [kernel_cost(k, gpu, cal) for k in g.kernels], cal)
+        if clock is not None:
+            out[g.rows] = clock
+    return out
+
+
 def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
          groups: Sequence[Group], data: StepData, gpu: GpuSpec,
-         micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None
-         ) -> Calibration:
+         micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None,
+         clock_fit: ClockFit | None = None) -> Calibration:
     rows = np.concatenate([g.rows for g in groups])
     lo = np.array([b[0] / b[3] for b in space.values()])
     hi = np.array([b[1] / b[3] for b in space.values()])
@@ -195,6 +237,9 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
             pred_cls = predict_classes(profile, gpu, cal)
             parts += [PROFILE_WEIGHT * np.log(pred_cls[c] / profile.class_s[c])
                       for c in profile.class_s]
+        if clock_fit is not None:
+            parts.append(CLOCK_WEIGHT * np.log(predict_clocks(clock_fit, gpu, cal)
+                                               / clock_fit.clock_fraction))
         return np.concatenate(parts)
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
@@ -205,14 +250,15 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         resolve_model: Callable[[str], ModelSpec], note: str = "",
         micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
-        sweep: Sequence[SweptPoint] = ()) -> FitResult:
+        sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
     given), then the host launch cost on eager rows and the token-tree kernel on tree
     rows (mode ``tree``), the earlier parameters held each time.
 
     ``sweep``: this GPU's swept GEMMs; their slow cuBLAS picks (``gemm_picks``) are
     priced throughout the fit and kept in the calibration, except shapes only models
-    outside ``data`` have.
+    outside ``data`` have. ``clocks``: the power probe's steady clocks, fitted with the
+    graph parameters (the shapes of the models in ``data`` only).
 
     Raises ValueError if there are no graph rows.
     """
@@ -228,7 +274,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
                       gemm_slow_picks=slow_picks(sweep, exclude_models=others))
     # profiled shapes of the models being fitted only (leave-one-model-out honesty)
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
-    cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf)
+    cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
+    cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf, cf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     if trees:

@@ -22,9 +22,9 @@ them; the defaults are the ideal datasheet GPU):
   idle gap before each launch in the stream (``launch_gap_s``): the gap belongs to the
   step's time but not to a kernel's profiled duration (``busy_s``).
 * Memory and math overlap inside a kernel: ``(m^p + c^p)^(1/p)`` (p large: max).
-* A step whose arithmetic keeps the SMs busy for most of its time runs into the GPU's
-  power cap when run back to back: its arithmetic slows with the clock the cap allows
-  (``power_clock``).
+* A step whose matrix work keeps the tensor cores busy for much of its time runs into
+  the GPU's power cap when run back to back: its arithmetic slows with the clock the cap
+  allows (``power_clock``); FA2's verify kernel's by ``verify_attention_clock_sensitivity``.
 
 Pure and vectorised over step shapes; no SimPy, no requests.
 """
@@ -265,7 +265,7 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         return Cost(z, z, z, z, z, z)
     memory = memory + launches * cal.dram_latency_s
     # arithmetic runs at the SM clock; HBM has its own
-    return _combined(k, cal, fixed, memory, compute / clock, slow)
+    return _combined(k, cal, fixed, memory, compute / _stretch(k, cal, clock), slow)
 
 
 def _combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
@@ -286,13 +286,25 @@ def _combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray
                 flops=k.flops, bytes=k.bytes)
 
 
+def _stretch(k: Kernel, cal: Calibration, clock: np.ndarray | float) -> np.ndarray | float:
+    """How much slower ``k``'s arithmetic runs at ``clock`` (a fraction of full): most
+    kernels' by the clock; FA2's verify kernel's by the clock to the power
+    ``verify_attention_clock_sensitivity``, since its few query rows per KV block make
+    its small matrix steps wait on KV loads whose latency the SM clock does not set
+    (prefill's long query blocks keep the tensor cores busy like a GEMM's)."""
+    if k.kind == "attention" and k.attention is not None and k.attention.mode == "verify":
+        return np.power(clock, cal.verify_attention_clock_sensitivity)
+    return clock
+
+
 def _reclocked(k: Kernel, cost: Cost, cal: Calibration, clock: np.ndarray) -> Cost:
     """``cost`` (at full clock) with its arithmetic at ``clock``: the schedule, bytes
     and fixed costs stay, so nothing but the overlap is redone."""
     if k.launches == 0:
         return cost
     slow = slowdown(cal.gemm_slow_picks, k.gemm.n, k.gemm.k, k.gemm.m) if k.gemm else None
-    return _combined(k, cal, cost.fixed_s, cost.memory_s, cost.compute_s / clock, slow)
+    return _combined(k, cal, cost.fixed_s, cost.memory_s,
+                     cost.compute_s / _stretch(k, cal, clock), slow)
 
 
 def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:
@@ -301,45 +313,85 @@ def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:
     return cost.seconds - k.launches * cal.launch_gap_s
 
 
-def power_clock(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibration
-                ) -> np.ndarray | None:
-    """The SM clock, as a fraction of full, at which a step run back to back stays
-    within the GPU's power cap; None where every shape runs at full clock.
+def tensor_share(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibration
+                 ) -> np.ndarray:
+    """The share of the kernels' time (each run ``repeat`` times, costs at full clock)
+    that their matrix work keeps the tensor cores busy at peak: each kernel's
+    ``compute_s`` times its ``tensor_efficiency``, padded tiles included (the tensor
+    cores burn power on the padding too)."""
+    return _shares(kernels, costs, cal)[0]
 
-    The SMs' power follows their arithmetic: a step busy computing for a fraction u of
-    its time (at full clock) draws more than the cap allows once u passes
-    ``power_cap_compute_fraction`` (u_cap), and the power manager lowers the clock.
-    Dynamic power goes as f V^2 with the voltage following f, so at the cap
-    f = (u_cap / u)^(1/3). Measured on an H100 SXM (700 W): GEMMs run back to back
-    for more than ~0.1 s fall from about 780 to 690 TFLOP/s, with the driver
-    reporting the software power cap (validation/data/h100-sxm/power/).
-    """
-    if cal.power_cap_compute_fraction >= 1.0:
-        return None
+
+def _shares(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibration
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(tensor share, HBM share) of the kernels' time at full clock."""
     n = len(costs[0].seconds) if costs else 1
-    compute, total = np.zeros(n), np.zeros(n)
+    tensor, memory, total = np.zeros(n), np.zeros(n), np.zeros(n)
     for k, c in zip(kernels, costs, strict=True):
-        compute = compute + c.compute_s * k.repeat
+        eff = tensor_efficiency(k, cal)
+        if eff > 0.0:
+            tensor = tensor + c.compute_s * (k.repeat * eff)
+        memory = memory + c.memory_s * k.repeat
         total = total + c.seconds * k.repeat
     with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.where(total > 0, compute / total, 0.0)
-        clock = np.minimum(1.0, np.power(cal.power_cap_compute_fraction / u, POWER_EXPONENT))
+        return (np.where(total > 0, tensor / total, 0.0),
+                np.where(total > 0, memory / total, 0.0))
+
+
+def power_load(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibration
+               ) -> np.ndarray:
+    """What the power cap weighs: the tensor share plus ``power_memory_weight`` times
+    the share of the time HBM streams (its traffic draws power too)."""
+    tensor, memory = _shares(kernels, costs, cal)
+    return tensor + cal.power_memory_weight * memory
+
+
+def power_clock(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibration
+                ) -> np.ndarray | None:
+    """The SM clock, as a fraction of full, at which the kernels run back to back stay
+    within the GPU's power cap; None where every shape runs at full clock.
+
+    The SMs' power follows their matrix work: kernels keeping the tensor cores busy
+    (at peak) for a share u of their time (``tensor_share``, at full clock) draw more
+    than the cap allows once u passes ``power_cap_tensor_share`` (u_cap), and the power
+    manager lowers the clock. Dynamic power goes as f V^2 with the voltage following f,
+    so at the cap f = (u_cap / u)^(1/3). The manager averages power over far longer
+    than a step (nvidia-smi: a second), so the kernels are whatever runs back to back:
+    one step, or a speculative loop's draft steps and verify pass together. Measured on
+    H100 and H200 (700 W): one u_cap puts twelve steps' steady clocks within 2.5%
+    (``validation/power_steady.py``); a 4k-token prefill settles at 0.83-0.85 of the
+    1980 MHz clock, batch-64 verify passes at 0.89-0.99, decode at full clock.
+    """
+    if cal.power_cap_tensor_share >= 1.0:
+        return None
+    u = power_load(kernels, costs, cal)
+    with np.errstate(divide="ignore"):
+        clock = np.minimum(1.0, np.power(cal.power_cap_tensor_share / u, POWER_EXPONENT))
     return clock if bool((clock < 1.0).any()) else None
 
 
-def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration) -> list[Cost]:
+def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration,
+               clock: np.ndarray | None = None) -> list[Cost]:
     """Each kernel's cost in a step run back to back: at full clock, or, where the
-    step's arithmetic would exceed the power cap, at the clock the cap allows."""
+    step's matrix work would exceed the power cap, at the clock the cap allows.
+    ``clock`` (per shape) overrides the step's own: the clock of a loop the step runs
+    in (``speculative.iteration``)."""
     costs = [kernel_cost(k, gpu, cal) for k in kernels]
-    clock = power_clock(kernels, costs, cal)
     if clock is None:
+        clock = power_clock(kernels, costs, cal)
+    if clock is None or bool((np.asarray(clock) >= 1.0).all()):
         return costs
-    return [_reclocked(k, c, cal, clock) for k, c in zip(kernels, costs, strict=True)]
+    # pointwise kernels stream at HBM's pace: their few fp32 operations change nothing
+    # measurable at a lower clock, and skipping them keeps the fast path fast
+    return [_reclocked(k, c, cal, clock) if k.kind in ("gemm", "attention") else c
+            for k, c in zip(kernels, costs, strict=True)]
 
 
-def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:
-    """GPU-side cost of a whole step: each op's cost times its repeat, summed."""
+def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration,
+              clock: np.ndarray | None = None) -> Cost:
+    """GPU-side cost of a whole step: each op's cost times its repeat, summed (at
+    ``clock`` when given, as ``step_costs``)."""
     total = Cost.zero(len(kernels[0].flops)) if kernels else Cost.zero()
-    for k, c in zip(kernels, step_costs(kernels, gpu, cal), strict=True):
+    for k, c in zip(kernels, step_costs(kernels, gpu, cal, clock), strict=True):
         total = total + c.scaled(k.repeat)
     return total

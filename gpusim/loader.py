@@ -236,8 +236,13 @@ def load_calibration(which: str, gpu: GpuSpec) -> Calibration:
             return Calibration(gpu=gpu.name)
         cal = calibration_from_yaml(source)
         # cuBLAS's slow picks are measured on one GPU: another runs other kernels
-        return cal.model_copy(update={"gpu": gpu.name, "gemm_slow_picks": (),
-                                      "fitted_on": f"transferred from {source.stem}"})
+        update: dict[str, object] = {"gpu": gpu.name, "gemm_slow_picks": (),
+                                     "fitted_on": f"transferred from {source.stem}"}
+        if load_gpu(source.stem).architecture != gpu.architecture:
+            # the power cap's share is a chip's power budget over its tensor cores'
+            # draw: another architecture's is unknown, so no throttle is modelled
+            update["power_cap_tensor_share"] = 1.0
+        return cal.model_copy(update=update)
     path = Path(which)
     if not path.is_file():
         raise bad("--calibration", "expected auto, none or an existing file", value=which)

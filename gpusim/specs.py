@@ -353,9 +353,16 @@ class Calibration(_Frozen):
     # Host side: cost to launch one kernel from eager PyTorch, and one graph replay.
     host_launch_cost_s: NonNeg = 0.0
     host_graph_launch_cost_s: NonNeg = 0.0
-    # Power cap: the fraction of a back-to-back step's time its arithmetic (at full
-    # clock) may take before the power manager lowers the SM clock (1: never).
-    power_cap_compute_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # Power cap: the share of a back-to-back step's time its matrix work keeps the
+    # tensor cores busy at peak (at full clock) before the power manager lowers the SM
+    # clock (1: never); see cost.power_clock.
+    power_cap_tensor_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # HBM streaming's power against the tensor cores': a step's load on the cap is its
+    # tensor share plus this times its HBM share (cost.power_load).
+    power_memory_weight: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    # How FA2's verify kernel's arithmetic stretches with the SM clock: time at clock f
+    # goes as f^-s (1: like a GEMM; 0: set by its KV loads' latency, not the clock).
+    verify_attention_clock_sensitivity: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     # How memory and compute overlap inside a kernel: time = (m^p + c^p)^(1/p).
     overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 64.0
     notes: str = ""

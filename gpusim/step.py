@@ -29,13 +29,13 @@ from typing import Literal
 
 import numpy as np
 
-from gpusim.cost import Cost, step_cost, step_costs
+from gpusim.cost import Cost, kernel_cost, power_clock, step_cost, step_costs
 from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate_stream
 from gpusim.ops import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
 __all__ = ["TREE_MODE", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
-           "forward_kernels", "kernels_cost", "predict", "predict_kernels",
+           "forward_kernels", "kernels_cost", "predict", "predict_kernels", "program_clock",
            "simulate", "simulate_steps"]
 
 LaunchMode = Literal["graph", "eager"]
@@ -112,10 +112,12 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
 
 
 def predict_kernels(kernels: list[Kernel], model: ModelSpec, gpu: GpuSpec,
-                    cal: Calibration, launch: str = "graph") -> StepPrediction:
-    """Closed-form step time from an already-built kernel list."""
+                    cal: Calibration, launch: str = "graph",
+                    clock: np.ndarray | None = None) -> StepPrediction:
+    """Closed-form step time from an already-built kernel list, at the step's own
+    power-capped clock or at ``clock`` (per shape: the clock of a loop it runs in)."""
     _check_launch(launch)
-    costs = step_costs(kernels, gpu, cal)
+    costs = step_costs(kernels, gpu, cal, clock)
     n = len(kernels[0].flops)
     total = Cost.zero(n)
     by_op: dict[str, Cost] = {}
@@ -197,9 +199,22 @@ def forward_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object
     return build_kernels(model, stack, mode, batch, ctx, q)
 
 
-def kernels_cost(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration) -> Cost:
-    """GPU-side cost of a kernel list (each op times its repeat), arrays over shapes."""
-    return step_cost(list(kernels), gpu, cal)
+def kernels_cost(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration,
+                 clock: np.ndarray | None = None) -> Cost:
+    """GPU-side cost of a kernel list (each op times its repeat), arrays over shapes,
+    at their own power-capped clock or at ``clock``."""
+    return step_cost(list(kernels), gpu, cal, clock)
+
+
+def program_clock(kernel_lists: Sequence[Sequence[Kernel]], gpu: GpuSpec,
+                  cal: Calibration) -> np.ndarray:
+    """The SM clock (fraction of full, per shape) of several kernel lists run back to
+    back in a loop: the power cap acts on their average (``cost.power_clock`` over all
+    of them), not on each list's own."""
+    kernels = [k for ks in kernel_lists for k in ks]
+    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    clock = power_clock(kernels, costs, cal)
+    return np.ones(len(kernels[0].flops)) if clock is None else clock
 
 
 @dataclass(frozen=True)
@@ -219,14 +234,16 @@ class ProgramStep:
 def simulate_steps(steps: Sequence[ProgramStep], gpu: GpuSpec, cal: Calibration,
                    launch: str = "graph", index: int = 0, record: bool = True) -> Timeline:
     """Several steps issued by one host thread through the SimPy engine (shape
-    ``index``); kernel names carry their step (``draft0/qkv_proj``).
+    ``index``), all at the program's power-capped clock (``program_clock``: the program
+    is what runs back to back); kernel names carry their step (``draft0/qkv_proj``).
 
     Raises ValueError for an unknown launch mode or a negative cost.
     """
     _check_launch(launch)
+    clock = program_clock([st.kernels for st in steps], gpu, cal)
     program = []
     for st in steps:
-        costs = step_costs(st.kernels, gpu, cal)
+        costs = step_costs(st.kernels, gpu, cal, clock)
         launches = expand_launches(st.kernels, costs, st.model.num_hidden_layers, index)
         program.append(HostStep(
             name=st.name, launches=tuple(replace(la, name=f"{st.name}/{la.name}")

@@ -19,6 +19,7 @@ from gpusim.micro import MicroGroup, without_models
 from gpusim.ops import KERNEL_MODES
 from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.steady_clocks import SteadyClocks
 
 BATCH_RANGES: tuple[tuple[str, int, int], ...] = (
     ("1", 1, 1), ("2-8", 2, 8), ("9-32", 9, 32), ("33-128", 33, 128), ("129+", 129, 10**9),
@@ -99,17 +100,18 @@ def in_sample(data: StepData, gpu: GpuSpec, stack: StackSpec, cal: Calibration,
 def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
                         resolve: Resolver, micro: Sequence[MicroGroup] = (),
                         profiles: ProfileData | None = None,
-                        sweep: Sequence[SweptPoint] = ()) -> Evaluation:
+                        sweep: Sequence[SweptPoint] = (),
+                        clocks: SteadyClocks | None = None) -> Evaluation:
     """Each model's rows predicted by a calibration fitted without that model (its
-    steps, and the kernel microbenchmarks and slow GEMM picks of its shapes, left
-    out)."""
+    steps, and the kernel microbenchmarks, profiles, slow GEMM picks and probed clocks
+    of its shapes, left out)."""
     pred = np.full(len(data), np.nan)
     cals = {}
     for model in sorted(set(data.model)):
         held = data.model == model
         res = fit(data.subset(~held), gpu, stack, resolve, note=f"LOMO without {model}",
                   micro=without_models(list(micro), {model}), profiles=profiles,
-                  sweep=sweep)
+                  sweep=sweep, clocks=clocks)
         groups = make_groups(data.subset(held), stack, resolve)
         pred[held] = predict_groups(groups, int(held.sum()), gpu, res.calibration)
         cals[model] = res.calibration
@@ -119,12 +121,13 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
 def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: GpuSpec,
               stack: StackSpec, resolve: Resolver,
               micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
-              sweep: Sequence[SweptPoint] = ()) -> Evaluation:
-    """Fit on ``train`` (one GPU, with its microbenchmarks and GEMM sweep), predict
-    ``test`` on another GPU's datasheet (without the train GPU's slow GEMM picks, as
-    a transferred calibration is used)."""
+              sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None
+              ) -> Evaluation:
+    """Fit on ``train`` (one GPU, with its microbenchmarks, GEMM sweep and probed
+    clocks), predict ``test`` on another GPU's datasheet (without the train GPU's slow
+    GEMM picks, as a transferred calibration is used)."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
-              micro=micro, profiles=profiles, sweep=sweep)
+              micro=micro, profiles=profiles, sweep=sweep, clocks=clocks)
     cal = res.calibration.model_copy(update={"gemm_slow_picks": ()})
     groups = make_groups(test, stack, resolve)
     pred = predict_groups(groups, len(test), test_gpu, cal)
@@ -215,7 +218,8 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                command: str, micro: dict[str, list[MicroGroup]] | None = None,
                profiles: dict[str, ProfileData | None] | None = None,
                held_out: Sequence[HeldOut] = (),
-               sweeps: dict[str, list[SweptPoint]] | None = None
+               sweeps: dict[str, list[SweptPoint]] | None = None,
+               clocks: dict[str, SteadyClocks | None] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
@@ -223,7 +227,8 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     in-sample (keyed by GPU name, may be empty); ``held_out``: data no calibration was
     fitted on (another lease, models or shapes outside the fit), each predicted by the
     shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
-    slow cuBLAS picks go into every fit).
+    slow cuBLAS picks go into every fit); ``clocks``: each GPU's power probe (its
+    steady clocks go into every fit).
     """
     from gpusim.report import markdown_table
 
@@ -242,14 +247,17 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
         micro = micro or {}
         profiles = profiles or {}
         sweeps = sweeps or {}
+        clocks = clocks or {}
         lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []),
-                                   profiles.get(name), sweeps.get(name, []))
+                                   profiles.get(name), sweeps.get(name, []),
+                                   clocks.get(name))
         cross = None
         others = [o for o in names if o != name]
         if others:
             src = others[0]
             cross = cross_gpu(datasets[src], gpus[src], data, gpu, stack, resolve,
-                              micro.get(src, []), profiles.get(src), sweeps.get(src, []))
+                              micro.get(src, []), profiles.get(src), sweeps.get(src, []),
+                              clocks.get(src))
         sheet = in_sample(data, gpu, stack, Calibration(gpu=gpu.name), resolve,
                           "datasheet only")
         md += [f"## {name} ({len(data)} measured steps, {len(set(data.model))} models)", ""]

@@ -8,6 +8,7 @@ import pytest
 from gpusim import calibrate as cm
 from gpusim import loader
 from gpusim.measurements import StepData
+from gpusim.steady_clocks import SteadyClocks
 
 GPU = loader.load_gpu("h100-sxm")
 STACK = loader.load_stack()
@@ -78,3 +79,29 @@ def test_report_sections_for_data_never_fitted():
     assert [p["model"] for p in never] == ["qwen2.5-0.5b"] * 3
     assert max(abs(p["error"]) for p in never) < 1e-9
     assert "| h100-sxm | models never fitted | 3 | 0.0% |" in md
+
+
+def _probe(cal) -> SteadyClocks:
+    """Probed steps (batch-64 verify passes and a decode step) whose steady clocks
+    ``cal``'s power rule set."""
+    steps = StepData(np.array(["llama-3.1-8b", "llama-3.1-8b", "llama-3.2-1b", "llama-3.1-8b"]),
+                     np.array(["verify", "verify", "verify", "decode"]),
+                     np.array([64.0, 64, 64, 1]), np.array([4096.0, 512, 4096, 1024]),
+                     np.array([2.0, 9, 2, 1]), np.full(4, "graph"), np.ones(4), "probe")
+    cf = cm.make_clock_fit(SteadyClocks(steps, np.ones(4), np.zeros(4), np.ones(4)), STACK,
+                           loader.load_model)
+    assert cf is not None
+    return SteadyClocks(steps, cm.predict_clocks(cf, GPU, cal), np.zeros(4), np.ones(4))
+
+
+def test_probed_clocks_pin_the_power_cap():
+    capped = TRUE.model_copy(update={"power_cap_tensor_share": 0.3})
+    probe = _probe(capped)
+    assert probe.clock_fraction[0] < 1.0 and probe.clock_fraction[3] == 1.0
+    data = _measured(_shapes(("decode", "verify")), capped)
+    res = cm.fit(data, GPU, STACK, loader.load_model, clocks=probe)
+    assert res.calibration.power_cap_tensor_share == pytest.approx(0.3, rel=0.05)
+    # leave-one-model-out drops a held-out model's probed shapes
+    kept = cm.make_clock_fit(probe, STACK, loader.load_model, {"llama-3.2-1b"})
+    assert kept is not None and kept.n == 1
+    assert cm.make_clock_fit(probe, STACK, loader.load_model, {"qwen2.5-7b"}) is None

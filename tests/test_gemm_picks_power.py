@@ -13,11 +13,19 @@ import pytest
 from conftest import tiny_model, toy_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cost import elementwise_kernel, gemm_kernel
+from test_cost import attention_kernel, elementwise_kernel, gemm_kernel
 
 from gpusim import loader
 from gpusim.calibrate import fit
-from gpusim.cost import kernel_cost, power_clock, step_cost, step_costs
+from gpusim.cost import (
+    gemm_schedule,
+    kernel_cost,
+    power_clock,
+    power_load,
+    step_cost,
+    step_costs,
+    tensor_share,
+)
 from gpusim.errors import ConfigError
 from gpusim.gemm_picks import MIN_SLOWDOWN, read_sweep, slow_picks, slowdown
 from gpusim.measurements import StepData
@@ -142,33 +150,93 @@ def test_no_cap_means_full_clock():
 
 
 def test_compute_bound_step_runs_at_the_cube_root_clock():
-    # one compute-bound GEMM: its arithmetic takes a fraction u of the step at full clock
-    cal = Calibration(power_cap_compute_fraction=0.5, overlap_exponent=64.0)
+    # one compute-bound GEMM: its matrix work keeps the tensor cores busy (at peak) for
+    # a share u = compute_s x tensor efficiency / time of the step at full clock
+    cal = Calibration(power_cap_tensor_share=0.3, tensor_efficiency=0.8,
+                      overlap_exponent=64.0)
     k = [gemm_kernel(4096, 8192, 8192)]
     full = [kernel_cost(k[0], GPU, cal)]
-    u = full[0].compute_s[0] / full[0].seconds[0]
+    u = 0.8 * full[0].compute_s[0] / full[0].seconds[0]
+    assert tensor_share(k, full, cal)[0] == pytest.approx(u)
     clock = power_clock(k, full, cal)
     assert clock is not None
-    assert clock[0] == pytest.approx((0.5 / u) ** (1 / 3))
+    assert clock[0] == pytest.approx((0.3 / u) ** (1 / 3))
     slowed = step_costs(k, GPU, cal)[0]
     assert slowed.compute_s[0] == pytest.approx(full[0].compute_s[0] / clock[0])
     assert slowed.memory_s[0] == pytest.approx(full[0].memory_s[0])
 
 
+def test_padded_tiles_count_as_tensor_work():
+    # m = 1 runs a whole (8-row) tile: the busiest SM's tiles at peak, at least 8x the
+    # useful flops spread over every SM
+    cal = Calibration(tensor_efficiency=0.5)
+    k = [gemm_kernel(1.0, 8192, 8192)]
+    c = [kernel_cost(k[0], GPU, cal)]
+    _, waves, cta_flops = gemm_schedule(k[0].gemm.m, 8192, 8192, GPU, cal)
+    per_sm = GPU.tensor_peak_flops_per_s("bf16") / GPU.sm_count
+    busy = tensor_share(k, c, cal)[0] * c[0].seconds[0]
+    assert busy == pytest.approx(waves[0] * cta_flops[0] / per_sm)
+    assert busy >= 8.0 * k[0].flops[0] / GPU.tensor_peak_flops_per_s("bf16")
+    # pointwise kernels have no matrix work
+    e = [elementwise_kernel(1e8, 4.0)]
+    assert tensor_share(e, [kernel_cost(e[0], GPU, cal)], cal)[0] == 0.0
+
+
+def test_verify_attention_stretches_with_the_clock_by_its_sensitivity():
+    a = attention_kernel("verify", batch=64, q=4, kv_len=4100)
+    base = Calibration(verify_attention_tensor_efficiency=0.3)
+    full = kernel_cost(a, GPU, base)
+    for s in (0.0, 0.5, 1.0):
+        cal = base.model_copy(update={"verify_attention_clock_sensitivity": s})
+        c = kernel_cost(a, GPU, cal, clock=0.8)
+        assert c.compute_s[0] == pytest.approx(full.compute_s[0] / 0.8 ** s)
+    # a GEMM's and a prefill's arithmetic always follow the clock
+    cal = base.model_copy(update={"verify_attention_clock_sensitivity": 0.0})
+    for k in (gemm_kernel(4096, 8192, 8192), attention_kernel("prefill", 1, 4096, 4096)):
+        assert kernel_cost(k, GPU, cal, clock=0.8).compute_s[0] == pytest.approx(
+            kernel_cost(k, GPU, cal).compute_s[0] / 0.8)
+
+
+def test_hbm_streaming_adds_to_the_load_by_its_weight():
+    k = [elementwise_kernel(1e9, 4.0)]
+    c = [kernel_cost(k[0], GPU, Calibration())]
+    hbm = c[0].memory_s[0] / c[0].seconds[0]
+    assert power_load(k, c, Calibration())[0] == 0.0
+    assert power_load(k, c, Calibration(power_memory_weight=0.5))[0] == pytest.approx(0.5 * hbm)
+    # a compute-bound GEMM beside heavy streaming: under the cap by its tensor share
+    # alone, over it once HBM streaming weighs in, and then its arithmetic slows
+    step = [gemm_kernel(4096, 8192, 8192), elementwise_kernel(2e10, 4.0)]
+    costs = [kernel_cost(x, GPU, Calibration()) for x in step]
+    assert tensor_share(step, costs, Calibration(tensor_efficiency=1.0))[0] < 0.2
+    light = Calibration(power_cap_tensor_share=0.2, tensor_efficiency=1.0)
+    heavy = light.model_copy(update={"power_memory_weight": 1.0})
+    assert power_clock(step, costs, light) is None
+    assert step_cost(step, GPU, heavy).seconds[0] > step_cost(step, GPU, light).seconds[0]
+
+
 def test_memory_bound_step_keeps_full_clock():
-    cal = Calibration(power_cap_compute_fraction=0.5)
+    cal = Calibration(power_cap_tensor_share=0.3)
     k = [gemm_kernel(1, 8192, 8192), elementwise_kernel(1e8, 4.0)]
     assert power_clock(k, step_costs(k, GPU, Calibration()), cal) is None
     assert step_cost(k, GPU, cal).seconds[0] == pytest.approx(
         step_cost(k, GPU, Calibration()).seconds[0])
 
 
+def test_a_given_clock_overrides_the_steps_own():
+    cal = Calibration(power_cap_tensor_share=0.3, tensor_efficiency=0.8)
+    k = [gemm_kernel(4096, 8192, 8192)]
+    own = step_cost(k, GPU, cal).seconds[0]
+    full = step_cost(k, GPU, cal, clock=np.ones(1)).seconds[0]
+    slower = step_cost(k, GPU, cal, clock=np.full(1, 0.5)).seconds[0]
+    assert full < own < slower
+
+
 @settings(max_examples=40, deadline=None)
-@given(cap=st.floats(0.3, 1.0), m=st.sampled_from([1.0, 64.0, 512.0, 4096.0]))
+@given(cap=st.floats(0.1, 1.0), m=st.sampled_from([1.0, 64.0, 512.0, 4096.0]))
 def test_a_lower_cap_never_speeds_a_step_up(cap, m):
     k = [gemm_kernel(m, 8192, 8192), elementwise_kernel(1e7, 4.0)]
-    capped = step_cost(k, GPU, Calibration(power_cap_compute_fraction=cap)).seconds[0]
+    capped = step_cost(k, GPU, Calibration(power_cap_tensor_share=cap)).seconds[0]
     looser = step_cost(k, GPU, Calibration(
-        power_cap_compute_fraction=min(1.0, cap + 0.1))).seconds[0]
+        power_cap_tensor_share=min(1.0, cap + 0.1))).seconds[0]
     free = step_cost(k, GPU, Calibration()).seconds[0]
     assert free <= looser * (1 + 1e-12) and looser <= capped * (1 + 1e-12)

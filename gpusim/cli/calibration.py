@@ -29,7 +29,8 @@ def calibrate(
     gpu: GpuOpt,
     data: Annotated[Path, typer.Option(
         "--data", help="Measured steps.csv (default validation/data/<gpu>/steps.csv); a "
-        "tree.csv beside it fits the token-tree kernel too.")
+        "tree.csv beside it fits the token-tree kernel too, gemm_sweep.csv cuBLAS's slow "
+        "picks, power/ (the step power probe) the power cap.")
     ] = Path(""),
     out: Annotated[Path | None, typer.Option(
         "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
@@ -63,9 +64,11 @@ def calibrate(
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
     from gpusim.gemm_picks import read_sweep_beside
+    from gpusim.steady_clocks import read_probe_beside
 
     res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof,
-                      sweep=read_sweep_beside(path))
+                      sweep=read_sweep_beside(path),
+                      clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
     target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,8 +118,9 @@ def validate(
     from gpusim import micro as micro_mod
     from gpusim import profiles as prof_mod
     from gpusim.gemm_picks import read_sweep_beside
+    from gpusim.steady_clocks import read_probe_beside
 
-    datasets, gpus, shipped, micro, profs, sweeps = {}, {}, {}, {}, {}, {}
+    datasets, gpus, shipped, micro, profs, sweeps, clocks = {}, {}, {}, {}, {}, {}, {}
     held: dict[str, dict] = {}
     for f in files:
         name = f.parent.name
@@ -128,6 +132,7 @@ def validate(
                                                kinds=micro_kinds(micro_kind))
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
         sweeps[name] = read_sweep_beside(f)
+        clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
         for sub, _, _ in val.HELD_OUT_SETS:
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
@@ -140,7 +145,7 @@ def validate(
     held_out = [val.HeldOut(label, title, held[sub])
                 for sub, label, title in val.HELD_OUT_SETS if sub in held]
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
-                             profs, held_out, sweeps)
+                             profs, held_out, sweeps, clocks)
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:

@@ -13,11 +13,14 @@ An iteration of a chain of k draft tokens (or a token tree of n nodes, depth D):
    KV pointer back past the rejected positions (static cache: a pointer move, no
    kernel; paged cache: blocks freed on the host), then launches the next iteration.
 
-Every step is one CUDA graph replay (or its kernels one by one in eager mode). With
-host issue cost h_j, step time alone T_j (``step.predict`` of its kernels) and GPU
-time d_j, step j starts on the host at S_j (after the previous issues and any host
-work) and the GPU finishes it at E_j = max(E_{j-1} + d_j, S_j + T_j); the iteration
-ends at max(E_last, host) + the round trip. ``simulate_iteration`` runs the same
+Every step is one CUDA graph replay (or its kernels one by one in eager mode), and all
+of them run at the loop's SM clock: the power cap acts on what runs back to back, the
+whole loop (``step.program_clock``), so a verify pass after memory-bound draft steps
+runs faster than it does alone. With host issue cost h_j, step time alone T_j
+(``step.predict`` of its kernels, at that clock) and GPU time d_j, step j starts on the
+host at S_j (after the previous issues and any host work) and the GPU finishes it at
+E_j = max(E_{j-1} + d_j, S_j + T_j); the iteration ends at max(E_last, host) + the
+round trip. ``simulate_iteration`` runs the same
 program through the SimPy engine, launch by launch.
 
 Plain decoding, the baseline of ``speedup``: one decode step plus sampling and the
@@ -200,9 +203,11 @@ def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object
     return PlannedStep("decode", "decode", target, ks)
 
 
-def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str) -> StepTimes:
-    """Alone time (as ``step.predict`` would time it), GPU time and host issue time."""
-    p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch)
+def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str,
+               clock: np.ndarray | None = None) -> StepTimes:
+    """Alone time (as ``step.predict`` would time it, at the step's own power-capped
+    clock or at ``clock``: its loop's), GPU time and host issue time."""
+    p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch, clock)
     issue = (cal.host_graph_launch_cost_s if launch == "graph"
              else p.launches * cal.host_launch_cost_s)
     return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
@@ -312,9 +317,14 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
     b, c = b.copy(), c.copy()
     cal = overhead.calibration_for_loop(cal)
     steps = plan_iteration(spec, stack, b, c, overhead)
-    times = [step_times(s, gpu, cal, launch) for s in steps]
+    # the loop runs back to back: the power cap sets one clock for all of its steps
+    # (memory-bound draft steps let the verify pass run faster than it would alone)
+    clock = step_mod.program_clock([s.kernels for s in steps], gpu, cal)
+    looped = [step_times(s, gpu, cal, launch, clock) for s in steps]
     rt = overhead.host_round_trip_s
-    iteration = pipeline_end_s(times, [s.host_before_s for s in steps], rt)
+    iteration = pipeline_end_s(looped, [s.host_before_s for s in steps], rt)
+    # each step alone (back to back on its own, as measured alone) for the breakdown
+    times = [step_times(s, gpu, cal, launch) for s in steps]
     verify = times[-1]
     draft = sum((t.alone_s for s, t in zip(steps, times, strict=True) if s.role == "draft"),
                 np.zeros_like(b))

@@ -1,5 +1,5 @@
-"""validation/power_steady.py: matching nvidia-smi's samples to the probe's step shapes,
-their plateaus, and the one-parameter clock rule fitted to them."""
+"""gpusim.steady_clocks (the power probe's samples matched to its step shapes, their
+plateaus) and validation/power_steady.py (the one-parameter clock rule fitted to them)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from gpusim import steady_clocks
+from gpusim.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("power_steady",
@@ -48,24 +51,46 @@ def write_probe(d: Path, with_start: bool) -> None:
 def test_plateaus_are_matched_to_their_shapes(tmp_path, with_start):
     d = tmp_path / "power"
     write_probe(d, with_start)
-    shapes = power_steady.read_shapes(d / "step_power.csv")
+    shapes = steady_clocks.read_shapes(d / "step_power.csv")
     assert [(s.mode, s.batch) for s in shapes] == [("decode", 1), ("prefill", 1)]
     assert shapes[0].slowdown == pytest.approx(1.0)
     assert shapes[1].slowdown == pytest.approx(1.1)
-    steady = power_steady.steady_states(shapes, power_steady.read_samples(
-        d / "step_power_samples.csv"), 1980.0)
-    assert [round(s.power_w) for s in steady] == [400, 690]
-    assert steady[0].clock_fraction == pytest.approx(1.0)
-    assert steady[1].clock_fraction == pytest.approx(0.9)
+    assert shapes[1].sustained_s == pytest.approx(11e-3)
+    clocks = steady_clocks.read_probe(d / "step_power_samples.csv", 1980.0)
+    assert [round(p) for p in clocks.power_w] == [400, 690]
+    assert clocks.clock_fraction == pytest.approx([1.0, 0.9])
+    assert list(clocks.steps.mode) == ["decode", "prefill"]
+    assert list(clocks.subset(clocks.steps.mode == "prefill").power_w) == [690.0]
 
 
 def test_unmatched_samples_are_an_error(tmp_path):
     d = tmp_path / "power"
     write_probe(d, with_start=False)
-    shapes = power_steady.read_shapes(d / "step_power.csv")
-    samples = power_steady.read_samples(d / "step_power_samples.csv")
+    shapes = steady_clocks.read_shapes(d / "step_power.csv")
+    samples = steady_clocks.read_samples(d / "step_power_samples.csv")
     with pytest.raises(ValueError, match="cannot match"):
-        power_steady.steady_states(shapes[:1], samples, 1980.0)
+        steady_clocks.plateaus(shapes[:1], samples, 1980.0)
+    # one stretch too few for the file's shapes: a one-line error naming the file
+    (d / "step_power_samples.csv").write_text(
+        "\n".join((d / "step_power_samples.csv").read_text().splitlines()[:60]) + "\n")
+    with pytest.raises(ConfigError, match=r"step_power_samples\.csv.*cannot match"):
+        steady_clocks.read_probe(d / "step_power_samples.csv", 1980.0)
+
+
+def test_a_malformed_row_names_its_line(tmp_path):
+    d = tmp_path / "power"
+    write_probe(d, with_start=True)
+    text = (d / "step_power.csv").read_text().splitlines()
+    text[3] = text[3].replace("llama-3.2-1b,decode,1,", "llama-3.2-1b,decode,one,")
+    (d / "step_power.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(ConfigError, match=r"step_power.csv:4"):
+        steady_clocks.read_shapes(d / "step_power.csv")
+
+
+def test_the_probe_beside_a_gpus_steps_is_found(tmp_path):
+    write_probe(tmp_path / "gpu" / "power" / "run2", with_start=True)
+    assert steady_clocks.read_probe_beside(tmp_path / "gpu" / "steps.csv", 1980.0) is not None
+    assert steady_clocks.read_probe_beside(tmp_path / "none" / "steps.csv", 1980.0) is None
 
 
 def test_fit_cap_recovers_the_rule():
