@@ -143,8 +143,10 @@ def timeline_figure(tl: Timeline, title: str):
 
 
 def write_html(fig, path: Path) -> None:
-    """Write a self-contained Plotly HTML file atomically."""
-    write_atomic(Path(path), fig.to_html(include_plotlyjs=True, full_html=True))
+    """Write a self-contained Plotly HTML file atomically (a fixed div id, not Plotly's
+    random one: the same figure writes the same bytes)."""
+    write_atomic(Path(path), fig.to_html(include_plotlyjs=True, full_html=True,
+                                         div_id="gpusim-figure"))
 
 
 def markdown_table(rows: Sequence[dict[str, object]], columns: Sequence[str],

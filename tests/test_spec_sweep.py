@@ -74,6 +74,8 @@ def test_break_even_moves_with_acceptance_and_memory_caps_long_context(result):
 def test_figures_and_markdown(result):
     html = sweep_html(result, "8B + 1B on H100")
     assert html.startswith("<!DOCTYPE html>") and html.count("plotly") > 2
+    # the same sweep writes the same bytes (no random div ids)
+    assert sweep_html(result, "8B + 1B on H100") == html
     md = sweep_markdown(result, "8B + 1B on H100", "gpusim spec-sweep ...")
     assert "## Where speculation stops paying" in md and "| ctx |" in md
 
@@ -90,3 +92,14 @@ def test_bad_grids(h100, models, stack, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sweep(h100, stack, CAL, SpecOverhead(), models["llama-3.1-8b"], MedusaDraft(3),
               [IidAcceptance(0.7)], **kwargs)
+
+
+def test_a_written_figure_is_the_same_bytes_twice(tmp_path):
+    from gpusim import report
+
+    point = {"gpu": "g", "model": "m", "mode": "decode", "batch": 1, "ctx": 512, "q": 1,
+             "launch": "graph", "measured_ms": 1.0, "predicted_ms": 1.1, "error": 0.1}
+    fig = report.scatter_figure([point], "t")
+    report.write_html(fig, tmp_path / "a.html")
+    report.write_html(fig, tmp_path / "b.html")
+    assert (tmp_path / "a.html").read_bytes() == (tmp_path / "b.html").read_bytes()

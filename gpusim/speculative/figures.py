@@ -65,7 +65,8 @@ def sweep_html(result: SweepResult, title: str) -> str:
     """One self-contained HTML page: a heatmap per acceptance model and the lines."""
     figs = [heatmap_figure(result, acc, title) for acc in _labels(result)]
     figs.append(speedup_lines_figure(result, title))
-    parts = [f.to_html(include_plotlyjs=(i == 0), full_html=False)
+    # fixed div ids (Plotly draws random ones): the same sweep writes the same bytes
+    parts = [f.to_html(include_plotlyjs=(i == 0), full_html=False, div_id=f"gpusim-sweep-{i}")
              for i, f in enumerate(figs)]
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
             f"{title}</title></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -238,9 +238,10 @@ class IterationPrediction:
     ctx: np.ndarray
     launch: str
     iteration_s: np.ndarray
-    draft_s: np.ndarray          # all drafting work of one iteration (alone times)
+    # the parts alone (each step's own launch and GPU time), at the loop's clock
+    draft_s: np.ndarray          # all drafting work of one iteration
     draft_step_s: np.ndarray     # one draft step (model, EAGLE), head (Medusa), lookup
-    verify_s: np.ndarray         # the verify pass with acceptance kernels, alone
+    verify_s: np.ndarray         # the verify pass with acceptance kernels
     target_step_s: np.ndarray    # plain decode step with sampling, alone
     round_trip_s: float
     tokens_per_iteration: float
@@ -320,11 +321,9 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
     # the loop runs back to back: the power cap sets one clock for all of its steps
     # (memory-bound draft steps let the verify pass run faster than it would alone)
     clock = step_mod.program_clock([s.kernels for s in steps], gpu, cal)
-    looped = [step_times(s, gpu, cal, launch, clock) for s in steps]
+    times = [step_times(s, gpu, cal, launch, clock) for s in steps]
     rt = overhead.host_round_trip_s
-    iteration = pipeline_end_s(looped, [s.host_before_s for s in steps], rt)
-    # each step alone (back to back on its own, as measured alone) for the breakdown
-    times = [step_times(s, gpu, cal, launch) for s in steps]
+    iteration = pipeline_end_s(times, [s.host_before_s for s in steps], rt)
     verify = times[-1]
     draft = sum((t.alone_s for s, t in zip(steps, times, strict=True) if s.role == "draft"),
                 np.zeros_like(b))
@@ -334,7 +333,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         verify_alone = verify.alone_s
     elif isinstance(d, MedusaDraft):
         heads = [k for k in steps[-1].kernels if k.name.startswith("medusa")]
-        heads_s = step_mod.kernels_cost(heads, gpu, cal).seconds
+        heads_s = step_mod.kernels_cost(heads, gpu, cal, clock).seconds
         draft, draft_step = heads_s, heads_s / spec.k
         verify_alone = verify.alone_s - heads_s
     else:
