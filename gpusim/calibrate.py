@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from gpusim.cost import busy_s, kernel_cost, power_clock, step_costs
+from gpusim.cost import busy_s, kernel_cost, step_costs
 from gpusim.gemm_picks import SweptPoint, slow_picks
 from gpusim.measurements import StepData
 from gpusim.micro import MicroGroup
@@ -27,7 +27,7 @@ from gpusim.ops import TREE_MODE, Kernel, build_kernels
 from gpusim.profiles import ProfileData
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.steady_clocks import SteadyClocks
-from gpusim.step import predict_kernels
+from gpusim.step import predict_kernels, program_clock
 
 # name: (lower, upper, start, unit) — searched in `unit`s so all are O(1)
 FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
@@ -204,12 +204,11 @@ def make_clock_fit(clocks: SteadyClocks | None, stack: StackSpec,
 
 
 def predict_clocks(cf: ClockFit, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
-    """The power-capped clock (fraction of full) of every probed step."""
+    """The power-capped clock (fraction of full) of every probed step, each run back to
+    back on its own."""
     out = np.ones(cf.n)
     for g in cf.groups:
-        clock = power_clock(g.kernels, [kernel_cost(k, gpu, cal) for k in g.kernels], cal)
-        if clock is not None:
-            out[g.rows] = clock
+        out[g.rows] = program_clock([g.kernels], gpu, cal)
     return out
 
 

@@ -371,12 +371,15 @@ def power_clock(kernels: Sequence[Kernel], costs: Sequence[Cost], cal: Calibrati
 
 
 def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration,
-               clock: np.ndarray | None = None) -> list[Cost]:
+               clock: np.ndarray | None = None,
+               full_clock: Sequence[Cost] | None = None) -> list[Cost]:
     """Each kernel's cost in a step run back to back: at full clock, or, where the
     step's matrix work would exceed the power cap, at the clock the cap allows.
     ``clock`` (per shape) overrides the step's own: the clock of a loop the step runs
-    in (``speculative.iteration``)."""
-    costs = [kernel_cost(k, gpu, cal) for k in kernels]
+    in (``speculative.iteration``); ``full_clock``: the kernels' costs at full clock,
+    when the caller has them already (a loop's clock needs them)."""
+    costs = (list(full_clock) if full_clock is not None
+             else [kernel_cost(k, gpu, cal) for k in kernels])
     if clock is None:
         clock = power_clock(kernels, costs, cal)
     if clock is None or bool((np.asarray(clock) >= 1.0).all()):

@@ -34,8 +34,9 @@ from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate
 from gpusim.ops import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
-__all__ = ["TREE_MODE", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
+__all__ = ["TREE_MODE", "Cost", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
            "forward_kernels", "kernels_cost", "predict", "predict_kernels", "program_clock",
+           "program_costs",
            "simulate", "simulate_steps"]
 
 LaunchMode = Literal["graph", "eager"]
@@ -113,11 +114,13 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
 
 def predict_kernels(kernels: list[Kernel], model: ModelSpec, gpu: GpuSpec,
                     cal: Calibration, launch: str = "graph",
-                    clock: np.ndarray | None = None) -> StepPrediction:
+                    clock: np.ndarray | None = None,
+                    full_clock: Sequence[Cost] | None = None) -> StepPrediction:
     """Closed-form step time from an already-built kernel list, at the step's own
-    power-capped clock or at ``clock`` (per shape: the clock of a loop it runs in)."""
+    power-capped clock or at ``clock`` (per shape: the clock of a loop it runs in);
+    ``full_clock``: the kernels' costs at full clock if already known (``program_costs``)."""
     _check_launch(launch)
-    costs = step_costs(kernels, gpu, cal, clock)
+    costs = step_costs(kernels, gpu, cal, clock, full_clock)
     n = len(kernels[0].flops)
     total = Cost.zero(n)
     by_op: dict[str, Cost] = {}
@@ -206,15 +209,23 @@ def kernels_cost(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration,
     return step_cost(list(kernels), gpu, cal, clock)
 
 
+def program_costs(kernel_lists: Sequence[Sequence[Kernel]], gpu: GpuSpec,
+                  cal: Calibration) -> tuple[np.ndarray, list[list[Cost]]]:
+    """(SM clock, each list's kernel costs at full clock) of several kernel lists run
+    back to back in a loop: the power cap acts on their average (``cost.power_clock``
+    over all of them), not on each list's own. The costs let the caller price each
+    list at that clock without costing its kernels again (``step_costs``)."""
+    full = [[kernel_cost(k, gpu, cal) for k in ks] for ks in kernel_lists]
+    kernels = [k for ks in kernel_lists for k in ks]
+    clock = power_clock(kernels, [c for cs in full for c in cs], cal)
+    return (np.ones(len(kernels[0].flops)) if clock is None else clock), full
+
+
 def program_clock(kernel_lists: Sequence[Sequence[Kernel]], gpu: GpuSpec,
                   cal: Calibration) -> np.ndarray:
     """The SM clock (fraction of full, per shape) of several kernel lists run back to
-    back in a loop: the power cap acts on their average (``cost.power_clock`` over all
-    of them), not on each list's own."""
-    kernels = [k for ks in kernel_lists for k in ks]
-    costs = [kernel_cost(k, gpu, cal) for k in kernels]
-    clock = power_clock(kernels, costs, cal)
-    return np.ones(len(kernels[0].flops)) if clock is None else clock
+    back in a loop (``program_costs``)."""
+    return program_costs(kernel_lists, gpu, cal)[0]
 
 
 @dataclass(frozen=True)
@@ -240,10 +251,10 @@ def simulate_steps(steps: Sequence[ProgramStep], gpu: GpuSpec, cal: Calibration,
     Raises ValueError for an unknown launch mode or a negative cost.
     """
     _check_launch(launch)
-    clock = program_clock([st.kernels for st in steps], gpu, cal)
+    clock, full = program_costs([st.kernels for st in steps], gpu, cal)
     program = []
-    for st in steps:
-        costs = step_costs(st.kernels, gpu, cal, clock)
+    for st, full_clock in zip(steps, full, strict=True):
+        costs = step_costs(st.kernels, gpu, cal, clock, full_clock)
         launches = expand_launches(st.kernels, costs, st.model.num_hidden_layers, index)
         program.append(HostStep(
             name=st.name, launches=tuple(replace(la, name=f"{st.name}/{la.name}")

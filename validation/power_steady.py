@@ -36,10 +36,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from gpusim import loader
-from gpusim.cost import POWER_EXPONENT, kernel_cost, power_clock, tensor_share
+from gpusim.cost import POWER_EXPONENT, kernel_cost, tensor_share
 from gpusim.ops import build_kernels
 from gpusim.specs import Calibration, GpuSpec
 from gpusim.steady_clocks import SteadyClocks, read_probe
+from gpusim.step import program_clock
 
 
 def shares(clocks: SteadyClocks, i: int, gpu: GpuSpec, cal: Calibration
@@ -52,9 +53,8 @@ def shares(clocks: SteadyClocks, i: int, gpu: GpuSpec, cal: Calibration
     costs = [kernel_cost(k, gpu, cal) for k in ks]
     total = sum(float(c.seconds[0]) * k.repeat for k, c in zip(ks, costs, strict=True))
     compute = sum(float(c.compute_s[0]) * k.repeat for k, c in zip(ks, costs, strict=True))
-    clock = power_clock(ks, costs, cal)
     return (compute / total, float(tensor_share(ks, costs, cal)[0]),
-            1.0 if clock is None else float(clock[0]))
+            float(program_clock([ks], gpu, cal)[0]))
 
 
 def capped_clock(cap: float, share: np.ndarray) -> np.ndarray:

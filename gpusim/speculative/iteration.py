@@ -204,10 +204,12 @@ def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object
 
 
 def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str,
-               clock: np.ndarray | None = None) -> StepTimes:
+               clock: np.ndarray | None = None,
+               full_clock: list[step_mod.Cost] | None = None) -> StepTimes:
     """Alone time (as ``step.predict`` would time it, at the step's own power-capped
-    clock or at ``clock``: its loop's), GPU time and host issue time."""
-    p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch, clock)
+    clock or at ``clock``: its loop's), GPU time and host issue time; ``full_clock``:
+    its kernels' costs at full clock when known (``step.program_costs``)."""
+    p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch, clock, full_clock)
     issue = (cal.host_graph_launch_cost_s if launch == "graph"
              else p.launches * cal.host_launch_cost_s)
     return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
@@ -320,8 +322,9 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
     steps = plan_iteration(spec, stack, b, c, overhead)
     # the loop runs back to back: the power cap sets one clock for all of its steps
     # (memory-bound draft steps let the verify pass run faster than it would alone)
-    clock = step_mod.program_clock([s.kernels for s in steps], gpu, cal)
-    times = [step_times(s, gpu, cal, launch, clock) for s in steps]
+    clock, full = step_mod.program_costs([s.kernels for s in steps], gpu, cal)
+    times = [step_times(s, gpu, cal, launch, clock, f)
+             for s, f in zip(steps, full, strict=True)]
     rt = overhead.host_round_trip_s
     iteration = pipeline_end_s(times, [s.host_before_s for s in steps], rt)
     verify = times[-1]
