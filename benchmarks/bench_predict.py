@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from machine import machine_info
 
-from gpusim import loader
-from gpusim.rows import Row, predict_rows
+from gpusim.io import loader
 from gpusim.step import predict
+from gpusim.step.rows import Row, predict_rows
 
 TARGET_US_PER_SHAPE = 5.0
 DEFAULT_MODELS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-2-7b",

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from machine import cpu_model
 
-from gpusim import loader
+from gpusim.io import loader
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.simulate import build_engine, simulate
 

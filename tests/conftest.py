@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
-from gpusim.loader import load_gpu, load_model, load_stack
+from gpusim.io.loader import load_gpu, load_model, load_stack
 from gpusim.specs import Calibration, GpuSpec, Links, LinkSpec, ModelSpec, TensorFlops
 
 SHIPPED_GPUS = ("h100-sxm", "h200", "a100-sxm-80gb", "l40s")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpusim import calibrate as cm
-from gpusim import loader
-from gpusim.measurements import StepData
-from gpusim.steady_clocks import SteadyClocks
+from gpusim.calibration import fit as cm
+from gpusim.calibration.measurements import StepData
+from gpusim.calibration.steady_clocks import SteadyClocks
+from gpusim.io import loader
 
 GPU = loader.load_gpu("h100-sxm")
 STACK = loader.load_stack()
@@ -63,7 +63,7 @@ def test_tree_rows_fit_only_the_tree_kernel(fits):
 def test_report_sections_for_data_never_fitted():
     # one GPU, two models fitted leave-one-out; a second lease and a third model are
     # predicted by the shipped calibration, which generated every number here
-    from gpusim.validate import HeldOut, run_report
+    from gpusim.calibration.validate import HeldOut, run_report
 
     data = _measured(_shapes(("decode",)), TRUE)
     extra = data.subset(data.model == "llama-3.2-1b")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import toy_gpu
 
-from gpusim.attention import attention_schedule, fa2_num_splits
-from gpusim.cost import Cost, busy_s, gemm_schedule, kernel_cost, step_cost
-from gpusim.ops import AttentionShape, GemmShape, Kernel
+from gpusim.cost.attention import attention_schedule, fa2_num_splits
+from gpusim.cost.kernel import Cost, busy_s, gemm_schedule, kernel_cost, step_cost
+from gpusim.kernels.build import AttentionShape, GemmShape, Kernel
 from gpusim.specs import Calibration
 
 GPU = toy_gpu()
@@ -414,7 +414,7 @@ def test_tree_kernel_costs_use_their_own_parameters():
 
 
 def test_unsplit_verify_reuse_falls_once_a_group_or_its_streamed_kv_outgrows_the_gpu():
-    from gpusim.attention import attention_bandwidth
+    from gpusim.cost.attention import attention_bandwidth
     # toy GPU: 100 SMs -> 200 CTAs at once; a group of 4 query heads per KV head, each
     # `batch` CTAs apart: all running together up to batch 50. Between two heads' reads
     # of a KV head the GPU streams batch x 1 MB: a 100 MB L2 holds it up to batch 100

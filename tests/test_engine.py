@@ -12,9 +12,9 @@ from conftest import calibrations, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpusim.cost import kernel_cost
+from gpusim.cost.kernel import kernel_cost
 from gpusim.engine import Launch, simulate_stream
-from gpusim.ops import build_kernels, kernel_launches
+from gpusim.kernels.build import build_kernels, kernel_launches
 from gpusim.step import expand_launches, predict, simulate
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None,

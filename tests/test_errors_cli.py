@@ -414,7 +414,7 @@ SHIPPED = ([("gpu", p) for p in sorted((REPO / "hardware").glob("*.yaml"))]
 
 @pytest.fixture(scope="module")
 def schemas() -> dict[str, dict[str, object]]:
-    from gpusim.schemas import all_schemas
+    from gpusim.io.schemas import all_schemas
 
     return all_schemas()
 

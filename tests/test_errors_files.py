@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from gpusim import loader
 from gpusim.cli import main
 from gpusim.errors import ConfigError
+from gpusim.io import loader
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_GPU = (REPO / "hardware" / "h100-sxm.yaml").read_text(encoding="utf-8")

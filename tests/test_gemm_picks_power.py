@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cost import attention_kernel, elementwise_kernel, gemm_kernel
 
-from gpusim import loader
-from gpusim.calibrate import fit
-from gpusim.cost import (
+from gpusim.calibration.fit import fit
+from gpusim.calibration.gemm_picks import MIN_SLOWDOWN, read_sweep, slow_picks, slowdown
+from gpusim.calibration.measurements import StepData
+from gpusim.cost.kernel import (
     gemm_schedule,
     kernel_cost,
     power_clock,
@@ -27,8 +28,7 @@ from gpusim.cost import (
     tensor_share,
 )
 from gpusim.errors import ConfigError
-from gpusim.gemm_picks import MIN_SLOWDOWN, read_sweep, slow_picks, slowdown
-from gpusim.measurements import StepData
+from gpusim.io import loader
 from gpusim.specs import Calibration, SlowPick
 
 GPU = toy_gpu()

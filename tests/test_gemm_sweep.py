@@ -1,5 +1,5 @@
 """validation/gemm_sweep.py: the report of spikes above each GEMM's local trend over M
-(the detection itself: gpusim.gemm_picks, tests/test_gemm_picks_power.py)."""
+(the detection itself: gpusim.calibration.gemm_picks, tests/test_gemm_picks_power.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import toy_gpu
 
-from gpusim.cost import busy_s, kernel_cost
-from gpusim.gemm_picks import SweptPoint, read_sweep
-from gpusim.ops import gemm_kernel
+from gpusim.calibration.gemm_picks import SweptPoint, read_sweep
+from gpusim.cost.kernel import busy_s, kernel_cost
+from gpusim.kernels.build import gemm_kernel
 from gpusim.specs import Calibration
 
 ROOT = Path(__file__).resolve().parents[1]

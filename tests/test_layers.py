@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "gpusim"
-BELOW_STEP = {"gpusim.ops", "gpusim.cost", "gpusim.attention", "gpusim.engine"}
+BELOW_STEP = {"gpusim.kernels.build", "gpusim.cost.kernel", "gpusim.cost.attention",
+              "gpusim.engine"}
 
 
 def _imports(path: Path) -> set[str]:
     """Absolute module names a file imports (``from gpusim import cost`` counts as
-    ``gpusim.cost``)."""
+    ``gpusim.cost.kernel``)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -45,5 +46,5 @@ def test_only_the_engine_imports_simpy():
 def test_the_checker_sees_a_violation(tmp_path):
     # the check itself can fail: a file importing cost is caught
     f = tmp_path / "bad.py"
-    f.write_text("from gpusim.cost import kernel_cost\nfrom gpusim import engine\n")
-    assert _imports(f) & BELOW_STEP == {"gpusim.cost", "gpusim.engine"}
+    f.write_text("from gpusim.cost.kernel import kernel_cost\nfrom gpusim import engine\n")
+    assert _imports(f) & BELOW_STEP == {"gpusim.cost.kernel", "gpusim.engine"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpusim.calibration.measurements import read_steps
 from gpusim.errors import ConfigError
-from gpusim.measurements import read_steps
 
 HEADER = "model,mode,batch,ctx,q,launch,median_ms,p10_ms,p90_ms,repeats,kernels\n"
 
@@ -52,7 +52,7 @@ TREE_HEADER = "model,batch,ctx,nodes,causal_ms,tree_ms\n"
 
 
 def test_tree_rows_are_graph_steps_of_mode_tree(tmp_path):
-    from gpusim.measurements import read_step_dir, read_tree_steps
+    from gpusim.calibration.measurements import read_step_dir, read_tree_steps
     (tmp_path / "tree.csv").write_text(TREE_HEADER + "m,4,1024,16,9.5,10.0\n")
     d = read_tree_steps(tmp_path / "tree.csv")
     assert list(d.mode) == ["tree"] and list(d.launch) == ["graph"]
@@ -69,7 +69,7 @@ def test_tree_rows_are_graph_steps_of_mode_tree(tmp_path):
     ("m,4,1024,16,9.5,0\n", "tree_ms"),
 ])
 def test_bad_tree_row_is_one_clear_error(tmp_path, body, field):
-    from gpusim.measurements import read_tree_steps
+    from gpusim.calibration.measurements import read_tree_steps
     (tmp_path / "tree.csv").write_text(TREE_HEADER + body)
     with pytest.raises(ConfigError, match=f"tree.csv:2: {field}: "):
         read_tree_steps(tmp_path / "tree.csv")

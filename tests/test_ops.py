@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpusim.ops import build_kernels, check_shape, kernel_launches, step_totals
+from gpusim.kernels.build import build_kernels, check_shape, kernel_launches, step_totals
 
 # ---------------------------------------------------------------------------------
 # launches (stack file)
@@ -374,5 +374,5 @@ def test_tree_mode_is_a_verify_step_with_a_tree_attention(models, stack):
             assert (kt.attention.mode, kv.attention.mode) == ("tree", "verify")
             # cuDNN's kernel reads each KV head once for its group (the stack says so)
             assert kt.attention.shares_kv and not kv.attention.shares_kv
-    from gpusim.ops import MODES
+    from gpusim.kernels.build import MODES
     assert "tree" not in MODES

@@ -7,10 +7,10 @@ import csv
 
 import pytest
 
-from gpusim import loader
+from gpusim.capacity import check_fits
 from gpusim.cli import main
 from gpusim.errors import ConfigError
-from gpusim.fit import check_fits
+from gpusim.io import loader
 
 GPUS = loader.available(loader.HARDWARE_DIR)
 MODELS = loader.available(loader.MODELS_DIR)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpusim import loader
 from gpusim.cli import main
+from gpusim.io import loader
 
 SCENARIOS = loader.ROOT / "workloads" / "scenarios"
 TRACES = loader.ROOT / "workloads" / "traces"

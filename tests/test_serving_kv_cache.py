@@ -8,8 +8,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gpusim import loader
 from gpusim.errors import ConfigError
+from gpusim.io import loader
 from gpusim.serving.invariants import InvariantError
 from gpusim.serving.kv_cache import PagedKVCache, blocks_for, kv_budget
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from gpusim import loader
+from gpusim.io import loader
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.simulate import Engine, build_engine, simulate
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gpusim import loader
-from gpusim.serving import output
+from gpusim.io import loader
+from gpusim.report import serving_output as output
 from gpusim.serving.invariants import InvariantError
 from gpusim.serving.metrics import Metrics
 from gpusim.serving.requests import Request

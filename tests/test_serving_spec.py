@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gpusim import loader, serving
+from gpusim import serving
 from gpusim.cli import main
+from gpusim.io import loader
 from gpusim.serving.simulate import build_engine, simulate
 
 GPU = loader.load_gpu("h100-sxm")

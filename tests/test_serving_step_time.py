@@ -9,7 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gpusim import loader, step
+from gpusim import step
+from gpusim.io import loader
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model, chunk_grid, context_grid
 from gpusim.specs import Calibration
 

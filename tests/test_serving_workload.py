@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpusim import loader
 from gpusim.errors import ConfigError
+from gpusim.io import loader
+from gpusim.io.trace import read_trace
 from gpusim.serving.scenario import (
     ArrivalSpec,
     LengthSpec,
@@ -19,7 +20,6 @@ from gpusim.serving.scenario import (
     parse_length,
     with_overrides,
 )
-from gpusim.serving.trace import read_trace
 from gpusim.serving.workload import (
     ClosedLoopSource,
     OpenLoopSource,

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpusim.errors import ConfigError
+from gpusim.io.acceptance import parse_acceptance, read_histogram
 from gpusim.speculative.acceptance import (
     EmpiricalAcceptance,
     IidAcceptance,
@@ -21,7 +22,6 @@ from gpusim.speculative.acceptance import (
     RankedAcceptance,
     monte_carlo,
 )
-from gpusim.speculative.acceptance_input import parse_acceptance, read_histogram
 
 Z_MAX = 4.0
 SEEDS = (0, 1, 2)

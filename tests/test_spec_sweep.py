@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpusim.report.spec_figures import sweep_html, sweep_markdown
 from gpusim.specs import Calibration
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import MedusaDraft, ModelDraft
-from gpusim.speculative.figures import sweep_html, sweep_markdown
 from gpusim.speculative.iteration import Speculation, predict_iteration
 from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.sweep import sweep

@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpusim.errors import ConfigError
-from gpusim.loader import load_model
-from gpusim.specs import Calibration
-from gpusim.speculative.measured import SPEC_COLUMNS, SpecRow, read_spec_csv
-from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
-from gpusim.speculative.validate import (
+from gpusim.calibration.spec_measured import SPEC_COLUMNS, SpecRow, read_spec_csv
+from gpusim.calibration.spec_validate import (
     composed_no_round_trip_s,
     fit_lookup_s,
     fit_ngram_loop_s,
@@ -23,6 +19,10 @@ from gpusim.speculative.validate import (
     markdown,
     validate_gpu,
 )
+from gpusim.errors import ConfigError
+from gpusim.io.loader import load_model
+from gpusim.specs import Calibration
+from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
 
 RT, H = 60e-6, 15e-6
 PAIRS = (("llama-3.1-8b", "llama-3.2-1b"), ("llama-3.2-3b", "llama-3.2-1b"))

@@ -1,4 +1,4 @@
-"""gpusim.steady_clocks (the power probe's samples matched to its step shapes, their
+"""gpusim.calibration.steady_clocks (the power probe's samples matched to its step shapes, their
 plateaus) and validation/power_steady.py (the one-parameter clock rule fitted to them)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpusim import steady_clocks
+from gpusim.calibration import steady_clocks
 from gpusim.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,9 +18,9 @@ from conftest import PROPERTY_MODELS, SHIPPED_GPUS, calibrations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpusim.attention import fa2_num_splits
-from gpusim.cost import kernel_cost
-from gpusim.ops import build_kernels
+from gpusim.cost.attention import fa2_num_splits
+from gpusim.cost.kernel import kernel_cost
+from gpusim.kernels.build import build_kernels
 from gpusim.specs import Calibration, GpuSpec, ModelSpec
 from gpusim.step import predict
 

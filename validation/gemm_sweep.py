@@ -4,7 +4,7 @@
 
 Reads ``<gpu>/gemm_sweep.csv`` (``bench.py --only gemm --gemm-m 1:16:1,24:1024:8,
 1088:2048:64``: every GEMM of the five model shapes, M every 8 rows up to 1024) and
-compares each GEMM's time with its local trend (``gpusim.gemm_picks``: a robust
+compares each GEMM's time with its local trend (``gpusim.calibration.gemm_picks``: a robust
 Theil-Sen line through its nearest neighbours in M, which a smooth cost model follows
 and one slow M cannot bend). Prints, per GPU, how many points sit more than 5% and 15%
 above their trend, and every spike above ``--min-spike``: M values where cuBLAS picks a
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim import loader
-from gpusim.cost import busy_s, kernel_cost
+from gpusim.calibration.gemm_picks import FINE_M_MAX, MIN_SLOWDOWN, SweptPoint, read_sweep
+from gpusim.calibration.micro import DTYPE_BYTES
+from gpusim.cost.kernel import busy_s, kernel_cost
 from gpusim.errors import ConfigError
-from gpusim.gemm_picks import FINE_M_MAX, MIN_SLOWDOWN, SweptPoint, read_sweep
-from gpusim.micro import DTYPE_BYTES
-from gpusim.ops import gemm_kernel
+from gpusim.io import loader
+from gpusim.kernels.build import gemm_kernel
 from gpusim.specs import Calibration, GpuSpec
 
 HALF_TILE_ROWS = 64      # M = 64 x odd: half of a 128-row tile row left over

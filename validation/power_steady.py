@@ -21,7 +21,7 @@ clocks (least squares):
   (``cost.tensor_efficiency``): the time its matrix work, padded tiles included, keeps
   the tensor cores busy at peak.
 
-Reading the probe: ``gpusim.steady_clocks``. The cost model's rule (``clock (shipped)``)
+Reading the probe: ``gpusim.calibration.steady_clocks``. The cost model's rule (``clock (shipped)``)
 weighs the tensor share plus ``power_memory_weight`` times the share of the time HBM
 streams (``cost.power_load``); ``gpusim calibrate`` fits its cap and that weight to
 these clocks together with the steps.
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from gpusim import loader
-from gpusim.cost import POWER_EXPONENT, kernel_cost, tensor_share
-from gpusim.ops import build_kernels
+from gpusim.calibration.steady_clocks import SteadyClocks, read_probe
+from gpusim.cost.kernel import POWER_EXPONENT, kernel_cost, tensor_share
+from gpusim.io import loader
+from gpusim.kernels.build import build_kernels
 from gpusim.specs import Calibration, GpuSpec
-from gpusim.steady_clocks import SteadyClocks, read_probe
 from gpusim.step import program_clock
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim import loader, step
+from gpusim import step
+from gpusim.io import loader
 
 
 def errors(path: Path) -> dict[str, np.ndarray]:

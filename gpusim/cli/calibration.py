@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gpusim import loader, report
+from gpusim import report
 from gpusim.cli.common import (
     Fmt,
     FmtOpt,
@@ -22,6 +22,7 @@ from gpusim.cli.common import (
     micro_kinds,
 )
 from gpusim.errors import bad, cannot
+from gpusim.io import loader
 
 
 @app.command()
@@ -40,14 +41,14 @@ def calibrate(
     fmt: FmtOpt = Fmt.table,
 ) -> None:
     """Fit the cost model's parameters for one GPU from measured step times."""
-    from gpusim import calibrate as cal_mod
-    from gpusim import measurements
+    from gpusim.calibration import fit as cal_mod
+    from gpusim.calibration import measurements
 
     g = loader.load_gpu(gpu)
     st = loader.load_stack(stack)
     default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
     path = data if str(data) not in ("", ".") else default
-    from gpusim import micro as micro_mod
+    from gpusim.calibration import micro as micro_mod
 
     steps = measurements.read_step_dir(path)
     micro_path = path.parent / "micro.csv"
@@ -57,14 +58,14 @@ def calibrate(
         micro = micro_mod.read_micro(micro_path, st, models, kinds=micro_kinds(micro_kind))
     print(f"fitting {len(steps)} steps and {sum(len(m.measured_s) for m in micro)} "
           f"kernel microbenchmarks from {path.parent} ...", file=sys.stderr)
-    from gpusim import profiles as prof_mod
+    from gpusim.calibration import profiles as prof_mod
 
     prof = prof_mod.read_profiles(sorted(path.parent.glob("kernels*.csv")), st)
     note = f"{path.parent.name}/{path.name}"
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
-    from gpusim.gemm_picks import read_sweep_beside
-    from gpusim.steady_clocks import read_probe_beside
+    from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.steady_clocks import read_probe_beside
 
     res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof,
                       sweep=read_sweep_beside(path),
@@ -108,17 +109,17 @@ def validate(
         "predictions of every evaluation).")] = Fmt.table,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
-    from gpusim import measurements
-    from gpusim import validate as val
+    from gpusim.calibration import measurements
+    from gpusim.calibration import validate as val
 
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/steps.csv"))
     if not files:
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
-    from gpusim import micro as micro_mod
-    from gpusim import profiles as prof_mod
-    from gpusim.gemm_picks import read_sweep_beside
-    from gpusim.steady_clocks import read_probe_beside
+    from gpusim.calibration import micro as micro_mod
+    from gpusim.calibration import profiles as prof_mod
+    from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.steady_clocks import read_probe_beside
 
     datasets, gpus, shipped, micro, profs, sweeps, clocks = {}, {}, {}, {}, {}, {}, {}
     held: dict[str, dict] = {}

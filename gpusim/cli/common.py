@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from gpusim import loader, report
+from gpusim import report
+from gpusim.io import loader
 from gpusim.specs import Calibration, GpuSpec, StackSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,

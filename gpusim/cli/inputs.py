@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gpusim import loader, report
+from gpusim import report
 from gpusim.cli.common import (
     Fmt,
     FmtOpt,
@@ -17,6 +17,7 @@ from gpusim.cli.common import (
     app,
 )
 from gpusim.errors import bad, cannot
+from gpusim.io import loader
 
 
 @app.command()
@@ -25,7 +26,7 @@ def schema(
         "--out", help="Directory to write <kind>.schema.json files into.")] = None,
 ) -> None:
     """Export JSON schemas of the GPU, model, stack and calibration files."""
-    from gpusim import schemas
+    from gpusim.io import schemas
 
     docs = schemas.all_schemas()
     if out is None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gpusim import loader, report
+from gpusim import report
 from gpusim.cli.common import (
     CalOpt,
     Fmt,
@@ -24,6 +24,7 @@ from gpusim.cli.common import (
     setup,
 )
 from gpusim.errors import bad
+from gpusim.io import loader
 
 
 @app.command()
@@ -48,8 +49,9 @@ def predict(
         "--timeline", help="Single shape: write a Plotly timeline HTML here.")] = None,
 ) -> None:
     """Predict step times: a CSV of shapes (--in/--out) or one shape with a breakdown."""
-    from gpusim import fit, step
-    from gpusim import rows as rows_mod
+    from gpusim import capacity as fit
+    from gpusim import step
+    from gpusim.step import rows as rows_mod
 
     g, st, cal = setup(gpu, stack, calibration)
     if rows_in is not None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gpusim import loader, report
+from gpusim import report
 from gpusim.cli.common import (
     CalOpt,
     Fmt,
@@ -22,6 +22,7 @@ from gpusim.cli.common import (
     app,
     setup,
 )
+from gpusim.io import loader
 
 
 @app.command()
@@ -91,7 +92,8 @@ def serve(
 ) -> None:
     """Simulate serving over time: latency percentiles, throughput, goodput, KV use."""
     from gpusim import serving
-    from gpusim.serving import figures, output
+    from gpusim.report import serving_figures as figures
+    from gpusim.report import serving_output as output
     from gpusim.serving.scenario import parse_spec_k
 
     g, st, cal = setup(gpu, stack, calibration)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gpusim import loader, report
+from gpusim import report
 from gpusim.cli.common import (
     CalOpt,
     Fmt,
@@ -23,6 +23,7 @@ from gpusim.cli.common import (
     setup,
 )
 from gpusim.errors import bad
+from gpusim.io import loader
 
 SpecDraftOpt = Annotated[str, typer.Option(
     "--draft", help="Draft: a model (name, YAML or config.json path) | medusa:H (H heads "
@@ -77,8 +78,9 @@ def spec(
     """
     import numpy as np
 
+    from gpusim.report import spec_output as output
     from gpusim.speculative import iteration as it
-    from gpusim.speculative import options, output
+    from gpusim.speculative import options
 
     g, st, cal = setup(gpu, stack, calibration)
     ov = options.overhead_from_options(overhead, round_trip_us, g)
@@ -147,7 +149,8 @@ def spec_sweep(
         "--out-csv", help="Write every (acceptance, ctx, batch, k) row here.")] = None,
 ) -> None:
     """Speedup over plain decoding against batch and context; best k; break-even batch."""
-    from gpusim.speculative import figures, options
+    from gpusim.report import spec_figures as figures
+    from gpusim.speculative import options
     from gpusim.speculative import sweep as sw
 
     g, st, cal = setup(gpu, stack, calibration)
@@ -206,9 +209,9 @@ def spec_validate(
     stack: StackOpt = loader.DEFAULT_STACK,
 ) -> None:
     """Fit the host round trip per GPU and report predicted vs measured iterations."""
-    from gpusim.speculative import measured
+    from gpusim.calibration import spec_measured as measured
+    from gpusim.calibration import spec_validate as val
     from gpusim.speculative import overhead as ovmod
-    from gpusim.speculative import validate as val
 
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/spec.csv"))

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gpusim import yamlfile
 from gpusim.errors import ConfigError, bad
+from gpusim.io import yamlfile
 from gpusim.serving.kv_cache import DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_RESERVE_FRACTION
 
 Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]

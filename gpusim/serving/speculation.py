@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim import loader
 from gpusim.errors import bad
+from gpusim.io import loader
 from gpusim.serving.step_time import grid_position
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from gpusim.io.trace import Trace, read_trace
 from gpusim.serving.scenario import ArrivalSpec, LengthSpec, Scenario
-from gpusim.serving.trace import Trace, read_trace
 
 BLOCK = 1024  # draws per refill
 

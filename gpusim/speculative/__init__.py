@@ -9,6 +9,7 @@ k), measured + validate (harness data, fit, errors), figures + output (formattin
 options (CLI values -> inputs).
 """
 
+from gpusim.io.acceptance import parse_acceptance, read_histogram
 from gpusim.speculative.acceptance import (
     EmpiricalAcceptance,
     IidAcceptance,
@@ -17,7 +18,6 @@ from gpusim.speculative.acceptance import (
     RankedAcceptance,
     monte_carlo,
 )
-from gpusim.speculative.acceptance_input import parse_acceptance, read_histogram
 from gpusim.speculative.drafts import (
     EagleDraft,
     MedusaDraft,

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 
-from gpusim import loader
 from gpusim.errors import bad
+from gpusim.io import loader
+from gpusim.io.acceptance import parse_acceptance
 from gpusim.specs import GpuSpec
 from gpusim.speculative.acceptance import Acceptance, RankedAcceptance
-from gpusim.speculative.acceptance_input import parse_acceptance
 from gpusim.speculative.drafts import MedusaDraft, parse_draft
 from gpusim.speculative.iteration import IterationPrediction, Speculation
 from gpusim.speculative.overhead import SpecOverhead, load_overhead

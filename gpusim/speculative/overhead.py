@@ -22,8 +22,8 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpusim import loader, yamlfile
 from gpusim.errors import bad
+from gpusim.io import loader, yamlfile
 from gpusim.specs import Calibration, GpuSpec
 
 SPEC_CALIBRATIONS_DIR = loader.CALIBRATIONS_DIR / "speculative"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.errors import bad
-from gpusim.ops import MODES, TREE_MODE
+from gpusim.kernels.build import MODES, TREE_MODE
 
 STEP_COLUMNS = ("model", "mode", "batch", "ctx", "q", "launch", "median_ms")
 EAGER_STATISTIC = "p10_ms"   # optional column; eager rows use it when present

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.calibration.measurements import StepData
 from gpusim.errors import bad
-from gpusim.measurements import StepData
 
 BUSY_W = 140.0          # above the idle GPU's ~120 W: a shape's replays are running
 MIN_BUSY_S = 1.5        # a shape's stretch lasts its 2 s of replays (and the ramp down)

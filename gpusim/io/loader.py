@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from gpusim.errors import ConfigError, bad
+from gpusim.io.yamlfile import M, Path_, line_for, load_yaml, validate
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
-from gpusim.yamlfile import M, Path_, line_for, load_yaml, validate
 
 __all__ = ["available", "calibration_from_yaml", "gpu_from_yaml", "load_calibration",
            "load_gpu", "load_model", "load_stack", "load_yaml", "model_from_hf_config",
            "model_from_yaml", "validate"]
 
-ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parent.parent))
+ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parents[2]))
 HARDWARE_DIR = ROOT / "hardware"
 MODELS_DIR = ROOT / "workloads" / "models"
 STACKS_DIR = ROOT / "stacks"

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from gpusim.cost import busy_s, kernel_cost, step_costs
-from gpusim.gemm_picks import SweptPoint, slow_picks
-from gpusim.measurements import StepData
-from gpusim.micro import MicroGroup
-from gpusim.ops import TREE_MODE, Kernel, build_kernels
-from gpusim.profiles import ProfileData
+from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
+from gpusim.calibration.measurements import StepData
+from gpusim.calibration.micro import MicroGroup
+from gpusim.calibration.profiles import ProfileData
+from gpusim.calibration.steady_clocks import SteadyClocks
+from gpusim.cost.kernel import busy_s, kernel_cost, step_costs
+from gpusim.kernels.build import TREE_MODE, Kernel, build_kernels
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
-from gpusim.steady_clocks import SteadyClocks
 from gpusim.step import predict_kernels, program_clock
 
 # name: (lower, upper, start, unit) — searched in `unit`s so all are O(1)

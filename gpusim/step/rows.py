@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.errors import ConfigError, bad, read_text
-from gpusim.ops import MODES, check_shape
+from gpusim.kernels.build import MODES, check_shape
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.step import predict
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpusim.ops import AttentionShape, Kernel
+from gpusim.kernels.build import AttentionShape, Kernel
 from gpusim.specs import Calibration, GpuSpec
 
 FLASH_BLOCK_M = 128          # FlashAttention-2 query tile (forward, head_dim 128)

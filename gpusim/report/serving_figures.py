@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpusim import report
-from gpusim.serving.output import title
+from gpusim.report.serving_output import title
 
 DIV_ID = "gpusim-serve"
 

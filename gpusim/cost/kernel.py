@@ -37,14 +37,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from gpusim.attention import (
+from gpusim.calibration.gemm_picks import slowdown
+from gpusim.cost.attention import (
     attention_bandwidth,
     attention_schedule,
     fa2_num_splits,
     latency_bound_s,
 )
-from gpusim.gemm_picks import slowdown
-from gpusim.ops import Kernel
+from gpusim.kernels.build import Kernel
 from gpusim.specs import Calibration, GpuSpec
 
 # the tile shapes a GEMM chooses from, in units of gemm_tile_m (token rows, besides

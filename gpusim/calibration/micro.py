@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.calibration.gemm_picks import gemm_owners
 from gpusim.errors import bad
-from gpusim.gemm_picks import gemm_owners
-from gpusim.ops import AttentionShape, Kernel, attention_flops, gemm_kernel
+from gpusim.kernels.build import AttentionShape, Kernel, attention_flops, gemm_kernel
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 
 DTYPE_BYTES = 2.0  # the harness measures bf16

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.calibration.measurements import StepData
 from gpusim.errors import bad
-from gpusim.measurements import StepData
 from gpusim.specs import StackSpec
 
 CLASSES = ("gemm", "elementwise", "attention")

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpusim.calibrate import fit, make_groups, predict_groups
-from gpusim.gemm_picks import SweptPoint
-from gpusim.measurements import StepData
-from gpusim.micro import MicroGroup, without_models
-from gpusim.ops import KERNEL_MODES
-from gpusim.profiles import ProfileData
+from gpusim.calibration.fit import fit, make_groups, predict_groups
+from gpusim.calibration.gemm_picks import SweptPoint
+from gpusim.calibration.measurements import StepData
+from gpusim.calibration.micro import MicroGroup, without_models
+from gpusim.calibration.profiles import ProfileData
+from gpusim.calibration.steady_clocks import SteadyClocks
+from gpusim.kernels.build import KERNEL_MODES
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
-from gpusim.steady_clocks import SteadyClocks
 
 BATCH_RANGES: tuple[tuple[str, int, int], ...] = (
     ("1", 1, 1), ("2-8", 2, 8), ("9-32", 9, 32), ("33-128", 33, 128), ("129+", 129, 10**9),

@@ -29,9 +29,9 @@ from typing import Literal
 
 import numpy as np
 
-from gpusim.cost import Cost, kernel_cost, power_clock, step_cost, step_costs
+from gpusim.cost.kernel import Cost, kernel_cost, power_clock, step_cost, step_costs
 from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate_stream
-from gpusim.ops import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
+from gpusim.kernels.build import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 
 __all__ = ["TREE_MODE", "Cost", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",

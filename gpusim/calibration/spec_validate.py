@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpusim.calibration.spec_measured import SpecRow
 from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import kind_of, parse_draft
 from gpusim.speculative.iteration import Speculation, predict_iteration
-from gpusim.speculative.measured import SpecRow
 from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree
 

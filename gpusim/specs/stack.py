@@ -1,0 +1,75 @@
+"""A software stack: what kernels one forward launches (``stacks/<name>.yaml``).
+Data, so a fused stack is a file."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg
+
+TensorName = Literal[
+    "hidden", "q", "kv", "attn_out", "intermediate", "gate_up", "rope_table", "logits",
+    "positions",
+]
+WeightName = Literal["qkv", "o", "gate_up", "down", "lm_head"]
+
+
+class StackOp(Frozen):
+    """One operation of the forward and the kernels it becomes.
+
+    ``op``: gemm (``weight`` names the matrix), attention, elementwise (``tensor``
+    names what it streams; ``bytes_per_element`` is HBM bytes read plus written per
+    element of that tensor summed over its ``kernels`` launches), embedding.
+    """
+
+    op: Literal["gemm", "attention", "elementwise", "embedding"]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
+    weight: WeightName | None = None
+    tensor: TensorName | None = None
+    kernels: Annotated[int, Field(ge=0, le=64)] = 1
+    bytes_per_element: NonNeg = 0.0
+    # only positions whose logits are needed (prefill: last position) for lm_head
+    last_position_only_in_prefill: bool = False
+    # kernels of this op that take PyTorch's non-vectorised path (strided views,
+    # broadcasts, reductions), and how many of those vectorise when the step has a
+    # single token (views and broadcasts over one row degenerate to contiguous)
+    strided_kernels: Annotated[int, Field(ge=0, le=64)] = 0
+    # row reductions over the tensor's last dimension among its kernels (RMSNorm's mean)
+    reduction_kernels: Annotated[int, Field(ge=0, le=64)] = 0
+    vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
+    # attention: the modes whose kernel reads each KV head once for its whole GQA group
+    # (query heads packed into one CTA); in the others each query head re-reads it
+    shares_kv_in_group: tuple[Literal["decode", "verify", "prefill", "tree"], ...] = (
+        "decode", "verify", "prefill", "tree")
+
+    @model_validator(mode="after")
+    def _fields_for_op(self) -> StackOp:
+        if self.op == "gemm" and self.weight is None:
+            raise ValueError(f"op {self.name!r}: gemm needs 'weight'")
+        if self.op == "elementwise" and self.tensor is None:
+            raise ValueError(f"op {self.name!r}: elementwise needs 'tensor'")
+        if self.strided_kernels > self.kernels:
+            raise ValueError(f"op {self.name!r}: strided_kernels ({self.strided_kernels}) "
+                             f"exceeds kernels ({self.kernels})")
+        if self.vectorized_at_one_token > self.strided_kernels:
+            raise ValueError(f"op {self.name!r}: vectorized_at_one_token "
+                             f"({self.vectorized_at_one_token}) exceeds strided_kernels "
+                             f"({self.strided_kernels})")
+        return self
+
+
+class StackSpec(Frozen):
+    """A software stack: the ops run once per forward and once per layer."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    prologue: tuple[StackOp, ...]
+    layer: tuple[StackOp, ...]
+    epilogue: tuple[StackOp, ...]
+    # kernel-name patterns (regular expressions) of profiled kernels per class, for
+    # calibration from torch.profiler output; unmatched names count as elementwise
+    profile_classes: dict[Literal["gemm", "attention"], tuple[str, ...]] = Field(
+        default_factory=dict)
+
