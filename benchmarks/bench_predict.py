@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from machine import machine_info
 
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 from gpusim.step import predict
 from gpusim.step.rows import Row, predict_rows
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = loader.load_gpu(args.gpu)
     stack = loader.load_stack()
-    cal = loader.load_calibration(args.calibration, gpu)
+    cal = calibrations.load_calibration(args.calibration, gpu, loader.load_stack())
     models = DEFAULT_MODELS
     specs = [loader.load_model(m) for m in models]
     shapes = draw_shapes(args.shapes, models, args.seed)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from machine import cpu_model
 
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.simulate import build_engine, simulate
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = loader.load_gpu(args.gpu)
     model = loader.load_model(args.model)
     stack = loader.load_stack()
-    cal = loader.load_calibration(args.calibration, gpu)
+    cal = calibrations.load_calibration(args.calibration, gpu, loader.load_stack())
     scenario = chat_scenario(args.duration_s, args.rate, args.seed)
     t0 = time.perf_counter()
     engine = build_engine(gpu, model, stack, cal, scenario)

@@ -9,8 +9,9 @@ math layer by layer. This is the only module that imports SimPy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import simpy
 
@@ -100,103 +101,148 @@ def simulate_program(program: Sequence[HostStep], *, host_launch_s: float,
     launch), ``<step>:host`` (host work) and ``<step>:sync`` (waiting for the GPU).
     Raises ValueError for a negative cost or an empty SRAM.
     """
-    _check("host_launch_s", host_launch_s)
-    _check("graph_launch_s", graph_launch_s)
-    if not sram_bytes > 0:
-        raise ValueError(f"sram_bytes(={sram_bytes}) must be > 0")
-    for hs in program:
-        _check(f"{hs.name}.host_before_s", hs.host_before_s)
-        _check(f"{hs.name}.host_after_s", hs.host_after_s)
-        for la in hs.launches:
-            _check(f"{la.name}.gpu_s", la.gpu_s)
-            _check(f"{la.name}.memory_s", la.memory_s)
-            _check(f"{la.name}.compute_s", la.compute_s)
-    env = simpy.Environment()
-    stream: simpy.Store = simpy.Store(env)
-    sms = simpy.Resource(env, capacity=1)
-    hbm = simpy.Resource(env, capacity=1)
-    sram = simpy.Container(env, capacity=sram_bytes, init=0)
-    tl = Timeline()
-    total = sum(len(hs.launches) for hs in program)
-    state = {"done": 0}
-    waiters: list[tuple[int, simpy.Event]] = []
-    host_done = env.event()
-    gpu_done = env.event()
+    return ProgramRunner(program, host_launch_s=host_launch_s,
+                         graph_launch_s=graph_launch_s, sram_bytes=sram_bytes,
+                         record=record).run()
 
-    def host_work(label: str, seconds: float):  # type: ignore[no-untyped-def]
-        if seconds > 0:
-            t0 = env.now
-            yield env.timeout(seconds)
-            if record:
-                tl.intervals.append(Interval("host", label, -1, t0, env.now))
 
-    def host():  # type: ignore[no-untyped-def]
-        issued = 0
+class ProgramRunner:
+    """One run of a host program: the SimPy world (a stream, the SMs, the HBM, the
+    on-chip SRAM), a host process filling the stream, a GPU process draining it, and
+    what they share: the kernels done so far and the host's pending sync.
+
+    Built once per run; ``run()`` simulates and returns the Timeline (also kept as
+    ``timeline``). The constructor raises ValueError for a negative cost (the field
+    and value named) or an empty SRAM.
+    """
+
+    def __init__(self, program: Sequence[HostStep], *, host_launch_s: float,
+                 graph_launch_s: float, sram_bytes: float, record: bool = True) -> None:
+        _check("host_launch_s", host_launch_s)
+        _check("graph_launch_s", graph_launch_s)
+        if not sram_bytes > 0:
+            raise ValueError(f"sram_bytes(={sram_bytes}) must be > 0")
         for hs in program:
-            yield from host_work(f"{hs.name}:host", hs.host_before_s)
-            if hs.graph:
-                t0 = env.now
-                yield env.timeout(graph_launch_s)
-                if record:
-                    tl.intervals.append(Interval("host", hs.name, -1, t0, env.now))
-                for la in hs.launches:
-                    yield stream.put(la)
-            else:
-                for la in hs.launches:
-                    t0 = env.now
-                    yield env.timeout(host_launch_s)
-                    if record:
-                        tl.intervals.append(Interval("host", la.name, la.layer, t0, env.now))
-                    yield stream.put(la)
+            _check(f"{hs.name}.host_before_s", hs.host_before_s)
+            _check(f"{hs.name}.host_after_s", hs.host_after_s)
+            for la in hs.launches:
+                _check(f"{la.name}.gpu_s", la.gpu_s)
+                _check(f"{la.name}.memory_s", la.memory_s)
+                _check(f"{la.name}.compute_s", la.compute_s)
+        self.program = tuple(program)
+        self.host_launch_s = host_launch_s
+        self.graph_launch_s = graph_launch_s
+        self.sram_bytes = sram_bytes
+        self.record = record
+        self.env = simpy.Environment()
+        self.stream = simpy.Store(self.env)
+        self.sms = simpy.Resource(self.env, capacity=1)
+        self.hbm = simpy.Resource(self.env, capacity=1)
+        self.sram = simpy.Container(self.env, capacity=sram_bytes, init=0)
+        self.timeline = Timeline()
+        self.kernels_done = 0
+        # the host waits for at most one sync at a time: (kernels issued, its event)
+        self._sync: tuple[int, simpy.Event] | None = None
+        self._ran = False
+
+    def run(self) -> Timeline:
+        """Simulate until both the host and the GPU are done; returns the Timeline.
+        Raises RuntimeError when called a second time (the world is spent)."""
+        if self._ran:
+            raise RuntimeError("a ProgramRunner runs once")
+        self._ran = True
+        env = self.env
+        host, gpu = env.process(self.host()), env.process(self.gpu())
+        env.run(until=env.all_of([host, gpu]))
+        self.timeline.end_s = float(env.now)
+        return self.timeline
+
+    def _interval(self, resource: str, name: str, layer: int, t0: float,
+                  nbytes: float = 0.0, flops: float = 0.0) -> None:
+        """Record ``name`` busy on ``resource`` from ``t0`` to now (when recording)."""
+        if self.record:
+            self.timeline.intervals.append(Interval(resource, name, layer, t0, self.env.now,
+                                                    bytes=nbytes, flops=flops))
+
+    # --- the host thread -------------------------------------------------------------
+    def host(self) -> Generator[simpy.Event, Any, None]:
+        """The host process: each step's host work, launches and sync, in order."""
+        issued = 0
+        for hs in self.program:
+            yield from self._host_work(f"{hs.name}:host", hs.host_before_s)
+            yield from self._launch(hs)
             issued += len(hs.launches)
             if hs.sync_after:
-                if state["done"] < issued:
-                    t0 = env.now
-                    ev = env.event()
-                    waiters.append((issued, ev))
-                    yield ev
-                    if record:
-                        tl.intervals.append(Interval("host", f"{hs.name}:sync", -1, t0,
-                                                     env.now))
-                yield from host_work(f"{hs.name}:host", hs.host_after_s)
-        host_done.succeed()
+                yield from self._wait_for_gpu(hs.name, issued)
+                yield from self._host_work(f"{hs.name}:host", hs.host_after_s)
 
-    def memory_phase(la: Launch, span_s: float):  # type: ignore[no-untyped-def]
-        with hbm.request() as req:
-            yield req
+    def _host_work(self, label: str, seconds: float) -> Generator[simpy.Event, Any, None]:
+        """``seconds`` of host work, recorded as ``label`` (nothing when 0)."""
+        if seconds > 0:
+            t0 = self.env.now
+            yield self.env.timeout(seconds)
+            self._interval("host", label, -1, t0)
+
+    def _launch(self, hs: HostStep) -> Generator[simpy.Event, Any, None]:
+        """Put ``hs``'s kernels into the stream: one graph replay, or one by one."""
+        env, stream = self.env, self.stream
+        if hs.graph:
             t0 = env.now
-            yield env.timeout(span_s)
-            if record:
-                tl.intervals.append(Interval("hbm", la.name, la.layer, t0, env.now,
-                                             bytes=la.bytes))
+            yield env.timeout(self.graph_launch_s)
+            self._interval("host", hs.name, -1, t0)
+            for la in hs.launches:
+                yield stream.put(la)
+            return
+        for la in hs.launches:
+            t0 = env.now
+            yield env.timeout(self.host_launch_s)
+            self._interval("host", la.name, la.layer, t0)
+            yield stream.put(la)
 
-    def gpu():  # type: ignore[no-untyped-def]
-        for _ in range(total):
-            la = yield stream.get()
-            staged = min(la.bytes, sram_bytes)
-            with sms.request() as req:
-                yield req
-                if staged > 0:
-                    yield sram.put(staged)
-                tl.sram_peak_bytes = max(tl.sram_peak_bytes, sram.level)
-                t0 = env.now
-                mem = env.process(memory_phase(la, min(la.memory_s, la.gpu_s)))
-                yield env.timeout(la.gpu_s)
-                yield mem
-                if staged > 0:
-                    yield sram.get(staged)
-                if record:
-                    tl.intervals.append(Interval("sm", la.name, la.layer, t0, env.now,
-                                                 bytes=la.bytes, flops=la.flops))
-            state["done"] += 1
-            for target, ev in list(waiters):
-                if state["done"] >= target:
-                    waiters.remove((target, ev))
-                    ev.succeed()
-        gpu_done.succeed()
+    def _wait_for_gpu(self, name: str, issued: int) -> Generator[simpy.Event, Any, None]:
+        """Block the host until the GPU has finished the first ``issued`` kernels."""
+        if self.kernels_done >= issued:
+            return
+        t0 = self.env.now
+        ev = self.env.event()
+        self._sync = (issued, ev)
+        yield ev
+        self._interval("host", f"{name}:sync", -1, t0)
 
-    env.process(host())
-    env.process(gpu())
-    env.run(until=env.all_of([host_done, gpu_done]))
-    tl.end_s = float(env.now)
-    return tl
+    # --- the GPU ---------------------------------------------------------------------
+    def gpu(self) -> Generator[simpy.Event, Any, None]:
+        """The GPU process: run every kernel of the program in stream order."""
+        for _ in range(sum(len(hs.launches) for hs in self.program)):
+            la = yield self.stream.get()
+            yield from self._kernel(la)
+            self.kernels_done += 1
+            if self._sync is not None and self.kernels_done >= self._sync[0]:
+                self._sync[1].succeed()
+                self._sync = None
+
+    def _kernel(self, la: Launch) -> Generator[simpy.Event, Any, None]:
+        """One kernel: hold the SMs for ``gpu_s`` with its working set staged in SRAM,
+        its memory phase on the HBM alongside."""
+        env, sram = self.env, self.sram
+        staged = min(la.bytes, self.sram_bytes)
+        with self.sms.request() as req:
+            yield req
+            if staged > 0:
+                yield sram.put(staged)
+            tl = self.timeline
+            tl.sram_peak_bytes = max(tl.sram_peak_bytes, sram.level)
+            t0 = env.now
+            mem = env.process(self.memory_phase(la, min(la.memory_s, la.gpu_s)))
+            yield env.timeout(la.gpu_s)
+            yield mem
+            if staged > 0:
+                yield sram.get(staged)
+            self._interval("sm", la.name, la.layer, t0, la.bytes, la.flops)
+
+    def memory_phase(self, la: Launch, span_s: float) -> Generator[simpy.Event, Any, None]:
+        """``la``'s HBM traffic: holds the HBM for ``span_s``."""
+        with self.hbm.request() as req:
+            yield req
+            t0 = self.env.now
+            yield self.env.timeout(span_s)
+            self._interval("hbm", la.name, la.layer, t0, la.bytes)

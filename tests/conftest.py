@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import strategies as st
 
+from gpusim.cost import Calibration
 from gpusim.io.loader import load_gpu, load_model, load_stack
-from gpusim.specs import Calibration, GpuSpec, Links, LinkSpec, ModelSpec, TensorFlops
+from gpusim.specs import GpuSpec, Links, LinkSpec, ModelSpec, TensorFlops
 
 SHIPPED_GPUS = ("h100-sxm", "h200", "a100-sxm-80gb", "l40s")
 PROPERTY_MODELS = ("llama-3.2-1b", "llama-3.1-8b", "llama-2-7b", "qwen2.5-7b")
@@ -80,17 +81,24 @@ def calibrations(draw) -> Calibration:
     """Cost-model parameters in physical ranges (sustained <= datasheet bandwidth)."""
     tile_m = draw(st.sampled_from([64, 128, 256]))
     return Calibration(
-        hbm_bandwidth_efficiency=draw(st.floats(0.5, 1.0)),
-        dram_latency_s=draw(st.floats(0.0, 2e-6)),
-        saturating_ctas_per_sm=draw(st.one_of(st.just(0.0), st.floats(0.05, 1.0))),
-        kernel_fixed_cost_s=draw(st.floats(0.0, 5e-6)),
-        tensor_efficiency=draw(st.floats(0.3, 1.0)),
-        gemm_tile_m=tile_m,
-        gemm_tile_n=draw(st.sampled_from([64, 128, 256])),
-        attention_bandwidth_efficiency=draw(st.floats(0.5, 1.0)),
-        attention_tensor_efficiency=draw(st.floats(0.3, 1.0)),
-        attention_fixed_cost_s=draw(st.floats(0.0, 5e-6)),
-        host_launch_cost_s=draw(st.floats(0.0, 1e-5)),
-        host_graph_launch_cost_s=draw(st.floats(0.0, 3e-5)),
-        overlap_exponent=draw(st.floats(1.0, 64.0)),
+        physics={
+            "hbm_bandwidth_efficiency": draw(st.floats(0.5, 1.0)),
+            "dram_latency_s": draw(st.floats(0.0, 2e-6)),
+            "saturating_ctas_per_sm": draw(st.one_of(st.just(0.0), st.floats(0.05, 1.0))),
+            "kernel_fixed_cost_s": draw(st.floats(0.0, 5e-6)),
+            "tensor_efficiency": draw(st.floats(0.3, 1.0)),
+            "gemm_tile_m": tile_m,
+            "gemm_tile_n": draw(st.sampled_from([64, 128, 256])),
+            "attention_bandwidth_efficiency": draw(st.floats(0.5, 1.0)),
+            "attention_fixed_cost_s": draw(st.floats(0.0, 5e-6)),
+            "overlap_exponent": draw(st.floats(1.0, 64.0)),
+        },
+        host={
+            "host_launch_cost_s": draw(st.floats(0.0, 1e-5)),
+            "host_graph_launch_cost_s": draw(st.floats(0.0, 3e-5)),
+        },
+        attention={
+            "flash_decode": {"tensor_efficiency": draw(st.floats(0.3, 1.0))},
+            "cudnn_prefill": {"tensor_efficiency": draw(st.floats(0.3, 1.0))},
+        },
     )

@@ -7,8 +7,9 @@ import pytest
 
 from gpusim.calibration import fit as cm
 from gpusim.calibration.measurements import StepData
+from gpusim.calibration.space import family_space, graph_space
 from gpusim.calibration.steady_clocks import SteadyClocks
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 
 GPU = loader.load_gpu("h100-sxm")
 STACK = loader.load_stack()
@@ -36,7 +37,7 @@ def _measured(data: StepData, cal) -> StepData:
                     data.source)
 
 
-TRUE = loader.load_calibration("auto", GPU)
+TRUE = calibrations.load_calibration("auto", GPU, loader.load_stack())
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,10 @@ def test_the_fit_reproduces_steps_its_own_model_generated(fits):
 
 def test_tree_rows_fit_only_the_tree_kernel(fits):
     with_trees, without = (r.calibration for r in fits)
-    for name in cm.FIT_SPACE:
-        assert getattr(with_trees, name) == getattr(without, name), name
-    moved = [n for n in cm.TREE_SPACE if getattr(with_trees, n) != getattr(without, n)]
+    for v in graph_space(["flash_decode", "fa2", "cudnn_prefill"]):
+        assert with_trees.get(v.name) == without.get(v.name), v.name
+    moved = [v.name for v in family_space(["cudnn_masked"])
+             if with_trees.get(v.name) != without.get(v.name)]
     assert moved   # the tree stage ran
 
 
@@ -95,12 +97,12 @@ def _probe(cal) -> SteadyClocks:
 
 
 def test_probed_clocks_pin_the_power_cap():
-    capped = TRUE.model_copy(update={"power_cap_tensor_share": 0.3})
+    capped = TRUE.replace({"physics.power_cap_tensor_share": 0.3})
     probe = _probe(capped)
     assert probe.clock_fraction[0] < 1.0 and probe.clock_fraction[3] == 1.0
     data = _measured(_shapes(("decode", "verify")), capped)
     res = cm.fit(data, GPU, STACK, loader.load_model, clocks=probe)
-    assert res.calibration.power_cap_tensor_share == pytest.approx(0.3, rel=0.05)
+    assert res.calibration.physics.power_cap_tensor_share == pytest.approx(0.3, rel=0.05)
     # leave-one-model-out drops a held-out model's probed shapes
     kept = cm.make_clock_fit(probe, STACK, loader.load_model, {"llama-3.2-1b"})
     assert kept is not None and kept.n == 1

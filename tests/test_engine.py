@@ -12,9 +12,9 @@ from conftest import calibrations, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpusim.cost.kernel import kernel_cost
-from gpusim.engine import Launch, simulate_stream
-from gpusim.kernels.build import build_kernels, kernel_launches
+from gpusim.cost import kernel_cost
+from gpusim.engine import HostStep, Launch, ProgramRunner, simulate_program, simulate_stream
+from gpusim.kernels import build_kernels, kernel_launches
 from gpusim.step import expand_launches, predict, simulate
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None,
@@ -67,7 +67,7 @@ def test_simulate_agrees_with_predict_llama_1b(gpus, models, stack, shape, cal, 
 def test_simulate_agrees_with_predict_tiny_models(h100, stack, model, shape, cal, launch,
                                                   host_scale):
     # host_scale sweeps eager mode from GPU-bound to launch-bound
-    cal = cal.model_copy(update={"host_launch_cost_s": cal.host_launch_cost_s * host_scale})
+    cal = cal.replace({"host.host_launch_cost_s": cal.host.host_launch_cost_s * host_scale})
     mode, b, c, q = shape
     p = predict(h100, model, stack, cal, mode, b, c, q, launch)
     tl = simulate(h100, model, stack, cal, mode, b, c, q, launch)
@@ -76,26 +76,35 @@ def test_simulate_agrees_with_predict_tiny_models(h100, stack, model, shape, cal
 
 
 def test_predict_vector_matches_simulate_per_shape(h100, models, stack):
-    from gpusim.specs import Calibration
-    cal = Calibration(kernel_fixed_cost_s=2e-6, host_launch_cost_s=6e-6,
-                      saturating_ctas_per_sm=0.3, dram_latency_s=5e-7, overlap_exponent=4)
+    from gpusim.cost import Calibration
+    cal = Calibration(
+        physics={
+            "kernel_fixed_cost_s": 2e-6,
+            "saturating_ctas_per_sm": 0.3,
+            "dram_latency_s": 5e-7,
+            "overlap_exponent": 4,
+        },
+        host={"host_launch_cost_s": 6e-6},
+    )
     spec = models["llama-3.2-1b"]
     b = np.array([1, 8, 64, 256])
     c = np.array([0, 100, 4000, 20000])
     for launch in ("graph", "eager"):
         p = predict(h100, spec, stack, cal, "decode", b, c, 1, launch)
         for i in range(len(b)):
-            tl = simulate(h100, spec, stack, cal, "decode", int(b[i]), int(c[i]), 1, launch,
-                          record=False)
+            tl = simulate(
+                h100, spec, stack, cal, "decode", int(b[i]), int(c[i]), 1, launch, record=False
+            )
             assert _rel_close(tl.end_s, float(p.seconds[i]))
 
 
 def test_eager_launch_bound_and_gpu_bound_limits(h100, models, stack):
-    from gpusim.specs import Calibration
+    from gpusim.cost import Calibration
+
     spec = models["llama-3.2-1b"]
     n = 9 + 38 * 16 + 9  # 626 launches (see test_ops)
     # host far slower than any kernel: the step ends one (last) kernel after the last issue
-    slow = Calibration(host_launch_cost_s=1e-3)
+    slow = Calibration(host={"host_launch_cost_s": 1e-3})
     p = predict(h100, spec, stack, slow, "decode", 1, 10, 1, "eager")
     tl = simulate(h100, spec, stack, slow, "decode", 1, 10, 1, "eager")
     last = [i for i in tl.intervals if i.resource == "sm"][-1]
@@ -103,7 +112,7 @@ def test_eager_launch_bound_and_gpu_bound_limits(h100, models, stack):
     assert _rel_close(tl.end_s, float(p.seconds[0]))
     assert bool(p.host_bound[0])
     # free host: eager == graph == sum of kernels
-    free = Calibration(host_launch_cost_s=0.0)
+    free = Calibration(host={"host_launch_cost_s": 0.0})
     pe = predict(h100, spec, stack, free, "decode", 1, 10, 1, "eager")
     pg = predict(h100, spec, stack, free, "decode", 1, 10, 1, "graph")
     assert _rel_close(float(pe.seconds[0]), float(pg.seconds[0]), 1e-12)
@@ -120,7 +129,7 @@ def _check_timeline(tl, launch: str, launches: int) -> None:
     assert len(sm) == launches
     for a_, b_ in itertools.pairwise(sm):
         assert a_.start_s <= a_.end_s
-        assert b_.start_s >= a_.end_s - 1e-18          # one stream: no overlap, in order
+        assert b_.start_s >= a_.end_s - 1e-18  # one stream: no overlap, in order
     assert tl.end_s == sm[-1].end_s
     sm_busy = sum(i.end_s - i.start_s for i in sm)
     hbm_busy = sum(i.end_s - i.start_s for i in hbm)
@@ -145,14 +154,16 @@ def _check_timeline(tl, launch: str, launches: int) -> None:
 
 
 @pytest.mark.parametrize("launch", ["graph", "eager"])
-@pytest.mark.parametrize(("mode", "b", "c", "q"), [("decode", 4, 1000, 1),
-                                                   ("verify", 2, 500, 5),
-                                                   ("prefill", 1, 0, 128)])
+@pytest.mark.parametrize(
+    ("mode", "b", "c", "q"), [("decode", 4, 1000, 1), ("verify", 2, 500, 5), ("prefill", 1, 0, 128)]
+)
 def test_timeline_invariants_llama_1b(h100, models, stack, launch, mode, b, c, q):
-    from gpusim.specs import Calibration
-    cal = Calibration(kernel_fixed_cost_s=1.5e-6, host_launch_cost_s=4e-6,
-                      host_graph_launch_cost_s=10e-6, dram_latency_s=4e-7,
-                      overlap_exponent=3.0)
+    from gpusim.cost import Calibration
+
+    cal = Calibration(
+        physics={"kernel_fixed_cost_s": 1.5e-6, "dram_latency_s": 4e-7, "overlap_exponent": 3.0},
+        host={"host_launch_cost_s": 4e-6, "host_graph_launch_cost_s": 10e-6},
+    )
     spec = models["llama-3.2-1b"]
     tl = simulate(h100, spec, stack, cal, mode, b, c, q, launch)
     _check_timeline(tl, launch, 626)
@@ -174,9 +185,10 @@ def test_timeline_invariants_llama_1b(h100, models, stack, launch, mode, b, c, q
 
 
 def test_expand_launches_order_and_split(h100, models, stack):
-    from gpusim.specs import Calibration
+    from gpusim.cost import Calibration
+
     spec = models["llama-3.2-1b"]
-    cal = Calibration(kernel_fixed_cost_s=1e-6)
+    cal = Calibration(physics={"kernel_fixed_cost_s": 1e-6})
     ks = build_kernels(spec, stack, "decode", 2, 64, 1)
     costs = [kernel_cost(k, h100, cal) for k in ks]
     las = expand_launches(ks, costs, spec.num_hidden_layers)
@@ -187,25 +199,38 @@ def test_expand_launches_order_and_split(h100, models, stack):
     norm = next(c for k, c in zip(ks, costs, strict=True) if k.name == "input_norm")
     norm_launches = [la for la in las if la.name == "input_norm" and la.layer == 0]
     assert len(norm_launches) == 8
-    assert math.isclose(sum(la.gpu_s for la in norm_launches), float(norm.seconds[0]),
-                        rel_tol=1e-12)
+    assert math.isclose(
+        sum(la.gpu_s for la in norm_launches), float(norm.seconds[0]), rel_tol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------
 # error paths: bad values are rejected with the value (and the field) in the message
 # ---------------------------------------------------------------------------------
 def _launch(**kw) -> Launch:
-    base = dict(name="k", kind="gemm", section="layer", layer=0, gpu_s=1e-6, memory_s=5e-7,
-                compute_s=2e-7, bytes=1e6, flops=1e9)
+    base = dict(
+        name="k",
+        kind="gemm",
+        section="layer",
+        layer=0,
+        gpu_s=1e-6,
+        memory_s=5e-7,
+        compute_s=2e-7,
+        bytes=1e6,
+        flops=1e9,
+    )
     base.update(kw)
     return Launch(**base)
 
 
-@pytest.mark.parametrize(("kwargs", "field", "shown"), [
-    ({"host_launch_s": -1.0}, "host_launch_s", "-1.0"),
-    ({"graph_launch_s": -2e-6}, "graph_launch_s", "-2e-06"),
-    ({"host_launch_s": float("nan")}, "host_launch_s", "nan"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field", "shown"),
+    [
+        ({"host_launch_s": -1.0}, "host_launch_s", "-1.0"),
+        ({"graph_launch_s": -2e-6}, "graph_launch_s", "-2e-06"),
+        ({"host_launch_s": float("nan")}, "host_launch_s", "nan"),
+    ],
+)
 def test_negative_host_costs_rejected(kwargs, field, shown):
     args = dict(host_launch_s=1e-6, graph_launch_s=1e-6, graph=False, sram_bytes=1e6)
     args.update(kwargs)
@@ -217,16 +242,22 @@ def test_negative_host_costs_rejected(kwargs, field, shown):
 @pytest.mark.parametrize("value", [-1e-6, float("nan")])
 def test_negative_kernel_time_rejected(value):
     with pytest.raises(ValueError) as err:
-        simulate_stream([_launch(), _launch(name="bad", gpu_s=value)], host_launch_s=0.0,
-                        graph_launch_s=0.0, graph=True, sram_bytes=1e6)
+        simulate_stream(
+            [_launch(), _launch(name="bad", gpu_s=value)],
+            host_launch_s=0.0,
+            graph_launch_s=0.0,
+            graph=True,
+            sram_bytes=1e6,
+        )
     assert "bad.gpu_s" in str(err.value) and f"{value}" in str(err.value)
 
 
 @pytest.mark.parametrize("sram", [0.0, -5.0])
 def test_empty_sram_rejected(sram):
     with pytest.raises(ValueError, match=rf"sram_bytes\(={sram}\) must be > 0"):
-        simulate_stream([_launch()], host_launch_s=0.0, graph_launch_s=0.0, graph=True,
-                        sram_bytes=sram)
+        simulate_stream(
+            [_launch()], host_launch_s=0.0, graph_launch_s=0.0, graph=True, sram_bytes=sram
+        )
 
 
 @pytest.mark.parametrize("field", ["memory_s", "compute_s"])
@@ -236,8 +267,13 @@ def test_negative_phase_durations_rejected_where_they_enter(field):
     negative compute_s is accepted silently. DESIGN: every argument checked where it
     enters, with the bad value in the message."""
     with pytest.raises(ValueError) as err:
-        simulate_stream([_launch(name="bad", **{field: -2e-6})], host_launch_s=0.0,
-                        graph_launch_s=0.0, graph=True, sram_bytes=1e6)
+        simulate_stream(
+            [_launch(name="bad", **{field: -2e-6})],
+            host_launch_s=0.0,
+            graph_launch_s=0.0,
+            graph=True,
+            sram_bytes=1e6,
+        )
     assert f"bad.{field}" in str(err.value) and "-2e-06" in str(err.value)
 
 
@@ -262,7 +298,60 @@ def test_record_false_keeps_end_time_only(h100, models, stack, datasheet):
 
 
 def test_zero_duration_kernels_run():
-    tl = simulate_stream([_launch(gpu_s=0.0, memory_s=0.0, bytes=0.0)] * 3,
-                         host_launch_s=1e-6, graph_launch_s=0.0, graph=False, sram_bytes=1.0)
+    tl = simulate_stream(
+        [_launch(gpu_s=0.0, memory_s=0.0, bytes=0.0)] * 3,
+        host_launch_s=1e-6,
+        graph_launch_s=0.0,
+        graph=False,
+        sram_bytes=1.0,
+    )
     assert tl.end_s == pytest.approx(3e-6, rel=1e-12)
     assert len([i for i in tl.intervals if i.resource == "sm"]) == 3
+
+
+# ---------------------------------------------------------------------------------
+# host programs: the runner's processes and the host's sync, worked by hand
+# ---------------------------------------------------------------------------------
+def test_program_with_a_sync_by_hand():
+    """Two eager launches of 2 us kernels at 1 us each, then a sync and 1 us of host
+    work: the GPU runs 1-3 and 3-5 us, the host waits 2-5 us and works 5-6 us."""
+    ks = (
+        _launch(name="k1", gpu_s=2e-6, memory_s=1e-6, bytes=0.0),
+        _launch(name="k2", gpu_s=2e-6, memory_s=1e-6, bytes=0.0),
+    )
+    program = [HostStep("a", ks, graph=False, sync_after=True, host_after_s=1e-6)]
+    runner = ProgramRunner(program, host_launch_s=1e-6, graph_launch_s=0.0, sram_bytes=1e6)
+    tl = runner.run()
+    assert tl.end_s == pytest.approx(6e-6, rel=1e-12)
+    assert runner.kernels_done == 2
+    spans = {
+        (iv.resource, iv.name): (round(iv.start_s * 1e6, 9), round(iv.end_s * 1e6, 9))
+        for iv in tl.intervals
+    }
+    assert spans == {
+        ("host", "k1"): (0, 1),
+        ("host", "k2"): (1, 2),
+        ("host", "a:sync"): (2, 5),
+        ("host", "a:host"): (5, 6),
+        ("sm", "k1"): (1, 3),
+        ("sm", "k2"): (3, 5),
+        ("hbm", "k1"): (1, 2),
+        ("hbm", "k2"): (3, 4),
+    }
+    again = simulate_program(program, host_launch_s=1e-6, graph_launch_s=0.0, sram_bytes=1e6)
+    assert again.end_s == tl.end_s and again.intervals == tl.intervals
+    with pytest.raises(RuntimeError, match="runs once"):
+        runner.run()
+
+
+def test_no_sync_interval_when_the_gpu_is_already_done():
+    """The GPU runs a 1 us kernel at 10-11 us while the host works 10-15 us: the host's
+    sync then finds it done and does not wait."""
+    program = [
+        HostStep("a", (_launch(gpu_s=1e-6, memory_s=0.0),)),
+        HostStep("b", (), graph=False, host_before_s=5e-6, sync_after=True),
+    ]
+    tl = simulate_program(program, host_launch_s=0.0, graph_launch_s=10e-6, sram_bytes=1e6)
+    host = [iv.name for iv in tl.intervals if iv.resource == "host"]
+    assert host == ["a", "b:host"]
+    assert tl.end_s == pytest.approx(15e-6, rel=1e-12)

@@ -269,42 +269,84 @@ class BadCal:
 
 
 CAL_CASES = [
-    BadCal("unknown-key", "gpu: h100-sxm\nbandwidth_fudge: 0.9\n", "bandwidth_fudge",
-           "bandwidth_fudge", ("unknown key", "hbm_bandwidth_efficiency")),
-    BadCal("negative-value", "gpu: h100-sxm\ndram_latency_s: -1.0e-6\n", "dram_latency_s",
-           "dram_latency_s", ("-1e-06",)),
-    BadCal("efficiency-over-1.5", "gpu: h100-sxm\nhbm_bandwidth_efficiency: 1.6\n",
-           "hbm_bandwidth_efficiency", "hbm_bandwidth_efficiency", ("1.6", "1.5")),
-    BadCal("tensor-efficiency-zero", "gpu: h100-sxm\ntensor_efficiency: 0\n",
-           "tensor_efficiency", "tensor_efficiency", ("(got 0)",)),
-    BadCal("overlap-below-1", "gpu: h100-sxm\noverlap_exponent: 0.5\n", "overlap_exponent",
-           "overlap_exponent", ("0.5",)),
-    BadCal("nan", "gpu: h100-sxm\nkernel_fixed_cost_s: .nan\n", "kernel_fixed_cost_s",
-           "kernel_fixed_cost_s", ("nan",)),
-    BadCal("string-for-number", "gpu: h100-sxm\nkernel_fixed_cost_s: fast\n",
-           "kernel_fixed_cost_s", "kernel_fixed_cost_s", ("'fast'",)),
-    BadCal("bool-for-int", "gpu: h100-sxm\ngemm_tile_m: true\n", "gemm_tile_m",
-           "gemm_tile_m"),
-    BadCal("yaml-syntax", "gpu: h100-sxm\ntensor_efficiency: [0.8\n", "tensor_efficiency",
-           None),
-    BadCal("duplicate-key", "gpu: h100-sxm\ngpu: h200\n", "gpu: h200", "gpu",
-           ("duplicate",)),
+    BadCal(
+        "unknown-key",
+        "gpu: h100-sxm\nphysics:\n  bandwidth_fudge: 0.9\n",
+        "bandwidth_fudge",
+        "physics.bandwidth_fudge",
+        ("unknown key", "hbm_bandwidth_efficiency"),
+    ),
+    BadCal(
+        "negative-value",
+        "gpu: h100-sxm\nphysics:\n  dram_latency_s: -1.0e-6\n",
+        "dram_latency_s",
+        "physics.dram_latency_s",
+        ("-1e-06",),
+    ),
+    BadCal(
+        "efficiency-over-1.5",
+        "gpu: h100-sxm\nphysics:\n  hbm_bandwidth_efficiency: 1.6\n",
+        "hbm_bandwidth_efficiency",
+        "physics.hbm_bandwidth_efficiency",
+        ("1.6", "1.5"),
+    ),
+    BadCal(
+        "tensor-efficiency-zero",
+        "gpu: h100-sxm\nphysics:\n  tensor_efficiency: 0\n",
+        "tensor_efficiency",
+        "physics.tensor_efficiency",
+        ("(got 0)",),
+    ),
+    BadCal(
+        "overlap-below-1",
+        "gpu: h100-sxm\nphysics:\n  overlap_exponent: 0.5\n",
+        "overlap_exponent",
+        "physics.overlap_exponent",
+        ("0.5",),
+    ),
+    BadCal(
+        "nan",
+        "gpu: h100-sxm\nphysics:\n  kernel_fixed_cost_s: .nan\n",
+        "kernel_fixed_cost_s",
+        "physics.kernel_fixed_cost_s",
+        ("nan",),
+    ),
+    BadCal(
+        "string-for-number",
+        "gpu: h100-sxm\nphysics:\n  kernel_fixed_cost_s: fast\n",
+        "kernel_fixed_cost_s",
+        "physics.kernel_fixed_cost_s",
+        ("'fast'",),
+    ),
+    BadCal(
+        "bool-for-int",
+        "gpu: h100-sxm\nphysics:\n  gemm_tile_m: true\n",
+        "gemm_tile_m",
+        "physics.gemm_tile_m",
+    ),
+    BadCal(
+        "yaml-syntax",
+        "gpu: h100-sxm\nphysics:\n  tensor_efficiency: [0.8\n",
+        "tensor_efficiency",
+        None,
+    ),
+    BadCal("duplicate-key", "gpu: h100-sxm\ngpu: h200\n", "gpu: h200", "gpu", ("duplicate",)),
     BadCal("empty-file", "", None, None, ("empty",)),
     BadCal("top-level-list", "- gpu\n", "- gpu", None, ("mapping",)),
 ]
 
 
 @pytest.mark.parametrize("case", CAL_CASES, ids=lambda c: c.id)
-def test_bad_calibration_file(case: BadCal, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_calibration_file(
+    case: BadCal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cal = tmp_path / "cal.yaml"
     cal.write_text(case.content, encoding="utf-8")
     rc, out, err = run_cli(capsys, [*PREDICT, "--calibration", str(cal)])
     msg = assert_one_line_error(rc, out, err)
     assert str(cal) in msg
     if case.marker is not None:
-        want = next(i + 1 for i, line in enumerate(case.content.split("\n"))
-                    if case.marker in line)
+        want = next(i + 1 for i, line in enumerate(case.content.split("\n")) if case.marker in line)
         got = line_in(msg, str(cal))
         assert got in (want, want + 1) if case.field is None else got == want, msg
     if case.field is not None:
@@ -315,8 +357,12 @@ def test_bad_calibration_file(case: BadCal, tmp_path: Path,
 
 def test_good_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cal = tmp_path / "cal.yaml"
-    cal.write_text("gpu: h100-sxm\nhbm_bandwidth_efficiency: 0.9\nkernel_fixed_cost_s: 2.0e-6\n",
-                   encoding="utf-8")
+    cal.write_text(
+        "gpu: h100-sxm\nphysics:\n  hbm_bandwidth_efficiency: 0.9\n"
+        "  kernel_fixed_cost_s: 2.0e-6\nstacks:\n"
+        "  torch-bf16-static-kv: {host_launch_cost_s: 1.0e-5}\n",
+        encoding="utf-8",
+    )
     rc, out, err = run_cli(capsys, [*PREDICT, "--calibration", str(cal)])
     assert rc == 0, err
     assert json.loads(out)["step_ms"] > 0
@@ -327,8 +373,20 @@ def test_good_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
 # ----------------------------------------------------------------------------------
 def test_out_in_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_path = tmp_path / "no-such-dir" / "preds.csv"
-    rc, out, err = run_cli(capsys, ["predict", "--gpu", "h100-sxm", "--calibration", "none",
-                                    "--in", _rows(tmp_path), "--out", str(out_path)])
+    rc, out, err = run_cli(
+        capsys,
+        [
+            "predict",
+            "--gpu",
+            "h100-sxm",
+            "--calibration",
+            "none",
+            "--in",
+            _rows(tmp_path),
+            "--out",
+            str(out_path),
+        ],
+    )
     msg = assert_one_line_error(rc, out, err)
     assert str(out_path) in msg
     assert leftovers(tmp_path, {"rows.csv"}) == []
@@ -337,16 +395,27 @@ def test_out_in_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_out_is_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "preds.csv"
     out_dir.mkdir()
-    rc, out, err = run_cli(capsys, ["predict", "--gpu", "h100-sxm", "--calibration", "none",
-                                    "--in", _rows(tmp_path), "--out", str(out_dir)])
+    rc, out, err = run_cli(
+        capsys,
+        [
+            "predict",
+            "--gpu",
+            "h100-sxm",
+            "--calibration",
+            "none",
+            "--in",
+            _rows(tmp_path),
+            "--out",
+            str(out_dir),
+        ],
+    )
     msg = assert_one_line_error(rc, out, err)
     assert str(out_dir) in msg
     assert leftovers(tmp_path, {"rows.csv", "preds.csv"}) == []
     assert list(out_dir.iterdir()) == []
 
 
-def test_timeline_in_missing_directory(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_timeline_in_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     html = tmp_path / "no-such-dir" / "t.html"
     rc, out, err = run_cli(capsys, [*PREDICT, "--timeline", str(html)])
     msg = assert_one_line_error(rc, out, err)
@@ -369,9 +438,21 @@ def test_console_script_exit_code_and_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "h100-sxm.yaml"
     bad.write_text(GOOD_GPU.replace("vendor: nvidia", "vendor: intel"), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from gpusim.cli import main; sys.exit(main())",
-         "predict", "--gpu", str(bad), "--model", "llama-3.1-8b"],
-        capture_output=True, text=True, timeout=60, check=False)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from gpusim.cli import main; sys.exit(main())",
+            "predict",
+            "--gpu",
+            str(bad),
+            "--model",
+            "llama-3.1-8b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1
@@ -399,17 +480,17 @@ def test_schema_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     rc, out, err = run_cli(capsys, ["schema", "--out", str(target)])
     assert rc == 0, err
     assert out == ""
-    assert sorted(p.name for p in target.iterdir()) == sorted(
-        f"{k}.schema.json" for k in KINDS)
+    assert sorted(p.name for p in target.iterdir()) == sorted(f"{k}.schema.json" for k in KINDS)
     for kind in KINDS:
         json.loads((target / f"{kind}.schema.json").read_text(encoding="utf-8"))
 
 
-SHIPPED = ([("gpu", p) for p in sorted((REPO / "hardware").glob("*.yaml"))]
-           + [("model", p) for p in sorted((REPO / "workloads" / "models").glob("*.yaml"))]
-           + [("stack", p) for p in sorted((REPO / "stacks").glob("*.yaml"))]
-           + [("calibration", p)
-              for p in sorted((REPO / "validation" / "calibrations").glob("*.yaml"))])
+SHIPPED = (
+    [("gpu", p) for p in sorted((REPO / "hardware").glob("*.yaml"))]
+    + [("model", p) for p in sorted((REPO / "workloads" / "models").glob("*.yaml"))]
+    + [("stack", p) for p in sorted((REPO / "stacks").glob("*.yaml"))]
+    + [("calibration", p) for p in sorted((REPO / "validation" / "calibrations").glob("*.yaml"))]
+)
 
 
 @pytest.fixture(scope="module")
@@ -419,26 +500,40 @@ def schemas() -> dict[str, dict[str, object]]:
     return all_schemas()
 
 
-@pytest.mark.parametrize(("kind", "path"), SHIPPED,
-                         ids=[f"{k}-{p.stem}" for k, p in SHIPPED])
-def test_shipped_files_match_schema(kind: str, path: Path,
-                                    schemas: dict[str, dict[str, object]]) -> None:
+@pytest.mark.parametrize(("kind", "path"), SHIPPED, ids=[f"{k}-{p.stem}" for k, p in SHIPPED])
+def test_shipped_files_match_schema(
+    kind: str, path: Path, schemas: dict[str, dict[str, object]]
+) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     jsonschema.validate(data, schemas[kind])
 
 
-@pytest.mark.parametrize(("kind", "text"), [
-    ("gpu", GOOD_GPU + "cooling: liquid\n"),
-    ("gpu", GOOD_GPU.replace('  source: "NVIDIA H100 whitepaper, Table 3 (H100 SXM5): 132 SMs"',
-                             '  source: ""')),
-    ("gpu", GOOD_GPU.replace("sm_count:\n  value: 132\n", "sm_count:\n  count: 132\n")),
-    ("model", GOOD_MODEL + "rope_scaling: llama3\n"),
-    ("model", GOOD_MODEL.replace("hidden_size: 4096", "hidden_size: -1")),
-], ids=["gpu-unknown-key", "gpu-empty-source", "gpu-unsourced", "model-unknown-key",
-        "model-negative"])
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        ("gpu", GOOD_GPU + "cooling: liquid\n"),
+        (
+            "gpu",
+            GOOD_GPU.replace(
+                '  source: "NVIDIA H100 whitepaper, Table 3 (H100 SXM5): 132 SMs"', '  source: ""'
+            ),
+        ),
+        ("gpu", GOOD_GPU.replace("sm_count:\n  value: 132\n", "sm_count:\n  count: 132\n")),
+        ("model", GOOD_MODEL + "rope_scaling: llama3\n"),
+        ("model", GOOD_MODEL.replace("hidden_size: 4096", "hidden_size: -1")),
+    ],
+    ids=[
+        "gpu-unknown-key",
+        "gpu-empty-source",
+        "gpu-unsourced",
+        "model-unknown-key",
+        "model-negative",
+    ],
+)
 def test_schema_rejects_what_the_loader_rejects(
-        kind: str, text: str, schemas: dict[str, dict[str, object]]) -> None:
+    kind: str, text: str, schemas: dict[str, dict[str, object]]
+) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(yaml.safe_load(text), schemas[kind])

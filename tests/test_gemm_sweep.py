@@ -11,9 +11,8 @@ import pytest
 from conftest import toy_gpu
 
 from gpusim.calibration.gemm_picks import SweptPoint, read_sweep
-from gpusim.cost.kernel import busy_s, kernel_cost
-from gpusim.kernels.build import gemm_kernel
-from gpusim.specs import Calibration
+from gpusim.cost import Calibration, busy_s, kernel_cost
+from gpusim.kernels import gemm_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("gemm_sweep", ROOT / "validation" / "gemm_sweep.py")
@@ -44,9 +43,9 @@ def test_main_reads_every_gpu(tmp_path, capsys):
 def _model_points(factor_at_half_tiles: float) -> list:
     """A swept GEMM priced by the cost model itself (toy GPU, datasheet calibration),
     ``factor_at_half_tiles`` slower at M an odd multiple of 64."""
-    gpu, cal = toy_gpu(), Calibration(tensor_efficiency=0.7)
+    gpu, cal = toy_gpu(), Calibration(physics={"tensor_efficiency": 0.7})
     m = np.arange(8, 1025, 8, dtype=np.float64)
-    kern = gemm_kernel(m, 4096, 4096, 2.0)
+    kern = gemm_kernel(m, 4096, 4096, "bf16")
     t = busy_s(kern, kernel_cost(kern, gpu, cal), cal)
     t = np.where(m % 128 == 64, t * factor_at_half_tiles, t)
     return [SweptPoint("a.o", 4096, 4096, int(mi), 1.0, float(ti))
@@ -54,7 +53,7 @@ def _model_points(factor_at_half_tiles: float) -> list:
 
 
 def test_half_tile_excess_is_measured_over_the_model_against_neighbours():
-    gpu, cal = toy_gpu(), Calibration(tensor_efficiency=0.7)
+    gpu, cal = toy_gpu(), Calibration(physics={"tensor_efficiency": 0.7})
     smooth = gemm_sweep.half_tile_excess(_model_points(1.0), gpu, cal)
     assert sorted(smooth) == [192, 320, 448, 576, 704, 832, 960]
     assert all(x == pytest.approx(1.0) for v in smooth.values() for x in v)
@@ -62,5 +61,5 @@ def test_half_tile_excess_is_measured_over_the_model_against_neighbours():
     assert all(x == pytest.approx(1.2) for v in slow.values() for x in v)
     # priced by another calibration the ratio moves with the model, not the data
     other = gemm_sweep.half_tile_excess(_model_points(1.2), gpu,
-                                        Calibration(tensor_efficiency=0.35))
+                                        Calibration(physics={"tensor_efficiency": 0.35}))
     assert any(abs(x - 1.2) > 0.01 for v in other.values() for x in v)

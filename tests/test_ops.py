@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpusim.kernels.build import build_kernels, check_shape, kernel_launches, step_totals
+from gpusim.kernels import build_kernels, check_shape, kernel_launches, step_totals
 
 # ---------------------------------------------------------------------------------
 # launches (stack file)
@@ -372,7 +372,7 @@ def test_tree_mode_is_a_verify_step_with_a_tree_attention(models, stack):
         np.testing.assert_array_equal(kt.bytes, kv.bytes)
         if kt.attention is not None:
             assert (kt.attention.mode, kv.attention.mode) == ("tree", "verify")
-            # cuDNN's kernel reads each KV head once for its group (the stack says so)
-            assert kt.attention.shares_kv and not kv.attention.shares_kv
-    from gpusim.kernels.build import MODES
+            # each runs the family the stack names for its mode
+            assert (kt.attention.family, kv.attention.family) == ("cudnn_masked", "fa2")
+    from gpusim.specs.enums import ROW_MODES as MODES
     assert "tree" not in MODES

@@ -7,14 +7,14 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.simulate import Engine, build_engine, simulate
 
 GPU = loader.load_gpu("h100-sxm")
 MODEL = loader.load_model("llama-3.1-8b")
 STACK = loader.load_stack()
-CAL = loader.load_calibration("none", GPU)
+CAL = calibrations.load_calibration("none", GPU, loader.load_stack())
 PROMPT, OUTPUT = 128, 2
 
 

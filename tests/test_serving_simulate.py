@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 from gpusim.report import serving_output as output
 from gpusim.serving.invariants import InvariantError
 from gpusim.serving.metrics import Metrics
@@ -22,7 +22,7 @@ from gpusim.serving.simulate import Engine, build_engine, simulate
 GPU = loader.load_gpu("h100-sxm")
 MODEL = loader.load_model("llama-3.1-8b")
 STACK = loader.load_stack()
-CAL = loader.load_calibration("none", GPU)
+CAL = calibrations.load_calibration("none", GPU, loader.load_stack())
 TRACE = loader.ROOT / "workloads" / "traces" / "synthetic-chat.jsonl"
 
 CHAT = {"prompt": {"dist": "lognormal", "median_tokens": 400, "sigma": 0.8, "max_tokens": 4096},

@@ -9,13 +9,13 @@ import pytest
 
 from gpusim import serving
 from gpusim.cli import main
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 from gpusim.serving.simulate import build_engine, simulate
 
 GPU = loader.load_gpu("h100-sxm")
 TARGET = loader.load_model("llama-3.1-8b")
 STACK = loader.load_stack(loader.DEFAULT_STACK)
-CAL = loader.load_calibration("auto", GPU)
+CAL = calibrations.load_calibration("auto", GPU, loader.load_stack())
 
 
 def scenario(rate: float = 2.0, seed: int = 1, **spec):

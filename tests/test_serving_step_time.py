@@ -10,9 +10,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gpusim import step
+from gpusim.cost import Calibration
 from gpusim.io import loader
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model, chunk_grid, context_grid
-from gpusim.specs import Calibration
 
 GPU = loader.load_gpu("h100-sxm")
 MODEL = loader.load_model("llama-3.1-8b")
@@ -20,20 +20,33 @@ STACK = loader.load_stack()
 CALS = {
     "datasheet": Calibration(gpu=GPU.name),
     # a plausible fitted calibration: every parameter away from its ideal default
-    "fitted": Calibration(gpu=GPU.name, hbm_bandwidth_efficiency=0.85, dram_latency_s=1e-6,
-                          saturating_ctas_per_sm=2.0, kernel_fixed_cost_s=2e-6,
-                          tensor_efficiency=0.7, attention_bandwidth_efficiency=0.8,
-                          attention_tensor_efficiency=0.6, attention_fixed_cost_s=3e-6,
-                          host_launch_cost_s=5e-6, host_graph_launch_cost_s=2e-5,
-                          overlap_exponent=4.0),
+    "fitted": Calibration(
+        gpu=GPU.name,
+        physics={
+            "hbm_bandwidth_efficiency": 0.85,
+            "dram_latency_s": 1e-6,
+            "saturating_ctas_per_sm": 2.0,
+            "kernel_fixed_cost_s": 2e-6,
+            "tensor_efficiency": 0.7,
+            "attention_bandwidth_efficiency": 0.8,
+            "attention_fixed_cost_s": 3e-6,
+            "overlap_exponent": 4.0,
+        },
+        host={"host_launch_cost_s": 5e-6, "host_graph_launch_cost_s": 2e-5},
+        attention={
+            "flash_decode": {"tensor_efficiency": 0.6},
+            "cudnn_prefill": {"tensor_efficiency": 0.6},
+        },
+    ),
 }
 MAX_TOKENS, MAX_SEQS, MAX_CTX = 8192, 256, 131072
 
 
 @lru_cache(maxsize=8)
 def model_for(cal: str, launch: str) -> StepTimeModel:
-    return build_step_time_model(GPU, MODEL, STACK, CALS[cal], launch, MAX_TOKENS, MAX_SEQS,
-                                 MAX_CTX)
+    return build_step_time_model(
+        GPU, MODEL, STACK, CALS[cal], launch, MAX_TOKENS, MAX_SEQS, MAX_CTX
+    )
 
 
 def predicted(cal: str, launch: str, mode: str, batch: int, ctx: int, q: int) -> float:
@@ -84,7 +97,7 @@ def test_mixed_step_adds_up() -> None:
     dec_s, _ = sm.decode_attention(40, 900.0)
     ch_s, _ = sm.chunk_attention(700, 0)
     got = sm.step(40, 40 * 900, [(700, 0)])[0]
-    want = (sm.token_s[740] + sm.seq_s[41] + dec_s + ch_s + sm.step_overhead_s)
+    want = sm.token_s[740] + sm.seq_s[41] + dec_s + ch_s + sm.step_overhead_s
     assert got == pytest.approx(want, rel=1e-12)
 
 
@@ -96,11 +109,18 @@ def test_bytes_track_weights_and_kv() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(b=st.integers(1, MAX_SEQS - 3), ctx=st.integers(0, 100_000),
-       more_ctx=st.integers(1, 20_000), q=st.integers(1, 4000), more_q=st.integers(1, 4000),
-       chunk_ctx=st.integers(0, 20_000), cal=st.sampled_from(list(CALS)))
-def test_monotone_in_tokens_and_context(b: int, ctx: int, more_ctx: int, q: int, more_q: int,
-                                        chunk_ctx: int, cal: str) -> None:
+@given(
+    b=st.integers(1, MAX_SEQS - 3),
+    ctx=st.integers(0, 100_000),
+    more_ctx=st.integers(1, 20_000),
+    q=st.integers(1, 4000),
+    more_q=st.integers(1, 4000),
+    chunk_ctx=st.integers(0, 20_000),
+    cal=st.sampled_from(list(CALS)),
+)
+def test_monotone_in_tokens_and_context(
+    b: int, ctx: int, more_ctx: int, q: int, more_q: int, chunk_ctx: int, cal: str
+) -> None:
     """More sequences, tokens or context never make a step faster (a chunk's
     context within 1%: FA2 may split a verify-shaped kernel's keys more ways once
     they fill another block, and run it a little faster)."""

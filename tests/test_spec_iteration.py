@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpusim import step as step_mod
-from gpusim.specs import Calibration
+from gpusim.cost import Calibration
 from gpusim.speculative.acceptance import IidAcceptance, PositionalAcceptance
 from gpusim.speculative.drafts import (
     EagleDraft,
@@ -63,8 +63,8 @@ def test_engine_agrees_with_closed_form(h100, stack, cal, launch, draft, k, batc
 def test_engine_agrees_with_closed_form_under_the_power_cap(h100, stack, cal, cap,
                                                             sensitivity, draft, k, batch,
                                                             ctx):
-    cal = cal.model_copy(update={"power_cap_tensor_share": cap,
-                                 "verify_attention_clock_sensitivity": sensitivity})
+    cal = cal.replace({"physics.power_cap_tensor_share": cap,
+                       "attention.fa2.clock_sensitivity": sensitivity})
     spec = Speculation(TARGET, draft, TokenTree.chain(k), IidAcceptance(0.7))
     ov = SpecOverhead(host_round_trip_s=20e-6)
     p = predict_iteration(h100, stack, cal, ov, spec, batch, ctx)
@@ -75,32 +75,39 @@ def test_engine_agrees_with_closed_form_under_the_power_cap(h100, stack, cal, ca
 def test_memory_bound_drafts_let_the_verify_run_faster_than_alone(models, h100, stack):
     # the power cap acts on the loop: k decode steps of a draft model lower its tensor
     # share, so the verify pass runs at a higher clock than back to back on its own
-    cal = Calibration(power_cap_tensor_share=0.2, tensor_efficiency=0.8,
-                      verify_attention_tensor_efficiency=0.4)
-    spec = Speculation(models["llama-3.1-8b"], ModelDraft(models["llama-3.2-1b"]),
-                       TokenTree.chain(4), IidAcceptance(0.8))
+    cal = Calibration(
+        physics={"power_cap_tensor_share": 0.2, "tensor_efficiency": 0.8},
+        attention={"fa2": {"tensor_efficiency": 0.4}},
+    )
+    spec = Speculation(
+        models["llama-3.1-8b"],
+        ModelDraft(models["llama-3.2-1b"]),
+        TokenTree.chain(4),
+        IidAcceptance(0.8),
+    )
     steps = plan_iteration(spec, stack, 64, 1024)
     alone = step_mod.program_clock([steps[-1].kernels], h100, cal)[0]
     loop = step_mod.program_clock([s.kernels for s in steps], h100, cal)[0]
     assert alone < loop <= 1.0
     ov = SpecOverhead(host_round_trip_s=20e-6)
     p = predict_iteration(h100, stack, cal, ov, spec, 64, 1024)
-    own = pipeline_end_s([step_times(s, h100, cal, "graph") for s in steps],
-                         [s.host_before_s for s in steps], 20e-6)
+    own = pipeline_end_s(
+        [step_times(s, h100, cal, "graph") for s in steps], [s.host_before_s for s in steps], 20e-6
+    )
     assert float(p.iteration_s[0]) < float(own[0])
     # the breakdown is at the loop's clock: the verify pass faster than on its own
     own_verify = float(step_times(steps[-1], h100, cal, "graph").alone_s[0])
-    loop_verify = float(step_times(steps[-1], h100, cal, "graph",
-                                   np.full(1, loop)).alone_s[0])
+    loop_verify = float(step_times(steps[-1], h100, cal, "graph", np.full(1, loop)).alone_s[0])
     assert float(p.verify_s[0]) == pytest.approx(loop_verify)
     assert loop_verify < own_verify
 
 
 def test_timeline_names_steps_and_sync(h100, stack):
-    cal = Calibration(host_graph_launch_cost_s=10e-6, kernel_fixed_cost_s=2e-6)
+    cal = Calibration(
+        physics={"kernel_fixed_cost_s": 2e-6}, host={"host_graph_launch_cost_s": 10e-6}
+    )
     spec = Speculation(TARGET, ModelDraft(DRAFT), TokenTree.chain(3), IidAcceptance(0.8))
-    tl = simulate_iteration(h100, stack, cal, SpecOverhead(host_round_trip_s=40e-6), spec,
-                            4, 512)
+    tl = simulate_iteration(h100, stack, cal, SpecOverhead(host_round_trip_s=40e-6), spec, 4, 512)
     host = [iv.name for iv in tl.intervals if iv.resource == "host"]
     assert host[:4] == ["draft0", "draft1", "draft2", "verify"]
     assert "verify:sync" in host and host[-1] == "verify:host"
@@ -123,7 +130,9 @@ def test_acceptance_edges_in_the_iteration(models, h100, stack, datasheet, k):
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
 @pytest.mark.parametrize("batch", [1, 16, 128])
 def test_costly_draft_with_zero_acceptance_is_slower_than_plain(models, h100, stack, k, batch):
-    cal = Calibration(kernel_fixed_cost_s=3e-6, host_graph_launch_cost_s=8e-6)
+    cal = Calibration(
+        physics={"kernel_fixed_cost_s": 3e-6}, host={"host_graph_launch_cost_s": 8e-6}
+    )
     t, d = models["llama-3.1-8b"], models["llama-3.2-1b"]
     spec = Speculation(t, ModelDraft(d), TokenTree.chain(k), IidAcceptance(0.0))
     p = predict_iteration(h100, stack, cal, SpecOverhead(), spec, batch, 1024)
@@ -137,8 +146,11 @@ def test_speedup_rises_with_acceptance(models, h100, stack, datasheet):
     sp = []
     for a in (0.0, 0.3, 0.6, 0.8, 0.95):
         spec = Speculation(t, ModelDraft(d), TokenTree.chain(4), IidAcceptance(a))
-        sp.append(float(predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 8,
-                                          2048).speedup[0]))
+        sp.append(
+            float(
+                predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 8, 2048).speedup[0]
+            )
+        )
     assert sp == sorted(sp) and sp[0] < 1 < sp[-1]
 
 
@@ -147,15 +159,20 @@ def test_draft_kind_costs_are_ordered(models, h100, stack, datasheet):
     runs k forward passes."""
     t = models["llama-3.1-8b"]
     it = {}
-    for draft in (NgramDraft(20e-6), MedusaDraft(4), EagleDraft(1),
-                  ModelDraft(models["llama-3.2-1b"])):
+    for draft in (
+        NgramDraft(20e-6),
+        MedusaDraft(4),
+        EagleDraft(1),
+        ModelDraft(models["llama-3.2-1b"]),
+    ):
         spec = Speculation(t, draft, TokenTree.chain(4), IidAcceptance(0.8))
         p = predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 4, 1024)
         it[draft.kind] = float(p.iteration_s[0])
         if draft.kind == "ngram":
             assert float(p.draft_s[0]) == 20e-6
             assert it["ngram"] == pytest.approx(
-                float(p.verify_s[0]) + 20e-6 + SpecOverhead().host_round_trip_s)
+                float(p.verify_s[0]) + 20e-6 + SpecOverhead().host_round_trip_s
+            )
     assert it["ngram"] < it["medusa"] < it["model"]
     assert it["ngram"] < it["eagle"] < it["model"]
 
@@ -164,15 +181,22 @@ def test_host_lookup_grows_with_the_history_scanned(models, h100, stack, datashe
     """``ngram`` without a time takes the host's fitted lookup cost: fixed, per sequence
     and per history token (batch x ctx); ``ngram:US`` a fixed time."""
     t = models["llama-3.1-8b"]
-    ov = SpecOverhead(ngram_lookup_fixed_s=50e-6, ngram_lookup_s_per_sequence=2e-6,
-                      ngram_lookup_s_per_token=5e-9)
+    ov = SpecOverhead(
+        ngram_lookup_fixed_s=50e-6, ngram_lookup_s_per_sequence=2e-6, ngram_lookup_s_per_token=5e-9
+    )
     spec = Speculation(t, NgramDraft(), TokenTree.chain(4), IidAcceptance(0.8))
     b, c = np.array([1, 64, 64]), np.array([1024, 1024, 4096])
     p = predict_iteration(h100, stack, datasheet, ov, spec, b, c)
     assert p.draft_s == pytest.approx(50e-6 + 2e-6 * b + 5e-9 * b * c)
-    fixed = predict_iteration(h100, stack, datasheet, ov,
-                              Speculation(t, NgramDraft(30e-6), TokenTree.chain(4),
-                                          IidAcceptance(0.8)), b, c)
+    fixed = predict_iteration(
+        h100,
+        stack,
+        datasheet,
+        ov,
+        Speculation(t, NgramDraft(30e-6), TokenTree.chain(4), IidAcceptance(0.8)),
+        b,
+        c,
+    )
     assert fixed.draft_s == pytest.approx([30e-6] * 3)
     assert (p.iteration_s - fixed.iteration_s) == pytest.approx(p.draft_s - 30e-6)
 
@@ -197,7 +221,8 @@ def test_memory_counts_draft_weights_and_both_caches(models, h100, stack, datash
     huge = predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 512, 16384)
     assert not bool(huge.fits[0])
     assert extra_weight_bytes(MedusaDraft(2), t) == pytest.approx(
-        2 * (t.hidden_size ** 2 + t.hidden_size + t.hidden_size * t.vocab_size) * 2)
+        2 * (t.hidden_size**2 + t.hidden_size + t.hidden_size * t.vocab_size) * 2
+    )
     assert extra_weight_bytes(NgramDraft(), t) == 0.0
 
 
@@ -212,8 +237,9 @@ def test_speculation_rejects_impossible_inputs(models):
 
 
 def test_tree_monte_carlo_via_speculation(models):
-    spec = Speculation(models["llama-3.1-8b"], NgramDraft(), best_tree((0.6, 0.2), 12, 4),
-                       IidAcceptance(0.6))
+    spec = Speculation(
+        models["llama-3.1-8b"], NgramDraft(), best_tree((0.6, 0.2), 12, 4), IidAcceptance(0.6)
+    )
     for seed in (0, 1):
         mc = spec.monte_carlo(32, 300, np.random.default_rng(seed))
         assert mc.agrees(4.0), (mc.mean, mc.expected)
@@ -223,7 +249,7 @@ def test_a_tree_verifies_with_the_tree_kernel_and_a_chain_with_fa2(models, h100,
     # a slow tree kernel slows a tree's verify and a tree-shaped draft level, not a chain
     t, d = models["llama-3.1-8b"], models["llama-3.2-1b"]
     fast = Calibration(gpu="h100-sxm")
-    slow = Calibration(gpu="h100-sxm", tree_attention_tensor_efficiency=0.05)
+    slow = Calibration(gpu="h100-sxm", attention={"cudnn_masked": {"tensor_efficiency": 0.05}})
     tree = TokenTree.full(2, 3)
     for draft in (NgramDraft(0.0), ModelDraft(d)):
         s = Speculation(t, draft, tree, IidAcceptance(0.7))
@@ -233,7 +259,7 @@ def test_a_tree_verifies_with_the_tree_kernel_and_a_chain_with_fa2(models, h100,
     s = Speculation(t, ModelDraft(d), tree, IidAcceptance(0.7))
     ps = predict_iteration(h100, stack, slow, SpecOverhead(), s, 16, 4096)
     pf = predict_iteration(h100, stack, fast, SpecOverhead(), s, 16, 4096)
-    assert float(ps.draft_s[0]) > float(pf.draft_s[0])      # levels of 2 and 4 nodes
+    assert float(ps.draft_s[0]) > float(pf.draft_s[0])  # levels of 2 and 4 nodes
     chain = Speculation(t, ModelDraft(d), TokenTree.chain(3), IidAcceptance(0.7))
     a = predict_iteration(h100, stack, fast, SpecOverhead(), chain, 16, 4096)
     b = predict_iteration(h100, stack, slow, SpecOverhead(), chain, 16, 4096)

@@ -19,10 +19,11 @@ from gpusim.calibration.spec_validate import (
     markdown,
     validate_gpu,
 )
+from gpusim.cost import Calibration
 from gpusim.errors import ConfigError
 from gpusim.io.loader import load_model
-from gpusim.specs import Calibration
-from gpusim.speculative.overhead import SpecOverhead, from_yaml, to_yaml
+from gpusim.io.overhead import from_yaml, to_yaml
+from gpusim.speculative.overhead import SpecOverhead
 
 RT, H = 60e-6, 15e-6
 PAIRS = (("llama-3.1-8b", "llama-3.2-1b"), ("llama-3.2-3b", "llama-3.2-1b"))

@@ -18,10 +18,10 @@ from conftest import PROPERTY_MODELS, SHIPPED_GPUS, calibrations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpusim.cost.attention import fa2_num_splits
-from gpusim.cost.kernel import kernel_cost
-from gpusim.kernels.build import build_kernels
-from gpusim.specs import Calibration, GpuSpec, ModelSpec
+from gpusim.cost import Calibration, kernel_cost
+from gpusim.cost.attention.fa2 import num_splits as fa2_num_splits
+from gpusim.kernels import build_kernels
+from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.step import predict
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None,
@@ -204,18 +204,18 @@ def test_more_tensor_flops_never_slower(gpus, models, stack, case, factor):
 @given(case=cases_with_shapes(), graph_share=st.floats(0.0, 1.0))
 def test_eager_never_faster_than_graph(gpus, models, stack, case, graph_share):
     gpu_name, model, mode, _, cal, b, c, q = case
-    cal = cal.model_copy(update={"host_graph_launch_cost_s":
-                                 cal.host_launch_cost_s * graph_share})
+    cal = cal.replace({"host.host_graph_launch_cost_s":
+                       cal.host.host_launch_cost_s * graph_share})
     gpu, spec = gpus[gpu_name], models[model]
     graph = predict(gpu, spec, stack, cal, mode, b, c, q, "graph")
     eager = predict(gpu, spec, stack, cal, mode, b, c, q, "eager")
     assert np.all(eager.seconds >= graph.seconds * (1 - REL))
     # eager: at least every launch issued, and at least the GPU work after the first
     n = eager.launches
-    assert np.all(eager.seconds >= n * cal.host_launch_cost_s * (1 - REL))
-    assert np.all(eager.seconds >= (eager.gpu_s + cal.host_launch_cost_s) * (1 - REL))
+    assert np.all(eager.seconds >= n * cal.host.host_launch_cost_s * (1 - REL))
+    assert np.all(eager.seconds >= (eager.gpu_s + cal.host.host_launch_cost_s) * (1 - REL))
     # ... and no more than issuing everything, then running everything
-    assert np.all(eager.seconds <= (eager.gpu_s + n * cal.host_launch_cost_s) * (1 + REL))
+    assert np.all(eager.seconds <= (eager.gpu_s + n * cal.host.host_launch_cost_s) * (1 + REL))
     np.testing.assert_allclose(graph.gpu_s, eager.gpu_s, rtol=1e-15)
 
 
@@ -246,7 +246,7 @@ def test_step_time_conserves_op_costs(gpus, models, stack, case):
                       p.total.flops / gpu.tensor_peak_flops_per_s("bf16"))
     assert np.all(p.seconds >= roof * (1 - REL))
     if launch == "graph":
-        np.testing.assert_allclose(p.seconds, cal.host_graph_launch_cost_s + p.gpu_s,
+        np.testing.assert_allclose(p.seconds, cal.host.host_graph_launch_cost_s + p.gpu_s,
                                    rtol=1e-12)
     assert np.all(p.seconds > 0) and np.all(np.isfinite(p.seconds))
 
@@ -267,7 +267,7 @@ def test_step_time_conserves_op_costs(gpus, models, stack, case):
 ], ids=["h100-1b-decode", "a100-qwen7b-decode", "l40s-8b-decode", "h100-1b-decode-sat"])
 def test_pinned_context_counterexample(gpus, models, stack, gpu, model, mode, batch, ctx,
                                        q, cal):
-    check_ctx_monotone(gpus[gpu], models[model], stack, Calibration(**cal), mode, batch,
+    check_ctx_monotone(gpus[gpu], models[model], stack, Calibration(physics=cal), mode, batch,
                        ctx, q, "graph", span=2)
 
 
@@ -281,7 +281,7 @@ def test_pinned_context_counterexample(gpus, models, stack, gpu, model, mode, ba
 ], ids=["h100-1b-decode-b16", "h100-1b-verify-b3", "h200-8b-decode-b8"])
 def test_pinned_batch_counterexample(gpus, models, stack, gpu, model, mode, batch, ctx, q,
                                      cal):
-    check_batch_monotone(gpus[gpu], models[model], stack, Calibration(**cal), mode, batch,
+    check_batch_monotone(gpus[gpu], models[model], stack, Calibration(physics=cal), mode, batch,
                          ctx, q, "graph", span=2)
 
 
@@ -289,7 +289,7 @@ def test_pinned_prefill_counterexample(gpus, models, stack):
     # prefill batch 1 over a 16- vs 17-token prompt, h100, llama-3.2-1b, saturating
     # 0.25 CTA/SM: 1237.16 us -> 1057.42 us
     check_ctx_monotone(gpus["h100-sxm"], models["llama-3.2-1b"], stack,
-                       Calibration(saturating_ctas_per_sm=0.25), "prefill", 1, 0, 16,
+                       Calibration(physics={"saturating_ctas_per_sm": 0.25}), "prefill", 1, 0, 16,
                        "graph", span=8)
 
 

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.calibration.gemm_picks import FINE_M_MAX, MIN_SLOWDOWN, SweptPoint, read_sweep
-from gpusim.calibration.micro import DTYPE_BYTES
-from gpusim.cost.kernel import busy_s, kernel_cost
+from gpusim.calibration.micro import DTYPE
+from gpusim.cost import Calibration, busy_s, kernel_cost
 from gpusim.errors import ConfigError
-from gpusim.io import loader
-from gpusim.kernels.build import gemm_kernel
-from gpusim.specs import Calibration, GpuSpec
+from gpusim.io import calibrations, loader
+from gpusim.kernels import gemm_kernel
+from gpusim.specs import GpuSpec
 
 HALF_TILE_ROWS = 64      # M = 64 x odd: half of a 128-row tile row left over
 HALF_TILE_MIN_M = 192    # below, one tile of all rows covers M
@@ -51,11 +51,11 @@ def half_tile_excess(points: Sequence[SweptPoint], gpu: GpuSpec, cal: Calibratio
     series: dict[tuple[str, int, int], list[SweptPoint]] = defaultdict(list)
     for p in points:
         series[(p.name, p.n, p.k)].append(p)
-    cal = cal.model_copy(update={"gemm_slow_picks": ()})
+    cal = cal.replace({"physics.gemm_slow_picks": ()})
     out: dict[int, list[float]] = defaultdict(list)
     for (_, n, k), pts in sorted(series.items()):
         m = np.array([p.m for p in pts], dtype=np.float64)
-        kern = gemm_kernel(m, n, k, DTYPE_BYTES)
+        kern = gemm_kernel(m, n, k, DTYPE)
         ratio = np.array([p.measured_s for p in pts]) / busy_s(kern, kernel_cost(kern, gpu, cal),
                                                                cal)
         for i, mi in enumerate(m):
@@ -74,15 +74,19 @@ def _half_tile_lines(name: str, points: Sequence[SweptPoint]) -> list[str]:
         return []
     if not (loader.CALIBRATIONS_DIR / f"{name}.yaml").is_file():
         return []
-    excess = half_tile_excess(points, gpu, loader.load_calibration("auto", gpu))
+    excess = half_tile_excess(
+        points, gpu, calibrations.load_calibration("auto", gpu, loader.load_stack())
+    )
     if not excess:
         return []
     allx = np.concatenate([np.asarray(v) for v in excess.values()])
     by_m = "  ".join(f"{m}: {np.median(v):.2f}x" for m, v in sorted(excess.items()))
-    return [f"  half tiles (M = 64 x odd, {HALF_TILE_MIN_M}-{FINE_M_MAX}) over the shipped "
-            f"calibration's model, against their neighbours: median {np.median(allx):.3f}x, "
-            f"{100 * np.mean(allx > 1.05):.0f}% over 1.05x ({len(allx)} points)",
-            f"    median by M: {by_m}"]
+    return [
+        f"  half tiles (M = 64 x odd, {HALF_TILE_MIN_M}-{FINE_M_MAX}) over the shipped "
+        f"calibration's model, against their neighbours: median {np.median(allx):.3f}x, "
+        f"{100 * np.mean(allx > 1.05):.0f}% over 1.05x ({len(allx)} points)",
+        f"    median by M: {by_m}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         n = len(points)
         over5 = sum(p.slowdown > 1.05 for p in points)
         over15 = sum(p.slowdown > 1.15 for p in points)
-        print(f"{path.parent.name}: {n} GEMM points (M <= {FINE_M_MAX}); "
-              f"{over5} ({100 * over5 / n:.1f}%) over 5% above their local trend, "
-              f"{over15} ({100 * over15 / n:.1f}%) over 15%")
+        print(
+            f"{path.parent.name}: {n} GEMM points (M <= {FINE_M_MAX}); "
+            f"{over5} ({100 * over5 / n:.1f}%) over 5% above their local trend, "
+            f"{over15} ({100 * over15 / n:.1f}%) over 15%"
+        )
         for p in points:
             if p.slowdown >= args.min_spike:
                 print(f"  {p.name:32s} M={p.m:5d}  {p.slowdown:.2f}x")

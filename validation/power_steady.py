@@ -36,10 +36,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from gpusim.calibration.steady_clocks import SteadyClocks, read_probe
-from gpusim.cost.kernel import POWER_EXPONENT, kernel_cost, tensor_share
-from gpusim.io import loader
-from gpusim.kernels.build import build_kernels
-from gpusim.specs import Calibration, GpuSpec
+from gpusim.cost import POWER_EXPONENT, Calibration, kernel_cost, tensor_share
+from gpusim.io import calibrations, loader
+from gpusim.kernels import build_kernels
+from gpusim.specs import GpuSpec
 from gpusim.step import program_clock
 
 
@@ -71,7 +71,7 @@ def fit_cap(share: np.ndarray, clock: np.ndarray) -> float:
 
 def report(gpu_name: str, samples_csv: Path) -> list[str]:
     gpu = loader.load_gpu(gpu_name)
-    cal = loader.load_calibration("auto", gpu)
+    cal = calibrations.load_calibration("auto", gpu, loader.load_stack())
     clocks = read_probe(samples_csv, gpu.boost_clock_hz / 1e6)
     measured = clocks.clock_fraction
     comp, tens, shipped = (np.array(x) for x in zip(
@@ -85,8 +85,8 @@ def report(gpu_name: str, samples_csv: Path) -> list[str]:
     lines = [f"## {gpu_name} ({samples_csv.parent})", "",
              f"clock rule fitted here: compute share cap {cap_c:.3f} (rms {rms(by_c):.3f}), "
              f"tensor share cap {cap_t:.3f} (rms {rms(by_t):.3f}); shipped calibration "
-             f"(cap {cal.power_cap_tensor_share:.3f} on the tensor share + "
-             f"{cal.power_memory_weight:.3f} x the HBM share): rms {rms(shipped):.3f}",
+             f"(cap {cal.physics.power_cap_tensor_share:.3f} on the tensor share + "
+             f"{cal.physics.power_memory_weight:.3f} x the HBM share): rms {rms(shipped):.3f}",
              "", "| shape | clock | power_w | replay slowdown | compute share "
              "| clock (compute share) | tensor share | clock (tensor share) | clock (shipped) |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim import step
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 
 
 def errors(path: Path) -> dict[str, np.ndarray]:
@@ -30,10 +30,10 @@ def errors(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     gpu = loader.load_gpu(path.parent.name)
-    cal = loader.load_calibration("auto", gpu)
+    cal = calibrations.load_calibration("auto", gpu, loader.load_stack())
     stack = loader.load_stack()
     # (label, measured column, mode gpusim prices it with)
-    cases = (("causal", "causal", "verify"), ("tree", "tree", step.TREE_MODE),
+    cases = (("causal", "causal", "verify"), ("tree", "tree", "tree"),
              ("tree as causal", "tree", "verify"))
     out: dict[str, list[float]] = {label: [] for label, _, _ in cases}
     for name in sorted({r["model"] for r in rows}):

@@ -1,6 +1,6 @@
 """Fit a GPU's Calibration from measured step times (scipy least squares).
 
-Few parameters, each physical (see ``FIT_SPACE``). The objective is the log of
+Few parameters, each physical (``calibration.space`` lists them). The objective is the log of
 predicted over measured time per row, so every row counts by its relative error, in
 plain least squares (a soft-L1 loss, which discounts odd rows such as a GEMM that
 cuBLAS runs with a slow tile, fitted prefill and token-tree rows worse out of sample).
@@ -23,54 +23,21 @@ from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
 from gpusim.calibration.profiles import ProfileData
+from gpusim.calibration.space import (
+    EAGER_SPACE,
+    Variable,
+    apply,
+    bounds,
+    family_space,
+    graph_space,
+    start,
+)
 from gpusim.calibration.steady_clocks import SteadyClocks
-from gpusim.cost.kernel import busy_s, kernel_cost, step_costs
-from gpusim.kernels.build import TREE_MODE, Kernel, build_kernels
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import Calibration, CalibrationSet, GpuPhysics, busy_s, kernel_cost, step_costs
+from gpusim.kernels import Kernel, build_kernels
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs.enums import Mode
 from gpusim.step import predict_kernels, program_clock
-
-# name: (lower, upper, start, unit) — searched in `unit`s so all are O(1)
-FIT_SPACE: dict[str, tuple[float, float, float, float]] = {
-    "hbm_bandwidth_efficiency": (0.5, 1.0, 0.85, 1.0),
-    "dram_latency_s": (0.0, 5e-6, 1e-6, 1e-6),
-    "saturating_ctas_per_sm": (0.0, 4.0, 0.5, 1.0),
-    "kernel_fixed_cost_s": (0.0, 4e-6, 1.5e-6, 1e-6),
-    "launch_gap_s": (0.0, 3e-6, 0.4e-6, 1e-6),
-    "tensor_efficiency": (0.3, 1.0, 0.7, 1.0),
-    "attention_bandwidth_efficiency": (0.3, 1.0, 0.85, 1.0),
-    "attention_tensor_efficiency": (0.1, 1.0, 0.5, 1.0),
-    "verify_attention_tensor_efficiency": (0.02, 1.0, 0.3, 1.0),
-    "attention_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
-    "attention_l2_reuse": (0.0, 1.0, 0.3, 1.0),
-    "attention_l2_reuse_multiwave": (0.0, 1.0, 0.1, 1.0),
-    "attention_cta_overhead_s": (0.0, 10e-6, 1e-6, 1e-6),
-    "verify_attention_score_flops": (0.0, 2048.0, 128.0, 100.0),
-    "verify_attention_unsplit_fixed_s": (0.0, 40e-6, 5e-6, 1e-6),
-    "verify_attention_combine_s_per_split": (0.0, 2e-6, 0.2e-6, 1e-6),
-    "gemm_fixed_cost_s": (0.0, 10e-6, 2e-6, 1e-6),
-    "strided_kernel_extra_s": (0.0, 3e-6, 1e-6, 1e-6),
-    "strided_bandwidth_fraction": (0.1, 1.0, 0.6, 1.0),
-    "reduction_s_per_element": (0.0, 4e-10, 1e-10, 1e-10),
-    "reduction_parallel_rows": (4.0, 64.0, 16.0, 1.0),
-    "l2_bandwidth_ratio": (1.0, 6.0, 2.0, 1.0),
-    "host_graph_launch_cost_s": (0.0, 30e-6, 5e-6, 1e-6),
-    "overlap_exponent": (1.0, 16.0, 3.0, 1.0),
-    "power_cap_tensor_share": (0.1, 1.0, 0.4, 1.0),
-    "power_memory_weight": (0.0, 1.0, 0.2, 1.0),
-    "verify_attention_clock_sensitivity": (0.0, 1.0, 0.5, 1.0),
-}
-# the token-tree kernel's own parameters, fitted last on the tree rows with every other
-# parameter held: a few hundred tree steps must not move the shared ones (with a single
-# head_dim-64 model, verify's softmax cost and efficiency trade off freely)
-TREE_SPACE: dict[str, tuple[float, float, float, float]] = {
-    "tree_attention_tensor_efficiency": (0.05, 1.0, 0.3, 1.0),
-    "tree_attention_score_flops": (0.0, 4096.0, 256.0, 100.0),
-    "tree_attention_wave_overhead_s": (0.0, 20e-6, 3e-6, 1e-6),
-    "tree_attention_fixed_s": (0.0, 60e-6, 10e-6, 1e-6),
-}
-EAGER_SPACE: dict[str, tuple[float, float, float, float]] = {
-    "host_launch_cost_s": (0.0, 60e-6, 6e-6, 1e-6),
-}
 
 
 @dataclass(frozen=True)
@@ -111,13 +78,6 @@ def predict_groups(groups: Sequence[Group], n_rows: int, gpu: GpuSpec,
     for g in groups:
         pred[g.rows] = predict_kernels(g.kernels, g.model, gpu, cal, g.launch).seconds
     return pred
-
-
-def _with(cal: Calibration, space: dict[str, tuple[float, float, float, float]],
-          x: np.ndarray) -> Calibration:
-    upd = {name: float(v) * unit for (name, (_, _, _, unit)), v in
-           zip(space.items(), x, strict=True)}
-    return cal.model_copy(update=upd)
 
 
 MICRO_WEIGHT = 0.5  # a kernel microbenchmark row counts half a whole step
@@ -212,22 +172,20 @@ def predict_clocks(cf: ClockFit, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
     return out
 
 
-def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
+def _fit(space: tuple[Variable, ...], base: Calibration,
          groups: Sequence[Group], data: StepData, gpu: GpuSpec,
          micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None,
          clock_fit: ClockFit | None = None) -> Calibration:
     rows = np.concatenate([g.rows for g in groups])
-    lo = np.array([b[0] / b[3] for b in space.values()])
-    hi = np.array([b[1] / b[3] for b in space.values()])
-    x0 = np.array([getattr(base, n) / b[3] if n in base.model_fields_set else b[2] / b[3]
-                   for n, b in space.items()])
+    lo, hi = bounds(space)
+    x0 = start(space, base)
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     measured = data.measured_s[rows]
     micro_measured = (np.concatenate([g.measured_s for g in micro]) if micro
                       else np.zeros(0))
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        cal = _with(base, space, x)
+        cal = apply(base, space, x)
         pred = predict_groups(groups, len(data), gpu, cal)[rows]
         step_res = np.log(pred / measured)
         micro_res = MICRO_WEIGHT * np.log(predict_micro(micro, gpu, cal) / micro_measured)
@@ -243,7 +201,13 @@ def _fit(space: dict[str, tuple[float, float, float, float]], base: Calibration,
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
                         x_scale="jac", diff_step=1e-4, max_nfev=400)
-    return _with(base, space, res.x)
+    return apply(base, space, res.x)
+
+
+def _families(stack: StackSpec, groups: Sequence[Group]) -> list[str]:
+    """The attention families the groups' steps run, in mode order, each once."""
+    modes = {g.mode for g in groups}
+    return list(dict.fromkeys(stack.family(m.value) for m in Mode if m.value in modes))
 
 
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
@@ -262,23 +226,30 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     Raises ValueError if there are no graph rows.
     """
     groups = make_groups(data, stack, resolve_model)
-    graph = [g for g in groups if g.launch == "graph" and g.mode != TREE_MODE]
+    graph = [g for g in groups if g.launch == "graph" and g.mode != Mode.TREE]
     eager = [g for g in groups if g.launch == "eager"]
-    trees = [g for g in groups if g.mode == TREE_MODE]
+    trees = [g for g in groups if g.mode == Mode.TREE]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
     fitted_models = frozenset(map(str, data.model))
     others = frozenset(m for p in sweep for m in p.models) - fitted_models
-    cal = Calibration(gpu=gpu.name, fitted_on=note or data.source,
-                      gemm_slow_picks=slow_picks(sweep, exclude_models=others))
+    cal = Calibration(gpu=gpu.name, stack=stack.name, fitted_on=note or data.source,
+                      physics=GpuPhysics(gemm_slow_picks=slow_picks(sweep,
+                                                                    exclude_models=others)))
     # profiled shapes of the models being fitted only (leave-one-model-out honesty)
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
-    cal = _fit(FIT_SPACE, cal, graph, data, gpu, micro, pf, cf)
+    graph_families = _families(stack, graph)
+    cal = _fit(graph_space(graph_families), cal, graph, data, gpu, micro, pf, cf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
-    if trees:
-        cal = _fit(TREE_SPACE, cal, trees, data, gpu)
+    # the token-tree kernel's own parameters, fitted last on the tree rows with every
+    # other parameter held: a few hundred tree steps must not move the shared ones
+    # (with a single head_dim-64 model, verify's softmax cost and efficiency trade off
+    # freely)
+    tree_families = [f for f in _families(stack, trees) if f not in graph_families]
+    if trees and tree_families:
+        cal = _fit(family_space(tree_families), cal, trees, data, gpu)
     pred = predict_groups(groups, len(data), gpu, cal)
     ok = np.isfinite(pred)
     err = np.log(pred[ok] / data.measured_s[ok])
@@ -287,10 +258,14 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
 
 
 def to_yaml(res: FitResult) -> str:
-    """The calibration file's text, with its in-sample fit quality as a comment."""
+    """The calibration file's text (``cost.params.CalibrationSet``: the GPU's physics and
+    attention families, the fitted stack's host costs), with its in-sample fit quality
+    as a comment."""
     import yaml
 
-    body = yaml.safe_dump(res.calibration.model_dump(), sort_keys=False)
+    cal = res.calibration
+    body = yaml.safe_dump(CalibrationSet.of(cal, {cal.stack or "": cal.host}).model_dump(),
+                          sort_keys=False)
     head = (f"# Fitted by `gpusim calibrate` on {res.rows} measured steps; in-sample MAPE "
             f"{100 * res.mape:.2f}%, log RMSE {res.log_rmse:.4f}.\n"
             "# Out-of-sample errors: validation/REPORT.md.\n")

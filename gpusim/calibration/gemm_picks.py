@@ -21,11 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from scipy.stats import theilslopes
 
+from gpusim.cost.params import SlowPick
 from gpusim.errors import bad
-from gpusim.specs import SlowPick
 
 FINE_M_MAX = 1024     # the sweep steps m by 8 rows up to here (by 64 beyond: too coarse)
 WINDOW = 9            # a point and its neighbours in m (4 either side): the line is theirs
@@ -104,37 +103,3 @@ def slow_picks(points: Sequence[SweptPoint], exclude_models: frozenset[str] = fr
     return tuple(SlowPick(n=p.n, k=p.k, m=p.m, slowdown=round(p.slowdown, 4))
                  for p in points
                  if p.slowdown >= min_slowdown and not p.models <= exclude_models)
-
-
-_TABLES: dict[int, tuple[tuple[SlowPick, ...], dict]] = {}
-
-
-def _table(picks: tuple[SlowPick, ...]) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    # keyed by the tuple's identity (a calibration and its copies share one): hashing
-    # the picks on every GEMM of every fit evaluation showed in profiles
-    hit = _TABLES.get(id(picks))
-    if hit is not None and hit[0] is picks:
-        return hit[1]
-    table: dict[tuple[int, int], dict[int, float]] = {}
-    for p in picks:
-        by_m = table.setdefault((p.n, p.k), {})
-        by_m[p.m] = max(p.slowdown, by_m.get(p.m, 0.0))
-    out = {key: (np.array(list(v), dtype=float), np.array(list(v.values())))
-           for key, v in table.items()}
-    if len(_TABLES) > 256:
-        _TABLES.clear()
-    _TABLES[id(picks)] = (picks, out)  # holds the tuple, so its id is not reused
-    return out
-
-
-def slowdown(picks: tuple[SlowPick, ...], n: int, k: int, m: np.ndarray) -> np.ndarray | None:
-    """Per m, the measured slowdown of cuBLAS's pick for (n, k, m): 1 where none was
-    measured; None when no pick has this (n, k) (the common case, kept cheap)."""
-    if not picks:
-        return None
-    entry = _table(picks).get((n, k))
-    if entry is None:
-        return None
-    ms, factors = entry
-    hit = m[..., None] == ms
-    return np.where(hit.any(axis=-1), (hit * factors).sum(axis=-1), 1.0)

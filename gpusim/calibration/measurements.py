@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.errors import bad
-from gpusim.kernels.build import MODES, TREE_MODE
+from gpusim.specs.enums import ROW_MODES as MODES
+from gpusim.specs.enums import Mode
 
 STEP_COLUMNS = ("model", "mode", "batch", "ctx", "q", "launch", "median_ms")
 EAGER_STATISTIC = "p10_ms"   # optional column; eager rows use it when present
@@ -162,7 +163,7 @@ def read_tree_steps(path: Path) -> StepData:
     if not models:
         raise bad(source, "no measurements")
     b, c, n, ms = (np.array(col) for col in zip(*vals, strict=True))
-    return StepData(model=np.array(models), mode=np.full(len(models), TREE_MODE),
+    return StepData(model=np.array(models), mode=np.full(len(models), Mode.TREE.value),
                     batch=b, ctx=c, q=n, launch=np.full(len(models), "graph"),
                     measured_s=ms / 1e3, source=source)
 

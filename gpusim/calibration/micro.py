@@ -17,10 +17,10 @@ import numpy as np
 
 from gpusim.calibration.gemm_picks import gemm_owners
 from gpusim.errors import bad
-from gpusim.kernels.build import AttentionShape, Kernel, attention_flops, gemm_kernel
+from gpusim.kernels import Kernel, attention_kernel, gemm_kernel
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 
-DTYPE_BYTES = 2.0  # the harness measures bf16
+DTYPE = "bf16"  # the harness measures bf16
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,14 @@ def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
     out: list[MicroGroup] = []
     for (n, k, owners), vals in sorted(gemm.items(), key=lambda kv: (kv[0][:2], sorted(kv[0][2]))):
         m = np.array([v[0] for v in vals])
-        kern = gemm_kernel(m, n, k, DTYPE_BYTES, name=f"gemm_{n}x{k}")
+        kern = gemm_kernel(m, n, k, DTYPE, name=f"gemm_{n}x{k}")
         out.append(MicroGroup(kern, np.array([v[1] for v in vals]) * 1e-6, owners))
     for (mode, h, hkv, d), vals in sorted(attn.items()):
         b, c, q, t = (np.array(x) for x in zip(*vals, strict=True))
         kv_len = c + q
         owners = frozenset(name for name, hd in heads.items() if hd == (h, hkv, d))
-        kern = Kernel(name=f"attention_{mode}_{h}_{hkv}_{d}", kind="attention",
-                      section="layer", launches=attn_op.kernels, repeat=1,
-                      flops=attention_flops(mode, b, q, kv_len, h, d),
-                      weight_bytes=np.zeros_like(b),
-                      kv_bytes=2.0 * b * kv_len * hkv * d * DTYPE_BYTES,
-                      act_bytes=2.0 * b * q * h * d * DTYPE_BYTES,
-                      attention=AttentionShape(mode=mode, batch=b, q=q, kv_len=kv_len,
-                                               heads=h, kv_heads=hkv, head_dim=d,
-                                               shares_kv=mode in attn_op.shares_kv_in_group))
+        kern = attention_kernel(f"attention_{mode}_{h}_{hkv}_{d}", mode, stack.family(mode),
+                                b, q, kv_len, h, hkv, d, launches=attn_op.kernels)
         out.append(MicroGroup(kern, t * 1e-6, owners))
     return out
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.calibration.spec_measured import SpecRow
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import kind_of, parse_draft
 from gpusim.speculative.iteration import Speculation, predict_iteration

@@ -18,8 +18,9 @@ from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup, without_models
 from gpusim.calibration.profiles import ProfileData
 from gpusim.calibration.steady_clocks import SteadyClocks
-from gpusim.kernels.build import KERNEL_MODES
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs.enums import Mode
 
 BATCH_RANGES: tuple[tuple[str, int, int], ...] = (
     ("1", 1, 1), ("2-8", 2, 8), ("9-32", 9, 32), ("33-128", 33, 128), ("129+", 129, 10**9),
@@ -63,7 +64,7 @@ class Evaluation:
     def by_mode(self) -> list[dict[str, object]]:
         rows = []
         for launch in ("graph", "eager"):
-            for mode in KERNEL_MODES:
+            for mode in (m.value for m in Mode):
                 m = (self.data.mode == mode) & (self.data.launch == launch)
                 if m.any():
                     rows.append({"launch": launch, "mode": mode, **self.errors(m).__dict__})
@@ -128,7 +129,7 @@ def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: Gpu
     GEMM picks, as a transferred calibration is used)."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
               micro=micro, profiles=profiles, sweep=sweep, clocks=clocks)
-    cal = res.calibration.model_copy(update={"gemm_slow_picks": ()})
+    cal = res.calibration.replace({"physics.gemm_slow_picks": ()})
     groups = make_groups(test, stack, resolve)
     pred = predict_groups(groups, len(test), test_gpu, cal)
     return Evaluation(f"fitted on {train_gpu.name}", test_gpu.name, test, pred,

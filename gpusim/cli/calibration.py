@@ -22,7 +22,7 @@ from gpusim.cli.common import (
     micro_kinds,
 )
 from gpusim.errors import bad, cannot
-from gpusim.io import loader
+from gpusim.io import calibrations, loader
 
 
 @app.command()
@@ -70,7 +70,7 @@ def calibrate(
     res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof,
                       sweep=read_sweep_beside(path),
                       clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
-    target = out or loader.CALIBRATIONS_DIR / f"{g.name}.yaml"
+    target = out or calibrations.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -79,7 +79,7 @@ def calibrate(
     print(f"wrote {target}", file=sys.stderr)
     params = res.calibration.model_dump(exclude={"notes", "gemm_slow_picks"})
     # the picks are a table (in the YAML); the summary says how many
-    params["gemm_slow_picks"] = len(res.calibration.gemm_slow_picks)
+    params["gemm_slow_picks"] = len(res.calibration.physics.gemm_slow_picks)
     summary = {"rows": res.rows, "mape": res.mape, "log_rmse": res.log_rmse, **params}
     if fmt is Fmt.json:
         _echo(report.to_json(summary))
@@ -138,9 +138,9 @@ def validate(
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
                 held.setdefault(sub, {})[name] = measurements.read_steps(extra)
-        cal_file = loader.CALIBRATIONS_DIR / f"{name}.yaml"
+        cal_file = calibrations.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
-            shipped[name] = loader.calibration_from_yaml(cal_file)
+            shipped[name] = calibrations.load_calibration(str(cal_file), gpus[name], st)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data-dir " + str(data_dir)
     held_out = [val.HeldOut(label, title, held[sub])

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from gpusim import report
-from gpusim.io import loader
-from gpusim.specs import Calibration, GpuSpec, StackSpec
+from gpusim.cost import Calibration
+from gpusim.io import calibrations, loader
+from gpusim.specs import GpuSpec, StackSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpusim: LLM inference performance simulator.")
@@ -71,5 +72,5 @@ def setup(gpu: str, stack: str, calibration: str
 
     Raises ConfigError for a bad name, path or file.
     """
-    g = loader.load_gpu(gpu)
-    return g, loader.load_stack(stack), loader.load_calibration(calibration, g)
+    g, st = loader.load_gpu(gpu), loader.load_stack(stack)
+    return g, st, calibrations.load_calibration(calibration, g, st)

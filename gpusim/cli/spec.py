@@ -211,7 +211,8 @@ def spec_validate(
     """Fit the host round trip per GPU and report predicted vs measured iterations."""
     from gpusim.calibration import spec_measured as measured
     from gpusim.calibration import spec_validate as val
-    from gpusim.speculative import overhead as ovmod
+    from gpusim.io import calibrations
+    from gpusim.io import overhead as iovmod
 
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/spec.csv"))
@@ -223,8 +224,9 @@ def spec_validate(
         g = loader.load_gpu(f.parent.name)
         rows = measured.read_spec_csv(f)
         try:
-            results.append(val.validate_gpu(g, st, loader.load_calibration(calibration, g),
-                                             rows, loader.load_model, fit_pair, str(f)))
+            cal = calibrations.load_calibration(calibration, g, st)
+            results.append(val.validate_gpu(g, st, cal, rows, loader.load_model, fit_pair,
+                                            str(f)))
         except ValueError as exc:
             raise bad(str(f), str(exc)) from None
         print(f"{g.name}: {len(rows)} rows", file=sys.stderr)
@@ -235,9 +237,9 @@ def spec_validate(
         report.write_atomic(points_path, report.to_csv([p for r in results
                                                         for p in r.points()]))
     if write_overhead:
-        ovmod.SPEC_CALIBRATIONS_DIR.mkdir(parents=True, exist_ok=True)
+        iovmod.SPEC_CALIBRATIONS_DIR.mkdir(parents=True, exist_ok=True)
         for r in results:
-            path = ovmod.SPEC_CALIBRATIONS_DIR / f"{r.gpu}.yaml"
-            report.write_atomic(path, ovmod.to_yaml(r.overhead))
+            path = iovmod.SPEC_CALIBRATIONS_DIR / f"{r.gpu}.yaml"
+            report.write_atomic(path, iovmod.to_yaml(r.overhead))
             print(f"wrote {path}", file=sys.stderr)
     _echo(md)

@@ -1,4 +1,4 @@
-"""Files -> specs: YAML (GPU, model, stack, calibration) and Hugging Face config.json.
+"""Files -> specs: YAML (GPU, model, stack) and Hugging Face config.json.
 
 Every failure is a ConfigError naming file, line, field, the bad value and what is
 allowed; nothing here raises anything else for bad input.
@@ -13,19 +13,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from gpusim.errors import ConfigError, bad
+from gpusim.cost.attention import FAMILIES
+from gpusim.errors import bad
 from gpusim.io.yamlfile import M, Path_, line_for, load_yaml, validate
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 
-__all__ = ["available", "calibration_from_yaml", "gpu_from_yaml", "load_calibration",
-           "load_gpu", "load_model", "load_stack", "load_yaml", "model_from_hf_config",
-           "model_from_yaml", "validate"]
+__all__ = ["available", "gpu_from_yaml", "load_gpu", "load_model", "load_stack",
+           "load_yaml", "model_from_hf_config", "model_from_yaml", "validate"]
 
 ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parents[2]))
 HARDWARE_DIR = ROOT / "hardware"
 MODELS_DIR = ROOT / "workloads" / "models"
 STACKS_DIR = ROOT / "stacks"
-CALIBRATIONS_DIR = ROOT / "validation" / "calibrations"
 DEFAULT_STACK = "torch-bf16-static-kv"
 
 def _check_name(spec: M, path: Path, lines: dict[Path_, int]) -> M:
@@ -183,67 +182,21 @@ def load_model(name_or_path: str | os.PathLike[str]) -> ModelSpec:
 
 
 # ----------------------------------------------------------------------------------
-# stacks and calibrations
+# stacks
 # ----------------------------------------------------------------------------------
 @lru_cache(maxsize=32)
 def _stack_cached(path: str, mtime: float) -> StackSpec:
     data, lines = load_yaml(Path(path))
-    return _check_name(validate(StackSpec, data, path, lines), Path(path), lines)
+    stack = _check_name(validate(StackSpec, data, path, lines), Path(path), lines)
+    for mode, name in stack.attention.items():
+        if name not in FAMILIES:
+            raise bad(path, f"unknown attention family; known: {', '.join(FAMILIES)}",
+                      field=f"attention.{mode}", line=lines.get(("attention", mode)),
+                      value=name)
+    return stack
 
 
 def load_stack(name_or_path: str | os.PathLike[str] = DEFAULT_STACK) -> StackSpec:
     """A software stack by name (stacks/<name>.yaml) or path. Raises ConfigError."""
     path = _resolve(name_or_path, STACKS_DIR, "stack")
     return _stack_cached(str(path), path.stat().st_mtime)
-
-
-def calibration_from_yaml(path: Path) -> Calibration:
-    """Load one calibration YAML. Raises ConfigError."""
-    data, lines = load_yaml(path)
-    return validate(Calibration, data, str(path), lines)
-
-
-def _transfer_source(gpu: GpuSpec) -> Path | None:
-    """The shipped calibration to borrow for an unmeasured GPU: one of the same
-    architecture if any, else of the same vendor, else None (sorted, so stable)."""
-    shipped = sorted(CALIBRATIONS_DIR.glob("*.yaml")) if CALIBRATIONS_DIR.is_dir() else []
-    candidates = []
-    for path in shipped:
-        try:
-            other = load_gpu(path.stem)
-        except ConfigError:
-            continue
-        candidates.append((other.architecture != gpu.architecture,
-                           other.vendor != gpu.vendor, path.stem, path))
-    candidates = [c for c in candidates if not c[1]]  # never across vendors
-    return min(candidates)[3] if candidates else None
-
-
-def load_calibration(which: str, gpu: GpuSpec) -> Calibration:
-    """``auto``: the shipped calibration for ``gpu``; for a GPU nobody measured, the
-    calibration of a measured GPU of the same architecture (else vendor) transferred:
-    efficiencies and fixed costs carry over, bandwidth and FLOP/s come from this GPU's
-    datasheet (validation/REPORT.md states the cross-GPU error); else the datasheet.
-    ``none``: the datasheet alone; otherwise a path. Raises ConfigError."""
-    if which == "none":
-        return Calibration(gpu=gpu.name)
-    if which == "auto":
-        shipped = CALIBRATIONS_DIR / f"{gpu.name}.yaml"
-        if shipped.is_file():
-            return calibration_from_yaml(shipped)
-        source = _transfer_source(gpu)
-        if source is None:
-            return Calibration(gpu=gpu.name)
-        cal = calibration_from_yaml(source)
-        # cuBLAS's slow picks are measured on one GPU: another runs other kernels
-        update: dict[str, object] = {"gpu": gpu.name, "gemm_slow_picks": (),
-                                     "fitted_on": f"transferred from {source.stem}"}
-        if load_gpu(source.stem).architecture != gpu.architecture:
-            # the power cap's share is a chip's power budget over its tensor cores'
-            # draw: another architecture's is unknown, so no throttle is modelled
-            update["power_cap_tensor_share"] = 1.0
-        return cal.model_copy(update=update)
-    path = Path(which)
-    if not path.is_file():
-        raise bad("--calibration", "expected auto, none or an existing file", value=which)
-    return calibration_from_yaml(path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import CalibrationSet
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 
 
 def _sourced(schema: dict[str, Any]) -> dict[str, Any]:
@@ -32,5 +33,5 @@ def all_schemas() -> dict[str, dict[str, Any]]:
         "gpu": _sourced(GpuSpec.model_json_schema()),
         "model": ModelSpec.model_json_schema(),
         "stack": StackSpec.model_json_schema(),
-        "calibration": Calibration.model_json_schema(),
+        "calibration": CalibrationSet.model_json_schema(),
     }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gpusim.specs import Calibration, GpuSpec
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec
 from gpusim.speculative.acceptance import MonteCarlo
 from gpusim.speculative.drafts import ModelDraft
 from gpusim.speculative.iteration import IterationPrediction

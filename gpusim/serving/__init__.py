@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gpusim.cost import Calibration
 from gpusim.serving.invariants import InvariantError
 from gpusim.serving.kv_cache import KvBudget, PagedKVCache, kv_budget
 from gpusim.serving.progress import progress_bar
@@ -23,7 +24,7 @@ from gpusim.serving.scenario import (
 )
 from gpusim.serving.simulate import Engine, build_engine, simulate
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 
 __all__ = [
     "Engine", "InvariantError", "KvBudget", "LengthSpec", "PagedKVCache", "Scenario",

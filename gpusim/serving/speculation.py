@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpusim.cost import Calibration
 from gpusim.errors import bad
 from gpusim.io import loader
+from gpusim.io.overhead import load_overhead
 from gpusim.serving.step_time import grid_position
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import (
     Draft,
@@ -38,7 +40,6 @@ from gpusim.speculative.drafts import (
     parse_draft,
 )
 from gpusim.speculative.iteration import Speculation, iteration_bytes, predict_iteration
-from gpusim.speculative.overhead import load_overhead
 from gpusim.speculative.trees import TokenTree
 
 AUTO_K_MAX = 8          # k=auto considers 1..AUTO_K_MAX

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.step import OpCost, op_costs
 
 LAUNCH_MODES = ("graph", "eager")
@@ -287,11 +288,11 @@ def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
             s, _, _ = _evaluate(model, stack, gpu, cal, "verify", 1.0, 0.0, m, only)
             tail_tok = [0.0, *(s / last.launches).tolist()]
 
-    overhead = attn_fixed + (cal.host_graph_launch_cost_s if launch == "graph" else 0.0)
+    overhead = attn_fixed + (cal.host.host_graph_launch_cost_s if launch == "graph" else 0.0)
     return StepTimeModel(
         launch=launch, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
         max_ctx_tokens=max_ctx, step_overhead_s=overhead,
-        host_launch_s=cal.host_launch_cost_s, launches_per_step=launches,
+        host_launch_s=cal.host.host_launch_cost_s, launches_per_step=launches,
         token_s=[0.0, *tok_s.tolist()], token_bytes=[0.0, *tok_b.tolist()],
         seq_s=[0.0, *seq_s.tolist()], seq_bytes=[0.0, *seq_b.tolist()],
         tail_by_tokens_s=tail_tok, tail_by_seqs_s=tail_seq,

@@ -1,10 +1,9 @@
 """Frozen input records: GPU, model, software stack (and their shared base)."""
 
 from gpusim.specs.base import NAME_PATTERN, Frozen, field_error
-from gpusim.specs.calibration import Calibration, SlowPick
 from gpusim.specs.hardware import GpuSpec, Links, LinkSpec, TensorFlops
 from gpusim.specs.model import ModelSpec
 from gpusim.specs.stack import StackOp, StackSpec
 
-__all__ = ["NAME_PATTERN", "Calibration", "Frozen", "GpuSpec", "LinkSpec", "Links",
-           "ModelSpec", "SlowPick", "StackOp", "StackSpec", "TensorFlops", "field_error"]
+__all__ = ["NAME_PATTERN", "Frozen", "GpuSpec", "LinkSpec", "Links",
+           "ModelSpec", "StackOp", "StackSpec", "TensorFlops", "field_error"]

@@ -56,3 +56,11 @@ class GpuSpec(Frozen):
             raise ValueError(f"{self.name} has no tensor throughput for dtype {dtype!r}")
         return float(value)
 
+    def matmul_peak_flops_per_s(self, dtype: str) -> float:
+        """Dense matrix throughput for arithmetic in ``dtype``: the tensor cores' for
+        bf16, fp16, fp8 and int8; the CUDA cores' for fp32 (PyTorch runs fp32 matmuls
+        without TF32 unless told to). Raises ValueError where unsupported."""
+        if dtype == "fp32":
+            return float(self.fp32_flops_per_s)
+        return self.tensor_peak_flops_per_s(dtype)
+

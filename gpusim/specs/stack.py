@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg
+from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg, field_error
 
 TensorName = Literal[
     "hidden", "q", "kv", "attn_out", "intermediate", "gate_up", "rope_table", "logits",
@@ -39,10 +39,6 @@ class StackOp(Frozen):
     # row reductions over the tensor's last dimension among its kernels (RMSNorm's mean)
     reduction_kernels: Annotated[int, Field(ge=0, le=64)] = 0
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
-    # attention: the modes whose kernel reads each KV head once for its whole GQA group
-    # (query heads packed into one CTA); in the others each query head re-reads it
-    shares_kv_in_group: tuple[Literal["decode", "verify", "prefill", "tree"], ...] = (
-        "decode", "verify", "prefill", "tree")
 
     @model_validator(mode="after")
     def _fields_for_op(self) -> StackOp:
@@ -60,11 +56,28 @@ class StackOp(Frozen):
         return self
 
 
+# The attention kernel family each mode runs under PyTorch's SDPA on Hopper (profiled:
+# validation/data/*/kernels*.csv): cuDNN's split-KV flash kernel for decode, FlashAttention-2
+# for a causal verify, cuDNN's flash prefill, cuDNN's fused kernel for a boolean mask.
+TORCH_SDPA_FAMILIES: dict[str, str] = {
+    "decode": "flash_decode", "verify": "fa2", "prefill": "cudnn_prefill",
+    "tree": "cudnn_masked"}
+FAMILY_PATTERN = r"^[a-z0-9_]+$"
+
+
 class StackSpec(Frozen):
-    """A software stack: the ops run once per forward and once per layer."""
+    """A software stack: the ops run once per forward and once per layer, and the
+    attention kernel family each step mode runs (``gpusim.cost.attention`` knows the
+    families; the loader refuses an unknown name)."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     description: str = ""
+    attention: dict[Literal["decode", "verify", "prefill", "tree"],
+                    Annotated[str, Field(pattern=FAMILY_PATTERN)]] = Field(
+        default_factory=lambda: dict(TORCH_SDPA_FAMILIES))
+    # the stack whose measured host costs (per-stack calibration) this one uses when a
+    # calibration has none of its own: said in every output, never silent
+    host_costs_from: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     prologue: tuple[StackOp, ...]
     layer: tuple[StackOp, ...]
     epilogue: tuple[StackOp, ...]
@@ -72,4 +85,16 @@ class StackSpec(Frozen):
     # calibration from torch.profiler output; unmatched names count as elementwise
     profile_classes: dict[Literal["gemm", "attention"], tuple[str, ...]] = Field(
         default_factory=dict)
+
+    @model_validator(mode="after")
+    def _every_mode_has_a_family(self) -> StackSpec:
+        missing = [m for m in TORCH_SDPA_FAMILIES if m not in self.attention]
+        if missing:
+            raise field_error("attention", f"no attention family for mode(s) "
+                              f"{', '.join(missing)}: give one per decode, verify, prefill, tree")
+        return self
+
+    def family(self, mode: str) -> str:
+        """The attention kernel family this stack runs ``mode`` with."""
+        return self.attention[mode]  # type: ignore[index]
 

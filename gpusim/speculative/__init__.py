@@ -9,7 +9,6 @@ k), measured + validate (harness data, fit, errors), figures + output (formattin
 options (CLI values -> inputs).
 """
 
-from gpusim.io.acceptance import parse_acceptance, read_histogram
 from gpusim.speculative.acceptance import (
     EmpiricalAcceptance,
     IidAcceptance,
@@ -31,13 +30,13 @@ from gpusim.speculative.iteration import (
     predict_iteration,
     simulate_iteration,
 )
-from gpusim.speculative.overhead import SpecOverhead, load_overhead
+from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree, best_tree, parse_tree
 
 __all__ = [
     "EagleDraft", "EmpiricalAcceptance", "IidAcceptance", "IterationPrediction",
     "MedusaDraft", "ModelDraft", "MonteCarlo", "NgramDraft", "PositionalAcceptance",
     "RankedAcceptance", "SpecOverhead", "Speculation", "TokenTree", "best_tree",
-    "load_overhead", "monte_carlo", "parse_acceptance", "parse_draft", "parse_tree",
-    "predict_iteration", "read_histogram", "simulate_iteration",
+    "monte_carlo", "parse_draft", "parse_tree",
+    "predict_iteration", "simulate_iteration",
 ]

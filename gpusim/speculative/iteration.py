@@ -35,7 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim import step as step_mod
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs.enums import Mode
 from gpusim.speculative import kernels as kmod
 from gpusim.speculative.acceptance import (
     Acceptance,
@@ -147,7 +149,7 @@ def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarr
     for level, q in enumerate(spec.tree.expanded_per_level()):
         # a level of several nodes attends under the tree's mask (each node: its
         # ancestors), which the stack may run with another attention kernel
-        mode = "decode" if q == 1 else step_mod.TREE_MODE
+        mode = "decode" if q == 1 else Mode.TREE
         ks = step_mod.forward_kernels(model, stack, mode, b, c + before[level], q)
         if extra is not None:
             ks = [kmod.eagle_fc_kernel(extra, b * q), *ks]
@@ -169,7 +171,7 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
     n = spec.tree.nodes
     t = spec.target
     # a chain verifies under the causal mask (FA2); a tree passes its boolean mask
-    mode = "verify" if spec.tree.is_chain else step_mod.TREE_MODE
+    mode = "verify" if spec.tree.is_chain else Mode.TREE
     ks = step_mod.forward_kernels(t, stack, mode, b, c, n)
     if isinstance(spec.draft, MedusaDraft):
         ks += kmod.medusa_head_kernels(t, b, spec.k)
@@ -210,8 +212,8 @@ def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str,
     clock or at ``clock``: its loop's), GPU time and host issue time; ``full_clock``:
     its kernels' costs at full clock when known (``step.program_costs``)."""
     p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch, clock, full_clock)
-    issue = (cal.host_graph_launch_cost_s if launch == "graph"
-             else p.launches * cal.host_launch_cost_s)
+    issue = (cal.host.host_graph_launch_cost_s if launch == "graph"
+             else p.launches * cal.host.host_launch_cost_s)
     return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
 
 

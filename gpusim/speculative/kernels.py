@@ -1,6 +1,7 @@
 """The few kernels a speculative loop adds to the model's forward passes.
 
-Built as ``ops.Kernel`` records so ``cost.kernel_cost`` prices them like any other:
+Built as ``Kernel`` records (``step`` passes them on) so the cost model prices them
+like any other:
 
 * sampling: greedy argmax over each row of logits (reads rows x vocab logits) and a
   copy of the chosen token into the next step's input;
@@ -18,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.specs import ModelSpec
-from gpusim.step import GemmShape, Kernel
+from gpusim.specs.enums import KernelKind
+from gpusim.step import Kernel, gemm_kernel
 
 DRAFT_SAMPLE_LAUNCHES = 2    # argmax, copy into the next input
 PLAIN_SAMPLE_LAUNCHES = 2    # argmax, copy into the next input (plain decoding)
@@ -33,8 +35,9 @@ def _arr(x: object) -> np.ndarray:
 def _elementwise(name: str, launches: int, elements: np.ndarray, bytes_: np.ndarray
                  ) -> Kernel:
     z = np.zeros_like(elements)
-    return Kernel(name=name, kind="elementwise", section="epilogue", launches=launches,
-                  repeat=1, flops=elements, weight_bytes=z, kv_bytes=z, act_bytes=bytes_)
+    return Kernel(name=name, kind=KernelKind.ELEMENTWISE, section="epilogue",
+                  launches=launches, repeat=1, flops=elements, weight_bytes=z, kv_bytes=z,
+                  act_bytes=bytes_)
 
 
 def sample_kernels(model: ModelSpec, rows: object, launches: int, name: str
@@ -51,34 +54,24 @@ def sample_kernels(model: ModelSpec, rows: object, launches: int, name: str
     return out
 
 
-def gemm_kernel(name: str, m: object, n: int, k: int, dtype_bytes: float,
-                section: str = "epilogue") -> Kernel:
-    """out[m, n] = x[m, k] @ W[n, k]^T with W read once from HBM."""
-    mm = _arr(m)
-    return Kernel(name=name, kind="gemm", section=section, launches=1, repeat=1,  # type: ignore[arg-type]
-                  flops=2.0 * mm * n * k, weight_bytes=np.full_like(mm, float(n) * k * dtype_bytes),
-                  kv_bytes=np.zeros_like(mm), act_bytes=(mm * k + mm * n) * dtype_bytes,
-                  gemm=GemmShape(m=mm, n=n, k=k))
-
-
 def medusa_head_kernels(target: ModelSpec, batch: object, heads: int) -> list[Kernel]:
     """``heads`` Medusa-1 heads on one hidden state per sequence: residual block GEMM,
     SiLU + residual add, LM head GEMM, top-k over the vocabulary."""
     b = _arr(batch)
-    h, v, dt = target.hidden_size, target.vocab_size, target.dtype_bytes
+    h, v, dt = target.hidden_size, target.vocab_size, target.dtype
     out: list[Kernel] = []
     for i in range(heads):
-        out.append(gemm_kernel(f"medusa{i}_res", b, h, h, dt))
-        out.append(_elementwise(f"medusa{i}_act", 2, b * h, b * h * 5 * dt))
-        out.append(gemm_kernel(f"medusa{i}_lm_head", b, v, h, dt))
-        out.append(_elementwise(f"medusa{i}_topk", 1, b * v, b * v * dt))
+        out.append(gemm_kernel(b, h, h, dt, name=f"medusa{i}_res", section="epilogue"))
+        out.append(_elementwise(f"medusa{i}_act", 2, b * h, b * h * 5 * target.dtype_bytes))
+        out.append(gemm_kernel(b, v, h, dt, name=f"medusa{i}_lm_head", section="epilogue"))
+        out.append(_elementwise(f"medusa{i}_topk", 1, b * v, b * v * target.dtype_bytes))
     return out
 
 
 def eagle_fc_kernel(target: ModelSpec, tokens: object) -> Kernel:
     """EAGLE's fc layer: concat(token embedding, target feature) [2h] -> h."""
     h = target.hidden_size
-    return gemm_kernel("eagle_fc", tokens, h, 2 * h, target.dtype_bytes, section="prologue")
+    return gemm_kernel(_arr(tokens), h, 2 * h, target.dtype, name="eagle_fc", section="prologue")
 
 
 def tree_compaction_kernel(target: ModelSpec, batch: object, moved_tokens: int) -> Kernel:

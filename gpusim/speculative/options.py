@@ -10,11 +10,12 @@ import numpy as np
 from gpusim.errors import bad
 from gpusim.io import loader
 from gpusim.io.acceptance import parse_acceptance
+from gpusim.io.overhead import load_overhead
 from gpusim.specs import GpuSpec
 from gpusim.speculative.acceptance import Acceptance, RankedAcceptance
 from gpusim.speculative.drafts import MedusaDraft, parse_draft
 from gpusim.speculative.iteration import IterationPrediction, Speculation
-from gpusim.speculative.overhead import SpecOverhead, load_overhead
+from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree, parse_tree
 
 DEFAULT_K = 4

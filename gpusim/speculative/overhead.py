@@ -16,17 +16,13 @@ and the lookup are priors and the launch cost the calibration's.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpusim.errors import bad
-from gpusim.io import loader, yamlfile
-from gpusim.specs import Calibration, GpuSpec
+from gpusim.cost import Calibration
 
-SPEC_CALIBRATIONS_DIR = loader.CALIBRATIONS_DIR / "speculative"
 PRIOR_ROUND_TRIP_S = 50e-6   # sync + 4..1 KB D2H copy + Python bookkeeping (a prior)
 PRIOR_NGRAM_LOOKUP_S = 20e-6  # prompt lookup per iteration when none was measured
 
@@ -72,31 +68,4 @@ class SpecOverhead(BaseModel):
         """``cal`` with the graph launch cost the loop measured (if fitted)."""
         if self.graph_launch_s is None:
             return cal
-        return cal.model_copy(update={"host_graph_launch_cost_s": self.graph_launch_s})
-
-
-def load_overhead(which: str, gpu: GpuSpec) -> SpecOverhead:
-    """``auto``: the fitted file for ``gpu`` if there is one, else the prior; ``none``:
-    the prior; otherwise a YAML path. Raises ConfigError."""
-    if which == "none":
-        return SpecOverhead(gpu=gpu.name)
-    if which == "auto":
-        path = SPEC_CALIBRATIONS_DIR / f"{gpu.name}.yaml"
-        return from_yaml(path) if path.is_file() else SpecOverhead(gpu=gpu.name)
-    path = Path(which)
-    if not path.is_file():
-        raise bad("--overhead", "expected auto, none or an existing YAML file", value=which)
-    return from_yaml(path)
-
-
-def from_yaml(path: Path) -> SpecOverhead:
-    """Read one overhead YAML. Raises ConfigError with file:line."""
-    data, lines = yamlfile.load_yaml(path)
-    return yamlfile.validate(SpecOverhead, data, str(path), lines)
-
-
-def to_yaml(ov: SpecOverhead) -> str:
-    """YAML text of ``ov`` (round-trips through ``from_yaml``)."""
-    import yaml
-
-    return yaml.safe_dump(ov.model_dump(), sort_keys=False)
+        return cal.replace({"host.host_graph_launch_cost_s": self.graph_launch_s})

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import Acceptance
 from gpusim.speculative.drafts import Draft, MedusaDraft
 from gpusim.speculative.iteration import (

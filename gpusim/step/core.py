@@ -29,12 +29,12 @@ from typing import Literal
 
 import numpy as np
 
-from gpusim.cost.kernel import Cost, kernel_cost, power_clock, step_cost, step_costs
+from gpusim.cost import Calibration, Cost, kernel_cost, power_clock, step_cost, step_costs
 from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate_stream
-from gpusim.kernels.build import TREE_MODE, GemmShape, Kernel, build_kernels, kernel_launches
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.kernels import GemmShape, Kernel, build_kernels, kernel_launches
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 
-__all__ = ["TREE_MODE", "Cost", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
+__all__ = ["Cost", "GemmShape", "Kernel", "ProgramStep", "StepPrediction", "Timeline",
            "forward_kernels", "kernels_cost", "predict", "predict_kernels", "program_clock",
            "program_costs",
            "simulate", "simulate_steps"]
@@ -131,13 +131,13 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, gpu: GpuSpec,
     gpu_s = total.seconds
     launches = kernel_launches(kernels)
     if launch == "graph":
-        host = np.full(n, cal.host_graph_launch_cost_s)
+        host = np.full(n, cal.host.host_graph_launch_cost_s)
         seconds = host + gpu_s
         host_bound = np.zeros(n, dtype=bool)
     else:
-        host = np.full(n, launches * cal.host_launch_cost_s)
-        seconds = _eager_end(kernels, costs, model.num_hidden_layers, cal.host_launch_cost_s)
-        host_bound = seconds > gpu_s + cal.host_launch_cost_s + 1e-15
+        host = np.full(n, launches * cal.host.host_launch_cost_s)
+        seconds = _eager_end(kernels, costs, model.num_hidden_layers, cal.host.host_launch_cost_s)
+        host_bound = seconds > gpu_s + cal.host.host_launch_cost_s + 1e-15
     return StepPrediction(seconds=seconds, gpu_s=gpu_s, host_s=host, host_bound=host_bound,
                           total=total, by_op=by_op, kernels=kernels, launches=launches)
 
@@ -189,8 +189,8 @@ def simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
     costs = step_costs(kernels, gpu, cal)
     launches = expand_launches(kernels, costs, model.num_hidden_layers)
     return simulate_stream(
-        launches, host_launch_s=cal.host_launch_cost_s,
-        graph_launch_s=cal.host_graph_launch_cost_s, graph=launch == "graph",
+        launches, host_launch_s=cal.host.host_launch_cost_s,
+        graph_launch_s=cal.host.host_graph_launch_cost_s, graph=launch == "graph",
         sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
 
 
@@ -262,8 +262,8 @@ def simulate_steps(steps: Sequence[ProgramStep], gpu: GpuSpec, cal: Calibration,
             graph=launch == "graph", host_before_s=st.host_before_s,
             sync_after=st.sync_after, host_after_s=st.host_after_s))
     return simulate_program(
-        program, host_launch_s=cal.host_launch_cost_s,
-        graph_launch_s=cal.host_graph_launch_cost_s,
+        program, host_launch_s=cal.host.host_launch_cost_s,
+        graph_launch_s=cal.host.host_graph_launch_cost_s,
         sram_bytes=gpu.l2_bytes + gpu.sram_per_sm_bytes * gpu.sm_count, record=record)
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.cost import Calibration
 from gpusim.errors import ConfigError, bad, read_text
-from gpusim.kernels.build import MODES, check_shape
-from gpusim.specs import Calibration, GpuSpec, ModelSpec, StackSpec
+from gpusim.kernels import check_shape
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs.enums import ROW_MODES as MODES
 from gpusim.step import predict
 
 REQUIRED = ("model", "mode", "batch", "ctx", "q")

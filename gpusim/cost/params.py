@@ -1,0 +1,208 @@
+"""The cost model's parameters: a calibration, in three parts.
+
+* ``GpuPhysics``: what belongs to the GPU and holds for every stack on it (HBM
+  bandwidth and its ramp, tensor efficiency, launch gaps, L2, pointwise and GEMM kernel
+  behaviour, the power cap).
+* attention families' parameters (``gpusim.cost.attention``), keyed by family name:
+  shared by every stack that runs that kernel on this GPU.
+* ``HostParams``: what one software stack's host path costs (eager launches, a graph
+  replay).
+
+A calibration file (``CalibrationSet``) holds one GPU's physics and families and the
+host parameters of each stack it was measured with; ``for_stack`` resolves the
+``Calibration`` a prediction uses, and refuses a stack it has nothing for. The
+defaults everywhere are the ideal datasheet GPU: full bandwidth and tensor rate, no
+fixed costs. ``gpusim calibrate`` fits them from measurements.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, create_model
+
+from gpusim.cost.attention import FAMILIES
+from gpusim.specs import Frozen, StackSpec
+from gpusim.specs.base import Fraction, NonNeg, PosInt
+
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SlowPick(Frozen):
+    """A GEMM shape for which cuBLAS picks a kernel far slower than its neighbours' in
+    m, and by how much (measured: ``gpusim.calibration.gemm_picks``)."""
+
+    n: PosInt
+    k: PosInt
+    m: PosInt
+    slowdown: Annotated[float, Field(ge=1.0, le=100.0)]
+
+
+class GpuPhysics(Frozen):
+    """A GPU's physics as the cost model sees it; holds for every stack."""
+
+    # HBM: sustained fraction of the datasheet bandwidth, and the latency that a
+    # kernel's first bytes pay (Little's law: small transfers don't reach peak).
+    hbm_bandwidth_efficiency: Fraction = 1.0
+    dram_latency_s: NonNeg = 0.0
+    # CTAs per SM a kernel needs in flight to reach full bandwidth (0: no limit).
+    saturating_ctas_per_sm: NonNeg = 0.0
+    # Per-kernel GPU-side cost inside the kernel (prologue/epilogue, tail).
+    kernel_fixed_cost_s: NonNeg = 0.0
+    # Idle time on the GPU between two kernels of a stream (the next kernel's launch
+    # by the front end): in a step's time, not in any kernel's profiled duration.
+    launch_gap_s: NonNeg = 0.0
+    # Achievable fraction of dense tensor throughput in large GEMMs.
+    tensor_efficiency: Fraction = 1.0
+    # GEMM output tile (cuBLAS-like) for wave quantisation.
+    gemm_tile_m: PosInt = 128
+    gemm_tile_n: PosInt = 128
+    # Shapes where cuBLAS's kernel pick is measured far slower than the smooth model's
+    # (gemm_picks); empty for a GPU without a GEMM sweep.
+    gemm_slow_picks: tuple[SlowPick, ...] = ()
+    # Extra fixed time per GEMM (pipeline fill and drain, split-K reduction).
+    gemm_fixed_cost_s: NonNeg = 0.0
+    # Attention kernels, every family: the fraction of HBM bandwidth their KV streams
+    # at, and a fixed time per launch.
+    attention_bandwidth_efficiency: Fraction = 1.0
+    attention_fixed_cost_s: NonNeg = 0.0
+    # L2 bandwidth over sustained HBM bandwidth, for pointwise chains whose tensors
+    # stay in L2 between kernels (1: L2 ignored, the datasheet model).
+    l2_bandwidth_ratio: Annotated[float, Field(ge=1.0, le=20.0)] = 1.0
+    # Row reductions: time per element of one row, and the rows after which more rows
+    # run in parallel (see cost.pointwise.reduction_s).
+    reduction_s_per_element: NonNeg = 0.0
+    reduction_parallel_rows: Annotated[float, Field(ge=1.0, le=4096.0)] = 16.0
+    # Bandwidth of a non-vectorised (strided) pointwise kernel, as a fraction of a
+    # vectorised one's (element-wide loads instead of 16-byte vectors).
+    strided_bandwidth_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # Extra fixed time of a non-vectorised (strided, broadcast, reduction) kernel.
+    strided_kernel_extra_s: NonNeg = 0.0
+    # Power cap: the share of a back-to-back step's time its matrix work keeps the
+    # tensor cores busy at peak (at full clock) before the power manager lowers the SM
+    # clock (1: never); see cost.power.power_clock.
+    power_cap_tensor_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # HBM streaming's power against the tensor cores': a step's load on the cap is its
+    # tensor share plus this times its HBM share (cost.power.power_load).
+    power_memory_weight: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    # How memory and compute overlap inside a kernel: time = (m^p + c^p)^(1/p).
+    overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 64.0
+
+
+class HostParams(Frozen):
+    """One software stack's host path: the cost to launch one kernel from eager
+    PyTorch, and one CUDA-graph replay."""
+
+    host_launch_cost_s: NonNeg = 0.0
+    host_graph_launch_cost_s: NonNeg = 0.0
+
+
+# one field per attention family, typed by the family's own parameter record (built
+# from the registry: a new family's module brings its fields with it)
+AttentionParams: type[Frozen] = create_model(  # type: ignore[call-overload]
+    "AttentionParams", __base__=Frozen,
+    **{name: (fam.Params, fam.Params()) for name, fam in FAMILIES.items()})
+
+
+class Calibration(Frozen):
+    """The parameters one prediction uses: one GPU's physics and attention families,
+    and one stack's host costs (``stack``; ``host_from`` names another stack when its
+    host costs stand in for this one's, as its stack file asks)."""
+
+    gpu: str | None = None
+    stack: str | None = None
+    host_from: str | None = None
+    fitted_on: str = "datasheet"
+    physics: GpuPhysics = GpuPhysics()
+    attention: AttentionParams = AttentionParams()  # type: ignore[valid-type]
+    host: HostParams = HostParams()
+    notes: str = ""
+
+    def family_params(self, name: str) -> Frozen:
+        """The parameters of attention family ``name``; raises KeyError if unknown."""
+        return getattr(self.attention, name)
+
+    def replace(self, values: dict[str, object]) -> Calibration:
+        """A copy with ``values`` set, keyed by dotted path (``physics.launch_gap_s``,
+        ``attention.fa2.score_flops``, ``host.host_launch_cost_s``, ``gpu``). Raises
+        KeyError for a path that names no parameter."""
+        physics: dict[str, object] = {}
+        host: dict[str, object] = {}
+        families: dict[str, dict[str, object]] = {}
+        top: dict[str, object] = {}
+        for path, value in values.items():
+            parts = path.split(".")
+            if parts[0] == "physics" and len(parts) == 2 and parts[1] in GpuPhysics.model_fields:
+                physics[parts[1]] = value
+            elif parts[0] == "host" and len(parts) == 2 and parts[1] in HostParams.model_fields:
+                host[parts[1]] = value
+            elif (parts[0] == "attention" and len(parts) == 3
+                  and parts[1] in AttentionParams.model_fields
+                  and parts[2] in type(self.family_params(parts[1])).model_fields):
+                families.setdefault(parts[1], {})[parts[2]] = value
+            elif len(parts) == 1 and parts[0] in ("gpu", "stack", "host_from", "fitted_on",
+                                                  "notes"):
+                top[parts[0]] = value
+            else:
+                raise KeyError(f"{path}: not a calibration parameter")
+        attention = self.attention.model_copy(update={
+            name: self.family_params(name).model_copy(update=upd)
+            for name, upd in families.items()})
+        return self.model_copy(update={
+            **top, "physics": self.physics.model_copy(update=physics),
+            "host": self.host.model_copy(update=host), "attention": attention})
+
+    def get(self, path: str) -> object:
+        """The value at a dotted path (as ``replace`` takes). Raises KeyError."""
+        parts = path.split(".")
+        try:
+            obj: object = self
+            for p in parts:
+                obj = getattr(obj, p)
+            return obj
+        except (AttributeError, IndexError):
+            raise KeyError(f"{path}: not a calibration parameter") from None
+
+    def is_set(self, path: str) -> bool:
+        """Whether the parameter at ``path`` was given (not left at its default)."""
+        parts = path.split(".")
+        if parts[0] == "attention":
+            return parts[2] in self.family_params(parts[1]).model_fields_set
+        owner = {"physics": self.physics, "host": self.host}.get(parts[0])
+        return owner is not None and parts[1] in owner.model_fields_set
+
+
+class CalibrationSet(Frozen):
+    """A calibration file: one GPU's physics and attention families, fitted across the
+    stacks it was measured with, and each stack's host costs."""
+
+    gpu: str
+    fitted_on: str = "datasheet"
+    physics: GpuPhysics = GpuPhysics()
+    attention: AttentionParams = AttentionParams()  # type: ignore[valid-type]
+    stacks: dict[str, HostParams] = Field(default_factory=dict)
+    notes: str = ""
+
+    def for_stack(self, stack: StackSpec) -> Calibration:
+        """The calibration for ``stack`` on this GPU: its own host costs, or those of the
+        stack its file names in ``host_costs_from``. Raises ValueError (field
+        ``stack``) when this file has neither."""
+        source = stack.name if stack.name in self.stacks else stack.host_costs_from
+        if source is None or source not in self.stacks:
+            have = ", ".join(sorted(self.stacks)) or "none"
+            raise ValueError(
+                f"stack={stack.name!r}: this calibration of {self.gpu} has no host costs "
+                f"for it (it has: {have}); measure it and run `gpusim calibrate`, name a "
+                f"measured stack in its file's host_costs_from, or use --calibration none")
+        return Calibration(gpu=self.gpu, stack=stack.name,
+                           host_from=None if source == stack.name else source,
+                           fitted_on=self.fitted_on, physics=self.physics,
+                           attention=self.attention, host=self.stacks[source],
+                           notes=self.notes)
+
+    @staticmethod
+    def of(cal: Calibration, stacks: dict[str, HostParams]) -> CalibrationSet:
+        """The file holding ``cal``'s physics and families with ``stacks``' host costs."""
+        return CalibrationSet(gpu=cal.gpu or "", fitted_on=cal.fitted_on,
+                              physics=cal.physics, attention=cal.attention, stacks=stacks,
+                              notes=cal.notes)
