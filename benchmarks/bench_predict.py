@@ -32,6 +32,7 @@ import numpy as np
 from machine import machine_info
 
 from gpusim.io import calibrations, loader
+from gpusim.platform import Platform
 from gpusim.step import predict
 from gpusim.step.rows import Row, predict_rows
 
@@ -56,7 +57,7 @@ def draw_shapes(n: int, models: tuple[str, ...], seed: int) -> dict[str, np.ndar
             "ctx": ctx.astype(np.float64), "q": q.astype(np.float64)}
 
 
-def library_path(shapes, specs, gpu, stack, cal, launch) -> np.ndarray:
+def library_path(shapes, specs, platform: Platform) -> np.ndarray:
     """step.predict once per (model, mode) group; results back in input order."""
     out = np.empty(len(shapes["batch"]))
     key = shapes["model"] * len(MODES) + shapes["mode"]
@@ -64,8 +65,14 @@ def library_path(shapes, specs, gpu, stack, cal, launch) -> np.ndarray:
     bounds = np.flatnonzero(np.diff(key[order])) + 1
     for idx in np.split(order, bounds):
         g = int(key[idx[0]])
-        p = predict(gpu, specs[g // len(MODES)], stack, cal, MODES[g % len(MODES)],
-                    shapes["batch"][idx], shapes["ctx"][idx], shapes["q"][idx], launch)
+        p = predict(
+            platform,
+            specs[g // len(MODES)],
+            MODES[g % len(MODES)],
+            shapes["batch"][idx],
+            shapes["ctx"][idx],
+            shapes["q"][idx],
+        )
         out[idx] = p.seconds
     return out
 
@@ -80,16 +87,25 @@ def make_rows(shapes, models: tuple[str, ...]) -> list[Row]:
     return rows
 
 
-def rows_path(rows, gpu, stack, cal, launch) -> np.ndarray:
-    preds = predict_rows(rows, "bench.csv", gpu, stack, cal, launch, loader.load_model)
+def rows_path(rows, platform: Platform) -> np.ndarray:
+    preds = predict_rows(rows, "bench.csv", platform, loader.load_model)
     return np.array([p["predicted_ms"] for p in preds]) * 1e-3
 
 
 def model_table(specs) -> dict[str, np.ndarray]:
     """Per-model sizes as arrays (one entry per model) for the roofline."""
-    cols: dict[str, list[float]] = {k: [] for k in (
-        "layer_gemm_params", "lm_head_params", "kv_dim", "heads", "head_dim", "layers",
-        "dtype_bytes")}
+    cols: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "layer_gemm_params",
+            "lm_head_params",
+            "kv_dim",
+            "heads",
+            "head_dim",
+            "layers",
+            "dtype_bytes",
+        )
+    }
     for m in specs:
         h, i, d = m.hidden_size, m.intermediate_size, m.head_dim_eff
         qd, kvd = m.num_attention_heads * d, m.num_key_value_heads * d
@@ -109,13 +125,15 @@ def numpy_roofline(shapes, table, bw: float, peak: float) -> np.ndarray:
     b, c, q = shapes["batch"], shapes["ctx"], shapes["q"]
     layers, dt = table["layers"][mi], table["dtype_bytes"][mi]
     tokens = b * q
-    out_tokens = np.where(shapes["mode"] == 2, b, tokens)   # prefill: last position only
+    out_tokens = np.where(shapes["mode"] == 2, b, tokens)  # prefill: last position only
     weights = (layers * table["layer_gemm_params"][mi] + table["lm_head_params"][mi]) * dt
     kv = 2.0 * b * (c + q) * table["kv_dim"][mi] * dt * layers
-    gemm_flops = 2.0 * (tokens * layers * table["layer_gemm_params"][mi]
-                        + out_tokens * table["lm_head_params"][mi])
-    attn_flops = (4.0 * b * table["heads"][mi] * table["head_dim"][mi]
-                  * (q * c + q * (q + 1) / 2) * layers)
+    gemm_flops = 2.0 * (
+        tokens * layers * table["layer_gemm_params"][mi] + out_tokens * table["lm_head_params"][mi]
+    )
+    attn_flops = (
+        4.0 * b * table["heads"][mi] * table["head_dim"][mi] * (q * c + q * (q + 1) / 2) * layers
+    )
     return np.maximum((weights + kv) / bw, (gemm_flops + attn_flops) / peak)
 
 
@@ -145,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = loader.load_gpu(args.gpu)
     stack = loader.load_stack()
-    cal = calibrations.load_calibration(args.calibration, gpu, loader.load_stack())
+    cal = calibrations.load_calibration(args.calibration, gpu, stack)
+    platform = Platform(gpu, stack, cal, args.launch)
     models = DEFAULT_MODELS
     specs = [loader.load_model(m) for m in models]
     shapes = draw_shapes(args.shapes, models, args.seed)
@@ -155,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     peak = gpu.tensor_peak_flops_per_s("bf16")
 
     t_lib, lib_all, lib = timed(
-        lambda: library_path(shapes, specs, gpu, stack, cal, args.launch), args.repeats)
+        lambda: library_path(shapes, specs, platform), args.repeats
+    )
     t_rows, rows_all, via_rows = timed(
-        lambda: rows_path(rows, gpu, stack, cal, args.launch), args.repeats)
-    t_roof, roof_all, roof = timed(
-        lambda: numpy_roofline(shapes, table, bw, peak), args.repeats)
+        lambda: rows_path(rows, platform), args.repeats
+    )
+    t_roof, roof_all, roof = timed(lambda: numpy_roofline(shapes, table, bw, peak), args.repeats)
 
     # sanity: both gpusim paths give the same numbers, and none beats the roofline
     if not np.allclose(lib, via_rows, rtol=1e-12, atol=0):
@@ -167,38 +187,57 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     below = float(np.min(lib / roof))
     n = args.shapes
-    per = {k: v / n * 1e6 for k, v in
-           (("step_predict", t_lib), ("predict_rows", t_rows), ("numpy_roofline", t_roof))}
+    per = {
+        k: v / n * 1e6
+        for k, v in (("step_predict", t_lib), ("predict_rows", t_rows), ("numpy_roofline", t_roof))
+    }
     groups = len(np.unique(shapes["model"] * len(MODES) + shapes["mode"]))
 
-    print(f"gpusim fast path: {n} random shapes ({len(models)} models x {len(MODES)} modes"
-          f" = {groups} groups) on {gpu.name}, calibration {cal.fitted_on}, "
-          f"launch {args.launch}; median of {args.repeats}")
+    print(
+        f"gpusim fast path: {n} random shapes ({len(models)} models x {len(MODES)} modes"
+        f" = {groups} groups) on {gpu.name}, calibration {cal.fitted_on}, "
+        f"launch {args.launch}; median of {args.repeats}"
+    )
     print(f"{'path':<32}{'total ms':>10}{'us/shape':>10}{'x roofline':>12}")
-    for label, key, t in (("gpusim step.predict (grouped)", "step_predict", t_lib),
-                          ("gpusim rows.predict_rows", "predict_rows", t_rows),
-                          ("numpy roofline (baseline)", "numpy_roofline", t_roof)):
+    for label, key, t in (
+        ("gpusim step.predict (grouped)", "step_predict", t_lib),
+        ("gpusim rows.predict_rows", "predict_rows", t_rows),
+        ("numpy roofline (baseline)", "numpy_roofline", t_roof),
+    ):
         print(f"{label:<32}{t * 1e3:>10.2f}{per[key]:>10.3f}{t / t_roof:>12.1f}")
     verdict = "meets" if per["predict_rows"] <= TARGET_US_PER_SHAPE else "misses"
-    print(f"target <= {TARGET_US_PER_SHAPE:g} us/shape (rows path): {verdict}; "
-          f"min predicted/roofline time = {below:.3f}")
+    print(
+        f"target <= {TARGET_US_PER_SHAPE:g} us/shape (rows path): {verdict}; "
+        f"min predicted/roofline time = {below:.3f}"
+    )
 
     record = {
         "benchmark": "bench_predict",
-        "command": "python benchmarks/bench_predict.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]).rstrip(),
+        "command": "python benchmarks/bench_predict.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]).rstrip(),
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "config": {"shapes": n, "repeats": args.repeats, "seed": args.seed, "gpu": gpu.name,
-                   "calibration": cal.fitted_on, "launch": args.launch,
-                   "models": list(models), "groups": groups},
-        "seconds_median": {"step_predict": t_lib, "predict_rows": t_rows,
-                           "numpy_roofline": t_roof},
-        "seconds_all": {"step_predict": lib_all, "predict_rows": rows_all,
-                        "numpy_roofline": roof_all},
+        "config": {
+            "shapes": n,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "gpu": gpu.name,
+            "calibration": cal.fitted_on,
+            "launch": args.launch,
+            "models": list(models),
+            "groups": groups,
+        },
+        "seconds_median": {"step_predict": t_lib, "predict_rows": t_rows, "numpy_roofline": t_roof},
+        "seconds_all": {
+            "step_predict": lib_all,
+            "predict_rows": rows_all,
+            "numpy_roofline": roof_all,
+        },
         "us_per_shape": per,
-        "ratio_to_numpy_roofline": {"step_predict": t_lib / t_roof,
-                                    "predict_rows": t_rows / t_roof},
+        "ratio_to_numpy_roofline": {
+            "step_predict": t_lib / t_roof,
+            "predict_rows": t_rows / t_roof,
+        },
         "target_us_per_shape": TARGET_US_PER_SHAPE,
         "meets_target": per["predict_rows"] <= TARGET_US_PER_SHAPE,
         "min_predicted_over_roofline_time": below,

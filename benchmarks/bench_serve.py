@@ -39,6 +39,7 @@ import numpy as np
 from machine import cpu_model
 
 from gpusim.io import calibrations, loader
+from gpusim.platform import Platform
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.simulate import build_engine, simulate
 
@@ -97,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     gpu = loader.load_gpu(args.gpu)
     model = loader.load_model(args.model)
     stack = loader.load_stack()
-    cal = calibrations.load_calibration(args.calibration, gpu, loader.load_stack())
+    cal = calibrations.load_calibration(args.calibration, gpu, stack)
     scenario = chat_scenario(args.duration_s, args.rate, args.seed)
     t0 = time.perf_counter()
-    engine = build_engine(gpu, model, stack, cal, scenario)
+    engine = build_engine(Platform(gpu, stack, cal), model, scenario)
     build_s = time.perf_counter() - t0
 
     simulate(engine, chat_scenario(min(60.0, args.duration_s), args.rate, args.seed))  # warm

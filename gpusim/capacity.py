@@ -1,37 +1,123 @@
-"""Does a model fit on one GPU? The check ``gpusim predict`` makes before predicting.
+"""The one memory planner: what a GPU holds for a model (weights, KV cache, a runtime
+reserve), per GPU of the parallel layout.
 
-Only the weights are counted: a step's time is meaningless for a model whose weights
-alone exceed the GPU's HBM (tensor parallelism is not modelled yet). KV cache and
-runtime reserve are the serving simulator's business (``gpusim.serving.kv_cache``).
+Every command that asks "does it fit" asks here: ``predict`` (a step's weights and KV),
+``spec`` (target and draft weights, both KV caches), ``serve`` (how many KV blocks fit
+next to the weights) and the planner. The reserve stands for what an engine needs
+besides weights and KV: activations of the largest step, CUDA graphs, the allocator's
+fragmentation, NCCL and cuBLAS workspaces. Its default mirrors vLLM's
+``gpu_memory_utilization=0.9``. Errors name the field (``model``, ``batch``,
+``reserve_fraction``); the command line maps fields to its flags.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from gpusim.errors import ConfigError, bad
 from gpusim.specs import GpuSpec, ModelSpec
 
-
-def check_fits(model: ModelSpec, gpu: GpuSpec, source: str = "--model",
-               line: int | None = None) -> None:
-    """Raise ConfigError (at ``source``/``line``) if ``model``'s weights exceed
-    ``gpu``'s HBM capacity; the message gives both numbers."""
-    weights = float(model.weight_bytes)
-    capacity = float(gpu.hbm_capacity_bytes)
-    if weights > capacity:
-        raise bad(source, f"{model.name} does not fit on {gpu.name}: weights "
-                  f"{weights / 1e9:.2f} GB ({weights:.0f} bytes, {model.param_count:,} "
-                  f"params in {model.torch_dtype}) exceed {capacity / 1e9:.2f} GB HBM "
-                  f"({capacity:.0f} bytes); multi-GPU (tp > 1) is not modelled yet",
-                  line=line)
+DEFAULT_RESERVE_FRACTION = 0.10
+GB = 1e9
 
 
-def fitting_model_loader(gpu: GpuSpec, load: Callable[[str], ModelSpec]
-                         ) -> Callable[[str], ModelSpec]:
-    """A model resolver for ``rows.predict_rows``: ``load(name)``, then
-    ``check_fits``. Its errors carry no location of their own where the row's line
-    says it all (an unknown name, a model too large), so the row's error reads
+@dataclass(frozen=True)
+class MemoryPlan:
+    """One GPU's memory for one model (bytes): capacity, reserve, weights, and what
+    is left for the KV cache, which needs ``kv_bytes_per_token`` per cached token."""
+
+    gpu: str
+    model: str
+    hbm_capacity_bytes: float
+    reserve_fraction: float
+    weight_bytes: float
+    kv_bytes_per_token: float
+
+    @property
+    def reserve_bytes(self) -> float:
+        return self.reserve_fraction * self.hbm_capacity_bytes
+
+    @property
+    def usable_bytes(self) -> float:
+        """HBM for weights and KV: capacity less the reserve."""
+        return self.hbm_capacity_bytes * (1.0 - self.reserve_fraction)
+
+    @property
+    def kv_capacity_bytes(self) -> float:
+        """HBM left for the KV cache (negative when the weights do not fit)."""
+        return self.hbm_capacity_bytes - self.weight_bytes - self.reserve_bytes
+
+    def kv_tokens(self) -> int:
+        """Cached tokens (all sequences together) that fit next to the weights."""
+        if self.kv_capacity_bytes <= 0:
+            return 0
+        return int(self.kv_capacity_bytes // self.kv_bytes_per_token)
+
+    def bytes_for(self, tokens: np.ndarray | float) -> np.ndarray:
+        """Weights plus the KV of ``tokens`` cached tokens (per shape)."""
+        return self.weight_bytes + np.asarray(tokens, dtype=np.float64) * self.kv_bytes_per_token
+
+    def describe(self) -> str:
+        """The numbers, for error messages."""
+        return (f"weights {self.weight_bytes / GB:.2f} GB + runtime reserve "
+                f"{self.reserve_bytes / GB:.2f} GB ({self.reserve_fraction:.0%} of HBM) "
+                f"leave {self.kv_capacity_bytes / GB:.2f} GB of "
+                f"{self.hbm_capacity_bytes / GB:.2f} GB HBM for the KV cache, which needs "
+                f"{self.kv_bytes_per_token / 1e6:.4f} MB per token")
+
+    def check_weights(self) -> None:
+        """Raise ConfigError (field ``model``) when the weights leave no room at all."""
+        if self.kv_capacity_bytes <= 0:
+            raise bad("", f"{self.model} does not fit on {self.gpu}: {self.describe()}; "
+                      "multi-GPU (tp > 1) is not modelled yet", field="model")
+
+    def check_tokens(self, tokens: np.ndarray, what: str = "batch") -> None:
+        """Raise ConfigError (field ``what``) when ``tokens`` cached tokens (per shape)
+        do not fit next to the weights; the message gives the first such shape's
+        numbers and how many tokens fit."""
+        self.check_weights()
+        t = np.atleast_1d(np.asarray(tokens, dtype=np.float64))
+        over = t * self.kv_bytes_per_token > self.kv_capacity_bytes
+        if over.any():
+            first = float(t[over][0])
+            raise bad("", f"{first:.0f} cached tokens need "
+                      f"{first * self.kv_bytes_per_token / GB:.2f} GB of KV cache on "
+                      f"{self.gpu}, where {self.describe()} ({self.kv_tokens()} tokens fit)",
+                      field=what)
+
+
+def memory_plan(gpu: GpuSpec, model: ModelSpec,
+                reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+                extra_weight_bytes: float = 0.0,
+                extra_kv_bytes_per_token: float = 0.0) -> MemoryPlan:
+    """``model`` on one ``gpu``, with a speculative draft's weights and KV per token
+    (``extra_*``: each cached token is held by target and draft). Raises ConfigError
+    (field ``reserve_fraction``) for a reserve outside [0, 1)."""
+    if not 0.0 <= reserve_fraction < 1.0:
+        raise bad("", "must be in [0, 1)", field="reserve_fraction", value=reserve_fraction)
+    return MemoryPlan(gpu=gpu.name, model=model.name,
+                      hbm_capacity_bytes=float(gpu.hbm_capacity_bytes),
+                      reserve_fraction=reserve_fraction,
+                      weight_bytes=float(model.weight_bytes) + extra_weight_bytes,
+                      kv_bytes_per_token=float(model.kv_bytes_per_token)
+                      + extra_kv_bytes_per_token)
+
+
+def check_step_fits(gpu: GpuSpec, model: ModelSpec, batch: object, ctx: object,
+                    q: object) -> None:
+    """Raise ConfigError when a step's weights and KV (``batch`` x (ctx + q) tokens)
+    exceed the GPU's HBM (no reserve: a step alone may use it all)."""
+    plan = memory_plan(gpu, model, reserve_fraction=0.0)
+    b, c, qq = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (batch, ctx, q))
+    plan.check_tokens(b * (c + qq))
+
+
+def fitting_model_loader(gpu: GpuSpec, load):  # type: ignore[no-untyped-def]
+    """A model resolver for ``step.rows.predict_rows``: ``load(name)``, then a check
+    that its weights fit. Its errors carry no location of their own where the row's
+    line says it all (an unknown name, a model too large), so the row's error reads
     ``rows.csv:3: model: ...``; errors inside a model file keep that file's line."""
 
     def resolve(name: str) -> ModelSpec:
@@ -42,7 +128,7 @@ def fitting_model_loader(gpu: GpuSpec, load: Callable[[str], ModelSpec]
                 raise ConfigError("", exc.reason, exc.field, exc.line, exc.value,
                                   exc.has_value) from None
             raise
-        check_fits(model, gpu, source="")
+        memory_plan(gpu, model, reserve_fraction=0.0).check_weights()
         return model
 
     return resolve

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from gpusim.cost import kernel_cost
 from gpusim.engine import HostStep, Launch, ProgramRunner, simulate_program, simulate_stream
 from gpusim.kernels import build_kernels, kernel_launches
+from gpusim.platform import Platform
 from gpusim.step import expand_launches, predict, simulate
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None,
@@ -55,8 +56,8 @@ def _rel_close(a: float, b: float, rel: float = 1e-9) -> bool:
 def test_simulate_agrees_with_predict_llama_1b(gpus, models, stack, shape, cal, launch, gpu):
     mode, b, c, q = shape
     spec = models["llama-3.2-1b"]
-    p = predict(gpus[gpu], spec, stack, cal, mode, b, c, q, launch)
-    tl = simulate(gpus[gpu], spec, stack, cal, mode, b, c, q, launch, record=False)
+    p = predict(Platform(gpus[gpu], stack, cal, launch), spec, mode, b, c, q)
+    tl = simulate(Platform(gpus[gpu], stack, cal, launch), spec, mode, b, c, q, record=False)
     assert _rel_close(tl.end_s, float(p.seconds[0])), (tl.end_s, float(p.seconds[0]))
 
 
@@ -69,8 +70,8 @@ def test_simulate_agrees_with_predict_tiny_models(h100, stack, model, shape, cal
     # host_scale sweeps eager mode from GPU-bound to launch-bound
     cal = cal.replace({"host.host_launch_cost_s": cal.host.host_launch_cost_s * host_scale})
     mode, b, c, q = shape
-    p = predict(h100, model, stack, cal, mode, b, c, q, launch)
-    tl = simulate(h100, model, stack, cal, mode, b, c, q, launch)
+    p = predict(Platform(h100, stack, cal, launch), model, mode, b, c, q)
+    tl = simulate(Platform(h100, stack, cal, launch), model, mode, b, c, q)
     assert _rel_close(tl.end_s, float(p.seconds[0])), (tl.end_s, float(p.seconds[0]))
     _check_timeline(tl, launch, kernel_launches(p.kernels))
 
@@ -90,10 +91,16 @@ def test_predict_vector_matches_simulate_per_shape(h100, models, stack):
     b = np.array([1, 8, 64, 256])
     c = np.array([0, 100, 4000, 20000])
     for launch in ("graph", "eager"):
-        p = predict(h100, spec, stack, cal, "decode", b, c, 1, launch)
+        p = predict(Platform(h100, stack, cal, launch), spec, "decode", b, c, 1)
         for i in range(len(b)):
             tl = simulate(
-                h100, spec, stack, cal, "decode", int(b[i]), int(c[i]), 1, launch, record=False
+                Platform(h100, stack, cal, launch),
+                spec,
+                "decode",
+                int(b[i]),
+                int(c[i]),
+                1,
+                record=False,
             )
             assert _rel_close(tl.end_s, float(p.seconds[i]))
 
@@ -105,16 +112,16 @@ def test_eager_launch_bound_and_gpu_bound_limits(h100, models, stack):
     n = 9 + 38 * 16 + 9  # 626 launches (see test_ops)
     # host far slower than any kernel: the step ends one (last) kernel after the last issue
     slow = Calibration(host={"host_launch_cost_s": 1e-3})
-    p = predict(h100, spec, stack, slow, "decode", 1, 10, 1, "eager")
-    tl = simulate(h100, spec, stack, slow, "decode", 1, 10, 1, "eager")
+    p = predict(Platform(h100, stack, slow, "eager"), spec, "decode", 1, 10, 1)
+    tl = simulate(Platform(h100, stack, slow, "eager"), spec, "decode", 1, 10, 1)
     last = [i for i in tl.intervals if i.resource == "sm"][-1]
     assert _rel_close(tl.end_s, n * 1e-3 + (last.end_s - last.start_s))
     assert _rel_close(tl.end_s, float(p.seconds[0]))
     assert bool(p.host_bound[0])
     # free host: eager == graph == sum of kernels
     free = Calibration(host={"host_launch_cost_s": 0.0})
-    pe = predict(h100, spec, stack, free, "decode", 1, 10, 1, "eager")
-    pg = predict(h100, spec, stack, free, "decode", 1, 10, 1, "graph")
+    pe = predict(Platform(h100, stack, free, "eager"), spec, "decode", 1, 10, 1)
+    pg = predict(Platform(h100, stack, free, "graph"), spec, "decode", 1, 10, 1)
     assert _rel_close(float(pe.seconds[0]), float(pg.seconds[0]), 1e-12)
     assert not bool(pe.host_bound[0])
 
@@ -165,7 +172,7 @@ def test_timeline_invariants_llama_1b(h100, models, stack, launch, mode, b, c, q
         host={"host_launch_cost_s": 4e-6, "host_graph_launch_cost_s": 10e-6},
     )
     spec = models["llama-3.2-1b"]
-    tl = simulate(h100, spec, stack, cal, mode, b, c, q, launch)
+    tl = simulate(Platform(h100, stack, cal, launch), spec, mode, b, c, q)
     _check_timeline(tl, launch, 626)
     # every layer appears, in order; prologue and epilogue carry layer -1
     layers = [i.layer for i in tl.intervals if i.resource == "sm"]
@@ -176,7 +183,7 @@ def test_timeline_invariants_llama_1b(h100, models, stack, launch, mode, b, c, q
     sram = h100.l2_bytes + h100.sram_per_sm_bytes * h100.sm_count
     assert tl.sram_peak_bytes <= sram
     # bytes and flops on the SM intervals add up to the step's
-    p = predict(h100, spec, stack, cal, mode, b, c, q, launch)
+    p = predict(Platform(h100, stack, cal, launch), spec, mode, b, c, q)
     sm = [i for i in tl.intervals if i.resource == "sm"]
     assert _rel_close(sum(i.bytes for i in sm), float(p.total.bytes[0]))
     assert _rel_close(sum(i.flops for i in sm), float(p.total.flops[0]))
@@ -279,20 +286,22 @@ def test_negative_phase_durations_rejected_where_they_enter(field):
 
 def test_bad_launch_mode_rejected(h100, models, stack, datasheet):
     with pytest.raises(ValueError, match="launch='cuda' must be one of graph, eager"):
-        simulate(h100, models["llama-3.2-1b"], stack, datasheet, "decode", 1, 0, 1, "cuda")
+        simulate(
+            Platform(h100, stack, datasheet, "cuda"), models["llama-3.2-1b"], "decode", 1, 0, 1
+        )
     with pytest.raises(ValueError, match="launch='cuda'"):
-        predict(h100, models["llama-3.2-1b"], stack, datasheet, "decode", 1, 0, 1, "cuda")
+        predict(Platform(h100, stack, datasheet, "cuda"), models["llama-3.2-1b"], "decode", 1, 0, 1)
 
 
 def test_bad_shape_rejected_by_simulate(h100, models, stack, datasheet):
     with pytest.raises(ValueError, match="batch=0"):
-        simulate(h100, models["llama-3.2-1b"], stack, datasheet, "decode", 0, 0, 1)
+        simulate(Platform(h100, stack, datasheet), models["llama-3.2-1b"], "decode", 0, 0, 1)
 
 
 def test_record_false_keeps_end_time_only(h100, models, stack, datasheet):
     spec = models["llama-3.2-1b"]
-    a = simulate(h100, spec, stack, datasheet, "verify", 2, 100, 4, "eager", record=True)
-    b = simulate(h100, spec, stack, datasheet, "verify", 2, 100, 4, "eager", record=False)
+    a = simulate(Platform(h100, stack, datasheet, "eager"), spec, "verify", 2, 100, 4, record=True)
+    b = simulate(Platform(h100, stack, datasheet, "eager"), spec, "verify", 2, 100, 4, record=False)
     assert a.end_s == b.end_s
     assert b.intervals == [] and len(a.intervals) > 0
 

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from gpusim.capacity import check_fits
+from gpusim.capacity import memory_plan
 from gpusim.cli import main
 from gpusim.errors import ConfigError
 from gpusim.io import loader
@@ -19,7 +19,7 @@ HF_CONFIG = "tests/fixtures/hf_config_llama.json"
 
 def _fits(model: str, gpu: str) -> bool:
     try:
-        check_fits(loader.load_model(model), loader.load_gpu(gpu))
+        memory_plan(loader.load_gpu(gpu), loader.load_model(model), 0.0).check_weights()
     except ConfigError:
         return False
     return True

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from gpusim import serving
 from gpusim.io import calibrations, loader
+from gpusim.io import scenario as scenario_io
+from gpusim.io.overhead import load_overhead
+from gpusim.platform import Platform
 from gpusim.report import serving_output as output
 from gpusim.serving.loop import LoopStateError, ServingLoop, StepPlan, StepRecord
 from gpusim.serving.scenario import Scenario
@@ -44,7 +46,7 @@ PRESSURE = {"arrival": {"process": "poisson", "rate_per_s": 3},
 
 
 def speculative() -> Scenario:
-    return serving.scenario_from_options(
+    return scenario_io.scenario_from_options(
         None, prompt_dist="256", output_dist="uniform:16-96", duration_s=3, seed=2,
         rate_per_s=4, spec_draft="ngram", spec_k=3, spec_acceptance=0.7, **LIMITS)
 
@@ -53,7 +55,9 @@ def speculative() -> Scenario:
 def engine(name: str) -> tuple[Engine, Scenario]:
     sc = {"plain": scenario, "pressure": lambda: scenario(**PRESSURE),
           "speculative": speculative}[name]()
-    return build_engine(GPU, MODEL, STACK, CAL, sc), sc
+    return build_engine(Platform(GPU, STACK, CAL), MODEL, sc,
+                        scenario_io.scenario_draft(sc, loader.load_model),
+                        load_overhead("auto", GPU)), sc
 
 
 def snapshot(loop: ServingLoop) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpusim.io import calibrations, loader
+from gpusim.platform import Platform
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.simulate import Engine, build_engine, simulate
 
@@ -29,7 +30,7 @@ def md1_scenario(seed: int, rate: float, duration_s: float) -> Scenario:
 
 @lru_cache(maxsize=1)
 def md1_engine() -> Engine:
-    return build_engine(GPU, MODEL, STACK, CAL, md1_scenario(0, 1.0, 1.0))
+    return build_engine(Platform(GPU, STACK, CAL), MODEL, md1_scenario(0, 1.0, 1.0))
 
 
 def service_time_s(engine: Engine) -> float:
@@ -72,7 +73,7 @@ def test_littles_law_on_a_long_run() -> None:
                    "max_tokens": 4096},
         "output": {"dist": "lognormal", "median_tokens": 200, "sigma": 0.7,
                    "max_tokens": 1024}})
-    out = simulate(build_engine(GPU, MODEL, STACK, CAL, sc), sc)
+    out = simulate(build_engine(Platform(GPU, STACK, CAL), MODEL, sc), sc)
     ll = out["littles_law"]
     assert ll["mean_in_system"] > 5  # a busy system, not a trivial one
     assert ll["relative_gap"] < 0.02, ll

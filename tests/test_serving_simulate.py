@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from gpusim.io import calibrations, loader
+from gpusim.io.scenario import scenario_trace
+from gpusim.platform import Platform
 from gpusim.report import serving_output as output
 from gpusim.serving.invariants import InvariantError
 from gpusim.serving.metrics import Metrics
@@ -43,13 +45,13 @@ def engine_for(max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
     sc = scenario(scheduler={"max_num_seqs": max_num_seqs, "policy": policy,
                              "max_num_batched_tokens": max_num_batched_tokens,
                              "reserve_fraction": reserve_fraction})
-    return build_engine(GPU, MODEL, STACK, CAL, sc)
+    return build_engine(Platform(GPU, STACK, CAL), MODEL, sc)
 
 
 def run(sc: Scenario) -> dict[str, Any]:
     s = sc.scheduler
     return simulate(engine_for(s.max_num_seqs, s.max_num_batched_tokens, s.reserve_fraction,
-                               s.policy), sc)
+                               s.policy), sc, trace=scenario_trace(sc))
 
 
 def check_common(out: dict[str, Any]) -> None:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gpusim import serving
 from gpusim.cli import main
 from gpusim.io import calibrations, loader
+from gpusim.io import scenario as scenario_io
+from gpusim.io.overhead import load_overhead
+from gpusim.platform import Platform
 from gpusim.serving.simulate import build_engine, simulate
 
 GPU = loader.load_gpu("h100-sxm")
@@ -19,13 +21,20 @@ CAL = calibrations.load_calibration("auto", GPU, loader.load_stack())
 
 
 def scenario(rate: float = 2.0, seed: int = 1, **spec):
-    return serving.scenario_from_options(
+    return scenario_io.scenario_from_options(
         None, prompt_dist="512", output_dist="uniform:64-256", duration_s=20, seed=seed,
         rate_per_s=rate, max_num_seqs=64, max_num_batched_tokens=2048, **spec)
 
 
+def engine(sc):
+    """The engine for ``sc``, its draft and the shipped loop overhead resolved."""
+    return build_engine(Platform(GPU, STACK, CAL), TARGET, sc,
+                        scenario_io.scenario_draft(sc, loader.load_model),
+                        load_overhead("auto", GPU))
+
+
 def run(sc):
-    return simulate(build_engine(GPU, TARGET, STACK, CAL, sc), sc)
+    return simulate(engine(sc), sc)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,7 @@ def test_auto_k_smaller_at_larger_batch(draft: str) -> None:
     sc = scenario(spec_draft=draft, spec_k="auto", spec_acceptance=0.8)
     sc = sc.model_copy(update={"scheduler": sc.scheduler.model_copy(
         update={"max_num_seqs": 256, "max_num_batched_tokens": 4096})})
-    spec = build_engine(GPU, TARGET, STACK, CAL, sc).spec
+    spec = engine(sc).spec
     assert spec is not None and spec.k_fixed is None
     assert spec.choose_k(1, 1024) > spec.choose_k(256, 1024)
     c = spec.ctx_grid[len(spec.ctx_grid) // 2]
@@ -71,7 +80,7 @@ def test_auto_k_smaller_at_larger_batch(draft: str) -> None:
 
 
 def test_auto_k_with_zero_acceptance_picks_one() -> None:
-    spec = build_engine(GPU, TARGET, STACK, CAL, scenario(
+    spec = engine(scenario(
         spec_draft="llama-3.2-1b", spec_k="auto", spec_acceptance=0.0)).spec
     assert spec is not None
     assert {spec.choose_k(b, 600) for b in (1, 16, 64)} == {1}
@@ -92,9 +101,9 @@ def test_scenario_yaml_key(tmp_path: Path) -> None:
     path.write_text("duration_s: 5\narrival: {process: poisson, rate_per_s: 1}\n"
                     "prompt: {dist: fixed, tokens: 128}\noutput: {dist: fixed, tokens: 32}\n"
                     "speculative: {draft: eagle, k: auto, acceptance: 0.6}\n")
-    sc = serving.scenario_from_options(path)
+    sc = scenario_io.scenario_from_options(path)
     assert sc.speculative is not None and sc.speculative.k == "auto"
-    sc2 = serving.scenario_from_options(path, spec_k=3)
+    sc2 = scenario_io.scenario_from_options(path, spec_k=3)
     assert sc2.speculative is not None and sc2.speculative.k == 3
     assert sc2.speculative.draft == "eagle"
     assert all(run(sc2)["invariants"].values())

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gpusim import step
 from gpusim.cost import Calibration
 from gpusim.io import loader
+from gpusim.platform import Platform
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model, chunk_grid, context_grid
 
 GPU = loader.load_gpu("h100-sxm")
@@ -45,12 +46,12 @@ MAX_TOKENS, MAX_SEQS, MAX_CTX = 8192, 256, 131072
 @lru_cache(maxsize=8)
 def model_for(cal: str, launch: str) -> StepTimeModel:
     return build_step_time_model(
-        GPU, MODEL, STACK, CALS[cal], launch, MAX_TOKENS, MAX_SEQS, MAX_CTX
+        Platform(GPU, STACK, CALS[cal], launch), MODEL, MAX_TOKENS, MAX_SEQS, MAX_CTX
     )
 
 
 def predicted(cal: str, launch: str, mode: str, batch: int, ctx: int, q: int) -> float:
-    p = step.predict(GPU, MODEL, STACK, CALS[cal], mode, batch, ctx, q, launch)
+    p = step.predict(Platform(GPU, STACK, CALS[cal], launch), MODEL, mode, batch, ctx, q)
     return float(p.seconds[0])
 
 
@@ -87,7 +88,7 @@ def test_chunk_attention_matches_kernel_cost(cal: str) -> None:
     sm = model_for(cal, "graph")
     on_grid = min(sm.ctx_grid, key=lambda g: abs(g - 1000))
     for q, ctx in ((16, on_grid), (512, 3000), (1000, 20000), (8192, 60000), (129, 4096)):
-        p = step.predict(GPU, MODEL, STACK, CALS[cal], "verify", 1, ctx, q)
+        p = step.predict(Platform(GPU, STACK, CALS[cal]), MODEL, "verify", 1, ctx, q)
         want = float(p.by_op["attention"].seconds[0] - p.by_op["attention"].fixed_s[0])
         assert sm.chunk_attention(q, ctx)[0] == pytest.approx(want, rel=0.02), (q, ctx)
 
@@ -104,7 +105,7 @@ def test_mixed_step_adds_up() -> None:
 def test_bytes_track_weights_and_kv() -> None:
     sm = model_for("datasheet", "graph")
     b, ctx = 32, 4000
-    p = step.predict(GPU, MODEL, STACK, CALS["datasheet"], "decode", b, ctx, 1)
+    p = step.predict(Platform(GPU, STACK, CALS["datasheet"]), MODEL, "decode", b, ctx, 1)
     assert sm.decode_step(b, b * ctx)[1] == pytest.approx(float(p.total.bytes[0]), rel=0.01)
 
 
@@ -146,7 +147,7 @@ def test_longer_chunks_inherit_the_cost_model() -> None:
         qs = list(range(1, 2050))
         ours = [sm.chunk_attention(q, ctx)[0] for q in qs]
         mode = "prefill" if ctx == 0 else "verify"
-        p = step.predict(GPU, MODEL, STACK, CALS["fitted"], mode, 1, ctx, qs)
+        p = step.predict(Platform(GPU, STACK, CALS["fitted"]), MODEL, mode, 1, ctx, qs)
         ref = (p.by_op["attention"].seconds - p.by_op["attention"].fixed_s).tolist()
         for i in range(len(qs) - 1):
             if ours[i + 1] < ours[i] * (1 - 1e-9):
@@ -163,6 +164,6 @@ def test_grids() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        build_step_time_model(GPU, MODEL, STACK, CALS["datasheet"], "lazy")
+        build_step_time_model(Platform(GPU, STACK, CALS["datasheet"], "lazy"), MODEL)
     with pytest.raises(ValueError):
-        build_step_time_model(GPU, MODEL, STACK, CALS["datasheet"], max_num_seqs=0)
+        build_step_time_model(Platform(GPU, STACK, CALS["datasheet"]), MODEL, max_num_seqs=0)

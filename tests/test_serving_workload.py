@@ -11,15 +11,9 @@ import pytest
 
 from gpusim.errors import ConfigError
 from gpusim.io import loader
+from gpusim.io.scenario import load_scenario, parse_length, with_overrides
 from gpusim.io.trace import read_trace
-from gpusim.serving.scenario import (
-    ArrivalSpec,
-    LengthSpec,
-    Scenario,
-    load_scenario,
-    parse_length,
-    with_overrides,
-)
+from gpusim.serving.scenario import ArrivalSpec, LengthSpec, Scenario
 from gpusim.serving.workload import (
     ClosedLoopSource,
     OpenLoopSource,

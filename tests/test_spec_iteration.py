@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from gpusim import step as step_mod
 from gpusim.cost import Calibration
+from gpusim.platform import Platform
 from gpusim.speculative.acceptance import IidAcceptance, PositionalAcceptance
 from gpusim.speculative.drafts import (
     EagleDraft,
@@ -51,8 +52,8 @@ def test_engine_agrees_with_closed_form(h100, stack, cal, launch, draft, k, batc
     shape = best_tree((0.6, 0.2, 0.1), 2 * k + 1, k) if tree else TokenTree.chain(k)
     spec = Speculation(TARGET, draft, shape, IidAcceptance(0.7))
     ov = SpecOverhead(host_round_trip_s=rt, graph_launch_s=gl, ngram_lookup_s_per_token=2e-9)
-    p = predict_iteration(h100, stack, cal, ov, spec, batch, ctx, launch)
-    tl = simulate_iteration(h100, stack, cal, ov, spec, batch, ctx, launch, record=False)
+    p = predict_iteration(Platform(h100, stack, cal, launch), ov, spec, batch, ctx)
+    tl = simulate_iteration(Platform(h100, stack, cal, launch), ov, spec, batch, ctx, record=False)
     assert _rel_close(tl.end_s, float(p.iteration_s[0])), (tl.end_s, p.iteration_s)
 
 
@@ -67,8 +68,8 @@ def test_engine_agrees_with_closed_form_under_the_power_cap(h100, stack, cal, ca
                        "attention.fa2.clock_sensitivity": sensitivity})
     spec = Speculation(TARGET, draft, TokenTree.chain(k), IidAcceptance(0.7))
     ov = SpecOverhead(host_round_trip_s=20e-6)
-    p = predict_iteration(h100, stack, cal, ov, spec, batch, ctx)
-    tl = simulate_iteration(h100, stack, cal, ov, spec, batch, ctx, record=False)
+    p = predict_iteration(Platform(h100, stack, cal), ov, spec, batch, ctx)
+    tl = simulate_iteration(Platform(h100, stack, cal), ov, spec, batch, ctx, record=False)
     assert _rel_close(tl.end_s, float(p.iteration_s[0])), (tl.end_s, p.iteration_s)
 
 
@@ -85,19 +86,20 @@ def test_memory_bound_drafts_let_the_verify_run_faster_than_alone(models, h100, 
         TokenTree.chain(4),
         IidAcceptance(0.8),
     )
-    steps = plan_iteration(spec, stack, 64, 1024)
-    alone = step_mod.program_clock([steps[-1].kernels], h100, cal)[0]
-    loop = step_mod.program_clock([s.kernels for s in steps], h100, cal)[0]
+    plat = Platform(h100, stack, cal)
+    steps = plan_iteration(spec, plat, 64, 1024)
+    alone = step_mod.program_clock([steps[-1].kernels], plat)[0]
+    loop = step_mod.program_clock([s.kernels for s in steps], plat)[0]
     assert alone < loop <= 1.0
     ov = SpecOverhead(host_round_trip_s=20e-6)
-    p = predict_iteration(h100, stack, cal, ov, spec, 64, 1024)
+    p = predict_iteration(Platform(h100, stack, cal), ov, spec, 64, 1024)
     own = pipeline_end_s(
-        [step_times(s, h100, cal, "graph") for s in steps], [s.host_before_s for s in steps], 20e-6
+        [step_times(s, plat) for s in steps], [s.host_before_s for s in steps], 20e-6
     )
     assert float(p.iteration_s[0]) < float(own[0])
     # the breakdown is at the loop's clock: the verify pass faster than on its own
-    own_verify = float(step_times(steps[-1], h100, cal, "graph").alone_s[0])
-    loop_verify = float(step_times(steps[-1], h100, cal, "graph", np.full(1, loop)).alone_s[0])
+    own_verify = float(step_times(steps[-1], plat).alone_s[0])
+    loop_verify = float(step_times(steps[-1], plat, np.full(1, loop)).alone_s[0])
     assert float(p.verify_s[0]) == pytest.approx(loop_verify)
     assert loop_verify < own_verify
 
@@ -107,7 +109,8 @@ def test_timeline_names_steps_and_sync(h100, stack):
         physics={"kernel_fixed_cost_s": 2e-6}, host={"host_graph_launch_cost_s": 10e-6}
     )
     spec = Speculation(TARGET, ModelDraft(DRAFT), TokenTree.chain(3), IidAcceptance(0.8))
-    tl = simulate_iteration(h100, stack, cal, SpecOverhead(host_round_trip_s=40e-6), spec, 4, 512)
+    tl = simulate_iteration(Platform(h100, stack, cal), SpecOverhead(host_round_trip_s=40e-6),
+                            spec, 4, 512)
     host = [iv.name for iv in tl.intervals if iv.resource == "host"]
     assert host[:4] == ["draft0", "draft1", "draft2", "verify"]
     assert "verify:sync" in host and host[-1] == "verify:host"
@@ -122,7 +125,7 @@ def test_acceptance_edges_in_the_iteration(models, h100, stack, datasheet, k):
     t, d = models["llama-3.1-8b"], models["llama-3.2-1b"]
     for a, tokens in ((0.0, 1.0), (1.0, k + 1.0)):
         spec = Speculation(t, ModelDraft(d), TokenTree.chain(k), IidAcceptance(a))
-        p = predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 1, 1024)
+        p = predict_iteration(Platform(h100, stack, datasheet), SpecOverhead(), spec, 1, 1024)
         assert p.tokens_per_iteration == tokens
         assert float(p.s_per_token[0]) == pytest.approx(float(p.iteration_s[0]) / tokens)
 
@@ -135,7 +138,7 @@ def test_costly_draft_with_zero_acceptance_is_slower_than_plain(models, h100, st
     )
     t, d = models["llama-3.1-8b"], models["llama-3.2-1b"]
     spec = Speculation(t, ModelDraft(d), TokenTree.chain(k), IidAcceptance(0.0))
-    p = predict_iteration(h100, stack, cal, SpecOverhead(), spec, batch, 1024)
+    p = predict_iteration(Platform(h100, stack, cal), SpecOverhead(), spec, batch, 1024)
     assert float(p.speedup[0]) < 1.0
     # and it costs at least the verify plus k draft steps' GPU time
     assert float(p.iteration_s[0]) > float(p.verify_s[0]) + 0.9 * k * float(p.draft_step_s[0])
@@ -148,7 +151,9 @@ def test_speedup_rises_with_acceptance(models, h100, stack, datasheet):
         spec = Speculation(t, ModelDraft(d), TokenTree.chain(4), IidAcceptance(a))
         sp.append(
             float(
-                predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 8, 2048).speedup[0]
+                predict_iteration(
+                    Platform(h100, stack, datasheet), SpecOverhead(), spec, 8, 2048
+                ).speedup[0]
             )
         )
     assert sp == sorted(sp) and sp[0] < 1 < sp[-1]
@@ -166,7 +171,7 @@ def test_draft_kind_costs_are_ordered(models, h100, stack, datasheet):
         ModelDraft(models["llama-3.2-1b"]),
     ):
         spec = Speculation(t, draft, TokenTree.chain(4), IidAcceptance(0.8))
-        p = predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 4, 1024)
+        p = predict_iteration(Platform(h100, stack, datasheet), SpecOverhead(), spec, 4, 1024)
         it[draft.kind] = float(p.iteration_s[0])
         if draft.kind == "ngram":
             assert float(p.draft_s[0]) == 20e-6
@@ -186,12 +191,10 @@ def test_host_lookup_grows_with_the_history_scanned(models, h100, stack, datashe
     )
     spec = Speculation(t, NgramDraft(), TokenTree.chain(4), IidAcceptance(0.8))
     b, c = np.array([1, 64, 64]), np.array([1024, 1024, 4096])
-    p = predict_iteration(h100, stack, datasheet, ov, spec, b, c)
+    p = predict_iteration(Platform(h100, stack, datasheet), ov, spec, b, c)
     assert p.draft_s == pytest.approx(50e-6 + 2e-6 * b + 5e-9 * b * c)
     fixed = predict_iteration(
-        h100,
-        stack,
-        datasheet,
+        Platform(h100, stack, datasheet),
         ov,
         Speculation(t, NgramDraft(30e-6), TokenTree.chain(4), IidAcceptance(0.8)),
         b,
@@ -205,8 +208,8 @@ def test_verify_cost_uses_tree_nodes(models, h100, stack, datasheet):
     t = models["llama-3.1-8b"]
     small = Speculation(t, NgramDraft(0.0), TokenTree.full(2, 2), IidAcceptance(0.7))
     big = Speculation(t, NgramDraft(0.0), TokenTree.full(4, 3), IidAcceptance(0.7))
-    ps = predict_iteration(h100, stack, datasheet, SpecOverhead(), small, 64, 1024)
-    pb = predict_iteration(h100, stack, datasheet, SpecOverhead(), big, 64, 1024)
+    ps = predict_iteration(Platform(h100, stack, datasheet), SpecOverhead(), small, 64, 1024)
+    pb = predict_iteration(Platform(h100, stack, datasheet), SpecOverhead(), big, 64, 1024)
     assert float(pb.verify_s[0]) > float(ps.verify_s[0])
     assert pb.tokens_per_iteration > ps.tokens_per_iteration
 
@@ -214,11 +217,11 @@ def test_verify_cost_uses_tree_nodes(models, h100, stack, datasheet):
 def test_memory_counts_draft_weights_and_both_caches(models, h100, stack, datasheet):
     t, d = models["llama-3.1-8b"], models["llama-3.2-1b"]
     spec = Speculation(t, ModelDraft(d), TokenTree.chain(4), IidAcceptance(0.8))
-    p = predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, [1, 64], 4096)
+    p = predict_iteration(Platform(h100, stack, datasheet), SpecOverhead(), spec, [1, 64], 4096)
     kv = np.array([1, 64]) * (4096 + 5) * (t.kv_bytes_per_token + d.kv_bytes_per_token)
     assert p.memory_bytes.tolist() == pytest.approx((t.weight_bytes + d.weight_bytes + kv).tolist())
     assert p.fits.tolist() == [True, True]
-    huge = predict_iteration(h100, stack, datasheet, SpecOverhead(), spec, 512, 16384)
+    huge = predict_iteration(Platform(h100, stack, datasheet), SpecOverhead(), spec, 512, 16384)
     assert not bool(huge.fits[0])
     assert extra_weight_bytes(MedusaDraft(2), t) == pytest.approx(
         2 * (t.hidden_size**2 + t.hidden_size + t.hidden_size * t.vocab_size) * 2
@@ -253,14 +256,14 @@ def test_a_tree_verifies_with_the_tree_kernel_and_a_chain_with_fa2(models, h100,
     tree = TokenTree.full(2, 3)
     for draft in (NgramDraft(0.0), ModelDraft(d)):
         s = Speculation(t, draft, tree, IidAcceptance(0.7))
-        pf = predict_iteration(h100, stack, fast, SpecOverhead(), s, 16, 4096)
-        ps = predict_iteration(h100, stack, slow, SpecOverhead(), s, 16, 4096)
+        pf = predict_iteration(Platform(h100, stack, fast), SpecOverhead(), s, 16, 4096)
+        ps = predict_iteration(Platform(h100, stack, slow), SpecOverhead(), s, 16, 4096)
         assert float(ps.verify_s[0]) > 1.5 * float(pf.verify_s[0])
     s = Speculation(t, ModelDraft(d), tree, IidAcceptance(0.7))
-    ps = predict_iteration(h100, stack, slow, SpecOverhead(), s, 16, 4096)
-    pf = predict_iteration(h100, stack, fast, SpecOverhead(), s, 16, 4096)
+    ps = predict_iteration(Platform(h100, stack, slow), SpecOverhead(), s, 16, 4096)
+    pf = predict_iteration(Platform(h100, stack, fast), SpecOverhead(), s, 16, 4096)
     assert float(ps.draft_s[0]) > float(pf.draft_s[0])  # levels of 2 and 4 nodes
     chain = Speculation(t, ModelDraft(d), TokenTree.chain(3), IidAcceptance(0.7))
-    a = predict_iteration(h100, stack, fast, SpecOverhead(), chain, 16, 4096)
-    b = predict_iteration(h100, stack, slow, SpecOverhead(), chain, 16, 4096)
+    a = predict_iteration(Platform(h100, stack, fast), SpecOverhead(), chain, 16, 4096)
+    b = predict_iteration(Platform(h100, stack, slow), SpecOverhead(), chain, 16, 4096)
     assert float(a.iteration_s[0]) == float(b.iteration_s[0])

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from gpusim.cost import Calibration
+from gpusim.platform import Platform
 from gpusim.report.spec_figures import sweep_html, sweep_markdown
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import MedusaDraft, ModelDraft
 from gpusim.speculative.iteration import Speculation, predict_iteration
 from gpusim.speculative.overhead import SpecOverhead
-from gpusim.speculative.sweep import sweep
+from gpusim.speculative.sweep import SweepGrid, sweep
 from gpusim.speculative.trees import TokenTree
 
 CAL = Calibration(
@@ -28,17 +29,13 @@ CAL = Calibration(
 def result(h100, models, stack):
     accs = [IidAcceptance(0.6), IidAcceptance(0.9)]
     return sweep(
-        h100,
-        stack,
-        CAL,
+        Platform(h100, stack, CAL),
         SpecOverhead(),
         models["llama-3.1-8b"],
         ModelDraft(models["llama-3.2-1b"]),
         accs,
-        batches=(1, 8, 64, 512),
-        ctxs=(1024, 16384),
-        ks=(1, 2, 4, 8),
-        max_dense_batch=1024,
+        SweepGrid(batches=(1, 8, 64, 512), ctxs=(1024, 16384), ks=(1, 2, 4, 8),
+                  max_dense_batch=1024),
     )
 
 
@@ -77,9 +74,7 @@ def test_break_even_is_the_first_losing_batch(result, h100, models, stack):
         best = np.max(
             [
                 predict_iteration(
-                    h100,
-                    stack,
-                    CAL,
+                    Platform(h100, stack, CAL),
                     SpecOverhead(),
                     Speculation(t, ModelDraft(d), TokenTree.chain(k), acc),
                     batches,
@@ -114,16 +109,12 @@ def test_figures_and_markdown(result):
 
 def test_medusa_sweep_caps_k_at_heads(h100, models, stack):
     res = sweep(
-        h100,
-        stack,
-        CAL,
+        Platform(h100, stack, CAL),
         SpecOverhead(),
         models["llama-3.1-8b"],
         MedusaDraft(3),
         [IidAcceptance(0.7)],
-        batches=(1, 4),
-        ctxs=(1024,),
-        ks=(1, 2, 3, 4, 5),
+        SweepGrid(batches=(1, 4), ctxs=(1024,), ks=(1, 2, 3, 4, 5)),
     )
     assert {r["k"] for r in res.rows} == {1, 2, 3}
 
@@ -134,14 +125,12 @@ def test_medusa_sweep_caps_k_at_heads(h100, models, stack):
 def test_bad_grids(h100, models, stack, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sweep(
-            h100,
-            stack,
-            CAL,
+            Platform(h100, stack, CAL),
             SpecOverhead(),
             models["llama-3.1-8b"],
             MedusaDraft(3),
             [IidAcceptance(0.7)],
-            **kwargs,
+            SweepGrid(**kwargs),
         )
 
 

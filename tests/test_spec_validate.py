@@ -23,6 +23,7 @@ from gpusim.cost import Calibration
 from gpusim.errors import ConfigError
 from gpusim.io.loader import load_model
 from gpusim.io.overhead import from_yaml, to_yaml
+from gpusim.platform import Platform
 from gpusim.speculative.overhead import SpecOverhead
 
 RT, H = 60e-6, 15e-6
@@ -67,7 +68,7 @@ def test_fit_recovers_round_trip_and_launch(tmp_path):
 def test_validate_gpu_composed_is_exact_on_synthetic_data(tmp_path, h100, stack):
     f = tmp_path / "h100-sxm" / "spec.csv"
     write_spec_csv(f, noise=0.01)
-    v = validate_gpu(h100, stack, Calibration(), read_spec_csv(f), load_model)
+    v = validate_gpu(Platform(h100, stack), read_spec_csv(f), load_model)
     assert v.fit_pair == "llama-3.1-8b+llama-3.2-1b"
     summ = {(s["prediction"], s["rows"]): s for s in v.summary()}
     assert summ[("composed", "all rows")]["max"] < 0.02
@@ -90,7 +91,7 @@ def test_unknown_fit_pair(tmp_path, h100, stack):
     f = tmp_path / "h100-sxm" / "spec.csv"
     write_spec_csv(f)
     with pytest.raises(ValueError, match="fit_pair"):
-        validate_gpu(h100, stack, Calibration(), read_spec_csv(f), load_model, "nope")
+        validate_gpu(Platform(h100, stack), read_spec_csv(f), load_model, "nope")
 
 
 @pytest.mark.parametrize("edit,line,field", [

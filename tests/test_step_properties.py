@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from gpusim.cost import Calibration, kernel_cost
 from gpusim.cost.attention.fa2 import num_splits as fa2_num_splits
 from gpusim.kernels import build_kernels
+from gpusim.platform import Platform
 from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.step import predict
 
@@ -99,8 +100,8 @@ def test_more_bandwidth_never_slower(gpus, models, stack, case, factor):
     gpu = gpus[gpu_name]
     faster = gpu.model_copy(update={"hbm_bandwidth_bytes_per_s":
                                     gpu.hbm_bandwidth_bytes_per_s * factor})
-    base = predict(gpu, models[model], stack, cal, mode, b, c, q, launch).seconds
-    more = predict(faster, models[model], stack, cal, mode, b, c, q, launch).seconds
+    base = predict(Platform(gpu, stack, cal, launch), models[model], mode, b, c, q).seconds
+    more = predict(Platform(faster, stack, cal, launch), models[model], mode, b, c, q).seconds
     assert np.all(more <= base * (1 + REL))
 
 
@@ -110,7 +111,7 @@ def test_more_bandwidth_never_slower(gpus, models, stack, case, factor):
 def check_batch_monotone(gpu: GpuSpec, model: ModelSpec, stack, cal: Calibration, mode: str,
                          b0: int, ctx: int, q: int, launch: str, span: int = 48) -> None:
     b = np.arange(b0, b0 + span, dtype=np.float64)
-    s = predict(gpu, model, stack, cal, mode, b, ctx, q, launch).seconds
+    s = predict(Platform(gpu, stack, cal, launch), model, mode, b, ctx, q).seconds
     drop = _first_drop(b, s, fa2_splits(gpu, model, stack, mode, b, ctx, q))
     assert drop is None, f"{gpu.name} {model.name} {mode} ctx={ctx} q={q} {launch}: " \
         f"batch {drop} under {cal!r}"
@@ -132,11 +133,11 @@ def check_ctx_monotone(gpu: GpuSpec, model: ModelSpec, stack, cal: Calibration, 
                        batch: int, c0: int, q: int, launch: str, span: int = 256) -> None:
     if mode == "prefill":
         qq = np.arange(max(q, 1), max(q, 1) + span // 4, dtype=np.float64)
-        s = predict(gpu, model, stack, cal, mode, batch, 0, qq, launch).seconds
+        s = predict(Platform(gpu, stack, cal, launch), model, mode, batch, 0, qq).seconds
         drop, what = _first_drop(qq, s), "prompt length q"
     else:
         c = np.arange(c0, c0 + span, dtype=np.float64)
-        s = predict(gpu, model, stack, cal, mode, batch, c, q, launch).seconds
+        s = predict(Platform(gpu, stack, cal, launch), model, mode, batch, c, q).seconds
         drop = _first_drop(c, s, fa2_splits(gpu, model, stack, mode, batch, c, q))
         what = "ctx"
     assert drop is None, f"{gpu.name} {model.name} {mode} batch={batch} q={q} {launch}: " \
@@ -156,11 +157,12 @@ def test_longer_context_never_faster(gpus, models, stack, case, data):
 def test_more_verify_tokens_never_faster(gpus, models, stack, case, batch, ctx):
     gpu, model, _, launch, cal = case
     q = np.arange(1, 33, dtype=np.float64)
-    s = predict(gpus[gpu], models[model], stack, cal, "verify", batch, ctx, q, launch).seconds
-    drop = _first_drop(q, s, fa2_splits(gpus[gpu], models[model], stack, "verify", batch,
-                                        ctx, q))
-    assert drop is None, f"{gpu} {model} verify batch={batch} ctx={ctx} {launch}: q {drop} " \
-        f"under {cal!r}"
+    plat = Platform(gpus[gpu], stack, cal, launch)
+    s = predict(plat, models[model], "verify", batch, ctx, q).seconds
+    drop = _first_drop(q, s, fa2_splits(gpus[gpu], models[model], stack, "verify", batch, ctx, q))
+    assert drop is None, (
+        f"{gpu} {model} verify batch={batch} ctx={ctx} {launch}: q {drop} under {cal!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -168,11 +170,10 @@ def test_more_verify_tokens_never_faster(gpus, models, stack, case, batch, ctx):
 # ---------------------------------------------------------------------------------
 @SETTINGS
 @given(case=cases(), ctx=st.lists(st.integers(0, 32768), min_size=1, max_size=8))
-def test_batch1_decode_not_faster_than_weights_over_peak_bandwidth(gpus, models, stack,
-                                                                   case, ctx):
+def test_batch1_decode_not_faster_than_weights_over_peak_bandwidth(gpus, models, stack, case, ctx):
     gpu_name, model, _, launch, cal = case
     gpu, spec = gpus[gpu_name], models[model]
-    p = predict(gpu, spec, stack, cal, "decode", 1, np.array(ctx, float), 1, launch)
+    p = predict(Platform(gpu, stack, cal, launch), spec, "decode", 1, np.array(ctx, float), 1)
     w = gemm_weight_bytes(spec)
     np.testing.assert_allclose(p.weight_bytes, w, rtol=1e-12)
     assert np.all(p.seconds >= w / gpu.hbm_bandwidth_bytes_per_s * (1 - REL))
@@ -189,10 +190,11 @@ def test_more_tensor_flops_never_slower(gpus, models, stack, case, factor):
     gpu_name, model, mode, launch, cal, b, c, q = case
     gpu = gpus[gpu_name]
     tf = gpu.tensor_flops_per_s
-    faster = gpu.model_copy(update={"tensor_flops_per_s": tf.model_copy(
-        update={"bf16": tf.bf16 * factor})})
-    base = predict(gpu, models[model], stack, cal, mode, b, c, q, launch).seconds
-    more = predict(faster, models[model], stack, cal, mode, b, c, q, launch).seconds
+    faster = gpu.model_copy(
+        update={"tensor_flops_per_s": tf.model_copy(update={"bf16": tf.bf16 * factor})}
+    )
+    base = predict(Platform(gpu, stack, cal, launch), models[model], mode, b, c, q).seconds
+    more = predict(Platform(faster, stack, cal, launch), models[model], mode, b, c, q).seconds
     assert np.all(more <= base * (1 + REL))
 
 
@@ -204,11 +206,10 @@ def test_more_tensor_flops_never_slower(gpus, models, stack, case, factor):
 @given(case=cases_with_shapes(), graph_share=st.floats(0.0, 1.0))
 def test_eager_never_faster_than_graph(gpus, models, stack, case, graph_share):
     gpu_name, model, mode, _, cal, b, c, q = case
-    cal = cal.replace({"host.host_graph_launch_cost_s":
-                       cal.host.host_launch_cost_s * graph_share})
+    cal = cal.replace({"host.host_graph_launch_cost_s": cal.host.host_launch_cost_s * graph_share})
     gpu, spec = gpus[gpu_name], models[model]
-    graph = predict(gpu, spec, stack, cal, mode, b, c, q, "graph")
-    eager = predict(gpu, spec, stack, cal, mode, b, c, q, "eager")
+    graph = predict(Platform(gpu, stack, cal, "graph"), spec, mode, b, c, q)
+    eager = predict(Platform(gpu, stack, cal, "eager"), spec, mode, b, c, q)
     assert np.all(eager.seconds >= graph.seconds * (1 - REL))
     # eager: at least every launch issued, and at least the GPU work after the first
     n = eager.launches
@@ -227,70 +228,108 @@ def test_eager_never_faster_than_graph(gpus, models, stack, case, graph_share):
 def test_step_time_conserves_op_costs(gpus, models, stack, case):
     gpu_name, model, mode, launch, cal, b, c, q = case
     gpu, spec = gpus[gpu_name], models[model]
-    p = predict(gpu, spec, stack, cal, mode, b, c, q, launch)
+    p = predict(Platform(gpu, stack, cal, launch), spec, mode, b, c, q)
     costs = [kernel_cost(k, gpu, cal) for k in p.kernels]
     per_op_sum = sum(c_.seconds * k.repeat for k, c_ in zip(p.kernels, costs, strict=True))
-    floor = sum(np.maximum(c_.memory_s, c_.compute_s) * k.repeat
-                for k, c_ in zip(p.kernels, costs, strict=True))
+    floor = sum(
+        np.maximum(c_.memory_s, c_.compute_s) * k.repeat
+        for k, c_ in zip(p.kernels, costs, strict=True)
+    )
     np.testing.assert_allclose(p.total.seconds, per_op_sum, rtol=1e-12)
     np.testing.assert_allclose(p.gpu_s, per_op_sum, rtol=1e-12)
     np.testing.assert_allclose(sum(v.seconds for v in p.by_op.values()), p.gpu_s, rtol=1e-12)
-    np.testing.assert_allclose(sum(v.bytes for v in p.by_op.values()), p.total.bytes,
-                               rtol=1e-12)
-    np.testing.assert_allclose(sum(v.flops for v in p.by_op.values()), p.total.flops,
-                               rtol=1e-12)
+    np.testing.assert_allclose(sum(v.bytes for v in p.by_op.values()), p.total.bytes, rtol=1e-12)
+    np.testing.assert_allclose(sum(v.flops for v in p.by_op.values()), p.total.flops, rtol=1e-12)
     assert np.all(p.seconds >= floor * (1 - REL))
     assert np.all(p.gpu_s >= floor * (1 - REL))
     # the step's own roofline at datasheet peaks is a floor too (efficiencies <= 1)
-    roof = np.maximum(p.total.bytes / gpu.hbm_bandwidth_bytes_per_s,
-                      p.total.flops / gpu.tensor_peak_flops_per_s("bf16"))
+    roof = np.maximum(
+        p.total.bytes / gpu.hbm_bandwidth_bytes_per_s,
+        p.total.flops / gpu.tensor_peak_flops_per_s("bf16"),
+    )
     assert np.all(p.seconds >= roof * (1 - REL))
     if launch == "graph":
-        np.testing.assert_allclose(p.seconds, cal.host.host_graph_launch_cost_s + p.gpu_s,
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            p.seconds, cal.host.host_graph_launch_cost_s + p.gpu_s, rtol=1e-12
+        )
     assert np.all(p.seconds > 0) and np.all(np.isfinite(p.seconds))
 
 
 # ---------------------------------------------------------------------------------
 # counterexamples found by the properties above, pinned so they always run
 # ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("gpu", "model", "mode", "batch", "ctx", "q", "cal"), [
-    # datasheet calibration: decode attention's split-KV at the 128-key block boundary;
-    # h100: 744.178 us at ctx 127, 741.957 us at ctx 128
-    ("h100-sxm", "llama-3.2-1b", "decode", 1, 127, 1, {}),
-    ("a100-sxm-80gb", "qwen2.5-7b", "decode", 1, 255, 1, {}),
-    ("l40s", "llama-3.1-8b", "decode", 1, 127, 1, {}),
-    # saturating_ctas_per_sm > 0: the split-KV CTA count (batch x kv_heads x split)
-    # grows at the block boundary, so the attention gets more bandwidth; this one stays
-    # even once the critical path counts whole key blocks
-    ("h100-sxm", "llama-3.2-1b", "decode", 2, 127, 1, {"saturating_ctas_per_sm": 0.5}),
-], ids=["h100-1b-decode", "a100-qwen7b-decode", "l40s-8b-decode", "h100-1b-decode-sat"])
-def test_pinned_context_counterexample(gpus, models, stack, gpu, model, mode, batch, ctx,
-                                       q, cal):
-    check_ctx_monotone(gpus[gpu], models[model], stack, Calibration(physics=cal), mode, batch,
-                       ctx, q, "graph", span=2)
+@pytest.mark.parametrize(
+    ("gpu", "model", "mode", "batch", "ctx", "q", "cal"),
+    [
+        # datasheet calibration: decode attention's split-KV at the 128-key block boundary;
+        # h100: 744.178 us at ctx 127, 741.957 us at ctx 128
+        ("h100-sxm", "llama-3.2-1b", "decode", 1, 127, 1, {}),
+        ("a100-sxm-80gb", "qwen2.5-7b", "decode", 1, 255, 1, {}),
+        ("l40s", "llama-3.1-8b", "decode", 1, 127, 1, {}),
+        # saturating_ctas_per_sm > 0: the split-KV CTA count (batch x kv_heads x split)
+        # grows at the block boundary, so the attention gets more bandwidth; this one stays
+        # even once the critical path counts whole key blocks
+        ("h100-sxm", "llama-3.2-1b", "decode", 2, 127, 1, {"saturating_ctas_per_sm": 0.5}),
+    ],
+    ids=["h100-1b-decode", "a100-qwen7b-decode", "l40s-8b-decode", "h100-1b-decode-sat"],
+)
+def test_pinned_context_counterexample(gpus, models, stack, gpu, model, mode, batch, ctx, q, cal):
+    check_ctx_monotone(
+        gpus[gpu],
+        models[model],
+        stack,
+        Calibration(physics=cal),
+        mode,
+        batch,
+        ctx,
+        q,
+        "graph",
+        span=2,
+    )
 
 
-@pytest.mark.parametrize(("gpu", "model", "mode", "batch", "ctx", "q", "cal"), [
-    # elementwise CTAs = ceil(elements / launches / 4096): rms_norm over 16 x 2048 -> 1
-    # CTA per launch, over 17 x 2048 -> 2: h100 1394.19 us at batch 16, 1224.27 us at 17
-    ("h100-sxm", "llama-3.2-1b", "decode", 16, 1000, 1, {"saturating_ctas_per_sm": 0.25}),
-    # verify q 5: 1241.92 us at batch 3, 1145.76 us at batch 4
-    ("h100-sxm", "llama-3.2-1b", "verify", 3, 500, 5, {"saturating_ctas_per_sm": 0.25}),
-    ("h200", "llama-3.1-8b", "decode", 8, 1000, 1, {"saturating_ctas_per_sm": 0.25}),
-], ids=["h100-1b-decode-b16", "h100-1b-verify-b3", "h200-8b-decode-b8"])
-def test_pinned_batch_counterexample(gpus, models, stack, gpu, model, mode, batch, ctx, q,
-                                     cal):
-    check_batch_monotone(gpus[gpu], models[model], stack, Calibration(physics=cal), mode, batch,
-                         ctx, q, "graph", span=2)
+@pytest.mark.parametrize(
+    ("gpu", "model", "mode", "batch", "ctx", "q", "cal"),
+    [
+        # elementwise CTAs = ceil(elements / launches / 4096): rms_norm over 16 x 2048 -> 1
+        # CTA per launch, over 17 x 2048 -> 2: h100 1394.19 us at batch 16, 1224.27 us at 17
+        ("h100-sxm", "llama-3.2-1b", "decode", 16, 1000, 1, {"saturating_ctas_per_sm": 0.25}),
+        # verify q 5: 1241.92 us at batch 3, 1145.76 us at batch 4
+        ("h100-sxm", "llama-3.2-1b", "verify", 3, 500, 5, {"saturating_ctas_per_sm": 0.25}),
+        ("h200", "llama-3.1-8b", "decode", 8, 1000, 1, {"saturating_ctas_per_sm": 0.25}),
+    ],
+    ids=["h100-1b-decode-b16", "h100-1b-verify-b3", "h200-8b-decode-b8"],
+)
+def test_pinned_batch_counterexample(gpus, models, stack, gpu, model, mode, batch, ctx, q, cal):
+    check_batch_monotone(
+        gpus[gpu],
+        models[model],
+        stack,
+        Calibration(physics=cal),
+        mode,
+        batch,
+        ctx,
+        q,
+        "graph",
+        span=2,
+    )
 
 
 def test_pinned_prefill_counterexample(gpus, models, stack):
     # prefill batch 1 over a 16- vs 17-token prompt, h100, llama-3.2-1b, saturating
     # 0.25 CTA/SM: 1237.16 us -> 1057.42 us
-    check_ctx_monotone(gpus["h100-sxm"], models["llama-3.2-1b"], stack,
-                       Calibration(physics={"saturating_ctas_per_sm": 0.25}), "prefill", 1, 0, 16,
-                       "graph", span=8)
+    check_ctx_monotone(
+        gpus["h100-sxm"],
+        models["llama-3.2-1b"],
+        stack,
+        Calibration(physics={"saturating_ctas_per_sm": 0.25}),
+        "prefill",
+        1,
+        0,
+        16,
+        "graph",
+        span=8,
+    )
 
 
 def test_fa2_split_change_may_be_faster(gpus, models, stack):
@@ -301,5 +340,5 @@ def test_fa2_split_change_may_be_faster(gpus, models, stack):
     cal = Calibration(gpu="h100-sxm")
     c = np.array([254.0, 255.0])
     assert list(fa2_splits(gpu, m, stack, "verify", 1, c, 2)) == [1.0, 2.0]
-    s = predict(gpu, m, stack, cal, "verify", 1, c, 2).seconds
+    s = predict(Platform(gpu, stack, cal), m, "verify", 1, c, 2).seconds
     assert s[1] < s[0]

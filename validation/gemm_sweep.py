@@ -72,7 +72,7 @@ def _half_tile_lines(name: str, points: Sequence[SweptPoint]) -> list[str]:
         gpu = loader.load_gpu(name)
     except ConfigError:
         return []
-    if not (loader.CALIBRATIONS_DIR / f"{name}.yaml").is_file():
+    if not (calibrations.CALIBRATIONS_DIR / f"{name}.yaml").is_file():
         return []
     excess = half_tile_excess(
         points, gpu, calibrations.load_calibration("auto", gpu, loader.load_stack())

@@ -39,6 +39,7 @@ from gpusim.calibration.steady_clocks import SteadyClocks, read_probe
 from gpusim.cost import POWER_EXPONENT, Calibration, kernel_cost, tensor_share
 from gpusim.io import calibrations, loader
 from gpusim.kernels import build_kernels
+from gpusim.platform import Platform
 from gpusim.specs import GpuSpec
 from gpusim.step import program_clock
 
@@ -47,14 +48,14 @@ def shares(clocks: SteadyClocks, i: int, gpu: GpuSpec, cal: Calibration
            ) -> tuple[float, float, float]:
     """(compute share, tensor share, the calibration's clock) of probed shape ``i``."""
     st = clocks.steps
-    ks = build_kernels(loader.load_model(str(st.model[i])),
-                       loader.load_stack(loader.DEFAULT_STACK), str(st.mode[i]),
+    stack = loader.load_stack(loader.DEFAULT_STACK)
+    ks = build_kernels(loader.load_model(str(st.model[i])), stack, str(st.mode[i]),
                        st.batch[i], st.ctx[i], st.q[i])
     costs = [kernel_cost(k, gpu, cal) for k in ks]
     total = sum(float(c.seconds[0]) * k.repeat for k, c in zip(ks, costs, strict=True))
     compute = sum(float(c.compute_s[0]) * k.repeat for k, c in zip(ks, costs, strict=True))
     return (compute / total, float(tensor_share(ks, costs, cal)[0]),
-            float(program_clock([ks], gpu, cal)[0]))
+            float(program_clock([ks], Platform(gpu, stack, cal))[0]))
 
 
 def capped_clock(cap: float, share: np.ndarray) -> np.ndarray:

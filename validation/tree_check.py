@@ -23,6 +23,7 @@ import numpy as np
 
 from gpusim import step
 from gpusim.io import calibrations, loader
+from gpusim.platform import Platform
 
 
 def errors(path: Path) -> dict[str, np.ndarray]:
@@ -41,7 +42,7 @@ def errors(path: Path) -> dict[str, np.ndarray]:
         b, c, q = (np.array([float(r[k]) for r in mine]) for k in ("batch", "ctx", "nodes"))
         model = loader.load_model(name)
         for label, column, mode in cases:
-            pred = step.predict(gpu, model, stack, cal, mode, b, c, q)
+            pred = step.predict(Platform(gpu, stack, cal), model, mode, b, c, q)
             meas = np.array([float(r[f"{column}_ms"]) for r in mine]) * 1e-3
             out[label] += list(pred.seconds / meas - 1.0)
     return {k: np.asarray(v) for k, v in out.items()}

@@ -35,8 +35,9 @@ from gpusim.calibration.space import (
 from gpusim.calibration.steady_clocks import SteadyClocks
 from gpusim.cost import Calibration, CalibrationSet, GpuPhysics, busy_s, kernel_cost, step_costs
 from gpusim.kernels import Kernel, build_kernels
+from gpusim.platform import Platform
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
-from gpusim.specs.enums import Mode
+from gpusim.specs.enums import Launch, Mode
 from gpusim.step import predict_kernels, program_clock
 
 
@@ -45,6 +46,7 @@ class Group:
     """Rows sharing (model, mode, launch), with their kernels built once."""
 
     model: ModelSpec
+    stack: StackSpec
     mode: str
     launch: str
     rows: np.ndarray
@@ -67,7 +69,7 @@ def make_groups(data: StepData, stack: StackSpec,
         model = resolve_model(str(model_name))
         kernels = build_kernels(model, stack, str(mode), data.batch[idx], data.ctx[idx],
                                 data.q[idx])
-        out.append(Group(model, str(mode), str(launch), idx, kernels))
+        out.append(Group(model, stack, str(mode), str(launch), idx, kernels))
     return out
 
 
@@ -76,7 +78,8 @@ def predict_groups(groups: Sequence[Group], n_rows: int, gpu: GpuSpec,
     """Predicted seconds for every row of the groups (others NaN)."""
     pred = np.full(n_rows, np.nan)
     for g in groups:
-        pred[g.rows] = predict_kernels(g.kernels, g.model, gpu, cal, g.launch).seconds
+        platform = Platform(gpu, g.stack, cal, Launch(g.launch))
+        pred[g.rows] = predict_kernels(g.kernels, g.model, platform).seconds
     return pred
 
 
@@ -168,7 +171,7 @@ def predict_clocks(cf: ClockFit, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
     back on its own."""
     out = np.ones(cf.n)
     for g in cf.groups:
-        out[g.rows] = program_clock([g.kernels], gpu, cal)
+        out[g.rows] = program_clock([g.kernels], Platform(gpu, g.stack, cal))
     return out
 
 

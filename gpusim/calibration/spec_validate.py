@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.calibration.spec_measured import SpecRow
-from gpusim.cost import Calibration
-from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.platform import Platform
+from gpusim.specs import ModelSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import kind_of, parse_draft
 from gpusim.speculative.iteration import Speculation, predict_iteration
@@ -185,11 +185,12 @@ class GpuValidation:
         return out
 
 
-def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[SpecRow],
+def validate_gpu(platform: Platform, rows: list[SpecRow],
                  load_model: Callable[[str], ModelSpec], fit_pair: str | None = None,
                  source: str = "spec.csv") -> GpuValidation:
     """Fit the round trip on ``fit_pair`` (default: the first pair in the file) and
     predict every graph row. Raises ValueError for an unknown fit pair or no rows."""
+    gpu = platform.gpu
     graph = [r for r in rows if r.launch == "graph"]
     if not graph:
         raise ValueError(f"{source}: no rows with launch=graph")
@@ -234,7 +235,7 @@ def validate_gpu(gpu: GpuSpec, stack: StackSpec, cal: Calibration, rows: list[Sp
                            TokenTree.chain(k), IidAcceptance(0.0))
         b = np.array([graph[i].batch for i in idx])
         c = np.array([graph[i].ctx for i in idx])
-        p = predict_iteration(gpu, stack, cal, ov, spec, b, c, "graph")
+        p = predict_iteration(platform.with_launch("graph"), ov, spec, b, c)
         e2e[idx] = p.iteration_s
     plain = np.array([r.target_step_s + rt for r in graph])
     return GpuValidation(gpu=gpu.name, fit_pair=fp, overhead=ov, rows=graph,

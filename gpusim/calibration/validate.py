@@ -129,7 +129,8 @@ def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: Gpu
     GEMM picks, as a transferred calibration is used)."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
               micro=micro, profiles=profiles, sweep=sweep, clocks=clocks)
-    cal = res.calibration.replace({"physics.gemm_slow_picks": ()})
+    cal = res.calibration.transferred(test_gpu.name,
+                                      train_gpu.architecture == test_gpu.architecture)
     groups = make_groups(test, stack, resolve)
     pred = predict_groups(groups, len(test), test_gpu, cal)
     return Evaluation(f"fitted on {train_gpu.name}", test_gpu.name, test, pred,

@@ -13,7 +13,7 @@ import sys
 # importing a module registers its commands; this order is the order of --help
 from gpusim.cli import predict, spec, serve, calibration, inputs  # noqa: F401
 # isort: on
-from gpusim.cli.common import app
+from gpusim.cli.common import app, as_flag
 from gpusim.errors import ConfigError
 
 __all__ = ["app", "main"]
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False, prog_name="gpusim")
     except ConfigError as exc:
-        print(f"gpusim: error: {exc}", file=sys.stderr)
+        print(f"gpusim: error: {as_flag(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

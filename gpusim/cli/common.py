@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from gpusim import report
-from gpusim.cost import Calibration
+from gpusim.errors import ConfigError
 from gpusim.io import calibrations, loader
-from gpusim.specs import GpuSpec, StackSpec
+from gpusim.platform import Platform
+from gpusim.specs.enums import Launch, parse
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpusim: LLM inference performance simulator.")
@@ -21,11 +25,6 @@ class Fmt(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
-
-
-class Launch(StrEnum):
-    graph = "graph"
-    eager = "eager"
 
 
 class ModeOpt(StrEnum):
@@ -66,11 +65,50 @@ def _print_table(title: str, rows: list[dict[str, object]], columns: list[str]) 
     Console(width=160).print(report.rich_table(title, rows, columns))
 
 
-def setup(gpu: str, stack: str, calibration: str
-          ) -> tuple[GpuSpec, StackSpec, Calibration]:
-    """The GPU, software stack and calibration named on the command line.
-
-    Raises ConfigError for a bad name, path or file.
-    """
+def setup(gpu: str, stack: str, calibration: str, launch: str = "graph") -> Platform:
+    """The Platform named on the command line: GPU, software stack, calibration and
+    launch mode. Raises ConfigError for a bad name, path or file."""
     g, st = loader.load_gpu(gpu), loader.load_stack(stack)
-    return g, st, calibrations.load_calibration(calibration, g, st)
+    cal = calibrations.load_calibration(calibration, g, st)
+    return Platform(g, st, cal, parse(Launch, launch, "launch"))
+
+
+# library errors name the field (``reserve_fraction``); a command shows its own flag
+_FLAGS: ContextVar[dict[str, str] | None] = ContextVar("flags", default=None)
+
+
+def flag_for(field: str) -> str:
+    """The flag this command spells ``field`` as (``--reserve-fraction`` by default)."""
+    return (_FLAGS.get() or {}).get(field, "--" + field.replace("_", "-"))
+
+
+def as_flag(exc: ConfigError) -> ConfigError:
+    """``exc`` as the command line shows it: a library error (no source, a field)
+    names the flag that set the field."""
+    if exc.source or not exc.field:
+        return exc
+    return ConfigError(flag_for(exc.field), exc.reason, None, exc.line, exc.value,
+                       exc.has_value)
+
+
+@contextmanager
+def flags(**names: str) -> Iterator[None]:
+    """Within the block, library errors about these fields name these flags
+    (``flags(acceptance="--spec-acceptance")``)."""
+    token = _FLAGS.set({**(_FLAGS.get() or {}), **names})
+    try:
+        yield
+    except ConfigError as exc:
+        raise as_flag(exc) from None
+    finally:
+        _FLAGS.reset(token)
+
+
+def describe_calibration(platform: Platform) -> str:
+    """What calibration a result used, in one phrase: where it was fitted and, when
+    another stack's host costs stand in for this stack's, whose."""
+    cal = platform.calibration
+    text = cal.fitted_on
+    if cal.host_from is not None:
+        text += f"; host costs of {cal.host_from}"
+    return text

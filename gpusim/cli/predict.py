@@ -21,10 +21,12 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    describe_calibration,
     setup,
 )
 from gpusim.errors import bad
 from gpusim.io import loader
+from gpusim.specs.enums import Mode
 
 
 @app.command()
@@ -37,31 +39,33 @@ def predict(
         "--model", help="Single shape: model name, YAML or config.json path.")] = None,
     mode: Annotated[ModeOpt, typer.Option("--mode")] = ModeOpt.decode,
     batch: Annotated[int, typer.Option("--batch")] = 1,
-    ctx: Annotated[int, typer.Option("--ctx", help="Tokens already cached.")] = 1024,
+    ctx: Annotated[int | None, typer.Option(
+        "--ctx", help="Tokens already cached (default 1024; 0 for prefill).")] = None,
     q: Annotated[int | None, typer.Option(
         "--q", help="New tokens per sequence (decode 1; default verify 4, prefill 512).")
     ] = None,
     calibration: CalOpt = "auto",
-    launch: LaunchOpt = Launch.graph,
+    launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
     fmt: FmtOpt = Fmt.table,
     timeline: Annotated[Path | None, typer.Option(
         "--timeline", help="Single shape: write a Plotly timeline HTML here.")] = None,
 ) -> None:
     """Predict step times: a CSV of shapes (--in/--out) or one shape with a breakdown."""
-    from gpusim import capacity as fit
-    from gpusim import step
+    from gpusim import capacity, step
+    from gpusim.kernels import default_ctx, default_q
     from gpusim.step import rows as rows_mod
 
-    g, st, cal = setup(gpu, stack, calibration)
+    plat = setup(gpu, stack, calibration, launch.value)
+    g = plat.gpu
     if rows_in is not None:
         if model is not None:
             raise bad("--model", "give either --in (a CSV of shapes) or --model, not both")
         if out is None:
             raise bad("--out", "--in needs --out (the predictions CSV to write)")
         header, rows = rows_mod.read_rows(rows_in)
-        preds = rows_mod.predict_rows(rows, str(rows_in), g, st, cal, launch.value,
-                                      fit.fitting_model_loader(g, loader.load_model))
+        preds = rows_mod.predict_rows(rows, str(rows_in), plat,
+                                      capacity.fitting_model_loader(g, loader.load_model))
         columns = header + [c for c in rows_mod.OUTPUT_COLUMNS if c not in header]
         records = [{**r.raw, **p} for r, p in zip(rows, preds, strict=True)]
         report.write_atomic(out, report.to_csv(records, columns))
@@ -70,20 +74,21 @@ def predict(
     if model is None:
         raise bad("--model", "give --model for one shape, or --in/--out for a CSV of shapes")
     m = loader.load_model(model)
-    fit.check_fits(m, g)
-    qq = q if q is not None else {"decode": 1, "verify": 4, "prefill": 512}[mode.value]
-    cc = 0 if mode is ModeOpt.prefill and ctx == 1024 else ctx  # prefill default: no cache
+    md = Mode(mode.value)
+    qq, cc = default_q(md, q), default_ctx(md, ctx)
     try:
-        p = step.predict(g, m, st, cal, mode.value, batch, cc, qq, launch.value)
+        capacity.check_step_fits(g, m, batch, cc, qq)
+        p = step.predict(plat, m, md, batch, cc, qq)
     except ValueError as exc:
         raise bad("--" + str(exc).split("=", 1)[0], str(exc)) from None
-    summ = {"gpu": g.name, "model": m.name, "mode": mode.value, "batch": batch, "ctx": cc,
-            "q": qq, "launch": launch.value, "calibration": cal.fitted_on,
-            **step.summary(p, g)}
+    summ = {"gpu": g.name, "model": m.name, "stack": plat.stack.name, "mode": md.value,
+            "batch": batch, "ctx": cc, "q": qq, "launch": plat.launch.value,
+            "calibration": describe_calibration(plat), **step.summary(p, g)}
     ops = step.breakdown(p, g)
     if timeline is not None:
-        tl = step.simulate(g, m, st, cal, mode.value, batch, cc, qq, launch.value)
-        title = f"{m.name} {mode.value} b={batch} ctx={cc} q={qq} on {g.name} ({launch.value})"
+        tl = step.simulate(plat, m, md, batch, cc, qq)
+        title = (f"{m.name} {md.value} b={batch} ctx={cc} q={qq} on {g.name} "
+                 f"({plat.launch.value}, {plat.stack.name})")
         report.write_html(report.timeline_figure(tl, title), timeline)
         print(f"wrote timeline to {timeline}", file=sys.stderr)
     if fmt is Fmt.json:
@@ -92,8 +97,9 @@ def predict(
         _echo(report.to_csv(ops).rstrip("\n"))
     else:
         _print_table(
-            f"{m.name} {mode.value} batch={batch} ctx={cc} q={qq} on {g.name} "
-            f"({launch.value}, calibration: {cal.fitted_on})", ops,
+            f"{m.name} {md.value} batch={batch} ctx={cc} q={qq} on {g.name} "
+            f"({plat.launch.value}, stack {plat.stack.name}, calibration: "
+            f"{describe_calibration(plat)})", ops,
             ["op", "ms", "share", "launches", "bytes", "bandwidth_gb_per_s",
              "bandwidth_fraction", "tflops", "bound"])
         _print_table("step", [summ], ["step_ms", "gpu_ms", "launches", "weight_bytes",

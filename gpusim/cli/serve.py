@@ -20,6 +20,7 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    flags,
     setup,
 )
 from gpusim.io import loader
@@ -80,7 +81,7 @@ def serve(
         "--spec-acceptance", help="i.i.d. acceptance rate of a draft token (default 0.7).")
     ] = None,
     calibration: CalOpt = "auto",
-    launch: LaunchOpt = Launch.graph,
+    launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
     fmt: FmtOpt = Fmt.table,
     out_json: Annotated[Path | None, typer.Option("--out-json", help="Write JSON here.")
@@ -92,21 +93,31 @@ def serve(
 ) -> None:
     """Simulate serving over time: latency percentiles, throughput, goodput, KV use."""
     from gpusim import serving
+    from gpusim.cli.progress import progress_bar
+    from gpusim.io import scenario as scenario_io
+    from gpusim.io.overhead import load_overhead
     from gpusim.report import serving_figures as figures
     from gpusim.report import serving_output as output
-    from gpusim.serving.scenario import parse_spec_k
 
-    g, st, cal = setup(gpu, stack, calibration)
+    plat = setup(gpu, stack, calibration, launch.value)
     m = loader.load_model(model)
-    sc = serving.scenario_from_options(
+    sc = scenario_io.scenario_from_options(
         scenario, prompt_dist=prompt_dist, output_dist=output_dist, duration_s=duration_s,
         seed=seed, arrival=arrival, rate_per_s=rate, cv=cv, users=users,
         think_time_s=think_time_s, trace=trace, policy=scheduler, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, block_size_tokens=block_size,
         reserve_fraction=reserve_fraction, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
         spec_draft=spec_draft, spec_acceptance=spec_acceptance,
-        spec_k=None if spec_k is None else parse_spec_k(spec_k))
-    result = serving.run(g, m, st, cal, sc, launch.value, quiet=quiet)
+        spec_k=None if spec_k is None else scenario_io.parse_spec_k(spec_k))
+    with flags(spec_acceptance="--spec-acceptance", spec_k="--spec-k",
+               block_size_tokens="--block-size"):
+        engine = serving.build_engine(
+            plat, m, sc, scenario_io.scenario_draft(sc, loader.load_model),
+            load_overhead("auto", plat.gpu) if sc.speculative is not None else None)
+    trace = scenario_io.scenario_trace(sc)
+    total = float(sc.duration_s or 0.0)
+    with progress_bar(total, quiet=quiet or total <= 0) as tick:
+        result = serving.simulate(engine, sc, tick, trace)
     for path, text in ((out_json, output.json_text), (out_csv, output.csv_text),
                        (html, figures.serve_html)):
         if path is not None:

@@ -20,6 +20,7 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    describe_calibration,
     setup,
 )
 from gpusim.errors import bad
@@ -59,7 +60,7 @@ def spec(
     calibration: CalOpt = "auto",
     overhead: SpecOverheadOpt = "auto",
     round_trip_us: SpecRoundTripOpt = None,
-    launch: LaunchOpt = Launch.graph,
+    launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
     reserve_fraction: SpecReserveOpt = 0.1,
     mc_iterations: Annotated[int, typer.Option(
@@ -78,20 +79,18 @@ def spec(
     """
     import numpy as np
 
+    from gpusim.cli import spec_options as options
     from gpusim.report import spec_output as output
     from gpusim.speculative import iteration as it
-    from gpusim.speculative import options
 
-    g, st, cal = setup(gpu, stack, calibration)
+    plat = setup(gpu, stack, calibration, launch.value)
+    g, cal = plat.gpu, plat.calibration
     ov = options.overhead_from_options(overhead, round_trip_us, g)
     sp = options.speculation_from_options(target, draft, acceptance, k, tree)
-    if not 0.0 <= reserve_fraction < 1.0:
-        raise bad("--reserve-fraction", "must be in [0, 1)", value=reserve_fraction)
     if mc_iterations < 0:
         raise bad("--mc-iterations", "must be >= 0", value=mc_iterations)
     try:
-        p = it.predict_iteration(g, st, cal, ov, sp, batch, ctx, launch.value,
-                                 reserve_fraction)
+        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
     except ValueError as exc:
         raise bad("--" + str(exc).split("=", 1)[0], str(exc)) from None
     options.check_weights_fit(p)
@@ -103,7 +102,7 @@ def spec(
           if mc_iterations else None)
     rec = output.spec_record(p, g, cal, ov, mc)
     if timeline is not None:
-        tl = it.simulate_iteration(g, st, cal, ov, sp, batch, ctx, launch.value)
+        tl = it.simulate_iteration(plat, ov, sp, batch, ctx)
         title = (f"{sp.target.name} + {sp.draft.label} {sp.tree.label()} b={batch} "
                  f"ctx={ctx} on {g.name}")
         report.write_html(report.timeline_figure(tl, title), timeline)
@@ -114,7 +113,8 @@ def spec(
         _echo(report.to_csv([rec]).rstrip("\n"))
     else:
         _print_table(f"{rec['target']} + {rec['draft']} ({rec['tree']}, {rec['acceptance']}) "
-                     f"batch={batch} ctx={ctx} on {g.name} (calibration: {cal.fitted_on}; "
+                     f"batch={batch} ctx={ctx} on {g.name} (stack {plat.stack.name}, calibration: "
+                     f"{describe_calibration(plat)}; "
                      f"overhead: {ov.fitted_on})", [rec], list(output.TABLE_COLUMNS))
 
 
@@ -137,7 +137,7 @@ def spec_sweep(
     calibration: CalOpt = "auto",
     overhead: SpecOverheadOpt = "auto",
     round_trip_us: SpecRoundTripOpt = None,
-    launch: LaunchOpt = Launch.graph,
+    launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
     reserve_fraction: SpecReserveOpt = 0.1,
     fmt: FmtOpt = Fmt.table,
@@ -149,26 +149,25 @@ def spec_sweep(
         "--out-csv", help="Write every (acceptance, ctx, batch, k) row here.")] = None,
 ) -> None:
     """Speedup over plain decoding against batch and context; best k; break-even batch."""
+    from gpusim.cli import spec_options as options
     from gpusim.report import spec_figures as figures
-    from gpusim.speculative import options
     from gpusim.speculative import sweep as sw
 
-    g, st, cal = setup(gpu, stack, calibration)
+    plat = setup(gpu, stack, calibration, launch.value)
+    g = plat.gpu
     ov = options.overhead_from_options(overhead, round_trip_us, g)
     t = loader.load_model(target)
     sp = options.speculation_from_options(target, draft, "0.8", 1, None)
     accs = [options.acceptance_option(a) for a in (acceptance or ["0.8"])]
-    if not 0.0 <= reserve_fraction < 1.0:
-        raise bad("--reserve-fraction", "must be in [0, 1)", value=reserve_fraction)
+    grid = sw.SweepGrid(options.int_list(batches, "--batches", 1),
+                        options.int_list(ctxs, "--ctxs", 0), options.int_list(ks, "--ks", 1),
+                        max_batch, reserve_fraction)
     try:
-        res = sw.sweep(g, st, cal, ov, t, sp.draft, accs,
-                       options.int_list(batches, "--batches", 1),
-                       options.int_list(ctxs, "--ctxs", 0), options.int_list(ks, "--ks", 1),
-                       launch.value, reserve_fraction, max_batch)
+        res = sw.sweep(plat, ov, t, sp.draft, accs, grid)
     except ValueError as exc:
         raise bad("--" + str(exc).split("=", 1)[0].replace("_", "-"), str(exc)) from None
     title = f"{t.name} + {sp.draft.label} on {g.name}"
-    notes = [f"Calibration: {cal.fitted_on}; host round trip "
+    notes = [f"Calibration: {describe_calibration(plat)}; host round trip "
              f"{ov.host_round_trip_s * 1e6:.1f} us ({ov.fitted_on}); launch {launch.value}."]
     for path, text in ((html, lambda: figures.sweep_html(res, title)),
                        (md, lambda: figures.sweep_markdown(
@@ -213,6 +212,7 @@ def spec_validate(
     from gpusim.calibration import spec_validate as val
     from gpusim.io import calibrations
     from gpusim.io import overhead as iovmod
+    from gpusim.platform import Platform
 
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/spec.csv"))
@@ -224,8 +224,8 @@ def spec_validate(
         g = loader.load_gpu(f.parent.name)
         rows = measured.read_spec_csv(f)
         try:
-            cal = calibrations.load_calibration(calibration, g, st)
-            results.append(val.validate_gpu(g, st, cal, rows, loader.load_model, fit_pair,
+            plat = Platform(g, st, calibrations.load_calibration(calibration, g, st))
+            results.append(val.validate_gpu(plat, rows, loader.load_model, fit_pair,
                                             str(f)))
         except ValueError as exc:
             raise bad(str(f), str(exc)) from None

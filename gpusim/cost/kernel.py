@@ -57,7 +57,6 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
     attention family."""
     ph = cal.physics
     bw = gpu.hbm_bandwidth_bytes_per_s * ph.hbm_bandwidth_efficiency
-    per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
     launches = float(k.launches)
     slow = None  # cuBLAS's measured slow pick for this GEMM shape, if any
     fixed = np.full_like(k.flops, launches * ph.kernel_fixed_cost_s)
@@ -67,6 +66,7 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         g = k.gemm
         assert g is not None  # built by kernels.records.gemm_kernel
         _, waves, cta_flops = gemm_schedule(g.m, g.n, g.k, gpu, ph)
+        per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
         compute = waves * cta_flops / (per_sm * ph.tensor_efficiency)
         # split-K lets a skinny GEMM keep every SM streaming: no parallelism limit
         memory = k.bytes / bw
@@ -76,6 +76,7 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         a = k.attention
         assert a is not None  # built by kernels.records.attention_kernel
         fam = family(a.family)
+        per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
         parts = fam.parts(a, k.kv_bytes, gpu, ph, cal.family_params(fam.name), per_sm)
         compute = parts.critical_flops / (per_sm * parts.tensor_efficiency)
         fixed = fixed + parts.fixed_s
@@ -107,7 +108,8 @@ def combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
              compute: np.ndarray, slow: np.ndarray | None) -> Cost:
     """A kernel's Cost from its parts: memory and compute overlapped, plus fixed
     costs, times cuBLAS's slowdown if any, plus the idle gaps before its launches."""
-    p = cal.physics.overlap_exponent
+    ph = cal.physics
+    p = ph.overlap_exponent
     hi = np.maximum(memory, compute)
     lo = np.minimum(memory, compute)
     # (hi = 0 means lo = 0: the ratio is then 0, without a division by zero)
@@ -116,7 +118,7 @@ def combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
     kernel_s = fixed + overlapped
     if slow is not None:
         kernel_s = kernel_s * slow
-    seconds = kernel_s + k.launches * cal.physics.launch_gap_s
+    seconds = kernel_s + k.launches * ph.launch_gap_s
     return Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
                 flops=k.flops, bytes=k.bytes)
 

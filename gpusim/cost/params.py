@@ -152,6 +152,17 @@ class Calibration(Frozen):
             **top, "physics": self.physics.model_copy(update=physics),
             "host": self.host.model_copy(update=host), "attention": attention})
 
+    def transferred(self, gpu: str, same_architecture: bool) -> Calibration:
+        """This calibration carried to another GPU: efficiencies and fixed costs carry
+        over (bandwidth and FLOP/s are the target's datasheet); cuBLAS's slow picks,
+        measured on one GPU, do not; nor does the power cap across architectures (a
+        chip's power budget over its tensor cores' draw)."""
+        update: dict[str, object] = {"gpu": gpu, "physics.gemm_slow_picks": (),
+                                     "fitted_on": f"transferred from {self.gpu}"}
+        if not same_architecture:
+            update["physics.power_cap_tensor_share"] = 1.0
+        return self.replace(update)
+
     def get(self, path: str) -> object:
         """The value at a dotted path (as ``replace`` takes). Raises KeyError."""
         parts = path.split(".")

@@ -49,25 +49,11 @@ def _transfer_source(gpu: GpuSpec) -> Path | None:
     return min(candidates)[3] if candidates else None
 
 
-def transferred(cal: Calibration, source_gpu: GpuSpec, gpu: GpuSpec) -> Calibration:
-    """``cal`` (fitted on ``source_gpu``) carried to ``gpu``: efficiencies and fixed
-    costs carry over; bandwidth and FLOP/s are the target's datasheet (the cost model
-    reads them from the GpuSpec)."""
-    # cuBLAS's slow picks are measured on one GPU: another runs other kernels
-    update: dict[str, object] = {"gpu": gpu.name, "physics.gemm_slow_picks": (),
-                                 "fitted_on": f"transferred from {source_gpu.name}"}
-    if source_gpu.architecture != gpu.architecture:
-        # the power cap's share is a chip's power budget over its tensor cores' draw:
-        # another architecture's is unknown, so no throttle is modelled
-        update["physics.power_cap_tensor_share"] = 1.0
-    return cal.replace(update)
-
-
 def load_calibration(which: str, gpu: GpuSpec, stack: StackSpec) -> Calibration:
     """The calibration for ``gpu`` running ``stack``.
 
     ``auto``: the shipped file for ``gpu``; for a GPU nobody measured, a measured GPU's
-    of the same architecture (else vendor) transferred (``transferred``;
+    of the same architecture (else vendor), carried over (``Calibration.transferred``;
     validation/REPORT.md states the cross-GPU error); else the datasheet. ``none``: the
     datasheet alone. Otherwise a path to a calibration file, which must be for ``gpu``.
     Raises ConfigError (a file for another GPU, no host costs for the stack, a bad file).
@@ -82,7 +68,8 @@ def load_calibration(which: str, gpu: GpuSpec, stack: StackSpec) -> Calibration:
         if source is None:
             return Calibration(gpu=gpu.name, stack=stack.name)
         cal = _for(calibration_set_from_yaml(source), stack, str(source))
-        return transferred(cal, load_gpu(source.stem), gpu)
+        same_arch = load_gpu(source.stem).architecture == gpu.architecture
+        return cal.transferred(gpu.name, same_arch)
     path = Path(which)
     if not path.is_file():
         raise bad("--calibration", "expected auto, none or an existing file", value=which)

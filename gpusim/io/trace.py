@@ -11,27 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gpusim.errors import bad, read_text
+from gpusim.serving.trace import Trace
 
 COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
-
-
-@dataclass(frozen=True)
-class Trace:
-    """A trace's columns as arrays (one entry per request, in arrival order)."""
-
-    source: str
-    arrival_s: np.ndarray
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.arrival_s)
 
 
 def _number(value: object, source: str, line: int, field: str) -> float:

@@ -58,10 +58,13 @@ def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     }[weight]
 
 
+# the kernel kind of a streaming op (a dict: an enum call per op showed in the fast path)
+_STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.EMBEDDING}
+
+
 def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                section: Section, repeat: int, b: np.ndarray, c: np.ndarray,
-               qq: np.ndarray) -> Kernel:
-    tokens = b * qq
+               qq: np.ndarray, tokens: np.ndarray) -> Kernel:
     m_tok = b if (op.last_position_only_in_prefill and mode == Mode.PREFILL) else tokens
     dtype = model.dtype
     if op.op == "gemm":
@@ -77,7 +80,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                        op.strided_kernels).astype(np.float64)
     elements = _tensor_elements(op, model, qq, tokens, m_tok)
     zeros = np.zeros_like(b)
-    return Kernel(name=op.name, kind=KernelKind(op.op), section=section,
+    return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
                   launches=op.kernels, repeat=repeat, flops=elements, weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=elements * op.bytes_per_element, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok))
@@ -97,5 +100,6 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
         ("layer", stack.layer, model.num_hidden_layers),
         ("epilogue", stack.epilogue, 1),
     )
-    return [_op_kernel(op, model, stack, m, section, repeat, b, c, qq)
+    tokens = b * qq
+    return [_op_kernel(op, model, stack, m, section, repeat, b, c, qq, tokens)
             for section, ops, repeat in sections for op in ops]

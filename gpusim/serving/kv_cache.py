@@ -1,11 +1,8 @@
 """Paged KV cache: how many blocks the GPU holds, and who holds them.
 
-Capacity (``kv_budget``): HBM capacity minus the weights minus a runtime reserve,
-divided into blocks of ``block_size`` tokens. The reserve (default 10% of HBM) stands
-for what the serving engine needs besides weights and KV: activations of the largest
-step, CUDA graphs, the allocator's fragmentation, NCCL and cuBLAS workspaces. It
-mirrors vLLM's default ``gpu_memory_utilization=0.9``, which leaves 10% of the GPU
-to everything else.
+Capacity (``kv_budget``): what the memory planner (``gpusim.capacity``) leaves for
+the KV cache next to the weights and a runtime reserve (default 10% of HBM, as vLLM's
+``gpu_memory_utilization=0.9``), divided into blocks of ``block_size`` tokens.
 
 ``PagedKVCache`` counts blocks per sequence. Sequences are either *explicit* (their
 token count is set by the caller: prefill chunks) or members of the *decoding group*,
@@ -19,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpusim.errors import ConfigError, bad
+from gpusim.capacity import DEFAULT_RESERVE_FRACTION, memory_plan
+from gpusim.errors import bad
 from gpusim.serving.invariants import InvariantError
 from gpusim.specs import GpuSpec, ModelSpec
 
-DEFAULT_RESERVE_FRACTION = 0.10
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
 
@@ -63,44 +60,32 @@ def kv_budget(gpu: GpuSpec, model: ModelSpec,
               reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
               extra_weight_bytes: float = 0.0,
               extra_kv_bytes_per_token: float = 0.0) -> KvBudget:
-    """Blocks of KV cache that fit next to the weights.
+    """Blocks of KV cache that fit next to the weights (``capacity.memory_plan``).
 
     ``extra_weight_bytes`` and ``extra_kv_bytes_per_token`` count a speculative
     draft's weights and KV cache (each cached token is held by target and draft).
 
-    Raises ConfigError for a bad block size or reserve, and when the weights plus the
-    reserve leave no room for one block (the message gives weights, KV per token and
-    capacity).
+    Raises ConfigError (fields ``block_size_tokens``, ``reserve_fraction``, ``model``)
+    for a bad block size or reserve, and when the weights plus the reserve leave no
+    room for one block (the message gives weights, KV per token and capacity).
     """
     if not isinstance(block_size_tokens, int) or not 1 <= block_size_tokens <= 4096:
-        raise bad("--block-size", "must be an integer in [1, 4096]", value=block_size_tokens)
-    if not 0.0 <= reserve_fraction < 1.0:
-        raise bad("--reserve-fraction", "must be in [0, 1)", value=reserve_fraction)
-    capacity = float(gpu.hbm_capacity_bytes)
-    weights = float(model.weight_bytes) + extra_weight_bytes
-    reserve = reserve_fraction * capacity
-    per_token = float(model.kv_bytes_per_token) + extra_kv_bytes_per_token
-    kv_bytes = capacity - weights - reserve
+        raise bad("", "must be an integer in [1, 4096]", field="block_size_tokens",
+                  value=block_size_tokens)
+    plan = memory_plan(gpu, model, reserve_fraction, extra_weight_bytes,
+                       extra_kv_bytes_per_token)
+    kv_bytes = plan.kv_capacity_bytes
+    per_token = plan.kv_bytes_per_token
     blocks = int(kv_bytes // (per_token * block_size_tokens)) if kv_bytes > 0 else 0
     if blocks < 1:
-        raise _does_not_fit(gpu, model, capacity, weights, reserve, reserve_fraction,
-                            per_token, block_size_tokens)
-    return KvBudget(hbm_capacity_bytes=capacity, weight_bytes=weights, reserve_bytes=reserve,
+        raise bad("", f"{model.name} does not fit on {gpu.name}: {plan.describe()} "
+                  f"({per_token * block_size_tokens / 1e6:.3f} MB per block of "
+                  f"{block_size_tokens} tokens)", field="model")
+    return KvBudget(hbm_capacity_bytes=plan.hbm_capacity_bytes,
+                    weight_bytes=plan.weight_bytes, reserve_bytes=plan.reserve_bytes,
                     reserve_fraction=reserve_fraction, kv_capacity_bytes=kv_bytes,
                     kv_bytes_per_token=per_token, block_size_tokens=block_size_tokens,
                     total_blocks=blocks)
-
-
-def _does_not_fit(gpu: GpuSpec, model: ModelSpec, capacity: float, weights: float,
-                  reserve: float, fraction: float, per_token: float,
-                  block: int) -> ConfigError:
-    gb = 1e9
-    return bad("--model", (
-        f"{model.name} does not fit on {gpu.name}: weights {weights / gb:.2f} GB + runtime "
-        f"reserve {reserve / gb:.2f} GB ({fraction:.0%} of HBM) leave "
-        f"{(capacity - weights - reserve) / gb:.2f} GB of {capacity / gb:.2f} GB HBM for the "
-        f"KV cache, which needs {per_token / 1e6:.4f} MB per token "
-        f"({per_token * block / 1e6:.3f} MB per block of {block} tokens)"))
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

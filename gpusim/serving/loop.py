@@ -37,6 +37,7 @@ from gpusim.serving.scheduler import Batch, make_scheduler
 from gpusim.serving.speculation import SpecStepModel
 from gpusim.serving.state import EngineState
 from gpusim.serving.summary import ServingSummary, summarize
+from gpusim.serving.trace import Trace
 from gpusim.serving.workload import Source, build_source
 
 if TYPE_CHECKING:  # simulate imports this module; the engine is only a type here
@@ -149,17 +150,18 @@ class ServingLoop:
     Its state is public for inspection: ``now`` (the next step's start, or the end of
     the run once ``finished``), ``state`` (queues, running requests, KV cache),
     ``metrics``, ``source``. The constructor raises ValueError when the engine was
-    built for other scheduler limits, ConfigError for a bad trace; any method raises
+    built for other scheduler limits or the scenario's trace is missing; any method raises
     InvariantError when the simulation breaks an invariant (a bug).
     """
 
     def __init__(self, engine: Engine, scenario: Scenario,
-                 progress: Callable[[float], None] | None = None) -> None:
+                 progress: Callable[[float], None] | None = None,
+                 trace: Trace | None = None) -> None:
         _check_limits(engine, scenario)
         sched = scenario.scheduler
         self.engine = engine
         self.scenario = scenario
-        self.source = build_source(scenario, np.random.default_rng(scenario.seed))
+        self.source = build_source(scenario, np.random.default_rng(scenario.seed), trace)
         self.metrics = Metrics(_window_s(scenario, self.source), scenario.slo.ttft_s,
                                scenario.slo.tpot_s)
         self.state = EngineState(PagedKVCache(engine.budget.total_blocks,

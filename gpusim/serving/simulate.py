@@ -9,71 +9,84 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpusim.cost import Calibration
+from gpusim.platform import Platform
 from gpusim.serving.kv_cache import KvBudget, kv_budget
 from gpusim.serving.loop import ServingLoop
 from gpusim.serving.scenario import Scenario
-from gpusim.serving.speculation import (
-    SpecStepModel,
-    build_spec_step_model,
-    draft_memory,
-    draft_option,
-)
+from gpusim.serving.speculation import SpecStepModel, build_spec_step_model, draft_memory
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model
+from gpusim.serving.trace import Trace
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.speculative.drafts import Draft
+from gpusim.speculative.overhead import SpecOverhead
 
 
 @dataclass(frozen=True)
 class Engine:
-    """What a run needs besides the scenario: hardware, model and its step times."""
+    """What a run needs besides the scenario: the platform, the model and its step
+    times, the KV budget, and speculation's iteration tables (if any)."""
 
-    gpu: GpuSpec
+    platform: Platform
     model: ModelSpec
-    stack: StackSpec
-    calibration: Calibration
-    launch: str
     budget: KvBudget
     max_ctx_tokens: int
     step_model: StepTimeModel
     spec: SpecStepModel | None = None   # speculative decoding (None: plain decoding)
 
+    @property
+    def gpu(self) -> GpuSpec:
+        return self.platform.gpu
 
-def build_engine(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
-                 scenario: Scenario, launch: str = "graph") -> Engine:
-    """KV budget and step-time tables for ``scenario``'s scheduler limits.
+    @property
+    def stack(self) -> StackSpec:
+        return self.platform.stack
 
-    Raises ConfigError when the model does not fit, ValueError for a bad launch mode.
+    @property
+    def calibration(self) -> Calibration:
+        return self.platform.calibration
+
+    @property
+    def launch(self) -> str:
+        return self.platform.launch.value
+
+
+def build_engine(platform: Platform, model: ModelSpec, scenario: Scenario,
+                 draft: Draft | None = None, overhead: SpecOverhead | None = None
+                 ) -> Engine:
+    """KV budget and step-time tables for ``scenario``'s scheduler limits on
+    ``platform``; with speculation, the ``draft`` the scenario names (resolved by the
+    caller: ``gpusim.io.scenario.scenario_draft``) and the loop's host ``overhead``.
+
+    Raises ConfigError when the model does not fit or a speculative option is bad,
+    ValueError when the scenario speculates and no draft or overhead is given.
     """
     s = scenario.scheduler
     sp = scenario.speculative
-    draft = draft_option(sp.draft) if sp is not None else None
+    if sp is not None and (draft is None or overhead is None):
+        raise ValueError("draft=None: the scenario speculates; resolve its draft "
+                         "(gpusim.io.scenario.scenario_draft) and pass it and an overhead")
+    draft = draft if sp is not None else None
     extra_w, extra_kv = draft_memory(draft, model) if draft is not None else (0.0, 0.0)
-    budget = kv_budget(gpu, model, s.block_size_tokens, s.reserve_fraction, extra_w,
+    budget = kv_budget(platform.gpu, model, s.block_size_tokens, s.reserve_fraction, extra_w,
                        extra_kv)
     max_ctx = min(model.max_position_embeddings, budget.capacity_tokens)
-    step_model = build_step_time_model(gpu, model, stack, cal, launch,
-                                       s.max_num_batched_tokens, s.max_num_seqs, max_ctx)
+    step_model = build_step_time_model(platform, model, s.max_num_batched_tokens,
+                                       s.max_num_seqs, max_ctx)
     spec = None
-    if sp is not None and draft is not None:
-        spec = build_spec_step_model(gpu, model, stack, cal, launch, draft,
+    if sp is not None and draft is not None and overhead is not None:
+        spec = build_spec_step_model(platform, model, overhead, draft,
                                      None if sp.k == "auto" else int(sp.k), sp.acceptance,
                                      s.max_num_seqs, max_ctx, s.reserve_fraction)
-    return Engine(gpu, model, stack, cal, launch, budget, max_ctx, step_model, spec)
+    return Engine(platform, model, budget, max_ctx, step_model, spec)
 
 
 def simulate(engine: Engine, scenario: Scenario,
-             progress: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """Run ``scenario`` on ``engine`` to the end; returns the summary (JSON-ready,
-    deterministic for a given seed; ``ServingSummary.as_dict``). Raises ValueError when
-    the engine was built for other scheduler limits, ConfigError for a bad trace,
-    InvariantError on a bug."""
-    loop = ServingLoop(engine, scenario, progress)
+             progress: Callable[[float], None] | None = None,
+             trace: Trace | None = None) -> dict[str, Any]:
+    """Run ``scenario`` on ``engine`` to the end (``trace``: the trace it replays, if
+    any); returns the summary (JSON-ready, deterministic for a given seed;
+    ``ServingSummary.as_dict``). Raises ValueError when the engine was built for other
+    scheduler limits or the trace is missing, InvariantError on a bug."""
+    loop = ServingLoop(engine, scenario, progress, trace)
     loop.run()
     return loop.summary().as_dict()
-
-
-def build_and_simulate(gpu: GpuSpec, model: ModelSpec, stack: StackSpec, cal: Calibration,
-                       scenario: Scenario, launch: str = "graph",
-                       progress: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """``build_engine`` then ``simulate``."""
-    return simulate(build_engine(gpu, model, stack, cal, scenario, launch), scenario,
-                    progress)

@@ -25,33 +25,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.cost import Calibration
 from gpusim.errors import bad
-from gpusim.io import loader
-from gpusim.io.overhead import load_overhead
+from gpusim.platform import Platform
 from gpusim.serving.step_time import grid_position
-from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs import ModelSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import (
     Draft,
     MedusaDraft,
     extra_weight_bytes,
     kv_bytes_per_token,
-    parse_draft,
 )
 from gpusim.speculative.iteration import Speculation, iteration_bytes, predict_iteration
+from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree
 
 AUTO_K_MAX = 8          # k=auto considers 1..AUTO_K_MAX
 SPEC_CTX_POINTS = 24    # geometric context grid of the iteration-time tables
-
-
-def draft_option(text: str) -> Draft:
-    """Parse ``--spec-draft`` (the ``--draft`` syntax of spec-*). Raises ConfigError."""
-    try:
-        return parse_draft(text, loader.load_model)
-    except ValueError as exc:
-        raise bad("--spec-draft", str(exc)) from None
 
 
 def draft_memory(draft: Draft, target: ModelSpec) -> tuple[float, float]:
@@ -106,24 +96,23 @@ class SpecStepModel:
                 "speculate_only_without_prefill_chunks": True}
 
 
-def build_spec_step_model(gpu: GpuSpec, target: ModelSpec, stack: StackSpec,
-                          cal: Calibration, launch: str, draft: Draft, k: int | None,
-                          acceptance: float, max_num_seqs: int, max_ctx: int,
-                          reserve_fraction: float) -> SpecStepModel:
-    """Tabulate iteration times for k (or 1..AUTO_K_MAX for auto). Raises ConfigError."""
+def build_spec_step_model(platform: Platform, target: ModelSpec, overhead: SpecOverhead,
+                          draft: Draft, k: int | None, acceptance: float, max_num_seqs: int,
+                          max_ctx: int, reserve_fraction: float) -> SpecStepModel:
+    """Tabulate iteration times for k (or 1..AUTO_K_MAX for auto). Raises ConfigError
+    (fields ``spec_acceptance``, ``spec_k``)."""
     try:
         acc = IidAcceptance(acceptance)
     except ValueError as exc:
-        raise bad("--spec-acceptance", str(exc)) from None
+        raise bad("", str(exc), field="spec_acceptance") from None
     k_cap = draft.heads if isinstance(draft, MedusaDraft) else AUTO_K_MAX
     if k is not None:
         if isinstance(draft, MedusaDraft) and k > draft.heads:
-            raise bad("--spec-k", f"{draft.heads} Medusa heads guess at most "
-                      f"{draft.heads} tokens ahead", value=k)
+            raise bad("", f"{draft.heads} Medusa heads guess at most {draft.heads} tokens "
+                      "ahead", field="spec_k", value=k)
         ks: tuple[int, ...] = (k,)
     else:
         ks = tuple(range(1, k_cap + 1))
-    overhead = load_overhead("auto", gpu)
     grid = _ctx_grid(max_ctx)
     b = np.repeat(np.arange(1, max_num_seqs + 1, dtype=np.float64), len(grid))
     c = np.tile(np.asarray(grid, dtype=np.float64), max_num_seqs)
@@ -132,9 +121,8 @@ def build_spec_step_model(gpu: GpuSpec, target: ModelSpec, stack: StackSpec,
     expected: dict[int, float] = {}
     for kk in ks:
         spec = Speculation(target, draft, TokenTree.chain(kk), acc)
-        pred = predict_iteration(gpu, stack, cal, overhead, spec, b, c, launch,
-                                 reserve_fraction)
-        moved = iteration_bytes(spec, stack, gpu, cal, b, c)
+        pred = predict_iteration(platform, overhead, spec, b, c, reserve_fraction)
+        moved = iteration_bytes(spec, platform, b, c)
         secs = pred.iteration_s.reshape(max_num_seqs, len(grid))
         byts = np.broadcast_to(moved, b.shape).reshape(max_num_seqs, len(grid))
         # row 0 unused (batch sizes start at 1)

@@ -32,11 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.cost import Calibration
-from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.platform import Platform
+from gpusim.specs import ModelSpec, StackSpec
 from gpusim.step import OpCost, op_costs
 
-LAUNCH_MODES = ("graph", "eager")
 CTX_GRID_KNEE_TOKENS = 2048   # context grid: spacing 32 tokens at 0, ~1.6% of ctx beyond
 CTX_GRID_RATIO = 1.0 / 64.0
 Q_DENSE_TOKENS = 128          # chunk grid: every q up to here, then 128k and 128k + 1
@@ -197,15 +196,15 @@ def _cost_sum(ops: list[OpCost], keep) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return secs, moved, fixed
 
 
-def _evaluate(model: ModelSpec, stack: StackSpec, gpu: GpuSpec, cal: Calibration,
-              mode: str, batch: np.ndarray, ctx: np.ndarray, q: np.ndarray,
-              keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _evaluate(model: ModelSpec, platform: Platform, mode: str, batch: np.ndarray,
+              ctx: np.ndarray, q: np.ndarray, keep
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_cost_sum`` over many shapes, in slices of ``_EVAL_CHUNK`` to bound memory."""
     batch, ctx, q = np.broadcast_arrays(batch, ctx, q)
     parts = []
     for lo in range(0, len(batch), _EVAL_CHUNK):
         sl = slice(lo, lo + _EVAL_CHUNK)
-        ops = op_costs(gpu, model, stack, cal, mode, batch[sl], ctx[sl], q[sl])
+        ops = op_costs(platform, model, mode, batch[sl], ctx[sl], q[sl])
         parts.append(_cost_sum(ops, keep))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore
 
@@ -220,17 +219,15 @@ def _rows(flat: np.ndarray, rows: int) -> list[array]:
     return [array("d", r.tobytes()) for r in flat.reshape(rows, -1)]
 
 
-def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
-                          cal: Calibration, launch: str = "graph",
+def build_step_time_model(platform: Platform, model: ModelSpec,
                           max_batched_tokens: int = 8192, max_num_seqs: int = 256,
                           max_ctx_tokens: int | None = None) -> StepTimeModel:
-    """Tabulate the step-time model up to the given limits.
+    """Tabulate the step-time model on ``platform`` up to the given limits.
 
-    ``max_ctx_tokens`` defaults to the model's context window. Raises ValueError for
-    an unknown launch mode or a limit < 1.
+    ``max_ctx_tokens`` defaults to the model's context window. Raises ValueError for a
+    limit < 1.
     """
-    if launch not in LAUNCH_MODES:
-        raise ValueError(f"launch={launch!r} must be one of {', '.join(LAUNCH_MODES)}")
+    stack, cal, launch = platform.stack, platform.calibration, platform.launch.value
     max_ctx = int(max_ctx_tokens or model.max_position_embeddings)
     for name, v in (("max_batched_tokens", max_batched_tokens),
                     ("max_num_seqs", max_num_seqs), ("max_ctx_tokens", max_ctx)):
@@ -249,28 +246,28 @@ def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
         return k.kind == "attention"
 
     m = np.arange(1, max_tokens + 1, dtype=np.float64)
-    tok_s, tok_b, _ = _evaluate(model, stack, gpu, cal, "verify", 1.0, 0.0, m, per_token)
+    tok_s, tok_b, _ = _evaluate(model, platform, "verify", 1.0, 0.0, m, per_token)
     n = np.arange(1, max_num_seqs + 1, dtype=np.float64)
-    seq_s, seq_b, _ = _evaluate(model, stack, gpu, cal, "prefill", n, 0.0, 1.0, per_seq)
+    seq_s, seq_b, _ = _evaluate(model, platform, "prefill", n, 0.0, 1.0, per_seq)
 
     ctx_grid = context_grid(max_ctx)
     cg = np.asarray(ctx_grid, dtype=np.float64)
     b_flat = np.repeat(n, len(cg))
     c_flat = np.tile(cg, len(n))
-    dec_s, dec_b, dec_fixed = _evaluate(model, stack, gpu, cal, "decode", b_flat, c_flat, 1.0,
+    dec_s, dec_b, dec_fixed = _evaluate(model, platform, "decode", b_flat, c_flat, 1.0,
                                         attention)
     q_grid = chunk_grid(max_tokens)
     qg = np.asarray(q_grid, dtype=np.float64)
     q_flat = np.repeat(qg, len(cg))
     cq_flat = np.tile(cg, len(qg))
-    ch_s, ch_b, ch_fixed = _evaluate(model, stack, gpu, cal, "verify", 1.0, cq_flat, q_flat,
+    ch_s, ch_b, ch_fixed = _evaluate(model, platform, "verify", 1.0, cq_flat, q_flat,
                                      attention)
-    fr_s, fr_b, fr_fixed = _evaluate(model, stack, gpu, cal, "prefill", 1.0, 0.0, qg,
+    fr_s, fr_b, fr_fixed = _evaluate(model, platform, "prefill", 1.0, 0.0, qg,
                                      attention)
     attn_fixed = float(dec_fixed[0]) if len(dec_fixed) else 0.0
 
     # eager: which op launches last, and does its cost follow tokens or sequences?
-    probe = op_costs(gpu, model, stack, cal, "decode", 1, 0, 1)
+    probe = op_costs(platform, model, "decode", 1, 0, 1)
     launches = sum(op.launches * op.repeat for op in probe)
     tail_tok = [0.0] * (max_tokens + 1)
     tail_seq = [0.0] * (max_num_seqs + 1)
@@ -282,10 +279,10 @@ def build_step_time_model(gpu: GpuSpec, model: ModelSpec, stack: StackSpec,
             return k.name == last.name
 
         if last.name in last_ops:
-            s, _, _ = _evaluate(model, stack, gpu, cal, "prefill", n, 0.0, 1.0, only)
+            s, _, _ = _evaluate(model, platform, "prefill", n, 0.0, 1.0, only)
             tail_seq = [0.0, *(s / last.launches).tolist()]
         else:
-            s, _, _ = _evaluate(model, stack, gpu, cal, "verify", 1.0, 0.0, m, only)
+            s, _, _ = _evaluate(model, platform, "verify", 1.0, 0.0, m, only)
             tail_tok = [0.0, *(s / last.launches).tolist()]
 
     overhead = attn_fixed + (cal.host.host_graph_launch_cost_s if launch == "graph" else 0.0)

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from gpusim.io.trace import Trace, read_trace
 from gpusim.serving.scenario import ArrivalSpec, LengthSpec, Scenario
+from gpusim.serving.trace import Trace
 
 BLOCK = 1024  # draws per refill
 
@@ -184,10 +184,15 @@ class TraceSource:
                 "time_scale": self._time_scale}
 
 
-def build_source(scenario: Scenario, rng: np.random.Generator) -> Source:
-    """The request source a scenario describes. Raises ConfigError for a bad trace."""
+def build_source(scenario: Scenario, rng: np.random.Generator, trace: Trace | None = None
+                 ) -> Source:
+    """The request source a scenario describes (``trace``: its trace, read by the
+    caller: ``gpusim.io.trace.read_trace``). Raises ValueError when the scenario names a
+    trace and none is given."""
     if scenario.trace is not None:
-        trace = read_trace(scenario.trace.path)
+        if trace is None:
+            raise ValueError(f"trace={scenario.trace.path!r}: the scenario replays a trace; "
+                             "read it (gpusim.io.trace.read_trace) and pass it")
         return TraceSource(trace, scenario.duration_s, scenario.trace.time_scale)
     if scenario.arrival is None or scenario.prompt is None or scenario.output is None:
         raise ValueError("scenario has neither a trace nor arrival, prompt and output")

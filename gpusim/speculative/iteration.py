@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim import step as step_mod
-from gpusim.cost import Calibration
-from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.capacity import DEFAULT_RESERVE_FRACTION, MemoryPlan, memory_plan
+from gpusim.platform import Platform
+from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.specs.enums import Mode
 from gpusim.speculative import kernels as kmod
 from gpusim.speculative.acceptance import (
@@ -57,8 +58,6 @@ from gpusim.speculative.drafts import (
 )
 from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree
-
-DEFAULT_RESERVE_FRACTION = 0.1   # HBM kept for activations, graph pools, the runtime
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ class Speculation:
 # ----------------------------------------------------------------------------------
 # planning: which kernels each step launches
 # ----------------------------------------------------------------------------------
-def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarray
+def _draft_steps(spec: Speculation, platform: Platform, b: np.ndarray, c: np.ndarray
                  ) -> list[PlannedStep]:
     d = spec.draft
     if isinstance(d, ModelDraft):
@@ -150,7 +149,7 @@ def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarr
         # a level of several nodes attends under the tree's mask (each node: its
         # ancestors), which the stack may run with another attention kernel
         mode = "decode" if q == 1 else Mode.TREE
-        ks = step_mod.forward_kernels(model, stack, mode, b, c + before[level], q)
+        ks = step_mod.forward_kernels(model, platform, mode, b, c + before[level], q)
         if extra is not None:
             ks = [kmod.eagle_fc_kernel(extra, b * q), *ks]
         ks += kmod.sample_kernels(model, b * q, kmod.DRAFT_SAMPLE_LAUNCHES, "draft_sample")
@@ -158,7 +157,7 @@ def _draft_steps(spec: Speculation, stack: StackSpec, b: np.ndarray, c: np.ndarr
     return steps
 
 
-def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: object,
+def plan_iteration(spec: Speculation, platform: Platform, batch: object, ctx: object,
                    overhead: SpecOverhead | None = None) -> list[PlannedStep]:
     """The steps of one iteration, in launch order, for every (batch, ctx) shape
     (``overhead``: the host's prompt-lookup cost; default the prior).
@@ -167,12 +166,12 @@ def plan_iteration(spec: Speculation, stack: StackSpec, batch: object, ctx: obje
     """
     b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
-    steps = _draft_steps(spec, stack, b, c)
+    steps = _draft_steps(spec, platform, b, c)
     n = spec.tree.nodes
     t = spec.target
     # a chain verifies under the causal mask (FA2); a tree passes its boolean mask
     mode = "verify" if spec.tree.is_chain else Mode.TREE
-    ks = step_mod.forward_kernels(t, stack, mode, b, c, n)
+    ks = step_mod.forward_kernels(t, platform, mode, b, c, n)
     if isinstance(spec.draft, MedusaDraft):
         ks += kmod.medusa_head_kernels(t, b, spec.k)
     ks += kmod.sample_kernels(t, b * n, 1 + kmod.VERIFY_ACCEPT_LAUNCHES, "accept")
@@ -196,24 +195,24 @@ def lookup_s(draft: Draft, overhead: SpecOverhead | None, b: np.ndarray, c: np.n
     return ov.ngram_lookup_s(b, c) + ov.ngram_loop_s(b)
 
 
-def plan_plain(target: ModelSpec, stack: StackSpec, batch: object, ctx: object
+def plan_plain(target: ModelSpec, platform: Platform, batch: object, ctx: object
                ) -> PlannedStep:
     """One step of plain decoding: the target's decode pass and greedy sampling."""
-    ks = step_mod.forward_kernels(target, stack, "decode", batch, ctx, 1)
+    ks = step_mod.forward_kernels(target, platform, "decode", batch, ctx, 1)
     b = np.broadcast_to(np.asarray(batch, dtype=np.float64), ks[0].flops.shape)
     ks += kmod.sample_kernels(target, b, kmod.PLAIN_SAMPLE_LAUNCHES, "sample")
     return PlannedStep("decode", "decode", target, ks)
 
 
-def step_times(st: PlannedStep, gpu: GpuSpec, cal: Calibration, launch: str,
-               clock: np.ndarray | None = None,
+def step_times(st: PlannedStep, platform: Platform, clock: np.ndarray | None = None,
                full_clock: list[step_mod.Cost] | None = None) -> StepTimes:
     """Alone time (as ``step.predict`` would time it, at the step's own power-capped
     clock or at ``clock``: its loop's), GPU time and host issue time; ``full_clock``:
     its kernels' costs at full clock when known (``step.program_costs``)."""
-    p = step_mod.predict_kernels(st.kernels, st.model, gpu, cal, launch, clock, full_clock)
-    issue = (cal.host.host_graph_launch_cost_s if launch == "graph"
-             else p.launches * cal.host.host_launch_cost_s)
+    p = step_mod.predict_kernels(st.kernels, st.model, platform, clock, full_clock)
+    host = platform.calibration.host
+    issue = (host.host_graph_launch_cost_s if platform.graph
+             else p.launches * host.host_launch_cost_s)
     return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
 
 
@@ -294,39 +293,36 @@ class IterationPrediction:
         }
 
 
-def memory_bytes(spec: Speculation, batch: np.ndarray, ctx: np.ndarray
-                 ) -> tuple[float, np.ndarray]:
-    """(weight bytes, weights + KV bytes) of target and draft at (batch, ctx): every
-    sequence holds ctx + n cached tokens in the target and in the draft."""
-    weights = spec.target.weight_bytes + extra_weight_bytes(spec.draft, spec.target)
-    per_token = spec.target.kv_bytes_per_token + kv_bytes_per_token(spec.draft, spec.target)
-    return weights, weights + batch * (ctx + spec.tree.nodes) * per_token
+def memory_plan_of(spec: Speculation, gpu: GpuSpec,
+                   reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryPlan:
+    """The memory planner's view of target and draft on ``gpu``: both sets of weights,
+    and every cached token held by the target and the draft. Raises ConfigError for a
+    reserve outside [0, 1)."""
+    return memory_plan(gpu, spec.target, reserve_fraction,
+                       extra_weight_bytes(spec.draft, spec.target),
+                       kv_bytes_per_token(spec.draft, spec.target))
 
 
-def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
-                      overhead: SpecOverhead, spec: Speculation, batch: object,
-                      ctx: object, launch: str = "graph",
+def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculation,
+                      batch: object, ctx: object,
                       reserve_fraction: float = DEFAULT_RESERVE_FRACTION
                       ) -> IterationPrediction:
-    """Closed-form iteration times for arrays of (batch, ctx) (broadcast).
+    """Closed-form iteration times for arrays of (batch, ctx) (broadcast) on
+    ``platform``.
 
-    Raises ValueError for an impossible shape, an unknown launch mode or a
-    reserve_fraction outside [0, 1).
+    Raises ValueError for an impossible shape, ConfigError for a reserve_fraction
+    outside [0, 1).
     """
-    if launch not in step_mod.LAUNCH_MODES:
-        raise ValueError(f"launch={launch!r} must be one of graph, eager")
-    if not 0.0 <= reserve_fraction < 1.0:
-        raise ValueError(f"reserve_fraction={reserve_fraction} must be in [0, 1)")
+    plan = memory_plan_of(spec, platform.gpu, reserve_fraction)
     b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
     b, c = b.copy(), c.copy()
-    cal = overhead.calibration_for_loop(cal)
-    steps = plan_iteration(spec, stack, b, c, overhead)
+    loop = platform.with_calibration(overhead.calibration_for_loop(platform.calibration))
+    steps = plan_iteration(spec, loop, b, c, overhead)
     # the loop runs back to back: the power cap sets one clock for all of its steps
     # (memory-bound draft steps let the verify pass run faster than it would alone)
-    clock, full = step_mod.program_costs([s.kernels for s in steps], gpu, cal)
-    times = [step_times(s, gpu, cal, launch, clock, f)
-             for s, f in zip(steps, full, strict=True)]
+    clock, full = step_mod.program_costs([s.kernels for s in steps], loop)
+    times = [step_times(s, loop, clock, f) for s, f in zip(steps, full, strict=True)]
     rt = overhead.host_round_trip_s
     iteration = pipeline_end_s(times, [s.host_before_s for s in steps], rt)
     verify = times[-1]
@@ -338,7 +334,7 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         verify_alone = verify.alone_s
     elif isinstance(d, MedusaDraft):
         heads = [k for k in steps[-1].kernels if k.name.startswith("medusa")]
-        heads_s = step_mod.kernels_cost(heads, gpu, cal, clock).seconds
+        heads_s = step_mod.kernels_cost(heads, loop, clock).seconds
         draft, draft_step = heads_s, heads_s / spec.k
         verify_alone = verify.alone_s - heads_s
     else:
@@ -346,42 +342,38 @@ def predict_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
         draft = np.asarray(steps[-1].host_before_s, dtype=np.float64)
         draft_step = draft
         verify_alone = verify.alone_s
-    plain = step_times(plan_plain(spec.target, stack, b, c), gpu, cal, launch)
-    weights, mem = memory_bytes(spec, b, c)
+    plain = step_times(plan_plain(spec.target, loop, b, c), loop)
     return IterationPrediction(
-        spec=spec, batch=b, ctx=c, launch=launch, iteration_s=iteration, draft_s=draft,
-        draft_step_s=np.asarray(draft_step, dtype=np.float64), verify_s=verify_alone,
-        target_step_s=plain.alone_s, round_trip_s=rt,
-        tokens_per_iteration=spec.expected_tokens(), memory_bytes=mem,
-        capacity_bytes=gpu.hbm_capacity_bytes * (1.0 - reserve_fraction),
-        weight_bytes=weights)
+        spec=spec, batch=b, ctx=c, launch=platform.launch.value, iteration_s=iteration,
+        draft_s=draft, draft_step_s=np.asarray(draft_step, dtype=np.float64),
+        verify_s=verify_alone, target_step_s=plain.alone_s, round_trip_s=rt,
+        tokens_per_iteration=spec.expected_tokens(),
+        memory_bytes=plan.bytes_for(b * (c + spec.tree.nodes)),
+        capacity_bytes=plan.usable_bytes, weight_bytes=plan.weight_bytes)
 
 
-def simulate_iteration(gpu: GpuSpec, stack: StackSpec, cal: Calibration,
-                       overhead: SpecOverhead, spec: Speculation, batch: int, ctx: int,
-                       launch: str = "graph", record: bool = True) -> step_mod.Timeline:
+def simulate_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculation,
+                       batch: int, ctx: int, record: bool = True) -> step_mod.Timeline:
     """The iteration through the SimPy engine, launch by launch (one shape).
 
     ``Timeline.end_s`` equals ``predict_iteration(...).iteration_s``; kernel names carry
     their step (``draft0/qkv_proj``). Raises ValueError like ``predict_iteration``.
     """
-    if launch not in step_mod.LAUNCH_MODES:
-        raise ValueError(f"launch={launch!r} must be one of graph, eager")
-    cal = overhead.calibration_for_loop(cal)
-    steps = plan_iteration(spec, stack, batch, ctx, overhead)
+    loop = platform.with_calibration(overhead.calibration_for_loop(platform.calibration))
+    steps = plan_iteration(spec, loop, batch, ctx, overhead)
     last = len(steps) - 1
     program = [step_mod.ProgramStep(
         name=st.name, model=st.model, kernels=st.kernels,
         host_before_s=float(np.asarray(st.host_before_s).ravel()[0]),
         sync_after=i == last, host_after_s=overhead.host_round_trip_s if i == last else 0.0)
         for i, st in enumerate(steps)]
-    return step_mod.simulate_steps(program, gpu, cal, launch, record=record)
+    return step_mod.simulate_steps(program, loop, record=record)
 
 
-def iteration_bytes(spec: Speculation, stack: StackSpec, gpu: GpuSpec, cal: Calibration,
-                    batch: object, ctx: object) -> np.ndarray:
+def iteration_bytes(spec: Speculation, platform: Platform, batch: object, ctx: object
+                    ) -> np.ndarray:
     """HBM bytes one iteration moves (draft steps, verify, acceptance kernels), per
     (batch, ctx) shape. Raises ValueError for an impossible shape."""
-    steps = plan_iteration(spec, stack, batch, ctx)
-    return sum((step_mod.kernels_cost(st.kernels, gpu, cal).bytes for st in steps),
+    steps = plan_iteration(spec, platform, batch, ctx)
+    return sum((step_mod.kernels_cost(st.kernels, platform).bytes for st in steps),
                np.zeros(len(np.atleast_1d(np.asarray(batch, dtype=np.float64)))))

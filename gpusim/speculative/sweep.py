@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpusim.cost import Calibration
-from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.capacity import DEFAULT_RESERVE_FRACTION
+from gpusim.platform import Platform
+from gpusim.specs import ModelSpec
 from gpusim.speculative.acceptance import Acceptance
 from gpusim.speculative.drafts import Draft, MedusaDraft
 from gpusim.speculative.iteration import (
-    DEFAULT_RESERVE_FRACTION,
     IterationPrediction,
     Speculation,
     predict_iteration,
@@ -51,44 +51,60 @@ def _check_grid(name: str, values: Sequence[int], low: int, high: int) -> list[i
     return vals
 
 
-def _predict_ks(gpu: GpuSpec, stack: StackSpec, cal: Calibration, overhead: SpecOverhead,
-                target: ModelSpec, draft: Draft, acceptance: Acceptance, ks: list[int],
-                batch: np.ndarray, ctx: np.ndarray, launch: str, reserve_fraction: float
-                ) -> dict[int, IterationPrediction]:
-    out = {}
-    for k in ks:
-        spec = Speculation(target, draft, TokenTree.chain(k), acceptance)
-        out[k] = predict_iteration(gpu, stack, cal, overhead, spec, batch, ctx, launch,
-                                   reserve_fraction)
-    return out
+@dataclass(frozen=True)
+class SweepGrid:
+    """What a sweep covers: batches, contexts and chain lengths, the dense batch range
+    of the break-even search (default: the largest batch), and the HBM reserve."""
+
+    batches: Sequence[int] = DEFAULT_BATCHES
+    ctxs: Sequence[int] = DEFAULT_CTXS
+    ks: Sequence[int] = DEFAULT_KS
+    max_dense_batch: int | None = None
+    reserve_fraction: float = DEFAULT_RESERVE_FRACTION
 
 
-def sweep(gpu: GpuSpec, stack: StackSpec, cal: Calibration, overhead: SpecOverhead,
-          target: ModelSpec, draft: Draft, acceptances: Sequence[Acceptance],
-          batches: Sequence[int] = DEFAULT_BATCHES, ctxs: Sequence[int] = DEFAULT_CTXS,
-          ks: Sequence[int] = DEFAULT_KS, launch: str = "graph",
-          reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
-          max_dense_batch: int | None = None) -> SweepResult:
+@dataclass(frozen=True)
+class _Loop:
+    """The fixed part of every prediction of a sweep."""
+
+    platform: Platform
+    overhead: SpecOverhead
+    target: ModelSpec
+    draft: Draft
+    reserve_fraction: float
+
+    def predict_ks(self, acceptance: Acceptance, ks: list[int], batch: np.ndarray,
+                   ctx: np.ndarray) -> dict[int, IterationPrediction]:
+        out = {}
+        for k in ks:
+            spec = Speculation(self.target, self.draft, TokenTree.chain(k), acceptance)
+            out[k] = predict_iteration(self.platform, self.overhead, spec, batch, ctx,
+                                       self.reserve_fraction)
+        return out
+
+
+def sweep(platform: Platform, overhead: SpecOverhead, target: ModelSpec, draft: Draft,
+          acceptances: Sequence[Acceptance], grid: SweepGrid = SweepGrid()) -> SweepResult:
     """Speedup of every (acceptance, ctx, batch, k); best k; break-even batch per ctx.
 
-    The break-even search evaluates every integer batch from 1 to ``max_dense_batch``
-    (default: the largest batch of the grid) and stops where memory runs out.
-    Raises ValueError for an empty or out-of-range grid or an impossible k.
+    The break-even search evaluates every integer batch from 1 to
+    ``grid.max_dense_batch`` and stops where memory runs out. Raises ValueError for an
+    empty or out-of-range grid or an impossible k.
     """
     if not acceptances:
         raise ValueError("acceptances=() must list at least one acceptance model")
-    bs = _check_grid("batch", batches, 1, 1 << 20)
-    cs = _check_grid("ctx", ctxs, 0, 1 << 24)
-    kk = _check_grid("k", ks, 1, 64)
+    bs = _check_grid("batch", grid.batches, 1, 1 << 20)
+    cs = _check_grid("ctx", grid.ctxs, 0, 1 << 24)
+    kk = _check_grid("k", grid.ks, 1, 64)
     if isinstance(draft, MedusaDraft):
         kk = [k for k in kk if k <= draft.heads] or [draft.heads]
     for acc in acceptances:
         if kk[-1] > acc.max_k():
             raise ValueError(f"k={kk[-1]} is beyond what {acc.label} describes "
                              f"(k <= {acc.max_k()})")
+    loop = _Loop(platform, overhead, target, draft, grid.reserve_fraction)
     bgrid, cgrid = (a.ravel() for a in np.meshgrid(bs, cs, indexing="xy"))
-    preds = _predict_ks(gpu, stack, cal, overhead, target, draft, acceptances[0], kk,
-                        bgrid, cgrid, launch, reserve_fraction)
+    preds = loop.predict_ks(acceptances[0], kk, bgrid, cgrid)
     rows, best = [], []
     for acc in acceptances:
         tokens = {k: acc.expected_tokens(k) for k in kk}
@@ -111,23 +127,19 @@ def sweep(gpu: GpuSpec, stack: StackSpec, cal: Calibration, overhead: SpecOverhe
                          "ms_per_token": top["ms_per_token"],
                          "baseline_ms_per_token": top["baseline_ms_per_token"],
                          "fits_in_memory": top["fits_in_memory"]})
-    dense_max = max_dense_batch if max_dense_batch is not None else max(bs)
-    breaks = _break_even(gpu, stack, cal, overhead, target, draft, acceptances, cs, kk,
-                         launch, reserve_fraction, dense_max)
+    dense_max = grid.max_dense_batch if grid.max_dense_batch is not None else max(bs)
+    breaks = _break_even(loop, acceptances, cs, kk, dense_max)
     return SweepResult(rows=rows, best=best, break_even=breaks)
 
 
-def _break_even(gpu: GpuSpec, stack: StackSpec, cal: Calibration, overhead: SpecOverhead,
-                target: ModelSpec, draft: Draft, acceptances: Sequence[Acceptance],
-                ctxs: list[int], ks: list[int], launch: str, reserve_fraction: float,
-                dense_max: int) -> list[dict[str, object]]:
+def _break_even(loop: _Loop, acceptances: Sequence[Acceptance], ctxs: list[int],
+                ks: list[int], dense_max: int) -> list[dict[str, object]]:
     if not 1 <= dense_max <= MAX_DENSE_BATCH * 64:
         raise ValueError(f"max_batch={dense_max} must be in 1..{MAX_DENSE_BATCH * 64}")
     dense = np.arange(1, dense_max + 1, dtype=np.float64)
     out = []
     for c in ctxs:
-        preds = _predict_ks(gpu, stack, cal, overhead, target, draft, acceptances[0], ks,
-                            dense, np.full_like(dense, c), launch, reserve_fraction)
+        preds = loop.predict_ks(acceptances[0], ks, dense, np.full_like(dense, c))
         fits = preds[ks[-1]].fits          # the longest chain needs the most KV
         max_fit = int(dense[fits].max()) if fits.any() else 0
         for acc in acceptances:

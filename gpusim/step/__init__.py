@@ -1,51 +1,30 @@
-"""One forward step: its predicted time (closed form, vectorised) and its simulated
-timeline (the SimPy engine), and where the time goes."""
+"""One forward step on a Platform: its predicted time (``predict``: closed form,
+vectorised), its simulated timeline (``simulate``: the SimPy engine), and where the
+time goes (``breakdown``).
 
-from gpusim.kernels import gemm_kernel
-from gpusim.step.core import (
-    LAUNCH_MODES,
-    Cost,
-    GemmShape,
-    Kernel,
-    OpCost,
-    ProgramStep,
+Layers built on ``step`` (speculative decoding, serving) reach kernels, their costs and
+the engine only through this package: ``forward_kernels`` (a forward pass's kernels, to
+which a caller may add its own ``Kernel`` records, e.g. ``gemm_kernel``),
+``predict_kernels`` and ``kernels_cost`` (closed form), ``program_costs`` (a loop's
+clock) and ``simulate_steps`` (a host program of several steps through the engine).
+"""
+
+from gpusim.cost import Cost
+from gpusim.engine import Timeline
+from gpusim.kernels import GemmShape, Kernel, gemm_kernel
+from gpusim.step.breakdown import OpCost, breakdown, op_costs, summary
+from gpusim.step.predict import (
     StepPrediction,
-    Timeline,
-    breakdown,
-    expand_launches,
     forward_kernels,
     kernels_cost,
-    op_costs,
     predict,
     predict_kernels,
     program_clock,
     program_costs,
-    simulate,
-    simulate_steps,
-    summary,
 )
+from gpusim.step.simulate import ProgramStep, expand_launches, simulate, simulate_steps
 
-__all__ = [
-    "LAUNCH_MODES",
-    "TREE_MODE",
-    "Cost",
-    "GemmShape",
-    "Kernel",
-    "OpCost",
-    "ProgramStep",
-    "StepPrediction",
-    "Timeline",
-    "breakdown",
-    "expand_launches",
-    "forward_kernels",
-    "gemm_kernel",
-    "kernels_cost",
-    "op_costs",
-    "predict",
-    "predict_kernels",
-    "program_clock",
-    "program_costs",
-    "simulate",
-    "simulate_steps",
-    "summary",
-]
+__all__ = ["Cost", "GemmShape", "Kernel", "OpCost", "ProgramStep", "StepPrediction",
+           "Timeline", "breakdown", "expand_launches", "forward_kernels", "gemm_kernel",
+           "kernels_cost", "op_costs", "predict", "predict_kernels", "program_clock",
+           "program_costs", "simulate", "simulate_steps", "summary"]

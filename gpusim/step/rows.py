@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim.cost import Calibration
+from gpusim.capacity import memory_plan
 from gpusim.errors import ConfigError, bad, read_text
 from gpusim.kernels import check_shape
-from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.platform import Platform
+from gpusim.specs import ModelSpec
 from gpusim.specs.enums import ROW_MODES as MODES
-from gpusim.step import predict
+from gpusim.step.predict import predict
 
 REQUIRED = ("model", "mode", "batch", "ctx", "q")
 OPTIONAL = ("tp",)
@@ -100,8 +101,19 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
     return header, rows
 
 
-def predict_rows(rows: Iterable[Row], source: str, gpu: GpuSpec, stack: StackSpec,
-                 cal: Calibration, launch: str,
+def _check_memory(platform: Platform, model: ModelSpec, rows: list[Row], tokens: np.ndarray,
+                  source: str) -> None:
+    """Raise ConfigError at the first row whose weights and KV exceed the GPU's HBM."""
+    plan = memory_plan(platform.gpu, model, reserve_fraction=0.0)
+    over = np.flatnonzero(tokens * plan.kv_bytes_per_token > plan.kv_capacity_bytes)
+    if len(over):
+        try:
+            plan.check_tokens(tokens[over[:1]])
+        except ConfigError as exc:
+            raise bad(source, exc.reason, field="batch", line=rows[over[0]].line) from None
+
+
+def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                  resolve_model: Callable[[str], ModelSpec]) -> list[dict[str, object]]:
     """Predictions for ``rows`` in input order; raises ConfigError naming the row."""
     rows = list(rows)
@@ -109,8 +121,7 @@ def predict_rows(rows: Iterable[Row], source: str, gpu: GpuSpec, stack: StackSpe
     for i, r in enumerate(rows):
         groups.setdefault((r.model, r.mode), []).append(i)
     out: list[dict[str, object]] = [{} for _ in rows]
-    peak_bw = gpu.hbm_bandwidth_bytes_per_s
-    peak_flops = gpu.tensor_peak_flops_per_s("bf16")
+    peak_bw = platform.gpu.hbm_bandwidth_bytes_per_s
     for (model_name, mode), idx in groups.items():
         try:
             model = resolve_model(model_name)
@@ -120,7 +131,9 @@ def predict_rows(rows: Iterable[Row], source: str, gpu: GpuSpec, stack: StackSpe
         b = np.array([rows[i].batch for i in idx], float)
         c = np.array([rows[i].ctx for i in idx], float)
         q = np.array([rows[i].q for i in idx], float)
-        p = predict(gpu, model, stack, cal, mode, b, c, q, launch)
+        _check_memory(platform, model, [rows[i] for i in idx], b * (c + q), source)
+        p = predict(platform, model, mode, b, c, q)
+        peak_flops = platform.gpu.matmul_peak_flops_per_s(model.dtype)
         w_bytes = np.broadcast_to(p.weight_bytes, b.shape)
         kv_bytes = np.broadcast_to(p.kv_bytes, b.shape)
         roof = np.maximum(p.total.bytes / peak_bw, p.total.flops / peak_flops)

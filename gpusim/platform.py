@@ -1,0 +1,80 @@
+"""What a step runs on: GPU(s), software stack, calibration, launch mode and the
+parallel layout, as one record every layer from ``step`` up takes.
+
+Checked once where it is made: the calibration must be for this GPU (a calibration
+carried to another GPU says so in its ``gpu``: ``Calibration.transferred``), the launch
+mode one of graph or eager, the layout a positive split. Raises ValueError naming the
+field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpusim.cost import Calibration
+from gpusim.specs import GpuSpec, StackSpec
+from gpusim.specs.enums import Launch, parse
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How a model is split over GPUs: tensor (``tp``), pipeline (``pp``) and expert
+    (``ep``) parallel degrees. ``gpus`` = tp x pp; expert parallelism spreads the
+    experts over those same GPUs."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "pp", "ep"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
+                raise ValueError(f"{name}={value!r} must be an integer in 1..1024")
+        if (self.tp * self.pp) % self.ep:
+            raise ValueError(f"ep={self.ep} must divide the {self.tp * self.pp} GPUs "
+                             f"(tp={self.tp} x pp={self.pp})")
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def single(self) -> bool:
+        return self.gpus == 1
+
+
+@dataclass(frozen=True)
+class Platform:
+    """GPU, stack, calibration, launch mode and parallel layout of a prediction."""
+
+    gpu: GpuSpec
+    stack: StackSpec
+    calibration: Calibration = field(default_factory=Calibration)
+    launch: Launch = Launch.GRAPH
+    layout: ParallelLayout = field(default_factory=ParallelLayout)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "launch", parse(Launch, self.launch, "launch"))
+        cal_gpu = self.calibration.gpu
+        if cal_gpu is not None and cal_gpu != self.gpu.name:
+            raise ValueError(f"calibration={cal_gpu!r}: a calibration for {cal_gpu} cannot "
+                             f"price {self.gpu.name}; carry it over with "
+                             "Calibration.transferred or load one for this GPU")
+
+    def with_launch(self, launch: str) -> Platform:
+        """This platform with another launch mode."""
+        return Platform(self.gpu, self.stack, self.calibration, Launch(launch), self.layout)
+
+    def with_calibration(self, cal: Calibration) -> Platform:
+        """This platform priced with another calibration (a fit's candidate)."""
+        return Platform(self.gpu, self.stack, cal, self.launch, self.layout)
+
+    @property
+    def graph(self) -> bool:
+        return self.launch == Launch.GRAPH
+
+    @property
+    def sram_bytes(self) -> float:
+        """On-chip memory a kernel may stage through: L2 plus every SM's shared memory."""
+        return float(self.gpu.l2_bytes + self.gpu.sram_per_sm_bytes * self.gpu.sm_count)

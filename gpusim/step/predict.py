@@ -1,0 +1,164 @@
+"""A forward step's time in closed form, vectorised over many shapes (the fast path).
+
+Under a CUDA graph the step is the graph launch plus the sum of kernel times. In eager
+mode the host issues kernels one by one; kernel i ends at E_i = max(I_i, E_{i-1}) + d_i
+with issue time I_i = i*h, so the step ends at max_j (I_j + sum_{i>=j} d_i). Within an
+op of identical launches and across identical layers that expression is linear in the
+index, so only the first and last launch of each op in the first and last layer are
+candidates for the max. ``step.simulate`` gives the same number through the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpusim.cost import Cost, kernel_cost, power_clock, step_cost, step_costs
+from gpusim.kernels import Kernel, build_kernels, kernel_launches
+from gpusim.platform import Platform
+from gpusim.specs import ModelSpec
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """A step's predicted time (arrays over shapes) and its parts.
+
+    ``seconds``: end-to-end step time; ``gpu_s``: sum of kernel times; ``host_bound``:
+    whether host launches, not the GPU, set the pace (eager only).
+    """
+
+    seconds: np.ndarray
+    gpu_s: np.ndarray
+    host_s: np.ndarray
+    host_bound: np.ndarray
+    total: Cost
+    by_op: dict[str, Cost]
+    kernels: list[Kernel]
+    launches: int
+    dtype: str = "bf16"   # the model's: its matrix peak is the roofline's
+
+    @property
+    def weight_bytes(self) -> np.ndarray:
+        return sum((k.weight_bytes * k.repeat for k in self.kernels), np.zeros(1))
+
+    @property
+    def kv_bytes(self) -> np.ndarray:
+        return sum((k.kv_bytes * k.repeat for k in self.kernels), np.zeros(1))
+
+
+def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
+               host_s: float) -> np.ndarray:
+    """max_j (j*h + suffix work from launch j): the eager step's end time."""
+    n = len(costs[0].seconds)
+    # per-launch GPU time of each op, and its launches, in step order
+    per_launch = [c.seconds / max(k.launches, 1) for k, c in zip(kernels, costs, strict=True)]
+    layer_ops = [i for i, k in enumerate(kernels) if k.section == "layer"]
+    layer_launches = sum(kernels[i].launches for i in layer_ops)
+    layer_time = sum((costs[i].seconds for i in layer_ops), np.zeros(n))
+    total_gpu = sum((c.seconds * k.repeat for k, c in zip(kernels, costs, strict=True)),
+                    np.zeros(n))
+    best = np.full(n, -np.inf)
+    issued = 0          # launches issued before the current op (first layer)
+    done_before = np.zeros(n)  # GPU work of launches before the current op
+    for i, (k, c) in enumerate(zip(kernels, costs, strict=True)):
+        if k.launches == 0:
+            continue
+        for j in (1, k.launches):
+            before = done_before + per_launch[i] * (j - 1)
+            cand = (issued + j) * host_s + (total_gpu - before)
+            best = np.maximum(best, cand)
+            if k.section == "layer" and model_layers > 1:
+                shift = (model_layers - 1) * (layer_launches * host_s - layer_time)
+                best = np.maximum(best, cand + shift)
+        if k.section == "layer":
+            issued += k.launches
+            done_before = done_before + c.seconds
+        else:
+            reps = k.repeat
+            issued += k.launches * reps
+            done_before = done_before + c.seconds * reps
+        if layer_ops and i == layer_ops[-1]:
+            # the remaining layers come before the epilogue
+            issued += layer_launches * (model_layers - 1)
+            done_before = done_before + layer_time * (model_layers - 1)
+    return np.where(np.isfinite(best), best, 0.0)
+
+
+def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
+                    clock: np.ndarray | None = None,
+                    full_clock: Sequence[Cost] | None = None) -> StepPrediction:
+    """Closed-form step time from an already-built kernel list on ``platform``, at the
+    step's own power-capped clock or at ``clock`` (per shape: the clock of a loop it
+    runs in); ``full_clock``: the kernels' costs at full clock if already known
+    (``program_costs``)."""
+    gpu, cal = platform.gpu, platform.calibration
+    costs = step_costs(kernels, gpu, cal, clock, full_clock)
+    n = len(kernels[0].flops)
+    total = Cost.zero(n)
+    by_op: dict[str, Cost] = {}
+    for k, c in zip(kernels, costs, strict=True):
+        part = c.scaled(k.repeat)
+        total = total + part
+        by_op[k.name] = by_op[k.name] + part if k.name in by_op else part
+    gpu_s = total.seconds
+    launches = kernel_launches(kernels)
+    host_cost = cal.host
+    if platform.graph:
+        host = np.full(n, host_cost.host_graph_launch_cost_s)
+        seconds = host + gpu_s
+        host_bound = np.zeros(n, dtype=bool)
+    else:
+        host = np.full(n, launches * host_cost.host_launch_cost_s)
+        seconds = _eager_end(kernels, costs, model.num_hidden_layers,
+                             host_cost.host_launch_cost_s)
+        host_bound = seconds > gpu_s + host_cost.host_launch_cost_s + 1e-15
+    return StepPrediction(seconds=seconds, gpu_s=gpu_s, host_s=host, host_bound=host_bound,
+                          total=total, by_op=by_op, kernels=kernels, launches=launches,
+                          dtype=model.dtype)
+
+
+def predict(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx: object,
+            q: object) -> StepPrediction:
+    """Fast path: predicted step times for arrays of (batch, ctx, q) on ``platform``.
+
+    Raises ValueError for an impossible shape or an unknown mode.
+    """
+    kernels = build_kernels(model, platform.stack, mode, batch, ctx, q)
+    return predict_kernels(kernels, model, platform)
+
+
+def forward_kernels(model: ModelSpec, platform: Platform, mode: str, batch: object,
+                    ctx: object, q: object) -> list[Kernel]:
+    """The kernels of one forward pass on ``platform``'s stack for arrays of (batch,
+    ctx, q), in launch order (``mode``: decode, verify, prefill or tree, a verify under
+    a token-tree mask). Raises ValueError for an impossible shape or an unknown mode."""
+    return build_kernels(model, platform.stack, mode, batch, ctx, q)
+
+
+def kernels_cost(kernels: Sequence[Kernel], platform: Platform,
+                 clock: np.ndarray | None = None) -> Cost:
+    """GPU-side cost of a kernel list (each op times its repeat), arrays over shapes,
+    at their own power-capped clock or at ``clock``."""
+    return step_cost(list(kernels), platform.gpu, platform.calibration, clock)
+
+
+def program_costs(kernel_lists: Sequence[Sequence[Kernel]], platform: Platform
+                  ) -> tuple[np.ndarray, list[list[Cost]]]:
+    """(SM clock, each list's kernel costs at full clock) of several kernel lists run
+    back to back in a loop: the power cap acts on their average (``cost.power_clock``
+    over all of them), not on each list's own. The costs let the caller price each
+    list at that clock without costing its kernels again (``predict_kernels``)."""
+    gpu, cal = platform.gpu, platform.calibration
+    full = [[kernel_cost(k, gpu, cal) for k in ks] for ks in kernel_lists]
+    kernels = [k for ks in kernel_lists for k in ks]
+    clock = power_clock(kernels, [c for cs in full for c in cs], cal)
+    return (np.ones(len(kernels[0].flops)) if clock is None else clock), full
+
+
+def program_clock(kernel_lists: Sequence[Sequence[Kernel]], platform: Platform
+                  ) -> np.ndarray:
+    """The SM clock (fraction of full, per shape) of several kernel lists run back to
+    back in a loop (``program_costs``)."""
+    return program_costs(kernel_lists, platform)[0]
