@@ -36,6 +36,16 @@ class ConfigError(Exception):
         return msg.replace("\n", " ")
 
 
+class FieldError(ValueError):
+    """A library argument out of range: names the argument (``field``) so that the
+    caller can say where it came from (the command line names its flag, a rows file
+    its line). ``str()`` is the message, which shows the value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def bad(source: str, reason: str, *, field: str | None = None, line: int | None = None,
         value: object = ..., ) -> ConfigError:
     """Build a ConfigError; pass ``value`` to show the offending value."""

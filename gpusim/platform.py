@@ -3,8 +3,8 @@ parallel layout, as one record every layer from ``step`` up takes.
 
 Checked once where it is made: the calibration must be for this GPU (a calibration
 carried to another GPU says so in its ``gpu``: ``Calibration.transferred``), the launch
-mode one of graph or eager, the layout a positive split. Raises ValueError naming the
-field.
+mode one of graph or eager, the layout a positive split. Raises FieldError (a
+ValueError) naming the field.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpusim.cost import Calibration
+from gpusim.errors import FieldError
 from gpusim.specs import GpuSpec, StackSpec
 from gpusim.specs.enums import Launch, parse
 
@@ -30,9 +31,9 @@ class ParallelLayout:
         for name in ("tp", "pp", "ep"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
-                raise ValueError(f"{name}={value!r} must be an integer in 1..1024")
+                raise FieldError(name, f"{name}={value!r} must be an integer in 1..1024")
         if (self.tp * self.pp) % self.ep:
-            raise ValueError(f"ep={self.ep} must divide the {self.tp * self.pp} GPUs "
+            raise FieldError("ep", f"ep={self.ep} must divide the {self.tp * self.pp} GPUs "
                              f"(tp={self.tp} x pp={self.pp})")
 
     @property
@@ -58,8 +59,8 @@ class Platform:
         object.__setattr__(self, "launch", parse(Launch, self.launch, "launch"))
         cal_gpu = self.calibration.gpu
         if cal_gpu is not None and cal_gpu != self.gpu.name:
-            raise ValueError(f"calibration={cal_gpu!r}: a calibration for {cal_gpu} cannot "
-                             f"price {self.gpu.name}; carry it over with "
+            raise FieldError("calibration", f"calibration={cal_gpu!r}: a calibration for "
+                             f"{cal_gpu} cannot price {self.gpu.name}; carry it over with "
                              "Calibration.transferred or load one for this GPU")
 
     def with_launch(self, launch: str) -> Platform:

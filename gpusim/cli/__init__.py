@@ -14,7 +14,7 @@ import sys
 from gpusim.cli import predict, spec, serve, calibration, inputs  # noqa: F401
 # isort: on
 from gpusim.cli.common import app, as_flag
-from gpusim.errors import ConfigError
+from gpusim.errors import ConfigError, FieldError
 
 __all__ = ["app", "main"]
 
@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False, prog_name="gpusim")
     except ConfigError as exc:
+        print(f"gpusim: error: {as_flag(exc)}", file=sys.stderr)
+        return 2
+    except FieldError as exc:
         print(f"gpusim: error: {as_flag(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:

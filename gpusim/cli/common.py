@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gpusim import report
-from gpusim.errors import ConfigError
+from gpusim.errors import ConfigError, FieldError
 from gpusim.io import calibrations, loader
 from gpusim.platform import Platform
 from gpusim.specs.enums import Launch, parse
@@ -82,9 +82,11 @@ def flag_for(field: str) -> str:
     return (_FLAGS.get() or {}).get(field, "--" + field.replace("_", "-"))
 
 
-def as_flag(exc: ConfigError) -> ConfigError:
+def as_flag(exc: ConfigError | FieldError) -> ConfigError:
     """``exc`` as the command line shows it: a library error (no source, a field)
     names the flag that set the field."""
+    if isinstance(exc, FieldError):
+        return ConfigError(flag_for(exc.field), str(exc))
     if exc.source or not exc.field:
         return exc
     return ConfigError(flag_for(exc.field), exc.reason, None, exc.line, exc.value,
@@ -98,7 +100,7 @@ def flags(**names: str) -> Iterator[None]:
     token = _FLAGS.set({**(_FLAGS.get() or {}), **names})
     try:
         yield
-    except ConfigError as exc:
+    except (ConfigError, FieldError) as exc:
         raise as_flag(exc) from None
     finally:
         _FLAGS.reset(token)

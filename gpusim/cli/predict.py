@@ -76,11 +76,8 @@ def predict(
     m = loader.load_model(model)
     md = Mode(mode.value)
     qq, cc = default_q(md, q), default_ctx(md, ctx)
-    try:
-        capacity.check_step_fits(g, m, batch, cc, qq)
-        p = step.predict(plat, m, md, batch, cc, qq)
-    except ValueError as exc:
-        raise bad("--" + str(exc).split("=", 1)[0], str(exc)) from None
+    p = step.predict(plat, m, md, batch, cc, qq)
+    capacity.check_step_fits(g, m, batch, cc, qq)
     summ = {"gpu": g.name, "model": m.name, "stack": plat.stack.name, "mode": md.value,
             "batch": batch, "ctx": cc, "q": qq, "launch": plat.launch.value,
             "calibration": describe_calibration(plat), **step.summary(p, g)}

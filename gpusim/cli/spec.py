@@ -21,6 +21,7 @@ from gpusim.cli.common import (
     _print_table,
     app,
     describe_calibration,
+    flags,
     setup,
 )
 from gpusim.errors import bad
@@ -89,10 +90,7 @@ def spec(
     sp = options.speculation_from_options(target, draft, acceptance, k, tree)
     if mc_iterations < 0:
         raise bad("--mc-iterations", "must be >= 0", value=mc_iterations)
-    try:
-        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
-    except ValueError as exc:
-        raise bad("--" + str(exc).split("=", 1)[0], str(exc)) from None
+    p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
     options.check_weights_fit(p)
     if not bool(p.fits[0]):
         print(f"gpusim: warning: weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed "
@@ -162,10 +160,8 @@ def spec_sweep(
     grid = sw.SweepGrid(options.int_list(batches, "--batches", 1),
                         options.int_list(ctxs, "--ctxs", 0), options.int_list(ks, "--ks", 1),
                         max_batch, reserve_fraction)
-    try:
+    with flags(batch="--batches", ctx="--ctxs", k="--ks", max_batch="--max-batch"):
         res = sw.sweep(plat, ov, t, sp.draft, accs, grid)
-    except ValueError as exc:
-        raise bad("--" + str(exc).split("=", 1)[0].replace("_", "-"), str(exc)) from None
     title = f"{t.name} + {sp.draft.label} on {g.name}"
     notes = [f"Calibration: {describe_calibration(plat)}; host round trip "
              f"{ov.host_round_trip_s * 1e6:.1f} us ({ov.fitted_on}); launch {launch.value}."]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim.errors import FieldError
 from gpusim.specs.enums import Mode, parse
 
 # new tokens per sequence when a caller gives none: a decode step has one; a verify
@@ -37,16 +38,16 @@ def as_arrays(batch: object, ctx: object, q: object) -> tuple[np.ndarray, ...]:
 
 
 def check_shape(mode: str, batch: np.ndarray, ctx: np.ndarray, q: np.ndarray) -> Mode:
-    """The mode as a ``Mode``; raises ValueError naming the first bad value of a step
-    shape (``batch=0 must be an integer >= 1``: the field comes before ``=``)."""
+    """The mode as a ``Mode``; raises FieldError naming the first bad value of a step
+    shape (``batch=0 must be an integer >= 1``)."""
     m = parse(Mode, mode, "mode")
     for name, arr, low in (("batch", batch, 1), ("q", q, 1), ("ctx", ctx, 0)):
         bad = ~np.isfinite(arr) | (arr < low) | (arr != np.round(arr))
         if bad.any():
-            raise ValueError(f"{name}={arr[bad][0]:g} must be an integer >= {low}")
+            raise FieldError(name, f"{name}={arr[bad][0]:g} must be an integer >= {low}")
     if m == Mode.DECODE and (q != 1).any():
-        raise ValueError(f"q={q[q != 1][0]:g} must be 1 for decode")
+        raise FieldError("q", f"q={q[q != 1][0]:g} must be 1 for decode")
     if m == Mode.PREFILL and (ctx != 0).any():
-        raise ValueError(f"ctx={ctx[ctx != 0][0]:g} must be 0 for prefill "
+        raise FieldError("ctx", f"ctx={ctx[ctx != 0][0]:g} must be 0 for prefill "
                          "(prefill with a cached prefix is a verify-shaped step)")
     return m

@@ -1,4 +1,5 @@
-"""Serving scenarios: workload, scheduler and SLOs, from YAML or from CLI options.
+"""Serving scenarios: workload, scheduler and SLOs (``gpusim.io.scenario`` reads them
+from YAML or command-line options).
 
 A scenario file (``workloads/scenarios/*.yaml``) is checked by pydantic with unknown
 keys rejected; every problem becomes a one-line ConfigError with file, line and field.

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpusim.cost import Calibration
+from gpusim.cost.params import Calibration
 from gpusim.platform import Platform
 from gpusim.serving.kv_cache import KvBudget, kv_budget
 from gpusim.serving.loop import ServingLoop

@@ -10,6 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TypeVar
 
+from gpusim.errors import FieldError
+
 
 class Mode(StrEnum):
     """What a forward step does: ``decode`` one new token per sequence, ``verify`` q new
@@ -56,4 +58,5 @@ def parse(enum: type[E], value: object, field: str, allowed: tuple[E, ...] | Non
         for member in choices:
             if value == member.value:
                 return member
-    raise ValueError(f"{field}={value!r} must be one of {', '.join(m.value for m in choices)}")
+    names = ", ".join(m.value for m in choices)
+    raise FieldError(field, f"{field}={value!r} must be one of {names}")

@@ -21,7 +21,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpusim.cost import Calibration
+from gpusim.cost.params import Calibration
 
 PRIOR_ROUND_TRIP_S = 50e-6   # sync + 4..1 KB D2H copy + Python bookkeeping (a prior)
 PRIOR_NGRAM_LOOKUP_S = 20e-6  # prompt lookup per iteration when none was measured

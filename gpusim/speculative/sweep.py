@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.capacity import DEFAULT_RESERVE_FRACTION
+from gpusim.errors import FieldError
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
 from gpusim.speculative.acceptance import Acceptance
@@ -44,10 +45,10 @@ class SweepResult:
 def _check_grid(name: str, values: Sequence[int], low: int, high: int) -> list[int]:
     vals = sorted({int(v) for v in values})
     if not vals:
-        raise ValueError(f"{name}=() must list at least one value")
+        raise FieldError(name, f"{name}=() must list at least one value")
     bad = [v for v in vals if not low <= v <= high]
     if bad:
-        raise ValueError(f"{name}={bad[0]} must be in {low}..{high}")
+        raise FieldError(name, f"{name}={bad[0]} must be in {low}..{high}")
     return vals
 
 
@@ -135,7 +136,8 @@ def sweep(platform: Platform, overhead: SpecOverhead, target: ModelSpec, draft: 
 def _break_even(loop: _Loop, acceptances: Sequence[Acceptance], ctxs: list[int],
                 ks: list[int], dense_max: int) -> list[dict[str, object]]:
     if not 1 <= dense_max <= MAX_DENSE_BATCH * 64:
-        raise ValueError(f"max_batch={dense_max} must be in 1..{MAX_DENSE_BATCH * 64}")
+        raise FieldError("max_batch",
+                         f"max_batch={dense_max} must be in 1..{MAX_DENSE_BATCH * 64}")
     dense = np.arange(1, dense_max + 1, dtype=np.float64)
     out = []
     for c in ctxs:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.capacity import memory_plan
-from gpusim.errors import ConfigError, bad, read_text
+from gpusim.errors import ConfigError, FieldError, bad, read_text
 from gpusim.kernels import check_shape
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
@@ -92,9 +92,8 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
         try:
             check_shape(mode, np.array([row.batch], float), np.array([row.ctx], float),
                         np.array([row.q], float))
-        except ValueError as exc:
-            field = str(exc).split("=", 1)[0]
-            raise bad(source, str(exc), field=field, line=line) from None
+        except FieldError as exc:
+            raise bad(source, str(exc), field=exc.field, line=line) from None
         rows.append(row)
     if not rows:
         raise bad(source, "no data rows after the header")
