@@ -19,7 +19,7 @@ PROPERTY_MODELS = ("llama-3.2-1b", "llama-3.1-8b", "llama-2-7b", "qwen2.5-7b")
 
 @pytest.fixture(scope="session")
 def stack():
-    """The reference software stack (stacks/torch-bf16-static-kv.yaml)."""
+    """The reference software stack (stacks/torch-hf.yaml)."""
     return load_stack("torch-bf16-static-kv")
 
 

@@ -245,7 +245,7 @@ USAGE_CASES = [
     Usage("unknown-model-name", lambda t: ["predict", "--gpu", "h100-sxm", "--model", "llama-9"],
           ("--model", "'llama-9'", "llama-3.1-8b")),
     Usage("unknown-stack-name", lambda t: [*PREDICT, "--stack", "fused"],
-          ("--stack", "'fused'", "torch-bf16-static-kv")),
+          ("--stack", "'fused'", "torch-hf")),
     Usage("gpu-path-missing", lambda t: ["predict", "--gpu", str(t / "x.yaml"), "--model",
                                          "llama-3.1-8b"], ("x.yaml",)),
 ]
@@ -360,7 +360,7 @@ def test_good_calibration_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     cal.write_text(
         "gpu: h100-sxm\nphysics:\n  hbm_bandwidth_efficiency: 0.9\n"
         "  kernel_fixed_cost_s: 2.0e-6\nstacks:\n"
-        "  torch-bf16-static-kv: {host_launch_cost_s: 1.0e-5}\n",
+        "  torch-hf: {host_launch_cost_s: 1.0e-5}\n",
         encoding="utf-8",
     )
     rc, out, err = run_cli(capsys, [*PREDICT, "--calibration", str(cal)])

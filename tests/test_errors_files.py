@@ -2,7 +2,7 @@
 
 The bad GPU, model and stack files are made by mutating the shipped good ones
 (hardware/h100-sxm.yaml, workloads/models/llama-3.1-8b.yaml,
-stacks/torch-bf16-static-kv.yaml) in tmp_path, so the expected line of each problem
+stacks/torch-hf.yaml) in tmp_path, so the expected line of each problem
 is known: it is the line holding the case's ``marker`` in the mutated text.
 
 Each case is run twice: through the CLI in-process (``gpusim.cli.main``), checking
@@ -26,11 +26,11 @@ from gpusim.io import loader
 REPO = Path(__file__).resolve().parent.parent
 GOOD_GPU = (REPO / "hardware" / "h100-sxm.yaml").read_text(encoding="utf-8")
 GOOD_MODEL = (REPO / "workloads" / "models" / "llama-3.1-8b.yaml").read_text(encoding="utf-8")
-GOOD_STACK = (REPO / "stacks" / "torch-bf16-static-kv.yaml").read_text(encoding="utf-8")
+GOOD_STACK = (REPO / "stacks" / "torch-hf.yaml").read_text(encoding="utf-8")
 HF_FIXTURE = REPO / "tests" / "fixtures" / "hf_config_llama.json"
 
 FILE_NAMES = {"gpu": "h100-sxm.yaml", "model": "llama-3.1-8b.yaml",
-              "stack": "torch-bf16-static-kv.yaml"}
+              "stack": "torch-hf.yaml"}
 GOOD_TEXT = {"gpu": GOOD_GPU, "model": GOOD_MODEL, "stack": GOOD_STACK}
 
 
@@ -370,8 +370,8 @@ STACK_CASES = [
         sub(S, QKV, QKV.replace("}", ", op: attention}")), "op: attention}", "op",
         ("duplicate",)),
     Bad("stack-name-mismatch", "stack",
-        sub(S, "name: torch-bf16-static-kv", "name: fused-stack"), "name: fused-stack", "name",
-        ("'fused-stack'", "torch-bf16-static-kv")),
+        sub(S, "name: torch-hf", "name: fused-stack"), "name: fused-stack", "name",
+        ("'fused-stack'", "torch-hf")),
     Bad("stack-empty-file", "stack", "", also=("empty",)),
     Bad("stack-top-level-list", "stack", "- " + QKV + "\n", "- {op", also=("mapping",)),
     Bad("stack-directory", "stack", None, special="dir"),

@@ -125,7 +125,7 @@ def test_transferred_calibration_drops_picks(monkeypatch, tmp_path):
     (cal_dir / "h100-sxm.yaml").write_text(
         "gpu: h100-sxm\nphysics:\n  tensor_efficiency: 0.8\n"
         "  gemm_slow_picks:\n  - {n: 28672, k: 4096, m: 448, slowdown: 1.75}\n"
-        "stacks:\n  torch-bf16-static-kv: {host_launch_cost_s: 1.0e-5}\n"
+        "stacks:\n  torch-hf: {host_launch_cost_s: 1.0e-5}\n"
     )
     monkeypatch.setattr(calibrations, "CALIBRATIONS_DIR", cal_dir)
     stack = loader.load_stack()

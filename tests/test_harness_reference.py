@@ -105,7 +105,7 @@ def test_verify_mask_is_lower_right():
 
 
 # ------------------------------------------------ aten ops against the stack description
-STACK = Path(__file__).resolve().parents[1] / "stacks" / "torch-bf16-static-kv.yaml"
+STACK = Path(__file__).resolve().parents[1] / "stacks" / "torch-hf.yaml"
 VIEW_OPS = {"slice", "view", "_unsafe_view", "t", "transpose", "select", "unsqueeze",
             "squeeze", "split", "expand", "reshape", "alias", "as_strided", "detach"}
 # CPU materializes the verify CausalBias (flash / efficient attention on a GPU do not)
@@ -151,7 +151,7 @@ def _stack_counts(section: list[dict]) -> dict[str, int]:
     return out
 
 
-@pytest.mark.skipif(not STACK.exists(), reason="no stacks/torch-bf16-static-kv.yaml")
+@pytest.mark.skipif(not STACK.exists(), reason="no stacks/torch-hf.yaml")
 @pytest.mark.parametrize("step", [("decode", 2, 5, 1), ("verify", 2, 5, 3),
                                   ("prefill", 1, 0, 4)], ids=lambda s: s[0])
 def test_aten_ops_match_stack_file(step):

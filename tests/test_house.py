@@ -22,7 +22,7 @@ from gpusim.specs import TensorFlops
 from gpusim.step import predict
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "stacks" / "torch-bf16-static-kv.yaml"
+REFERENCE = REPO / "stacks" / "torch-hf.yaml"
 
 
 def _stack_file(tmp_path: Path, name: str, decode_family: str) -> Path:
@@ -143,7 +143,7 @@ def test_a_calibration_for_another_gpu_or_stack_is_refused(tmp_path, h100):
     other.write_text(yaml.safe_dump(data, sort_keys=False))
     loader._stack_cached.cache_clear()
     cal = calibrations.load_calibration("auto", h100, loader.load_stack(str(other)))
-    assert cal.host_from == "torch-bf16-static-kv" and cal.stack == "torch-other"
+    assert cal.host_from == "torch-hf" and cal.stack == "torch-other"
     with pytest.raises(FieldError, match="cannot price h100-sxm"):
         Platform(h100, stack, Calibration(gpu="h200"))
 
@@ -154,7 +154,7 @@ def test_calibration_files_round_trip(tmp_path, h100):
     path = tmp_path / "h100-sxm.yaml"
     path.write_text(yaml.safe_dump(cset.model_dump(), sort_keys=False))
     assert calibrations.calibration_set_from_yaml(path) == cset
-    assert isinstance(cset, CalibrationSet) and "torch-bf16-static-kv" in cset.stacks
+    assert isinstance(cset, CalibrationSet) and "torch-hf" in cset.stacks
 
 
 def test_one_memory_planner_for_serving_and_speculation(h100, models):
@@ -181,3 +181,8 @@ def test_predict_refuses_a_shape_whose_kv_exceeds_hbm(capsys):
                "10000000", "--calibration", "none"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("gpusim: error: --batch: ") and "tokens fit" in err
+
+
+def test_the_old_stack_name_still_resolves():
+    assert loader.load_stack("torch-bf16-static-kv").name == "torch-hf"
+    assert loader.DEFAULT_STACK == "torch-hf"

@@ -2,7 +2,7 @@
 
 Every expected number below is worked out by hand from the models' published sizes
 (the arithmetic is in the comments), never from gpusim's own helpers, and launch
-counts are read off stacks/torch-bf16-static-kv.yaml (itself checked against
+counts are read off stacks/torch-hf.yaml (itself checked against
 validation/harness/reference.py).
 
 llama-3.2-1b: h=2048, L=16, H=32, Hkv=8, D=64, I=8192, V=128256, tied embeddings

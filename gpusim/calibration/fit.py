@@ -68,7 +68,7 @@ def make_groups(data: StepData, stack: StackSpec,
     for (model_name, mode, launch), idx in data.groups().items():
         model = resolve_model(str(model_name))
         kernels = build_kernels(model, stack, str(mode), data.batch[idx], data.ctx[idx],
-                                data.q[idx])
+                                data.q[idx], data.cache[idx])
         out.append(Group(model, stack, str(mode), str(launch), idx, kernels))
     return out
 

@@ -41,20 +41,31 @@ class StepData:
     launch: np.ndarray  # str
     measured_s: np.ndarray
     source: str
+    # positions each sequence's KV cache held (None: ctx + q, a cache sized to the step);
+    # a stack that reads its whole allocated cache (a static cache) depends on it
+    cache_len: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.measured_s)
 
+    @property
+    def cache(self) -> np.ndarray:
+        """Each row's cache length (ctx + q where the file gave none)."""
+        return self.ctx + self.q if self.cache_len is None else self.cache_len
+
     def subset(self, mask: np.ndarray) -> StepData:
         """Rows where ``mask`` is true."""
         return StepData(self.model[mask], self.mode[mask], self.batch[mask], self.ctx[mask],
-                        self.q[mask], self.launch[mask], self.measured_s[mask], self.source)
+                        self.q[mask], self.launch[mask], self.measured_s[mask], self.source,
+                        None if self.cache_len is None else self.cache_len[mask])
 
     def concat(self, other: StepData) -> StepData:
         """These rows, then ``other``'s (the sources joined)."""
+        cache = (None if self.cache_len is None and other.cache_len is None
+                 else np.concatenate([self.cache, other.cache]))
         return StepData(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in
                           ("model", "mode", "batch", "ctx", "q", "launch", "measured_s")),
-                        source=f"{self.source}, {other.source}")
+                        source=f"{self.source}, {other.source}", cache_len=cache)
 
     def groups(self) -> dict[tuple[str, str, str], np.ndarray]:
         """{(model, mode, launch): row indices} for vectorised prediction."""
@@ -98,12 +109,32 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str], list[tup
         return header, [(reader.line_num, rec) for rec in reader]
 
 
-def read_steps(path: Path) -> StepData:
-    """Read a harness steps.csv (eager rows: their p10, see the module docstring).
+def _cache_len(rec: dict, source: str, line: int, ctx: float, q: float) -> float:
+    """A row's ``cache_len`` (ctx + q when the cell is empty). Raises ConfigError for a
+    value that is not a whole number of at least ctx + q."""
+    text = rec.get("cache_len")
+    if text in (None, ""):
+        return ctx + q
+    try:
+        v = float(text)
+    except ValueError:
+        raise bad(source, "must be a number", field="cache_len", line=line,
+                  value=text) from None
+    if not np.isfinite(v) or v != round(v) or v < ctx + q:
+        raise bad(source, "must be a whole number of positions >= ctx + q",
+                  field="cache_len", line=line, value=text)
+    return v
+
+
+def read_steps(path: Path, stack: str | None = None) -> StepData:
+    """Read a harness steps.csv (eager rows: their p10, see the module docstring). A
+    ``stack`` column, when the file has one, must name ``stack`` on every row (a file
+    holds one stack's steps); a ``cache_len`` column gives each row's cache length.
     Raises ConfigError naming file, line and field."""
     source = str(path)
     header, records = _read_csv(path, STEP_COLUMNS)
     cols: dict[str, list] = {c: [] for c in STEP_COLUMNS}
+    cache: list[float] = []
     has_low = EAGER_STATISTIC in header
     for line, rec in records:
         if rec["mode"] not in MODES:
@@ -127,13 +158,18 @@ def read_steps(path: Path) -> StepData:
                                                    cols["median_ms"][-1])
         for c in ("model", "mode", "launch"):
             cols[c].append(rec[c])
+        cache.append(_cache_len(rec, source, line, cols["ctx"][-1], cols["q"][-1]))
+        if "stack" in header and stack is not None and rec["stack"] not in ("", stack):
+            raise bad(source, f"must be {stack} (a file holds one stack's steps)",
+                      field="stack", line=line, value=rec["stack"])
     if not cols["model"]:
         raise bad(source, "no measurements")
     return StepData(
         model=np.array(cols["model"]), mode=np.array(cols["mode"]),
         batch=np.array(cols["batch"]), ctx=np.array(cols["ctx"]), q=np.array(cols["q"]),
         launch=np.array(cols["launch"]), measured_s=np.array(cols["median_ms"]) / 1e3,
-        source=source)
+        source=source,
+        cache_len=np.array(cache) if "cache_len" in header else None)
 
 
 TREE_COLUMNS = ("model", "batch", "ctx", "nodes", "tree_ms")

@@ -23,6 +23,7 @@ from pydantic import Field, create_model
 
 from gpusim.cost.attention import FAMILIES
 from gpusim.specs import Frozen, StackSpec
+from gpusim.specs.stack import STACK_ALIASES
 from gpusim.specs.base import Fraction, NonNeg, PosInt
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -91,10 +92,16 @@ class GpuPhysics(Frozen):
 
 class HostParams(Frozen):
     """One software stack's host path: the cost to launch one kernel from eager
-    PyTorch, and one CUDA-graph replay."""
+    PyTorch, and one CUDA-graph replay; and a serving engine's host work per step
+    (scheduling, input preparation, reading sampled tokens back), fitted from measured
+    serving runs (``gpusim serve --replay``): a fixed part per step and a part per
+    sequence in the step. 0 (the default) leaves serving step times as the kernels
+    alone give them."""
 
     host_launch_cost_s: NonNeg = 0.0
     host_graph_launch_cost_s: NonNeg = 0.0
+    serving_step_host_s: NonNeg = 0.0
+    serving_seq_host_s: NonNeg = 0.0
 
 
 # one field per attention family, typed by the family's own parameter record (built
@@ -198,7 +205,9 @@ class CalibrationSet(Frozen):
         """The calibration for ``stack`` on this GPU: its own host costs, or those of the
         stack its file names in ``host_costs_from``. Raises ValueError (field
         ``stack``) when this file has neither."""
-        source = stack.name if stack.name in self.stacks else stack.host_costs_from
+        named = stack.host_costs_from
+        named = STACK_ALIASES.get(named, named) if named is not None else None
+        source = stack.name if stack.name in self.stacks else named
         if source is None or source not in self.stacks:
             have = ", ".join(sorted(self.stacks)) or "none"
             raise ValueError(

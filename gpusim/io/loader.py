@@ -17,6 +17,7 @@ from gpusim.cost.attention import FAMILIES
 from gpusim.errors import bad
 from gpusim.io.yamlfile import M, Path_, line_for, load_yaml, validate
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs.stack import STACK_ALIASES
 
 __all__ = ["available", "gpu_from_yaml", "load_gpu", "load_model", "load_stack",
            "load_yaml", "model_from_hf_config", "model_from_yaml", "validate"]
@@ -25,7 +26,7 @@ ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parents[2]))
 HARDWARE_DIR = ROOT / "hardware"
 MODELS_DIR = ROOT / "workloads" / "models"
 STACKS_DIR = ROOT / "stacks"
-DEFAULT_STACK = "torch-bf16-static-kv"
+DEFAULT_STACK = "torch-hf"
 
 def _check_name(spec: M, path: Path, lines: dict[Path_, int]) -> M:
     """A YAML file's ``name`` must be its file name (so names and files agree)."""
@@ -197,6 +198,8 @@ def _stack_cached(path: str, mtime: float) -> StackSpec:
 
 
 def load_stack(name_or_path: str | os.PathLike[str] = DEFAULT_STACK) -> StackSpec:
-    """A software stack by name (stacks/<name>.yaml) or path. Raises ConfigError."""
-    path = _resolve(name_or_path, STACKS_DIR, "stack")
+    """A software stack by name (stacks/<name>.yaml; an old name resolves to the stack
+    it was renamed to) or path. Raises ConfigError."""
+    name = str(name_or_path)
+    path = _resolve(STACK_ALIASES.get(name, name), STACKS_DIR, "stack")
     return _stack_cached(str(path), path.stat().st_mtime)

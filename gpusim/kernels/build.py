@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpusim.errors import FieldError
 from gpusim.kernels.records import Kernel, Section, attention_kernel, gemm_kernel
 from gpusim.kernels.shape import as_arrays, check_shape
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 from gpusim.specs.enums import KernelKind, Mode
 
 
-def _tensor_elements(op: StackOp, model: ModelSpec, q: np.ndarray, tokens: np.ndarray,
-                     out_tokens: np.ndarray) -> np.ndarray:
+def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray,
+                     tokens: np.ndarray, out_tokens: np.ndarray, cache: np.ndarray
+                     ) -> np.ndarray:
     per_token = {
         "hidden": model.hidden_size,
         "q": model.q_dim,
@@ -35,6 +37,14 @@ def _tensor_elements(op: StackOp, model: ModelSpec, q: np.ndarray, tokens: np.nd
         return q
     if op.tensor == "logits":
         return out_tokens * model.vocab_size
+    if op.tensor == "kv_cache":
+        return b * cache * model.kv_dim
+    if op.tensor == "kv_cache_expanded":
+        return b * cache * model.q_dim
+    if op.tensor == "mask":
+        return tokens * cache
+    if op.tensor == "scalar":
+        return np.ones_like(b)
     raise ValueError(f"op {op.name!r}: unknown tensor {op.tensor!r}")
 
 
@@ -51,8 +61,13 @@ def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     h, i = model.hidden_size, model.intermediate_size
     return {
         "qkv": (model.q_dim + 2 * model.kv_dim, h),
+        "q": (model.q_dim, h),
+        "k": (model.kv_dim, h),
+        "v": (model.kv_dim, h),
         "o": (h, model.q_dim),
         "gate_up": (2 * i, h),
+        "gate": (i, h),
+        "up": (i, h),
         "down": (h, i),
         "lm_head": (model.vocab_size, h),
     }[weight]
@@ -64,7 +79,7 @@ _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.
 
 def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                section: Section, repeat: int, b: np.ndarray, c: np.ndarray,
-               qq: np.ndarray, tokens: np.ndarray) -> Kernel:
+               qq: np.ndarray, tokens: np.ndarray, cache: np.ndarray) -> Kernel:
     m_tok = b if (op.last_position_only_in_prefill and mode == Mode.PREFILL) else tokens
     dtype = model.dtype
     if op.op == "gemm":
@@ -72,13 +87,16 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         return gemm_kernel(m_tok, n, k, dtype, name=op.name, section=section,
                            launches=op.kernels, repeat=repeat)
     if op.op == "attention":
-        return attention_kernel(op.name, mode, stack.family(mode), b, qq, c + qq,
-                                model.num_attention_heads, model.num_key_value_heads,
+        keys = cache if op.keys == "allocated_cache" else c + qq
+        kv_heads = (model.num_attention_heads if op.kv_heads == "expanded"
+                    else model.num_key_value_heads)
+        return attention_kernel(op.name, mode, stack.family(mode), b, qq, keys,
+                                model.num_attention_heads, kv_heads,
                                 model.head_dim_eff, dtype, section, op.kernels, repeat)
     # elementwise, embedding: stream a tensor
     strided = np.where(tokens == 1, op.strided_kernels - op.vectorized_at_one_token,
                        op.strided_kernels).astype(np.float64)
-    elements = _tensor_elements(op, model, qq, tokens, m_tok)
+    elements = _tensor_elements(op, model, b, qq, tokens, m_tok, cache)
     zeros = np.zeros_like(b)
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
                   launches=op.kernels, repeat=repeat, flops=elements, weight_bytes=zeros,
@@ -87,19 +105,28 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
 
 
 def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
-                  ctx: object, q: object) -> list[Kernel]:
+                  ctx: object, q: object, cache_len: object = None) -> list[Kernel]:
     """The kernels of one forward step for every shape in (batch, ctx, q).
 
-    Raises ValueError for an impossible shape (negative sizes, decode with q != 1, ...)
-    or an unknown mode.
+    ``cache_len``: positions each sequence's KV cache holds (default ctx + q); only
+    stacks that read their whole allocated cache (a static cache: attention
+    ``keys: allocated_cache``, ``kv_cache`` tensors) depend on it.
+    Raises FieldError for an impossible shape (negative sizes, decode with q != 1, a
+    cache shorter than ctx + q, ...) or an unknown mode.
     """
     b, c, qq = as_arrays(batch, ctx, q)
     m = check_shape(mode, b, c, qq)
+    cache = c + qq if cache_len is None else np.broadcast_to(
+        np.asarray(cache_len, dtype=np.float64), b.shape)
+    if cache_len is not None and bool((cache < c + qq).any()):
+        short = cache < c + qq
+        raise FieldError("cache_len", f"cache_len={cache[short][0]:g} must hold ctx + q "
+                         f"= {(c + qq)[short][0]:g} positions")
     sections: tuple[tuple[Section, tuple[StackOp, ...], int], ...] = (
         ("prologue", stack.prologue, 1),
         ("layer", stack.layer, model.num_hidden_layers),
         ("epilogue", stack.epilogue, 1),
     )
     tokens = b * qq
-    return [_op_kernel(op, model, stack, m, section, repeat, b, c, qq, tokens)
+    return [_op_kernel(op, model, stack, m, section, repeat, b, c, qq, tokens, cache)
             for section, ops, repeat in sections for op in ops]

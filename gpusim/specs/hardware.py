@@ -10,10 +10,41 @@ from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg, Pos, PosInt
 
 
 class LinkSpec(Frozen):
-    """A GPU-to-GPU or host link: per-direction bandwidth and one-way latency."""
+    """A GPU-to-GPU, host or network link: per-direction bandwidth (per GPU, summed over
+    its lanes or links) and one-way latency; ``generation`` of NVLink or PCIe."""
 
     bandwidth_bytes_per_s: Pos
     latency_s: NonNeg
+    generation: Annotated[int, Field(ge=1, le=20)] | None = None
+
+
+class CollectiveParams(Frozen):
+    """What collectives achieve over the GPU's scale-up link, as fractions of its
+    bandwidth and fixed latencies (``gpusim.cost.collectives`` prices them). The
+    defaults are the datasheet link: full bandwidth, a hop's latency per step, no NCCL
+    overheads; a GPU file gives fitted values with their sources (validation/
+    COLLECTIVES.md reports their error against published measurements).
+
+    * NCCL ring (Simple/LL128 protocols): ``ring_latency_s`` once per collective plus
+      ``hop_latency_s`` per ring step, the bus bytes at ``ring_bus_efficiency`` times
+      the link bandwidth, and the pipeline's ramp: ``chunk_overhead_s`` per chunk of a
+      transfer pipelined over the ring's steps.
+    * NCCL NVLink SHARP (NVLS, switched NVLink only; None: not used): each GPU moves
+      ``S (1 + 1/n)`` bytes at ``nvls_efficiency`` of the link after ``nvls_latency_s``.
+    * Custom all-reduce (vLLM/TensorRT-LLM one-shot and two-shot kernels over NVLink
+      peer-to-peer reads, up to ``custom_max_bytes``): ``p2p_latency_s`` per stage,
+      peers' bytes at ``p2p_efficiency`` of the link.
+    """
+
+    ring_bus_efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
+    ring_latency_s: NonNeg = 0.0
+    hop_latency_s: NonNeg | None = None   # None: the link's latency_s
+    chunk_overhead_s: NonNeg = 0.0
+    nvls_efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    nvls_latency_s: NonNeg = 0.0
+    p2p_efficiency: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
+    p2p_latency_s: NonNeg = 0.0
+    custom_max_bytes: Pos = 8 * 2**20
 
 
 class TensorFlops(Frozen):
@@ -26,8 +57,17 @@ class TensorFlops(Frozen):
 
 
 class Links(Frozen):
+    """How a GPU talks to others: its scale-up link (NVLink; AMD Infinity Fabric under
+    the same key) and whether a switch connects every GPU of the node at full bandwidth
+    (``nvswitch``), PCIe, the GPUs per node, the inter-node network (per GPU: one NIC
+    each on a rail-optimised fabric), and what collectives achieve over them."""
+
     nvlink: LinkSpec | None = None
+    nvswitch: bool = False
     pcie: LinkSpec
+    node_gpus: Annotated[int, Field(ge=1, le=1024)] = 1
+    network: LinkSpec | None = None
+    collectives: CollectiveParams = CollectiveParams()
 
 
 class GpuSpec(Frozen):

@@ -9,11 +9,18 @@ from pydantic import Field, model_validator
 
 from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg, field_error
 
+# what an elementwise op streams, per step: per token (hidden, q, kv, attn_out,
+# intermediate, gate_up, logits of the positions that need them), per new position
+# (rope_table, positions), per cached position of a static cache (kv_cache: one layer's
+# K or V, batch x cache_len x kv_dim; kv_cache_expanded: the same repeated to every
+# query head, batch x cache_len x q_dim; mask: batch x q x cache_len), or one element
+# (scalar: bookkeeping kernels of fixed size)
 TensorName = Literal[
     "hidden", "q", "kv", "attn_out", "intermediate", "gate_up", "rope_table", "logits",
-    "positions",
+    "positions", "kv_cache", "kv_cache_expanded", "mask", "scalar",
 ]
-WeightName = Literal["qkv", "o", "gate_up", "down", "lm_head"]
+# fused (qkv, gate_up) or separate (q, k, v, gate, up) projections
+WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head"]
 
 
 class StackOp(Frozen):
@@ -39,6 +46,12 @@ class StackOp(Frozen):
     # row reductions over the tensor's last dimension among its kernels (RMSNorm's mean)
     reduction_kernels: Annotated[int, Field(ge=0, le=64)] = 0
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
+    # attention: the keys it reads: the sequence's cached and new positions (context),
+    # or the whole allocated cache under a mask (allocated_cache: a static cache as
+    # Hugging Face runs it); and its K/V heads: the model's (grouped) or repeated to
+    # every query head before the kernel (expanded: GQA undone by a copy)
+    keys: Literal["context", "allocated_cache"] = "context"
+    kv_heads: Literal["grouped", "expanded"] = "grouped"
 
     @model_validator(mode="after")
     def _fields_for_op(self) -> StackOp:
@@ -63,6 +76,8 @@ TORCH_SDPA_FAMILIES: dict[str, str] = {
     "decode": "flash_decode", "verify": "fa2", "prefill": "cudnn_prefill",
     "tree": "cudnn_masked"}
 FAMILY_PATTERN = r"^[a-z0-9_]+$"
+# old stack names that still resolve (to the stack they were renamed to)
+STACK_ALIASES: dict[str, str] = {"torch-bf16-static-kv": "torch-hf"}
 
 
 class StackSpec(Frozen):

@@ -120,12 +120,14 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
 
 
 def predict(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx: object,
-            q: object) -> StepPrediction:
-    """Fast path: predicted step times for arrays of (batch, ctx, q) on ``platform``.
+            q: object, cache_len: object = None) -> StepPrediction:
+    """Fast path: predicted step times for arrays of (batch, ctx, q) on ``platform``
+    (``cache_len``: positions each KV cache holds, default ctx + q; see
+    ``kernels.build_kernels``).
 
     Raises ValueError for an impossible shape or an unknown mode.
     """
-    kernels = build_kernels(model, platform.stack, mode, batch, ctx, q)
+    kernels = build_kernels(model, platform.stack, mode, batch, ctx, q, cache_len)
     return predict_kernels(kernels, model, platform)
 
 

@@ -1,6 +1,6 @@
 """The reference software stack: a plain PyTorch Llama forward with a static KV cache.
 
-This file is the ground truth that ``stacks/torch-bf16-static-kv.yaml`` describes
+This file is the ground truth that ``stacks/torch-hf.yaml`` describes
 kernel by kernel; change one, change the other (tests/test_harness_reference.py
 counts the aten ops of this forward against the stack file).
 
