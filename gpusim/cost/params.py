@@ -23,8 +23,8 @@ from pydantic import Field, create_model
 
 from gpusim.cost.attention import FAMILIES
 from gpusim.specs import Frozen, StackSpec
-from gpusim.specs.stack import STACK_ALIASES
 from gpusim.specs.base import Fraction, NonNeg, PosInt
+from gpusim.specs.stack import STACK_ALIASES
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 

@@ -58,6 +58,19 @@ class AttentionShape:
 
 
 @dataclass(frozen=True)
+class CollectiveShape:
+    """A collective among ``group`` GPUs (``gpusim.kernels.parallel`` adds them):
+    ``op`` all_reduce | all_gather | reduce_scatter | all_to_all | send, over buffers of
+    ``size_bytes`` per step shape (nccl-tests' convention: all_gather's gathered
+    output), by ``library`` nccl | custom (vLLM's one/two-shot all-reduce)."""
+
+    op: str
+    size_bytes: np.ndarray
+    group: int
+    library: str = "nccl"
+
+
+@dataclass(frozen=True)
 class Kernel:
     """One op of the forward: ``launches`` kernels, run ``repeat`` times per step.
 
@@ -78,6 +91,7 @@ class Kernel:
     dtype: str = "bf16"
     gemm: GemmShape | None = None
     attention: AttentionShape | None = None
+    collective: CollectiveShape | None = None
     # launches (per occurrence) on PyTorch's non-vectorised path, per step shape
     strided_launches: np.ndarray | None = None
     # row reductions: [rows, row_elements] per step shape (times reduction kernels)

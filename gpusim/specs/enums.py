@@ -38,12 +38,14 @@ class Launch(StrEnum):
 
 class KernelKind(StrEnum):
     """What a kernel is, for the cost model: a GEMM, an attention kernel, a pointwise
-    (elementwise) kernel, or an embedding gather."""
+    (elementwise) kernel, an embedding gather, or a collective between GPUs (priced by
+    ``cost.collectives`` from the links)."""
 
     GEMM = "gemm"
     ATTENTION = "attention"
     ELEMENTWISE = "elementwise"
     EMBEDDING = "embedding"
+    COLLECTIVE = "collective"
 
 
 E = TypeVar("E", bound=StrEnum)
