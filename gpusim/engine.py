@@ -1,10 +1,14 @@
-"""The SimPy world of one GPU: a host thread launching kernels into a stream.
+"""The SimPy world of one GPU, or of a pipeline of GPUs: a host thread launching
+kernels into a stream.
 
 The host spends ``host_launch_s`` per kernel (eager PyTorch) or ``graph_launch_s`` once
 (a CUDA graph replay) and puts kernels into the stream; the GPU runs them in order.
 Each kernel holds the SMs for its duration, the HBM for its memory phase and stages
 its working set in on-chip SRAM, so the timeline shows weight streaming, KV reads and
-math layer by layer. This is the only module that imports SimPy.
+math layer by layer. A pipeline (``simulate_pipeline``) runs one such world per stage's
+GPU in one environment, micro-batches flowing from stage to stage over the links
+between them (each link a resource: one transfer at a time). This is the only module
+that imports SimPy.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class Launch:
 
 @dataclass(frozen=True)
 class Interval:
-    """What ran when: resource is ``host``, ``sm`` or ``hbm``."""
+    """What ran when: resource is ``host``, ``sm``, ``hbm`` or ``link`` (a pipeline's
+    send from ``gpu`` to the next stage); ``gpu``: the stage's GPU (0 for one GPU)."""
 
     resource: str
     name: str
@@ -42,6 +47,7 @@ class Interval:
     end_s: float
     bytes: float = 0.0
     flops: float = 0.0
+    gpu: int = 0
 
 
 @dataclass
@@ -117,7 +123,9 @@ class ProgramRunner:
     """
 
     def __init__(self, program: Sequence[HostStep], *, host_launch_s: float,
-                 graph_launch_s: float, sram_bytes: float, record: bool = True) -> None:
+                 graph_launch_s: float, sram_bytes: float, record: bool = True,
+                 env: simpy.Environment | None = None, timeline: Timeline | None = None,
+                 gpu: int = 0) -> None:
         _check("host_launch_s", host_launch_s)
         _check("graph_launch_s", graph_launch_s)
         if not sram_bytes > 0:
@@ -134,12 +142,14 @@ class ProgramRunner:
         self.graph_launch_s = graph_launch_s
         self.sram_bytes = sram_bytes
         self.record = record
-        self.env = simpy.Environment()
+        # a pipeline's stages share one environment and timeline (``PipelineRunner``)
+        self.env = simpy.Environment() if env is None else env
+        self.gpu_index = gpu
         self.stream = simpy.Store(self.env)
         self.sms = simpy.Resource(self.env, capacity=1)
         self.hbm = simpy.Resource(self.env, capacity=1)
         self.sram = simpy.Container(self.env, capacity=sram_bytes, init=0)
-        self.timeline = Timeline()
+        self.timeline = Timeline() if timeline is None else timeline
         self.kernels_done = 0
         # the host waits for at most one sync at a time: (kernels issued, its event)
         self._sync: tuple[int, simpy.Event] | None = None
@@ -148,21 +158,27 @@ class ProgramRunner:
     def run(self) -> Timeline:
         """Simulate until both the host and the GPU are done; returns the Timeline.
         Raises RuntimeError when called a second time (the world is spent)."""
+        env = self.env
+        env.run(until=env.all_of(self.start()))
+        self.timeline.end_s = float(env.now)
+        return self.timeline
+
+    def start(self) -> list[simpy.Process]:
+        """Start the host and GPU processes in the environment (``run`` runs it;
+        a pipeline runs several runners' processes together). Raises RuntimeError when
+        called a second time (the world is spent)."""
         if self._ran:
             raise RuntimeError("a ProgramRunner runs once")
         self._ran = True
-        env = self.env
-        host, gpu = env.process(self.host()), env.process(self.gpu())
-        env.run(until=env.all_of([host, gpu]))
-        self.timeline.end_s = float(env.now)
-        return self.timeline
+        return [self.env.process(self.host()), self.env.process(self.gpu())]
 
     def _interval(self, resource: str, name: str, layer: int, t0: float,
                   nbytes: float = 0.0, flops: float = 0.0) -> None:
         """Record ``name`` busy on ``resource`` from ``t0`` to now (when recording)."""
         if self.record:
             self.timeline.intervals.append(Interval(resource, name, layer, t0, self.env.now,
-                                                    bytes=nbytes, flops=flops))
+                                                    bytes=nbytes, flops=flops,
+                                                    gpu=self.gpu_index))
 
     # --- the host thread -------------------------------------------------------------
     def host(self) -> Generator[simpy.Event, Any, None]:
@@ -246,3 +262,111 @@ class ProgramRunner:
             t0 = self.env.now
             yield self.env.timeout(span_s)
             self._interval("hbm", la.name, la.layer, t0, la.bytes)
+
+
+# ----------------------------------------------------------------------------------
+# Pipelines: one GPU world per stage, micro-batches sent from stage to stage over links
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: the host program of one micro-batch on its GPU (one
+    ``HostStep``: host work, a graph replay or eager launches) and the seconds its
+    output takes over the link to the next stage (ignored on the last)."""
+
+    step: HostStep
+    send_s: float = 0.0
+
+
+class _StageRunner(ProgramRunner):
+    """A stage's GPU world: its host waits for each micro-batch's input, launches it,
+    waits for its GPU to finish it, and hands it on (``done``)."""
+
+    def __init__(self, program: Sequence[HostStep], inputs: list[simpy.Event],
+                 done: list[simpy.Event], **kwargs: Any) -> None:
+        super().__init__(program, **kwargs)
+        self.inputs, self.done = inputs, done
+
+    def host(self) -> Generator[simpy.Event, Any, None]:
+        issued = 0
+        for j, hs in enumerate(self.program):
+            yield self.inputs[j]
+            yield from self._host_work(f"{hs.name}:host", hs.host_before_s)
+            yield from self._launch(hs)
+            issued += len(hs.launches)
+            yield from self._wait_for_gpu(hs.name, issued)
+            self.done[j].succeed()
+
+
+class PipelineRunner:
+    """One run of a pipeline: ``stages`` GPUs in one environment, ``micro_batches``
+    micro-batches entering the first stage at time 0, each stage taking micro-batches
+    in order (one at a time: its host waits for its GPU), each stage's output crossing
+    the link to the next (a resource: one transfer at a time, in order). The timeline's
+    intervals carry their stage's GPU; ``end_s`` is when the last micro-batch leaves
+    the last stage. The constructor raises ValueError for a negative cost, an empty
+    SRAM or fewer than one micro-batch."""
+
+    def __init__(self, stages: Sequence[Stage], micro_batches: int, *, host_launch_s: float,
+                 graph_launch_s: float, sram_bytes: float, record: bool = True) -> None:
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        if not isinstance(micro_batches, int) or micro_batches < 1:
+            raise ValueError(f"micro_batches(={micro_batches}) must be an integer >= 1")
+        for i, st in enumerate(stages):
+            _check(f"stage{i}.send_s", st.send_s)
+        self.env = env = simpy.Environment()
+        self.timeline = Timeline()
+        self.record = record
+        n, m = len(stages), micro_batches
+        self.inputs = [[env.event() for _ in range(m)] for _ in range(n)]
+        self.done = [[env.event() for _ in range(m)] for _ in range(n)]
+        for ev in self.inputs[0]:
+            ev.succeed()
+        self.links = [simpy.Resource(env, capacity=1) for _ in range(n - 1)]
+        self.sends = [st.send_s for st in stages]
+        self.runners = [
+            _StageRunner([HostStep(name=f"stage{i}/mb{j}", launches=st.step.launches,
+                                   graph=st.step.graph, host_before_s=st.step.host_before_s)
+                          for j in range(m)],
+                         self.inputs[i], self.done[i], host_launch_s=host_launch_s,
+                         graph_launch_s=graph_launch_s, sram_bytes=sram_bytes,
+                         record=record, env=env, timeline=self.timeline, gpu=i)
+            for i, st in enumerate(stages)]
+        self._ran = False
+
+    def run(self) -> Timeline:
+        """Simulate until the last micro-batch leaves the last stage; returns the
+        Timeline. Raises RuntimeError when called a second time."""
+        if self._ran:
+            raise RuntimeError("a PipelineRunner runs once")
+        self._ran = True
+        env = self.env
+        procs = [p for r in self.runners for p in r.start()]
+        for i in range(len(self.runners) - 1):
+            for j in range(len(self.done[i])):
+                procs.append(env.process(self._send(i, j)))
+        env.run(until=env.all_of(procs))
+        self.timeline.end_s = float(env.now)
+        return self.timeline
+
+    def _send(self, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
+        """Micro-batch ``mb``'s output of ``stage`` over the link to the next stage."""
+        yield self.done[stage][mb]
+        with self.links[stage].request() as req:
+            yield req
+            t0 = self.env.now
+            yield self.env.timeout(self.sends[stage])
+            if self.record:
+                self.timeline.intervals.append(Interval(
+                    "link", f"stage{stage}/mb{mb}:send", -1, t0, self.env.now, gpu=stage))
+        self.inputs[stage + 1][mb].succeed()
+
+
+def simulate_pipeline(stages: Sequence[Stage], micro_batches: int, *, host_launch_s: float,
+                      graph_launch_s: float, sram_bytes: float,
+                      record: bool = True) -> Timeline:
+    """Run ``micro_batches`` micro-batches through a pipeline of ``stages``
+    (``PipelineRunner``); returns the Timeline. Raises ValueError as it does."""
+    return PipelineRunner(stages, micro_batches, host_launch_s=host_launch_s,
+                          graph_launch_s=graph_launch_s, sram_bytes=sram_bytes,
+                          record=record).run()

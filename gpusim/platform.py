@@ -3,7 +3,8 @@ parallel layout, as one record every layer from ``step`` up takes.
 
 Checked once where it is made: the calibration must be for this GPU (a calibration
 carried to another GPU says so in its ``gpu``: ``Calibration.transferred``), the launch
-mode one of graph or eager, the layout a positive split. Raises FieldError (a
+mode one of graph or eager, the layout a positive split whose GPUs the GPU file can
+connect (beyond one node only over its ``links.network``). Raises FieldError (a
 ValueError) naming the field.
 """
 
@@ -21,14 +22,16 @@ from gpusim.specs.enums import Launch, parse
 class ParallelLayout:
     """How a model is split over GPUs: tensor (``tp``), pipeline (``pp``) and expert
     (``ep``) parallel degrees. ``gpus`` = tp x pp; expert parallelism spreads the
-    experts over those same GPUs."""
+    experts over those same GPUs. A pipelined step splits its batch into
+    ``micro_batches`` that follow each other through the stages."""
 
     tp: int = 1
     pp: int = 1
     ep: int = 1
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "ep"):
+        for name in ("tp", "pp", "ep", "micro_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
                 raise FieldError(name, f"{name}={value!r} must be an integer in 1..1024")
@@ -57,6 +60,12 @@ class Platform:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "launch", parse(Launch, self.launch, "launch"))
+        links = self.gpu.links
+        if self.layout.gpus > links.node_gpus and links.network is None:
+            bad = "tp" if self.layout.tp > links.node_gpus else "pp"
+            raise FieldError(bad, f"{bad}={getattr(self.layout, bad)}: "
+                             f"{self.layout.gpus} GPUs span nodes of {links.node_gpus} "
+                             f"{self.gpu.name}, whose file gives no links.network")
         cal_gpu = self.calibration.gpu
         if cal_gpu is not None and cal_gpu != self.gpu.name:
             raise FieldError("calibration", f"calibration={cal_gpu!r}: a calibration for "
@@ -70,6 +79,10 @@ class Platform:
     def with_calibration(self, cal: Calibration) -> Platform:
         """This platform priced with another calibration (a fit's candidate)."""
         return Platform(self.gpu, self.stack, cal, self.launch, self.layout)
+
+    def with_layout(self, layout: ParallelLayout) -> Platform:
+        """This platform with another parallel layout (raises as the constructor)."""
+        return Platform(self.gpu, self.stack, self.calibration, self.launch, layout)
 
     @property
     def graph(self) -> bool:

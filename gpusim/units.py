@@ -21,6 +21,7 @@ DTYPE_BYTES: dict[str, float] = {
     "fp8": 1.0,
     "int8": 1.0,
     "int4": 0.5,
+    "fp4": 0.5,   # e2m1 (MXFP4's elements; its scales are counted apart)
 }
 
 # Hugging Face `torch_dtype` spellings -> our dtype names.

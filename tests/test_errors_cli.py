@@ -102,8 +102,8 @@ ROWS_CASES = [
     BadRows("model-file-missing", HEADER + GOOD_ROW + row(model="/nonexistent/m.yaml"), 3,
             "model", ("/nonexistent/m.yaml",)),
     BadRows("empty-model", HEADER + GOOD_ROW + row(model=""), 3, "model"),
-    BadRows("tp-2", "model,mode,batch,ctx,q,tp\n" + GOOD_ROW.rstrip("\n") + ",1\n"
-            + row().rstrip("\n") + ",2\n", 3, "tp", ("'2'", "tp=1")),
+    BadRows("tp-3", "model,mode,batch,ctx,q,tp\n" + GOOD_ROW.rstrip("\n") + ",1\n"
+            + row().rstrip("\n") + ",3\n", 3, "tp", ("tp=3", "32 attention heads")),
     BadRows("tp-0", "model,mode,batch,ctx,q,tp\n" + row().rstrip("\n") + ",0\n", 2, "tp"),
     BadRows("too-many-values", HEADER + GOOD_ROW + row().rstrip("\n") + ",7\n", 3,
             also=("more values",)),

@@ -159,8 +159,8 @@ GPU_CASES = [
                            "    bandwidth_bytes_per_s: {value: 5.0e+10, source: x}\n"
                            "    latency_s: {value: 1.0e-6, source: x}\n"),
         "infiniband:", "links.infiniband", ("unknown key", "nvlink", "pcie")),
-    Bad("gpu-unknown-key-in-link", "gpu", sub(G, "  pcie:\n", "  pcie:\n    generation: 5x\n"),
-        "generation:", "links.pcie.generation", ("unknown key", "latency_s")),
+    Bad("gpu-unknown-key-in-link", "gpu", sub(G, "  pcie:\n", "  pcie:\n    lanes: 16x\n"),
+        "lanes:", "links.pcie.lanes", ("unknown key", "latency_s")),
     Bad("gpu-unknown-key-in-sourced-number", "gpu",
         sub(G, "  value: 132\n", "  value: 132\n  unit: SMs\n"), "unit: SMs", "sm_count",
         ("unit", "value", "source")),

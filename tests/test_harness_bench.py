@@ -16,6 +16,7 @@ if str(HARNESS) not in sys.path:
     sys.path.insert(0, str(HARNESS))
 
 import bench  # noqa: E402
+import bench_campaign  # noqa: E402
 import bench_steps  # noqa: E402
 from bench_common import GRIDS, KERNELS_COLUMNS, MICRO_COLUMNS, STEPS_COLUMNS  # noqa: E402
 from bench_timing import Budget, CsvSink, GiB  # noqa: E402
@@ -184,17 +185,17 @@ def test_select_phases():
 def test_shapes_json_and_models(tmp_path):
     p = tmp_path / "shapes.json"
     p.write_text(json.dumps({"a": TINY, "b": TINY_MHA}))
-    models = bench.load_models(["b"], json.loads(p.read_text()), tmp_path)
+    models = bench_campaign.load_models(["b"], json.loads(p.read_text()), tmp_path)
     assert models["b"].num_key_value_heads == 4 and models["b"].d == 8
-    assert bench.load_models(["tiny"], {}, tmp_path)["tiny"].hidden_size == 64
+    assert bench_campaign.load_models(["tiny"], {}, tmp_path)["tiny"].hidden_size == 64
     with pytest.raises(SystemExit):
-        bench.load_models(["missing"], {}, tmp_path)
+        bench_campaign.load_models(["missing"], {}, tmp_path)
 
 
 def test_default_models_resolve():
-    if not all((bench.MODELS_DIR / f"{m}.yaml").exists() for m in bench.DEFAULT_MODELS):
+    if not all((bench_campaign.MODELS_DIR / f"{m}.yaml").exists() for m in bench.DEFAULT_MODELS):
         pytest.skip("workloads/models not written yet")
-    models = bench.load_models(list(bench.DEFAULT_MODELS), {}, bench.MODELS_DIR)
+    models = bench_campaign.load_models(list(bench.DEFAULT_MODELS), {}, bench_campaign.MODELS_DIR)
     assert models["llama-3.2-1b"].d == 64 and models["llama-3.2-1b"].tie_word_embeddings
 
 
@@ -261,11 +262,11 @@ def test_steps_phase_never_starts_the_profiler(monkeypatch, tmp_path):
 
 
 def test_parse_int_list_ranges_and_errors():
-    assert bench.parse_int_list("1,2,8:32:8") == (1, 2, 8, 16, 24, 32)
-    assert bench.parse_int_list("16,8:16:8") == (8, 16)
+    assert bench_campaign.parse_int_list("1,2,8:32:8") == (1, 2, 8, 16, 24, 32)
+    assert bench_campaign.parse_int_list("16,8:16:8") == (8, 16)
     for bad in ("", "0", "8:4", "a", "8:16:0"):
         with pytest.raises(ValueError):
-            bench.parse_int_list(bad)
+            bench_campaign.parse_int_list(bad)
 
 
 def test_gemm_m_replaces_the_m_grid(tmp_path):
@@ -287,7 +288,7 @@ def test_step_shapes_replace_the_steps_grid(tmp_path):
 
 
 def test_parse_steps():
-    assert bench.parse_steps("decode:8:1024:1,verify:4:512:2") == (
+    assert bench_campaign.parse_steps("decode:8:1024:1,verify:4:512:2") == (
         ("decode", 8, 1024, 1), ("verify", 4, 512, 2))
     with pytest.raises(ValueError, match="mode:batch:ctx:q"):
-        bench.parse_steps("decode:8:1024")
+        bench_campaign.parse_steps("decode:8:1024")

@@ -1,4 +1,4 @@
-"""validation/harness/{quant_forward,moe_forward,bench_quant_moe}.py on the CPU.
+"""validation/harness/{fused_forward,quant_forward,moe_forward,bench_quant_moe}.py on the CPU.
 
 The quantized forwards against the float32 forward of the unquantized weights (close,
 but measurably further than bf16: quantization happened); each projection against its
@@ -28,6 +28,7 @@ if str(HARNESS) not in sys.path:
     sys.path.insert(0, str(HARNESS))
 
 import bench_quant_moe as bq  # noqa: E402
+import fused_forward as ff  # noqa: E402
 import moe_forward as mf  # noqa: E402
 import quant_forward as qf  # noqa: E402
 import reference  # noqa: E402
@@ -61,7 +62,7 @@ def _run_dense(shape, w, stack: str, step, **opts):
     cache = reference.KVCache(shape, b, MAX_LEN, "cpu", torch.bfloat16, seed=4)
     k0, v0 = cache.k.clone(), cache.v.clone()
     tokens = _tokens(shape, b, q)
-    out = qf.forward(model, cache, tokens, ctx, mode)
+    out = ff.forward(model, cache, tokens, ctx, mode)
     ref = reference.reference_forward_fp32(w, k0, v0, tokens, ctx, mode)
     return model, out, ref
 
@@ -101,8 +102,8 @@ def test_projection_matches_dequantized_oracle(stack):
     """Each quantized projection computes x @ dequant(w).T (fp8: of the quantized x) to
     bf16 rounding: a wrong packing, scale or transposition would be O(1) off."""
     g = torch.Generator().manual_seed(0)
-    w = qf.randn((256, 384), 0.05, g, "cpu", torch.bfloat16)
-    x = qf.randn((7, 384), 1.0, g, "cpu", torch.bfloat16)
+    w = ff.randn((256, 384), 0.05, g, "cpu", torch.bfloat16)
+    x = ff.randn((7, 384), 1.0, g, "cpu", torch.bfloat16)
     lin = qf.make_linear(w, stack, fp8_pad_m=16, int8wo_compiled=False)
     y = lin(x)
     assert y.shape == (7, 256) and y.dtype == torch.bfloat16
@@ -141,8 +142,8 @@ def test_fp8_pads_token_count_to_16(monkeypatch):
     """5 tokens: _scaled_mm sees 16 rows (zero rows, which leave the activation's amax
     alone), the output is sliced back to 5 and equals the unpadded product."""
     g = torch.Generator().manual_seed(2)
-    w = qf.randn((64, 128), 0.1, g, "cpu", torch.bfloat16)
-    x = qf.randn((5, 128), 1.0, g, "cpu", torch.bfloat16)
+    w = ff.randn((64, 128), 0.1, g, "cpu", torch.bfloat16)
+    x = ff.randn((5, 128), 1.0, g, "cpu", torch.bfloat16)
     padded, plain = qf.Fp8Linear.from_weight(w, pad_m=16), qf.Fp8Linear.from_weight(w, pad_m=0)
     rows = []
     real = torch._scaled_mm
@@ -157,7 +158,7 @@ def test_fp8_pads_token_count_to_16(monkeypatch):
     assert y16.shape == (5, 64) and y16.is_contiguous()
     assert torch.equal(y16, y0)
     rows.clear()
-    padded(qf.randn((32, 128), 1.0, g, "cpu", torch.bfloat16))
+    padded(ff.randn((32, 128), 1.0, g, "cpu", torch.bfloat16))
     assert rows == [32]                                     # a multiple of 16: no pad
 
 
@@ -191,8 +192,8 @@ def test_int8wo_compiled_matches_eager(monkeypatch):
             monkeypatch.setattr(mod, name, getattr(mod, name))
     monkeypatch.setattr(qf, "_COMPILED", {})
     g = torch.Generator().manual_seed(4)
-    w = qf.randn((64, 128), 0.1, g, "cpu", torch.bfloat16)
-    x = qf.randn((3, 128), 1.0, g, "cpu", torch.bfloat16)
+    w = ff.randn((64, 128), 0.1, g, "cpu", torch.bfloat16)
+    x = ff.randn((3, 128), 1.0, g, "cpu", torch.bfloat16)
     eager = qf.Int8WoLinear(w, compiled=False)
     comp = qf.Int8WoLinear(w, compiled=True)
     assert comp.fn is not eager.fn
@@ -236,9 +237,9 @@ def _ref_moe(layer: mf.MoeLayer, x: torch.Tensor, topi: torch.Tensor | None = No
     return out
 
 
-def _ref_forward(m: qf.Model, k0, v0, tokens, ctx: int, mode: str,
+def _ref_forward(m: ff.Model, k0, v0, tokens, ctx: int, mode: str,
                  routing: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Float32 forward of a qf.Model with an MoE MLP: explicit softmax attention,
+    """Float32 forward of a ff.Model with an MoE MLP: explicit softmax attention,
     repeated KV heads, Qwen3's q/k norms, _ref_moe (``routing``: its topi per layer)."""
     s = m.shape
     b, q = tokens.shape
@@ -285,7 +286,7 @@ def _run_moe(name: str, dtype: torch.dtype, step, impl: str | None = None,
     tokens = _tokens(m.shape, b, q)
     for lay in mf.moe_layers(m):
         lay.record = []
-    out = qf.forward(m, cache, tokens, ctx, mode)
+    out = ff.forward(m, cache, tokens, ctx, mode)
     routing = [lay.record[0] for lay in mf.moe_layers(m)] if same_routing else None
     return m, out, _ref_forward(m, k0, v0, tokens, ctx, mode, routing)
 
@@ -321,7 +322,7 @@ def test_moe_layer_grouped_mm_equals_loop_fallback(name):
     lay = m.layers[0].mlp
     loop = mf.MoeLayer(lay.spec, lay.router, lay.w_gu, lay.w_d, lay.shared, lay.shared_gate,
                        impl="loop")
-    x = qf.randn((37, m.shape.hidden_size), 1.0, torch.Generator().manual_seed(3), "cpu",
+    x = ff.randn((37, m.shape.hidden_size), 1.0, torch.Generator().manual_seed(3), "cpu",
                  torch.bfloat16)
     assert torch.allclose(lay(x).float(), loop(x).float(), atol=1e-2, rtol=1e-2)
     assert mf.check_layer(lay, x) < 2e-2 and mf.check_layer(loop, x) < 2e-2
@@ -340,7 +341,7 @@ def test_moe_layer_makes_no_host_sync(monkeypatch):
 
     for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, sync)
-    qf.forward(m, cache, tokens, 5, "verify")
+    ff.forward(m, cache, tokens, 5, "verify")
     monkeypatch.undo()
     # the fallback loop syncs (offs.tolist()): refused for CUDA weights
     fake_cuda = types.SimpleNamespace(device=torch.device("cuda"))
@@ -363,15 +364,15 @@ def test_experts_touched_of_a_step():
     e, k = m.extra["moe"].num_experts, m.extra["moe"].top_k
     one = _tokens(m.shape, 1, 1)
     cache1 = bq.make_cache(m.shape, 1, MAX_LEN, torch.device("cpu"), torch.bfloat16)
-    assert mf.experts_touched(m, lambda: qf.forward(m, cache1, one, 3, "decode")) == k
+    assert mf.experts_touched(m, lambda: ff.forward(m, cache1, one, 3, "decode")) == k
     cache = bq.make_cache(m.shape, 4, MAX_LEN, torch.device("cpu"), torch.bfloat16)
     many = _tokens(m.shape, 4, 4)
-    got = mf.experts_touched(m, lambda: qf.forward(m, cache, many, 3, "verify"))
+    got = mf.experts_touched(m, lambda: ff.forward(m, cache, many, 3, "verify"))
     assert k <= got <= e
     # the mean of per-layer counts taken by hand from the same step's routing
     for lay in mf.moe_layers(m):
         lay.record = []
-    qf.forward(m, cache, many, 3, "verify")
+    ff.forward(m, cache, many, 3, "verify")
     per_layer = [len(set(lay.record[0].reshape(-1).tolist())) for lay in mf.moe_layers(m)]
     for lay in mf.moe_layers(m):
         assert lay.record[0].shape == (16, k)

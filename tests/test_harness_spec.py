@@ -15,7 +15,7 @@ HARNESS = Path(__file__).resolve().parents[1] / "validation" / "harness"
 if str(HARNESS) not in sys.path:
     sys.path.insert(0, str(HARNESS))
 
-import bench  # noqa: E402
+import bench_campaign as bc  # noqa: E402
 import bench_spec  # noqa: E402
 from reference import Shape  # noqa: E402
 
@@ -78,7 +78,7 @@ def test_default_grid_and_estimate():
     g = bench_spec.GRIDS["full"]
     assert len(g.pairs) >= 2 and g.ks == tuple(range(1, 9))
     assert g.batches == (1, 4, 16, 64) and g.ctxs == (1024, 4096)
-    models = bench.load_models(sorted({n for p in g.pairs for n in p}), {}, bench.MODELS_DIR)
+    models = bc.load_models(sorted({n for p in g.pairs for n in p}), {}, bc.MODELS_DIR)
     for t, d in g.pairs:
         assert models[t].vocab_size >= models[d].vocab_size - 256   # one tokenizer
     groups, rows, est = bench_spec.estimate_s(g, models, cuda=True)

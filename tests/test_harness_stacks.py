@@ -22,6 +22,7 @@ HARNESS = Path(__file__).resolve().parents[1] / "validation" / "harness"
 if str(HARNESS) not in sys.path:
     sys.path.insert(0, str(HARNESS))
 
+import bench_campaign  # noqa: E402
 import bench_stacks  # noqa: E402
 import reference  # noqa: E402
 import stacks_forward as sf  # noqa: E402
@@ -180,22 +181,22 @@ def test_torch_fused_is_reference_with_one_norm_op(step):
         assert fused == _fuse_norms(hf)
 
 
-def test_forward_with_norm_swaps_only_the_norm():
-    seen = []
-
-    def norm(x, w, eps):
-        seen.append(eps)
-        return reference.rms_norm(x, w, eps)
-
+def test_torch_fused_is_reference_forward_with_fused_norms():
+    """float32: torch-fused (fused_forward.forward over the reference weights' own
+    tensors) gives reference.forward's logits and cache to rounding, for every mode;
+    the torch-fused Model is made once per Weights and shares its tensors."""
     shape = reference.Shape.from_dict(GQA)
     w = reference.Weights(shape, "cpu", torch.float32)
-    cache = reference.KVCache(shape, 1, 8, "cpu", torch.float32)
-    tokens = torch.zeros(1, 1, dtype=torch.long)
-    out = sf.forward_with_norm(norm)(w, cache, tokens, 3, "decode")
-    assert len(seen) == 2 * shape.num_hidden_layers + 1
-    cache2 = reference.KVCache(shape, 1, 8, "cpu", torch.float32)
-    assert torch.equal(out, reference.forward(w, cache2, tokens, 3, "decode"))
-    assert reference.rms_norm is not norm   # reference.py itself is untouched
+    m = sf.fused_model(w)
+    assert sf.fused_model(w) is m and m.layers[0].qkv.w is w.layers[0]["wqkv"]
+    for mode, b, ctx, q in STEPS:
+        caches = [reference.KVCache(shape, b, MAX_LEN, "cpu", torch.float32, seed=6)
+                  for _ in range(2)]
+        tokens = sf.random_tokens(shape.vocab_size, b, q, CPU)
+        out = sf.STACKS["torch-fused"].forward(m, caches[0], tokens, ctx, mode)
+        ref = reference.forward(w, caches[1], tokens, ctx, mode)
+        assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(caches[0].k, caches[1].k, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ torch-compile
@@ -218,7 +219,7 @@ def test_compile_stack_inductor_cpu():
     """Inductor on the CPU (the campaign's bf16 tiny model): a second batch size and
     context compile nothing new, the cache is written in place, the logits match."""
     stack = sf.CompileStack()
-    w = stack.load(reference.Shape.from_dict(bench_stacks.bench.TINY), CPU, torch.bfloat16)
+    w = stack.load(reference.Shape.from_dict(bench_campaign.TINY), CPU, torch.bfloat16)
     _check_step(stack, w, w, "decode", 2, 7, 1, torch.bfloat16, 2e-2)
     assert stack.graphs == 1 and stack.backend_s > 0
     _check_step(stack, w, w, "decode", 3, 11, 1, torch.bfloat16, 2e-2)

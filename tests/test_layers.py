@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "gpusim"
 RANKS: dict[str, int] = {
     "units": 0, "errors": 0, "specs": 1, "kernels": 2, "cost": 3,
     "platform": 4, "capacity": 4, "engine": 4, "step": 5, "speculative": 6,
-    "serving": 7, "io": 8, "report": 8, "calibration": 9, "cli": 10,
+    "serving": 7, "io": 8, "report": 8, "stackgen": 8, "calibration": 9, "cli": 10,
 }
 MODEL_LAYERS = ("specs", "kernels", "cost", "platform", "capacity", "engine", "step",
                 "speculative", "serving")

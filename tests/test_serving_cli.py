@@ -113,3 +113,47 @@ def test_bad_trace_line(tmp_path: Path, capsys) -> None:
                     '{"arrival_s": 1, "prompt_tokens": -5, "output_tokens": 5}\n')
     line = one_line_error(capsys, [*BASE, "--trace", str(path)])
     assert f"{path}:2: prompt_tokens: must be an integer >= 1" in line
+
+
+# --- prefix caching, conversations, CUDA-graph sizes (issue 21) ----------------------
+PREFIX = ["serve", "--gpu", "h100-sxm", "--model", "llama-3.2-1b", "--quiet", "--rate", "2",
+          "--prompt-dist", "uniform:20-200", "--output-dist", "uniform:10-100",
+          "--duration-s", "20", "--max-num-seqs", "32", "--max-num-batched-tokens", "2048",
+          "--format", "json"]
+
+
+def test_prefix_caching_and_conversation_options(capsys) -> None:
+    rc = main([*PREFIX, "--prefix-caching", "--shared-prefix-tokens", "512",
+               "--prefix-prompts", "2", "--conversation-turns", "3", "--turn-think-s", "1",
+               "--cudagraph-capture-sizes", "vllm"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scheduler"]["prefix_caching"] is True
+    assert out["scheduler"]["cudagraph_capture_sizes"][:4] == [1, 2, 4, 8]
+    assert out["workload"]["kind"] == "conversations"
+    assert out["workload"]["conversation"] == {"turns": 3, "think_time_s": 1.0}
+    assert out["workload"]["prefix"] == {"shared_tokens": 512, "prompts": 2}
+    assert out["prefix_cache"]["hit_rate"] > 0.3
+    assert all(out["invariants"].values())
+
+
+def test_metric_definitions_are_stated_with_the_table(capsys) -> None:
+    assert main([*PREFIX[:-2]]) == 0
+    err = capsys.readouterr().err
+    assert "TPOT = (last token - first token) / (output tokens - 1)" in err
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--prefix-prompts", "0", "--shared-prefix-tokens", "8"], "--prefix-prompts"),
+    (["--prefix-prompts", "2"], "--shared-prefix-tokens"),
+    (["--conversation-turns", "0"], "--conversation-turns"),
+    (["--cudagraph-capture-sizes", "4,2"], "cudagraph_capture_sizes"),
+    (["--cudagraph-capture-sizes", "one"], "--cudagraph-capture-sizes"),
+    (["--prefix-caching", "--scheduler", "static"], "continuous"),
+    (["--prefix-caching", "--spec-draft", "ngram"], "speculative"),
+])
+def test_bad_new_options_are_one_line(extra: list[str], flag: str, capsys) -> None:
+    assert main([*PREFIX, *extra]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert flag in err, err

@@ -16,8 +16,8 @@ from gpusim.serving.simulate import build_engine, simulate
 
 GPU = loader.load_gpu("h100-sxm")
 TARGET = loader.load_model("llama-3.1-8b")
-STACK = loader.load_stack(loader.DEFAULT_STACK)
-CAL = calibrations.load_calibration("auto", GPU, loader.load_stack())
+STACK = loader.load_stack(loader.REFERENCE_STACK)
+CAL = calibrations.load_calibration("auto", GPU, STACK)
 
 
 def scenario(rate: float = 2.0, seed: int = 1, **spec):
@@ -126,3 +126,72 @@ def test_cli_spec_options_and_bad_k(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
         assert "--spec-" in err
+
+
+# --- KV reserved for every draft position (issue 21, item 5) ------------------------
+def test_a_decoding_sequence_holds_kv_for_all_k_draft_positions() -> None:
+    from gpusim.serving.kv_cache import PagedKVCache
+    from gpusim.serving.requests import Request
+    from gpusim.serving.scheduler import ContinuousBatching
+    from gpusim.serving.state import EngineState
+
+    # block 16, k = 4: a 14-token prompt that goes on decoding holds 14 + 4 = 18
+    # tokens: 2 blocks, where plain decoding holds 1
+    for lookahead, blocks in ((4, 2), (0, 1)):
+        kv = PagedKVCache(10, 16, lookahead=lookahead)
+        st = EngineState(kv)
+        req = Request(0, 0.0, 14, 10)
+        st.waiting.append(req)
+        batch = ContinuousBatching(8, 64).schedule(st, 0.0)
+        assert [(n, ctx) for _, ctx, n in batch.chunks] == [(14, 0)]
+        assert kv.used_blocks == blocks
+        req.computed, req.generated = 14, 1
+        st.start_decoding(req)
+        assert (kv.tokens(0), kv.group_tokens, kv.blocks(0)) == (14, 14, blocks)
+        kv.check()
+    # a one-token answer never decodes: no lookahead for it
+    kv = PagedKVCache(10, 16, lookahead=4)
+    st = EngineState(kv)
+    st.waiting.append(Request(1, 0.0, 14, 1))
+    ContinuousBatching(8, 64).schedule(st, 0.0)
+    assert kv.used_blocks == 1
+
+
+def test_advance_blocks_counts_blocks_the_accepted_tokens_cross_into() -> None:
+    from gpusim.serving.kv_cache import PagedKVCache
+
+    kv = PagedKVCache(100, 16, lookahead=4)
+    for seq, tokens in ((0, 14), (1, 26), (2, 32)):   # held: 18, 30, 36
+        kv.allocate(seq, tokens + 4)
+        kv.join_group(seq)
+    kv.group_step()                                     # held: 19, 31, 37
+    # growing 4 more: 19 -> 23 stays in block 2; 31 -> 35 crosses into block 3;
+    # 37 -> 41 stays in block 3. 11: 30, 42, 48; 12: 31, 43, 49; 14: 33, 45, 51
+    assert kv.advance_blocks(4) == 0 + 1 + 0
+    assert kv.advance_blocks(11) == 0 + 1 + 0
+    assert kv.advance_blocks(12) == 0 + 1 + 1
+    assert kv.advance_blocks(14) == 1 + 1 + 1
+
+
+def test_speculating_engine_reserves_lookahead_in_every_step() -> None:
+    from gpusim.serving.conversation import ListedSource
+    from gpusim.serving.loop import ServingLoop
+
+    sc = scenario(spec_draft="ngram", spec_k=4, spec_acceptance=0.6)
+    eng = build_engine(Platform(GPU, STACK, CAL), TARGET, sc,
+                       scenario_io.scenario_draft(sc, loader.load_model),
+                       load_overhead("auto", GPU), kv_blocks=40)
+    rows = [(0.01 * i, 100 + 7 * i, 60, ((-1 - i, 100 + 7 * i),), -100 - i)
+            for i in range(8)]
+    loop = ServingLoop(eng, sc, source=ListedSource(rows, "test"))
+    kv = loop.state.kv
+    spec_steps = 0
+    while not loop.finished:
+        record = loop.step()
+        spec_steps += record.plan.speculative_k is not None
+        for rid in kv.group_members():
+            assert kv.blocks(rid) == kv.blocks_for(kv.tokens(rid) + 4)
+        kv.check()
+    out = loop.summary().as_dict()
+    assert spec_steps > 0 and all(out["invariants"].values())
+    assert out["tokens"]["output"] == 8 * 60

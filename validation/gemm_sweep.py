@@ -75,7 +75,8 @@ def _half_tile_lines(name: str, points: Sequence[SweptPoint]) -> list[str]:
     if not (calibrations.CALIBRATIONS_DIR / f"{name}.yaml").is_file():
         return []
     excess = half_tile_excess(
-        points, gpu, calibrations.load_calibration("auto", gpu, loader.load_stack())
+        points, gpu, calibrations.load_calibration(
+            "auto", gpu, loader.load_stack(loader.REFERENCE_STACK))
     )
     if not excess:
         return []

@@ -48,7 +48,7 @@ def shares(clocks: SteadyClocks, i: int, gpu: GpuSpec, cal: Calibration
            ) -> tuple[float, float, float]:
     """(compute share, tensor share, the calibration's clock) of probed shape ``i``."""
     st = clocks.steps
-    stack = loader.load_stack(loader.DEFAULT_STACK)
+    stack = loader.load_stack(loader.REFERENCE_STACK)
     ks = build_kernels(loader.load_model(str(st.model[i])), stack, str(st.mode[i]),
                        st.batch[i], st.ctx[i], st.q[i])
     costs = [kernel_cost(k, gpu, cal) for k in ks]
@@ -72,7 +72,7 @@ def fit_cap(share: np.ndarray, clock: np.ndarray) -> float:
 
 def report(gpu_name: str, samples_csv: Path) -> list[str]:
     gpu = loader.load_gpu(gpu_name)
-    cal = calibrations.load_calibration("auto", gpu, loader.load_stack())
+    cal = calibrations.load_calibration("auto", gpu, loader.load_stack(loader.REFERENCE_STACK))
     clocks = read_probe(samples_csv, gpu.boost_clock_hz / 1e6)
     measured = clocks.clock_fraction
     comp, tens, shipped = (np.array(x) for x in zip(

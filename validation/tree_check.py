@@ -31,8 +31,8 @@ def errors(path: Path) -> dict[str, np.ndarray]:
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     gpu = loader.load_gpu(path.parent.name)
-    cal = calibrations.load_calibration("auto", gpu, loader.load_stack())
-    stack = loader.load_stack()
+    cal = calibrations.load_calibration("auto", gpu, loader.load_stack(loader.REFERENCE_STACK))
+    stack = loader.load_stack(loader.REFERENCE_STACK)
     # (label, measured column, mode gpusim prices it with)
     cases = (("causal", "causal", "verify"), ("tree", "tree", "tree"),
              ("tree as causal", "tree", "verify"))

@@ -30,11 +30,14 @@ from gpusim.calibration.space import (
     bounds,
     family_space,
     graph_space,
+    stack_space,
     start,
 )
 from gpusim.calibration.steady_clocks import SteadyClocks
 from gpusim.cost import Calibration, CalibrationSet, GpuPhysics, busy_s, kernel_cost, step_costs
+from gpusim.cost.params import StackParams
 from gpusim.kernels import Kernel, build_kernels
+from gpusim.kernels.quant import for_stack
 from gpusim.platform import Platform
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.specs.enums import Launch, Mode
@@ -66,7 +69,7 @@ def make_groups(data: StepData, stack: StackSpec,
     """Group measured rows and build their kernels (shapes only, no costs)."""
     out = []
     for (model_name, mode, launch), idx in data.groups().items():
-        model = resolve_model(str(model_name))
+        model = for_stack(resolve_model(str(model_name)), stack)  # as the stack stores it
         kernels = build_kernels(model, stack, str(mode), data.batch[idx], data.ctx[idx],
                                 data.q[idx], data.cache[idx])
         out.append(Group(model, stack, str(mode), str(launch), idx, kernels))
@@ -213,6 +216,12 @@ def _families(stack: StackSpec, groups: Sequence[Group]) -> list[str]:
     return list(dict.fromkeys(stack.family(m.value) for m in Mode if m.value in modes))
 
 
+def _gemm_families(groups: Sequence[Group]) -> list[str]:
+    """The GEMM kernel families other than cuBLAS's the groups' kernels run, each once."""
+    return list(dict.fromkeys(k.gemm.family for g in groups for k in g.kernels
+                              if k.gemm is not None and k.gemm.family != "cublas"))
+
+
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         resolve_model: Callable[[str], ModelSpec], note: str = "",
         micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
@@ -243,7 +252,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
     graph_families = _families(stack, graph)
-    cal = _fit(graph_space(graph_families), cal, graph, data, gpu, micro, pf, cf)
+    cal = _fit(graph_space(graph_families, _gemm_families(graph)), cal, graph, data, gpu,
+               micro, pf, cf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     # the token-tree kernel's own parameters, fitted last on the tree rows with every
@@ -253,6 +263,11 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     tree_families = [f for f in _families(stack, trees) if f not in graph_families]
     if trees and tree_families:
         cal = _fit(family_space(tree_families), cal, trees, data, gpu)
+    return _quality(groups, data, gpu, cal)
+
+
+def _quality(groups: Sequence[Group], data: StepData, gpu: GpuSpec, cal: Calibration,
+             ) -> FitResult:
     pred = predict_groups(groups, len(data), gpu, cal)
     ok = np.isfinite(pred)
     err = np.log(pred[ok] / data.measured_s[ok])
@@ -260,15 +275,36 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     return FitResult(cal, int(ok.sum()), float(np.sqrt(np.mean(err**2))), mape)
 
 
-def to_yaml(res: FitResult) -> str:
+def fit_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, physics: Calibration,
+              resolve_model: Callable[[str], ModelSpec]) -> FitResult:
+    """A software stack's own parameters on ``gpu``, the GPU physics (``physics``: fitted
+    on the reference stack) held: the parameters its file names in ``calibrate`` on its
+    CUDA-graph rows, then its host launch cost on its eager rows. With neither, its
+    calibration is the physics with the reference stack's host costs.
+
+    Raises FieldError for a ``calibrate`` parameter without fit bounds.
+    """
+    groups = make_groups(data, stack, resolve_model)
+    graph = [g for g in groups if g.launch == "graph" and g.mode != Mode.TREE]
+    eager = [g for g in groups if g.launch == "eager"]
+    cal = physics.replace({"stack": stack.name, "host_from": None})
+    space = stack_space(stack.calibrate)
+    if graph and space:
+        cal = _fit(space, cal, graph, data, gpu)
+    if eager:
+        cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
+    return _quality(groups, data, gpu, cal)
+
+
+def to_yaml(res: FitResult, stacks: dict[str, StackParams] | None = None) -> str:
     """The calibration file's text (``cost.params.CalibrationSet``: the GPU's physics and
-    attention families, the fitted stack's host costs), with its in-sample fit quality
-    as a comment."""
+    attention families, the fitted stack's host costs, and ``stacks``: other stacks'
+    own parameters), with its in-sample fit quality as a comment."""
     import yaml
 
     cal = res.calibration
-    body = yaml.safe_dump(CalibrationSet.of(cal, {cal.stack or "": cal.host}).model_dump(),
-                          sort_keys=False)
+    own = {cal.stack or "": StackParams.of(cal), **(stacks or {})}
+    body = yaml.safe_dump(CalibrationSet.of(cal, own).model_dump(), sort_keys=False)
     head = (f"# Fitted by `gpusim calibrate` on {res.rows} measured steps; in-sample MAPE "
             f"{100 * res.mape:.2f}%, log RMSE {res.log_rmse:.4f}.\n"
             "# Out-of-sample errors: validation/REPORT.md.\n")

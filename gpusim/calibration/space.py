@@ -15,6 +15,8 @@ import numpy as np
 
 from gpusim.cost import Calibration
 from gpusim.cost.attention import FAMILIES
+from gpusim.cost.gemm_families import GEMM_FAMILIES
+from gpusim.errors import FieldError
 
 Bounds = tuple[float, float, float, float]
 
@@ -80,6 +82,25 @@ EAGER_SPACE: tuple[Variable, ...] = (
 )
 
 
+def stack_space(paths: tuple[str, ...]) -> tuple[Variable, ...]:
+    """The variables of a stack's own parameters (its file's ``calibrate``): GPU-physics
+    numbers at the bounds the physics fit uses, attention-family fields at the family's.
+    Raises ValueError (field ``calibrate``) for a parameter with no fit bounds."""
+    physics = {v.name: v.bounds for v in _GRAPH if v.name.startswith("physics.")}
+    out = []
+    for path in paths:
+        parts = path.split(".")
+        if path in physics:
+            out.append(Variable((path,), physics[path]))
+        elif (parts[0] == "attention" and len(parts) == 3 and parts[1] in FAMILIES
+              and parts[2] in FAMILIES[parts[1]].FIT):
+            out.append(Variable((path,), FAMILIES[parts[1]].FIT[parts[2]]))
+        else:
+            raise FieldError("calibrate", f"calibrate={path!r} has no fit bounds; fittable: "
+                             f"{', '.join(physics)} and the attention families' FIT fields")
+    return tuple(out)
+
+
 def family_space(families: list[str], exclude: set[str] = frozenset()) -> tuple[Variable, ...]:
     """Every fitted field of ``families`` (their ``FIT``) not set by ``exclude``."""
     return tuple(Variable((f"attention.{name}.{field}",), b) for name in families
@@ -87,14 +108,23 @@ def family_space(families: list[str], exclude: set[str] = frozenset()) -> tuple[
                  if f"attention.{name}.{field}" not in exclude)
 
 
-def graph_space(families: list[str]) -> tuple[Variable, ...]:
+def gemm_space(families: list[str]) -> tuple[Variable, ...]:
+    """Every fitted field of the GEMM kernel ``families`` (``cost.gemm_families``: their
+    ``FIT``), as ``gemm.<family>.<field>``."""
+    return tuple(Variable((f"gemm.{name}.{field}",), b) for name in families
+                 for field, b in GEMM_FAMILIES[name].FIT.items())
+
+
+def graph_space(families: list[str], gemm_families: list[str] | None = None
+                ) -> tuple[Variable, ...]:
     """The graph stage: GPU physics, the graph replay's host cost, and the fields of the
-    attention ``families`` the graph rows run (a field the ordered list lacks comes
-    last; a family the rows never run is not fitted)."""
+    attention ``families`` and GEMM ``gemm_families`` (quantized, expert GEMMs) the graph
+    rows run (a field the ordered list lacks comes last; a family the rows never run is
+    not fitted)."""
     used = [v for v in _GRAPH if not v.name.startswith("attention.")
             or any(p.split(".")[1] in families for p in v.paths)]
     listed = {p for v in used for p in v.paths}
-    return (*used, *family_space(families, listed))
+    return (*used, *family_space(families, listed), *gemm_space(gemm_families or []))
 
 
 def bounds(space: tuple[Variable, ...]) -> tuple[np.ndarray, np.ndarray]:

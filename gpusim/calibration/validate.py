@@ -212,6 +212,9 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
     ("beyond_grid", "shapes beyond the fit", "Shapes beyond the fitted grid (batch up to "
      "1024, context up to 128k, verify at batch 256, prefill of 16k): the shipped "
      "calibration (never fitted)"),
+    ("lease_2026-12-06", "another lease, 2026-12-06", "Another lease two weeks later "
+     "(2026-12-06): the shipped calibration on shapes of the fitted grid measured again "
+     "(never fitted)"),
 )
 
 

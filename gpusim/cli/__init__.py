@@ -11,7 +11,8 @@ import sys
 
 # isort: off
 # importing a module registers its commands; this order is the order of --help
-from gpusim.cli import predict, spec, serve, calibration, inputs  # noqa: F401
+from gpusim.cli import predict, spec, serve, calibration, inputs, stack  # noqa: F401
+from gpusim.cli import collectives  # noqa: F401
 # isort: on
 from gpusim.cli.common import app, as_flag
 from gpusim.errors import ConfigError, FieldError

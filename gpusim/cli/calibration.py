@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from gpusim import report
+from gpusim.calibration import stacks_report
+from gpusim.calibration.measurements import StepData
 from gpusim.cli.common import (
     Fmt,
     FmtOpt,
@@ -21,8 +23,11 @@ from gpusim.cli.common import (
     app,
     micro_kinds,
 )
+from gpusim.cost import Calibration
+from gpusim.cost.params import StackParams
 from gpusim.errors import bad, cannot
 from gpusim.io import calibrations, loader
+from gpusim.specs import GpuSpec, StackSpec
 
 
 @app.command()
@@ -36,7 +41,7 @@ def calibrate(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
     ] = None,
-    stack: StackOpt = loader.DEFAULT_STACK,
+    stack: StackOpt = loader.REFERENCE_STACK,
     micro_kind: MicroOpt = Micro.none,
     fmt: FmtOpt = Fmt.table,
 ) -> None:
@@ -70,12 +75,13 @@ def calibrate(
     res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof,
                       sweep=read_sweep_beside(path),
                       clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
+    stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
     target = out or calibrations.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise cannot(target.parent, exc) from None
-    report.write_atomic(target, cal_mod.to_yaml(res))
+    report.write_atomic(target, cal_mod.to_yaml(res, stacks))
     print(f"wrote {target}", file=sys.stderr)
     params = res.calibration.model_dump(exclude={"notes", "gemm_slow_picks"})
     # the picks are a table (in the YAML); the summary says how many
@@ -91,6 +97,67 @@ def calibrate(
                      ["parameter", "value"])
 
 
+def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str, StackParams]:
+    """Each measured stack's own parameters (``stacks/<stack>/steps.csv`` beside the
+    reference stack's steps), the physics held."""
+    from gpusim.calibration import fit as cal_mod
+    from gpusim.calibration import measurements
+
+    out: dict[str, StackParams] = {}
+    for steps_csv in sorted(directory.glob("*/steps.csv")):
+        st = loader.load_stack(steps_csv.parent.name)
+        data = measurements.read_steps(steps_csv, st.name)
+        res = cal_mod.fit_stack(data, gpu, st, physics, loader.load_model)
+        eager = int((data.launch == "eager").sum())
+        notes = (f"fitted on {res.rows} steps of stacks/{st.name}/steps.csv (in-sample MAPE "
+                 f"{100 * res.mape:.2f}%)")
+        if not eager:
+            notes += f"; host costs: {physics.stack}'s (no eager steps measured)"
+        out[st.name] = StackParams.of(res.calibration, st.calibrate, notes)
+        print(f"{st.name}: {notes}", file=sys.stderr)
+    return out
+
+
+def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration
+                       ) -> list[stacks_report.StackEvaluation]:
+    """Every measured stack's steps on ``gpu`` predicted from ``physics``."""
+    from gpusim.calibration import measurements
+
+    out = []
+    for steps_csv in sorted(directory.glob("*/steps.csv")):
+        st = loader.load_stack(steps_csv.parent.name)
+        data = measurements.read_steps(steps_csv, st.name)
+        out.append(stacks_report.evaluate_stack(st, data, gpu, physics, loader.load_model))
+        print(f"{gpu.name} {st.name}: {len(data)} rows", file=sys.stderr)
+    return out
+
+
+def _import_agreements(gpu_dir: Path, gpu: GpuSpec, reference: StackSpec,
+                       reference_data: StepData) -> list[stacks_report.ImportAgreement]:
+    """Every stack with committed traces under ``gpu_dir``, imported and compared with
+    its hand-checked file on the shapes of its measured graph steps (where it has none,
+    the reference stack's: ``steps.csv``)."""
+    from gpusim.calibration import measurements
+
+    out = []
+    cal_file = calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml"
+    for name, traces in stacks_report.traces_of(gpu_dir).items():
+        st = loader.load_stack(name)
+        own = gpu_dir / "stacks" / name / "steps.csv"
+        data = reference_data
+        if st.name != reference.name and own.is_file():
+            mine = measurements.read_steps(own, st.name)
+            # a stack measured eager only is compared on the reference stack's shapes
+            data = mine if (mine.launch == "graph").any() else reference_data
+        cal = calibrations.load_calibration(str(cal_file), gpu, st)
+        try:
+            out.append(stacks_report.import_agreement(st, traces, data, gpu, cal,
+                                                      loader.load_model, reference))
+        except ValueError as exc:
+            raise bad(str(traces[0]), str(exc)) from None
+    return out
+
+
 @app.command()
 def validate(
     data_dir: Annotated[Path, typer.Option(
@@ -102,7 +169,7 @@ def validate(
         "--points", help="Per-row predictions CSV to write.")] = None,
     html_dir: Annotated[Path | None, typer.Option(
         "--html-dir", help="Write scatter and error-vs-batch Plotly HTML here.")] = None,
-    stack: StackOpt = loader.DEFAULT_STACK,
+    stack: StackOpt = loader.REFERENCE_STACK,
     micro_kind: MicroOpt = Micro.none,
     fmt: Annotated[Fmt, typer.Option(
         "--format", help="stdout: table (the markdown report), json or csv (per-row "
@@ -147,6 +214,15 @@ def validate(
                 for sub, label, title in val.HELD_OUT_SETS if sub in held]
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
                              profs, held_out, sweeps, clocks)
+    for name in sorted(datasets):
+        if name in shipped:
+            evaluations = _stack_evaluations(data_dir / name / "stacks", gpus[name],
+                                             shipped[name])
+            if evaluations:
+                md += "\n" + stacks_report.section(name, evaluations)
+                pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]
+            md += stacks_report.import_section(
+                _import_agreements(data_dir / name, gpus[name], st, datasets[name]))
     report.write_atomic(report_path, md)
     print(f"wrote {report_path}", file=sys.stderr)
     if points_path is not None:

@@ -14,7 +14,7 @@ import typer
 from gpusim import report
 from gpusim.errors import ConfigError, FieldError
 from gpusim.io import calibrations, loader
-from gpusim.platform import Platform
+from gpusim.platform import ParallelLayout, Platform
 from gpusim.specs.enums import Launch, parse
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -53,6 +53,11 @@ CalOpt = Annotated[str, typer.Option(
 LaunchOpt = Annotated[Launch, typer.Option("--launch", help="CUDA graph replay or eager.")]
 StackOpt = Annotated[str, typer.Option("--stack", help="Software stack name or path.")]
 FmtOpt = Annotated[Fmt, typer.Option("--format", help="Output format.")]
+TpOpt = Annotated[int, typer.Option(
+    "--tp", help="Tensor-parallel GPUs (Megatron split; collectives from the GPU's links).")]
+PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel stages.")]
+EpOpt = Annotated[int, typer.Option(
+    "--ep", help="Expert-parallel degree (MoE models; not modelled yet beyond 1).")]
 
 
 def _echo(text: str) -> None:
@@ -65,12 +70,16 @@ def _print_table(title: str, rows: list[dict[str, object]], columns: list[str]) 
     Console(width=160).print(report.rich_table(title, rows, columns))
 
 
-def setup(gpu: str, stack: str, calibration: str, launch: str = "graph") -> Platform:
-    """The Platform named on the command line: GPU, software stack, calibration and
-    launch mode. Raises ConfigError for a bad name, path or file."""
+def setup(gpu: str, stack: str, calibration: str, launch: str = "graph", tp: int = 1,
+          pp: int = 1, ep: int = 1, micro_batches: int = 1) -> Platform:
+    """The Platform named on the command line: GPU, software stack, calibration, launch
+    mode and parallel layout. Raises ConfigError for a bad name, path, file or layout
+    (naming its flag)."""
     g, st = loader.load_gpu(gpu), loader.load_stack(stack)
     cal = calibrations.load_calibration(calibration, g, st)
-    return Platform(g, st, cal, parse(Launch, launch, "launch"))
+    with flags():
+        layout = ParallelLayout(tp, pp, ep, micro_batches)
+        return Platform(g, st, cal, parse(Launch, launch, "launch"), layout)
 
 
 # library errors name the field (``reserve_fraction``); a command shows its own flag
@@ -113,4 +122,6 @@ def describe_calibration(platform: Platform) -> str:
     text = cal.fitted_on
     if cal.host_from is not None:
         text += f"; host costs of {cal.host_from}"
+    if platform.stack.status == "described":
+        text += f"; stack {platform.stack.name}: described, not measured"
     return text

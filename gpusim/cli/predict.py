@@ -11,17 +11,21 @@ import typer
 from gpusim import report
 from gpusim.cli.common import (
     CalOpt,
+    EpOpt,
     Fmt,
     FmtOpt,
     GpuOpt,
     Launch,
     LaunchOpt,
     ModeOpt,
+    PpOpt,
     StackOpt,
+    TpOpt,
     _echo,
     _print_table,
     app,
     describe_calibration,
+    flags,
     setup,
 )
 from gpusim.errors import bad
@@ -50,13 +54,30 @@ def predict(
     fmt: FmtOpt = Fmt.table,
     timeline: Annotated[Path | None, typer.Option(
         "--timeline", help="Single shape: write a Plotly timeline HTML here.")] = None,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    ep: EpOpt = 1,
+    micro_batches: Annotated[int, typer.Option(
+        "--micro-batches", help="With --pp: micro-batches the batch splits into.")] = 1,
+    weight_dtype: Annotated[str | None, typer.Option(
+        "--weight-dtype", help="Projection weights: bf16, fp16 (unquantized), fp8, int8, "
+        "int4, fp4 (default: the model's, else what the stack implies).")] = None,
+    kv_dtype: Annotated[str | None, typer.Option(
+        "--kv-dtype", help="KV cache: bf16, fp16, fp32, fp8 (default: the "
+        "activations').")] = None,
+    crossover: Annotated[str | None, typer.Option(
+        "--crossover", help="What-if: stacks to compare with --stack (comma-separated, "
+        "e.g. torch-fp8,torch-int4) over decode batches 1-256 at --ctx: the batch each "
+        "stops beating it.")] = None,
 ) -> None:
     """Predict step times: a CSV of shapes (--in/--out) or one shape with a breakdown."""
     from gpusim import capacity, step
     from gpusim.kernels import default_ctx, default_q
+    from gpusim.kernels.quant import for_stack
+    from gpusim.kernels.variants import op_roles
     from gpusim.step import rows as rows_mod
 
-    plat = setup(gpu, stack, calibration, launch.value)
+    plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep, micro_batches)
     g = plat.gpu
     if rows_in is not None:
         if model is not None:
@@ -65,7 +86,10 @@ def predict(
             raise bad("--out", "--in needs --out (the predictions CSV to write)")
         header, rows = rows_mod.read_rows(rows_in)
         preds = rows_mod.predict_rows(rows, str(rows_in), plat,
-                                      capacity.fitting_model_loader(g, loader.load_model))
+                                      capacity.fitting_model_loader(
+                                          g, lambda n: for_stack(loader.load_model(n),
+                                                                 plat.stack, weight_dtype,
+                                                                 kv_dtype), tp=None))
         columns = header + [c for c in rows_mod.OUTPUT_COLUMNS if c not in header]
         records = [{**r.raw, **p} for r, p in zip(rows, preds, strict=True)]
         report.write_atomic(out, report.to_csv(records, columns))
@@ -73,15 +97,31 @@ def predict(
         return
     if model is None:
         raise bad("--model", "give --model for one shape, or --in/--out for a CSV of shapes")
-    m = loader.load_model(model)
+    if crossover is not None:
+        from gpusim.cli.crossover import print_crossover
+
+        if weight_dtype is not None or kv_dtype is not None:
+            raise bad("--crossover", "compares each stack in its own dtypes: give no "
+                      "--weight-dtype or --kv-dtype")
+        print_crossover(plat, crossover, loader.load_model(model), default_ctx(Mode.DECODE, ctx),
+                        calibration, fmt)
+        return
     md = Mode(mode.value)
     qq, cc = default_q(md, q), default_ctx(md, ctx)
-    p = step.predict(plat, m, md, batch, cc, qq)
-    capacity.check_step_fits(g, m, batch, cc, qq)
+    with flags():
+        m = for_stack(loader.load_model(model), plat.stack, weight_dtype, kv_dtype)
+        p = step.predict(plat, m, md, batch, cc, qq)
+        capacity.check_step_fits(g, m, batch, cc, qq, tp, pp)
     summ = {"gpu": g.name, "model": m.name, "stack": plat.stack.name, "mode": md.value,
             "batch": batch, "ctx": cc, "q": qq, "launch": plat.launch.value,
-            "calibration": describe_calibration(plat), **step.summary(p, g)}
+            "calibration": describe_calibration(plat),
+            "weights": m.quantization.describe() if m.quantization else m.dtype,
+            "kv_dtype": m.kv_dtype_eff, **step.summary(p, g),
+            **step.layout_summary(p, plat)}
     ops = step.breakdown(p, g)
+    roles = op_roles(m, plat.stack)   # quantization and MoE routing costs, summed
+    for role in sorted(set(roles.values())):
+        summ[f"{role}_ms"] = sum(float(r["ms"]) for r in ops if roles.get(str(r["op"])) == role)
     if timeline is not None:
         tl = step.simulate(plat, m, md, batch, cc, qq)
         title = (f"{m.name} {md.value} b={batch} ctx={cc} q={qq} on {g.name} "
@@ -101,4 +141,8 @@ def predict(
              "bandwidth_fraction", "tflops", "bound"])
         _print_table("step", [summ], ["step_ms", "gpu_ms", "launches", "weight_bytes",
                                       "kv_bytes", "achieved_bandwidth_gb_per_s",
-                                      "roofline_ms", "roofline_fraction", "bound"])
+                                      "roofline_ms", "roofline_fraction", "bound",
+                                      *(f"{r}_ms" for r in sorted(set(roles.values())))])
+        parallel = step.layout_summary(p, plat)
+        if parallel:
+            _print_table("parallel layout", [parallel], list(parallel))

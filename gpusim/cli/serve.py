@@ -11,26 +11,47 @@ import typer
 from gpusim import report
 from gpusim.cli.common import (
     CalOpt,
+    EpOpt,
     Fmt,
     FmtOpt,
     GpuOpt,
     Launch,
     LaunchOpt,
+    PpOpt,
     StackOpt,
+    TpOpt,
     _echo,
     _print_table,
     app,
     flags,
     setup,
 )
+from gpusim.errors import bad
 from gpusim.io import loader
+
+# options that shape a synthetic or scenario workload: a replay's run gives all of them
+_WORKLOAD_FLAGS = {
+    "scenario": "--scenario", "rate": "--rate", "arrival": "--arrival", "cv": "--cv",
+    "users": "--users", "think_time_s": "--think-time-s", "prompt_dist": "--prompt-dist",
+    "output_dist": "--output-dist", "trace": "--trace", "duration_s": "--duration-s",
+    "seed": "--seed", "scheduler": "--scheduler", "max_num_seqs": "--max-num-seqs",
+    "max_num_batched_tokens": "--max-num-batched-tokens", "block_size": "--block-size",
+    "reserve_fraction": "--reserve-fraction", "slo_ttft_s": "--slo-ttft-s",
+    "slo_tpot_s": "--slo-tpot-s", "spec_draft": "--spec-draft", "spec_k": "--spec-k",
+    "spec_acceptance": "--spec-acceptance", "prefix_caching": "--prefix-caching",
+    "shared_prefix_tokens": "--shared-prefix-tokens", "prefix_prompts": "--prefix-prompts",
+    "conversation_turns": "--conversation-turns", "turn_think_s": "--turn-think-s",
+    "cudagraph_capture_sizes": "--cudagraph-capture-sizes", "out_csv": "--out-csv",
+    "html": "--html", "weight_dtype": "--weight-dtype", "kv_dtype": "--kv-dtype",
+}
 
 
 @app.command()
 def serve(
     gpu: GpuOpt,
-    model: Annotated[str, typer.Option(
-        "--model", help="Model name, YAML or config.json path.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Model name, YAML or config.json path (required unless --replay: "
+        "a replay uses each run's config.json).")] = None,
     scenario: Annotated[Path | None, typer.Option(
         "--scenario", help="Scenario YAML (workloads/scenarios/); options below override it.")
     ] = None,
@@ -80,6 +101,31 @@ def serve(
     spec_acceptance: Annotated[float | None, typer.Option(
         "--spec-acceptance", help="i.i.d. acceptance rate of a draft token (default 0.7).")
     ] = None,
+    prefix_caching: Annotated[bool | None, typer.Option(
+        "--prefix-caching/--no-prefix-caching",
+        help="Automatic prefix caching (vLLM's; default off).")] = None,
+    shared_prefix_tokens: Annotated[int | None, typer.Option(
+        "--shared-prefix-tokens", help="A shared system prompt of N tokens in front of "
+        "every prompt.")] = None,
+    prefix_prompts: Annotated[int | None, typer.Option(
+        "--prefix-prompts", help="Distinct shared system prompts (default 1).")] = None,
+    conversation_turns: Annotated[int | None, typer.Option(
+        "--conversation-turns", help="Arrivals start conversations of N turns, each "
+        "turn's prompt the conversation so far plus a new message.")] = None,
+    turn_think_s: Annotated[float | None, typer.Option(
+        "--turn-think-s", help="Conversations: mean time from an answer to the next "
+        "turn (default 0).")] = None,
+    cudagraph_capture_sizes: Annotated[str | None, typer.Option(
+        "--cudagraph-capture-sizes", help="Decode-only steps run as CUDA graphs padded "
+        "to these batch sizes (vllm: vLLM's default list; 1,2,4,...), other steps "
+        "eagerly.")] = None,
+    replay: Annotated[list[Path] | None, typer.Option(
+        "--replay", help="Measured serving run directories (bench_serve_engine.py; a "
+        "directory of runs counts as all of them): simulate each with its arrivals and "
+        "settings and compare (see --report).")] = None,
+    report_path: Annotated[Path | None, typer.Option(
+        "--report", help="With --replay: write the Markdown report here "
+        "(validation/SERVING_REPORT.md).")] = None,
     calibration: CalOpt = "auto",
     launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
@@ -90,8 +136,18 @@ def serve(
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write a Plotly HTML report here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    ep: EpOpt = 1,
+    weight_dtype: Annotated[str | None, typer.Option(
+        "--weight-dtype", help="Projection weights: bf16, fp16, fp8, int8, int4, fp4 "
+        "(default: the model's, else what the stack implies).")] = None,
+    kv_dtype: Annotated[str | None, typer.Option(
+        "--kv-dtype", help="KV cache: bf16, fp16, fp32, fp8 (default: the "
+        "activations').")] = None,
 ) -> None:
-    """Simulate serving over time: latency percentiles, throughput, goodput, KV use."""
+    """Simulate serving over time: latency percentiles, throughput, goodput, KV use.
+    With --replay: judge the simulator against measured serving runs."""
     from gpusim import serving
     from gpusim.cli.progress import progress_bar
     from gpusim.io import scenario as scenario_io
@@ -99,8 +155,24 @@ def serve(
     from gpusim.report import serving_figures as figures
     from gpusim.report import serving_output as output
 
-    plat = setup(gpu, stack, calibration, launch.value)
-    m = loader.load_model(model)
+    if replay:
+        opts = dict(locals())
+        given = [flag for name, flag in _WORKLOAD_FLAGS.items() if opts[name] is not None]
+        given += [f"--{name}" for name in ("tp", "pp", "ep") if opts[name] != 1]
+        if given:
+            raise bad(given[0], "does not apply to --replay (the measured run gives it)")
+        _replay(replay, gpu, model, stack, calibration, launch.value, report_path, fmt,
+                out_json)
+        return
+    if report_path is not None:
+        raise bad("--report", "needs --replay")
+    if model is None:
+        raise bad("--model", "required (unless --replay)")
+    plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep)
+    from gpusim.kernels.quant import for_stack
+
+    with flags():  # the model as the stack stores it: weights, KV cache (memory too)
+        m = for_stack(loader.load_model(model), plat.stack, weight_dtype, kv_dtype)
     sc = scenario_io.scenario_from_options(
         scenario, prompt_dist=prompt_dist, output_dist=output_dist, duration_s=duration_s,
         seed=seed, arrival=arrival, rate_per_s=rate, cv=cv, users=users,
@@ -108,11 +180,17 @@ def serve(
         max_num_batched_tokens=max_num_batched_tokens, block_size_tokens=block_size,
         reserve_fraction=reserve_fraction, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s,
         spec_draft=spec_draft, spec_acceptance=spec_acceptance,
-        spec_k=None if spec_k is None else scenario_io.parse_spec_k(spec_k))
+        spec_k=None if spec_k is None else scenario_io.parse_spec_k(spec_k),
+        prefix_caching=prefix_caching, shared_prefix_tokens=shared_prefix_tokens,
+        prefix_prompts=prefix_prompts, conversation_turns=conversation_turns,
+        turn_think_s=turn_think_s,
+        cudagraph_capture_sizes=None if cudagraph_capture_sizes is None
+        else scenario_io.parse_capture_sizes(cudagraph_capture_sizes))
     with flags(spec_acceptance="--spec-acceptance", spec_k="--spec-k",
                block_size_tokens="--block-size"):
         engine = serving.build_engine(
-            plat, m, sc, scenario_io.scenario_draft(sc, loader.load_model),
+            plat, m, sc, scenario_io.scenario_draft(
+                sc, lambda n: for_stack(loader.load_model(n), plat.stack)),
             load_overhead("auto", plat.gpu) if sc.speculative is not None else None)
     trace = scenario_io.scenario_trace(sc)
     total = float(sc.duration_s or 0.0)
@@ -132,3 +210,62 @@ def serve(
                      output.LATENCY_COLUMNS)
         _print_table("throughput and engine", output.overview_rows(result),
                      output.OVERVIEW_COLUMNS)
+        from gpusim.serving.metrics import METRIC_DEFINITIONS
+
+        print(METRIC_DEFINITIONS, file=sys.stderr)
+
+
+def _run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories: each path that holds a run.json, else its subdirectories (two
+    levels down) that do, sorted. Raises ConfigError for a path with none."""
+    out: list[Path] = []
+    for p in paths:
+        if (p / "run.json").is_file():
+            out.append(p)
+            continue
+        found = sorted({f.parent for pattern in ("*/run.json", "*/*/run.json")
+                        for f in p.glob(pattern)})
+        if not found:
+            raise bad("--replay", "no measured serving run (run.json) there", value=str(p))
+        out += found
+    return out
+
+
+def _replay(paths: list[Path], gpu: str, model: str | None, stack: str, calibration: str,
+            launch: str, report_path: Path | None, fmt: Fmt, out_json: Path | None) -> None:
+    """``serve --replay``: each measured run against its simulation."""
+    from gpusim.calibration import serving_measured, serving_replay, serving_report
+
+    runs = [serving_measured.read_serving_run(p) for p in _run_dirs(paths)]
+    plat = setup(gpu, stack, calibration, launch)
+    fixed = loader.load_model(model) if model is not None else None
+    results = serving_replay.compare_runs(
+        runs, plat, lambda run: fixed or loader.load_model(run.config_path))
+    sat = serving_replay.saturation(results)
+    command = " ".join(["gpusim serve", *(f"--replay {p}" for p in paths), f"--gpu {gpu}",
+                        f"--stack {stack}", *([f"--report {report_path}"]
+                                              if report_path else [])])
+    numbers = serving_report.as_dict(results, sat)
+    if report_path is not None:
+        report.write_atomic(report_path, serving_report.markdown(
+            results, sat, plat.gpu.name, plat.stack.name, command))
+        print(f"wrote {report_path}", file=sys.stderr)
+    if out_json is not None:
+        report.write_atomic(out_json, report.to_json(report.json_safe(numbers)))
+        print(f"wrote {out_json}", file=sys.stderr)
+    if fmt is Fmt.json:
+        _echo(report.to_json(report.json_safe(numbers)))
+        return
+    rows = []
+    for r in numbers["runs"]:
+        e = r["errors"]
+        rows.append({"run": r["load"], "device": r["device"],
+                     "step forward MAPE": r["step_errors"]["all"]["forward"],
+                     "TTFT p50 err": e["ttft_s.p50"], "TPOT p50 err": e["tpot_s.p50"],
+                     "ITL p50 err": e["itl_s.p50"], "E2EL p99 err": e["e2el_s.p99"],
+                     "throughput err": e["throughput"]})
+    if fmt is Fmt.csv:
+        _echo(report.to_csv(rows, list(rows[0])).rstrip("\n"))
+    else:
+        _print_table("serving replay: simulated against measured (relative errors)", rows,
+                     list(rows[0]))

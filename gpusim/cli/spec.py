@@ -11,12 +11,15 @@ import typer
 from gpusim import report
 from gpusim.cli.common import (
     CalOpt,
+    EpOpt,
     Fmt,
     FmtOpt,
     GpuOpt,
     Launch,
     LaunchOpt,
+    PpOpt,
     StackOpt,
+    TpOpt,
     _echo,
     _print_table,
     app,
@@ -72,6 +75,9 @@ def spec(
     timeline: Annotated[Path | None, typer.Option(
         "--timeline", help="Write a Plotly timeline of one iteration (SimPy engine) here.")
     ] = None,
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    ep: EpOpt = 1,
 ) -> None:
     """Speculative decoding: one iteration's time, tokens per iteration, speedup.
 
@@ -84,13 +90,14 @@ def spec(
     from gpusim.report import spec_output as output
     from gpusim.speculative import iteration as it
 
-    plat = setup(gpu, stack, calibration, launch.value)
+    plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep)
     g, cal = plat.gpu, plat.calibration
     ov = options.overhead_from_options(overhead, round_trip_us, g)
-    sp = options.speculation_from_options(target, draft, acceptance, k, tree)
+    sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
     if mc_iterations < 0:
         raise bad("--mc-iterations", "must be >= 0", value=mc_iterations)
-    p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
+    with flags():
+        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
     options.check_weights_fit(p)
     if not bool(p.fits[0]):
         print(f"gpusim: warning: weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed "
@@ -155,7 +162,7 @@ def spec_sweep(
     g = plat.gpu
     ov = options.overhead_from_options(overhead, round_trip_us, g)
     t = loader.load_model(target)
-    sp = options.speculation_from_options(target, draft, "0.8", 1, None)
+    sp = options.speculation_from_options(target, draft, "0.8", 1, None, plat.stack)
     accs = [options.acceptance_option(a) for a in (acceptance or ["0.8"])]
     grid = sw.SweepGrid(options.int_list(batches, "--batches", 1),
                         options.int_list(ctxs, "--ctxs", 0), options.int_list(ks, "--ks", 1),
@@ -201,7 +208,7 @@ def spec_validate(
         "--write-overhead", help="Write validation/calibrations/speculative/<gpu>.yaml.")
     ] = False,
     calibration: CalOpt = "auto",
-    stack: StackOpt = loader.DEFAULT_STACK,
+    stack: StackOpt = loader.REFERENCE_STACK,
 ) -> None:
     """Fit the host round trip per GPU and report predicted vs measured iterations."""
     from gpusim.calibration import spec_measured as measured

@@ -11,7 +11,8 @@ from gpusim.errors import bad
 from gpusim.io import loader
 from gpusim.io.acceptance import parse_acceptance
 from gpusim.io.overhead import load_overhead
-from gpusim.specs import GpuSpec
+from gpusim.kernels.quant import for_stack
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.speculative.acceptance import Acceptance, RankedAcceptance
 from gpusim.speculative.drafts import MedusaDraft, parse_draft
 from gpusim.speculative.iteration import IterationPrediction, Speculation
@@ -30,11 +31,21 @@ def acceptance_option(text: str) -> Acceptance:
 
 
 def speculation_from_options(target: str, draft: str, acceptance: str, k: int | None,
-                             tree: str | None) -> Speculation:
-    """Target, draft, chain (``k``) or tree, acceptance. Raises ConfigError."""
-    t = loader.load_model(target)
+                             tree: str | None, stack: StackSpec | None = None
+                             ) -> Speculation:
+    """Target, draft, chain (``k``) or tree, acceptance; target and draft model as
+    ``stack`` stores them (its quantization: ``kernels.quant.for_stack``). Raises
+    ConfigError."""
+    def load(name: str) -> ModelSpec:
+        m = loader.load_model(name)
+        return m if stack is None else for_stack(m, stack)
+
     try:
-        d = parse_draft(draft, loader.load_model)
+        t = load(target)
+    except ValueError as exc:  # FieldError: a dtype the stack cannot run
+        raise bad("--target", str(exc)) from None
+    try:
+        d = parse_draft(draft, load)
     except ValueError as exc:
         raise bad("--draft", str(exc)) from None
     acc = acceptance_option(acceptance)

@@ -27,7 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.cost.attention import family, latency_bound_s
+from gpusim.cost.collectives import collective_cost
 from gpusim.cost.gemm import gemm_schedule, slowdown
+from gpusim.cost.gemm_families import gemm_family
 from gpusim.cost.params import Calibration
 from gpusim.cost.pointwise import l2_aware_s, reduction_s
 from gpusim.cost.record import Cost
@@ -42,6 +44,9 @@ def tensor_efficiency(k: Kernel, cal: Calibration) -> float:
     (pointwise, embedding). A kernel's ``compute_s`` times this is the time its matrix
     work (padded tiles included) keeps the tensor cores busy at peak."""
     if k.kind == KernelKind.GEMM:
+        if k.gemm is not None and k.gemm.family != "cublas":  # cost.gemm_families
+            gf = gemm_family(k.gemm.family)
+            return gf.tensor_efficiency(cal.physics, cal.gemm_params(gf.name))
         return cal.physics.tensor_efficiency
     if k.kind != KernelKind.ATTENTION or k.attention is None:
         return 0.0
@@ -55,6 +60,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
     the SMs at ``clock`` times their full clock (``cost.power.power_clock``; per shape).
     Raises ValueError for a dtype the GPU has no matrix rate for, or an unknown
     attention family."""
+    if k.kind == KernelKind.COLLECTIVE:  # link time, from the GPU's links
+        return collective_cost(k, gpu, cal)
     ph = cal.physics
     bw = gpu.hbm_bandwidth_bytes_per_s * ph.hbm_bandwidth_efficiency
     launches = float(k.launches)
@@ -62,7 +69,12 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
     fixed = np.full_like(k.flops, launches * ph.kernel_fixed_cost_s)
     if k.strided_launches is not None:
         fixed = fixed + k.strided_launches * ph.strided_kernel_extra_s
-    if k.kind == KernelKind.GEMM:
+    if k.kind == KernelKind.GEMM and k.gemm is not None and k.gemm.family != "cublas":
+        # quantized and expert GEMMs: their family's schedule (cost.gemm_families)
+        gf = gemm_family(k.gemm.family)
+        gp = gf.parts(k, gpu, ph, cal.gemm_params(gf.name))
+        fixed, memory, compute = fixed + gp.fixed_s, gp.memory_s, gp.compute_s
+    elif k.kind == KernelKind.GEMM:
         g = k.gemm
         assert g is not None  # built by kernels.records.gemm_kernel
         _, waves, cta_flops = gemm_schedule(g.m, g.n, g.k, gpu, ph)
@@ -92,7 +104,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         # non-vectorised kernels load element by element: a lower achieved bandwidth
         strided = (k.strided_launches / max(launches, 1.0) if k.strided_launches is not None
                    else np.zeros_like(k.flops))
-        op_bw = bw / (1.0 - strided + strided / ph.strided_bandwidth_fraction)
+        op_bw = (bw * k.bandwidth_fraction if k.bandwidth_fraction is not None
+                 else bw / (1.0 - strided + strided / ph.strided_bandwidth_fraction))
         memory = l2_aware_s(k.bytes, launches, op_bw, gpu, ph)
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, ph)
@@ -142,7 +155,7 @@ def reclocked(k: Kernel, cost: Cost, cal: Calibration, clock: np.ndarray) -> Cos
     if k.launches == 0:
         return cost
     slow = (slowdown(cal.physics.gemm_slow_picks, k.gemm.n, k.gemm.k, k.gemm.m)
-            if k.gemm else None)
+            if k.gemm and k.gemm.family == "cublas" else None)
     return combined(k, cal, cost.fixed_s, cost.memory_s,
                     cost.compute_s / stretch(k, cal, clock), slow)
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, create_model
+from pydantic import Field, create_model, model_validator
 
 from gpusim.cost.attention import FAMILIES
+from gpusim.cost.gemm_families import GEMM_FAMILIES
 from gpusim.specs import Frozen, StackSpec
-from gpusim.specs.base import Fraction, NonNeg, PosInt
+from gpusim.specs.base import Fraction, NonNeg, PosInt, field_error
 from gpusim.specs.stack import STACK_ALIASES
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -104,11 +105,74 @@ class HostParams(Frozen):
     serving_seq_host_s: NonNeg = 0.0
 
 
+def overridable(path: str) -> bool:
+    """Whether a stack may set ``path`` for itself: a GPU-physics number
+    (``physics.<name>``, not the measured slow GEMM picks) or an attention family's
+    (``attention.<family>.<name>``)."""
+    parts = path.split(".")
+    if parts[0] == "physics" and len(parts) == 2:
+        return parts[1] in GpuPhysics.model_fields and parts[1] != "gemm_slow_picks"
+    if parts[0] == "attention" and len(parts) == 3 and parts[1] in FAMILIES:
+        return parts[2] in FAMILIES[parts[1]].Params.model_fields
+    return False
+
+
+class StackParams(HostParams):
+    """One stack's calibration on a GPU: its host costs, and the GPU-physics or
+    attention-family parameters its kernels genuinely run differently (a stack file
+    names them in ``calibrate``; ``gpusim calibrate`` fits them on that stack's own
+    steps with the physics held). Overrides are partial: a field not named keeps the
+    physics' value."""
+
+    physics: dict[str, float] = Field(default_factory=dict)
+    attention: dict[str, dict[str, float]] = Field(default_factory=dict)
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> StackParams:
+        for path in self.overrides():
+            if not overridable(path):
+                raise field_error(path, "not a GPU physics number or an attention "
+                                  "family's parameter a stack may set for itself")
+        return self
+
+    def overrides(self) -> dict[str, float]:
+        """The overridden parameters as dotted paths (``Calibration.replace`` takes)."""
+        out = {f"physics.{k}": v for k, v in self.physics.items()}
+        for family, values in self.attention.items():
+            out.update({f"attention.{family}.{k}": v for k, v in values.items()})
+        return out
+
+    def host_params(self) -> HostParams:
+        """The host costs alone."""
+        return HostParams(**{k: getattr(self, k) for k in HostParams.model_fields})
+
+    @staticmethod
+    def of(cal: Calibration, own: tuple[str, ...] = (), notes: str = "") -> StackParams:
+        """``cal``'s host costs, and its values of the parameters ``own`` (dotted
+        paths) as this stack's overrides."""
+        physics: dict[str, float] = {}
+        attention: dict[str, dict[str, float]] = {}
+        for path in own:
+            parts = path.split(".")
+            value = float(cal.get(path))  # type: ignore[arg-type]
+            if parts[0] == "physics":
+                physics[parts[1]] = value
+            else:
+                attention.setdefault(parts[1], {})[parts[2]] = value
+        return StackParams(**cal.host.model_dump(), physics=physics, attention=attention,
+                           notes=notes)
+
+
 # one field per attention family, typed by the family's own parameter record (built
 # from the registry: a new family's module brings its fields with it)
 AttentionParams: type[Frozen] = create_model(  # type: ignore[call-overload]
     "AttentionParams", __base__=Frozen,
     **{name: (fam.Params, fam.Params()) for name, fam in FAMILIES.items()})
+# likewise one field per GEMM kernel family other than cuBLAS's (cost.gemm_families)
+GemmParams: type[Frozen] = create_model(  # type: ignore[call-overload]
+    "GemmParams", __base__=Frozen,
+    **{name: (fam.Params, fam.Params()) for name, fam in GEMM_FAMILIES.items()})
 
 
 class Calibration(Frozen):
@@ -124,10 +188,15 @@ class Calibration(Frozen):
     attention: AttentionParams = AttentionParams()  # type: ignore[valid-type]
     host: HostParams = HostParams()
     notes: str = ""
+    gemm: GemmParams = GemmParams()  # type: ignore[valid-type]
 
     def family_params(self, name: str) -> Frozen:
         """The parameters of attention family ``name``; raises KeyError if unknown."""
         return getattr(self.attention, name)
+
+    def gemm_params(self, name: str) -> Frozen:
+        """The parameters of GEMM family ``name``; raises AttributeError if unknown."""
+        return getattr(self.gemm, name)
 
     def replace(self, values: dict[str, object]) -> Calibration:
         """A copy with ``values`` set, keyed by dotted path (``physics.launch_gap_s``,
@@ -136,6 +205,7 @@ class Calibration(Frozen):
         physics: dict[str, object] = {}
         host: dict[str, object] = {}
         families: dict[str, dict[str, object]] = {}
+        gemms: dict[str, dict[str, object]] = {}
         top: dict[str, object] = {}
         for path, value in values.items():
             parts = path.split(".")
@@ -147,6 +217,9 @@ class Calibration(Frozen):
                   and parts[1] in AttentionParams.model_fields
                   and parts[2] in type(self.family_params(parts[1])).model_fields):
                 families.setdefault(parts[1], {})[parts[2]] = value
+            elif (parts[0] == "gemm" and len(parts) == 3 and parts[1] in GEMM_FAMILIES
+                  and parts[2] in GEMM_FAMILIES[parts[1]].Params.model_fields):
+                gemms.setdefault(parts[1], {})[parts[2]] = value
             elif len(parts) == 1 and parts[0] in ("gpu", "stack", "host_from", "fitted_on",
                                                   "notes"):
                 top[parts[0]] = value
@@ -155,9 +228,13 @@ class Calibration(Frozen):
         attention = self.attention.model_copy(update={
             name: self.family_params(name).model_copy(update=upd)
             for name, upd in families.items()})
+        gemm = self.gemm.model_copy(update={
+            name: self.gemm_params(name).model_copy(update=upd)
+            for name, upd in gemms.items()})
         return self.model_copy(update={
             **top, "physics": self.physics.model_copy(update=physics),
-            "host": self.host.model_copy(update=host), "attention": attention})
+            "host": self.host.model_copy(update=host), "attention": attention,
+            "gemm": gemm})
 
     def transferred(self, gpu: str, same_architecture: bool) -> Calibration:
         """This calibration carried to another GPU: efficiencies and fixed costs carry
@@ -186,6 +263,8 @@ class Calibration(Frozen):
         parts = path.split(".")
         if parts[0] == "attention":
             return parts[2] in self.family_params(parts[1]).model_fields_set
+        if parts[0] == "gemm":
+            return parts[2] in self.gemm_params(parts[1]).model_fields_set
         owner = {"physics": self.physics, "host": self.host}.get(parts[0])
         return owner is not None and parts[1] in owner.model_fields_set
 
@@ -198,8 +277,9 @@ class CalibrationSet(Frozen):
     fitted_on: str = "datasheet"
     physics: GpuPhysics = GpuPhysics()
     attention: AttentionParams = AttentionParams()  # type: ignore[valid-type]
-    stacks: dict[str, HostParams] = Field(default_factory=dict)
+    stacks: dict[str, StackParams] = Field(default_factory=dict)
     notes: str = ""
+    gemm: GemmParams = GemmParams()  # type: ignore[valid-type]
 
     def for_stack(self, stack: StackSpec) -> Calibration:
         """The calibration for ``stack`` on this GPU: its own host costs, or those of the
@@ -214,15 +294,19 @@ class CalibrationSet(Frozen):
                 f"stack={stack.name!r}: this calibration of {self.gpu} has no host costs "
                 f"for it (it has: {have}); measure it and run `gpusim calibrate`, name a "
                 f"measured stack in its file's host_costs_from, or use --calibration none")
-        return Calibration(gpu=self.gpu, stack=stack.name,
-                           host_from=None if source == stack.name else source,
-                           fitted_on=self.fitted_on, physics=self.physics,
-                           attention=self.attention, host=self.stacks[source],
-                           notes=self.notes)
+        own = self.stacks[source]
+        cal = Calibration(gpu=self.gpu, stack=stack.name,
+                          host_from=None if source == stack.name else source,
+                          fitted_on=self.fitted_on, physics=self.physics,
+                          attention=self.attention, host=own.host_params(), notes=self.notes,
+                          gemm=self.gemm)
+        # a stack's own kernel parameters are its own: never lent to another stack
+        return cal.replace(own.overrides()) if source == stack.name else cal
 
     @staticmethod
-    def of(cal: Calibration, stacks: dict[str, HostParams]) -> CalibrationSet:
-        """The file holding ``cal``'s physics and families with ``stacks``' host costs."""
+    def of(cal: Calibration, stacks: dict[str, StackParams]) -> CalibrationSet:
+        """The file holding ``cal``'s physics and families with ``stacks``' own
+        parameters."""
         return CalibrationSet(gpu=cal.gpu or "", fitted_on=cal.fitted_on,
                               physics=cal.physics, attention=cal.attention, stacks=stacks,
-                              notes=cal.notes)
+                              notes=cal.notes, gemm=cal.gemm)

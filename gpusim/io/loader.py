@@ -6,15 +6,16 @@ allowed; nothing here raises anything else for bad input.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from gpusim.cost.attention import FAMILIES
+from gpusim.cost.gemm_families import KNOWN as GEMM_FAMILIES
+from gpusim.cost.params import overridable
 from gpusim.errors import bad
+from gpusim.io.hf_config import model_from_hf_config
 from gpusim.io.yamlfile import M, Path_, line_for, load_yaml, validate
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.specs.stack import STACK_ALIASES
@@ -26,7 +27,13 @@ ROOT = Path(os.environ.get("GPUSIM_DATA", Path(__file__).resolve().parents[2]))
 HARDWARE_DIR = ROOT / "hardware"
 MODELS_DIR = ROOT / "workloads" / "models"
 STACKS_DIR = ROOT / "stacks"
-DEFAULT_STACK = "torch-hf"
+# the stack predict, spec, serve and the planner use unless told: among the measured
+# stacks the one closest to what serving engines run (fused norms, RoPE and SiLU*up,
+# residual adds in GEMM epilogues, the whole step in a CUDA graph)
+DEFAULT_STACK = "torch-compile"
+# the stack the committed calibration measurements ran (validation/data/<gpu>/steps.csv):
+# what calibrate, validate and spec-validate fit and judge by default
+REFERENCE_STACK = "torch-hf"
 
 def _check_name(spec: M, path: Path, lines: dict[Path_, int]) -> M:
     """A YAML file's ``name`` must be its file name (so names and files agree)."""
@@ -127,43 +134,6 @@ def load_gpu(name_or_path: str | os.PathLike[str]) -> GpuSpec:
 # ----------------------------------------------------------------------------------
 # models
 # ----------------------------------------------------------------------------------
-HF_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-           "head_dim", "intermediate_size", "vocab_size", "tie_word_embeddings",
-           "torch_dtype", "rms_norm_eps", "rope_theta", "max_position_embeddings")
-
-
-def model_from_hf_config(path: Path, name: str | None = None) -> ModelSpec:
-    """A ModelSpec from a Hugging Face config.json (Llama-architecture keys)."""
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text)
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
-        raise bad(source, f"invalid JSON: {getattr(exc, 'msg', exc)}", line=line) from None
-    if not isinstance(raw, dict):
-        raise bad(source, "expected a JSON object")
-    lines: dict[Path_, int] = {}
-    for key in raw:
-        m = re.search(r'^\s*"' + re.escape(key) + r'"\s*:', text, re.MULTILINE)
-        if m:
-            lines[(key,)] = text.count("\n", 0, m.start()) + 1
-    data = {k: raw[k] for k in HF_KEYS if k in raw and raw[k] is not None}
-    if "num_key_value_heads" not in data and "num_attention_heads" in data:
-        data["num_key_value_heads"] = data["num_attention_heads"]  # HF's default: MHA
-    dtype = data.get("torch_dtype") or raw.get("dtype")
-    if dtype is not None:
-        data["torch_dtype"] = dtype
-    default_name = re.sub(r"[^a-z0-9._-]", "-", (path.parent.name or "model").lower())
-    default_name = default_name.strip("-.") or "model"
-    data["name"] = name or (raw.get("_name_or_path", "") or default_name)
-    data["name"] = re.sub(r"[^a-z0-9._-]", "-", str(data["name"]).lower()).strip("-.") or "model"
-    data["source"] = source
-    return validate(ModelSpec, data, source, lines)
-
-
 def model_from_yaml(path: Path) -> ModelSpec:
     """Load one workloads/models/*.yaml file. Raises ConfigError."""
     data, lines = load_yaml(path)
@@ -194,6 +164,20 @@ def _stack_cached(path: str, mtime: float) -> StackSpec:
             raise bad(path, f"unknown attention family; known: {', '.join(FAMILIES)}",
                       field=f"attention.{mode}", line=lines.get(("attention", mode)),
                       value=name)
+    for section in ("prologue", "layer", "epilogue", "moe", "qk_norm"):
+        for i, op in enumerate(getattr(stack, section) or ()):
+            if op.family is not None and op.family not in GEMM_FAMILIES:
+                raise bad(path, f"unknown GEMM family; known: {', '.join(GEMM_FAMILIES)}",
+                          field=f"{section}[{i}].family",
+                          line=lines.get((section, i, "family"), lines.get((section, i))),
+                          value=op.family)
+    for i, param in enumerate(stack.calibrate):
+        if not overridable(param):
+            raise bad(path, "not a parameter a stack may fit for itself "
+                      "(physics.<name> or attention.<family>.<name>)",
+                      field=f"calibrate[{i}]",
+                      line=lines.get(("calibrate", i), lines.get(("calibrate",))),
+                      value=param)
     return stack
 
 

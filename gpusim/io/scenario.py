@@ -94,8 +94,10 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
     Options: duration_s, seed, arrival (process name), rate_per_s, cv, users,
     think_time_s, prompt, output (LengthSpec), trace (path), scheduler fields
     (policy, max_num_seqs, max_num_batched_tokens, block_size_tokens,
-    reserve_fraction), slo_ttft_s, slo_tpot_s, spec_draft, spec_k, spec_acceptance.
-    Raises ConfigError (source: the option).
+    reserve_fraction, prefix_caching, cudagraph_capture_sizes), slo_ttft_s,
+    slo_tpot_s, spec_draft, spec_k, spec_acceptance, shared_prefix_tokens,
+    prefix_prompts, conversation_turns, turn_think_s. Raises ConfigError (source: the
+    option).
     """
     data: dict[str, Any] = base.model_dump(exclude_none=True) if base else {}
     given = {k: v for k, v in options.items() if v is not None}
@@ -122,10 +124,18 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
             data.pop(key, None)
     sched = dict(data.get("scheduler", {}))
     for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "block_size_tokens",
-                "reserve_fraction"):
+                "reserve_fraction", "prefix_caching", "cudagraph_capture_sizes"):
         if key in given:
             sched[key] = given[key]
     data["scheduler"] = sched
+    for section, keys in (("prefix", (("shared_prefix_tokens", "shared_tokens"),
+                                      ("prefix_prompts", "prompts"))),
+                          ("conversation", (("conversation_turns", "turns"),
+                                            ("turn_think_s", "think_time_s")))):
+        if any(key in given for key, _ in keys):
+            part = dict(data.get(section) or {})
+            part.update({field: given[key] for key, field in keys if key in given})
+            data[section] = part
     slo = dict(data.get("slo", {}))
     for key, field in (("slo_ttft_s", "ttft_s"), ("slo_tpot_s", "tpot_s")):
         if key in given:
@@ -162,7 +172,30 @@ _OPTION_FOR_FIELD = {
     "slo.ttft_s": "--slo-ttft-s", "slo.tpot_s": "--slo-tpot-s",
     "speculative": "--spec-draft", "speculative.draft": "--spec-draft",
     "speculative.k": "--spec-k", "speculative.acceptance": "--spec-acceptance",
+    "scheduler.prefix_caching": "--prefix-caching",
+    "scheduler.cudagraph_capture_sizes": "--cudagraph-capture-sizes",
+    "prefix": "--shared-prefix-tokens", "prefix.shared_tokens": "--shared-prefix-tokens",
+    "prefix.prompts": "--prefix-prompts", "conversation": "--conversation-turns",
+    "conversation.turns": "--conversation-turns",
+    "conversation.think_time_s": "--turn-think-s",
 }
+
+# vLLM's default CUDA-graph batch sizes (cuda_graph_sizes=[512]): 1, 2, 4, then every 8
+VLLM_CAPTURE_SIZES = (1, 2, 4, *range(8, 513, 8))
+
+
+def parse_capture_sizes(text: str) -> tuple[int, ...]:
+    """``--cudagraph-capture-sizes``: ``vllm`` (vLLM's default list) or sizes such as
+    ``1,2,4,8,16``. Raises ConfigError."""
+    s = text.strip().lower()
+    if s == "vllm":
+        return VLLM_CAPTURE_SIZES
+    try:
+        sizes = tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise bad("--cudagraph-capture-sizes", "expected vllm or sizes such as 1,2,4,8",
+                  value=text) from None
+    return sizes
 
 
 def parse_spec_k(text: str) -> int | str:

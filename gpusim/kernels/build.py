@@ -12,8 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.errors import FieldError
+from gpusim.kernels.moe import MOE_TENSORS
+from gpusim.kernels.moe import tensor_elements as moe_tensor_elements
+from gpusim.kernels.quant import (
+    check_stack,
+    gemm_op_kernel,
+    kv_stored,
+    needs_family_kernel,
+    padded,
+)
 from gpusim.kernels.records import Kernel, Section, attention_kernel, gemm_kernel
 from gpusim.kernels.shape import as_arrays, check_shape
+from gpusim.kernels.variants import layer_ops
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 from gpusim.specs.enums import KernelKind, Mode
 
@@ -26,8 +36,8 @@ def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray
         "q": model.q_dim,
         "kv": model.kv_dim,
         "attn_out": model.q_dim,
-        "intermediate": model.intermediate_size,
-        "gate_up": 2 * model.intermediate_size,
+        "intermediate": model.mlp_intermediate_size,
+        "gate_up": 2 * model.mlp_intermediate_size,
     }
     if op.tensor in per_token:
         return tokens * per_token[op.tensor]
@@ -43,8 +53,12 @@ def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray
         return b * cache * model.q_dim
     if op.tensor == "mask":
         return tokens * cache
+    if op.tensor == "tokens":
+        return tokens
     if op.tensor == "scalar":
         return np.ones_like(b)
+    if op.tensor in MOE_TENSORS:
+        return moe_tensor_elements(op.tensor, model, tokens)
     raise ValueError(f"op {op.name!r}: unknown tensor {op.tensor!r}")
 
 
@@ -58,7 +72,7 @@ def _reduction(op: StackOp, elements: np.ndarray, rows: np.ndarray) -> np.ndarra
 
 def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     """(n, k) of one of the model's weight matrices: out[m, n] = x[m, k] @ W[n, k]^T."""
-    h, i = model.hidden_size, model.intermediate_size
+    h, i = model.hidden_size, model.mlp_intermediate_size
     return {
         "qkv": (model.q_dim + 2 * model.kv_dim, h),
         "q": (model.q_dim, h),
@@ -80,9 +94,13 @@ _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.
 def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                section: Section, repeat: int, b: np.ndarray, c: np.ndarray,
                qq: np.ndarray, tokens: np.ndarray, cache: np.ndarray) -> Kernel:
+    if op.pad_tokens_to > 1 and op.op != "gemm":  # rows padded for fp8's _scaled_mm
+        tokens = padded(tokens, op.pad_tokens_to)   # (a gemm pads its own: kernels.quant)
     m_tok = b if (op.last_position_only_in_prefill and mode == Mode.PREFILL) else tokens
     dtype = model.dtype
     if op.op == "gemm":
+        if needs_family_kernel(op, model):  # quantized, another family, MoE (kernels.quant)
+            return gemm_op_kernel(op, model, section, repeat, m_tok, tokens)
         n, k = gemm_nk(op.weight or "", model)
         return gemm_kernel(m_tok, n, k, dtype, name=op.name, section=section,
                            launches=op.kernels, repeat=repeat)
@@ -90,18 +108,27 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         keys = cache if op.keys == "allocated_cache" else c + qq
         kv_heads = (model.num_attention_heads if op.kv_heads == "expanded"
                     else model.num_key_value_heads)
-        return attention_kernel(op.name, mode, stack.family(mode), b, qq, keys,
-                                model.num_attention_heads, kv_heads,
-                                model.head_dim_eff, dtype, section, op.kernels, repeat)
+        return kv_stored(attention_kernel(op.name, mode, stack.family(mode), b, qq, keys,
+                                          model.num_attention_heads, kv_heads,
+                                          model.head_dim_eff, dtype, section, op.kernels,
+                                          repeat), model)
     # elementwise, embedding: stream a tensor
     strided = np.where(tokens == 1, op.strided_kernels - op.vectorized_at_one_token,
                        op.strided_kernels).astype(np.float64)
     elements = _tensor_elements(op, model, b, qq, tokens, m_tok, cache)
+    moved = elements * op.bytes_per_element
+    if op.reads is not None:
+        read_op = op.model_copy(update={"tensor": op.reads})
+        moved = moved + (_tensor_elements(read_op, model, b, qq, tokens, m_tok, cache)
+                         * op.read_bytes_per_element)
     zeros = np.zeros_like(b)
+    launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
+        else op.kernels
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
-                  launches=op.kernels, repeat=repeat, flops=elements, weight_bytes=zeros,
-                  kv_bytes=zeros, act_bytes=elements * op.bytes_per_element, dtype=dtype,
-                  strided_launches=strided, reduction=_reduction(op, elements, m_tok))
+                  launches=launches, repeat=repeat, flops=elements, weight_bytes=zeros,
+                  kv_bytes=zeros, act_bytes=moved, dtype=dtype,
+                  strided_launches=strided, reduction=_reduction(op, elements, m_tok),
+                  bandwidth_fraction=op.bandwidth_fraction)
 
 
 def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
@@ -116,6 +143,7 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
     """
     b, c, qq = as_arrays(batch, ctx, q)
     m = check_shape(mode, b, c, qq)
+    check_stack(model, stack)  # weights and KV cache the stack's kernels can run
     cache = c + qq if cache_len is None else np.broadcast_to(
         np.asarray(cache_len, dtype=np.float64), b.shape)
     if cache_len is not None and bool((cache < c + qq).any()):
@@ -124,7 +152,7 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
                          f"= {(c + qq)[short][0]:g} positions")
     sections: tuple[tuple[Section, tuple[StackOp, ...], int], ...] = (
         ("prologue", stack.prologue, 1),
-        ("layer", stack.layer, model.num_hidden_layers),
+        ("layer", layer_ops(model, stack), model.num_hidden_layers),
         ("epilogue", stack.epilogue, 1),
     )
     tokens = b * qq

@@ -24,13 +24,15 @@ Section = Literal["prologue", "layer", "epilogue"]
 class GemmShape:
     """out[m, n] = x[m, k] @ W[n, k]^T; m varies per step shape. ``x_dtype`` and
     ``w_dtype`` are the operands' storage dtypes (a weight-only quantized GEMM reads
-    int4 weights and bf16 activations)."""
+    int4 weights and bf16 activations). ``family``: the GEMM kernel family that runs
+    it (``gpusim.cost.gemm_families``; cublas: ``cost.gemm``'s model)."""
 
     m: np.ndarray
     n: int
     k: int
     x_dtype: str = "bf16"
     w_dtype: str = "bf16"
+    family: str = "cublas"
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,15 @@ class Kernel:
     dtype: str = "bf16"
     gemm: GemmShape | None = None
     attention: AttentionShape | None = None
-    collective: CollectiveShape | None = None
     # launches (per occurrence) on PyTorch's non-vectorised path, per step shape
     strided_launches: np.ndarray | None = None
     # row reductions: [rows, row_elements] per step shape (times reduction kernels)
     reduction: np.ndarray | None = None
+    # the fraction of a vectorised kernel's bandwidth this op's kernels reach, when its
+    # stack file gives one (read off a profile), in place of the strided-path model
+    bandwidth_fraction: float | None = None
+    # a collective between GPUs (tensor/pipeline/expert parallelism): what it moves
+    collective: CollectiveShape | None = None
 
     @property
     def bytes(self) -> np.ndarray:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from gpusim.engine import Timeline
 
-COLORS = {"host": "#8c564b", "sm": "#1f77b4", "hbm": "#ff7f0e"}
+COLORS = {"host": "#8c564b", "sm": "#1f77b4", "hbm": "#ff7f0e", "link": "#2ca02c"}
 
 def timeline_figure(tl: Timeline, title: str):
     """Plotly Gantt-style figure: host launches, SM busy, HBM busy, per kernel."""
@@ -14,15 +14,20 @@ def timeline_figure(tl: Timeline, title: str):
 
     fig = go.Figure()
     lanes = ["host", "sm", "hbm"]
+    multi = any(iv.gpu for iv in tl.intervals)
+    if multi:  # a pipeline: each stage's GPU has its lanes, then its link
+        gpus = sorted({iv.gpu for iv in tl.intervals})
+        lanes = [f"gpu{g} {r}" for g in gpus for r in ("host", "sm", "hbm", "link")]
     for lane in lanes:
-        ivs = [iv for iv in tl.intervals if iv.resource == lane]
+        ivs = [iv for iv in tl.intervals
+               if (f"gpu{iv.gpu} {iv.resource}" if multi else iv.resource) == lane]
         if not ivs:
             continue
         fig.add_trace(go.Bar(
             base=[iv.start_s * 1e3 for iv in ivs],
             x=[(iv.end_s - iv.start_s) * 1e3 for iv in ivs],
             y=[lane] * len(ivs), orientation="h", name=lane,
-            marker_color=COLORS[lane],
+            marker_color=COLORS[lane.split(" ")[-1]],
             customdata=[[iv.name, iv.layer, iv.bytes / 1e6, iv.flops / 1e9] for iv in ivs],
             hovertemplate=("%{customdata[0]} (layer %{customdata[1]})<br>start %{base:.4f} ms"
                            "<br>%{x:.4f} ms<br>%{customdata[2]:.2f} MB, "

@@ -10,6 +10,11 @@ which grows by one token per sequence per ``group_step()`` in O(1): a member's t
 are ``base + ticks``, and the members that need a new block at a tick are those with
 ``base % block_size`` equal to one residue, counted in a table. So a decode step of any
 batch size costs O(1) here, which is what makes hour-long runs fast.
+
+Speculative decoding: ``lookahead`` > 0 makes every decoding sequence hold KV for that
+many positions beyond its tokens (the draft tokens a verify pass writes, accepted or
+not, as vLLM allocates lookahead slots). The group's stored bases include it;
+``tokens`` and ``group_tokens`` report the tokens themselves.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ def kv_budget(gpu: GpuSpec, model: ModelSpec,
               block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS,
               reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
               extra_weight_bytes: float = 0.0,
-              extra_kv_bytes_per_token: float = 0.0) -> KvBudget:
-    """Blocks of KV cache that fit next to the weights (``capacity.memory_plan``).
+              extra_kv_bytes_per_token: float = 0.0, tp: int = 1, pp: int = 1) -> KvBudget:
+    """Blocks of KV cache that fit next to the weights (``capacity.memory_plan``; on
+    ``tp`` x ``pp`` GPUs, the fullest GPU's).
 
     ``extra_weight_bytes`` and ``extra_kv_bytes_per_token`` count a speculative
     draft's weights and KV cache (each cached token is held by target and draft).
@@ -73,12 +79,12 @@ def kv_budget(gpu: GpuSpec, model: ModelSpec,
         raise bad("", "must be an integer in [1, 4096]", field="block_size_tokens",
                   value=block_size_tokens)
     plan = memory_plan(gpu, model, reserve_fraction, extra_weight_bytes,
-                       extra_kv_bytes_per_token)
+                       extra_kv_bytes_per_token, tp, pp)
     kv_bytes = plan.kv_capacity_bytes
     per_token = plan.kv_bytes_per_token
     blocks = int(kv_bytes // (per_token * block_size_tokens)) if kv_bytes > 0 else 0
     if blocks < 1:
-        raise bad("", f"{model.name} does not fit on {gpu.name}: {plan.describe()} "
+        raise bad("", f"{model.name} does not fit on {plan.where}: {plan.describe()} "
                   f"({per_token * block_size_tokens / 1e6:.3f} MB per block of "
                   f"{block_size_tokens} tokens)", field="model")
     return KvBudget(hbm_capacity_bytes=plan.hbm_capacity_bytes,
@@ -100,12 +106,13 @@ class PagedKVCache:
     InvariantError: the scheduler must check ``free_blocks`` first.
     """
 
-    def __init__(self, total_blocks: int, block_size: int) -> None:
-        if total_blocks < 1 or block_size < 1:
+    def __init__(self, total_blocks: int, block_size: int, lookahead: int = 0) -> None:
+        if total_blocks < 1 or block_size < 1 or lookahead < 0:
             raise ValueError(f"total_blocks(={total_blocks}) and block_size(={block_size}) "
-                             "must be >= 1")
+                             f"must be >= 1, lookahead(={lookahead}) >= 0")
         self.total_blocks = total_blocks
         self.block_size = block_size
+        self.lookahead = lookahead
         self.used_blocks = 0
         self._explicit: dict[int, int] = {}   # seq -> tokens
         self._group: dict[int, int] = {}      # seq -> base (tokens = base + ticks)
@@ -125,14 +132,17 @@ class PagedKVCache:
         return seq in self._explicit or seq in self._group
 
     def tokens(self, seq: int) -> int:
-        """Tokens held for ``seq``."""
+        """Tokens held for ``seq`` (a decoding one's without its lookahead)."""
         if seq in self._explicit:
             return self._explicit[seq]
         if seq in self._group:
-            return self._group[seq] + self.ticks
+            return self._group[seq] + self.ticks - self.lookahead
         raise InvariantError(f"KV cache: unknown sequence {seq}")
 
     def blocks(self, seq: int) -> int:
+        """Blocks held for ``seq`` (a decoding one's lookahead included)."""
+        if seq in self._group:
+            return self.blocks_for(self._group[seq] + self.ticks)
         return self.blocks_for(self.tokens(seq))
 
     def in_group(self, seq: int) -> bool:
@@ -144,8 +154,19 @@ class PagedKVCache:
 
     @property
     def group_tokens(self) -> int:
-        """Tokens held by the whole decoding group."""
-        return self._group_base_sum + self.ticks * len(self._group)
+        """Tokens of the whole decoding group (without lookahead)."""
+        return self._group_base_sum + (self.ticks - self.lookahead) * len(self._group)
+
+    def advance_blocks(self, extra: int) -> int:
+        """Blocks the whole group would take to grow ``extra`` more tokens each (every
+        accepted draft token of a speculative step), in O(block size)."""
+        bs, ticks = self.block_size, self.ticks
+        total = 0
+        for residue, count in enumerate(self._residue):
+            if count:
+                held = (residue + ticks) % bs or bs   # tokens in the last block
+                total += count * ((held + extra - 1) // bs)
+        return total
 
     def group_step_blocks(self) -> int:
         """Blocks ``group_step()`` would take (members whose last block is full)."""

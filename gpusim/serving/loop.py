@@ -23,7 +23,6 @@ import copy
 import heapq
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,8 @@ import numpy as np
 from gpusim.serving.invariants import InvariantError, require
 from gpusim.serving.kv_cache import PagedKVCache
 from gpusim.serving.metrics import Metrics
+from gpusim.serving.plan import Chunk, LoopStateError, StepPlan, StepRecord
+from gpusim.serving.prefix_cache import PrefixKVCache
 from gpusim.serving.requests import Request
 from gpusim.serving.scheduler import Batch, make_scheduler
 from gpusim.serving.speculation import SpecStepModel
@@ -49,55 +50,6 @@ PROGRESS_EVERY_STEPS = 8192
 # one step's work as ``_plan`` hands it to ``_apply``: (batch, seconds, HBM bytes,
 # tokens processed, speculative k or None, accepted draft tokens)
 _Work = tuple[Batch, float, float, int, int | None, int]
-
-
-class LoopStateError(RuntimeError):
-    """A ``ServingLoop`` method called at the wrong time (stepping a finished run,
-    summarising an unfinished one)."""
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A prefill chunk: ``new_tokens`` of request ``rid`` after its ``cached_tokens``."""
-
-    rid: int
-    cached_tokens: int
-    new_tokens: int
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """One engine step's work and time (``peek``'s prediction, ``step``'s record).
-
-    ``decoding`` are the requests decoding one token each (plus ``accepted_tokens``
-    accepted draft tokens between them when ``speculative_k`` is set),
-    ``decode_ctx_tokens`` their cached tokens in all; ``prefill`` the chunks of the
-    requests catching up. ``admitted`` and ``preempted`` are the requests the
-    scheduler moved out of and into the waiting queue for this step.
-    """
-
-    index: int
-    start_s: float
-    duration_s: float
-    end_s: float
-    hbm_bytes: float
-    decoding: tuple[int, ...]
-    decode_ctx_tokens: int
-    prefill: tuple[Chunk, ...]
-    speculative_k: int | None
-    accepted_tokens: int
-    tokens: int
-    admitted: tuple[int, ...]
-    preempted: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """What ``step()`` did: its plan, and the requests that completed at its end
-    (in admission order)."""
-
-    plan: StepPlan
-    finished: tuple[int, ...]
 
 
 def _window_s(scenario: Scenario, source: Source) -> float:
@@ -156,18 +108,24 @@ class ServingLoop:
 
     def __init__(self, engine: Engine, scenario: Scenario,
                  progress: Callable[[float], None] | None = None,
-                 trace: Trace | None = None) -> None:
+                 trace: Trace | None = None, source: Source | None = None) -> None:
         _check_limits(engine, scenario)
         sched = scenario.scheduler
         self.engine = engine
         self.scenario = scenario
-        self.source = build_source(scenario, np.random.default_rng(scenario.seed), trace)
+        self.source = source if source is not None else build_source(
+            scenario, np.random.default_rng(scenario.seed), trace)
         self.metrics = Metrics(_window_s(scenario, self.source), scenario.slo.ttft_s,
                                scenario.slo.tpot_s)
-        self.state = EngineState(PagedKVCache(engine.budget.total_blocks,
-                                              engine.budget.block_size_tokens))
+        blocks, bs = engine.budget.total_blocks, engine.budget.block_size_tokens
+        # a speculating engine holds KV for the most draft tokens it may propose
+        lookahead = max(engine.spec.ks) if engine.spec is not None else 0
+        self.state = EngineState(PrefixKVCache(blocks, bs) if sched.prefix_caching
+                                 else PagedKVCache(blocks, bs, lookahead))
         self.scheduler = make_scheduler(sched.policy, sched.max_num_seqs,
-                                        sched.max_num_batched_tokens)
+                                        sched.max_num_batched_tokens, sched.prefix_caching)
+        # a source that names its prompts' content (shared prefixes) hands it over
+        self._content = hasattr(self.source, "segments")
         # accepted lengths: a stream of their own, derived from the seed, so that the
         # workload is the same with and without speculation
         self.spec_rng = np.random.default_rng([scenario.seed, 1])
@@ -240,8 +198,9 @@ class ServingLoop:
         if spec is not None:
             mean_ctx = batch.decode_ctx_tokens / decode
             k = spec.choose_k(decode, mean_ctx)
-            # speculate only when every decoding sequence has room for k more tokens
-            if st.kv.free_blocks >= decode * -(-k // st.kv.block_size):
+            # every decoding sequence holds KV for k draft tokens already; speculate
+            # when the cache can restore that lookahead after the longest acceptance
+            if st.kv.free_blocks >= st.kv.advance_blocks(k):
                 dt, moved = spec.iteration(k, decode, mean_ctx)
                 extra = _speculate(st, spec, rng, k, decode)
                 return batch, dt, moved, decode + extra, k, extra
@@ -371,12 +330,15 @@ class ServingLoop:
             m.reject("exceeds_context_window")
             source.done(user, t_arr)
             return
-        if st.kv.blocks_for(prompt + output - 1) > st.kv.total_blocks:
+        if st.kv.blocks_for(prompt + output - 1 + st.kv.lookahead) > st.kv.total_blocks:
             m.reject("exceeds_kv_capacity")
             source.done(user, t_arr)
             return
         m.arrive(t_arr)
-        st.waiting.append(Request(self._next_rid, t_arr, prompt, output, user))
+        req = Request(self._next_rid, t_arr, prompt, output, user)
+        if self._content:
+            req.segments, req.output_key = source.segments, source.output_key  # type: ignore[attr-defined]
+        st.waiting.append(req)
         self._next_rid += 1
 
     def _finish(self, req: Request, t: float) -> None:

@@ -18,6 +18,11 @@ from gpusim.serving.requests import Request
 from gpusim.serving.stats import LogHistogram, TimeSeries
 
 RELATIVE_ACCURACY = 0.005
+METRIC_DEFINITIONS = (
+    "Metrics as vLLM's benchmark tool defines them: TTFT = first token - arrival; TPOT "
+    "= (last token - first token) / (output tokens - 1) per request, the first token "
+    "excluded; ITL = every gap between two tokens of a request; E2E = last token - "
+    "arrival. Quantiles within 0.5% (log-bucket histograms).")
 SERIES_POINTS = 256
 SERIES_CHANNELS = ("queue_length", "running", "kv_utilisation")
 LATENCIES = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_wait_s")

@@ -5,6 +5,10 @@ of them have their K and V in the cache. A step processes new tokens; when compu
 catches up with known, the step's last position yields the next token. So a decoding
 request processes one token per step, and a request preempted by recompute starts
 again from ``computed = 0`` with its generated tokens kept.
+
+Content: by default a request's prompt and answer are its own (no other request shares
+them); a workload with shared system prompts or
+conversations gives the prompt's pieces (``gpusim.serving.conversation``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ class Request:
     """A request from arrival to completion; times in simulated seconds."""
 
     __slots__ = ("arrival_s", "computed", "finish_tick", "first_token_s", "generated",
-                 "last_token_s", "output_tokens", "preemptions", "prompt_tokens", "rid",
-                 "service_start_s", "user")
+                 "hashes", "last_token_s", "output_key", "output_tokens", "preemptions",
+                 "prompt_tokens", "rid", "segments", "service_start_s", "user")
 
     def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
                  user: int = -1) -> None:
@@ -33,6 +37,13 @@ class Request:
         self.last_token_s = math.nan
         self.service_start_s = math.nan
         self.preemptions = 0
+        # content, for prefix caching: the prompt as (segment key, tokens) pieces (a
+        # key names the same tokens wherever it appears; None: a prompt of its own),
+        # the answer's key, and the hashes of the full KV blocks worked out so far
+        # (gpusim.serving.prefix_cache)
+        self.segments: tuple[tuple[int, int], ...] | None = None
+        self.output_key = -2 - 2 * rid
+        self.hashes: list[int] | None = None
 
     @property
     def known_tokens(self) -> int:

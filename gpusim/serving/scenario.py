@@ -126,13 +126,38 @@ class SchedulerSpec(_Strict):
     block_size_tokens: Annotated[int, Field(ge=1, le=4096)] = DEFAULT_BLOCK_SIZE_TOKENS
     reserve_fraction: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = (
         DEFAULT_RESERVE_FRACTION)
+    # vLLM's automatic prefix caching: full KV blocks are found again by the hash of
+    # everything up to them (gpusim.serving.prefix_cache)
+    prefix_caching: bool = False
+    # decode-only steps of up to the largest size run as CUDA graphs padded to the next
+    # size (vLLM's cudagraph_capture_sizes); other steps run eagerly. None: every step
+    # runs in the platform's launch mode, unpadded
+    cudagraph_capture_sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] | None = None
 
     @model_validator(mode="after")
     def _budget_covers_decodes(self) -> SchedulerSpec:
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be"
                              f" >= max_num_seqs ({self.max_num_seqs}), as in vLLM")
+        sizes = self.cudagraph_capture_sizes
+        if sizes is not None and (not sizes or list(sizes) != sorted(set(sizes))):
+            raise ValueError("cudagraph_capture_sizes must be a non-empty list of distinct "
+                             "sizes in increasing order")
+        if self.prefix_caching and self.policy != "continuous":
+            raise ValueError("prefix_caching is modelled with the continuous scheduler only")
         return self
+
+    def describe(self) -> dict[str, object]:
+        """The settings as a run reports them (the newer keys only where set, so that
+        runs without them report what they always did)."""
+        out = self.model_dump()
+        if not self.prefix_caching:
+            del out["prefix_caching"]
+        if self.cudagraph_capture_sizes is None:
+            del out["cudagraph_capture_sizes"]
+        else:
+            out["cudagraph_capture_sizes"] = list(self.cudagraph_capture_sizes)
+        return out
 
 
 class SloSpec(_Strict):
@@ -152,6 +177,26 @@ class SpeculativeSpec(_Strict):
     acceptance: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.7
 
 
+class PrefixSpec(_Strict):
+    """Shared system prompts: every prompt starts with one of ``prompts`` system prompts
+    of ``shared_tokens`` tokens each (drawn uniformly per request, or per conversation);
+    the prompt lengths the workload draws (or a trace gives) follow it."""
+
+    shared_tokens: Tokens
+    prompts: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+
+
+class ConversationSpec(_Strict):
+    """Multi-turn conversations: each arrival starts a conversation of ``turns`` turns.
+    A turn's prompt is the conversation so far (earlier prompts and answers) followed by
+    a new user message drawn from ``prompt``; its answer is drawn from ``output``; the
+    next turn arrives ``think_time_s`` (mean, exponentially distributed) after the
+    answer's last token."""
+
+    turns: Annotated[int, Field(ge=1, le=10_000)]
+    think_time_s: NonNeg = 0.0
+
+
 class Scenario(_Strict):
     """One serving experiment: arrivals and lengths (or a trace), engine, SLOs."""
 
@@ -166,10 +211,19 @@ class Scenario(_Strict):
     scheduler: SchedulerSpec = SchedulerSpec()
     slo: SloSpec = SloSpec()
     speculative: SpeculativeSpec | None = None
+    prefix: PrefixSpec | None = None
+    conversation: ConversationSpec | None = None
 
     @model_validator(mode="after")
     def _workload_given(self) -> Scenario:
         synthetic = [k for k in ("arrival", "prompt", "output") if getattr(self, k)]
+        if self.speculative is not None and self.scheduler.prefix_caching:
+            raise ValueError("prefix caching with speculative decoding is not modelled")
+        if self.conversation is not None and (
+                self.trace is not None
+                or (self.arrival is not None and self.arrival.process == "closed")):
+            raise ValueError("conversation needs an open-loop arrival process (poisson or "
+                             "gamma) starting conversations, not a trace or closed users")
         if self.trace is not None:
             if synthetic:
                 raise ValueError(f"give either trace or arrival/prompt/output, not both "

@@ -15,6 +15,12 @@ and it never preempts. Finished requests leave the batch (their compute stops), 
 this is static batching without padding waste.
 
 Both return a ``Batch`` and have taken its KV blocks; the engine runs it.
+
+With prefix caching (a ``PrefixKVCache``) an admitted request starts after its longest
+cached prefix: its first chunk runs from there, and the cached blocks that were free
+count against the KV room like new ones. With speculative decoding the KV cache holds
+``lookahead`` positions beyond every decoding sequence's tokens (the draft tokens a
+verify pass writes); the chunk that completes a prefill takes them.
 """
 
 from __future__ import annotations
@@ -48,12 +54,23 @@ class Batch:
 class _Limits:
     """The two limits every scheduler keeps (vLLM's names); checked where they enter."""
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int,
+                 prefix_caching: bool = False) -> None:
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError(f"max_num_batched_tokens(={max_num_batched_tokens}) must be "
                              f">= max_num_seqs(={max_num_seqs})")
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.prefix_caching = prefix_caching
+
+
+def held_tokens(req: Request, ctx: int, n: int, lookahead: int) -> int:
+    """KV tokens ``req`` holds after a chunk of ``n`` after ``ctx``: the chunk that
+    completes its prefill, and leaves it decoding, takes the speculative lookahead."""
+    tokens = ctx + n
+    if lookahead and tokens == req.known_tokens and req.generated + 1 < req.output_tokens:
+        return tokens + lookahead
+    return tokens
 
 
 class ContinuousBatching(_Limits):
@@ -65,6 +82,7 @@ class ContinuousBatching(_Limits):
                         ) -> tuple[list[tuple[Request, int, int]], int, int]:
         """Chunks for unfinished prefills; returns (chunks, blocks needed, budget left)."""
         kv = st.kv
+        la = kv.lookahead
         need = kv.group_step_blocks()
         chunks: list[tuple[Request, int, int]] = []
         for req in st.prefilling.values():
@@ -74,9 +92,27 @@ class ContinuousBatching(_Limits):
             if n > budget:
                 n = budget
             chunks.append((req, req.computed, n))
-            need += kv.extra_blocks(req.rid, req.computed + n)
+            need += kv.extra_blocks(req.rid, held_tokens(req, req.computed, n, la))
             budget -= n
         return chunks, need, budget
+
+    def _admit_cached(self, st: EngineState, now_s: float, budget: int,
+                      chunks: list[tuple[Request, int, int]]) -> None:
+        """FCFS admission with prefix caching: each request starts after its cached
+        prefix (``PrefixKVCache``)."""
+        kv, waiting, running = st.kv, st.waiting, st.running
+        while waiting and budget > 0 and len(running) < self.max_num_seqs:
+            req = waiting[0]
+            hit, revived = kv.cached_prefix(req)  # type: ignore[union-attr]
+            n = min(req.known_tokens - hit, budget)
+            if kv.blocks_for(hit + n) - hit // kv.block_size + revived > kv.free_blocks:
+                break
+            st.admit(req, now_s)
+            kv.allocate_prefix(req, hit, hit + n)  # type: ignore[union-attr]
+            req.computed = hit
+            st.prefix_hit_tokens += hit
+            chunks.append((req, hit, n))
+            budget -= n
 
     def schedule(self, st: EngineState, now_s: float) -> Batch:
         """Pick and allocate the next step's work."""
@@ -96,20 +132,24 @@ class ContinuousBatching(_Limits):
                 st, self.max_num_batched_tokens - decode)
         ctx_tokens = kv.group_tokens
         kv.group_step()
+        la = kv.lookahead
         for req, ctx, n in chunks:
-            kv.set_tokens(req.rid, ctx + n)
+            kv.set_tokens(req.rid, held_tokens(req, ctx, n, la) if la else ctx + n)
         waiting = st.waiting
-        if waiting and not preempted:
+        if waiting and not preempted and self.prefix_caching:
+            self._admit_cached(st, now_s, budget, chunks)
+        elif waiting and not preempted:
             running = st.running
             while waiting and budget > 0 and len(running) < self.max_num_seqs:
                 req = waiting[0]
                 n = req.known_tokens
                 if n > budget:
                     n = budget
-                if kv.blocks_for(n) > kv.free_blocks:
+                held = held_tokens(req, 0, n, la) if la else n
+                if kv.blocks_for(held) > kv.free_blocks:
                     break
                 st.admit(req, now_s)
-                kv.allocate(req.rid, n)
+                kv.allocate(req.rid, held)
                 chunks.append((req, 0, n))
                 budget -= n
         return Batch(decode, ctx_tokens, chunks, preempted)
@@ -130,7 +170,7 @@ class StaticBatching(_Limits):
             reserved = 0
             while st.waiting and len(st.running) < self.max_num_seqs:
                 req = st.waiting[0]
-                need = kv.blocks_for(req.peak_kv_tokens)
+                need = kv.blocks_for(req.peak_kv_tokens + kv.lookahead)
                 if reserved + need > kv.free_blocks:
                     break
                 reserved += need
@@ -151,8 +191,9 @@ class StaticBatching(_Limits):
         decode = kv.group_size
         ctx_tokens = kv.group_tokens
         kv.group_step()
+        la = kv.lookahead
         for req, ctx, n in chunks:
-            kv.set_tokens(req.rid, ctx + n)
+            kv.set_tokens(req.rid, held_tokens(req, ctx, n, la) if la else ctx + n)
         return Batch(decode, ctx_tokens, chunks)
 
     def on_caught_up(self, st: EngineState, req: Request) -> None:
@@ -161,11 +202,14 @@ class StaticBatching(_Limits):
         st.ready.append(req)
 
 
-def make_scheduler(policy: str, max_num_seqs: int, max_num_batched_tokens: int
-                   ) -> ContinuousBatching | StaticBatching:
-    """The scheduler for ``policy`` (continuous | static). Raises ValueError."""
+def make_scheduler(policy: str, max_num_seqs: int, max_num_batched_tokens: int,
+                   prefix_caching: bool = False) -> ContinuousBatching | StaticBatching:
+    """The scheduler for ``policy`` (continuous | static; prefix caching with the
+    continuous one only). Raises ValueError."""
     if policy == "continuous":
-        return ContinuousBatching(max_num_seqs, max_num_batched_tokens)
+        return ContinuousBatching(max_num_seqs, max_num_batched_tokens, prefix_caching)
+    if prefix_caching:
+        raise ValueError("prefix_caching=True needs the continuous scheduler")
     if policy == "static":
         return StaticBatching(max_num_seqs, max_num_batched_tokens)
     raise ValueError(f"policy={policy!r} must be continuous or static")

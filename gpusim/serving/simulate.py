@@ -4,11 +4,13 @@ scenario to the end (``loop.ServingLoop`` steps one; ``summary`` reports it).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gpusim.cost.params import Calibration
+from gpusim.errors import FieldError
 from gpusim.platform import Platform
 from gpusim.serving.kv_cache import KvBudget, kv_budget
 from gpusim.serving.loop import ServingLoop
@@ -51,14 +53,17 @@ class Engine:
 
 
 def build_engine(platform: Platform, model: ModelSpec, scenario: Scenario,
-                 draft: Draft | None = None, overhead: SpecOverhead | None = None
-                 ) -> Engine:
+                 draft: Draft | None = None, overhead: SpecOverhead | None = None,
+                 kv_blocks: int | None = None) -> Engine:
     """KV budget and step-time tables for ``scenario``'s scheduler limits on
     ``platform``; with speculation, the ``draft`` the scenario names (resolved by the
     caller: ``gpusim.io.scenario.scenario_draft``) and the loop's host ``overhead``.
+    ``kv_blocks`` sets the KV cache's size instead of the memory planner (a replay of a
+    measured engine uses the blocks it had).
 
     Raises ConfigError when the model does not fit or a speculative option is bad,
-    ValueError when the scenario speculates and no draft or overhead is given.
+    ValueError when the scenario speculates and no draft or overhead is given, FieldError
+    for ``kv_blocks`` < 1.
     """
     s = scenario.scheduler
     sp = scenario.speculative
@@ -68,10 +73,14 @@ def build_engine(platform: Platform, model: ModelSpec, scenario: Scenario,
     draft = draft if sp is not None else None
     extra_w, extra_kv = draft_memory(draft, model) if draft is not None else (0.0, 0.0)
     budget = kv_budget(platform.gpu, model, s.block_size_tokens, s.reserve_fraction, extra_w,
-                       extra_kv)
+                       extra_kv, platform.layout.tp, platform.layout.pp)
+    if kv_blocks is not None:
+        if not isinstance(kv_blocks, int) or kv_blocks < 1:
+            raise FieldError("kv_blocks", f"kv_blocks={kv_blocks!r} must be an integer >= 1")
+        budget = dataclasses.replace(budget, total_blocks=kv_blocks)
     max_ctx = min(model.max_position_embeddings, budget.capacity_tokens)
     step_model = build_step_time_model(platform, model, s.max_num_batched_tokens,
-                                       s.max_num_seqs, max_ctx)
+                                       s.max_num_seqs, max_ctx, s.cudagraph_capture_sizes)
     spec = None
     if sp is not None and draft is not None and overhead is not None:
         spec = build_spec_step_model(platform, model, overhead, draft,

@@ -13,13 +13,14 @@ import heapq
 from collections import deque
 
 from gpusim.serving.kv_cache import PagedKVCache
+from gpusim.serving.prefix_cache import PrefixKVCache
 from gpusim.serving.requests import Request
 
 
 class EngineState:
     """Queues and KV cache of one serving engine."""
 
-    def __init__(self, kv: PagedKVCache) -> None:
+    def __init__(self, kv: PagedKVCache | PrefixKVCache) -> None:
         self.kv = kv
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}
@@ -28,6 +29,7 @@ class EngineState:
         self.late_joiners: list[Request] = []   # joined decoding after their last token
         self.finish_heap: list[tuple[int, int]] = []
         self.lost_tokens = 0                    # KV work thrown away by preemption
+        self.prefix_hit_tokens = 0              # KV work found in the prefix cache
         self.preemptions = 0
 
     @property

@@ -19,14 +19,21 @@ numpy. On uniform batches the result matches ``step.predict``.
 
 Launch modes: ``graph`` adds one graph replay per step; ``eager`` takes the later of
 "GPU-bound" (first launch + all GPU work) and "host-bound" (all launches + the last
-kernel), the two ends of ``step.predict``'s eager formula.
+kernel), the two ends of ``step.predict``'s eager formula. With ``capture_sizes`` (vLLM's
+cudagraph_capture_sizes) a decode-only step of up to the largest size replays the graph
+of the next size up (its token and per-sequence ops run for the padded batch) and every
+other step runs eagerly, whatever the platform's launch mode.
+
+The serving engine's own host work (scheduling, preparing inputs, reading the sampled
+tokens back: ``HostParams.serving_step_host_s`` per step and ``serving_seq_host_s`` per
+sequence in it) adds to every step.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -102,6 +109,11 @@ class StepTimeModel:
     chunk_bytes: list[array]
     fresh_s: list[float]          # [q index] attention of a chunk with no cache (prefill)
     fresh_bytes: list[float]
+    capture_sizes: tuple[int, ...] = ()   # CUDA-graph decode batch sizes (empty: none)
+    attention_fixed_s: float = 0.0        # attention launches' fixed cost, once a step
+    graph_launch_s: float = 0.0           # one graph replay (capture_sizes)
+    host_step_s: float = 0.0              # the engine's host work per step
+    host_seq_s: float = 0.0               # ... and per sequence in the step
 
     # --- attention lookups --------------------------------------------------------
     def _ctx_index(self, ctx: float) -> tuple[int, float]:
@@ -143,6 +155,24 @@ class StepTimeModel:
         tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
         return max(gpu_s + self.step_overhead_s + h, self.launches_per_step * h + tail)
 
+    def _eager(self, gpu_s: float, tokens: int, seqs: int) -> float:
+        """An eagerly launched step (``_finish``'s eager formula, no graph replay)."""
+        h = self.host_launch_s
+        tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
+        return max(gpu_s + self.attention_fixed_s + h, self.launches_per_step * h + tail)
+
+    def padded_batch(self, batch: int) -> int | None:
+        """The captured size a decode-only step of ``batch`` replays (None: eager)."""
+        sizes = self.capture_sizes
+        if not sizes or batch > sizes[-1]:
+            return None
+        return sizes[bisect_left(sizes, batch)]
+
+    def _host(self, seconds: float, seqs: int) -> float:
+        if self.host_step_s or self.host_seq_s:
+            return seconds + self.host_step_s + self.host_seq_s * seqs
+        return seconds
+
     def decode_step(self, batch: int, ctx_sum: float) -> tuple[float, float]:
         """(seconds, bytes) of a decode-only step: ``batch`` sequences, ``ctx_sum``
         cached tokens between them. (``decode_attention`` inlined: the hot path.)"""
@@ -153,12 +183,21 @@ class StepTimeModel:
             i = len(g) - 2
         f = (ctx - g[i]) / (g[i + 1] - g[i])
         row, brow = self.decode_s[batch], self.decode_bytes[batch]
+        if self.capture_sizes:
+            pad = self.padded_batch(batch)
+            m = batch if pad is None else pad
+            gpu = self.token_s[m] + self.seq_s[m] + row[i] + f * (row[i + 1] - row[i])
+            moved = (self.token_bytes[m] + self.seq_bytes[m]
+                     + brow[i] + f * (brow[i + 1] - brow[i]))
+            t = (self._eager(gpu, batch, batch) if pad is None
+                 else gpu + self.attention_fixed_s + self.graph_launch_s)
+            return self._host(t, batch), moved
         gpu = self.token_s[batch] + self.seq_s[batch] + row[i] + f * (row[i + 1] - row[i])
         moved = (self.token_bytes[batch] + self.seq_bytes[batch]
                  + brow[i] + f * (brow[i + 1] - brow[i]))
         if self.launch == "graph":
-            return gpu + self.step_overhead_s, moved
-        return self._finish(gpu, batch, batch), moved
+            return self._host(gpu + self.step_overhead_s, batch), moved
+        return self._host(self._finish(gpu, batch, batch), batch), moved
 
     def step(self, decode_batch: int, decode_ctx_sum: float,
              chunks: Iterable[tuple[int, int]]) -> tuple[float, float]:
@@ -178,7 +217,9 @@ class StepTimeModel:
             seqs += 1
         gpu += self.token_s[tokens] + self.seq_s[seqs]
         moved += self.token_bytes[tokens] + self.seq_bytes[seqs]
-        return self._finish(gpu, tokens, seqs), moved
+        if self.capture_sizes:
+            return self._host(self._eager(gpu, tokens, seqs), seqs), moved
+        return self._host(self._finish(gpu, tokens, seqs), seqs), moved
 
 
 # ----------------------------------------------------------------------------------
@@ -219,13 +260,26 @@ def _rows(flat: np.ndarray, rows: int) -> list[array]:
     return [array("d", r.tobytes()) for r in flat.reshape(rows, -1)]
 
 
+def used_capture_sizes(sizes: tuple[int, ...] | None, max_num_seqs: int) -> tuple[int, ...]:
+    """The capture sizes a batch of up to ``max_num_seqs`` can pad to: those up to the
+    first that holds ``max_num_seqs`` (sorted, distinct; empty for None)."""
+    out: list[int] = []
+    for size in sorted(set(sizes or ())):
+        out.append(size)
+        if size >= max_num_seqs:
+            break
+    return tuple(out)
+
+
 def build_step_time_model(platform: Platform, model: ModelSpec,
                           max_batched_tokens: int = 8192, max_num_seqs: int = 256,
-                          max_ctx_tokens: int | None = None) -> StepTimeModel:
+                          max_ctx_tokens: int | None = None,
+                          capture_sizes: tuple[int, ...] | None = None) -> StepTimeModel:
     """Tabulate the step-time model on ``platform`` up to the given limits.
 
-    ``max_ctx_tokens`` defaults to the model's context window. Raises ValueError for a
-    limit < 1.
+    ``max_ctx_tokens`` defaults to the model's context window; ``capture_sizes``: the
+    CUDA-graph decode batch sizes (see the module docstring; None: none). Raises
+    ValueError for a limit < 1.
     """
     stack, cal, launch = platform.stack, platform.calibration, platform.launch.value
     max_ctx = int(max_ctx_tokens or model.max_position_embeddings)
@@ -233,7 +287,10 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
                     ("max_num_seqs", max_num_seqs), ("max_ctx_tokens", max_ctx)):
         if v < 1:
             raise ValueError(f"{name}(={v}) must be >= 1")
-    max_tokens = max(max_batched_tokens, max_num_seqs)
+    sizes = used_capture_sizes(capture_sizes, max_num_seqs)
+    # a padded decode batch runs the token and per-sequence ops of its padded size
+    max_seqs = max(max_num_seqs, sizes[-1]) if sizes else max_num_seqs
+    max_tokens = max(max_batched_tokens, max_seqs)
     last_ops = _last_position_ops(stack)
 
     def per_token(k: OpCost) -> bool:
@@ -247,8 +304,9 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
 
     m = np.arange(1, max_tokens + 1, dtype=np.float64)
     tok_s, tok_b, _ = _evaluate(model, platform, "verify", 1.0, 0.0, m, per_token)
-    n = np.arange(1, max_num_seqs + 1, dtype=np.float64)
-    seq_s, seq_b, _ = _evaluate(model, platform, "prefill", n, 0.0, 1.0, per_seq)
+    n_all = np.arange(1, max_seqs + 1, dtype=np.float64)
+    seq_s, seq_b, _ = _evaluate(model, platform, "prefill", n_all, 0.0, 1.0, per_seq)
+    n = n_all[:max_num_seqs]
 
     ctx_grid = context_grid(max_ctx)
     cg = np.asarray(ctx_grid, dtype=np.float64)
@@ -272,7 +330,7 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
     tail_tok = [0.0] * (max_tokens + 1)
     tail_seq = [0.0] * (max_num_seqs + 1)
     last = next((k for k in reversed(probe) if k.launches > 0), None)
-    if launch == "eager" and last is not None:
+    if (launch == "eager" or sizes) and last is not None:
         if last.kind == "attention":
             raise ValueError("eager step model: a stack ending in attention is not supported")
         def only(k: OpCost) -> bool:
@@ -298,5 +356,8 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
         decode_bytes=[array("d", bytes(8 * len(cg))), *_rows(dec_b, len(n))],
         q_grid=q_grid,
         chunk_s=_rows(ch_s - ch_fixed, len(qg)), chunk_bytes=_rows(ch_b, len(qg)),
-        fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist())
+        fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist(),
+        capture_sizes=sizes, attention_fixed_s=attn_fixed,
+        graph_launch_s=cal.host.host_graph_launch_cost_s,
+        host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpusim.serving.invariants import require
 from gpusim.serving.metrics import RELATIVE_ACCURACY, Metrics
+from gpusim.serving.prefix_cache import PrefixKVCache
 from gpusim.serving.state import EngineState
 from gpusim.serving.workload import Source
 
@@ -118,6 +119,7 @@ class ServingSummary:
     quantile_relative_accuracy: float
     time_series: dict[str, list[float]]
     latency_cdf: dict[str, list[list[float]]]
+    prefix_cache: dict[str, float | int] | None = None  # None: off (no key in as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready dictionary (``simulate``'s result), in field order; it
@@ -131,6 +133,8 @@ class ServingSummary:
                              for f in dataclasses.fields(value)}
         if self.speculative is None:
             del out["speculative"]
+        if self.prefix_cache is None:
+            del out["prefix_cache"]
         return out
 
 
@@ -146,8 +150,10 @@ def final_checks(st: EngineState, source: Source, m: Metrics) -> dict[str, bool]
     require(m.tokens_emitted == m.output_tokens_done,
             f"tokens not conserved: emitted {m.tokens_emitted}, requests asked for "
             f"{m.output_tokens_done}")
-    require(m.tokens_processed == m.processed_tokens_done + st.lost_tokens,
-            f"tokens not conserved: processed {m.tokens_processed}, expected "
+    require(m.tokens_processed + st.prefix_hit_tokens
+            == m.processed_tokens_done + st.lost_tokens,
+            f"tokens not conserved: processed {m.tokens_processed} (+ "
+            f"{st.prefix_hit_tokens} from the prefix cache), expected "
             f"{m.processed_tokens_done} + {st.lost_tokens} recomputed")
     gap = m.littles_law()["whole_run_relative_gap"]
     require(gap <= LITTLE_IDENTITY_TOLERANCE,
@@ -178,7 +184,7 @@ def summarize(engine: Engine, scenario: Scenario, source: Source, st: EngineStat
         gpu=engine.gpu.name, model=engine.model.name, stack=engine.stack.name,
         calibration=engine.calibration.fitted_on, launch=engine.launch,
         scenario=scenario.name, seed=scenario.seed, duration_s=m.window_s,
-        makespan_s=end_s, workload=workload, scheduler=scenario.scheduler.model_dump(),
+        makespan_s=end_s, workload=workload, scheduler=scenario.scheduler.describe(),
         slo=scenario.slo.model_dump(), kv_cache=engine.budget.as_dict(),
         speculative=engine.spec.describe() if engine.spec is not None else None,
         requests=RequestCounts(
@@ -199,7 +205,9 @@ def summarize(engine: Engine, scenario: Scenario, source: Source, st: EngineStat
         engine=_engine_use(engine, m, makespan),
         littles_law=m.littles_law(), invariants=checks,
         quantile_relative_accuracy=RELATIVE_ACCURACY, time_series=m.series.points(),
-        latency_cdf={k: [list(p) for p in v] for k, v in m.cdfs().items()})
+        latency_cdf={k: [list(p) for p in v] for k, v in m.cdfs().items()},
+        prefix_cache=(st.kv.describe() if isinstance(st.kv, PrefixKVCache)
+                      else None))
 
 
 def _engine_use(engine: Engine, m: Metrics, makespan: float) -> EngineUse:

@@ -187,17 +187,30 @@ class TraceSource:
 def build_source(scenario: Scenario, rng: np.random.Generator, trace: Trace | None = None
                  ) -> Source:
     """The request source a scenario describes (``trace``: its trace, read by the
-    caller: ``gpusim.io.trace.read_trace``). Raises ValueError when the scenario names a
-    trace and none is given."""
+    caller: ``gpusim.io.trace.read_trace``), with its shared system prompts or
+    conversations (``gpusim.serving.conversation``). Raises ValueError when the scenario
+    names a trace and none is given."""
+    # conversation's sources are built on this module's samplers: imported here
+    from gpusim.serving.conversation import ConversationSource, PrefixedSource
+
+    source: Source
     if scenario.trace is not None:
         if trace is None:
             raise ValueError(f"trace={scenario.trace.path!r}: the scenario replays a trace; "
                              "read it (gpusim.io.trace.read_trace) and pass it")
-        return TraceSource(trace, scenario.duration_s, scenario.trace.time_scale)
-    if scenario.arrival is None or scenario.prompt is None or scenario.output is None:
+        source = TraceSource(trace, scenario.duration_s, scenario.trace.time_scale)
+    elif scenario.arrival is None or scenario.prompt is None or scenario.output is None:
         raise ValueError("scenario has neither a trace nor arrival, prompt and output")
-    duration = float(scenario.duration_s)  # type: ignore[arg-type]
-    if scenario.arrival.process == "closed":
-        return ClosedLoopSource(scenario.arrival, scenario.prompt, scenario.output,
-                                duration, rng)
-    return OpenLoopSource(scenario.arrival, scenario.prompt, scenario.output, duration, rng)
+    elif scenario.conversation is not None:
+        return ConversationSource(scenario.arrival, scenario.prompt, scenario.output,
+                                  scenario.conversation, scenario.prefix,
+                                  float(scenario.duration_s), rng)  # type: ignore[arg-type]
+    elif scenario.arrival.process == "closed":
+        source = ClosedLoopSource(scenario.arrival, scenario.prompt, scenario.output,
+                                  float(scenario.duration_s), rng)  # type: ignore[arg-type]
+    else:
+        source = OpenLoopSource(scenario.arrival, scenario.prompt, scenario.output,
+                                float(scenario.duration_s), rng)  # type: ignore[arg-type]
+    if scenario.prefix is not None:
+        source = PrefixedSource(source, scenario.prefix, rng.spawn(1)[0])
+    return source

@@ -8,19 +8,27 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg, field_error
+from gpusim.specs.model import Quantization
 
 # what an elementwise op streams, per step: per token (hidden, q, kv, attn_out,
 # intermediate, gate_up, logits of the positions that need them), per new position
-# (rope_table, positions), per cached position of a static cache (kv_cache: one layer's
+# (rope_table, positions), one per token (tokens: a norm's per-row statistics), per
+# cached position of a static cache (kv_cache: one layer's
 # K or V, batch x cache_len x kv_dim; kv_cache_expanded: the same repeated to every
 # query head, batch x cache_len x q_dim; mask: batch x q x cache_len), or one element
 # (scalar: bookkeeping kernels of fixed size)
 TensorName = Literal[
     "hidden", "q", "kv", "attn_out", "intermediate", "gate_up", "rope_table", "logits",
-    "positions", "kv_cache", "kv_cache_expanded", "mask", "scalar",
+    "positions", "tokens", "kv_cache", "kv_cache_expanded", "mask", "scalar",
+    # an MoE layer's (kernels.moe.tensor_elements): router logits [T, E], token-slots
+    # [T, k], the slots' rows [T k, h] and activations [T k, 2I] / [T k, I], counts [E]
+    "router_logits", "routing", "routed_hidden", "routed_gate_up", "routed_intermediate",
+    "experts",
 ]
 # fused (qkv, gate_up) or separate (q, k, v, gate, up) projections
-WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head"]
+WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head",
+                     # an MoE layer's: router, experts, a shared expert's sigmoid gate
+                     "router", "experts_gate_up", "experts_down", "shared_gate"]
 
 
 class StackOp(Frozen):
@@ -28,15 +36,26 @@ class StackOp(Frozen):
 
     ``op``: gemm (``weight`` names the matrix), attention, elementwise (``tensor``
     names what it streams; ``bytes_per_element`` is HBM bytes read plus written per
-    element of that tensor summed over its ``kernels`` launches), embedding.
+    element of that tensor summed over its ``kernels`` launches), embedding, dense_mlp
+    (in a stack's ``moe:`` section: the layer's dense MLP ops, at the shared expert's
+    size).
     """
 
-    op: Literal["gemm", "attention", "elementwise", "embedding"]
+    op: Literal["gemm", "attention", "elementwise", "embedding", "dense_mlp"]
     name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")]
     weight: WeightName | None = None
     tensor: TensorName | None = None
     kernels: Annotated[int, Field(ge=0, le=64)] = 1
     bytes_per_element: NonNeg = 0.0
+    # a second tensor the op streams, and its bytes per element of that tensor (a copy
+    # that reads one layout and writes another: repeat_kv reads kv_cache and writes
+    # kv_cache_expanded)
+    reads: TensorName | None = None
+    read_bytes_per_element: NonNeg = 0.0
+    # the fraction of a vectorised pointwise kernel's bandwidth this op's kernels reach,
+    # where profiles show them far from the strided-path model (a 5-D strided copy);
+    # None: the model's (vectorised or strided) bandwidth
+    bandwidth_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     # only positions whose logits are needed (prefill: last position) for lm_head
     last_position_only_in_prefill: bool = False
     # kernels of this op that take PyTorch's non-vectorised path (strided views,
@@ -51,14 +70,31 @@ class StackOp(Frozen):
     # Hugging Face runs it); and its K/V heads: the model's (grouped) or repeated to
     # every query head before the kernel (expanded: GQA undone by a copy)
     keys: Literal["context", "allocated_cache"] = "context"
+    # the op runs only for grouped-query models (fewer KV heads than query heads):
+    # repeat_kv is a no-op, launching nothing, for multi-head attention
+    only_grouped: bool = False
     kv_heads: Literal["grouped", "expanded"] = "grouped"
+    # gemm: the GEMM kernel family that runs it (gpusim.cost.gemm_families: cublas when
+    # not given; scaled_mm, tinygemm, int8wo for quantized projections, grouped_mm,
+    # fused_moe for experts); gemm and elementwise: tokens padded to a multiple of this
+    # first (fp8's _scaled_mm); the model feature an op runs for (an MoE section's
+    # shared-expert and top-k renormalisation ops); dense_mlp: the layer's dense MLP ops
+    # here, sized to the model's shared expert
+    family: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] | None = None
+    pad_tokens_to: Annotated[int, Field(ge=1, le=4096)] = 1
+    requires: Literal["shared_expert", "shared_expert_gate", "norm_topk_prob"] | None = None
 
     @model_validator(mode="after")
     def _fields_for_op(self) -> StackOp:
+        if self.family is not None and self.op != "gemm":
+            raise ValueError(f"op {self.name!r}: 'family' is for gemm ops")
         if self.op == "gemm" and self.weight is None:
             raise ValueError(f"op {self.name!r}: gemm needs 'weight'")
         if self.op == "elementwise" and self.tensor is None:
             raise ValueError(f"op {self.name!r}: elementwise needs 'tensor'")
+        if (self.reads is None) != (self.read_bytes_per_element == 0.0):
+            raise ValueError(f"op {self.name!r}: 'reads' and 'read_bytes_per_element' go "
+                             "together")
         if self.strided_kernels > self.kernels:
             raise ValueError(f"op {self.name!r}: strided_kernels ({self.strided_kernels}) "
                              f"exceeds kernels ({self.kernels})")
@@ -93,6 +129,14 @@ class StackSpec(Frozen):
     # the stack whose measured host costs (per-stack calibration) this one uses when a
     # calibration has none of its own: said in every output, never silent
     host_costs_from: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    # measured: its kernel list was read off profiles of the real thing and its steps
+    # measured; described: written from the engine's public source, never run here (every
+    # output that uses it says so)
+    status: Literal["measured", "described"] = "measured"
+    # calibration parameters (dotted paths: physics.<name>, attention.<family>.<name>)
+    # this stack's kernels genuinely run differently from the GPU physics fitted on the
+    # reference stack; `gpusim calibrate` fits them on this stack's own measured steps
+    calibrate: tuple[Annotated[str, Field(pattern=r"^[a-z0-9_.]+$")], ...] = ()
     prologue: tuple[StackOp, ...]
     layer: tuple[StackOp, ...]
     epilogue: tuple[StackOp, ...]
@@ -100,6 +144,20 @@ class StackSpec(Frozen):
     # calibration from torch.profiler output; unmatched names count as elementwise
     profile_classes: dict[Literal["gemm", "attention"], tuple[str, ...]] = Field(
         default_factory=dict)
+    # the weights its projections' kernels take unless the model or --weight-dtype says
+    # otherwise (torch-fp8: fp8 per tensor); KV cache dtypes it stores besides the
+    # activations' (none: the cache is in the activations' dtype)
+    quantization: Quantization | None = None
+    kv_dtypes: tuple[Literal["bf16", "fp16", "fp32", "fp8"], ...] = ()
+    # the all-reduce of a tensor-parallel step: NCCL's (torch.distributed), or the stack's
+    # own one/two-shot kernel up to its buffer size (vLLM's custom all-reduce);
+    # gpusim.cost.collectives prices both from the GPU's links
+    all_reduce: Literal["nccl", "custom"] = "nccl"
+    # an MoE model's MLP (None: plain PyTorch's grouped-GEMM path,
+    # kernels.variants.TORCH_MOE) and a Qwen3 model's q/k norms after the qkv projection
+    # (None: torch's fused F.rms_norm, kernels.variants.TORCH_QK_NORM)
+    moe: tuple[StackOp, ...] | None = None
+    qk_norm: tuple[StackOp, ...] | None = None
 
     @model_validator(mode="after")
     def _every_mode_has_a_family(self) -> StackSpec:

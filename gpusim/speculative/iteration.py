@@ -294,13 +294,15 @@ class IterationPrediction:
 
 
 def memory_plan_of(spec: Speculation, gpu: GpuSpec,
-                   reserve_fraction: float = DEFAULT_RESERVE_FRACTION) -> MemoryPlan:
+                   reserve_fraction: float = DEFAULT_RESERVE_FRACTION, tp: int = 1
+                   ) -> MemoryPlan:
     """The memory planner's view of target and draft on ``gpu``: both sets of weights,
-    and every cached token held by the target and the draft. Raises ConfigError for a
-    reserve outside [0, 1)."""
+    and every cached token held by the target and the draft (the target split over
+    ``tp`` GPUs; the draft counted whole on each, an upper bound). Raises ConfigError
+    for a reserve outside [0, 1)."""
     return memory_plan(gpu, spec.target, reserve_fraction,
                        extra_weight_bytes(spec.draft, spec.target),
-                       kv_bytes_per_token(spec.draft, spec.target))
+                       kv_bytes_per_token(spec.draft, spec.target), tp=tp)
 
 
 def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculation,
@@ -313,7 +315,7 @@ def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculat
     Raises ValueError for an impossible shape, ConfigError for a reserve_fraction
     outside [0, 1).
     """
-    plan = memory_plan_of(spec, platform.gpu, reserve_fraction)
+    plan = memory_plan_of(spec, platform.gpu, reserve_fraction, platform.layout.tp)
     b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
     b, c = b.copy(), c.copy()

@@ -13,6 +13,7 @@ from gpusim.cost import Cost
 from gpusim.engine import Timeline
 from gpusim.kernels import GemmShape, Kernel, gemm_kernel
 from gpusim.step.breakdown import OpCost, breakdown, op_costs, summary
+from gpusim.step.pipeline import PipelineTiming, layout_summary
 from gpusim.step.predict import (
     StepPrediction,
     forward_kernels,
@@ -24,7 +25,9 @@ from gpusim.step.predict import (
 )
 from gpusim.step.simulate import ProgramStep, expand_launches, simulate, simulate_steps
 
-__all__ = ["Cost", "GemmShape", "Kernel", "OpCost", "ProgramStep", "StepPrediction",
+__all__ = ["Cost", "GemmShape", "Kernel", "OpCost", "PipelineTiming", "ProgramStep",
+           "StepPrediction",
            "Timeline", "breakdown", "expand_launches", "forward_kernels", "gemm_kernel",
-           "kernels_cost", "op_costs", "predict", "predict_kernels", "program_clock",
+           "kernels_cost", "layout_summary", "op_costs", "predict", "predict_kernels",
+           "program_clock",
            "program_costs", "simulate", "simulate_steps", "summary"]

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusim.cost import step_costs
-from gpusim.kernels import build_kernels
 from gpusim.platform import Platform
 from gpusim.specs import GpuSpec, ModelSpec
-from gpusim.step.predict import StepPrediction
+from gpusim.specs.enums import KernelKind
+from gpusim.step.predict import StepPrediction, forward_kernels
 
 
 def breakdown(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> list[dict[str, object]]:
@@ -24,17 +24,21 @@ def breakdown(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> list[dict[s
     launches = {k.name: 0 for k in pred.kernels}
     for k in pred.kernels:
         launches[k.name] += k.launches * k.repeat
+    # collectives (and a pipeline's sends, no kernel of their own) wait on the links
+    kinds = {k.name: k.kind for k in pred.kernels}
     for name, c in pred.by_op.items():
         t = float(c.seconds[index])
         mem, comp, fixed = (float(c.memory_s[index]), float(c.compute_s[index]),
                             float(c.fixed_s[index]))
-        if fixed >= max(mem, comp):
+        if kinds.get(name, KernelKind.COLLECTIVE) == KernelKind.COLLECTIVE:
+            bound = "link"
+        elif fixed >= max(mem, comp):
             bound = "fixed"
         else:
             bound = "memory" if mem >= comp else "compute"
         rows.append({
             "op": name, "ms": t * 1e3, "share": t / step_s if step_s else 0.0,
-            "launches": launches[name], "bytes": float(c.bytes[index]),
+            "launches": launches.get(name, 0), "bytes": float(c.bytes[index]),
             "flops": float(c.flops[index]),
             "bandwidth_gb_per_s": float(c.bytes[index]) / t / 1e9 if t else 0.0,
             "bandwidth_fraction": float(c.bytes[index]) / t / peak_bw if t else 0.0,
@@ -99,7 +103,7 @@ def op_costs(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx
     handling kernels. Raises ValueError for an impossible shape.
     """
     out = []
-    kernels = build_kernels(model, platform.stack, mode, batch, ctx, q)
+    kernels = forward_kernels(model, platform, mode, batch, ctx, q)
     costs = step_costs(kernels, platform.gpu, platform.calibration)
     for k, cost in zip(kernels, costs, strict=True):
         c = cost.scaled(k.repeat)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from gpusim.cost import Cost, kernel_cost, power_clock, step_cost, step_costs
+from gpusim.errors import FieldError
 from gpusim.kernels import Kernel, build_kernels, kernel_launches
+from gpusim.kernels.parallel import shard
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
 
@@ -38,6 +41,8 @@ class StepPrediction:
     kernels: list[Kernel]
     launches: int
     dtype: str = "bf16"   # the model's: its matrix peak is the roofline's
+    # a pipelined step's stages, sends and bubble (step.pipeline.PipelineTiming)
+    pipeline: Any = None
 
     @property
     def weight_bytes(self) -> np.ndarray:
@@ -125,18 +130,46 @@ def predict(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx:
     (``cache_len``: positions each KV cache holds, default ctx + q; see
     ``kernels.build_kernels``).
 
-    Raises ValueError for an impossible shape or an unknown mode.
+    On several GPUs (``platform.layout``) the time is one tensor-parallel rank's, its
+    collectives included; a pipelined step (pp > 1) is ``step.pipeline``'s.
+    Raises ValueError for an impossible shape, an unknown mode or a layout the model
+    does not allow.
     """
-    kernels = build_kernels(model, platform.stack, mode, batch, ctx, q, cache_len)
+    if platform.layout.pp > 1:
+        from gpusim.step.pipeline import predict_pipeline  # built on this module
+
+        return predict_pipeline(platform, model, mode, batch, ctx, q, cache_len)
+    kernels = rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q,
+                                         cache_len), model, platform)
     return predict_kernels(kernels, model, platform)
+
+
+def rank_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform
+                 ) -> list[Kernel]:
+    """One GPU's kernels of a forward under ``platform``'s layout: ``kernels`` sharded
+    over its tensor-parallel ranks with the stack's all-reduce (``kernels.parallel``;
+    tp = 1: ``kernels`` itself). Raises FieldError for expert parallelism (ep > 1: not
+    modelled yet) or a split the model does not allow."""
+    layout = platform.layout
+    if layout.ep > 1:
+        raise FieldError("ep", f"ep={layout.ep}: expert parallelism is not modelled yet "
+                         "(its all-to-all is priced: gpusim.cost.collectives)")
+    return shard(kernels, model, platform.stack, layout.tp, platform.stack.all_reduce)
 
 
 def forward_kernels(model: ModelSpec, platform: Platform, mode: str, batch: object,
                     ctx: object, q: object) -> list[Kernel]:
     """The kernels of one forward pass on ``platform``'s stack for arrays of (batch,
     ctx, q), in launch order (``mode``: decode, verify, prefill or tree, a verify under
-    a token-tree mask). Raises ValueError for an impossible shape or an unknown mode."""
-    return build_kernels(model, platform.stack, mode, batch, ctx, q)
+    a token-tree mask): one tensor-parallel rank's, collectives included. Raises
+    ValueError for an impossible shape or an unknown mode, FieldError (field ``pp``)
+    for a pipelined layout (its kernels are per stage: ``step.predict`` prices it)."""
+    if platform.layout.pp > 1:
+        raise FieldError("pp", f"pp={platform.layout.pp}: pipeline parallelism is "
+                         "modelled for single steps (predict); speculative decoding and "
+                         "serving take pp = 1")
+    return rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q),
+                        model, platform)
 
 
 def kernels_cost(kernels: Sequence[Kernel], platform: Platform,

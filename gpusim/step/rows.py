@@ -1,4 +1,5 @@
 """The ``predict`` CSV contract: rows of (model, mode, batch, ctx, q[, tp]) -> predictions.
+A row's ``tp`` (blank or absent: the platform's) sets its tensor-parallel degree.
 
 Reads and checks the rows (file:line: field errors), groups them by (model, mode) so
 each group is one vectorised fast-path call, and returns the rows in input order with
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ import numpy as np
 from gpusim.capacity import memory_plan
 from gpusim.errors import ConfigError, FieldError, bad, read_text
 from gpusim.kernels import check_shape
+from gpusim.kernels.quant import for_stack
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
 from gpusim.specs.enums import ROW_MODES as MODES
+from gpusim.specs.model import KV_DTYPES, WEIGHT_DTYPES
 from gpusim.step.predict import predict
 
 REQUIRED = ("model", "mode", "batch", "ctx", "q")
-OPTIONAL = ("tp",)
+OPTIONAL = ("tp", "weight_dtype", "kv_dtype")
 OUTPUT_COLUMNS = ("predicted_ms", "gpu_ms", "host_bound", "launches", "weight_bytes",
                   "kv_bytes", "flops", "achieved_bandwidth_gb_per_s", "roofline_ms",
                   "bound")
@@ -40,6 +43,20 @@ class Row:
     q: int
     tp: int
     raw: dict[str, str]
+    # the projections' and the KV cache's dtype (None, a blank cell: the model's as the
+    # stack runs it; kernels.quant.for_stack)
+    weight_dtype: str | None = None
+    kv_dtype: str | None = None
+
+
+def _choice(source: str, line: int, name: str, text: str | None,
+            allowed: tuple[str, ...]) -> str | None:
+    if not text:
+        return None
+    if text not in allowed:
+        raise bad(source, f"must be one of {', '.join(allowed)}", field=name, line=line,
+                  value=text)
+    return text
 
 
 def _int_field(source: str, line: int, name: str, text: str, low: int) -> int:
@@ -85,10 +102,10 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
                   ctx=_int_field(source, line, "ctx", vals["ctx"], 0),
                   q=_int_field(source, line, "q", vals["q"], 1),
                   tp=_int_field(source, line, "tp", vals.get("tp") or "1", 1),
-                  raw=vals)
-        if row.tp != 1:
-            raise bad(source, "tensor parallelism is not modelled yet; only tp=1", field="tp",
-                      line=line, value=vals["tp"])
+                  raw=vals,
+                  weight_dtype=_choice(source, line, "weight_dtype", vals.get("weight_dtype"),
+                                       WEIGHT_DTYPES),
+                  kv_dtype=_choice(source, line, "kv_dtype", vals.get("kv_dtype"), KV_DTYPES))
         try:
             check_shape(mode, np.array([row.batch], float), np.array([row.ctx], float),
                         np.array([row.q], float))
@@ -102,8 +119,14 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
 
 def _check_memory(platform: Platform, model: ModelSpec, rows: list[Row], tokens: np.ndarray,
                   source: str) -> None:
-    """Raise ConfigError at the first row whose weights and KV exceed the GPU's HBM."""
-    plan = memory_plan(platform.gpu, model, reserve_fraction=0.0)
+    """Raise ConfigError at the first row whose weights and KV exceed the HBM of the
+    fullest GPU of its layout (field ``model`` when the weights alone do not fit)."""
+    layout = platform.layout
+    plan = memory_plan(platform.gpu, model, reserve_fraction=0.0, tp=layout.tp, pp=layout.pp)
+    try:
+        plan.check_weights()
+    except ConfigError as exc:
+        raise bad(source, exc.reason, field="model", line=rows[0].line) from None
     over = np.flatnonzero(tokens * plan.kv_bytes_per_token > plan.kv_capacity_bytes)
     if len(over):
         try:
@@ -116,22 +139,32 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                  resolve_model: Callable[[str], ModelSpec]) -> list[dict[str, object]]:
     """Predictions for ``rows`` in input order; raises ConfigError naming the row."""
     rows = list(rows)
-    groups: dict[tuple[str, str], list[int]] = {}
+    groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
+    base = platform
     for i, r in enumerate(rows):
-        groups.setdefault((r.model, r.mode), []).append(i)
+        tp = r.tp if r.raw.get("tp") else base.layout.tp
+        groups.setdefault((r.model, r.mode, tp, r.weight_dtype, r.kv_dtype), []).append(i)
     out: list[dict[str, object]] = [{} for _ in rows]
     peak_bw = platform.gpu.hbm_bandwidth_bytes_per_s
-    for (model_name, mode), idx in groups.items():
+    for (model_name, mode, tp, weight_dtype, kv_dtype), idx in groups.items():
+        first = rows[idx[0]]
         try:
-            model = resolve_model(model_name)
+            # the model as the stack runs it, in the row's dtypes
+            model = for_stack(resolve_model(model_name), base.stack, weight_dtype, kv_dtype)
         except ConfigError as exc:
-            first = rows[idx[0]]
             raise bad(source, str(exc), field="model", line=first.line) from None
+        except FieldError as exc:  # a dtype the stack's kernels cannot run
+            raise bad(source, str(exc), field=exc.field, line=first.line) from None
         b = np.array([rows[i].batch for i in idx], float)
         c = np.array([rows[i].ctx for i in idx], float)
         q = np.array([rows[i].q for i in idx], float)
-        _check_memory(platform, model, [rows[i] for i in idx], b * (c + q), source)
-        p = predict(platform, model, mode, b, c, q)
+        try:
+            platform = (base if tp == base.layout.tp else
+                        base.with_layout(replace(base.layout, tp=tp)))
+            _check_memory(platform, model, [rows[i] for i in idx], b * (c + q), source)
+            p = predict(platform, model, mode, b, c, q)
+        except FieldError as exc:  # a layout the model or the GPU does not allow
+            raise bad(source, str(exc), field=exc.field, line=first.line) from None
         peak_flops = platform.gpu.matmul_peak_flops_per_s(model.dtype)
         w_bytes = np.broadcast_to(p.weight_bytes, b.shape)
         kv_bytes = np.broadcast_to(p.kv_bytes, b.shape)

@@ -12,7 +12,7 @@ from gpusim.engine import HostStep, Launch, Timeline, simulate_program, simulate
 from gpusim.kernels import Kernel, build_kernels
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
-from gpusim.step.predict import program_costs
+from gpusim.step.predict import program_costs, rank_kernels
 
 
 def expand_launches(kernels: list[Kernel], costs: list[Cost], layers: int,
@@ -46,9 +46,15 @@ def expand_launches(kernels: list[Kernel], costs: list[Cost], layers: int,
 def simulate(platform: Platform, model: ModelSpec, mode: str, batch: int, ctx: int,
              q: int, record: bool = True) -> Timeline:
     """Event simulation of one step shape on ``platform``; returns its Timeline
-    (``end_s`` = step time). Raises ValueError for an impossible shape."""
+    (``end_s`` = step time; a pipelined layout's stages through ``step.pipeline``).
+    Raises ValueError for an impossible shape or a layout the model does not allow."""
+    if platform.layout.pp > 1:
+        from gpusim.step.pipeline import simulate_pipeline  # built on this module
+
+        return simulate_pipeline(platform, model, mode, batch, ctx, q, record)
     gpu, cal = platform.gpu, platform.calibration
-    kernels = build_kernels(model, platform.stack, mode, batch, ctx, q)
+    kernels = rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q),
+                           model, platform)
     costs = step_costs(kernels, gpu, cal)
     launches = expand_launches(kernels, costs, model.num_hidden_layers)
     return simulate_stream(

@@ -127,8 +127,8 @@ GRIDS: dict[str, Grid] = {
 
 
 class Logged:
-    """Logging and error containment shared by the campaigns' contexts (``Ctx`` here,
-    ``bench_spec.Run``). Needs ``out``, ``device``, ``budget`` and ``n_errors``."""
+    """Logging and error containment shared by the campaigns' contexts (``StepRun``
+    here, ``bench_spec.Run``). Needs ``out``, ``device``, ``budget`` and ``n_errors``."""
 
     out: Path
     device: torch.device
@@ -160,25 +160,20 @@ class Logged:
         return False
 
 
-@dataclass
-class Ctx(Logged):
-    """Everything a measurement phase needs."""
+@dataclass(kw_only=True)
+class StepRun(Logged):
+    """The state every step campaign shares (bench.py's ``Ctx``, bench_stacks.py's
+    ``Run``, bench_quant_moe.py's ``QCtx``): where rows go, the clock, the budget and
+    what went wrong. bench_steps.py's helpers take any of them."""
 
     out: Path
     device: torch.device
-    grid: Grid
     budget: Budget
     clock: Clock
-    policy: Policy
-    models: dict[str, Shape]
-    micro: CsvSink
+    policy: Policy = field(default_factory=Policy)
     steps: CsvSink
     kernels: CsvSink
-    l2_bytes: int
-    mem_total: int
     kv_budget_bytes: int | None = None   # None: derived per model from free memory
-    micro_mem_bytes: int = 16 * GiB      # most memory one micro measurement may allocate
-    attn_kv_bytes: int = 30 * GiB        # most KV bytes one attention micro may allocate
     dtype: torch.dtype = torch.bfloat16
     n_errors: int = 0
     skipped: list[str] = field(default_factory=list)
@@ -203,3 +198,15 @@ class Ctx(Logged):
             return True
         return False
 
+
+@dataclass(kw_only=True)
+class Ctx(StepRun):
+    """Everything a phase of bench.py needs."""
+
+    grid: Grid
+    models: dict[str, Shape]
+    micro: CsvSink
+    l2_bytes: int
+    mem_total: int
+    micro_mem_bytes: int = 16 * GiB      # most memory one micro measurement may allocate
+    attn_kv_bytes: int = 30 * GiB        # most KV bytes one attention micro may allocate

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported from tests (run as a script, it is there already)
     sys.path.insert(0, str(HERE))
 
-import bench  # noqa: E402
+import bench_campaign as bc  # noqa: E402
 import reference  # noqa: E402
 from bench_common import Logged  # noqa: E402
 from bench_steps import kv_bytes_per_token, make_cache  # noqa: E402
@@ -93,19 +93,13 @@ GRIDS = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output directory (created; appended to)")
-    p.add_argument("--gpu", required=True, help="GPU name as the project calls it (h100-sxm)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--budget-s", type=float, default=290.0,
-                   help="no new group starts after this many seconds")
-    p.add_argument("--quick", action="store_true", help="small grid (sanity run)")
+    bc.add_run_args(p, budget_s=290.0, budget_help="no new group starts after this many seconds",
+                    quick_help="small grid (sanity run)")
     p.add_argument("--pairs", default="", help="comma list of target:draft model names")
     p.add_argument("--ks", default="", help="draft lengths, e.g. 1-8 or 1,2,4")
     p.add_argument("--batches", default="", help="e.g. 1,4,16,64")
     p.add_argument("--ctxs", default="", help="e.g. 1024,4096")
-    p.add_argument("--shapes-json", default=None,
-                   help="JSON file {name: {hidden_size: ..., ...}} of model shapes")
-    p.add_argument("--models-dir", default=str(bench.MODELS_DIR))
+    bc.add_model_args(p)
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     p.add_argument("--self-check", action="store_true",
                    help="only check the loop: draft = target must accept every token")
@@ -516,16 +510,15 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     budget = Budget(args.budget_s)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+    device = bc.open_device(args.device)
+    if device is None:
         return 2
     grid = select_grid(args, device.type == "cuda")
     all_shapes = {"tiny-target": TINY_TARGET, "tiny-draft": TINY_DRAFT, **(shapes or {})}
     if args.shapes_json:
         all_shapes.update(json.loads(Path(args.shapes_json).read_text()))
     names = list(dict.fromkeys(n for p in grid.pairs for n in p if parse_kind(n) is None))
-    models = bench.load_models(names, all_shapes, Path(args.models_dir))
+    models = bc.load_models(names, all_shapes, Path(args.models_dir))
     if args.self_check:
         shape = models[grid.pairs[0][1]]
         res = self_check(shape, max(grid.batches[:2]), min(grid.ctxs), grid.ks, device,
@@ -533,7 +526,7 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         print(json.dumps({"self_check": grid.pairs[0][1], "mean_accepted": res}))
         return 0 if all(v >= 0.9 * k for k, v in res.items()) else 1
     groups, rows, est = estimate_s(grid, models, device.type == "cuda")
-    env = bench.environment(args, argv, device)
+    env = bc.environment(args, argv, device, __file__)
     env.update({"models": {n: vars(s) for n, s in models.items()},
                 "grid": {"pairs": grid.pairs, "ks": grid.ks, "batches": grid.batches,
                          "ctxs": grid.ctxs},

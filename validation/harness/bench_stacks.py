@@ -4,7 +4,7 @@ r"""Step times, kernel profiles and traces of the measured stacks (stacks_forwar
         [--device cuda|cpu] [--budget-s S] [--models m1,...] [--only steps,profile,trace]
         [--eager-only | --graph-only] [--step-shapes mode:batch:ctx:q,...]
         [--eager-shapes ...] [--profile-shapes ...] [--trace-shapes ...] [--trace-steps N]
-        [--quick]
+        [--compile-backend inductor|eager] [--quick]
 
 Phases, in this order (on a GPU run each in its own process: never time after
 torch.profiler, validation/README.md):
@@ -30,27 +30,17 @@ seconds) and errors.log (if any). CSV rows are appended and flushed as measured;
 error is logged with its shape and the campaign goes on; no new measurement starts once
 ``--budget-s`` seconds have passed. Several stacks (comma list) run one after another.
 
-The campaign on one GPU (~6 min on an H100; one DIR per process, as each writes its own
-env.json and summary.json). torch.compile costs 16-31 s a graph for Llama 3.2 1B and
-53 s for Llama 3.1 8B (cold caches; Inductor's on-disk caches make a later process's
-compile of the same graph ~4 s), and batch 1 and each mode compile their own graph, so
-torch-compile runs on the 1B alone at batch >= 2, decode and verify:
-
-    D=OUT; G=h100-sxm; B="python3 validation/harness/bench_stacks.py --gpu $G"
-    S=torch-hf,torch-fused,hf-transformers; M=llama-3.2-1b,llama-3.1-8b
-    C1=decode:16:1024:1,decode:16:4096:1,decode:64:1024:1,decode:64:4096:1,decode:256:1024:1
-    C2=verify:16:512:4,verify:16:4096:4,verify:64:512:4,verify:64:4096:4
-    $B --out $D/graph --stack $S --only steps --graph-only --budget-s 170          # ~140 s
-    $B --out $D/graph-compile --stack torch-compile --only steps --models llama-3.2-1b \
-        --step-shapes $C1,$C2 --budget-s 90                                        # ~60 s
-    $B --out $D/eager --stack $S --only steps --eager-only --models $M --budget-s 60 # ~45 s
-    $B --out $D/eager-compile --stack torch-compile --only steps --eager-only \
-        --models llama-3.2-1b --eager-shapes decode:64:1024:1,verify:16:1024:4     # ~25 s
-    $B --out $D/profile --stack $S --only profile --models $M --budget-s 45        # ~35 s
-    $B --out $D/trace --stack $S --only trace --models $M --budget-s 40            # ~30 s
-    $B --out $D/compile-profile-trace --stack torch-compile --only profile,trace \
-        --models llama-3.2-1b --profile-shapes decode:8:1024:1,verify:16:512:2 \
-        --trace-shapes decode:8:1024:1,verify:16:512:4                             # ~25 s
+One GPU lease runs these as campaign.py's parts, each in its own process (one DIR per
+process, as each writes its own env.json and summary.json). Costs on an H100 (torch
+2.11; measured, or estimated from measured runs as STACKS_GRID's comment says), which
+campaign.py's budgets are drawn from: the CUDA-graph steps of
+torch-hf, torch-fused and hf-transformers on the 5 default models ~140 s (hf-transformers
+half of it); torch.compile 16-31 s a graph for Llama 3.2 1B and 53 s for Llama 3.1 8B
+(cold caches; Inductor's on-disk caches make a later process's compile of the same
+graph ~4 s), and batch 1 and each mode compile their own graph, so torch-compile runs
+on the 1B alone at batch >= 2, decode and verify (~60 s with its compiles); eager steps
+of three stacks on two models ~45 s; their profiles ~35 s and traces ~30 s.
+``--compile-backend eager`` traces with Dynamo alone (CPU runs of the code path).
 
 Imports stdlib, numpy, yaml, torch, and transformers for hf-transformers.
 """
@@ -59,32 +49,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import importlib.util
-import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported from tests (run as a script, it is there already)
     sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402
-from bench_common import GRIDS, KERNELS_COLUMNS, STEPS_COLUMNS, Grid, Logged, Step  # noqa: E402
-from bench_steps import (  # noqa: E402
-    EAGER_ROUNDS,
-    BatchPlan,
-    StepShape,
-    kv_budget_bytes,
-    plan_steps,
-    profile_kernels,
-)
-from bench_timing import Budget, Clock, CsvSink, GiB, Policy, free_memory, measure, stats  # noqa: E402
+import bench_campaign as bc  # noqa: E402
+import bench_steps as bs  # noqa: E402
+from bench_common import GRIDS, KERNELS_COLUMNS, STEPS_COLUMNS, Grid, Step, StepRun  # noqa: E402
+from bench_timing import Budget, Clock, CsvSink  # noqa: E402
 from reference import Shape  # noqa: E402
 from stacks_forward import STACKS, CompileStack, StepFn  # noqa: E402
 from stacks_forward import Stack as StackT  # noqa: E402
@@ -129,52 +110,17 @@ TRACE_SHAPES: dict[str, tuple[Step, ...]] = {
 }
 
 
-@dataclass
-class Run(Logged):
-    """One campaign's state (duck-types bench_common.Ctx for bench_steps' helpers)."""
+@dataclass(kw_only=True)
+class Run(StepRun):
+    """One campaign's state."""
 
-    out: Path
-    device: torch.device
     grid: Grid
-    budget: Budget
-    clock: Clock
-    policy: Policy
     models: dict[str, Shape]
-    steps: CsvSink
-    kernels: CsvSink
     trace_shapes: tuple[Step, ...]
     trace_steps: int
-    kv_budget_bytes: int | None = None
-    dtype: torch.dtype = torch.bfloat16
-    n_errors: int = 0
-    skipped: list[str] = field(default_factory=list)
     # stack -> model -> {"graphs": n, "compile_s": seconds of the calls that compiled}
     compiles: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     traces: list[dict[str, object]] = field(default_factory=list)
-    _budget_logged: bool = False
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def graph_launch(self) -> str:
-        """The launch label of graph-timed rows: ``cpu`` where there are no graphs."""
-        return "graph" if self.cuda else "cpu"
-
-    def stop(self) -> bool:
-        """True once the budget is spent (logged once)."""
-        if self.budget.over():
-            if not self._budget_logged:
-                self.log(f"budget of {self.budget.seconds:.0f} s reached: "
-                         "no new measurements")
-                self._budget_logged = True
-            return True
-        return False
-
-
-def _label(s: StepShape) -> str:
-    return f"{s.mode} b={s.batch} ctx={s.ctx} q={s.q}"
 
 
 def first_call(run: Run, stack: StackT, model: str, what: str, fn: StepFn) -> float:
@@ -193,55 +139,25 @@ def first_call(run: Run, stack: StackT, model: str, what: str, fn: StepFn) -> fl
     return t
 
 
-def _write_step(run: Run, stack: StackT, model: str, s: StepShape, launch: str,
-                cache_len: int, times: list[float]) -> None:
-    st = stats(times, 1e3)
-    run.steps.write(stack=stack.name, model=model, mode=s.mode, batch=s.batch, ctx=s.ctx,
-                    q=s.q, launch=launch, median_ms=st["median"], p10_ms=st["p10"],
-                    p90_ms=st["p90"], repeats=st["repeats"], kernels=None,
-                    cache_len=cache_len)
-
-
 def _graph_step(run: Run, stack: StackT, model: str, m: object, cache: object,
-                s: StepShape) -> None:
+                s: bs.StepShape) -> None:
     """One shape: first call (compiles where it must), then CUDA-graph replays timed."""
     fn = stack.step(m, cache, s.mode, s.batch, s.ctx, s.q)
-    first_call(run, stack, model, _label(s), fn)
-    times = measure(run.clock, fn, run.policy, graph=True)
-    _write_step(run, stack, model, s, run.graph_launch, stack.cache_len(cache), times)
+    first_call(run, stack, model, bs.label(s), fn)
+    bs.write_step(run, model, s, run.graph_launch, bs.time_graph(run, fn), stack=stack.name,
+                  cache_len=stack.cache_len(cache))
 
 
-def _eager_round_robin(run: Run, stack: StackT, model: str, m: object, cache: object,
-                       shapes: list[StepShape]) -> None:
-    """Eager steps timed in turns, one call of each shape per round, as
-    bench_steps._eager_round_robin: the host's speed drifts in phases of seconds, and
-    taking turns spreads each phase over every shape."""
+def _eager_steps(run: Run, stack: StackT, model: str, m: object, cache: object,
+                 shapes: list[bs.StepShape]) -> None:
+    """Eager steps timed in turns (bench_steps.time_round_robin), after each one's
+    first call (where torch-compile compiles)."""
     fns = [stack.step(m, cache, s.mode, s.batch, s.ctx, s.q) for s in shapes]
     for s, fn in zip(shapes, fns, strict=True):
-        first_call(run, stack, model, f"{_label(s)} eager", fn)
-        for _ in range(run.policy.warmup):
-            fn()
-    run.clock.sync()
-    times: list[list[float]] = [[] for _ in shapes]
-    for _ in range(EAGER_ROUNDS):
-        for i, fn in enumerate(fns):
-            times[i].append(run.clock.time(fn))
-        if run.stop():
-            break
-    for s, t in zip(shapes, times, strict=True):
-        _write_step(run, stack, model, s, "eager", stack.cache_len(cache), t)
-
-
-def run_steps(run: Run, stack: StackT, launches: tuple[str, ...]) -> None:
-    """Eager steps of every model first (a fresh process's host path), then graphs."""
-    for launch in launches:
-        for model, shape in run.models.items():
-            if run.stop():
-                return
-            run.guard(f"steps {stack.name} {model} {launch}",
-                      lambda model=model, shape=shape, launch=launch:
-                      _steps_model(run, stack, model, shape, launch))
-            free_memory(run.device)
+        first_call(run, stack, model, f"{bs.label(s)} eager", fn)
+    for s, t in zip(shapes, bs.time_round_robin(run, fns), strict=True):
+        bs.write_step(run, model, s, "eager", t, stack=stack.name,
+                      cache_len=stack.cache_len(cache))
 
 
 def _load(run: Run, stack: StackT, model: str, shape: Shape) -> object:
@@ -251,46 +167,22 @@ def _load(run: Run, stack: StackT, model: str, shape: Shape) -> object:
     return m
 
 
+def run_steps(run: Run, stack: StackT, launches: tuple[str, ...]) -> None:
+    """Eager steps of every model first (a fresh process's host path), then graphs."""
+    bs.each(run, ((f"steps {stack.name} {model} {launch}",
+                   partial(_steps_model, run, stack, model, shape, launch))
+                  for launch in launches for model, shape in run.models.items()))
+
+
 def _steps_model(run: Run, stack: StackT, model: str, shape: Shape, launch: str) -> None:
     """One model's ``launch`` ("eager" or "graph") shapes, one cache per batch."""
     m = _load(run, stack, model, shape)
-    budget = kv_budget_bytes(run)  # type: ignore[arg-type]  (duck-typed Ctx)
-    plans, skipped = plan_steps(run.grid, shape, budget, run.dtype.itemsize)
-    skipped = [s for s in skipped if s.launch == launch]
-    plans = [BatchPlan(p.batch, max(s.end for s in mine), mine) for p in plans
-             if (mine := tuple(s for s in p.shapes if s.launch == launch))]
-    n = sum(len(p.shapes) for p in plans)
-    run.log(f"steps {stack.name} {model} {launch}: {n} shapes in {len(plans)} batches, "
-            f"KV budget {budget / GiB:.1f} GiB, {len(skipped)} skipped (KV does not fit)")
-    run.skipped += [f"steps {stack.name} {model} {_label(s)} {s.launch}: KV over budget"
-                    for s in skipped]
-    for p in plans:
-        if run.stop():
-            break
-        holder: dict[str, object] = {}
-
-        def alloc(p: BatchPlan = p, holder: dict = holder) -> None:
-            holder["cache"] = stack.new_cache(m, p.batch, p.max_len, run.device, run.dtype)
-
-        if not run.guard(f"steps {stack.name} {model} cache b={p.batch} len={p.max_len}",
-                         alloc):
-            continue
-        cache = holder["cache"]
-        if launch == "eager":
-            run.guard(f"steps {stack.name} {model} eager b={p.batch}",
-                      lambda p=p, cache=cache:
-                      _eager_round_robin(run, stack, model, m, cache, list(p.shapes)))
-        else:
-            for s in p.shapes:
-                if run.stop():
-                    break
-                run.guard(f"steps {stack.name} {model} {_label(s)} graph",
-                          lambda s=s, cache=cache: _graph_step(run, stack, model, m, cache, s))
-                if run.cuda:
-                    torch.cuda.empty_cache()   # the graph's private pool
-        holder.clear()
-        del cache
-        free_memory(run.device)
+    bs.steps_model(
+        run, f"steps {stack.name} {model}", shape,
+        [s for s in bs.grid_shapes(run.grid) if s.launch == launch],
+        alloc=lambda p: stack.new_cache(m, p.batch, p.max_len, run.device, run.dtype),
+        graph=lambda cache, s: _graph_step(run, stack, model, m, cache, s),
+        eager=lambda cache, shapes: _eager_steps(run, stack, model, m, cache, shapes))
 
 
 def _warm(run: Run, stack: StackT, model: str, m: object, step: Step, what: str
@@ -299,43 +191,30 @@ def _warm(run: Run, stack: StackT, model: str, m: object, step: Step, what: str
     cache), called 1 + 3 times."""
     mode, b, c, q = step
     fn = stack.step(m, stack.new_cache(m, b, c + q, run.device, run.dtype), mode, b, c, q)
-    first_call(run, stack, model, f"{mode} b={b} ctx={c} q={q} {what}", fn)
+    first_call(run, stack, model, f"{bs.label(step)} {what}", fn)
     for _ in range(3):
         fn()
     return fn
 
 
+def _each_shape(run: Run, stack: StackT, phase: str, shapes: tuple[Step, ...],
+                job: Callable[[str, Step, StepFn], None]) -> None:
+    """Per model (built once) and shape: ``job(model, shape, step)`` on a warmed-up step."""
+    def per_model(model: str, shape: Shape) -> None:
+        m = _load(run, stack, model, shape)
+        bs.each(run, ((f"{phase} {stack.name} {model} {bs.label(st)}",
+                       lambda st=st: job(model, st, _warm(run, stack, model, m, st, phase)))
+                      for st in shapes))
+
+    bs.each(run, ((f"{phase} {stack.name} {model}", partial(per_model, model, shape))
+                  for model, shape in run.models.items()))
+
+
 def run_profile(run: Run, stack: StackT) -> None:
     """kernels.csv: each profile shape's kernels (names, counts, GPU time) of one call."""
-    for model, shape in run.models.items():
-        if run.stop():
-            return
-        run.guard(f"profile {stack.name} {model}",
-                  lambda model=model, shape=shape: _profile_model(run, stack, model, shape))
-        free_memory(run.device)
-
-
-def _profile_model(run: Run, stack: StackT, model: str, shape: Shape) -> None:
-    m = _load(run, stack, model, shape)
-    for step in run.grid.profile:
-        if run.stop():
-            break
-        mode, b, c, q = step
-
-        def one(step: Step = step) -> None:
-            mode, b, c, q = step
-            fn = _warm(run, stack, model, m, step, "profile")
-            agg = profile_kernels(run, fn)  # type: ignore[arg-type]  (duck-typed Ctx)
-            if not agg:
-                raise RuntimeError("the profiler recorded no kernels")
-            for name, (count, total) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
-                run.kernels.write(stack=stack.name, model=model, mode=mode, batch=b, ctx=c,
-                                  q=q, kernel_name=name, count=count, total_us=total)
-            run.log(f"profile {stack.name} {model} {mode} b={b} ctx={c} q={q}: "
-                    f"{int(sum(v[0] for v in agg.values()))} kernels, {len(agg)} distinct")
-
-        run.guard(f"profile {stack.name} {model} {mode} b={b} ctx={c} q={q}", one)
-        free_memory(run.device)
+    _each_shape(run, stack, "profile", run.grid.profile,
+                lambda model, step, fn: bs.write_profile(
+                    run, fn, model, step, f"{stack.name} {model}", stack=stack.name))
 
 
 def trace_path(out: Path, stack: str, model: str, step: Step, n: int) -> Path:
@@ -343,103 +222,45 @@ def trace_path(out: Path, stack: str, model: str, step: Step, n: int) -> Path:
     return out / "traces" / f"{stack}__{model}__{mode}_b{b}_ctx{c}_q{q}_n{n}.json.gz"
 
 
-def record_trace(run: Run, fn: StepFn, path: Path) -> int:
-    """Chrome trace (gzip) of ``run.trace_steps`` consecutive calls of ``fn``, each in
-    ``record_function("gpusim_step_<i>")`` and synchronized before its range closes, so
-    that its kernels end inside it. Returns the file's size in bytes."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.cuda else [])
-    run.clock.sync()
-    with profile(activities=acts, record_shapes=True) as prof:
-        for i in range(run.trace_steps):
-            with record_function(f"gpusim_step_{i}"):
-                fn()
-                run.clock.sync()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(path))   # a .gz path: written gzip-compressed
-    return path.stat().st_size
-
-
 def run_trace(run: Run, stack: StackT) -> None:
-    for model, shape in run.models.items():
-        if run.stop():
-            return
-        run.guard(f"trace {stack.name} {model}",
-                  lambda model=model, shape=shape: _trace_model(run, stack, model, shape))
-        free_memory(run.device)
+    """traces/: each trace shape's Chrome trace of ``run.trace_steps`` steps."""
+    def job(model: str, step: Step, fn: StepFn) -> None:
+        path = trace_path(run.out, stack.name, model, step, run.trace_steps)
+        size = bs.record_trace(run, fn, path, run.trace_steps)
+        run.traces.append({"file": str(path.relative_to(run.out)), "bytes": size})
+        run.log(f"trace {path.name}: {size / 1024:.0f} KiB")
 
-
-def _trace_model(run: Run, stack: StackT, model: str, shape: Shape) -> None:
-    m = _load(run, stack, model, shape)
-    for step in run.trace_shapes:
-        if run.stop():
-            break
-
-        def one(step: Step = step) -> None:
-            fn = _warm(run, stack, model, m, step, "trace")
-            path = trace_path(run.out, stack.name, model, step, run.trace_steps)
-            size = record_trace(run, fn, path)
-            run.traces.append({"file": str(path.relative_to(run.out)), "bytes": size})
-            run.log(f"trace {path.name}: {size / 1024:.0f} KiB")
-
-        run.guard(f"trace {stack.name} {model} {step}", one)
-        free_memory(run.device)
+    _each_shape(run, stack, "trace", run.trace_shapes, job)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output directory (created; appended to)")
-    p.add_argument("--gpu", required=True, help="GPU name as the project calls it (h100-sxm)")
+    bc.add_run_args(p, budget_s=300.0)
     p.add_argument("--stack", required=True,
                    help=f"comma list of stacks ({', '.join(STACKS)})")
-    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    p.add_argument("--budget-s", type=float, default=300.0,
-                   help="no new measurement starts after this many seconds")
-    p.add_argument("--quick", action="store_true", help="tiny grid (sanity run)")
     p.add_argument("--only", default="", help="comma list of: steps, profile, trace "
                                               "(default: all, in that order)")
-    p.add_argument("--models", default="",
-                   help="comma list of model names (workloads/models/<name>.yaml, "
-                        "--shapes-json keys, or 'tiny')")
-    p.add_argument("--shapes-json", default=None,
-                   help="JSON file {name: {hidden_size: ..., ...}} of model shapes")
-    p.add_argument("--models-dir", default=str(bench.MODELS_DIR))
+    bc.add_model_args(p, "comma list of model names (workloads/models/<name>.yaml, "
+                         "--shapes-json keys, or 'tiny')")
     launch = p.add_mutually_exclusive_group()
     launch.add_argument("--eager-only", action="store_true",
                         help="steps phase: measure only the eager shapes")
     launch.add_argument("--graph-only", action="store_true",
                         help="steps phase: measure only the CUDA-graph shapes")
-    p.add_argument("--step-shapes", default="",
-                   help="replace the steps grid by these CUDA-graph steps: comma list of "
-                        "mode:batch:ctx:q")
-    p.add_argument("--eager-shapes", default="",
-                   help="replace the eager steps: comma list of mode:batch:ctx:q")
-    p.add_argument("--profile-shapes", default="",
-                   help="replace the profiled steps: comma list of mode:batch:ctx:q")
-    p.add_argument("--trace-shapes", default="",
-                   help="replace the traced steps: comma list of mode:batch:ctx:q")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch-compile's backend (inductor; 'eager' or 'aot_eager' trace "
+                        "with Dynamo alone, for CPU runs of the code path)")
+    bc.add_kv_arg(p, "~half the GPU memory")
+    bc.add_shape_args(p, "step", "eager", "profile", "trace")
     p.add_argument("--trace-steps", type=int, default=2,
                    help="consecutive steps in each trace")
-    p.add_argument("--kv-budget-gb", type=float, default=None,
-                   help="KV cache bytes per model in steps (default: ~half the GPU memory)")
     return p.parse_args(argv)
-
-
-def select_phases(only: str) -> list[str]:
-    """``--only`` -> phases in campaign order. Raises SystemExit for an unknown one."""
-    want = {t.strip() for t in only.split(",") if t.strip()}
-    unknown = want - set(PHASES)
-    if unknown:
-        raise SystemExit(f"--only: unknown phase(s) {sorted(unknown)} (known: "
-                         f"{', '.join(PHASES)})")
-    return [ph for ph in PHASES if ph in want or not want]
 
 
 def select_stacks(text: str) -> list[str]:
     """``--stack`` -> stack names. Raises SystemExit for an unknown one, or for
     hf-transformers where transformers is not installed."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
+    names = bc.split_names(text)
     unknown = [n for n in names if n not in STACKS]
     if unknown or not names:
         raise SystemExit(f"--stack: unknown {unknown or text!r} (known: {', '.join(STACKS)})")
@@ -456,59 +277,16 @@ def select_grid(args: argparse.Namespace, cuda: bool) -> Grid:
     grid = (QUICK_GRID if args.quick else STACKS_GRID) if cuda else CPU_GRID
     if args.step_shapes:
         grid = dataclasses.replace(grid, dec_b=(), ver_b=(), pre=(), eager=(),
-                                   graph_steps=bench.parse_steps(args.step_shapes))
+                                   graph_steps=bc.parse_steps(args.step_shapes))
     if args.eager_shapes:
-        grid = dataclasses.replace(grid, eager=bench.parse_steps(args.eager_shapes))
+        grid = dataclasses.replace(grid, eager=bc.parse_steps(args.eager_shapes))
     if args.profile_shapes:
-        grid = dataclasses.replace(grid, profile=bench.parse_steps(args.profile_shapes))
+        grid = dataclasses.replace(grid, profile=bc.parse_steps(args.profile_shapes))
     if args.eager_only:
         grid = dataclasses.replace(grid, dec_b=(), ver_b=(), pre=(), graph_steps=())
     if args.graph_only:
         grid = dataclasses.replace(grid, eager=())
     return grid
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _summary(run: Run, phases_done: list[str]) -> dict:
-    return {
-        "elapsed_s": round(run.budget.elapsed(), 1),
-        "budget_s": run.budget.seconds,
-        "stopped_by_budget": run.budget.hit,
-        "phases_run": phases_done,
-        "rows": {"steps": len(run.steps.rows), "kernels": len(run.kernels.rows),
-                 "traces": len(run.traces)},
-        "errors": run.n_errors,
-        "skipped": run.skipped,
-        "compiles": run.compiles,
-        "traces": run.traces,
-    }
-
-
-def print_table(run: Run, summary: dict) -> None:
-    print(f"bench_stacks: {summary['elapsed_s']} s, budget {summary['budget_s']:.0f} s"
-          f"{' (stopped by budget)' if summary['stopped_by_budget'] else ''}, "
-          f"{summary['errors']} errors, {len(summary['skipped'])} shapes skipped")
-    print(f"rows: steps {summary['rows']['steps']}, kernels {summary['rows']['kernels']}, "
-          f"traces {summary['rows']['traces']}")
-    groups: dict[tuple, list[float]] = {}
-    for r in run.steps.rows:
-        key = (r["stack"], r["model"], r["mode"], r["launch"])
-        groups.setdefault(key, []).append(r["median_ms"])
-    if groups:
-        print(f"  {'stack':<16} {'model':<16} {'mode':<8} {'launch':<6} {'rows':>4} "
-              f"{'min ms':>9} {'max ms':>9}")
-    for (st, m, mode, launch), v in groups.items():
-        print(f"  {st:<16} {m:<16} {mode:<8} {launch:<6} {len(v):>4} "
-              f"{min(v):9.3f} {max(v):9.3f}")
-    for st, per_model in run.compiles.items():
-        for m, c in per_model.items():
-            print(f"  {st} {m}: {c['graphs']:.0f} graphs compiled, {c['compile_s']:.1f} s")
 
 
 def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -> int:
@@ -517,36 +295,23 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     args = parse_args(argv)
     budget = Budget(args.budget_s)
     stacks = select_stacks(args.stack)
-    phases = select_phases(args.only)
+    phases = bc.select_phases(args.only, PHASES)
     if args.trace_steps < 1:
         raise SystemExit("--trace-steps must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+    device = bc.open_device(args.device)
+    if device is None:
         return 2
-
-    shapes = dict(shapes or {})
-    if args.shapes_json:
-        shapes.update(json.loads(Path(args.shapes_json).read_text()))
-    if args.models:
-        names = [m.strip() for m in args.models.split(",") if m.strip()]
-    elif shapes:
-        names = list(shapes)
-    else:
-        names = ["tiny"] if device.type == "cpu" else list(bench.DEFAULT_MODELS)
-    models = bench.load_models(names, shapes, Path(args.models_dir))
+    models = bc.select_models(args, shapes, bench.DEFAULT_MODELS)
     grid = select_grid(args, device.type == "cuda")
-    trace_shapes = (bench.parse_steps(args.trace_shapes) if args.trace_shapes
+    trace_shapes = (bc.parse_steps(args.trace_shapes) if args.trace_shapes
                     else TRACE_SHAPES[grid.name])
 
-    env = bench.environment(args, argv, device)
-    env["command"] = [sys.executable, str(Path(__file__)), *argv]
+    env = bc.environment(args, argv, device, __file__)
     env.update({
         "stacks": stacks, "models": {n: vars(s) for n, s in models.items()},
         "phases": phases, "grid": grid.name, "graph_steps": grid.graph_steps,
-        "transformers": _version("transformers"), "triton": _version("triton"),
         "launches": "eager-only" if args.eager_only else
                     "graph-only" if args.graph_only else "eager+graph",
         "trace_shapes": trace_shapes, "trace_steps": args.trace_steps,
@@ -554,16 +319,15 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     if "torch-compile" in stacks:
         stack = STACKS["torch-compile"]
         assert isinstance(stack, CompileStack)
+        stack.backend = args.compile_backend
         env["compile"] = stack.settings()
-    (out / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    bc.write_json(out / "env.json", env)
 
     run = Run(out=out, device=device, grid=grid, budget=budget, clock=Clock(device),
-              policy=Policy(), models=models,
-              steps=CsvSink(out / "steps.csv", STACK_STEPS_COLUMNS),
+              models=models, steps=CsvSink(out / "steps.csv", STACK_STEPS_COLUMNS),
               kernels=CsvSink(out / "kernels.csv", STACK_KERNELS_COLUMNS),
               trace_shapes=trace_shapes, trace_steps=args.trace_steps,
-              kv_budget_bytes=None if args.kv_budget_gb is None
-              else int(args.kv_budget_gb * GiB))
+              kv_budget_bytes=bc.kv_budget_arg(args.kv_budget_gb))
     run.log(f"bench_stacks on {env.get('gpu_name') or device} ({args.gpu}): stacks "
             f"{', '.join(stacks)}, grid {grid.name}, models {', '.join(models)}, phases "
             f"{', '.join(phases)}, budget {args.budget_s:.0f} s -> {out}")
@@ -574,24 +338,25 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         "steps": lambda r, st: run_steps(r, st, launches),
         "profile": run_profile, "trace": run_trace,
     }
-    done = []
-    try:
-        for ph in phases:
+
+    def phase(ph: str) -> None:
+        for name in stacks:
             if run.stop():
                 break
-            for name in stacks:
-                if run.stop():
-                    break
-                run.guard(f"phase {ph} {name}",
-                          lambda ph=ph, name=name: runners[ph](run, STACKS[name]))
-            done.append(ph)
-    finally:
-        summary = _summary(run, done)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        run.steps.close()
-        run.kernels.close()
-    run.log(f"done in {budget.elapsed():.1f} s")
-    print_table(run, summary)
+            run.guard(f"phase {ph} {name}", lambda name=name: runners[ph](run, STACKS[name]))
+
+    summary = bc.run_phases(
+        run, phases, phase,
+        lambda done: {**bc.base_summary(run, done),
+                      "rows": {"steps": len(run.steps.rows), "kernels": len(run.kernels.rows),
+                               "traces": len(run.traces)},
+                      "compiles": run.compiles, "traces": run.traces},
+        out / "summary.json", (run.steps, run.kernels))
+    bc.print_header("bench_stacks", summary)
+    bc.print_steps(run.steps.rows, ("stack", "model", "mode", "launch"))
+    for st, per_model in run.compiles.items():
+        for m, c in per_model.items():
+            print(f"  {st} {m}: {c['graphs']:.0f} graphs compiled, {c['compile_s']:.1f} s")
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
-from bench import MODELS_DIR, load_models
+from bench_campaign import MODELS_DIR, load_models
 from bench_steps import make_cache
 from bench_timing import capture
 

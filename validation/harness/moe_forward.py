@@ -1,6 +1,6 @@
 """Mixture-of-experts forwards (Mixtral, Qwen3-MoE, Qwen2-MoE) as plain PyTorch runs them.
 
-Attention is quant_forward's torch-fused block (fused RMSNorm, rotate-half RoPE, static
+Attention is fused_forward's torch-fused block (fused RMSNorm, rotate-half RoPE, static
 bf16 KV cache, SDPA; Qwen3's q/k norms); the MLP of every layer is ``MoeLayer``:
 
     router GEMM [T, E] -> softmax -> top-k -> renormalise
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from quant_forward import Bf16Linear, DenseMlp, Layer, Model, randn
+from fused_forward import Bf16Linear, DenseMlp, Layer, Model, randn
 from reference import Shape
 
 MODEL_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral")

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import bench  # noqa: E402
+import bench_campaign as bc  # noqa: E402
 import reference  # noqa: E402
 from bench_steps import make_cache  # noqa: E402
 from bench_timing import Clock, Policy, free_memory, measure, stats  # noqa: E402
@@ -48,7 +48,7 @@ def tree_mask(nodes: int, ctx: int, width: int, device: torch.device) -> torch.T
 def _time_model(model: str, ints: list[list[int]], dev: torch.device, dtype: torch.dtype,
                 clock: Clock, policy: Policy, rows: list[dict[str, object]]) -> None:
     """Time every (batch, ctx, nodes) of ``model`` under both masks."""
-    shape = bench.load_models([model], {}, bench.MODELS_DIR)[model]
+    shape = bc.load_models([model], {}, bc.MODELS_DIR)[model]
     w = reference.Weights(shape, "cuda", dtype)
     for b in ints[0]:
         for c in ints[1]:
@@ -80,7 +80,7 @@ def _profile_model(model: str, b: int, c: int, n: int, dev: torch.device,
     """One tree step's kernels under torch.profiler (after every timing: the profiler
     slows what follows it in the process)."""
     from torch.profiler import ProfilerActivity, profile
-    shape = bench.load_models([model], {}, bench.MODELS_DIR)[model]
+    shape = bc.load_models([model], {}, bc.MODELS_DIR)[model]
     w = reference.Weights(shape, "cuda", dtype)
     cache = make_cache(shape, b, c + n, dev, dtype)
     tokens = torch.randint(0, shape.vocab_size, (b, n), device=dev)

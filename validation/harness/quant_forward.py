@@ -1,10 +1,10 @@
 """Quantized Llama forwards: the four projection GEMMs in fp8, int4 or int8, the rest bf16.
 
-The base is "torch-fused": reference.forward (static KV cache, SDPA, rotate-half RoPE)
-with torch's fused ``F.rms_norm`` in place of the 8-kernel Hugging Face norm. The
-quantized stacks replace the four projection GEMMs of every layer (qkv, o, gate_up,
-down); embedding, LM head, norms, RoPE and attention stay as in torch-fused, in bf16.
-The KV cache stays bf16.
+The base is "torch-fused" (fused_forward.py: reference.forward with torch's fused
+``F.rms_norm`` in place of the 8-kernel Hugging Face norm); ``fused_forward.forward``
+runs every model built here. The quantized stacks replace the four projection GEMMs of
+every layer (qkv, o, gate_up, down); embedding, LM head, norms, RoPE and attention stay
+as in torch-fused, in bf16. The KV cache stays bf16.
 
 Stacks (``STACKS``) and what each projection launches on CUDA (sm90, eager):
 
@@ -39,13 +39,12 @@ dispatches on the device so CPU tests run the same code path.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from reference import KVCache, Shape, Weights, apply_rope, rope_tables, verify_mask
+from fused_forward import Bf16Linear, Model, model_from, randn, random_weights
+from reference import Shape, Weights
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)   # 448
@@ -54,69 +53,7 @@ WEIGHT_DTYPE = {"torch-fused": "bf16", "torch-fp8": "fp8_e4m3", "torch-int4": "i
                 "torch-int8wo": "int8"}
 
 
-# ----------------------------------------------------------------------------- weights
-
-def randn(size: tuple[int, ...], scale: float, g: torch.Generator, device: str | torch.device,
-          dtype: torch.dtype) -> torch.Tensor:
-    """N(0, scale^2) drawn directly in ``dtype`` (no float32 copy: memory)."""
-    return torch.empty(size, device=device, dtype=dtype).normal_(0.0, scale, generator=g)
-
-
-def random_weights(shape: Shape, device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
-                   seed: int = 0) -> Weights:
-    """A reference.Weights with the same scales, drawn directly in ``dtype``.
-
-    reference.Weights draws in float32 and casts (3x the memory at the peak), which an
-    8B model on a GPU can afford but a 30B one cannot.
-    """
-    w = Weights.__new__(Weights)
-    g = torch.Generator(device=device).manual_seed(seed)
-    s, h, d = shape, shape.hidden_size, shape.d
-    qkv_out = (s.num_attention_heads + 2 * s.num_key_value_heads) * d
-    w.shape = shape
-    w.embed = randn((s.vocab_size, h), 1.0, g, device, dtype)                  # [V, h]
-    w.layers = []
-    for _ in range(s.num_hidden_layers):
-        w.layers.append({
-            "norm1": 1.0 + randn((h,), 0.1, g, device, dtype),
-            "wqkv": randn((qkv_out, h), 1 / math.sqrt(h), g, device, dtype),  # [(H+2Hkv)D, h]
-            "wo": randn((h, s.num_attention_heads * d),
-                        0.5 / math.sqrt(s.num_attention_heads * d), g, device, dtype),
-            "norm2": 1.0 + randn((h,), 0.1, g, device, dtype),
-            "wgu": randn((2 * s.intermediate_size, h), 1 / math.sqrt(h), g, device, dtype),
-            "wd": randn((h, s.intermediate_size), 0.5 / math.sqrt(s.intermediate_size), g,
-                        device, dtype),                                        # [h, I]
-        })
-    w.norm_f = 1.0 + randn((h,), 0.1, g, device, dtype)
-    w.lm_head = w.embed if s.tie_word_embeddings else randn(
-        (s.vocab_size, h), 1 / math.sqrt(h), g, device, dtype)                  # [V, h]
-    w.inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, d, 2, device=device,
-                                                      dtype=torch.float32) / d))
-    return w
-
-
 # ----------------------------------------------------------------------------- linears
-
-class Bf16Linear:
-    """y = x @ w.T in the activation dtype: one cuBLAS GEMM."""
-
-    weight_dtype = "bf16"
-
-    def __init__(self, w: torch.Tensor):
-        self.w = w                                                               # [n, k]
-        self.n, self.k = w.shape
-
-    @property
-    def nbytes(self) -> int:
-        return self.w.nbytes
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.w)                                               # [T, n]
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 x @ w.T (the oracle of ``check_linear``)."""
-        return x.float() @ self.w.float().T
-
 
 def quantize_fp8_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor e4m3: (w_fp8 [n, k], scale float32 0-d) with w ~= w_fp8 * scale."""
@@ -360,69 +297,19 @@ def scaled_mm_accepts_unpadded(device: torch.device | str) -> bool:
 
 # ----------------------------------------------------------------------------- model
 
-class DenseMlp:
-    """SwiGLU: gate_up GEMM -> silu(gate) * up (2 elementwise kernels) -> down GEMM."""
-
-    def __init__(self, gu: Linear, d: Linear):
-        self.gu, self.d = gu, d
-
-    def __call__(self, hn: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gu(hn).chunk(2, dim=-1)                                   # [T, I] x2
-        return self.d(F.silu(gate) * up)                                          # [T, h]
-
-
-@dataclass
-class Layer:
-    """One decoder layer. ``mlp``: a DenseMlp or a moe_forward.MoeLayer. ``q_norm`` /
-    ``k_norm`` [D]: Qwen3's per-head RMSNorm of q and k before RoPE (None: Llama)."""
-
-    norm1: torch.Tensor
-    qkv: Linear
-    o: Linear
-    norm2: torch.Tensor
-    mlp: Callable[[torch.Tensor], torch.Tensor]
-    q_norm: torch.Tensor | None = None
-    k_norm: torch.Tensor | None = None
-
-
-@dataclass
-class Model:
-    """Weights of one forward: ``forward(model, ...)`` runs it."""
-
-    shape: Shape
-    stack: str
-    weight_dtype: str
-    embed: torch.Tensor                 # [V, h]
-    layers: list[Layer]
-    norm_f: torch.Tensor                # [h]
-    lm_head: torch.Tensor               # [V, h] (bf16 in every stack)
-    inv_freq: torch.Tensor              # [D/2] f32
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
-
-
 def from_weights(w: Weights, stack: str, free: bool = False, **opts: object) -> Model:
     """The ``stack`` model of reference weights ``w`` (projections quantized layer by
-    layer). ``free``: drop each bf16 projection from ``w`` once quantized, so the peak
-    is the bf16 model, not bf16 + quantized. ``opts``: make_linear's options. Raises
-    ValueError as make_linear does."""
-    layers = []
-    for i, lw in enumerate(w.layers):
-        lin = {k: make_linear(lw[k], stack, **opts) for k in ("wqkv", "wo", "wgu", "wd")}
-        for v in lin.values():
-            if i > 0 and isinstance(v, Int4Linear):
-                v.q = None          # layer 0 keeps its values for check_model only
-        if free and stack != "torch-fused":
-            for k in lin:
-                lw[k] = None
-        layers.append(Layer(norm1=lw["norm1"], qkv=lin["wqkv"], o=lin["wo"],
-                            norm2=lw["norm2"], mlp=DenseMlp(lin["wgu"], lin["wd"])))
-    return Model(shape=w.shape, stack=stack, weight_dtype=layers[0].qkv.weight_dtype
-                 if layers else WEIGHT_DTYPE[stack], embed=w.embed, layers=layers,
-                 norm_f=w.norm_f, lm_head=w.lm_head, inv_freq=w.inv_freq)
+    layer; int4 keeps its unpacked values in layer 0 alone, for check_model). ``free``:
+    drop each bf16 projection from ``w`` once quantized, so the peak is the bf16 model,
+    not bf16 + quantized. ``opts``: make_linear's options. Raises ValueError as
+    make_linear does."""
+    def linear(i: int, t: torch.Tensor) -> Linear:
+        lin = make_linear(t, stack, **opts)
+        if i > 0 and isinstance(lin, Int4Linear):
+            lin.q = None
+        return lin
+
+    return model_from(w, stack, linear, free=free and stack != "torch-fused")
 
 
 def build_dense(shape: Shape, stack: str, device: str | torch.device, seed: int = 0,
@@ -430,66 +317,6 @@ def build_dense(shape: Shape, stack: str, device: str | torch.device, seed: int 
     """Random bf16 weights on ``device`` (drawn in bf16), then the stack's projections."""
     w = random_weights(shape, device, torch.bfloat16, seed)
     return from_weights(w, stack, free=True, **opts)
-
-
-def forward(m: Model, cache: KVCache, tokens: torch.Tensor, ctx: int, mode: str,
-            mask: object = None) -> torch.Tensor:
-    """One step, as reference.forward but with fused norms and the model's projections.
-
-    tokens [B, q]; ``ctx`` tokens already cached per sequence. mode: ``decode`` (q == 1),
-    ``verify`` (causal mask aligned to the end of the cache; ``mask`` prebuilt or built
-    here), ``prefill`` (ctx == 0; logits of the last position only). Returns logits
-    [B*q, V] (prefill [B, V]). Raises ValueError for a mode/q/ctx mismatch.
-    Per layer on CUDA: rms_norm (1 fused kernel), qkv projection, [q/k norm: 2 fused
-    norms, each after a contiguous copy of its strided view], RoPE (5 + 5 kernels),
-    2 cache copies, SDPA (flash), a copy for the transpose-reshape, o projection, add,
-    rms_norm, the MLP, add.
-    """
-    s = m.shape
-    b, q = tokens.shape
-    h_, hkv, d, eps = s.num_attention_heads, s.num_key_value_heads, s.d, s.rms_norm_eps
-    if mode == "decode" and q != 1:
-        raise ValueError(f"decode needs q == 1 (got {q})")
-    if mode == "prefill" and ctx != 0:
-        raise ValueError(f"prefill needs ctx == 0 (got {ctx})")
-    if mode not in ("decode", "verify", "prefill"):
-        raise ValueError(f"unknown mode {mode!r}")
-    x = F.embedding(tokens.reshape(-1), m.embed)                                  # [T, h]
-    hdim = (x.shape[-1],)
-    cos, sin = rope_tables(m.inv_freq, ctx, q, x.dtype)                           # [q, D]
-    end = ctx + q
-    if mode == "verify" and mask is None:
-        mask = verify_mask(q, end)
-    for i, lw in enumerate(m.layers):
-        hn = F.rms_norm(x, hdim, lw.norm1, eps)
-        qkv = lw.qkv(hn)                                                          # [T, (H+2Hkv)D]
-        xq = qkv[:, : h_ * d].view(b, q, h_, d)                                   # [B, q, H, D]
-        xk = qkv[:, h_ * d: (h_ + hkv) * d].view(b, q, hkv, d)                    # [B, q, Hkv, D]
-        xv = qkv[:, (h_ + hkv) * d:].view(b, q, hkv, d).transpose(1, 2)           # [B, Hkv, q, D]
-        if lw.q_norm is not None:
-            xq = F.rms_norm(xq, (d,), lw.q_norm, eps)
-            xk = F.rms_norm(xk, (d,), lw.k_norm, eps)
-        xq = apply_rope(xq.transpose(1, 2), cos, sin)                             # [B, H, q, D]
-        xk = apply_rope(xk.transpose(1, 2), cos, sin)                             # [B, Hkv, q, D]
-        cache.k[i, :, :, ctx:end].copy_(xk)
-        cache.v[i, :, :, ctx:end].copy_(xv)
-        keys = cache.k[i, :, :, :end]                                             # [B, Hkv, S, D]
-        values = cache.v[i, :, :, :end]
-        if mode == "decode":
-            o = F.scaled_dot_product_attention(xq, keys, values, enable_gqa=True)
-        elif mode == "prefill":
-            o = F.scaled_dot_product_attention(xq, keys, values, is_causal=True,
-                                               enable_gqa=True)
-        else:
-            o = F.scaled_dot_product_attention(xq, keys, values, attn_mask=mask,
-                                               enable_gqa=True)
-        o = o.transpose(1, 2).reshape(b * q, h_ * d)                              # [T, HD]
-        x = x + lw.o(o)
-        x = x + lw.mlp(F.rms_norm(x, hdim, lw.norm2, eps))
-    x = F.rms_norm(x, hdim, m.norm_f, eps)
-    if mode == "prefill":
-        x = x.view(b, q, -1)[:, -1]                                               # [B, h]
-    return F.linear(x, m.lm_head)                                                 # [T_out, V]
 
 
 def check_model(m: Model, tokens: int = 16, seed: int = 0) -> dict[str, float]:

@@ -8,7 +8,8 @@ over the prompt, logits of the last position only). ``STACKS`` names them:
 
 * ``torch-hf``: reference.forward itself (Hugging Face style RMSNorm, 8 kernels a norm).
 * ``torch-fused``: reference.forward with torch's fused ``F.rms_norm`` (one kernel a
-  norm, the weight applied inside); nothing else changes (``forward_with_norm``).
+  norm, the weight applied inside); nothing else changes (fused_forward.py, the forward
+  that the quantized and MoE stacks of quant_forward.py share).
 * ``torch-compile``: the torch-fused forward under ``torch.compile`` (Inductor) with the
   token count dynamic and the cache position a tensor (``CompileStack``).
 * ``hf-transformers``: the transformers library's ``LlamaForCausalLM`` with sdpa
@@ -27,18 +28,17 @@ has torch, Triton, numpy, pyyaml and transformers, and no gpusim).
 from __future__ import annotations
 
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import reference
 import torch
-import torch.nn.functional as F
 from bench_steps import make_cache
+from fused_forward import Model, check_mode, fused_model, run_layers, sdpa
+from fused_forward import forward as fused_forward
 from reference import Shape
 
-MODES = ("decode", "verify", "prefill")
 StepFn = Callable[[], torch.Tensor]
 # transformers' LlamaConfig.max_position_embeddings: more than any ctx + q measured (with
 # the default RoPE it changes no kernel)
@@ -67,14 +67,9 @@ def check_step(mode: str, batch: int, ctx: int, q: int, cache_batch: int, cache_
     """Raises ValueError for a step the stacks do not run: an unknown mode, decode with
     q != 1, prefill with ctx != 0, a batch other than the cache's, or a KV write past the
     cache's end."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    check_mode(mode, q, ctx)
     if q < 1 or ctx < 0:
         raise ValueError(f"need q >= 1 and ctx >= 0 (got q={q}, ctx={ctx})")
-    if mode == "decode" and q != 1:
-        raise ValueError(f"decode needs q == 1 (got {q})")
-    if mode == "prefill" and ctx != 0:
-        raise ValueError(f"prefill needs ctx == 0 (got {ctx})")
     if batch != cache_batch:
         raise ValueError(f"batch {batch} but the cache holds {cache_batch} sequences")
     if ctx + q > cache_len:
@@ -89,37 +84,22 @@ def random_tokens(vocab: int, batch: int, q: int, device: torch.device, seed: in
 
 
 # ---------------------------------------------------------------- torch-hf, torch-fused
-def fused_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm as one op: torch's ``F.rms_norm`` with the weight (one kernel on CUDA)."""
-    return F.rms_norm(x, (x.shape[-1],), w, eps)
-
-
-def forward_with_norm(norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-                      ) -> Callable[..., torch.Tensor]:
-    """reference.forward with ``norm`` in place of reference.rms_norm.
-
-    The returned function runs reference.forward's own code object with a copy of
-    reference's globals in which ``rms_norm`` is ``norm``: the two forwards cannot drift
-    apart, and reference.py is left as it is.
-    """
-    ref = reference.forward
-    fn = types.FunctionType(ref.__code__, {**vars(reference), "rms_norm": norm},
-                            ref.__name__, ref.__defaults__, ref.__closure__)
-    fn.__kwdefaults__ = ref.__kwdefaults__
-    fn.__doc__ = f"reference.forward with {norm.__name__} as its RMSNorm."
-    return fn
+def _as_is(w: reference.Weights) -> reference.Weights:
+    return w
 
 
 @dataclass
 class TorchStack:
     """A reference.py style forward over reference.Weights and a reference.KVCache.
 
-    ``forward`` has reference.forward's signature (torch-hf: reference.forward itself;
-    torch-fused: ``forward_with_norm(fused_rms_norm)``).
+    ``forward(prepare(weights), cache, tokens, ctx, mode, mask)`` runs a step: torch-hf
+    is reference.forward itself; torch-fused is fused_forward.forward over the same
+    tensors (``fused_model``, made once per model).
     """
 
     name: str
     forward: Callable[..., torch.Tensor]
+    prepare: Callable[[reference.Weights], object] = _as_is
     graphs: int = 0
 
     def load(self, shape: Shape, device: torch.device, dtype: torch.dtype
@@ -140,8 +120,8 @@ class TorchStack:
         if tokens is None:
             tokens = random_tokens(model.shape.vocab_size, batch, q, cache.k.device)
         mask = reference.verify_mask(q, ctx + q) if mode == "verify" else None
-        fwd = self.forward
-        return lambda: fwd(model, cache, tokens, ctx, mode, mask)
+        fwd, m = self.forward, self.prepare(model)
+        return lambda: fwd(m, cache, tokens, ctx, mode, mask)
 
 
 # ---------------------------------------------------------------------- torch-compile
@@ -158,67 +138,50 @@ class LayerKV:
     v: list[torch.Tensor]
 
 
-def _attention(xq: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               positions: torch.Tensor, mode: str) -> torch.Tensor:
-    """SDPA of xq [B, H, q, D] over keys/values [B, Hkv, ctx + q, D] -> [B, H, q, D]."""
-    if mode == "decode":
-        return F.scaled_dot_product_attention(xq, keys, values, enable_gqa=True)
-    if mode == "prefill":
-        return F.scaled_dot_product_attention(xq, keys, values, is_causal=True,
-                                              enable_gqa=True)
-    if xq.is_cuda:
-        # verify: FlashAttention-2, whose causal mask is aligned to the end of the keys
-        # (what reference.verify_mask dispatches to on a GPU; the CausalBias object
-        # itself breaks torch.compile's graph)
-        return torch.ops.aten._scaled_dot_product_flash_attention(
-            xq, keys, values, 0.0, True)[0]
-    # the CPU has no FlashAttention: the same mask, materialized from the positions
-    allowed = torch.arange(keys.shape[2], device=xq.device)[None, :] <= positions[:, None]
-    return F.scaled_dot_product_attention(xq, keys, values, attn_mask=allowed,
-                                          enable_gqa=True)
+class IndexKV:
+    """fused_forward's KV protocol for torch.compile: each layer's cache cut to the
+    step's keys, ``ks``/``vs`` [B, Hkv, ctx + q, D], written by ``index_copy_`` at the
+    ``positions`` tensor [q] (ctx..ctx+q-1), as gpt-fast and transformers' StaticCache
+    write; the RoPE angles come from the same tensor. So a new batch size, q or ctx
+    compiles no new graph: no Python int of the step enters the traced code, and the
+    attention's key length is the dynamic length of ``ks``/``vs``."""
+
+    def __init__(self, ks: list[torch.Tensor], vs: list[torch.Tensor],
+                 positions: torch.Tensor, mode: str):
+        self.ks, self.vs, self.positions, self.mode = ks, vs, positions, mode
+
+    def rope(self, inv_freq: torch.Tensor, dtype: torch.dtype
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = self.positions[:, None].float() * inv_freq[None, :]              # [q, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)                                   # [q, D]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def attend(self, i: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor
+               ) -> torch.Tensor:
+        keys, values = self.ks[i], self.vs[i]
+        keys.index_copy_(2, self.positions, xk)
+        values.index_copy_(2, self.positions, xv)
+        if self.mode != "verify":
+            return sdpa(xq, keys, values, self.mode)
+        if xq.is_cuda:
+            # FlashAttention-2, whose causal mask is aligned to the end of the keys
+            # (what reference.verify_mask dispatches to on a GPU; the CausalBias object
+            # itself breaks torch.compile's graph)
+            return torch.ops.aten._scaled_dot_product_flash_attention(
+                xq, keys, values, 0.0, True)[0]
+        # the CPU has no FlashAttention: the same mask, materialized from the positions
+        allowed = torch.arange(keys.shape[2], device=xq.device)[None, :] \
+            <= self.positions[:, None]
+        return sdpa(xq, keys, values, "verify", allowed)
 
 
-def compile_forward(w: reference.Weights, ks: list[torch.Tensor], vs: list[torch.Tensor],
+def compile_forward(m: Model, ks: list[torch.Tensor], vs: list[torch.Tensor],
                     tokens: torch.Tensor, positions: torch.Tensor, mode: str
                     ) -> torch.Tensor:
-    """The torch-fused forward as torch.compile traces it; the same math as
-    reference.forward with fused_rms_norm. tokens [B, q]; positions [q] (ctx..ctx+q-1);
-    ks/vs: each layer's cache cut to the step's keys, [B, Hkv, ctx + q, D].
-
-    What differs from reference.forward, so that a new batch size, q or ctx compiles no
-    new graph: the step's position enters as the ``positions`` tensor (RoPE angles and
-    the KV write, an ``index_copy_`` into the cache, as gpt-fast and transformers'
-    StaticCache write), never as a Python int, and the attention's key length is the
-    dynamic length of ``ks``/``vs``. Returns logits [B*q, V] (prefill: [B, V]).
-    """
-    s = w.shape
-    b, q = tokens.shape
-    h_, hkv, d = s.num_attention_heads, s.num_key_value_heads, s.d
-    x = F.embedding(tokens.reshape(-1), w.embed)                           # [T, h]
-    freqs = positions[:, None].float() * w.inv_freq[None, :]              # [q, D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)                               # [q, D]
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    for i, lw in enumerate(w.layers):
-        hn = fused_rms_norm(x, lw["norm1"], s.rms_norm_eps)
-        qkv = F.linear(hn, lw["wqkv"])                                     # [T, (H+2Hkv)D]
-        xq = qkv[:, : h_ * d].view(b, q, h_, d).transpose(1, 2)            # [B, H, q, D]
-        xk = qkv[:, h_ * d: (h_ + hkv) * d].view(b, q, hkv, d).transpose(1, 2)
-        xv = qkv[:, (h_ + hkv) * d:].view(b, q, hkv, d).transpose(1, 2)    # [B, Hkv, q, D]
-        xq = reference.apply_rope(xq, cos, sin)
-        xk = reference.apply_rope(xk, cos, sin)
-        ks[i].index_copy_(2, positions, xk)
-        vs[i].index_copy_(2, positions, xv)
-        o = _attention(xq, ks[i], vs[i], positions, mode)                  # [B, H, q, D]
-        o = o.transpose(1, 2).reshape(b * q, h_ * d)                       # [T, HD]
-        x = x + F.linear(o, lw["wo"])
-        hn = fused_rms_norm(x, lw["norm2"], s.rms_norm_eps)
-        gu = F.linear(hn, lw["wgu"])                                       # [T, 2I]
-        gate, up = gu.chunk(2, dim=-1)
-        x = x + F.linear(F.silu(gate) * up, lw["wd"])
-    x = fused_rms_norm(x, w.norm_f, s.rms_norm_eps)
-    if mode == "prefill":
-        x = x.view(b, q, -1)[:, -1]                                        # [B, h]
-    return F.linear(x, w.lm_head)                                          # [T_out, V]
+    """The torch-fused forward (fused_forward.run_layers) as torch.compile traces it,
+    over IndexKV. tokens [B, q]; positions [q]. Returns logits [B*q, V] (prefill:
+    [B, V])."""
+    return run_layers(m, tokens, IndexKV(ks, vs, positions, mode))
 
 
 class CompileStack:
@@ -314,8 +277,8 @@ class CompileStack:
         if q > 1:
             torch._dynamo.maybe_mark_dynamic(tokens, 1)
             torch._dynamo.maybe_mark_dynamic(positions, 0)
-        fn = self._fn
-        return lambda: fn(model, ks, vs, tokens, positions, mode)
+        fn, m = self._fn, fused_model(model)
+        return lambda: fn(m, ks, vs, tokens, positions, mode)
 
 
 # -------------------------------------------------------------------- hf-transformers
@@ -442,7 +405,7 @@ class HfStack:
 
 STACKS: dict[str, Stack] = {
     "torch-hf": TorchStack("torch-hf", reference.forward),
-    "torch-fused": TorchStack("torch-fused", forward_with_norm(fused_rms_norm)),
+    "torch-fused": TorchStack("torch-fused", fused_forward, fused_model),
     "torch-compile": CompileStack(),
     "hf-transformers": HfStack(),
 }

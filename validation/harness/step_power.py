@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference
-from bench import load_models
+from bench_campaign import load_models
 from bench_timing import Clock, capture
 from power_probe import Sampler
 

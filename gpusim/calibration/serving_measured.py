@@ -1,0 +1,245 @@
+"""Measured serving runs (validation/harness/bench_serve_engine.py) -> typed records.
+
+A run directory holds run.json (device, GPU, model, stack, engine settings, workload,
+provenance), config.json (the model's shape), steps.csv (one row per engine step) and
+requests.jsonl (one object per served request); validation/harness/serve_record.py
+writes them and documents every field. Every problem is a ConfigError naming the
+file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpusim.errors import bad, read_text
+
+FORMAT = "gpusim-serve-run/1"
+ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks",
+               "max_model_len", "prefix_caching", "capture_sizes")
+STEP_FLOATS = ("start_s", "end_s", "forward_s", "gpu_s")
+STEP_INTS = ("step", "decode", "decode_ctx_tokens", "padded_batch", "tokens", "seqs",
+             "kv_used_blocks")
+REQUEST_KEYS = ("rid", "arrival_s", "prompt_tokens", "output_tokens", "segments",
+                "output_key", "first_token_s", "finish_s", "token_s")
+
+
+@dataclass(frozen=True)
+class MeasuredStep:
+    """One engine step: when, what it ran (``chunks``: (request, cached, new tokens))."""
+
+    index: int
+    start_s: float
+    end_s: float
+    forward_s: float          # inputs to the device, launch, GPU, tokens back
+    gpu_s: float              # CUDA events around the forward (a CPU run: its wall time)
+    launch: str
+    decode: int
+    decode_ctx_tokens: int
+    padded_batch: int
+    chunks: tuple[tuple[int, int, int], ...]
+    tokens: int
+    seqs: int
+    preempted: tuple[int, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def host_s(self) -> float:
+        """The step's host work outside the forward (arrivals, scheduling, inputs,
+        bookkeeping)."""
+        return self.duration_s - self.forward_s
+
+    @property
+    def composition(self) -> tuple[int, int, tuple[tuple[int, int], ...]]:
+        """(decoding sequences, their cached tokens, chunks as (new, cached))."""
+        return self.decode, self.decode_ctx_tokens, tuple((n, c) for _, c, n in self.chunks)
+
+
+@dataclass(frozen=True)
+class MeasuredRequest:
+    """One served request: content (``segments``: prompt pieces as (key, tokens);
+    ``output_key``: its answer's), and every token's time."""
+
+    rid: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    segments: tuple[tuple[str, int], ...]
+    output_key: str
+    first_token_s: float
+    finish_s: float
+    token_s: tuple[float, ...]
+    preemptions: int
+
+
+@dataclass(frozen=True)
+class ServingRun:
+    """A measured run: its settings (``engine``: ENGINE_KEYS and more), requests and steps."""
+
+    path: Path
+    device: str
+    gpu: str
+    model: str
+    stack: str
+    load: str
+    engine: dict[str, Any]
+    workload: dict[str, Any]
+    provenance: dict[str, Any]
+    prefix_cache: dict[str, Any]
+    lost_tokens: int
+    rejected: int
+    requests: tuple[MeasuredRequest, ...]
+    steps: tuple[MeasuredStep, ...]
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device != "cuda"
+
+    @property
+    def window_s(self) -> float:
+        """The arrival window: the workload's duration (else the last arrival)."""
+        d = self.workload.get("duration_s")
+        if isinstance(d, (int, float)) and d > 0:
+            return float(d)
+        return max((r.arrival_s for r in self.requests), default=0.0) or 1.0
+
+    @property
+    def offered_rate_per_s(self) -> float:
+        return (len(self.requests) + self.rejected) / self.window_s
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise bad(str(path), f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    if not isinstance(data, dict):
+        raise bad(str(path), "expected a JSON object")
+    return data
+
+
+def _need(data: dict[str, Any], key: str, source: str, kind: type | tuple[type, ...],
+          line: int | None = None) -> Any:
+    if key not in data:
+        raise bad(source, "required field is missing", field=key, line=line)
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise bad(source, f"expected {getattr(kind, '__name__', 'a number')}", field=key,
+                  line=line, value=value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad(source, "must be finite", field=key, line=line, value=value)
+    return value
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split())
+
+
+def _step(row: dict[str, str], source: str, line: int) -> MeasuredStep:
+    values: dict[str, Any] = {}
+    for key in (*STEP_FLOATS, *STEP_INTS):
+        text = row.get(key)
+        try:
+            values[key] = float(text) if key in STEP_FLOATS else int(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise bad(source, "expected a number", field=key, line=line, value=text) from None
+    try:
+        chunks = tuple(tuple(int(x) for x in c.split(":")) for c in row["chunks"].split())
+        preempted = _ids(row["preempted"])
+        if any(len(c) != 3 for c in chunks):
+            raise ValueError
+    except (KeyError, ValueError):
+        raise bad(source, "expected rid:cached:new chunks and rid lists", field="chunks",
+                  line=line) from None
+    if not values["start_s"] < values["end_s"]:
+        raise bad(source, "a step must end after it starts", field="end_s", line=line)
+    if values["tokens"] != values["decode"] + sum(c[2] for c in chunks):
+        raise bad(source, "tokens != decode + chunk tokens", field="tokens", line=line)
+    return MeasuredStep(values["step"], values["start_s"], values["end_s"],
+                        values["forward_s"], values["gpu_s"], row.get("launch", ""),
+                        values["decode"], values["decode_ctx_tokens"],
+                        values["padded_batch"], chunks,  # type: ignore[arg-type]
+                        values["tokens"], values["seqs"], preempted)
+
+
+def _request(data: dict[str, Any], source: str, line: int) -> MeasuredRequest:
+    num = (int, float)
+    for key in REQUEST_KEYS:
+        _need(data, key, source, object, line)
+    tokens = data["token_s"]
+    segs = data["segments"]
+    if (not isinstance(tokens, list) or len(tokens) != data["output_tokens"]
+            or not all(isinstance(t, num) for t in tokens) or tokens != sorted(tokens)):
+        raise bad(source, "expected one time per output token, in order", field="token_s",
+                  line=line)
+    if (not isinstance(segs, list) or not all(isinstance(s, list) and len(s) == 2
+                                              and isinstance(s[0], str)
+                                              and isinstance(s[1], int) for s in segs)
+            or sum(s[1] for s in segs) != data["prompt_tokens"]):
+        raise bad(source, "expected [key, tokens] pieces adding up to prompt_tokens",
+                  field="segments", line=line)
+    arrival = float(_need(data, "arrival_s", source, num, line))
+    if not arrival <= tokens[0] == _need(data, "first_token_s", source, num, line) or (
+            tokens[-1] != _need(data, "finish_s", source, num, line)):
+        raise bad(source, "token times disagree with arrival, first token or finish",
+                  field="token_s", line=line)
+    return MeasuredRequest(
+        _need(data, "rid", source, int, line), arrival,
+        _need(data, "prompt_tokens", source, int, line),
+        _need(data, "output_tokens", source, int, line),
+        tuple((k, n) for k, n in segs), str(_need(data, "output_key", source, str, line)),
+        float(tokens[0]), float(tokens[-1]), tuple(float(t) for t in tokens),
+        int(data.get("preemptions", 0)))
+
+
+def read_serving_run(path: Path) -> ServingRun:
+    """Read a run directory. Raises ConfigError naming the file, line and field."""
+    path = Path(path)
+    meta_path = path / "run.json"
+    meta = _load_json(meta_path)
+    src = str(meta_path)
+    if meta.get("format") != FORMAT:
+        raise bad(src, f"not a serving run (expected format {FORMAT})", field="format",
+                  value=meta.get("format"))
+    engine = _need(meta, "engine", src, dict)
+    for key in ENGINE_KEYS:
+        _need(engine, key, src, (int, list) if key == "capture_sizes" else
+              (bool if key == "prefix_caching" else int))
+    _load_json(path / "config.json")
+    steps_src = str(path / "steps.csv")
+    rows = csv.DictReader(read_text(path / "steps.csv").splitlines())
+    steps = tuple(_step(row, steps_src, i) for i, row in enumerate(rows, start=2))
+    req_src = str(path / "requests.jsonl")
+    requests = []
+    for i, text in enumerate(read_text(path / "requests.jsonl").splitlines(), start=1):
+        if text.strip():
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise bad(req_src, f"invalid JSON: {exc.msg}", line=i) from None
+            if not isinstance(data, dict):
+                raise bad(req_src, "expected a JSON object per line", line=i)
+            requests.append(_request(data, req_src, i))
+    if not steps or not requests:
+        raise bad(str(path), "a run needs steps and requests")
+    requests.sort(key=lambda r: (r.arrival_s, r.rid))
+    return ServingRun(
+        path=path, device=str(_need(meta, "device", src, str)),
+        gpu=str(_need(meta, "gpu", src, str)), model=str(meta.get("model", "")),
+        stack=str(meta.get("stack", "")), load=str(meta.get("load", path.name)),
+        engine=engine, workload=dict(meta.get("workload") or {}),
+        provenance=dict(meta.get("provenance") or {}),
+        prefix_cache=dict(meta.get("prefix_cache") or {}),
+        lost_tokens=int(meta.get("lost_tokens", 0)), rejected=int(meta.get("rejected", 0)),
+        requests=tuple(requests), steps=steps)

@@ -1,0 +1,297 @@
+"""gpusim's serving simulator against measured serving runs (``gpusim serve --replay``).
+
+For a run of the harness's engine (``serving_measured.ServingRun``), three views:
+
+* per step: the step-time model prices the composition each measured step ran
+  (decoding sequences and their context, prefill chunks), against the step's measured
+  forward (inputs, launch, GPU, tokens back), and the fitted host work per step
+  (``HostParams.serving_step_host_s`` + ``serving_seq_host_s`` x sequences) against the
+  rest of the step;
+* the simulation: the same arrivals, lengths and content, the same scheduler settings
+  and KV blocks, every step priced by the model plus the host work: TTFT, TPOT, ITL and
+  end-to-end latency quantiles and throughput, against the measured ones;
+* the simulation with measured step times: each simulated step whose composition a
+  measured step ran takes that step's measured duration, so what differs from the
+  measurement is the schedule (and waking up for arrivals): the scheduling error.
+
+The host work is fitted by non-negative least squares over the steps of the other
+runs (leave one run out), or of the run itself when it is the only one (then said so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from gpusim.calibration.serving_measured import MeasuredStep, ServingRun
+from gpusim.platform import Platform
+from gpusim.serving.conversation import ListedSource
+from gpusim.serving.loop import ServingLoop
+from gpusim.serving.plan import StepPlan
+from gpusim.serving.scenario import Scenario
+from gpusim.serving.simulate import Engine, build_engine
+from gpusim.serving.step_time import StepTimeModel
+from gpusim.specs import ModelSpec
+
+QUANTILES = (50, 90, 99)
+LATENCIES = ("ttft_s", "tpot_s", "itl_s", "e2el_s")
+SATURATED_BELOW = 0.9     # a run is saturated when it serves < 90% of what it is offered
+
+
+def replay_scenario(run: ServingRun) -> Scenario:
+    """The scenario of ``run``'s engine: its scheduler limits, KV block size, prefix
+    caching and CUDA-graph sizes (the arrivals come from the run itself)."""
+    e = run.engine
+    return Scenario.model_validate({
+        "name": f"replay-{run.load}" if run.load[:1].isalnum() else "replay",
+        "trace": {"path": str(run.path / "requests.jsonl")},
+        "scheduler": {"max_num_seqs": e["max_num_seqs"],
+                      "max_num_batched_tokens": e["max_num_batched_tokens"],
+                      "block_size_tokens": e["block_size"],
+                      "prefix_caching": e["prefix_caching"],
+                      "cudagraph_capture_sizes": e["capture_sizes"] or None}})
+
+
+def replay_source(run: ServingRun) -> ListedSource:
+    """The run's requests as they arrived, their content keys numbered in order of
+    first appearance."""
+    keys: dict[str, int] = {}
+
+    def key(name: str) -> int:
+        return keys.setdefault(name, len(keys))
+
+    rows = [(r.arrival_s, r.prompt_tokens, r.output_tokens,
+             tuple((key(k), n) for k, n in r.segments), key(r.output_key))
+            for r in run.requests]
+    return ListedSource(rows, str(run.path))
+
+
+def step_seconds(model: StepTimeModel, composition: tuple[int, int, tuple]) -> float:
+    """The model's time for a step of (decoding sequences, their cached tokens,
+    chunks as (new, cached))."""
+    decode, ctx, chunks = composition
+    if chunks:
+        return model.step(decode, ctx, list(chunks))[0]
+    return model.decode_step(decode, ctx)[0]
+
+
+def fit_host(steps: Sequence[MeasuredStep]) -> tuple[float, float]:
+    """(seconds per step, seconds per sequence) of host work, >= 0, least squares."""
+    if not steps:
+        return 0.0, 0.0
+    a = np.array([[1.0, s.seqs] for s in steps])
+    b = np.array([s.host_s for s in steps])
+    x, _ = nnls(a, b)   # Lawson-Hanson: exact, no solver tolerance in the answer
+    return float(x[0]), float(x[1])
+
+
+class MeasuredStepTimes:
+    """A step-time model that gives a step the measured duration of a step of the same
+    composition (in measured order where one repeats); a composition never measured
+    gets the model's time scaled by the median measured / modelled ratio of its kind
+    (decode-only or mixed), so that what remains is the schedule's doing, not the step
+    model's. Counts both. Everything else is the wrapped model's."""
+
+    def __init__(self, base: StepTimeModel, steps: Sequence[MeasuredStep]) -> None:
+        self._base = base
+        self._table: dict[tuple, list[float]] = defaultdict(list)
+        ratios: dict[bool, list[float]] = {False: [], True: []}
+        for s in steps:
+            self._table[s.composition].append(s.duration_s)
+            ratios[bool(s.chunks)].append(s.duration_s / step_seconds(base, s.composition))
+        self._scale = {k: float(np.median(v)) if v else 1.0 for k, v in ratios.items()}
+        self._used: dict[tuple, int] = defaultdict(int)
+        self.matched = 0
+        self.modelled = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def _lookup(self, key: tuple, model_s: float) -> float:
+        times = self._table.get(key)
+        if not times:
+            self.modelled += 1
+            return model_s * self._scale[bool(key[2])]
+        self.matched += 1
+        i = min(self._used[key], len(times) - 1)
+        self._used[key] += 1
+        return times[i]
+
+    def decode_step(self, batch: int, ctx_sum: float) -> tuple[float, float]:
+        t, moved = self._base.decode_step(batch, ctx_sum)
+        return self._lookup((batch, ctx_sum, ()), t), moved
+
+    def step(self, decode: int, ctx_sum: float, chunks) -> tuple[float, float]:
+        chunks = list(chunks)
+        t, moved = self._base.step(decode, ctx_sum, chunks)
+        return self._lookup((decode, ctx_sum, tuple(chunks)), t), moved
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """A replay's outcome: the summary, every request's token times, the steps."""
+
+    summary: dict[str, Any]
+    token_s: list[list[float]]
+    plans: list[StepPlan]
+
+
+def simulate_run(run: ServingRun, engine: Engine) -> Simulated:
+    """Simulate ``run``'s arrivals on ``engine``; raises ValueError if the simulator
+    rejects a request the engine served (the two disagree on its limits)."""
+    source = replay_source(run)
+    loop = ServingLoop(engine, replay_scenario(run), source=source)
+    prompt = [r.prompt_tokens for r in run.requests]
+    generated = [0] * len(prompt)
+    times: list[list[float]] = [[] for _ in prompt]
+    plans = []
+    while not loop.finished:
+        plan = loop.step().plan
+        plans.append(plan)
+        for rid in plan.decoding:
+            times[rid].append(plan.end_s)
+            generated[rid] += 1
+        for c in plan.prefill:
+            if c.cached_tokens + c.new_tokens == prompt[c.rid] + generated[c.rid]:
+                times[c.rid].append(plan.end_s)
+                generated[c.rid] += 1
+    summary = loop.summary().as_dict()
+    if summary["requests"]["accepted"] != len(prompt):
+        raise ValueError(f"{run.path}: the simulator rejected "
+                         f"{len(prompt) - summary['requests']['accepted']} requests the "
+                         "engine served")
+    return Simulated(summary, times, plans)
+
+
+def latency_metrics(arrival_s: Sequence[float], token_s: Sequence[Sequence[float]]
+                    ) -> dict[str, Any]:
+    """vLLM-benchmark metrics (TPOT without the first token, ITL per gap; numpy's
+    linear percentiles) and throughput over the makespan (time 0 to the last token)."""
+    ttft = [t[0] - a for a, t in zip(arrival_s, token_s, strict=True)]
+    e2el = [t[-1] - a for a, t in zip(arrival_s, token_s, strict=True)]
+    tpot = [(t[-1] - t[0]) / (len(t) - 1) for t in token_s if len(t) > 1]
+    itl = [b - a for t in token_s for a, b in itertools.pairwise(t)]
+    out: dict[str, Any] = {}
+    for name, xs in zip(LATENCIES, (ttft, tpot, itl, e2el), strict=True):
+        arr = np.asarray(xs, dtype=np.float64)
+        out[name] = {f"p{q}": float(np.percentile(arr, q)) if len(arr) else math.nan
+                     for q in QUANTILES}
+    makespan = max(t[-1] for t in token_s)
+    out["makespan_s"] = makespan
+    out["requests_per_s"] = len(token_s) / makespan
+    out["output_tokens_per_s"] = sum(len(t) for t in token_s) / makespan
+    return out
+
+
+def relative_error(pred: float, meas: float) -> float:
+    return (pred - meas) / meas if meas else math.nan
+
+
+def mape(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - meas) / meas)) if len(meas) else math.nan
+
+
+def step_kind(s: MeasuredStep) -> str:
+    if s.chunks:
+        return "mixed"
+    return "decode, graph" if s.launch in ("graph", "padded") else "decode, eager"
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """One run against its replay (see the module docstring); errors are relative,
+    (simulated - measured) / measured."""
+
+    run: ServingRun
+    host: tuple[float, float]
+    host_in_sample: bool
+    step_errors: dict[str, dict[str, float]]      # kind -> forward/host/total MAPE, count
+    measured: dict[str, Any]
+    simulated: dict[str, Any]
+    with_measured_steps: dict[str, Any]
+    steps_matched: float                          # share of oracle steps found measured
+    simulated_steps: int
+    simulated_preemptions: int
+    simulated_prefix: dict[str, Any] | None
+    oracle_steps: int                             # the same, with measured step times
+    oracle_preemptions: int
+    oracle_prefix: dict[str, Any] | None
+
+
+def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
+                host: tuple[float, float], host_in_sample: bool) -> RunComparison:
+    """Compare ``run`` with its replay on ``platform`` with ``host`` work per step and
+    per sequence. Raises ConfigError/ValueError where the run cannot be replayed."""
+    cal = platform.calibration.replace({"host.serving_step_host_s": host[0],
+                                        "host.serving_seq_host_s": host[1]})
+    engine = build_engine(platform.with_calibration(cal), model, replay_scenario(run),
+                          kv_blocks=int(run.engine["num_blocks"]))
+    forward_model = dataclasses.replace(engine.step_model, host_step_s=0.0, host_seq_s=0.0)
+    by_kind: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for s in run.steps:
+        fwd = step_seconds(forward_model, s.composition)
+        hst = host[0] + host[1] * s.seqs
+        row = (fwd, s.forward_s, hst, s.host_s)
+        by_kind[step_kind(s)].append(row)
+        by_kind["all"].append(row)
+    step_errors = {}
+    for kind, rows in by_kind.items():
+        a = np.array(rows)
+        step_errors[kind] = {"count": float(len(a)), "forward": mape(a[:, 0], a[:, 1]),
+                             "host": mape(a[:, 2], np.maximum(a[:, 3], 1e-9)),
+                             "total": mape(a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]),
+                             "forward_bias": float(np.median((a[:, 0] - a[:, 1]) / a[:, 1]))}
+    arrivals = [r.arrival_s for r in run.requests]
+    measured = latency_metrics(arrivals, [r.token_s for r in run.requests])
+    sim = simulate_run(run, engine)
+    oracle_times = MeasuredStepTimes(engine.step_model, run.steps)
+    oracle = simulate_run(run, dataclasses.replace(engine, step_model=oracle_times))
+    looked_up = oracle_times.matched + oracle_times.modelled
+    return RunComparison(
+        run=run, host=host, host_in_sample=host_in_sample, step_errors=step_errors,
+        measured=measured, simulated=latency_metrics(arrivals, sim.token_s),
+        with_measured_steps=latency_metrics(arrivals, oracle.token_s),
+        steps_matched=oracle_times.matched / looked_up if looked_up else math.nan,
+        simulated_steps=len(sim.plans),
+        simulated_preemptions=int(sim.summary["requests"]["preemptions"]),
+        simulated_prefix=sim.summary.get("prefix_cache"), oracle_steps=len(oracle.plans),
+        oracle_preemptions=int(oracle.summary["requests"]["preemptions"]),
+        oracle_prefix=oracle.summary.get("prefix_cache"))
+
+
+def compare_runs(runs: Sequence[ServingRun], platform: Platform, model_for
+                 ) -> list[RunComparison]:
+    """Every run against its replay, the host work fitted leaving the run out (in
+    sample when there is one run). ``model_for(run)``: the run's ModelSpec."""
+    out = []
+    for i, run in enumerate(runs):
+        others = [s for j, r in enumerate(runs) if j != i for s in r.steps]
+        in_sample = not others
+        host = fit_host(run.steps if in_sample else others)
+        out.append(compare_run(run, platform, model_for(run), host, in_sample))
+    return out
+
+
+def saturation(results: Sequence[RunComparison]) -> dict[str, Any]:
+    """Per run: offered load, measured and simulated throughput (requests/s), whether
+    each saturated (served < 90% of the offered load); and the saturation load of each
+    (the highest throughput of its saturated runs; None: not reached)."""
+    rows = []
+    for r in sorted(results, key=lambda r: r.run.offered_rate_per_s):
+        offered = r.run.offered_rate_per_s
+        m, s = r.measured["requests_per_s"], r.simulated["requests_per_s"]
+        rows.append({"load": r.run.load, "offered": offered, "measured": m, "simulated": s,
+                     "measured_saturated": m < SATURATED_BELOW * offered,
+                     "simulated_saturated": s < SATURATED_BELOW * offered})
+    meas = [x["measured"] for x in rows if x["measured_saturated"]]
+    sim = [x["simulated"] for x in rows if x["simulated_saturated"]]
+    return {"rows": rows, "measured": max(meas) if meas else None,
+            "simulated": max(sim) if sim else None}

@@ -1,0 +1,136 @@
+"""Expert GEMMs of an MoE layer: PyTorch's grouped GEMM and a fused-MoE kernel.
+
+An expert GEMM multiplies the T x k token-slots, sorted by expert, by the weights of
+the experts they route to: each touched expert is its own GEMM problem. Its bytes are
+the touched experts' weights (``kernels.moe``: the expected distinct experts grow with
+the tokens and saturate at all of them); its arithmetic is tiles of each expert's rows,
+so a step whose experts get few rows each pays for mostly empty tiles.
+
+* ``grouped_mm``: ``torch._grouped_mm`` (what plain PyTorch runs, no custom kernels):
+  one CUTLASS grouped GEMM over all groups on sm90, each group's rows in tiles of
+  ``tile_m``, the groups' tiles scheduled together in waves over the SMs; unquantized
+  weights. The permutation (sort, gather) and the combine are the stack's own ops.
+* ``fused_moe``: a fused-MoE kernel as vLLM and SGLang run it (Triton's ``fused_moe``
+  or CUTLASS's grouped MoE): the token gather fused into the GEMM's loads, each
+  expert's rows padded to ``block_m`` (moe_align_block_size), weights unquantized or
+  quantized (fp8 with fp8 activations at the fp8 rate; int8, int4, fp4 weight-only,
+  dequantized per row block at ``dequant_flops_per_element`` CUDA-core operations per
+  weight element). A stack running it lists its own align and combine kernels.
+
+Expected tiles of a touched expert with r rows on average (r = slots / touched):
+``max(1, r / tile + (tile - 1) / (2 tile))``: one tile while it has a few rows, then
+its rows' tiles plus half a tile of padding on average.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from gpusim.cost.gemm_family import Bounds, GemmFamily, GemmParts, Ratio, hbm_s
+from gpusim.kernels.records import Kernel
+from gpusim.specs import Frozen, GpuSpec
+from gpusim.specs.base import NonNeg
+
+if TYPE_CHECKING:
+    from gpusim.cost.params import GpuPhysics
+
+RowTile = Annotated[int, Field(ge=1, le=512)]
+
+
+def expert_tiles(slots: np.ndarray, touched: np.ndarray, tile_m: float) -> np.ndarray:
+    """Expected row tiles over the touched experts (see the module's docstring)."""
+    d = np.maximum(touched, 1e-12)
+    per = np.maximum(1.0, slots / (d * tile_m) + (tile_m - 1.0) / (2.0 * tile_m))
+    return np.where(touched > 0, touched * per, 0.0)
+
+
+def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: float, efficiency: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(row tiles, arithmetic seconds) of an expert GEMM: each expert's rows in tiles of
+    ``tile_m`` by ``gemm_tile_n`` columns, all tiles in waves over the SMs."""
+    g = k.gemm
+    assert g is not None and getattr(g, "touched", None) is not None  # kernels.moe
+    tiles_m = expert_tiles(np.asarray(g.m, dtype=np.float64), g.touched, tile_m)
+    tile_n = float(physics.gemm_tile_n)
+    waves = np.ceil(tiles_m * np.ceil(g.n / tile_n) / gpu.sm_count)
+    per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
+    return tiles_m, waves * 2.0 * tile_m * tile_n * g.k / (per_sm * efficiency)
+
+
+class GroupedMmParams(Frozen):
+    """torch._grouped_mm on this GPU: its tensor efficiency and bandwidth relative to
+    cuBLAS's GEMMs, its row tile, a fixed cost per call and per touched expert (each
+    group's problem setup and tile scheduling)."""
+
+    tensor_efficiency_ratio: Ratio = 1.0
+    bandwidth_ratio: Ratio = 1.0
+    tile_m: RowTile = 128
+    fixed_s: NonNeg = 0.0
+    per_expert_s: NonNeg = 0.0
+
+
+class GroupedMm(GemmFamily):
+    name: ClassVar[str] = "grouped_mm"
+    Params: ClassVar[type[Frozen]] = GroupedMmParams
+    FIT: ClassVar[dict[str, Bounds]] = {
+        "tensor_efficiency_ratio": (0.2, 1.3, 0.8, 1.0),
+        "bandwidth_ratio": (0.3, 1.2, 0.9, 1.0),
+        "fixed_s": (0.0, 20e-6, 2e-6, 1e-6),
+        "per_expert_s": (0.0, 2e-6, 0.1e-6, 1e-6),
+    }
+
+    def parts(self, k: Kernel, gpu: GpuSpec, physics: GpuPhysics, params: Frozen
+              ) -> GemmParts:
+        p = params
+        assert isinstance(p, GroupedMmParams)
+        _, compute = _tiled(k, gpu, physics, float(p.tile_m),
+                            physics.tensor_efficiency * p.tensor_efficiency_ratio)
+        touched = getattr(k.gemm, "touched", np.zeros_like(k.flops))
+        fixed = k.launches * physics.gemm_fixed_cost_s + p.fixed_s + touched * p.per_expert_s
+        return GemmParts(np.broadcast_to(fixed, k.flops.shape).astype(np.float64),
+                         hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio), compute)
+
+
+class FusedMoeParams(Frozen):
+    """A fused-MoE kernel: tensor efficiency and bandwidth relative to cuBLAS's, its
+    row block, CUDA-core operations per weight element per row block to dequantize a
+    weight-only quantized expert, a fixed cost per call and per touched expert."""
+
+    tensor_efficiency_ratio: Ratio = 1.0
+    bandwidth_ratio: Ratio = 1.0
+    block_m: RowTile = 16
+    dequant_flops_per_element: Annotated[float, Field(ge=0.0, le=200.0)] = 2.0
+    fixed_s: NonNeg = 0.0
+    per_expert_s: NonNeg = 0.0
+
+
+class FusedMoe(GemmFamily):
+    name: ClassVar[str] = "fused_moe"
+    Params: ClassVar[type[Frozen]] = FusedMoeParams
+    FIT: ClassVar[dict[str, Bounds]] = {
+        "tensor_efficiency_ratio": (0.2, 1.3, 0.8, 1.0),
+        "bandwidth_ratio": (0.3, 1.2, 0.9, 1.0),
+        "dequant_flops_per_element": (0.0, 100.0, 4.0, 1.0),
+        "fixed_s": (0.0, 20e-6, 2e-6, 1e-6),
+        "per_expert_s": (0.0, 2e-6, 0.1e-6, 1e-6),
+    }
+
+    def parts(self, k: Kernel, gpu: GpuSpec, physics: GpuPhysics, params: Frozen
+              ) -> GemmParts:
+        p = params
+        assert isinstance(p, FusedMoeParams)
+        g = k.gemm
+        assert g is not None
+        tiles_m, compute = _tiled(k, gpu, physics, float(p.block_m),
+                                  physics.tensor_efficiency * p.tensor_efficiency_ratio)
+        if g.w_dtype in ("int8", "int4", "fp4"):
+            # weight-only: each row block dequantizes its expert's whole [n, k] weight
+            compute = compute + (tiles_m * float(g.n) * g.k * p.dequant_flops_per_element
+                                 / gpu.fp32_flops_per_s)
+        touched = getattr(g, "touched", np.zeros_like(k.flops))
+        fixed = k.launches * physics.gemm_fixed_cost_s + p.fixed_s + touched * p.per_expert_s
+        return GemmParts(np.broadcast_to(fixed, k.flops.shape).astype(np.float64),
+                         hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio), compute)

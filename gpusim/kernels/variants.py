@@ -1,0 +1,148 @@
+"""The ops a model's architecture changes in a stack's layer: an MoE layer's router,
+permutation, expert GEMMs and combine in place of the dense MLP, and Qwen3's q/k norms
+after the qkv projection.
+
+A stack says how it runs them in its ``moe:`` and ``qk_norm:`` sections; a stack
+without them runs plain PyTorch's (``TORCH_MOE``, ``TORCH_QK_NORM``: what
+``validation/harness/moe_forward.py`` and ``quant_forward.forward`` launch on CUDA).
+A dense Llama model's layer is the stack's own, op for op.
+"""
+
+from __future__ import annotations
+
+from gpusim.specs import ModelSpec, StackOp, StackSpec
+
+# the dense MLP's ops in a stack's layer: those reading its weights or activations
+DENSE_MLP_WEIGHTS = frozenset({"gate_up", "gate", "up", "down"})
+DENSE_MLP_TENSORS = frozenset({"intermediate", "gate_up"})
+QKV_WEIGHTS = ("qkv", "q", "k", "v")
+
+
+def _op(**kw: object) -> StackOp:
+    return StackOp.model_validate(kw)
+
+
+# moe_forward.MoeLayer on CUDA, eager (the profile phase of bench_quant_moe.py records
+# what each really launches). Bytes are HBM bytes read plus written per element of the
+# op's tensor over its kernels.
+TORCH_MOE: tuple[StackOp, ...] = (
+    # F.linear(hn, router): one cuBLAS GEMM [T, h] x [h, E]
+    _op(op="gemm", name="router", weight="router"),
+    # softmax in float32 over [T, E] (read 2, write 4), topk (a radix select reading the
+    # 4-byte scores, and a sort of the k picks), cast of the weights to bf16
+    _op(op="elementwise", name="route_topk", tensor="router_logits", kernels=4,
+        bytes_per_element=10),
+    # norm_topk_prob: sum and div over the [T, k] float weights
+    _op(op="elementwise", name="route_renorm", tensor="routing", kernels=2,
+        bytes_per_element=12, requires="norm_topk_prob"),
+    # stable argsort of the T*k expert ids (index fill + sort), slot -> token floor-div,
+    # float cast, histc (memset + count), cumsum and int32 cast of the per-expert counts
+    _op(op="elementwise", name="permute_index", tensor="routing", kernels=8,
+        bytes_per_element=40),
+    # index_select of the tokens' rows into expert order: read 2, write 2
+    _op(op="elementwise", name="permute_gather", tensor="routed_hidden", kernels=1,
+        bytes_per_element=4),
+    # torch._grouped_mm: one CUTLASS grouped GEMM over the touched experts
+    _op(op="gemm", name="experts_gate_up", weight="experts_gate_up", family="grouped_mm"),
+    # silu (read 2 write 2) and mul (read 4 write 2) on chunk views of [T k, 2I]
+    _op(op="elementwise", name="experts_silu_mul", tensor="routed_intermediate",
+        kernels=2, bytes_per_element=10, strided_kernels=2),
+    _op(op="gemm", name="experts_down", weight="experts_down", family="grouped_mm"),
+    # index_select of each slot's routing weight, and the [T k, h] rows scaled by it (a
+    # broadcast: PyTorch's non-vectorised path)
+    _op(op="elementwise", name="combine_scale", tensor="routed_hidden", kernels=2,
+        bytes_per_element=4, strided_kernels=1),
+    # zeros [T, h], then index_add_ of the slots into their tokens (atomics: read the
+    # slot row, read and write the token row)
+    _op(op="elementwise", name="combine_zero", tensor="hidden", kernels=1,
+        bytes_per_element=2),
+    _op(op="elementwise", name="combine_add", tensor="routed_hidden", kernels=1,
+        bytes_per_element=6),
+    # a shared expert: the stack's dense MLP at the shared expert's size
+    _op(op="dense_mlp", name="shared_expert", requires="shared_expert"),
+    # Qwen2-MoE's gate on it: a [T, h] x [h, 1] GEMM, sigmoid, broadcast mul
+    _op(op="gemm", name="shared_gate", weight="shared_gate", requires="shared_expert_gate"),
+    _op(op="elementwise", name="shared_gate_scale", tensor="hidden", kernels=2,
+        bytes_per_element=4, strided_kernels=1, requires="shared_expert_gate"),
+    # routed + shared: read 4, write 2
+    _op(op="elementwise", name="shared_add", tensor="hidden", kernels=1,
+        bytes_per_element=6, requires="shared_expert"),
+)
+
+# quant_forward.forward's q/k norms: a contiguous copy of the strided head view (read
+# 2, write 2) and torch's fused RMSNorm over head_dim (read 2, write 2; a latency-bound
+# row walk, as torch-fused's norms)
+TORCH_QK_NORM: tuple[StackOp, ...] = (
+    _op(op="elementwise", name="q_norm", tensor="q", kernels=2, bytes_per_element=8,
+        strided_kernels=1),
+    _op(op="elementwise", name="k_norm", tensor="kv", kernels=2, bytes_per_element=8,
+        strided_kernels=1),
+)
+
+
+def is_dense_mlp(op: StackOp) -> bool:
+    """Whether ``op`` belongs to the layer's dense MLP (its weights or activations)."""
+    return op.weight in DENSE_MLP_WEIGHTS or op.tensor in DENSE_MLP_TENSORS
+
+
+def _runs(op: StackOp, model: ModelSpec) -> bool:
+    """Whether an op with a ``requires`` runs for ``model``."""
+    return {None: True, "shared_expert": model.shared_expert_intermediate_size > 0,
+            "shared_expert_gate": model.shared_expert_gate,
+            "norm_topk_prob": model.norm_topk_prob}[op.requires]
+
+
+def layer_ops(model: ModelSpec, stack: StackSpec) -> tuple[StackOp, ...]:
+    """The ops of one layer of ``model`` on ``stack``, in launch order: the stack's
+    layer, with q/k norms after the qkv projection (a model with ``qk_norm``) and the
+    MoE section in place of the dense MLP (an MoE model; its ``dense_mlp`` op expands
+    to the dense MLP's ops, sized to the shared expert). Raises ValueError where the
+    stack's layer has no place for them (no qkv projection, no MLP ops)."""
+    ops = stack.layer
+    if not model.qk_norm and not model.is_moe:
+        return ops
+    out = list(ops)
+    if model.qk_norm:
+        at = [i for i, op in enumerate(out) if op.weight in QKV_WEIGHTS]
+        if not at:
+            raise ValueError(f"stack {stack.name}: no qkv projection to put {model.name}'s "
+                             "q/k norms after")
+        norms = stack.qk_norm if stack.qk_norm is not None else TORCH_QK_NORM
+        out[at[-1] + 1:at[-1] + 1] = norms
+    if model.is_moe:
+        mlp = [op for op in out if is_dense_mlp(op)]
+        if not mlp:
+            raise ValueError(f"stack {stack.name}: no dense MLP ops for {model.name}'s "
+                             "experts to replace")
+        first = out.index(mlp[0])
+        section = stack.moe if stack.moe is not None else TORCH_MOE
+        moe: list[StackOp] = []
+        for op in section:
+            if not _runs(op, model):
+                continue
+            moe.extend([m.model_copy(update={"name": f"shared_{m.name}"}) for m in mlp]
+                       if op.op == "dense_mlp" else [op])
+        out = [op for op in out if not is_dense_mlp(op)]
+        out[first:first] = moe
+    return tuple(out)
+
+
+def op_roles(model: ModelSpec, stack: StackSpec) -> dict[str, str]:
+    """Op name -> what it is for, for the ops that exist because the model is quantized
+    or a mixture of experts: ``quantize`` (a stack's activation scale-and-cast ops,
+    named ``*quant*``), ``experts`` (the expert GEMMs and the activation between them)
+    and ``routing`` (every other op of the MoE section: router, top-k, permutation,
+    combine, a shared expert's gate). A tinygemm projection's dequantize runs inside its
+    GEMM and shows in that op's time."""
+    roles: dict[str, str] = {}
+    for op in (*stack.prologue, *stack.layer, *stack.epilogue):
+        if "quant" in op.name and op.op == "elementwise":
+            roles[op.name] = "quantize"
+    if model.is_moe:
+        for op in stack.moe if stack.moe is not None else TORCH_MOE:
+            if op.op == "dense_mlp":
+                continue
+            expert = op.weight in ("experts_gate_up", "experts_down") \
+                or op.tensor in ("routed_gate_up", "routed_intermediate")
+            roles[op.name] = "experts" if expert else "routing"
+    return roles

@@ -1,0 +1,233 @@
+"""Mixture-of-experts models: their files and HF configs, the kernels an MoE layer
+launches, the bytes a step reads as the batch touches more experts, the memory that
+holds every expert, and the CLI's breakdown of routing costs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from gpusim.cli import main
+from gpusim.errors import ConfigError
+from gpusim.io import loader
+from gpusim.kernels import build_kernels
+from gpusim.kernels.moe import expected_experts
+from gpusim.kernels.variants import TORCH_MOE, layer_ops, op_roles
+from gpusim.specs import ModelSpec
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS_MOE = json.loads((REPO / "validation/harness/moe_models.json").read_text())
+
+# published totals (billions of parameters: total, active per token)
+TOTALS = {"mixtral-8x7b": (46.7, 12.9), "mixtral-8x22b": (140.6, 39.1),
+          "qwen3-30b-a3b": (30.5, 3.3), "qwen3-235b-a22b": (235.1, 22.2),
+          "qwen1.5-moe-a2.7b": (14.3, 2.7), "gpt-oss-120b": (116.8, 5.7)}
+
+
+def moe(**update: object) -> ModelSpec:
+    """A small Qwen3-MoE-like model built inline."""
+    fields: dict[str, object] = dict(
+        name="tiny-moe", hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, vocab_size=1000, num_experts=16,
+        num_experts_per_tok=4, moe_intermediate_size=128, norm_topk_prob=True)
+    fields.update(update)
+    return ModelSpec(**fields)
+
+
+@pytest.mark.parametrize("name", sorted(TOTALS))
+def test_shipped_moe_models_have_their_published_sizes(name: str) -> None:
+    m = loader.load_model(name)
+    total, active = TOTALS[name]
+    assert m.param_count / 1e9 == pytest.approx(total, abs=0.1)
+    assert m.active_param_count / 1e9 == pytest.approx(active, abs=0.1)
+
+
+def test_weights_hold_every_expert_and_scale_with_experts() -> None:
+    small, big = moe(), moe(num_experts=32)
+    h, i = 256, 128
+    per_expert = 3 * h * i * 2.0                        # gate, up, down in bf16
+    assert big.weight_bytes - small.weight_bytes == pytest.approx(
+        2 * 16 * (per_expert + h * 2.0))                # 16 more experts and router rows
+    m = loader.load_model("qwen3-30b-a3b")
+    assert m.weight_bytes / 1e9 == pytest.approx(61.06, abs=0.01)   # 30.5B x 2 bytes
+
+
+def test_bytes_read_grow_with_the_experts_a_batch_touches() -> None:
+    m = loader.load_model("qwen3-30b-a3b")
+    stack = loader.load_stack("torch-fused")
+    b = np.array([1.0, 4.0, 16.0, 64.0, 256.0])
+    ks = build_kernels(m, stack, "decode", b, 1024, 1)
+    experts = {k.name: k for k in ks}
+    gate_up = experts["experts_gate_up"]
+    per_expert = 2 * 768 * 2048 * 2.0
+    want = expected_experts(128, 8, b) * per_expert
+    assert gate_up.weight_bytes == pytest.approx(want)
+    assert np.all(np.diff(gate_up.weight_bytes) > 0)
+    # at batch 256 (2048 slots) nearly every expert is read: the dense bytes of them all
+    assert gate_up.weight_bytes[-1] == pytest.approx(128 * per_expert, rel=1e-3)
+    assert gate_up.flops == pytest.approx(2.0 * b * 8 * 2 * 768 * 2048)
+
+
+def test_an_moe_layer_launches_router_permutation_experts_and_combine() -> None:
+    stack = loader.load_stack("torch-fused")
+    names = [op.name for op in layer_ops(moe(), stack)]
+    assert "gate_up_proj" not in names and "silu_mul" not in names
+    assert names.index("post_norm") < names.index("router") < names.index("experts_gate_up") \
+        < names.index("experts_down") < names.index("combine_add") < names.index("residual_mlp")
+    assert "route_renorm" in names            # norm_topk_prob
+    no_renorm = [op.name for op in layer_ops(moe(norm_topk_prob=False), stack)]
+    assert "route_renorm" not in no_renorm
+    shared = [op.name for op in layer_ops(moe(shared_expert_intermediate_size=256,
+                                              shared_expert_gate=True), stack)]
+    assert [n for n in shared if n.startswith("shared")] == [
+        "shared_gate_up_proj", "shared_silu_mul", "shared_down_proj", "shared_gate",
+        "shared_gate_scale", "shared_add"]
+    qk = [op.name for op in layer_ops(moe(qk_norm=True), stack)]
+    assert qk.index("qkv_proj") + 1 == qk.index("q_norm")
+    roles = op_roles(moe(), stack)
+    assert roles["router"] == "routing" and roles["permute_gather"] == "routing"
+    assert roles["experts_gate_up"] == "experts" and "attention" not in roles
+
+
+def test_shared_expert_kernels_are_sized_to_it() -> None:
+    m = moe(shared_expert_intermediate_size=384)
+    ks = {k.name: k for k in build_kernels(m, loader.load_stack("torch-fused"), "decode",
+                                           [2.0], 64, 1)}
+    assert ks["shared_gate_up_proj"].gemm.n == 2 * 384
+    assert ks["shared_down_proj"].gemm.k == 384
+    assert ks["experts_down"].gemm.k == 128
+
+
+def test_every_default_moe_op_is_a_known_op() -> None:
+    assert {op.op for op in TORCH_MOE} <= {"gemm", "elementwise", "dense_mlp"}
+
+
+@pytest.mark.parametrize("update,field", [
+    ({"num_experts_per_tok": 17}, "num_experts_per_tok"),
+    ({"intermediate_size": 512}, "intermediate_size"),
+    ({"moe_intermediate_size": None}, "moe_intermediate_size"),
+    ({"shared_expert_gate": True}, "shared_expert_gate"),
+])
+def test_inconsistent_moe_fields_are_refused(update: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        moe(**update)
+    err = info.value.errors()[0]
+    assert err.get("ctx", {}).get("field", err["loc"][0] if err["loc"] else None) == field
+
+
+def test_dense_model_refuses_moe_fields() -> None:
+    with pytest.raises(ValidationError, match="only for an MoE model"):
+        ModelSpec(name="d", hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, intermediate_size=128, vocab_size=10,
+                  num_experts_per_tok=2)
+
+
+# ------------------------------------------------------------------ HF config.json
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return path
+
+
+def test_qwen3_moe_config_is_read_as_an_moe_model(tmp_path: Path) -> None:
+    cfg = {k: v for k, v in HARNESS_MOE["qwen3-30b-a3b"].items() if k != "source"}
+    m = loader.model_from_hf_config(_write(tmp_path, cfg), name="q")
+    shipped = loader.load_model("qwen3-30b-a3b")
+    assert m.is_moe and m.qk_norm and m.norm_topk_prob
+    assert m.param_count == shipped.param_count       # not a dense 3B model
+    assert (m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size) == (128, 8, 768)
+
+
+def test_mixtral_and_qwen2_moe_configs(tmp_path: Path) -> None:
+    cfg = {k: v for k, v in HARNESS_MOE["mixtral-8x7b-8l"].items() if k != "source"}
+    m = loader.model_from_hf_config(_write(tmp_path, cfg))
+    assert m.param_count == loader.load_model("mixtral-8x7b-8l").param_count
+    cfg = {k: v for k, v in HARNESS_MOE["qwen1.5-moe-a2.7b"].items() if k != "source"}
+    m = loader.model_from_hf_config(_write(tmp_path, cfg))
+    assert m.shared_expert_gate and m.shared_expert_intermediate_size == 5632
+    assert m.param_count == loader.load_model("qwen1.5-moe-a2.7b").param_count
+
+
+@pytest.mark.parametrize("update,field", [
+    ({"n_routed_experts": 256}, "n_routed_experts"),          # DeepSeek's: not modelled
+    ({"mlp_only_layers": [0]}, "mlp_only_layers"),
+    ({"decoder_sparse_step": 2}, "decoder_sparse_step"),
+    ({"model_type": "deepseek_v3"}, "model_type"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"num_local_experts": 8}, "num_local_experts"),
+])
+def test_unmodelled_moe_keys_are_refused_by_name(tmp_path: Path, update: dict,
+                                                 field: str) -> None:
+    cfg = {k: v for k, v in HARNESS_MOE["qwen3-30b-a3b"].items() if k != "source"}
+    path = _write(tmp_path, {**cfg, **update})
+    with pytest.raises(ConfigError) as info:
+        loader.model_from_hf_config(path)
+    assert info.value.field == field and info.value.line is not None, str(info.value)
+
+
+def test_an_moe_key_on_a_dense_llama_config_is_refused(tmp_path: Path) -> None:
+    cfg = json.loads((REPO / "tests/fixtures/hf_config_llama.json").read_text())
+    with pytest.raises(ConfigError, match="MoE key"):
+        loader.model_from_hf_config(_write(tmp_path, {**cfg, "num_experts": 8}))
+
+
+# ------------------------------------------------------------------ the command line
+def test_predict_breaks_out_routing_and_expert_costs(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    rc = main(["predict", "--gpu", "h100-sxm", "--model", "qwen3-30b-a3b", "--stack",
+               "torch-fused", "--batch", "8", "--format", "json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    doc = json.loads(out)
+    ops = {r["op"]: r for r in doc["ops"]}
+    assert doc["routing_ms"] == pytest.approx(sum(
+        ops[n]["ms"] for n in ("router", "route_topk", "route_renorm", "permute_index",
+                               "permute_gather", "combine_scale", "combine_zero",
+                               "combine_add")))
+    assert doc["experts_ms"] > doc["routing_ms"] > 0
+    assert doc["weight_bytes"] < loader.load_model("qwen3-30b-a3b").weight_bytes
+
+
+def test_a_model_too_large_for_the_gpu_is_refused(capsys: pytest.CaptureFixture[str]
+                                                  ) -> None:
+    rc = main(["predict", "--gpu", "h100-sxm", "--model", "mixtral-8x22b", "--stack",
+               "torch-fused"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "does not fit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_fused_moe_stack_runs_gpt_oss_mxfp4_experts() -> None:
+    from gpusim.cost import Calibration, kernel_cost
+    from gpusim.kernels.quant import for_stack
+    from gpusim.specs import StackSpec
+
+    base = loader.load_stack("torch-fused")
+    with pytest.raises(Exception, match="grouped_mm"):     # plain PyTorch: bf16 experts
+        for_stack(loader.load_model("gpt-oss-120b"), base)
+    fused = StackSpec.model_validate({**base.model_dump(), "name": "fused-moe-test", "moe": [
+        {"op": "gemm", "name": "router", "weight": "router"},
+        {"op": "elementwise", "name": "route_topk", "tensor": "router_logits",
+         "kernels": 2, "bytes_per_element": 6},
+        {"op": "gemm", "name": "experts_gate_up", "weight": "experts_gate_up",
+         "family": "fused_moe"},
+        {"op": "elementwise", "name": "experts_act", "tensor": "routed_intermediate",
+         "kernels": 1, "bytes_per_element": 6},
+        {"op": "gemm", "name": "experts_down", "weight": "experts_down",
+         "family": "fused_moe"},
+        {"op": "elementwise", "name": "combine", "tensor": "routed_hidden", "kernels": 1,
+         "bytes_per_element": 4}]})
+    m = for_stack(loader.load_model("gpt-oss-120b"), fused)
+    ks = {k.name: k for k in build_kernels(m, fused, "decode", [1.0, 64.0], 1024, 1)}
+    gu = ks["experts_gate_up"]
+    per_expert = 2 * 2880 * 2880 * (0.5 + 1 / 32)         # fp4 + one e8m0 per 32
+    assert gu.weight_bytes == pytest.approx(expected_experts(128, 4, [1.0, 64.0])
+                                            * per_expert)
+    assert gu.gemm.w_dtype == "fp4" and gu.dtype == "bf16"
+    assert ks["qkv_proj"].gemm.family == "cublas"           # attention stays bf16
+    c = kernel_cost(gu, loader.load_gpu("h100-sxm"), Calibration())
+    assert np.all(c.compute_s > 0) and c.compute_s[1] > c.compute_s[0]

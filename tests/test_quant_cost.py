@@ -1,0 +1,197 @@
+"""Quantized and expert GEMM families (cost.quant, cost.moe): their physics on hand-built
+kernels, the fp8 stack's padding, where int4 and fp8 stop beating bf16, and how their
+calibration fields enter a fit only when measured steps run their kernels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gpusim.calibration import space
+from gpusim.cli import main
+from gpusim.cost import Calibration, kernel_cost, tensor_efficiency
+from gpusim.cost.gemm_families import GEMM_FAMILIES, gemm_family
+from gpusim.cost.moe import expert_tiles
+from gpusim.cost.quant import TINYGEMM_ROWS
+from gpusim.io import calibrations, loader
+from gpusim.kernels import build_kernels
+from gpusim.kernels.quant import GEMM_FAMILIES as TAKES
+from gpusim.kernels.quant import for_stack
+from gpusim.platform import Platform
+from gpusim.step.crossover import crossover
+
+GPU = loader.load_gpu("h100-sxm")
+MODEL = loader.load_model("llama-3.1-8b")
+
+
+def _kernels(stack: str, batch: list[float], model=MODEL) -> dict:
+    st = loader.load_stack(stack)
+    return {k.name: k for k in build_kernels(for_stack(model, st), st, "decode",
+                                             np.array(batch), 1024, 1)}
+
+
+def test_the_kernel_and_cost_registries_name_the_same_families() -> None:
+    assert set(TAKES) == {"cublas", *GEMM_FAMILIES}
+    with pytest.raises(ValueError, match="known"):
+        gemm_family("marlin")
+
+
+def test_tinygemm_repeats_its_pass_every_16_token_rows() -> None:
+    ks = _kernels("torch-int4", [1.0, 16.0, 17.0, 64.0])
+    qkv = ks["qkv_proj"]
+    assert qkv.gemm.family == "tinygemm" and qkv.dtype == "bf16"
+    assert qkv.gemm.w_dtype == "int4"
+    n, k = qkv.gemm.n, qkv.gemm.k
+    assert qkv.weight_bytes[0] == n * k / 2 + n * (k // 128) * 4
+    c = kernel_cost(qkv, GPU, Calibration())
+    passes = np.ceil(np.array([1.0, 16, 17, 64]) / TINYGEMM_ROWS)
+    assert c.compute_s / c.compute_s[0] == pytest.approx(passes)
+    # each pass: 16 rows of MMA at the bf16 peak and 2 CUDA-core flops per weight
+    per_pass = n * k * (32 / GPU.matmul_peak_flops_per_s("bf16") + 2 / GPU.fp32_flops_per_s)
+    assert c.compute_s[0] == pytest.approx(per_pass)
+    # streams int4 weights once (ideal: no re-reads), a quarter of bf16's bytes
+    assert c.memory_s[0] == pytest.approx(qkv.bytes[0] / GPU.hbm_bandwidth_bytes_per_s)
+
+
+def test_scaled_mm_runs_at_the_fp8_rate_on_one_byte_weights() -> None:
+    fp8 = _kernels("torch-fp8", [4096.0])["gate_up_proj"]
+    bf16 = _kernels("torch-fused", [4096.0])["gate_up_proj"]
+    assert fp8.dtype == "fp8" and fp8.gemm.x_dtype == "fp8"
+    assert fp8.weight_bytes[0] == bf16.weight_bytes[0] / 2 + 4
+    cal = Calibration()
+    ratio = GPU.matmul_peak_flops_per_s("fp8") / GPU.matmul_peak_flops_per_s("bf16")
+    assert kernel_cost(fp8, GPU, cal).compute_s == pytest.approx(
+        kernel_cost(bf16, GPU, cal).compute_s / ratio)
+
+
+def test_fp8_pads_tokens_to_16_and_pays_the_pad_kernels_only_where_it_pads() -> None:
+    ks = _kernels("torch-fp8", [1.0, 15.0, 16.0, 17.0])
+    quant, gemm = ks["qkv_act_quant"], ks["qkv_proj"]
+    assert quant.launches == 8
+    assert quant.flops == pytest.approx(np.array([16, 16, 16, 32.0]) * 4096)
+    assert gemm.gemm.m == pytest.approx([16, 16, 16, 32])
+    cal = Calibration().replace({"physics.kernel_fixed_cost_s": 2e-6,
+                                 "physics.launch_gap_s": 1e-6})
+    pads = kernel_cost(gemm, GPU, cal).fixed_s - 2e-6   # less the GEMM's own launch
+    assert pads[2] == 0.0                               # 16 tokens: nothing to pad
+    # two pad kernels of 3 us each and their bytes, where the tokens were padded
+    assert pads[[0, 1, 3]] == pytest.approx(6e-6, rel=0.05)
+
+
+def test_int8_weight_only_dequantizes_beyond_one_token() -> None:
+    st = loader.load_stack("torch-fused")
+    layer = tuple(op.model_copy(update={"family": "int8wo"}) if op.op == "gemm" else op
+                  for op in st.layer)
+    int8 = st.model_copy(update={"name": "int8wo-test", "layer": layer})
+    m = for_stack(MODEL, int8, weight_dtype="int8")
+    ks = {k.name: k for k in build_kernels(m, int8, "decode", np.array([1.0, 2.0]), 64, 1)}
+    o = ks["o_proj"]
+    assert o.weight_bytes[0] == 4096 * 4096 + 2 * 4096
+    c = kernel_cost(o, GPU, Calibration())
+    assert c.fixed_s[0] == 0.0 and c.fixed_s[1] > 0.0   # dequantize + scale kernels
+    assert c.seconds[1] > 2 * c.seconds[0]              # the weight moved three times
+
+
+def test_expert_tiles_hand_worked() -> None:
+    # 8 slots on 8 experts: one tile each; 1280 slots on 10: 128 rows each = one tile
+    # of 128 plus half a tile of padding on average
+    got = expert_tiles(np.array([8.0, 1280.0]), np.array([8.0, 10.0]), 128.0)
+    assert got == pytest.approx([8.0, 10 * (1 + 127 / 256)])
+
+
+def test_grouped_gemm_time_grows_with_the_experts_touched() -> None:
+    m = loader.load_model("qwen3-30b-a3b")
+    st = loader.load_stack("torch-fused")
+    b = np.array([1.0, 2.0, 8.0, 32.0])
+    ks = {k.name: k for k in build_kernels(m, st, "decode", b, 1024, 1)}
+    c = kernel_cost(ks["experts_gate_up"], GPU, Calibration())
+    assert np.all(np.diff(c.seconds) > 0)
+    assert c.memory_s == pytest.approx(ks["experts_gate_up"].bytes
+                                       / GPU.hbm_bandwidth_bytes_per_s)
+
+
+def test_a_family_gemm_reports_its_own_tensor_efficiency() -> None:
+    cal = Calibration().replace({"physics.tensor_efficiency": 0.8,
+                                 "gemm.tinygemm.tensor_efficiency_ratio": 0.25})
+    ks = _kernels("torch-int4", [1.0])
+    assert tensor_efficiency(ks["qkv_proj"], cal) == pytest.approx(0.2)
+    assert tensor_efficiency(ks["lm_head"], cal) == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------ where each stops winning
+def _platform(stack: str, cal: Calibration | None = None) -> Platform:
+    st = loader.load_stack(stack)
+    return Platform(GPU, st, cal or calibrations.load_calibration("auto", GPU, st))
+
+
+def test_int4_wins_at_batch_1_and_stops_winning_as_the_batch_grows() -> None:
+    table = crossover(_platform("torch-fused"), [_platform("torch-int4")], MODEL)
+    int4 = table.others[0]
+    assert int4.speedup[0] > 1.5                  # a quarter of the bytes at batch 1
+    assert int4.stops_at is not None and int4.stops_at <= 256
+    assert int4.speedup[-1] < 1.0
+
+
+def test_tinygemm_at_mma_sync_rates_loses_by_batch_64() -> None:
+    # a plausible tinygemm (mma.sync at a quarter of cuBLAS's wgmma efficiency, 16
+    # CUDA-core operations per weight to dequantize, every pass re-reading its weights)
+    # still wins at batch 1, where it streams int4 weights, and loses from batch 32,
+    # where its four dequantize-and-MMA passes outweigh one cuBLAS pass over bf16
+    st = loader.load_stack("torch-int4")
+    cal = calibrations.load_calibration("auto", GPU, st).replace({
+        "gemm.tinygemm.tensor_efficiency_ratio": 0.25,
+        "gemm.tinygemm.dequant_flops_per_element": 16.0,
+        "gemm.tinygemm.reread_fraction": 1.0, "gemm.tinygemm.bandwidth_ratio": 0.7})
+    int4 = crossover(_platform("torch-fused"), [Platform(GPU, st, cal)], MODEL).others[0]
+    assert int4.speedup[0] > 1.3 and int4.wins_up_to == 16 and int4.stops_at == 32
+    assert int4.speedup[6] < 0.65                  # batch 64: over 1.5x slower
+
+
+def test_crossover_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["predict", "--gpu", "h100-sxm", "--model", "llama-3.1-8b", "--stack",
+               "torch-fused", "--crossover", "torch-fp8,torch-int4", "--format", "json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert [s["stack"] for s in doc["summary"]] == ["torch-fp8", "torch-int4"]
+    assert [r["batch"] for r in doc["batches"]] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    rc = main(["predict", "--gpu", "h100-sxm", "--model", "llama-3.1-8b", "--crossover",
+               "torch-int4", "--weight-dtype", "int4"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "--crossover" in err
+
+
+# ------------------------------------------------------------------ calibration
+def test_gemm_family_fields_enter_the_fit_only_with_their_kernels() -> None:
+    assert space.graph_space(["flash_decode", "fa2"]) == space.graph_space(
+        ["flash_decode", "fa2"], [])
+    with_int4 = space.graph_space(["flash_decode"], ["tinygemm"])
+    names = [v.name for v in with_int4]
+    assert names[-len(GEMM_FAMILIES["tinygemm"].FIT):] == [
+        f"gemm.tinygemm.{f}" for f in GEMM_FAMILIES["tinygemm"].FIT]
+    x = space.start(with_int4, Calibration())
+    cal = space.apply(Calibration(), with_int4, x)
+    assert cal.gemm.tinygemm.dequant_flops_per_element == 8.0    # the FIT start
+    assert cal.is_set("gemm.tinygemm.reread_fraction")
+    assert not Calibration().is_set("gemm.tinygemm.reread_fraction")
+
+
+def test_every_family_field_has_fit_bounds_inside_its_range() -> None:
+    for fam in GEMM_FAMILIES.values():
+        for field, (lo, hi, start, unit) in fam.FIT.items():
+            assert field in fam.Params.model_fields
+            assert lo <= start <= hi and unit > 0
+            fam.Params(**{field: lo})
+            fam.Params(**{field: hi})
+
+
+def test_a_calibration_file_holds_gemm_family_fields() -> None:
+    from gpusim.cost import CalibrationSet
+
+    cset = CalibrationSet.model_validate({"gpu": "h100-sxm", "stacks": {"torch-hf": {}},
+                                          "gemm": {"scaled_mm": {"fixed_s": 1e-6}}})
+    cal = cset.for_stack(loader.load_stack("torch-hf"))
+    assert cal.gemm.scaled_mm.fixed_s == 1e-6
+    assert CalibrationSet.of(cal, {}).gemm.scaled_mm.fixed_s == 1e-6

@@ -1,0 +1,250 @@
+"""``gpusim serve --replay``: measured serving runs read, replayed and reported.
+
+The oracle: a run that gpusim itself produced, written as a measured run, replays
+with zero error and every step found measured. The committed CPU run
+(tests/fixtures/serve_run_cpu, from validation/harness/bench_serve_engine.py) goes
+through the command line; bad run files are one line naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gpusim.calibration import serving_measured, serving_replay
+from gpusim.cli import main
+from gpusim.errors import ConfigError
+from gpusim.io import calibrations, loader
+from gpusim.platform import Platform
+from gpusim.serving.loop import ServingLoop
+from gpusim.serving.scenario import Scenario
+from gpusim.serving.simulate import build_engine
+
+FIXTURE = Path(__file__).parent / "fixtures" / "serve_run_cpu"
+GPU = loader.load_gpu("h100-sxm")
+STACK = loader.load_stack("torch-fused")
+PLATFORM = Platform(GPU, STACK, calibrations.load_calibration("auto", GPU, STACK))
+MODEL = loader.load_model("llama-3.2-1b")
+ENGINE = {"max_num_seqs": 16, "max_num_batched_tokens": 256, "block_size": 16,
+          "num_blocks": 400, "max_model_len": 4096, "prefix_caching": True,
+          "capture_sizes": [1, 2, 4, 8, 16]}
+
+
+def simulated_run(out: Path, rate: float, seed: int = 4) -> Path:
+    """A serving run of gpusim itself, written as the harness writes a measured one
+    (each step's forward: its simulated time; no host work)."""
+    sc = Scenario.model_validate({
+        "seed": seed, "duration_s": 4, "arrival": {"process": "poisson", "rate_per_s": rate},
+        "prompt": {"dist": "uniform", "low_tokens": 20, "high_tokens": 300},
+        "output": {"dist": "uniform", "low_tokens": 2, "high_tokens": 60},
+        "prefix": {"shared_tokens": 64, "prompts": 2},
+        "scheduler": {"max_num_seqs": 16, "max_num_batched_tokens": 256,
+                      "prefix_caching": True, "cudagraph_capture_sizes": [1, 2, 4, 8, 16]}})
+    engine = build_engine(PLATFORM, MODEL, sc, kv_blocks=ENGINE["num_blocks"])
+    loop = ServingLoop(engine, sc)
+    reqs: dict[int, Any] = {}
+    out.mkdir(parents=True)
+    with open(out / "steps.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "start_s", "end_s", "forward_s", "gpu_s", "launch", "decode",
+                    "decode_ctx_tokens", "padded_batch", "chunks", "tokens", "seqs",
+                    "preempted", "kv_used_blocks"])
+        while not loop.finished:
+            for req in [*loop.state.waiting, *loop.state.running.values()]:
+                reqs.setdefault(req.rid, req)
+            p = loop.step().plan
+            chunks = " ".join(f"{c.rid}:{c.cached_tokens}:{c.new_tokens}" for c in p.prefill)
+            w.writerow([p.index, repr(p.start_s), repr(p.end_s), repr(p.duration_s),
+                        repr(p.duration_s), "graph", len(p.decoding), p.decode_ctx_tokens,
+                        0, chunks, p.tokens, len(p.decoding) + len(p.prefill),
+                        " ".join(map(str, p.preempted)), 0])
+    sim = loop.summary().as_dict()
+    keys = {}
+    rows = []
+    for rid, req in sorted(reqs.items()):
+        segs = [[f"k{k}", n] for k, n in req.segments]
+        keys[rid] = segs
+        rows.append({"rid": rid, "arrival_s": req.arrival_s, "prompt_tokens": req.prompt_tokens,
+                     "output_tokens": req.output_tokens, "segments": segs,
+                     "output_key": f"k{req.output_key}", "first_token_s": 0.0,
+                     "finish_s": 0.0, "token_s": []})
+    # token times: what the replay itself reconstructs from the plans is tested against
+    # the summary's counts; here they come from one more replay's reconstruction
+    (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"format": serving_measured.FORMAT, "device": "cuda", "gpu": "h100-sxm",
+            "model": "llama-3.2-1b", "stack": "torch-fused", "load": out.name,
+            "engine": ENGINE, "workload": {"duration_s": 4},
+            "prefix_cache": sim["prefix_cache"], "lost_tokens": sim["tokens"]["recomputed"]}
+    (out / "run.json").write_text(json.dumps(meta))
+    (out / "config.json").write_text(json.dumps({"_name_or_path": "llama-3.2-1b"}))
+    return out
+
+
+def fill_token_times(run_dir: Path) -> None:
+    """Token times of the simulated run (its plans say when each token came)."""
+    rows = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines()]
+    for r in rows:   # placeholders good enough for the reader's checks
+        r["token_s"] = [r["arrival_s"] + 1.0 + i for i in range(r["output_tokens"])]
+        r["first_token_s"], r["finish_s"] = r["token_s"][0], r["token_s"][-1]
+    (run_dir / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = serving_measured.read_serving_run(run_dir)
+    engine = build_engine(PLATFORM, MODEL, serving_replay.replay_scenario(run),
+                          kv_blocks=ENGINE["num_blocks"])
+    times = serving_replay.simulate_run(run, engine).token_s
+    for r, ts in zip(rows, times, strict=True):
+        r["token_s"], r["first_token_s"], r["finish_s"] = ts, ts[0], ts[-1]
+    (run_dir / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def own_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("sim")
+    runs = [simulated_run(root / name, rate) for name, rate in (("light", 4.0),
+                                                                 ("heavy", 60.0))]
+    for r in runs:
+        fill_token_times(r)
+    return runs
+
+
+def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) -> None:
+    runs = [serving_measured.read_serving_run(p) for p in own_runs]
+    results = serving_replay.compare_runs(runs, PLATFORM, lambda run: MODEL)
+    for r in results:
+        assert r.host == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-12))
+        assert r.step_errors["all"]["forward"] == pytest.approx(0.0, abs=1e-12)
+        assert r.steps_matched == 1.0
+        assert r.simulated_steps == r.oracle_steps == len(r.run.steps)
+        for view in (r.simulated, r.with_measured_steps):
+            for name in serving_replay.LATENCIES:
+                assert view[name] == pytest.approx(r.measured[name], rel=1e-12)
+        assert r.simulated_prefix == r.oracle_prefix
+        assert r.simulated_prefix["hit_rate"] == pytest.approx(r.run.prefix_cache["hit_rate"])
+    heavy = next(r for r in results if r.run.load == "heavy")
+    assert heavy.simulated_preemptions > 0 or heavy.run.lost_tokens == 0
+
+
+def test_host_fit_recovers_a_linear_host_cost() -> None:
+    steps = [SimpleNamespace(seqs=n, host_s=100e-6 + 20e-6 * n) for n in (1, 2, 5, 9, 30)]
+    a, b = serving_replay.fit_host(steps)  # type: ignore[arg-type]
+    assert (a, b) == (pytest.approx(100e-6), pytest.approx(20e-6))
+    # bounded at zero: a host time that falls with sequences fits a flat one
+    a, b = serving_replay.fit_host([SimpleNamespace(seqs=n, host_s=1e-3 - 1e-5 * n)
+                                    for n in (1, 10, 50)])  # type: ignore[arg-type]
+    assert b == 0.0 and a > 0
+
+
+def test_saturation_is_the_best_throughput_of_the_saturated_runs() -> None:
+    def comp(load: str, offered: float, meas: float, sim: float) -> Any:
+        run = SimpleNamespace(load=load, offered_rate_per_s=offered)
+        return SimpleNamespace(run=run, measured={"requests_per_s": meas},
+                               simulated={"requests_per_s": sim})
+
+    sat = serving_replay.saturation([comp("a", 2, 1.98, 2.0), comp("b", 8, 6.0, 7.9),
+                                     comp("c", 16, 6.2, 7.0)])
+    assert (sat["measured"], sat["simulated"]) == (6.2, 7.0)
+    assert [x["measured_saturated"] for x in sat["rows"]] == [False, True, True]
+    assert serving_replay.saturation([comp("a", 2, 1.98, 2.0)])["measured"] is None
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+REPLAY = ["serve", "--replay", str(FIXTURE), "--gpu", "h100-sxm", "--stack", "torch-fused"]
+
+
+def test_cpu_fixture_report_says_it_waits_for_gpu_runs_and_reruns_identically(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = tmp_path / "a.md"
+    rc, out, err = run_cli(capsys, [*REPLAY, "--report", str(a)])
+    assert rc == 0, err
+    assert "TTFT p50 err" in out
+    text = a.read_text()
+    assert "**These runs are from a CPU**" in text
+    assert "The real report waits for GPU runs" in text
+    assert "TPOT = (last token - first token) / (output tokens - 1)" in text
+    assert "bench_serve_engine.py" in text and "## Saturation" in text
+    first = a.read_bytes()
+    assert run_cli(capsys, [*REPLAY, "--report", str(a)])[0] == 0
+    assert a.read_bytes() == first
+    rc, out, _ = run_cli(capsys, [*REPLAY, "--format", "json"])
+    numbers = json.loads(out)
+    assert {r["device"] for r in numbers["runs"]} == {"cpu"}
+    # with measured step times the schedule is the measured one, preemptions included
+    for r in numbers["runs"]:
+        assert r["steps_matched"] > 0.5
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--rate", "2"], "--rate"),
+    (["--prefix-caching"], "--prefix-caching"),
+    (["--tp", "2"], "--tp"),
+])
+def test_replay_refuses_workload_options(extra: list[str], flag: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(capsys, [*REPLAY, *extra])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and flag in err
+
+
+def test_serve_needs_a_model_or_a_replay(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(capsys, ["serve", "--gpu", "h100-sxm", "--rate", "1"])
+    assert rc == 2 and "--model" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, ["serve", "--gpu", "h100-sxm", "--model", "llama-3.2-1b",
+                                  "--report", str(tmp_path / "r.md")])
+    assert rc == 2 and "--report" in err
+    rc, _, err = run_cli(capsys, ["serve", "--gpu", "h100-sxm", "--replay", str(tmp_path)])
+    assert rc == 2 and "run.json" in err
+
+
+def broken_copy(tmp_path: Path, name: str, edit) -> Path:
+    run = tmp_path / "run"
+    src = next(p.parent for p in sorted(FIXTURE.glob("*/run.json")))
+    shutil.copytree(src, run)
+    path = run / name
+    path.write_text(edit(path.read_text()))
+    return run
+
+
+@pytest.mark.parametrize("name, edit, where", [
+    ("run.json", lambda t: t.replace("gpusim-serve-run/1", "other"), "run.json: format"),
+    ("steps.csv", lambda t: t.replace("\n0,", "\nzero,", 1), "steps.csv:2: step"),
+    ("requests.jsonl", lambda t: t.replace('"token_s": [', '"token_s": [0.0, ', 1),
+     "requests.jsonl:1: token_s"),
+    ("requests.jsonl", lambda t: t.replace('"segments"', '"pieces"', 1),
+     "requests.jsonl:1: segments"),
+])
+def test_bad_run_files_name_file_line_and_field(tmp_path: Path, name: str, edit,
+                                                where: str) -> None:
+    run = broken_copy(tmp_path, name, edit)
+    with pytest.raises(ConfigError) as info:
+        serving_measured.read_serving_run(run)
+    assert where in str(info.value)
+
+
+def test_token_times_rebuilt_from_the_steps_agree_with_the_loops_metrics(
+        own_runs: list[Path]) -> None:
+    run = serving_measured.read_serving_run(own_runs[1])
+    engine = build_engine(PLATFORM, MODEL, serving_replay.replay_scenario(run),
+                          kv_blocks=ENGINE["num_blocks"])
+    sim = serving_replay.simulate_run(run, engine)
+    lat = sim.summary["latency_s"]
+    arrivals = [r.arrival_s for r in run.requests]
+    ttft = [t[0] - a for a, t in zip(arrivals, sim.token_s, strict=True)]
+    e2e = [t[-1] - a for a, t in zip(arrivals, sim.token_s, strict=True)]
+    assert [len(t) for t in sim.token_s] == [r.output_tokens for r in run.requests]
+    # the histograms' count, max and mean are exact
+    assert (max(ttft), max(e2e)) == (lat["ttft_s"]["max"], lat["e2e_s"]["max"])
+    assert sum(ttft) / len(ttft) == pytest.approx(lat["ttft_s"]["mean"], rel=1e-12)
+    gaps = [b - a for t in sim.token_s for a, b in itertools.pairwise(t)]
+    assert len(gaps) == lat["itl_s"]["count"]
+    assert sum(gaps) == pytest.approx(lat["itl_s"]["mean"] * len(gaps), rel=1e-9)
