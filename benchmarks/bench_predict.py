@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from machine import machine_info
 
+from gpusim.capacity import memory_plan
 from gpusim.io import calibrations, loader
 from gpusim.platform import Platform
 from gpusim.step import predict
@@ -43,8 +44,10 @@ MODES = ("decode", "verify", "prefill")
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_predict.json"
 
 
-def draw_shapes(n: int, models: tuple[str, ...], seed: int) -> dict[str, np.ndarray]:
-    """n random shapes: model index, mode index, batch, ctx, q (physical ranges)."""
+def draw_shapes(n: int, models: tuple[str, ...], seed: int,
+                fits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """n random shapes: model index, mode index, batch, ctx, q (physical ranges);
+    ``fits``: per model, the cached tokens its KV cache holds on the GPU."""
     rng = np.random.default_rng(seed)
     model = rng.integers(0, len(models), n)
     mode = rng.integers(0, len(MODES), n)
@@ -53,6 +56,10 @@ def draw_shapes(n: int, models: tuple[str, ...], seed: int) -> dict[str, np.ndar
     ctx = np.where(mode == 2, 0, rng.integers(0, 32769, n))
     q = np.where(mode == 0, 1, np.where(mode == 1, rng.integers(2, 17, n),
                                         rng.integers(1, 4097, n)))
+    if fits is not None:
+        # a shape whose KV cache exceeds the GPU is refused (predict --in): shorten its
+        # context to what fits
+        ctx = np.minimum(ctx, np.maximum(fits[model] // batch - q, 0))
     return {"model": model, "mode": mode, "batch": batch.astype(np.float64),
             "ctx": ctx.astype(np.float64), "q": q.astype(np.float64)}
 
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median; default 5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gpu", default="h100-sxm")
+    ap.add_argument("--stack", default=None, help="stack name or path (default: the "
+                    "CLI's default stack)")
     ap.add_argument("--calibration", default="auto", help="auto | none | PATH (as the CLI)")
     ap.add_argument("--launch", default="graph", choices=("graph", "eager"))
     ap.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
@@ -162,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     gpu = loader.load_gpu(args.gpu)
-    stack = loader.load_stack()
+    stack = loader.load_stack(args.stack or loader.DEFAULT_STACK)
     cal = calibrations.load_calibration(args.calibration, gpu, stack)
     platform = Platform(gpu, stack, cal, args.launch)
     models = DEFAULT_MODELS
     specs = [loader.load_model(m) for m in models]
-    shapes = draw_shapes(args.shapes, models, args.seed)
+    fits = np.array([memory_plan(gpu, m, reserve_fraction=0.0).kv_tokens() for m in specs],
+                    dtype=np.int64)
+    shapes = draw_shapes(args.shapes, models, args.seed, fits)
     rows = make_rows(shapes, models)
     table = model_table(specs)
     bw = gpu.hbm_bandwidth_bytes_per_s

@@ -35,7 +35,7 @@ from gpusim.calibration.space import (
 )
 from gpusim.calibration.steady_clocks import SteadyClocks
 from gpusim.cost import Calibration, CalibrationSet, GpuPhysics, busy_s, kernel_cost, step_costs
-from gpusim.cost.params import StackParams
+from gpusim.cost.params import HostParams, StackParams
 from gpusim.kernels import Kernel, build_kernels
 from gpusim.kernels.quant import for_stack
 from gpusim.platform import Platform
@@ -304,7 +304,18 @@ def to_yaml(res: FitResult, stacks: dict[str, StackParams] | None = None) -> str
 
     cal = res.calibration
     own = {cal.stack or "": StackParams.of(cal), **(stacks or {})}
-    body = yaml.safe_dump(CalibrationSet.of(cal, own).model_dump(), sort_keys=False)
+    data = CalibrationSet.of(cal, own).model_dump()
+    # what nothing fitted stays out of the file (the loader's defaults are the same):
+    # a stack's empty overrides and unset serving costs, GEMM families no step ran
+    for name, entry in data["stacks"].items():
+        data["stacks"][name] = {k: v for k, v in entry.items()
+                                if v != StackParams.model_fields[k].get_default(
+                                    call_default_factory=True)
+                                or (k in HostParams.model_fields and not k.startswith(
+                                    "serving_"))}
+    if cal.gemm == type(cal.gemm)():
+        del data["gemm"]
+    body = yaml.safe_dump(data, sort_keys=False)
     head = (f"# Fitted by `gpusim calibrate` on {res.rows} measured steps; in-sample MAPE "
             f"{100 * res.mape:.2f}%, log RMSE {res.log_rmse:.4f}.\n"
             "# Out-of-sample errors: validation/REPORT.md.\n")

@@ -218,6 +218,24 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
 )
 
 
+def lease_spread(fitted: StepData, again: StepData) -> str:
+    """One line: how much the same shapes' measured step times differ between the
+    fitted data and another measurement of them (another lease, another machine): the
+    floor under any accuracy claim. Empty when fewer than 5 shapes match."""
+    def key(d: StepData, i: int) -> tuple:
+        return (str(d.model[i]), str(d.mode[i]), str(d.launch[i]), int(d.batch[i]),
+                int(d.ctx[i]), int(d.q[i]))
+
+    base = {key(fitted, i): float(fitted.measured_s[i]) for i in range(len(fitted))}
+    rel = np.array([abs(float(again.measured_s[i]) / base[k] - 1.0)
+                    for i in range(len(again)) if (k := key(again, i)) in base])
+    if len(rel) < 5:
+        return ""
+    return (f"Spread between the two measurements of the same {len(rel)} shapes: "
+            f"{100 * rel.mean():.2f}% on average, p90 {100 * np.quantile(rel, 0.9):.1f}%, "
+            f"max {100 * rel.max():.1f}% (the floor under the errors above).\n")
+
+
 def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: StackSpec,
                resolve: Resolver, shipped: dict[str, Calibration],
                command: str, micro: dict[str, list[MicroGroup]] | None = None,
@@ -278,6 +296,9 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             if name in shipped and name in h.data:
                 ev = in_sample(h.data[name], gpu, stack, shipped[name], resolve, h.label)
                 md.append(section(ev, h.title))
+                spread = lease_spread(data, h.data[name])
+                if spread:
+                    md.append(spread)
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
                 pts += points(ev)
         if name in shipped:

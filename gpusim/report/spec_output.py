@@ -24,7 +24,7 @@ def spec_record(pred: IterationPrediction, gpu: GpuSpec, cal: Calibration,
         "draft_model": s.draft.model.name if isinstance(s.draft, ModelDraft) else None,
         "k": s.k, "tree": s.tree.label(), "verify_q": s.tree.nodes,
         "batch": int(pred.batch[0]), "ctx": int(pred.ctx[0]),
-        "acceptance": s.acceptance.label, "launch": pred.launch,
+        "acceptance": s.acceptance.label, "launch": pred.launch, "stack": cal.stack,
         "calibration": cal.fitted_on, "overhead_source": overhead.fitted_on,
         **pred.record(0),
     }

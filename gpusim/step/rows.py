@@ -30,7 +30,7 @@ REQUIRED = ("model", "mode", "batch", "ctx", "q")
 OPTIONAL = ("tp", "weight_dtype", "kv_dtype")
 OUTPUT_COLUMNS = ("predicted_ms", "gpu_ms", "host_bound", "launches", "weight_bytes",
                   "kv_bytes", "flops", "achieved_bandwidth_gb_per_s", "roofline_ms",
-                  "bound")
+                  "bound", "stack")
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
         tp = r.tp if r.raw.get("tp") else base.layout.tp
         groups.setdefault((r.model, r.mode, tp, r.weight_dtype, r.kv_dtype), []).append(i)
     out: list[dict[str, object]] = [{} for _ in rows]
+    stack_name = platform.stack.name
     peak_bw = platform.gpu.hbm_bandwidth_bytes_per_s
     for (model_name, mode, tp, weight_dtype, kv_dtype), idx in groups.items():
         first = rows[idx[0]]
@@ -196,6 +197,7 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                 "achieved_bandwidth_gb_per_s": cols["achieved_bandwidth_gb_per_s"][j],
                 "roofline_ms": cols["roofline_ms"][j],
                 "bound": cols["bound"][j],
+                "stack": stack_name,
             }
     return out
 

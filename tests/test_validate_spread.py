@@ -1,0 +1,38 @@
+"""The lease-to-lease spread line of validation/REPORT.md (calibration.validate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gpusim.calibration import measurements
+from gpusim.calibration.validate import lease_spread
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data():
+    return measurements.read_step_dir(ROOT / "validation/data/h100-sxm/steps.csv")
+
+
+def test_same_measurements_have_no_spread_and_a_scaled_copy_has_its_factor():
+    d = _data()
+    assert "0.00% on average" in lease_spread(d, d)
+    scaled = d.subset(np.arange(len(d)) < 40)
+    object.__setattr__(scaled, "measured_s", scaled.measured_s * 1.02)
+    line = lease_spread(d, scaled)
+    assert "same 40 shapes" in line and "2.00% on average" in line and "max 2.0%" in line
+
+
+def test_too_few_shared_shapes_say_nothing():
+    d = _data()
+    assert lease_spread(d, d.subset(np.arange(len(d)) < 4)) == ""
+
+
+def test_the_committed_second_h100_lease_is_within_a_few_percent():
+    d = _data()
+    again = measurements.read_steps(
+        ROOT / "validation/data/h100-sxm/lease_2026-12-06/steps.csv")
+    line = lease_spread(d, again)
+    assert "same 88 shapes" in line
