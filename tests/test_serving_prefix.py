@@ -197,3 +197,24 @@ def test_combinations_not_modelled_are_refused(data: dict[str, Any], message: st
     base.update(data)
     with pytest.raises(ValueError, match=message):
         Scenario.model_validate(base)
+
+
+def test_scenario_file_keys_and_their_errors(tmp_path) -> None:
+    from gpusim.errors import ConfigError
+    from gpusim.io.scenario import load_scenario
+
+    good = tmp_path / "good.yaml"
+    good.write_text("duration_s: 10\narrival: {process: poisson, rate_per_s: 1}\n"
+                    "prompt: {dist: fixed, tokens: 64}\noutput: {dist: fixed, tokens: 8}\n"
+                    "prefix: {shared_tokens: 256, prompts: 3}\n"
+                    "conversation: {turns: 4, think_time_s: 2.5}\n"
+                    "scheduler: {prefix_caching: true, cudagraph_capture_sizes: [1, 2, 4]}\n")
+    sc = load_scenario(good)
+    assert sc.prefix is not None and sc.prefix.prompts == 3
+    assert sc.conversation is not None and sc.conversation.turns == 4
+    assert sc.scheduler.prefix_caching and sc.scheduler.cudagraph_capture_sizes == (1, 2, 4)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("prompts: 3", "prompt_count: 3"))
+    with pytest.raises(ConfigError) as info:
+        load_scenario(bad)
+    assert "bad.yaml:5" in str(info.value) and "prompt_count" in str(info.value)

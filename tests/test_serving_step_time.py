@@ -167,3 +167,43 @@ def test_bad_arguments() -> None:
         build_step_time_model(Platform(GPU, STACK, CALS["datasheet"], "lazy"), MODEL)
     with pytest.raises(ValueError):
         build_step_time_model(Platform(GPU, STACK, CALS["datasheet"]), MODEL, max_num_seqs=0)
+
+
+# --- CUDA-graph padding and the engine's host work (issue 21) -----------------------
+@lru_cache(maxsize=2)
+def captured(host_step_s: float = 0.0, host_seq_s: float = 0.0) -> StepTimeModel:
+    cal = CALS["fitted"].replace({"host.serving_step_host_s": host_step_s,
+                                  "host.serving_seq_host_s": host_seq_s})
+    return build_step_time_model(Platform(GPU, STACK, cal, "graph"), MODEL, 512, 12, 8192,
+                                 (1, 2, 4, 8, 16, 32))
+
+
+def test_decode_steps_replay_the_graph_of_the_next_size_up() -> None:
+    m, eager = captured(), model_for("fitted", "eager")
+    assert m.capture_sizes == (1, 2, 4, 8, 16)          # up to the first >= 12
+    assert [m.padded_batch(b) for b in (1, 3, 5, 9, 12)] == [1, 4, 8, 16, 16]
+    # batch 5 at 1000 tokens each: the token and per-sequence ops of 8 rows, the
+    # attention of 5, one graph replay
+    attn = m.decode_attention(5, 1000.0)[0]
+    want = (m.token_s[8] + m.seq_s[8] + attn + m.attention_fixed_s
+            + CALS["fitted"].host.host_graph_launch_cost_s)
+    assert m.decode_step(5, 5000.0)[0] == pytest.approx(want, rel=1e-12)
+    # a mixed step runs eagerly: the eager model's step
+    chunks = [(300, 0), (40, 700)]
+    assert m.step(3, 3000.0, chunks)[0] == pytest.approx(eager.step(3, 3000.0, chunks)[0],
+                                                         rel=1e-9)
+
+
+def test_host_work_adds_per_step_and_per_sequence() -> None:
+    plain, host = captured(), captured(100e-6, 10e-6)
+    assert host.decode_step(5, 5000.0)[0] == pytest.approx(
+        plain.decode_step(5, 5000.0)[0] + 100e-6 + 5 * 10e-6, rel=1e-12)
+    chunks = [(300, 0), (40, 700)]
+    assert host.step(3, 3000.0, chunks)[0] == pytest.approx(
+        plain.step(3, 3000.0, chunks)[0] + 100e-6 + 5 * 10e-6, rel=1e-12)
+    # without capture sizes as well
+    cal = CALS["fitted"].replace({"host.serving_step_host_s": 1e-4})
+    m = build_step_time_model(Platform(GPU, STACK, cal, "graph"), MODEL, 512, 12, 8192)
+    base = build_step_time_model(Platform(GPU, STACK, CALS["fitted"], "graph"), MODEL, 512,
+                                 12, 8192)
+    assert m.decode_step(4, 400.0)[0] == pytest.approx(base.decode_step(4, 400.0)[0] + 1e-4)

@@ -35,7 +35,7 @@ class MeasuredStep:
     index: int
     start_s: float
     end_s: float
-    forward_s: float          # inputs to the device, launch, GPU, tokens back
+    forward_s: float          # inputs to the device, launch, GPU, tokens back (wall)
     gpu_s: float              # CUDA events around the forward (a CPU run: its wall time)
     launch: str
     decode: int
@@ -52,9 +52,10 @@ class MeasuredStep:
 
     @property
     def host_s(self) -> float:
-        """The step's host work outside the forward (arrivals, scheduling, inputs,
-        bookkeeping)."""
-        return self.duration_s - self.forward_s
+        """The step's time outside the forward's GPU span: arrivals, scheduling,
+        preparing and copying inputs, the launch call, reading tokens back,
+        bookkeeping (what the engine's host work per step stands for)."""
+        return self.duration_s - self.gpu_s
 
     @property
     def composition(self) -> tuple[int, int, tuple[tuple[int, int], ...]]:

@@ -3,10 +3,10 @@
 For a run of the harness's engine (``serving_measured.ServingRun``), three views:
 
 * per step: the step-time model prices the composition each measured step ran
-  (decoding sequences and their context, prefill chunks), against the step's measured
-  forward (inputs, launch, GPU, tokens back), and the fitted host work per step
-  (``HostParams.serving_step_host_s`` + ``serving_seq_host_s`` x sequences) against the
-  rest of the step;
+  (decoding sequences and their context, prefill chunks), against the GPU span of the
+  step's forward (CUDA events; on a CPU its wall time), and the fitted host work per
+  step (``HostParams.serving_step_host_s`` + ``serving_seq_host_s`` x sequences) against
+  the rest of the step;
 * the simulation: the same arrivals, lengths and content, the same scheduler settings
   and KV blocks, every step priced by the model plus the host work: TTFT, TPOT, ITL and
   end-to-end latency quantiles and throughput, against the measured ones;
@@ -239,11 +239,12 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
     for s in run.steps:
         fwd = step_seconds(forward_model, s.composition)
         hst = host[0] + host[1] * s.seqs
-        row = (fwd, s.forward_s, hst, s.host_s)
+        row = (fwd, s.gpu_s, hst, s.host_s)
         by_kind[step_kind(s)].append(row)
         by_kind["all"].append(row)
     step_errors = {}
-    for kind, rows in by_kind.items():
+    order = ("decode, graph", "decode, eager", "mixed", "all")
+    for kind, rows in sorted(by_kind.items(), key=lambda kv: order.index(kv[0])):
         a = np.array(rows)
         step_errors[kind] = {"count": float(len(a)), "forward": mape(a[:, 0], a[:, 1]),
                              "host": mape(a[:, 2], np.maximum(a[:, 3], 1e-9)),

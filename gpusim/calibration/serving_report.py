@@ -121,10 +121,11 @@ def markdown(results: Sequence[RunComparison], sat: dict[str, Any], gpu: str, st
                      f"{len(r.run.steps)} / {r.simulated_steps} / {r.oracle_steps} | "
                      f"{pre} / {r.simulated_preemptions} / {r.oracle_preemptions} | {hits} |")
     lines += ["", "## Per step: the measured compositions priced", "",
-              "Forward: the step-time model against the measured forward (inputs to the "
-              "device, launch, GPU, tokens back). Host: the fitted host work per step and "
-              "per sequence against the rest of the step. MAPE; bias: median signed error "
-              "of the forward.", "",
+              "Forward: the step-time model against the GPU span of the measured forward "
+              "(CUDA events around it; a CPU run: its wall time). Host: the fitted host "
+              "work per step and per sequence against the rest of the step (scheduling, "
+              "inputs, launch call, tokens back, bookkeeping). MAPE; bias: median signed "
+              "error of the forward.", "",
               "| run | steps | forward MAPE | forward bias | host MAPE | step MAPE |",
               "|---|---|---:|---:|---:|---:|"]
     for r in results:

@@ -236,7 +236,8 @@ def _replay(paths: list[Path], gpu: str, model: str | None, stack: str, calibrat
     """``serve --replay``: each measured run against its simulation."""
     from gpusim.calibration import serving_measured, serving_replay, serving_report
 
-    runs = [serving_measured.read_serving_run(p) for p in _run_dirs(paths)]
+    runs = sorted((serving_measured.read_serving_run(p) for p in _run_dirs(paths)),
+                  key=lambda r: (r.gpu, r.model, r.offered_rate_per_s, str(r.path)))
     plat = setup(gpu, stack, calibration, launch)
     fixed = loader.load_model(model) if model is not None else None
     results = serving_replay.compare_runs(

@@ -8,9 +8,10 @@ sampling on the device), reads the sampled tokens back (the host sync), appends 
 finishes requests and frees their KV blocks. When nothing is queued or running it
 sleeps until the next arrival. Every step and every token is timed on the host clock
 (``time.perf_counter``, seconds since the run started), so the host work of the loop is
-in the records: each step's ``forward_s`` (inputs to the device, launch, GPU, tokens
-back) and the rest of it (``end_s - start_s - forward_s``: arrivals, scheduling,
-preparing inputs, bookkeeping).
+in the records: each step's ``forward_s`` (wall: inputs to the device, launch, GPU,
+tokens back), ``gpu_s`` (CUDA events around the forward's GPU work), and the rest
+(arrivals, scheduling, preparing inputs, bookkeeping). gpusim prices ``gpu_s`` with
+its step model and ``end_s - start_s - gpu_s`` with its host work per step.
 
 The scheduler is vLLM V1's policy, the one gpusim.serving.scheduler.ContinuousBatching
 models, rule for rule: every step, decoding requests first (one token each), then
