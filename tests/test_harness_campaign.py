@@ -239,3 +239,18 @@ def test_cpu_campaign_unpacks_into_data(cpu_campaign, tmp_path):
     assert list((data / "cpu-test").glob("lease_*/campaign.json"))
     with pytest.raises(SystemExit, match="unpacked before"):
         campaign.main(["--unpack", str(out / "out"), "--data", str(data)])
+
+
+@pytest.mark.parametrize("card,asked,filed", [
+    ("NVIDIA H100 80GB HBM3", "h100-sxm", "h100-sxm"), ("NVIDIA H200", "auto", "h200"),
+    ("NVIDIA H100 80GB HBM3", "h200", "h100-sxm"),    # an nvidia-h200 call given an H100
+    ("NVIDIA H100 PCIe", "h100-pcie", "h100-pcie")])
+def test_the_card_names_the_data(monkeypatch, tmp_path, card, asked, filed):
+    """The data is filed under the card's name where --gpu names another kind of GPU."""
+    monkeypatch.setattr(campaign.subprocess, "run",
+                        lambda *a, **k: type("R", (), {"stdout": card + "\n"})())
+    log = campaign.Log(tmp_path / "log")
+    assert campaign.detect_gpu(asked, "cuda", log) == (filed, card)
+    warned = (tmp_path / "log").exists() and "WARNING" in (tmp_path / "log").read_text()
+    assert warned == (asked not in (filed, "auto"))
+    assert campaign.detect_gpu("cpu-test", "cpu", log) == ("cpu-test", None)

@@ -32,7 +32,7 @@ import bench_campaign as bc  # noqa: E402
 import bench_micro  # noqa: E402
 import bench_steps  # noqa: E402
 from bench_common import GRIDS, KERNELS_COLUMNS, MICRO_COLUMNS, STEPS_COLUMNS, Ctx  # noqa: E402
-from bench_timing import Budget, Clock, CsvSink, GiB, MiB  # noqa: E402
+from bench_timing import Clock, CsvSink, GiB, MiB  # noqa: E402
 
 DEFAULT_MODELS = ("llama-3.2-1b", "llama-3.1-8b", "llama-2-7b", "qwen2.5-7b", "llama-3.2-3b")
 PHASES = ("launch", "copy", "steps", "profile", "gemm", "attention", "elementwise")
@@ -81,11 +81,7 @@ def print_table(ctx: Ctx, summary: dict) -> None:
 
 def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -> int:
     """CLI entry; ``shapes`` ({name: shape dict}) lets tests skip workloads/."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    budget = Budget(args.budget_s)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    argv, args, budget, out = bc.start(argv, parse_args)
     phases = select_phases(args.only)
     device = bc.open_device(args.device)
     if device is None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_common import StepRun
-from bench_timing import CsvSink, GiB
+from bench_timing import Budget, CsvSink, GiB
 from reference import Shape
 
 HERE = Path(__file__).resolve().parent
@@ -126,6 +126,17 @@ def select_phases(only: str, phases: Sequence[str],
                              f"{', '.join([*aliases, *phases])})")
         want.update(aliases.get(tok, (tok,)))
     return [ph for ph in phases if ph in want or not want]
+
+
+def start(argv: list[str] | None, parse: Callable[[list[str]], argparse.Namespace]
+          ) -> tuple[list[str], argparse.Namespace, Budget, Path]:
+    """A script's start: its argv (sys.argv's by default), the parsed options, the
+    budget's clock (started now) and the output folder (created)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return argv, args, Budget(args.budget_s), out
 
 
 def split_names(text: str) -> list[str]:

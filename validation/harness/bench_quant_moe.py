@@ -64,7 +64,7 @@ import quant_forward as qf  # noqa: E402
 import reference  # noqa: E402
 from bench_common import KERNELS_COLUMNS, STEPS_COLUMNS, Step, StepRun  # noqa: E402
 from bench_steps import make_cache  # noqa: E402
-from bench_timing import Budget, Clock, CsvSink, GiB, MiB, Policy  # noqa: E402
+from bench_timing import Clock, CsvSink, GiB, MiB, Policy  # noqa: E402
 from reference import Shape  # noqa: E402
 
 STEPS_Q_COLUMNS = [*STEPS_COLUMNS, "stack", "weight_dtype", "experts_touched_mean"]
@@ -195,7 +195,7 @@ def build(ctx: QCtx, stack: str, spec: Spec, check: bool) -> ff.Model:
         return model
     if spec.kind == "moe":
         g = torch.Generator(device=ctx.device).manual_seed(7)
-        hn = qf.randn((64, spec.shape.hidden_size), 1.0, g, ctx.device, torch.bfloat16)
+        hn = ff.randn((64, spec.shape.hidden_size), 1.0, g, ctx.device, torch.bfloat16)
         errs = {"moe_layer0": mf.check_layer(model.layers[0].mlp, hn)}
     elif stack != "torch-fused":
         errs = qf.check_model(model)
@@ -348,11 +348,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry (see the module docstring); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    budget = Budget(args.budget_s)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    argv, args, budget, out = bc.start(argv, parse_args)
     phases = bc.select_phases(args.only, PHASES)
     device = bc.open_device(args.device)
     if device is None:

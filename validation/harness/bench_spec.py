@@ -505,11 +505,7 @@ def estimate_s(grid: Grid, shapes: dict[str, Shape], cuda: bool) -> tuple[int, i
 
 def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -> int:
     """CLI entry; ``shapes`` ({name: shape dict}) lets tests skip workloads/."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    budget = Budget(args.budget_s)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    argv, args, budget, out = bc.start(argv, parse_args)
     device = bc.open_device(args.device)
     if device is None:
         return 2

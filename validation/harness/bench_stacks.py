@@ -65,7 +65,7 @@ import bench  # noqa: E402
 import bench_campaign as bc  # noqa: E402
 import bench_steps as bs  # noqa: E402
 from bench_common import GRIDS, KERNELS_COLUMNS, STEPS_COLUMNS, Grid, Step, StepRun  # noqa: E402
-from bench_timing import Budget, Clock, CsvSink  # noqa: E402
+from bench_timing import Clock, CsvSink  # noqa: E402
 from reference import Shape  # noqa: E402
 from stacks_forward import STACKS, CompileStack, StepFn  # noqa: E402
 from stacks_forward import Stack as StackT  # noqa: E402
@@ -291,15 +291,11 @@ def select_grid(args: argparse.Namespace, cuda: bool) -> Grid:
 
 def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -> int:
     """CLI entry; ``shapes`` ({name: shape dict}) lets tests skip workloads/."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    budget = Budget(args.budget_s)
+    argv, args, budget, out = bc.start(argv, parse_args)
     stacks = select_stacks(args.stack)
     phases = bc.select_phases(args.only, PHASES)
     if args.trace_steps < 1:
         raise SystemExit("--trace-steps must be >= 1")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = bc.open_device(args.device)
     if device is None:
         return 2
