@@ -11,6 +11,11 @@ calls; tests/test_harness_stacks.py checks the order) with two changes:
   here (one cuBLAS GEMM, ``F.linear``), a quantized one (quant_forward.py) or an MoE
   layer (moe_forward.py) in its place; Qwen3's per-head q/k norms are optional.
 
+A Model may also replace the token lookup, the LM head and the RMSNorm (``Model.lookup``,
+``Model.head``, ``Model.norm``; None: ``F.embedding``, ``F.linear`` and ``F.rms_norm``):
+tp_forward.py's tensor-parallel ranks look up and score their vocabulary slice and join
+them with collectives, and its torch-hf ranks norm with reference.rms_norm.
+
 How the KV cache is written and read is the ``kv`` object's: ``StaticKV`` writes a
 reference.KVCache by slice copies at ``ctx..ctx+q-1`` as reference.forward does
 (``forward``); stacks_forward.IndexKV writes by ``index_copy_`` at a positions tensor,
@@ -146,6 +151,11 @@ class Model:
     lm_head: torch.Tensor               # [V, h] (bf16 in every stack)
     inv_freq: torch.Tensor              # [D/2] f32
     extra: dict = field(default_factory=dict)
+    # replacements (None: F.embedding over ``embed``, F.linear over ``lm_head``,
+    # F.rms_norm): token ids [T] -> [T, h]; [T, h] -> logits; (x, weight, eps) -> x
+    lookup: Callable[[torch.Tensor], torch.Tensor] | None = None
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None
+    norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -246,21 +256,26 @@ def run_layers(m: Model, tokens: torch.Tensor, kv: KV) -> torch.Tensor:
     s = m.shape
     b, q = tokens.shape
     h_, hkv, d, eps = s.num_attention_heads, s.num_key_value_heads, s.d, s.rms_norm_eps
-    x = F.embedding(tokens.reshape(-1), m.embed)                                  # [T, h]
+    ids = tokens.reshape(-1)
+    x = F.embedding(ids, m.embed) if m.lookup is None else m.lookup(ids)          # [T, h]
     hdim = (x.shape[-1],)
+
+    def norm(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(v, hdim, weight, eps) if m.norm is None else m.norm(v, weight, eps)
+
     cos, sin = kv.rope(m.inv_freq, x.dtype)                                       # [q, D]
     for i, lw in enumerate(m.layers):
-        qkv = lw.qkv(F.rms_norm(x, hdim, lw.norm1, eps))                         # [T, (H+2Hkv)D]
+        qkv = lw.qkv(norm(x, lw.norm1))                                          # [T, (H+2Hkv)D]
         xq = _heads(qkv, 0, h_, b, q, d, lw.q_norm, eps)                         # [B, H, q, D]
         xk = _heads(qkv, h_, hkv, b, q, d, lw.k_norm, eps)                       # [B, Hkv, q, D]
         xv = _heads(qkv, h_ + hkv, hkv, b, q, d, None, eps)
         o = kv.attend(i, apply_rope(xq, cos, sin), apply_rope(xk, cos, sin), xv)  # [B, H, q, D]
         x = x + lw.o(o.transpose(1, 2).reshape(b * q, h_ * d))                   # [T, h]
-        x = x + lw.mlp(F.rms_norm(x, hdim, lw.norm2, eps))
-    x = F.rms_norm(x, hdim, m.norm_f, eps)
+        x = x + lw.mlp(norm(x, lw.norm2))
+    x = norm(x, m.norm_f)
     if kv.mode == "prefill":
         x = x.view(b, q, -1)[:, -1]                                               # [B, h]
-    return F.linear(x, m.lm_head)                                                 # [T_out, V]
+    return F.linear(x, m.lm_head) if m.head is None else m.head(x)               # [T_out, V]
 
 
 def forward(m: Model, cache: KVCache, tokens: torch.Tensor, ctx: int, mode: str,
