@@ -40,6 +40,7 @@ class MemoryPlan:
     tp: int = 1
     pp: int = 1
     hint: str = ""
+    ep: int = 1
 
     @property
     def reserve_bytes(self) -> float:
@@ -75,10 +76,12 @@ class MemoryPlan:
 
     @property
     def where(self) -> str:
-        """``h100-sxm``, or ``8 x h100-sxm (tp=8, pp=1, per GPU)``."""
+        """``h100-sxm``, or ``8 x h100-sxm (tp=8, pp=1, per GPU)`` (``ep=8`` too when
+        experts are split)."""
         if self.tp * self.pp == 1:
             return self.gpu
-        return f"{self.tp * self.pp} x {self.gpu} (tp={self.tp}, pp={self.pp}, per GPU)"
+        ep = f", ep={self.ep}" if self.ep > 1 else ""
+        return f"{self.tp * self.pp} x {self.gpu} (tp={self.tp}, pp={self.pp}{ep}, per GPU)"
 
     def check_weights(self) -> None:
         """Raise ConfigError (field ``model``) when the weights leave no room at all;
@@ -106,16 +109,18 @@ def memory_plan(gpu: GpuSpec, model: ModelSpec,
                 reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
                 extra_weight_bytes: float = 0.0,
                 extra_kv_bytes_per_token: float = 0.0, tp: int = 1,
-                pp: int = 1) -> MemoryPlan:
+                pp: int = 1, ep: int | None = None) -> MemoryPlan:
     """``model`` on one ``gpu``, or on the fullest GPU of ``tp`` x ``pp`` (its share
-    of weights and KV heads: ``kernels.parallel``), with a speculative draft's weights
-    and KV per token (``extra_*``: each cached token is held by target and draft).
-    Raises ConfigError (field ``reserve_fraction``) for a reserve outside [0, 1),
-    FieldError (``tp``, ``pp``) for a split the model does not allow."""
+    of weights and KV heads: ``kernels.parallel``; an MoE model's experts split over
+    ``ep`` of them, None: the split modelled, ep = tp), with a speculative draft's
+    weights and KV per token (``extra_*``: each cached token is held by target and
+    draft). Raises ConfigError (field ``reserve_fraction``) for a reserve outside
+    [0, 1), FieldError (``tp``, ``pp``, ``ep``) for a split the model does not allow."""
     if not 0.0 <= reserve_fraction < 1.0:
         raise bad("", "must be in [0, 1)", field="reserve_fraction", value=reserve_fraction)
-    single = tp * pp == 1
-    weights = float(model.weight_bytes) if single else rank_weight_bytes(model, tp, pp)
+    ep_ = (tp if model.is_moe else 1) if ep is None else ep
+    single = tp * pp == 1 and ep_ == 1
+    weights = float(model.weight_bytes) if single else rank_weight_bytes(model, tp, pp, ep_)
     kv = float(model.kv_bytes_per_token) if single else rank_kv_bytes_per_token(model, tp, pp)
     capacity = float(gpu.hbm_capacity_bytes)
     weights += extra_weight_bytes
@@ -123,7 +128,7 @@ def memory_plan(gpu: GpuSpec, model: ModelSpec,
     return MemoryPlan(gpu=gpu.name, model=model.name, hbm_capacity_bytes=capacity,
                       reserve_fraction=reserve_fraction, weight_bytes=weights,
                       kv_bytes_per_token=kv + extra_kv_bytes_per_token, tp=tp, pp=pp,
-                      hint="" if fits else _smallest_layout(gpu, model, reserve_fraction,
+                      ep=ep_, hint="" if fits else _smallest_layout(gpu, model, reserve_fraction,
                                                             extra_weight_bytes))
 
 
@@ -147,18 +152,43 @@ def _smallest_layout(gpu: GpuSpec, model: ModelSpec, reserve_fraction: float,
     if best is None:
         return f"; it fits no layout of up to {most_gpus} {gpu.name} (tp <= node size)"
     gpus, tp, pp = best
-    flags = f"--tp {tp}" + (f" --pp {pp}" if pp > 1 else "")
+    flags = f"--tp {tp}" + (f" --pp {pp}" if pp > 1 else "") + (
+        f" --ep {tp}" if model.is_moe and tp > 1 else "")
     return f"; the smallest layout that fits: tp={tp}, pp={pp} on {gpus} GPUs ({flags})"
 
 
 def check_step_fits(gpu: GpuSpec, model: ModelSpec, batch: object, ctx: object,
-                    q: object, tp: int = 1, pp: int = 1) -> None:
+                    q: object, tp: int = 1, pp: int = 1, ep: int | None = None) -> None:
     """Raise ConfigError when a step's weights and KV (``batch`` x (ctx + q) tokens)
-    exceed the HBM of the fullest GPU of ``tp`` x ``pp`` (no reserve: a step alone may
-    use it all)."""
-    plan = memory_plan(gpu, model, reserve_fraction=0.0, tp=tp, pp=pp)
+    exceed the HBM of the fullest GPU of ``tp`` x ``pp`` (``ep`` as ``memory_plan``;
+    no reserve: a step alone may use it all)."""
+    plan = memory_plan(gpu, model, reserve_fraction=0.0, tp=tp, pp=pp, ep=ep)
     b, c, qq = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (batch, ctx, q))
     plan.check_tokens(b * (c + qq))
+
+
+def context_overflow(model: ModelSpec, ctx: object, q: object) -> np.ndarray:
+    """Indices of the shapes (``ctx``, ``q``: scalars or arrays) whose ``ctx`` + ``q``
+    tokens exceed ``model``'s context window (``max_position_embeddings``); empty when
+    all fit."""
+    return np.flatnonzero(_tokens(ctx, q) > model.max_position_embeddings)
+
+
+def check_context(model: ModelSpec, ctx: object, q: object) -> None:
+    """Raise ConfigError (field ``ctx``) when a shape's ``ctx`` + ``q`` tokens exceed
+    ``model``'s context window: positions beyond it were never trained (RoPE), and no
+    engine serves them. The message gives both numbers."""
+    over = context_overflow(model, ctx, q)
+    if len(over):
+        tokens = float(_tokens(ctx, q)[over[0]])
+        raise bad("", f"ctx + q = {tokens:.0f} tokens exceed {model.name}'s context window "
+                  f"of {model.max_position_embeddings} tokens (max_position_embeddings)",
+                  field="ctx")
+
+
+def _tokens(ctx: object, q: object) -> np.ndarray:
+    c, qq = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (ctx, q))
+    return np.broadcast_arrays(c, qq)[0] + qq
 
 
 def fitting_model_loader(gpu: GpuSpec, load, tp: int | None = 1,  # type: ignore[no-untyped-def]

@@ -16,12 +16,13 @@ median, in a disturbed phase, does not.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gpusim.errors import bad
+from gpusim.errors import bad, read_text
 from gpusim.specs.enums import ROW_MODES as MODES
 from gpusim.specs.enums import Mode
 
@@ -96,17 +97,16 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[str], list[tup
     """(header, [(line, record)]) of a CSV that has ``columns``. Raises ConfigError for
     an unreadable file or a missing column."""
     source = str(path)
+    text = read_text(path, "utf-8-sig")   # ConfigError: unreadable, not UTF-8
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = list(reader.fieldnames or [])
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise bad(source, f"missing column(s) {', '.join(missing)}", line=1)
     try:
-        fh = path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    with fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise bad(source, f"missing column(s) {', '.join(missing)}", line=1)
         return header, [(reader.line_num, rec) for rec in reader]
+    except csv.Error as exc:
+        raise bad(source, f"not a CSV file: {exc}", line=reader.line_num) from None
 
 
 def _cache_len(rec: dict, source: str, line: int, ctx: float, q: float) -> float:
@@ -152,6 +152,10 @@ def read_steps(path: Path, stack: str | None = None) -> StepData:
             if not np.isfinite(v) or v < 0 or (c == "median_ms" and v == 0):
                 raise bad(source, "must be a finite positive number", field=c,
                           line=line, value=rec[c])
+            low = {"batch": 1, "q": 1, "ctx": 0}.get(c)
+            if low is not None and (v < low or v != round(v)):
+                raise bad(source, f"must be an integer >= {low}", field=c, line=line,
+                          value=rec[c])
             cols[c].append(v)
         if has_low and rec["launch"] == "eager":
             cols["median_ms"][-1] = _low_statistic(rec, source, line,

@@ -10,13 +10,13 @@ file, the line and the field.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpusim.errors import bad, read_text
+from gpusim.io import jsontext
 
 FORMAT = "gpusim-serve-run/1"
 ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks",
@@ -45,6 +45,13 @@ class MeasuredStep:
     tokens: int
     seqs: int
     preempted: tuple[int, ...]
+    key_len: int = 0          # keys each decoding row attended (padded; 0: none recorded)
+
+    @property
+    def longest(self) -> int:
+        """The cached tokens a padded decode was sized for (``key_len`` - 1: the
+        padded length, which a step model that pads maps to itself; 0 if unknown)."""
+        return max(self.key_len - 1, 0)
 
     @property
     def duration_s(self) -> float:
@@ -121,10 +128,7 @@ class ServingRun:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise bad(str(path), f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    data = jsontext.loads(read_text(path), str(path))
     if not isinstance(data, dict):
         raise bad(str(path), "expected a JSON object")
     return data
@@ -145,6 +149,18 @@ def _need(data: dict[str, Any], key: str, source: str, kind: type | tuple[type, 
 
 def _ids(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split())
+
+
+def _optional_int(row: dict[str, str], key: str, source: str, line: int) -> int:
+    """An integer column older runs may lack (0 when absent or empty); raises
+    ConfigError when present and not an integer."""
+    text = row.get(key) or ""
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(source, "expected an integer", field=key, line=line, value=text) from None
 
 
 def _step(row: dict[str, str], source: str, line: int) -> MeasuredStep:
@@ -171,7 +187,8 @@ def _step(row: dict[str, str], source: str, line: int) -> MeasuredStep:
                         values["forward_s"], values["gpu_s"], row.get("launch", ""),
                         values["decode"], values["decode_ctx_tokens"],
                         values["padded_batch"], chunks,  # type: ignore[arg-type]
-                        values["tokens"], values["seqs"], preempted)
+                        values["tokens"], values["seqs"], preempted,
+                        _optional_int(row, "key_len", source, line))
 
 
 def _request(data: dict[str, Any], source: str, line: int) -> MeasuredRequest:
@@ -225,10 +242,7 @@ def read_serving_run(path: Path) -> ServingRun:
     requests = []
     for i, text in enumerate(read_text(path / "requests.jsonl").splitlines(), start=1):
         if text.strip():
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise bad(req_src, f"invalid JSON: {exc.msg}", line=i) from None
+            data = jsontext.loads(text, req_src, line=i)
             if not isinstance(data, dict):
                 raise bad(req_src, "expected a JSON object per line", line=i)
             requests.append(_request(data, req_src, i))

@@ -74,13 +74,15 @@ def replay_source(run: ServingRun) -> ListedSource:
     return ListedSource(rows, str(run.path))
 
 
-def step_seconds(model: StepTimeModel, composition: tuple[int, int, tuple]) -> float:
+def step_seconds(model: StepTimeModel, composition: tuple[int, int, tuple],
+                 longest: int = 0) -> float:
     """The model's time for a step of (decoding sequences, their cached tokens,
-    chunks as (new, cached))."""
+    chunks as (new, cached)); ``longest``: the longest decoding sequence's cached
+    tokens (read by a stack that pads decode keys)."""
     decode, ctx, chunks = composition
     if chunks:
-        return model.step(decode, ctx, list(chunks))[0]
-    return model.decode_step(decode, ctx)[0]
+        return model.step(decode, ctx, list(chunks), longest)[0]
+    return model.decode_step(decode, ctx, longest)[0]
 
 
 def fit_host(steps: Sequence[MeasuredStep]) -> tuple[float, float]:
@@ -106,7 +108,8 @@ class MeasuredStepTimes:
         ratios: dict[bool, list[float]] = {False: [], True: []}
         for s in steps:
             self._table[s.composition].append(s.duration_s)
-            ratios[bool(s.chunks)].append(s.duration_s / step_seconds(base, s.composition))
+            ratios[bool(s.chunks)].append(s.duration_s / step_seconds(base, s.composition,
+                                                                      s.longest))
         self._scale = {k: float(np.median(v)) if v else 1.0 for k, v in ratios.items()}
         self._used: dict[tuple, int] = defaultdict(int)
         self.matched = 0
@@ -125,13 +128,15 @@ class MeasuredStepTimes:
         self._used[key] += 1
         return times[i]
 
-    def decode_step(self, batch: int, ctx_sum: float) -> tuple[float, float]:
-        t, moved = self._base.decode_step(batch, ctx_sum)
+    def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
+                    ) -> tuple[float, float]:
+        t, moved = self._base.decode_step(batch, ctx_sum, longest)
         return self._lookup((batch, ctx_sum, ()), t), moved
 
-    def step(self, decode: int, ctx_sum: float, chunks) -> tuple[float, float]:
+    def step(self, decode: int, ctx_sum: float, chunks, longest: int = 0
+             ) -> tuple[float, float]:
         chunks = list(chunks)
-        t, moved = self._base.step(decode, ctx_sum, chunks)
+        t, moved = self._base.step(decode, ctx_sum, chunks, longest)
         return self._lookup((decode, ctx_sum, tuple(chunks)), t), moved
 
 
@@ -237,7 +242,7 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
     forward_model = dataclasses.replace(engine.step_model, host_step_s=0.0, host_seq_s=0.0)
     by_kind: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
     for s in run.steps:
-        fwd = step_seconds(forward_model, s.composition)
+        fwd = step_seconds(forward_model, s.composition, s.longest)
         hst = host[0] + host[1] * s.seqs
         row = (fwd, s.gpu_s, hst, s.host_s)
         by_kind[step_kind(s)].append(row)

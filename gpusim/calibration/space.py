@@ -84,8 +84,9 @@ EAGER_SPACE: tuple[Variable, ...] = (
 
 def stack_space(paths: tuple[str, ...]) -> tuple[Variable, ...]:
     """The variables of a stack's own parameters (its file's ``calibrate``): GPU-physics
-    numbers at the bounds the physics fit uses, attention-family fields at the family's.
-    Raises ValueError (field ``calibrate``) for a parameter with no fit bounds."""
+    numbers at the bounds the physics fit uses, attention- and GEMM-family fields at the
+    family's (``FIT``). Raises ValueError (field ``calibrate``) for a parameter with no
+    fit bounds."""
     physics = {v.name: v.bounds for v in _GRAPH if v.name.startswith("physics.")}
     out = []
     for path in paths:
@@ -95,9 +96,13 @@ def stack_space(paths: tuple[str, ...]) -> tuple[Variable, ...]:
         elif (parts[0] == "attention" and len(parts) == 3 and parts[1] in FAMILIES
               and parts[2] in FAMILIES[parts[1]].FIT):
             out.append(Variable((path,), FAMILIES[parts[1]].FIT[parts[2]]))
+        elif (parts[0] == "gemm" and len(parts) == 3 and parts[1] in GEMM_FAMILIES
+              and parts[2] in GEMM_FAMILIES[parts[1]].FIT):
+            out.append(Variable((path,), GEMM_FAMILIES[parts[1]].FIT[parts[2]]))
         else:
             raise FieldError("calibrate", f"calibrate={path!r} has no fit bounds; fittable: "
-                             f"{', '.join(physics)} and the attention families' FIT fields")
+                             f"{', '.join(physics)} and the attention and GEMM families' "
+                             "FIT fields")
     return tuple(out)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ class StackEvaluation:
     data: StepData
     transfer_s: np.ndarray
     lomo_s: np.ndarray          # NaN where a model could not be held out (one model)
+    # each held-out model's calibration (fitted without it), by model name
+    lomo_calibrations: dict[str, Calibration] = field(default_factory=dict)
 
     def errors(self, which: str, mask: np.ndarray) -> Errors:
         pred = self.transfer_s if which == "transfer" else self.lomo_s
@@ -52,6 +54,7 @@ def evaluate_stack(stack: StackSpec, data: StepData, gpu: GpuSpec, physics: Cali
     groups = make_groups(data, stack, resolve)
     transfer = predict_groups(groups, len(data), gpu, plain)
     lomo = np.full(len(data), np.nan)
+    cals: dict[str, Calibration] = {}
     models = sorted(set(map(str, data.model)))
     if len(models) > 1:
         for model in models:
@@ -59,7 +62,8 @@ def evaluate_stack(stack: StackSpec, data: StepData, gpu: GpuSpec, physics: Cali
             own = fit_stack(data.subset(~held), gpu, stack, physics, resolve).calibration
             lomo[held] = predict_groups(make_groups(data.subset(held), stack, resolve),
                                         int(held.sum()), gpu, own)
-    return StackEvaluation(stack, data, transfer, lomo)
+            cals[model] = own
+    return StackEvaluation(stack, data, transfer, lomo, cals)
 
 
 def _rows(ev: StackEvaluation) -> list[dict[str, object]]:

@@ -215,6 +215,9 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
     ("lease_2026-12-06", "another lease, 2026-12-06", "Another lease two weeks later "
      "(2026-12-06): the shipped calibration on shapes of the fitted grid measured again "
      "(never fitted)"),
+    ("lease_2026-12-06_0447", "a third lease, 2026-12-06 04:47", "A third lease the same "
+     "day (2026-12-06 04:47 UTC, the stacks campaign's torch-hf subset): the shipped "
+     "calibration on shapes of the fitted grid measured again (never fitted)"),
 )
 
 
@@ -242,8 +245,8 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                profiles: dict[str, ProfileData | None] | None = None,
                held_out: Sequence[HeldOut] = (),
                sweeps: dict[str, list[SweptPoint]] | None = None,
-               clocks: dict[str, SteadyClocks | None] | None = None
-               ) -> tuple[str, list[dict[str, object]]]:
+               clocks: dict[str, SteadyClocks | None] | None = None,
+               multi_gpu: bool = True) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
     ``datasets``/``gpus``: keyed by GPU name; ``shipped``: calibrations to report
@@ -251,8 +254,11 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     fitted on (another lease, models or shapes outside the fit), each predicted by the
     shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
     slow cuBLAS picks go into every fit); ``clocks``: each GPU's power probe (its
-    steady clocks go into every fit).
+    steady clocks go into every fit); ``multi_gpu``: append the multi-GPU section
+    (``calibration.multi_gpu``: the all-reduce against published figures, Llama 3.1
+    70B and 405B on 2-8 GPUs with the shipped calibrations).
     """
+    from gpusim.calibration.multi_gpu import section as multi_gpu_section
     from gpusim.report import markdown_table
 
     md = ["# gpusim validation report", "",
@@ -312,4 +318,6 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
     table = markdown_table(summary, ["gpu", "evaluation", *ERR_COLS], PCT)
     md = [*md[:4], "## Summary (all rows)", "", table, "", *md[4:]]
+    if multi_gpu:
+        md.append(multi_gpu_section(gpus, shipped, stack, resolve))
     return "\n".join(md) + "\n", pts

@@ -9,21 +9,45 @@ from __future__ import annotations
 
 import sys
 
-# isort: off
-# importing a module registers its commands; this order is the order of --help
-from gpusim.cli import predict, spec, serve, calibration, inputs, stack  # noqa: F401
-from gpusim.cli import collectives  # noqa: F401
-# isort: on
-from gpusim.cli.common import app, as_flag
-from gpusim.errors import ConfigError, FieldError
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT), as shells report it
+
+
+def _interrupted() -> int:
+    """Say ``gpusim: interrupted`` on stderr and return 130. Also clears CPython's
+    "unhandled KeyboardInterrupt" flag: a Ctrl-C landing in code run by ``exec`` (a
+    dataclass being built during an import) sets it even when the interrupt is then
+    caught, and the interpreter would end by SIGINT instead of this exit status."""
+    print("gpusim: interrupted", file=sys.stderr)
+    exec("pass")  # runs no input: only resets the flag (see run_eval_code_obj)
+    return INTERRUPTED
+
+
+try:  # Ctrl-C while the commands load: one line and 130, as during a command
+    # isort: off
+    # importing a module registers its commands; this order is the order of --help
+    from gpusim.cli import predict, spec, serve, calibration, inputs, stack  # noqa: F401
+    from gpusim.cli import collectives  # noqa: F401
+    from gpusim.cli import plan  # noqa: F401
+    from gpusim.cli import sweep  # noqa: F401
+    # isort: on
+    from gpusim.cli.common import app, as_flag
+    from gpusim.errors import ConfigError, FieldError
+except KeyboardInterrupt:
+    sys.exit(_interrupted())
 
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app; bad input -> one line on stderr and exit 2."""
+    """Entry point: runs the app; bad input -> one line on stderr and exit 2; Ctrl-C
+    (SIGINT) -> ``gpusim: interrupted`` and exit 130 (outputs are written whole or not
+    at all, so an interrupted run leaves none half-written)."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="gpusim")
+        rc = app(args=argv, standalone_mode=False, prog_name="gpusim")
+        if rc == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
+            return _interrupted()
+    except KeyboardInterrupt:
+        return _interrupted()
     except ConfigError as exc:
         print(f"gpusim: error: {as_flag(exc)}", file=sys.stderr)
         return 2
@@ -32,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except MemoryError:  # a backstop: every input is bounded before it is used
+        print("gpusim: error: out of memory (an input or option asks for too much)",
+              file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:  # a backstop: readers say which file
+        print(f"gpusim: error: an input file is not UTF-8 text (byte {exc.start}: "
+              f"{exc.object[exc.start:exc.start + 1]!r})", file=sys.stderr)
+        return 2
+    except RecursionError:  # a backstop: readers bound their nesting
+        print("gpusim: error: input nested too deeply", file=sys.stderr)
+        return 2
     except OSError as exc:
         # a file the commands did not check themselves: still one line, no traceback
         where = f"{exc.filename}: " if exc.filename is not None else ""

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from gpusim import report
-from gpusim.calibration import stacks_report
+from gpusim.calibration import quant_moe_report, stacks_report
 from gpusim.calibration.measurements import StepData
 from gpusim.cli.common import (
     Fmt,
@@ -21,7 +21,9 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    check_outputs,
     micro_kinds,
+    wrote,
 )
 from gpusim.cost import Calibration
 from gpusim.cost.params import StackParams
@@ -50,12 +52,15 @@ def calibrate(
     from gpusim.calibration import measurements
 
     g = loader.load_gpu(gpu)
+    target = out or calibrations.CALIBRATIONS_DIR / f"{g.name}.yaml"
+    check_outputs({"--out": target})
     st = loader.load_stack(stack)
     default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
     path = data if str(data) not in ("", ".") else default
     from gpusim.calibration import micro as micro_mod
 
     steps = measurements.read_step_dir(path)
+    _check_enough_rows(steps, str(path))
     micro_path = path.parent / "micro.csv"
     micro = []
     if micro_path.is_file():
@@ -72,17 +77,17 @@ def calibrate(
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.steady_clocks import read_probe_beside
 
-    res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro, profiles=prof,
-                      sweep=read_sweep_beside(path),
-                      clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
-    stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
-    target = out or calibrations.CALIBRATIONS_DIR / f"{g.name}.yaml"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cannot(target.parent, exc) from None
+        res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
+                          profiles=prof, sweep=read_sweep_beside(path),
+                          clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
+    except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
+        raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
+    stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
     report.write_atomic(target, cal_mod.to_yaml(res, stacks))
-    print(f"wrote {target}", file=sys.stderr)
+    wrote(target)
+    if report.is_stdout(target):
+        return
     params = res.calibration.model_dump(exclude={"notes", "gemm_slow_picks"})
     # the picks are a table (in the YAML); the summary says how many
     params["gemm_slow_picks"] = len(res.calibration.physics.gemm_slow_picks)
@@ -158,13 +163,29 @@ def _import_agreements(gpu_dir: Path, gpu: GpuSpec, reference: StackSpec,
     return out
 
 
+# CUDA-graph rows a calibration needs: it fits a few dozen parameters, and on fewer
+# rows it fits them exactly (MAPE 0%) and predicts nothing else
+MIN_GRAPH_ROWS = 50
+
+
+def _check_enough_rows(steps, source: str) -> None:  # type: ignore[no-untyped-def]
+    """Raise ConfigError when ``steps`` (measurements.StepData) has fewer than
+    MIN_GRAPH_ROWS CUDA-graph rows (token-tree rows not counted)."""
+    graph = int(((steps.launch == "graph") & (steps.mode != "tree")).sum())
+    if graph < MIN_GRAPH_ROWS:
+        raise bad(source, f"{graph} CUDA-graph rows (launch=graph); a calibration fits a "
+                  f"few dozen parameters and needs at least {MIN_GRAPH_ROWS}, else it "
+                  "fits them exactly and predicts nothing")
+
+
 @app.command()
 def validate(
-    data_dir: Annotated[Path, typer.Option(
-        "--data-dir", help="Directory with <gpu>/steps.csv measurements.")
-    ] = Path("validation/data"),
-    report_path: Annotated[Path, typer.Option(
-        "--report", help="Markdown report to write.")] = Path("validation/REPORT.md"),
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Directory with <gpu>/steps.csv measurements (default: "
+        "validation/data of gpusim's checkout, from any directory).")] = None,
+    report_path: Annotated[Path | None, typer.Option(
+        "--report", help="Markdown report to write (default: validation/REPORT.md of "
+        "gpusim's checkout).")] = None,
     points_path: Annotated[Path | None, typer.Option(
         "--points", help="Per-row predictions CSV to write.")] = None,
     html_dir: Annotated[Path | None, typer.Option(
@@ -179,6 +200,11 @@ def validate(
     from gpusim.calibration import measurements
     from gpusim.calibration import validate as val
 
+    shown_dir = str(data_dir) if data_dir is not None else "validation/data"
+    data_dir = data_dir if data_dir is not None else loader.ROOT / "validation" / "data"
+    report_path = report_path or loader.ROOT / "validation" / "REPORT.md"
+    piped = check_outputs({"--report": report_path, "--points": points_path},
+                          {"--html-dir": html_dir})
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/steps.csv"))
     if not files:
@@ -194,6 +220,7 @@ def validate(
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
         datasets[name] = measurements.read_step_dir(f)
+        _check_enough_rows(datasets[name], str(f))
         if (f.parent / "micro.csv").is_file():
             models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
@@ -209,7 +236,7 @@ def validate(
         if cal_file.is_file():
             shipped[name] = calibrations.load_calibration(str(cal_file), gpus[name], st)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
-    command = "gpusim validate --data-dir " + str(data_dir)
+    command = "gpusim validate --data-dir " + shown_dir
     held_out = [val.HeldOut(label, title, held[sub])
                 for sub, label, title in val.HELD_OUT_SETS if sub in held]
     md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
@@ -223,20 +250,29 @@ def validate(
                 pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]
             md += stacks_report.import_section(
                 _import_agreements(data_dir / name, gpus[name], st, datasets[name]))
-    report.write_atomic(report_path, md)
-    print(f"wrote {report_path}", file=sys.stderr)
+            md += "\n" + quant_moe_report.report(
+                data_dir / name, gpus[name],
+                lambda s, n=name: calibrations.load_calibration(
+                    str(calibrations.CALIBRATIONS_DIR / f"{n}.yaml"), gpus[n], s),
+                loader.load_stack, loader.load_model)
+    outputs = [(report_path, md)]
     if points_path is not None:
-        report.write_atomic(points_path, report.to_csv(pts))
+        outputs.append((points_path, report.to_csv(pts)))
     if html_dir is not None:
         try:
             html_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise cannot(html_dir, exc) from None
         oos = [p for p in pts if p["evaluation"] == "leave-one-model-out"]
-        report.write_html(report.scatter_figure(oos, "LOMO: predicted vs measured"),
-                          html_dir / "validation_scatter.html")
-        report.write_html(report.error_vs_batch_figure(oos, "LOMO: error vs batch"),
-                          html_dir / "validation_error_vs_batch.html")
+        outputs += [(html_dir / name, report.figure_html(fig)) for name, fig in (
+            ("validation_scatter.html", report.scatter_figure(oos, "LOMO: predicted vs measured")),
+            ("validation_error_vs_batch.html",
+             report.error_vs_batch_figure(oos, "LOMO: error vs batch")))]
+    report.write_all(outputs)     # all of them or none
+    for path, _ in outputs:
+        wrote(path)
+    if piped:
+        return
     if fmt is Fmt.json:
         _echo(report.to_json(pts))
     elif fmt is Fmt.csv:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gpusim import report
-from gpusim.cli.common import _echo, app
+from gpusim.cli.common import _echo, app, check_outputs
 from gpusim.errors import bad
 from gpusim.io import loader
 
@@ -29,6 +29,8 @@ def collectives_validate(
     """Judge the collective model (gpusim/cost/collectives.py) on published figures."""
     from gpusim.calibration import collectives as coll
 
+    if fit_gpu is None:
+        check_outputs({"--report": report_path})
     files = sorted(data_dir.glob("nccl_*.csv"))
     if not files:
         raise bad(str(data_dir), "no nccl_*.csv files found")

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from gpusim import report
-from gpusim.errors import ConfigError, FieldError
+from gpusim.errors import ConfigError, FieldError, bad
 from gpusim.io import calibrations, loader
 from gpusim.platform import ParallelLayout, Platform
 from gpusim.specs.enums import Launch, parse
@@ -57,7 +58,8 @@ TpOpt = Annotated[int, typer.Option(
     "--tp", help="Tensor-parallel GPUs (Megatron split; collectives from the GPU's links).")]
 PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel stages.")]
 EpOpt = Annotated[int, typer.Option(
-    "--ep", help="Expert-parallel degree (MoE models; not modelled yet beyond 1).")]
+    "--ep", help="Expert-parallel degree of an MoE model: its experts split over the "
+    "--tp GPUs (give --ep equal to --tp), with all-to-all dispatch and combine.")]
 
 
 def _echo(text: str) -> None:
@@ -113,6 +115,42 @@ def flags(**names: str) -> Iterator[None]:
         raise as_flag(exc) from None
     finally:
         _FLAGS.reset(token)
+
+
+def check_outputs(files: dict[str, Path | None],
+                  dirs: dict[str, Path | None] | None = None) -> bool:
+    """Refuse, before any work starts, an output the run could not write: ``files``
+    and ``dirs`` map each output option (``--out-json``) to its path (None: not
+    given). Raises ConfigError (``path: --flag: cannot write: reason``) for a path that
+    cannot be written, two options naming the same file, or more than one ``-``.
+    Returns whether an output goes to standard output (``-``): the command then prints
+    nothing else there."""
+    seen: dict[str, str] = {}
+    for flag, path in files.items():
+        if path is None:
+            continue
+        key = "-" if report.is_stdout(path) else str(report.files.resolved(path))
+        if key in seen:
+            raise bad(str(path), f"{seen[key]} writes there too: give each output its own "
+                      "file", field=flag)
+        seen[key] = flag
+        try:
+            report.check_writable(path)
+        except ConfigError as exc:
+            raise ConfigError(exc.source, exc.reason, flag) from None
+    for flag, path in (dirs or {}).items():
+        if path is not None:
+            try:
+                report.check_writable_dir(path)
+            except ConfigError as exc:
+                raise ConfigError(exc.source, exc.reason, flag) from None
+    return "-" in seen
+
+
+def wrote(path: Path, what: str = "") -> None:
+    """Say on stderr that ``path`` was written (``what``: e.g. ``12 predictions``)."""
+    where = "standard output" if report.is_stdout(path) else str(path)
+    print(f"wrote {what + ' to ' if what else ''}{where}", file=sys.stderr)
 
 
 def describe_calibration(platform: Platform) -> str:

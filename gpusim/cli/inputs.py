@@ -15,6 +15,7 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    check_outputs,
 )
 from gpusim.errors import bad, cannot
 from gpusim.io import loader
@@ -23,21 +24,24 @@ from gpusim.io import loader
 @app.command()
 def schema(
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Directory to write <kind>.schema.json files into.")] = None,
+        "--out", help="Directory to write <kind>.schema.json files into (- or none: "
+        "standard output).")] = None,
 ) -> None:
     """Export JSON schemas of the GPU, model, stack and calibration files."""
     from gpusim.io import schemas
 
+    if out is not None and not report.is_stdout(out):
+        check_outputs({}, {"--out": out})
     docs = schemas.all_schemas()
-    if out is None:
+    if out is None or report.is_stdout(out):
         _echo(report.to_json(docs))
         return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise cannot(out, exc) from None
-    for kind, doc in docs.items():
-        report.write_atomic(out / f"{kind}.schema.json", report.to_json(doc))
+    report.write_all([(out / f"{kind}.schema.json", report.to_json(doc))
+                      for kind, doc in docs.items()])
     print(f"wrote {len(docs)} schemas to {out}", file=sys.stderr)
 
 

@@ -24,12 +24,16 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    as_flag,
+    check_outputs,
     describe_calibration,
     flags,
     setup,
+    wrote,
 )
-from gpusim.errors import bad
+from gpusim.errors import ConfigError, bad
 from gpusim.io import loader
+from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.specs.enums import Mode
 
 
@@ -38,7 +42,8 @@ def predict(
     gpu: GpuOpt,
     rows_in: Annotated[Path | None, typer.Option(
         "--in", help="rows.csv with columns model,mode,batch,ctx,q[,tp].")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="preds.csv to write.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="preds.csv to write (- for standard output).")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Single shape: model name, YAML or config.json path.")] = None,
     mode: Annotated[ModeOpt, typer.Option("--mode")] = ModeOpt.decode,
@@ -65,18 +70,24 @@ def predict(
     kv_dtype: Annotated[str | None, typer.Option(
         "--kv-dtype", help="KV cache: bf16, fp16, fp32, fp8 (default: the "
         "activations').")] = None,
+    ignore_memory: Annotated[bool, typer.Option(
+        "--ignore-memory", help="Predict a shape whose weights + KV exceed the GPU's "
+        "memory anyway (a warning on stderr instead of an error).")] = False,
     crossover: Annotated[str | None, typer.Option(
         "--crossover", help="What-if: stacks to compare with --stack (comma-separated, "
         "e.g. torch-fp8,torch-int4) over decode batches 1-256 at --ctx: the batch each "
         "stops beating it.")] = None,
 ) -> None:
     """Predict step times: a CSV of shapes (--in/--out) or one shape with a breakdown."""
+    import numpy as np
+
     from gpusim import capacity, step
-    from gpusim.kernels import default_ctx, default_q
+    from gpusim.kernels import check_shape, default_ctx, default_q
     from gpusim.kernels.quant import for_stack
     from gpusim.kernels.variants import op_roles
     from gpusim.step import rows as rows_mod
 
+    piped = check_outputs({"--out": out, "--timeline": timeline})
     plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep, micro_batches)
     g = plat.gpu
     if rows_in is not None:
@@ -93,7 +104,7 @@ def predict(
         columns = header + [c for c in rows_mod.OUTPUT_COLUMNS if c not in header]
         records = [{**r.raw, **p} for r, p in zip(rows, preds, strict=True)]
         report.write_atomic(out, report.to_csv(records, columns))
-        print(f"wrote {len(records)} predictions to {out}", file=sys.stderr)
+        wrote(out, f"{len(records)} predictions")
         return
     if model is None:
         raise bad("--model", "give --model for one shape, or --in/--out for a CSV of shapes")
@@ -110,8 +121,11 @@ def predict(
     qq, cc = default_q(md, q), default_ctx(md, ctx)
     with flags():
         m = for_stack(loader.load_model(model), plat.stack, weight_dtype, kv_dtype)
+        check_shape(md, np.array([batch], float), np.array([cc], float),
+                    np.array([qq], float))
+        capacity.check_context(m, cc, qq)
+        _check_fits(g, m, batch, cc, qq, tp, pp, ignore_memory)
         p = step.predict(plat, m, md, batch, cc, qq)
-        capacity.check_step_fits(g, m, batch, cc, qq, tp, pp)
     summ = {"gpu": g.name, "model": m.name, "stack": plat.stack.name, "mode": md.value,
             "batch": batch, "ctx": cc, "q": qq, "launch": plat.launch.value,
             "calibration": describe_calibration(plat),
@@ -127,7 +141,9 @@ def predict(
         title = (f"{m.name} {md.value} b={batch} ctx={cc} q={qq} on {g.name} "
                  f"({plat.launch.value}, {plat.stack.name})")
         report.write_html(report.timeline_figure(tl, title), timeline)
-        print(f"wrote timeline to {timeline}", file=sys.stderr)
+        wrote(timeline, "timeline")
+    if piped:
+        return
     if fmt is Fmt.json:
         _echo(report.to_json({**summ, "ops": ops}))
     elif fmt is Fmt.csv:
@@ -146,3 +162,18 @@ def predict(
         parallel = step.layout_summary(p, plat)
         if parallel:
             _print_table("parallel layout", [parallel], list(parallel))
+
+
+def _check_fits(g: GpuSpec, m: ModelSpec, batch: int, ctx: int, q: int, tp: int, pp: int,
+                ignore: bool) -> None:
+    """Refuse a step whose weights + KV exceed the GPU's memory (ConfigError with the
+    numbers); with ``ignore`` (``--ignore-memory``), say so on stderr and go on."""
+    from gpusim import capacity
+
+    try:
+        capacity.check_step_fits(g, m, batch, ctx, q, tp, pp)
+    except ConfigError as exc:
+        if not ignore:
+            raise
+        print(f"gpusim: warning: {as_flag(exc)}; predicting anyway (--ignore-memory)",
+              file=sys.stderr)

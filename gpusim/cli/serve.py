@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,10 +23,12 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    check_outputs,
     flags,
     setup,
+    wrote,
 )
-from gpusim.errors import bad
+from gpusim.errors import FieldError, bad
 from gpusim.io import loader
 
 # options that shape a synthetic or scenario workload: a replay's run gives all of them
@@ -130,9 +132,10 @@ def serve(
     launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
     fmt: FmtOpt = Fmt.table,
-    out_json: Annotated[Path | None, typer.Option("--out-json", help="Write JSON here.")
-                        ] = None,
-    out_csv: Annotated[Path | None, typer.Option("--out-csv", help="Write CSV here.")] = None,
+    out_json: Annotated[Path | None, typer.Option(
+        "--out-json", help="Write JSON here (- for standard output).")] = None,
+    out_csv: Annotated[Path | None, typer.Option(
+        "--out-csv", help="Write CSV here (- for standard output).")] = None,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write a Plotly HTML report here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -155,6 +158,8 @@ def serve(
     from gpusim.report import serving_figures as figures
     from gpusim.report import serving_output as output
 
+    piped = check_outputs({"--out-json": out_json, "--out-csv": out_csv, "--html": html,
+                           "--report": report_path})
     if replay:
         opts = dict(locals())
         given = [flag for name, flag in _WORKLOAD_FLAGS.items() if opts[name] is not None]
@@ -186,6 +191,12 @@ def serve(
         turn_think_s=turn_think_s,
         cudagraph_capture_sizes=None if cudagraph_capture_sizes is None
         else scenario_io.parse_capture_sizes(cudagraph_capture_sizes))
+    try:
+        serving.check_arrivals(sc)
+    except FieldError as exc:   # the rate and duration came from the command line or
+        if rate is not None or duration_s is not None or scenario is None:  # the file
+            raise bad("--rate", str(exc)) from None
+        raise bad(str(scenario), str(exc), field="arrival.rate_per_s") from None
     with flags(spec_acceptance="--spec-acceptance", spec_k="--spec-k",
                block_size_tokens="--block-size"):
         engine = serving.build_engine(
@@ -196,11 +207,15 @@ def serve(
     total = float(sc.duration_s or 0.0)
     with progress_bar(total, quiet=quiet or total <= 0) as tick:
         result = serving.simulate(engine, sc, tick, trace)
-    for path, text in ((out_json, output.json_text), (out_csv, output.csv_text),
-                       (html, figures.serve_html)):
-        if path is not None:
-            report.write_atomic(path, text(result))
-            print(f"wrote {path}", file=sys.stderr)
+    _check_served(result, m.max_position_embeddings)
+    outputs = [(path, text(result)) for path, text in (
+        (out_json, output.json_text), (out_csv, output.csv_text), (html, figures.serve_html))
+        if path is not None]
+    report.write_all(outputs)     # all of them or none
+    for path, _ in outputs:
+        wrote(path)
+    if piped:
+        return
     if fmt is Fmt.json:
         _echo(output.json_text(result))
     elif fmt is Fmt.csv:
@@ -213,6 +228,31 @@ def serve(
         from gpusim.serving.metrics import METRIC_DEFINITIONS
 
         print(METRIC_DEFINITIONS, file=sys.stderr)
+
+
+_REJECTIONS = {"exceeds_context_window": "longer than {model}'s context window of "
+                                         "{window} tokens",
+               "exceeds_kv_capacity": "needing more KV cache than the GPU holds "
+                                      "({kv} tokens)"}
+
+
+def _check_served(result: dict[str, Any], window: int) -> None:
+    """Refuse a run that served no request (tables of nan otherwise): none arrived
+    within the duration, or every one was rejected (prompt + output longer than the
+    context window or the whole KV cache). Raises ConfigError naming the cause."""
+    req = result["requests"]
+    if req["completed"]:
+        return
+    if not req["arrived"]:
+        raise bad("--duration-s", f"no request arrived in the {result['duration_s']:g} s "
+                  "window: nothing to report; lengthen the duration or raise the rate")
+    names = {"model": result["model"], "window": window,
+             "kv": result["kv_cache"]["capacity_tokens"]}
+    why = "; ".join(f"{n} {_REJECTIONS.get(r, r).format(**names)}"
+                    for r, n in sorted(req["rejected_by_reason"].items()))
+    raise bad("--prompt-dist", f"all {req['arrived']} requests were rejected ({why}): "
+              "nothing to report; give shorter prompts or outputs (--prompt-dist, "
+              "--output-dist) or a model with a longer context")
 
 
 def _run_dirs(paths: list[Path]) -> list[Path]:
@@ -247,13 +287,17 @@ def _replay(paths: list[Path], gpu: str, model: str | None, stack: str, calibrat
                         f"--stack {stack}", *([f"--report {report_path}"]
                                               if report_path else [])])
     numbers = serving_report.as_dict(results, sat)
+    outputs = []
     if report_path is not None:
-        report.write_atomic(report_path, serving_report.markdown(
-            results, sat, plat.gpu.name, plat.stack.name, command))
-        print(f"wrote {report_path}", file=sys.stderr)
+        outputs.append((report_path, serving_report.markdown(
+            results, sat, plat.gpu.name, plat.stack.name, command)))
     if out_json is not None:
-        report.write_atomic(out_json, report.to_json(report.json_safe(numbers)))
-        print(f"wrote {out_json}", file=sys.stderr)
+        outputs.append((out_json, report.to_json(report.json_safe(numbers))))
+    report.write_all(outputs)     # all of them or none
+    for path, _ in outputs:
+        wrote(path)
+    if any(report.is_stdout(path) for path, _ in outputs):
+        return
     if fmt is Fmt.json:
         _echo(report.to_json(report.json_safe(numbers)))
         return

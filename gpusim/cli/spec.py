@@ -23,9 +23,11 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    check_outputs,
     describe_calibration,
     flags,
     setup,
+    wrote,
 )
 from gpusim.errors import bad
 from gpusim.io import loader
@@ -90,12 +92,12 @@ def spec(
     from gpusim.report import spec_output as output
     from gpusim.speculative import iteration as it
 
+    piped = check_outputs({"--timeline": timeline})
+    options.check_monte_carlo(mc_iterations, batch, seed)
     plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep)
     g, cal = plat.gpu, plat.calibration
     ov = options.overhead_from_options(overhead, round_trip_us, g)
     sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
-    if mc_iterations < 0:
-        raise bad("--mc-iterations", "must be >= 0", value=mc_iterations)
     with flags():
         p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
     options.check_weights_fit(p)
@@ -111,7 +113,9 @@ def spec(
         title = (f"{sp.target.name} + {sp.draft.label} {sp.tree.label()} b={batch} "
                  f"ctx={ctx} on {g.name}")
         report.write_html(report.timeline_figure(tl, title), timeline)
-        print(f"wrote timeline to {timeline}", file=sys.stderr)
+        wrote(timeline, "timeline")
+    if piped:
+        return
     if fmt is Fmt.json:
         _echo(report.to_json(rec))
     elif fmt is Fmt.csv:
@@ -158,6 +162,7 @@ def spec_sweep(
     from gpusim.report import spec_figures as figures
     from gpusim.speculative import sweep as sw
 
+    piped = check_outputs({"--html": html, "--md": md, "--out-csv": out_csv})
     plat = setup(gpu, stack, calibration, launch.value)
     g = plat.gpu
     ov = options.overhead_from_options(overhead, round_trip_us, g)
@@ -172,13 +177,16 @@ def spec_sweep(
     title = f"{t.name} + {sp.draft.label} on {g.name}"
     notes = [f"Calibration: {describe_calibration(plat)}; host round trip "
              f"{ov.host_round_trip_s * 1e6:.1f} us ({ov.fitted_on}); launch {launch.value}."]
-    for path, text in ((html, lambda: figures.sweep_html(res, title)),
-                       (md, lambda: figures.sweep_markdown(
-                           res, title, "gpusim " + " ".join(sys.argv[1:]), notes)),
-                       (out_csv, lambda: report.to_csv(res.rows))):
-        if path is not None:
-            report.write_atomic(path, text())
-            print(f"wrote {path}", file=sys.stderr)
+    outputs = [(path, text()) for path, text in (
+        (html, lambda: figures.sweep_html(res, title)),
+        (md, lambda: figures.sweep_markdown(res, title, "gpusim " + " ".join(sys.argv[1:]),
+                                            notes)),
+        (out_csv, lambda: report.to_csv(res.rows))) if path is not None]
+    report.write_all(outputs)     # all of them or none
+    for path, _ in outputs:
+        wrote(path)
+    if piped:
+        return
     if fmt is Fmt.json:
         _echo(report.to_json(report.json_safe({"title": title, "break_even": res.break_even,
                                             "best": res.best, "rows": res.rows})))
@@ -194,14 +202,15 @@ def spec_sweep(
 
 @app.command("spec-validate")
 def spec_validate(
-    data_dir: Annotated[Path, typer.Option(
-        "--data-dir", help="Directory with <gpu>/spec.csv measured loops.")
-    ] = Path("validation/data"),
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Directory with <gpu>/spec.csv measured loops (default: "
+        "validation/data of gpusim's checkout, from any directory).")] = None,
     fit_pair: Annotated[str | None, typer.Option(
         "--fit-pair", help="Pair whose rows fit the round trip (default: the first).")
     ] = None,
-    report_path: Annotated[Path, typer.Option("--report", help="Markdown report to write.")
-                           ] = Path("validation/SPEC_REPORT.md"),
+    report_path: Annotated[Path | None, typer.Option(
+        "--report", help="Markdown report to write (default: validation/SPEC_REPORT.md of "
+        "gpusim's checkout).")] = None,
     points_path: Annotated[Path | None, typer.Option(
         "--points", help="Per-row predictions CSV to write.")] = None,
     write_overhead: Annotated[bool, typer.Option(
@@ -217,6 +226,10 @@ def spec_validate(
     from gpusim.io import overhead as iovmod
     from gpusim.platform import Platform
 
+    shown_dir = str(data_dir) if data_dir is not None else "validation/data"
+    data_dir = data_dir if data_dir is not None else loader.ROOT / "validation" / "data"
+    report_path = report_path or loader.ROOT / "validation" / "SPEC_REPORT.md"
+    check_outputs({"--report": report_path, "--points": points_path})
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/spec.csv"))
     if not files:
@@ -233,16 +246,16 @@ def spec_validate(
         except ValueError as exc:
             raise bad(str(f), str(exc)) from None
         print(f"{g.name}: {len(rows)} rows", file=sys.stderr)
-    md = val.markdown(results, "gpusim spec-validate --data-dir " + str(data_dir))
-    report.write_atomic(report_path, md)
-    print(f"wrote {report_path}", file=sys.stderr)
+    md = val.markdown(results, "gpusim spec-validate --data-dir " + shown_dir)
+    outputs = [(report_path, md)]
     if points_path is not None:
-        report.write_atomic(points_path, report.to_csv([p for r in results
-                                                        for p in r.points()]))
+        outputs.append((points_path, report.to_csv([p for r in results for p in r.points()])))
     if write_overhead:
         iovmod.SPEC_CALIBRATIONS_DIR.mkdir(parents=True, exist_ok=True)
-        for r in results:
-            path = iovmod.SPEC_CALIBRATIONS_DIR / f"{r.gpu}.yaml"
-            report.write_atomic(path, iovmod.to_yaml(r.overhead))
-            print(f"wrote {path}", file=sys.stderr)
-    _echo(md)
+        outputs += [(iovmod.SPEC_CALIBRATIONS_DIR / f"{r.gpu}.yaml", iovmod.to_yaml(r.overhead))
+                    for r in results]
+    report.write_all(outputs)     # all of them or none
+    for path, _ in outputs:
+        wrote(path)
+    if not any(report.is_stdout(path) for path, _ in outputs):
+        _echo(md)

@@ -20,6 +20,10 @@ from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree, parse_tree
 
 DEFAULT_K = 4
+# Monte-Carlo samples (batch x iterations) one run may draw: about a second and a few
+# hundred MB for a chain (a tree's sampler is slower); the stderr of the mean is
+# already ~0.1% of a token there
+MAX_MC_SAMPLES = 1_000_000
 
 
 def acceptance_option(text: str) -> Acceptance:
@@ -100,6 +104,22 @@ def int_list(text: str, option: str, low: int = 0) -> list[int]:
     if not vals or vals[0] < low:
         raise bad(option, f"values must be integers >= {low}", value=text)
     return vals
+
+
+def check_monte_carlo(iterations: int, batch: int, seed: int) -> None:
+    """Refuse, before any work, a Monte-Carlo check that cannot run or would not end:
+    ``--mc-iterations`` < 0, ``--seed`` < 0 (numpy seeds are non-negative), or more
+    than MAX_MC_SAMPLES samples (``batch`` x ``iterations``). Raises ConfigError."""
+    if iterations < 0:
+        raise bad("--mc-iterations", "must be >= 0 (0: no Monte-Carlo check)",
+                  value=iterations)
+    if seed < 0:
+        raise bad("--seed", "must be >= 0", value=seed)
+    if iterations and batch >= 1 and iterations * batch > MAX_MC_SAMPLES:
+        raise bad("--mc-iterations", f"batch {batch} x {iterations} iterations = "
+                  f"{iterations * batch:,} samples; at most {MAX_MC_SAMPLES:,} are drawn "
+                  f"(at most {max(MAX_MC_SAMPLES // batch, 1):,} iterations at this batch)",
+                  value=iterations)
 
 
 def check_weights_fit(pred: IterationPrediction) -> None:

@@ -21,6 +21,7 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    check_outputs,
 )
 from gpusim.errors import bad
 from gpusim.io import calibrations, loader
@@ -83,6 +84,7 @@ def import_(
         # the loader resolves a stack by its file name and refuses a mismatch
         raise bad("--out", f"a stack named {name!r} is written to {name}.yaml",
                   value=str(out))
+    check_outputs({"--out": out})
     m, base = loader.load_model(model), loader.load_stack(like)
     warm = [_warm_step(p, steps) for p in traces]
     try:

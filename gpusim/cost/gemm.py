@@ -44,6 +44,12 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, physics: GpuPhysi
     args = (n, k, float(gpu.sm_count), float(physics.gemm_tile_m),
             float(physics.gemm_tile_n))
     if m.size > CACHED_SHAPES_MAX:
+        # large sweeps repeat few token counts (a serving table's batch x context
+        # grid): schedule each distinct m once, elementwise, so the result is the same
+        unique, inverse = np.unique(m, return_inverse=True)
+        if 4 * unique.size <= m.size:
+            return tuple(x[inverse.reshape(m.shape)]  # type: ignore[return-value]
+                         for x in _schedule(unique, *args))
         return _schedule(m, *args)
     # the schedule depends on shapes and tile sizes only, never on fitted parameters:
     # a fit re-costs the same few dozen shapes hundreds of times (large sweeps are not

@@ -107,13 +107,16 @@ class HostParams(Frozen):
 
 def overridable(path: str) -> bool:
     """Whether a stack may set ``path`` for itself: a GPU-physics number
-    (``physics.<name>``, not the measured slow GEMM picks) or an attention family's
-    (``attention.<family>.<name>``)."""
+    (``physics.<name>``, not the measured slow GEMM picks), an attention family's
+    (``attention.<family>.<name>``) or a GEMM kernel family's (``gemm.<family>.<name>``:
+    a quantized projection kernel only its stack runs)."""
     parts = path.split(".")
     if parts[0] == "physics" and len(parts) == 2:
         return parts[1] in GpuPhysics.model_fields and parts[1] != "gemm_slow_picks"
     if parts[0] == "attention" and len(parts) == 3 and parts[1] in FAMILIES:
         return parts[2] in FAMILIES[parts[1]].Params.model_fields
+    if parts[0] == "gemm" and len(parts) == 3 and parts[1] in GEMM_FAMILIES:
+        return parts[2] in GEMM_FAMILIES[parts[1]].Params.model_fields
     return False
 
 
@@ -126,21 +129,23 @@ class StackParams(HostParams):
 
     physics: dict[str, float] = Field(default_factory=dict)
     attention: dict[str, dict[str, float]] = Field(default_factory=dict)
+    gemm: dict[str, dict[str, float]] = Field(default_factory=dict)
     notes: str = ""
 
     @model_validator(mode="after")
     def _known_fields(self) -> StackParams:
         for path in self.overrides():
             if not overridable(path):
-                raise field_error(path, "not a GPU physics number or an attention "
-                                  "family's parameter a stack may set for itself")
+                raise field_error(path, "not a GPU physics number or an attention or "
+                                  "GEMM family's parameter a stack may set for itself")
         return self
 
     def overrides(self) -> dict[str, float]:
         """The overridden parameters as dotted paths (``Calibration.replace`` takes)."""
         out = {f"physics.{k}": v for k, v in self.physics.items()}
-        for family, values in self.attention.items():
-            out.update({f"attention.{family}.{k}": v for k, v in values.items()})
+        for section in ("attention", "gemm"):
+            for family, values in getattr(self, section).items():
+                out.update({f"{section}.{family}.{k}": v for k, v in values.items()})
         return out
 
     def host_params(self) -> HostParams:
@@ -152,16 +157,16 @@ class StackParams(HostParams):
         """``cal``'s host costs, and its values of the parameters ``own`` (dotted
         paths) as this stack's overrides."""
         physics: dict[str, float] = {}
-        attention: dict[str, dict[str, float]] = {}
+        families: dict[str, dict[str, dict[str, float]]] = {"attention": {}, "gemm": {}}
         for path in own:
             parts = path.split(".")
             value = float(cal.get(path))  # type: ignore[arg-type]
             if parts[0] == "physics":
                 physics[parts[1]] = value
             else:
-                attention.setdefault(parts[1], {})[parts[2]] = value
-        return StackParams(**cal.host.model_dump(), physics=physics, attention=attention,
-                           notes=notes)
+                families[parts[0]].setdefault(parts[1], {})[parts[2]] = value
+        return StackParams(**cal.host.model_dump(), physics=physics, notes=notes,
+                           **families)
 
 
 # one field per attention family, typed by the family's own parameter record (built

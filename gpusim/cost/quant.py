@@ -18,10 +18,17 @@ Why quantization is not magic, in the model's terms:
   dequantizing its int4 weights in registers, so every 16 rows are one pass over all
   the weights: the MMA work (padded to 16 rows) and the dequantize (CUDA-core
   operations per weight element) repeat per pass, while the int4 weights stream from
-  HBM once (plus ``reread_fraction`` of them per later pass, what L2 misses). At batch 1
-  it streams a quarter of bf16's bytes and wins; at batch 64 it makes four passes of
-  dequantize-and-MMA at mma.sync's rate where cuBLAS makes one wgmma pass over bf16
-  weights, and loses.
+  HBM once (plus ``reread_fraction`` of them per later pass, what L2 misses). Its grid is
+  one CTA per 8 output columns per 16 rows (``int4mm.cu``: grid (1, n / 8, m / 16)), and
+  each CTA loads its rows of the bf16 activation over the whole K itself: the
+  activations are read n / 8 times, from L2, ``m * k * 2 * n / 8`` bytes, a quarter of a
+  byte per weight element per token row (rows past ``m`` are not loaded). That traffic,
+  at ``activation_l2_ratio`` times the GPU's fitted L2 bandwidth, is what grows with the
+  batch: measured on H100 (validation/data/h100-sxm/stacks/torch-int4/), step time
+  rises linearly with the tokens from 4 tokens on, ~0.5 ms per token for Llama 3.1 8B,
+  within a 16-row pass as much as across passes. At batch 1 it streams a quarter of
+  bf16's bytes and wins; from batch ~8 the activation re-reads cost more than the bf16
+  weights it saves, and it loses.
 * ``int8wo`` (int8 weight-only, compiled by Inductor): at one token a fused Triton
   GEMV streaming int8 weights (its multiply-adds on CUDA cores); at more, a Triton
   dequantize kernel writing the bf16 weight, cuBLAS's GEMM on it, and a scale kernel:
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
     from gpusim.cost.params import GpuPhysics
 
 TINYGEMM_ROWS = 16        # token rows per tinygemm pass (its m16n8k16 MMA tile)
+TINYGEMM_N_COLUMNS = 8    # output columns per tinygemm CTA (each loads its activation rows)
 PAD_KERNELS = 2           # F.pad: a fill of the padded tensor and a copy of the rows
 DEQUANT_KERNELS = 2       # int8wo at > 1 token: the dequantize and the scale kernels
 
@@ -113,12 +121,15 @@ class TinygemmParams(Frozen):
     """tinygemm (int4 weight-only): its MMA efficiency (mma.sync) and weight streaming
     relative to cuBLAS's, CUDA-core operations per weight element per pass to
     dequantize (unpack, convert, scale and zero: a fused multiply-add is 2), the share
-    of the weights each pass after the first re-reads from HBM, a fixed cost per call."""
+    of the weights each pass after the first re-reads from HBM, the bandwidth of its
+    activation re-reads relative to the GPU's fitted L2 bandwidth, a fixed cost per
+    call."""
 
     tensor_efficiency_ratio: Ratio = 1.0
     bandwidth_ratio: Ratio = 1.0
     dequant_flops_per_element: Annotated[float, Field(ge=0.0, le=200.0)] = 2.0
     reread_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    activation_l2_ratio: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
     fixed_s: NonNeg = 0.0
 
 
@@ -130,6 +141,7 @@ class Tinygemm(GemmFamily):
         "bandwidth_ratio": (0.2, 1.2, 0.7, 1.0),
         "dequant_flops_per_element": (0.0, 100.0, 8.0, 1.0),
         "reread_fraction": (0.0, 1.0, 0.2, 1.0),
+        "activation_l2_ratio": (0.2, 4.0, 1.0, 1.0),
         "fixed_s": (0.0, 10e-6, 1e-6, 1e-6),
     }
 
@@ -146,7 +158,13 @@ class Tinygemm(GemmFamily):
         compute = passes * nk * (2.0 * TINYGEMM_ROWS / mma_rate
                                  + p.dequant_flops_per_element / gpu.fp32_flops_per_s)
         reread = (passes - 1.0) * p.reread_fraction * k.weight_bytes
-        memory = hbm_s(k.bytes + reread, gpu, physics, p.bandwidth_ratio)
+        # every CTA (8 output columns) loads its token rows of the bf16 activation
+        activation_l2_bytes = np.asarray(g.m, dtype=np.float64) * g.k * 2.0 \
+            * np.ceil(g.n / TINYGEMM_N_COLUMNS)
+        l2_bw = gpu.hbm_bandwidth_bytes_per_s * physics.hbm_bandwidth_efficiency \
+            * physics.l2_bandwidth_ratio * p.activation_l2_ratio
+        memory = hbm_s(k.bytes + reread, gpu, physics, p.bandwidth_ratio) \
+            + activation_l2_bytes / l2_bw
         fixed = np.full_like(k.flops, k.launches * physics.gemm_fixed_cost_s + p.fixed_s)
         return GemmParts(fixed, memory, compute)
 

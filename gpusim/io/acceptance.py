@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
 from gpusim.errors import bad, read_text
+from gpusim.io import jsontext
 from gpusim.speculative.acceptance import (
     MAX_K,
     Acceptance,
@@ -78,6 +78,8 @@ def _histogram_from_pairs(pairs: list[tuple[int, float, int | None]], source: st
 def _check_pair(source: str, line: int | None, acc: object, cnt: object
                 ) -> tuple[int, float, int | None]:
     try:
+        if isinstance(acc, bool):
+            raise TypeError
         a = float(acc)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise bad(source, "must be an integer >= 0", field="accepted", line=line,
@@ -86,6 +88,8 @@ def _check_pair(source: str, line: int | None, acc: object, cnt: object
         raise bad(source, f"must be an integer in 0..{MAX_K}", field="accepted", line=line,
                   value=acc)
     try:
+        if isinstance(cnt, bool):   # JSON true is no count (float(True) would be 1)
+            raise TypeError
         c = float(cnt)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise bad(source, "must be a number >= 0", field="count", line=line,
@@ -122,10 +126,7 @@ def read_histogram(path: Path) -> EmpiricalAcceptance:
 
 
 def _histogram_json(text: str, source: str) -> EmpiricalAcceptance:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise bad(source, f"invalid JSON: {exc.msg}", line=exc.lineno) from None
+    data = jsontext.loads(text, source)
 
     def line_of(key: str) -> int | None:
         idx = text.find(f'"{key}"')

@@ -9,12 +9,12 @@ config read with Llama keys alone would be a dense 3B model). Raises ConfigError
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from gpusim.errors import bad
+from gpusim.errors import bad, read_text
+from gpusim.io import jsontext
 from gpusim.io.yamlfile import Path_, validate
 from gpusim.specs import ModelSpec
 
@@ -51,14 +51,8 @@ UNQUANTIZED_OK = re.compile(r"(lm_head|embed_tokens|norm|router|\.gate|^gate|sha
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text)
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
-        raise bad(source, f"invalid JSON: {getattr(exc, 'msg', exc)}", line=line) from None
+    text = read_text(path)
+    raw = jsontext.loads(text, source)
     if not isinstance(raw, dict):
         raise bad(source, "expected a JSON object")
     lines: dict[Path_, int] = {}

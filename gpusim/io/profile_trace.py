@@ -12,13 +12,13 @@ ConfigError (file, what is wrong) for a file that is not a readable, complete tr
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpusim.errors import bad
+from gpusim.io import jsontext
 
 MAX_TRACE_BYTES = 512 * 1024 * 1024     # uncompressed: refuse rather than exhaust memory
 GPU_CATEGORIES = ("kernel", "gpu_memset", "gpu_memcpy")
@@ -60,14 +60,8 @@ def _load(path: Path) -> dict:
     if len(raw) > MAX_TRACE_BYTES:
         raise bad(source, f"trace of {len(raw) / 1e6:.0f} MB is over the "
                   f"{MAX_TRACE_BYTES / 1e6:.0f} MB this reader takes")
-    try:
-        data = json.loads(raw)
-    except RecursionError:
-        raise bad(source, "JSON nested too deeply") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
-        raise bad(source, f"not a JSON trace (truncated?): {getattr(exc, 'msg', exc)}",
-                  line=line) from None
+    data = jsontext.loads(raw, source, what="not a JSON trace (truncated?)",
+                          check_depth=False)
     if not isinstance(data, dict) or not isinstance(data.get("traceEvents"), list):
         raise bad(source, "not a Chrome trace: no traceEvents list",
                   field="traceEvents")

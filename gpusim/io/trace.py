@@ -9,13 +9,13 @@ naming the file, line and field.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from gpusim.errors import bad, read_text
+from gpusim.io import jsontext
 from gpusim.serving.trace import Trace
 
 COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
@@ -63,10 +63,7 @@ def _jsonl_records(text: str, source: str):
     for i, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise bad(source, f"invalid JSON: {exc.msg}", line=i) from None
+        record = jsontext.loads(raw, source, line=i)
         if not isinstance(record, dict):
             raise bad(source, "expected a JSON object per line", line=i)
         yield i, record

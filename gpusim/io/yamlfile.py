@@ -7,6 +7,7 @@ overheads); knows no spec.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +24,8 @@ Path_ = tuple[str | int, ...]
 # YAML with line numbers
 # ----------------------------------------------------------------------------------
 MAX_DEPTH = 100          # nesting levels; real files use 4 (far below Python's stack)
-MAX_NODES = 1_000_000    # values after alias expansion ("billion laughs" guard)
+MAX_NODES = 100_000      # values after alias expansion ("billion laughs" guard); the
+#                          largest shipped file has ~200
 
 
 class _TooDeep(Exception):
@@ -50,6 +52,29 @@ class _DepthLimitedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+# YAML 1.2 floats that PyYAML's YAML 1.1 resolver leaves as strings: an exponent
+# without a dot or without a sign (1e-5, 86e9, 1.5e9); the 1.1 forms resolve as before
+_DepthLimitedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+_YAML_TAG = "tag:yaml.org,2002:"
+# the tags of plain data; anything else (!!python/object, a custom !tag) is refused
+_PLAIN_TAGS = {_YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq",
+                                       "timestamp", "binary")}
+
+
+def _check_tag(node: yaml.Node, source: str) -> None:
+    """Raise ConfigError for a node tagged with anything but plain data (SafeLoader
+    would drop the tag of a mapping and use its value)."""
+    if node.tag not in _PLAIN_TAGS:
+        shown = "!!" + node.tag[len(_YAML_TAG):] if node.tag.startswith(_YAML_TAG) \
+            else node.tag
+        raise bad(source, f"YAML tag {shown} is not allowed: write plain values",
+                  line=node.start_mark.line + 1)
+
+
 def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str,
                 active: set[int] | None = None, budget: list[int] | None = None) -> Any:
     # setdefault: a key's own line (set by its mapping) wins over its block value's
@@ -63,6 +88,7 @@ def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: s
     if len(path) > MAX_DEPTH:
         raise bad(source, f"nesting too deep (over {MAX_DEPTH} levels)",
                   line=node.start_mark.line + 1)
+    _check_tag(node, source)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         if id(node) in active:  # an alias to a node that contains it
             raise bad(source, "recursive alias (an anchor used inside itself)",
@@ -77,6 +103,9 @@ def _node_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: s
         return loader.construct_object(node)
     except yaml.YAMLError as exc:
         raise bad(source, f"cannot read value: {exc}", line=node.start_mark.line + 1) from None
+    except ValueError:  # an integer too long for int(): 4300 digits (CVE-2020-10735)
+        raise bad(source, "cannot read value: an integer of over 4300 digits",
+                  line=node.start_mark.line + 1) from None
     finally:
         loader.dispose()
 

@@ -108,10 +108,13 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         keys = cache if op.keys == "allocated_cache" else c + qq
         kv_heads = (model.num_attention_heads if op.kv_heads == "expanded"
                     else model.num_key_value_heads)
-        return kv_stored(attention_kernel(op.name, mode, stack.family(mode), b, qq, keys,
-                                          model.num_attention_heads, kv_heads,
-                                          model.head_dim_eff, dtype, section, op.kernels,
-                                          repeat), model)
+        heads, rows = model.num_attention_heads, qq
+        if op.decode_packs_gqa and mode == Mode.DECODE:   # query heads as rows
+            group = model.num_attention_heads // kv_heads
+            heads, rows = kv_heads, qq * group
+        return kv_stored(attention_kernel(op.name, mode, stack.family(mode), b, rows, keys,
+                                          heads, kv_heads, model.head_dim_eff, dtype,
+                                          section, op.kernels, repeat), model)
     # elementwise, embedding: stream a tensor
     strided = np.where(tokens == 1, op.strided_kernels - op.vectorized_at_one_token,
                        op.strided_kernels).astype(np.float64)

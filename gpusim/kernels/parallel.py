@@ -15,8 +15,13 @@ Pipeline parallelism (``stage_kernels``) gives each stage its layers (vLLM's spl
 even, the remainder to the stages before the last), the first stage the prologue and
 the last the epilogue; ``activation_send`` is what one stage sends the next.
 
-Refused with one line (FieldError, field ``tp`` or ``pp``): a split that does not
-divide the model's heads or MLP, and any op this module does not know how to shard.
+An MoE model's experts split over the tensor-parallel GPUs by expert parallelism
+(``ep`` = ``tp``; ``kernels.expert_parallel``: experts per rank, the busiest rank's
+load, the all-to-all dispatch and combine); its attention stays tensor-parallel.
+
+Refused with one line (FieldError, field ``tp``, ``pp`` or ``ep``): a split that does
+not divide the model's heads or MLP, an expert split ``kernels.expert_parallel`` does
+not model, and any op this module does not know how to shard.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gpusim.errors import FieldError
-from gpusim.kernels.records import CollectiveShape, Kernel
+from gpusim.kernels.expert_parallel import (  # noqa: F401  (expert_split: re-exported)
+    ExpertSplit,
+    check_ep,
+    expert_split,
+    rank_expert_bytes,
+    split_experts,
+)
+from gpusim.kernels.records import Kernel, collective_kernel
+from gpusim.kernels.variants import layer_ops
 from gpusim.specs import ModelSpec, StackOp, StackSpec
 from gpusim.specs.enums import KernelKind
 from gpusim.units import DTYPE_BYTES
@@ -59,6 +72,9 @@ def rank_sizes(model: ModelSpec, tp: int) -> RankSizes:
         raise FieldError("tp", f"tp={tp} must divide the {kv} KV heads of {model.name} "
                          "or be a multiple of them (each KV head then replicated)")
     inter = model.mlp_intermediate_size
+    if model.is_moe:   # a shared expert is replicated (kernels.expert_parallel)
+        return RankSizes(tp=tp, heads=heads // tp, kv_heads=max(1, kv // tp),
+                         intermediate=inter, vocab=math.ceil(model.vocab_size / tp))
     if inter % tp:
         raise FieldError("tp", f"tp={tp} must divide the MLP's intermediate size {inter} "
                          f"of {model.name}")
@@ -101,13 +117,8 @@ def _tensor_share(tensor: str, model: ModelSpec, r: RankSizes) -> float:
 def _collective(after: Kernel, op: str, size_bytes: np.ndarray, tp: int, library: str
                 ) -> Kernel:
     """The collective that follows ``after``: it reads and writes its buffer in HBM."""
-    zero = np.zeros_like(size_bytes)
-    return Kernel(name=f"{after.name}_{op}", kind=KernelKind.COLLECTIVE,
-                  section=after.section, launches=1, repeat=after.repeat, flops=zero,
-                  weight_bytes=zero, kv_bytes=zero, act_bytes=2.0 * size_bytes,
-                  dtype=after.dtype,
-                  collective=CollectiveShape(op=op, size_bytes=size_bytes, group=tp,
-                                             library=library))
+    return collective_kernel(f"{after.name}_{op}", op, size_bytes, tp, library,
+                             after.section, after.repeat, after.dtype)
 
 
 def _shard_gemm(k: Kernel, op: StackOp, model: ModelSpec, r: RankSizes, library: str
@@ -132,26 +143,29 @@ def _shard_gemm(k: Kernel, op: StackOp, model: ModelSpec, r: RankSizes, library:
 
 
 def shard(kernels: list[Kernel], model: ModelSpec, stack: StackSpec, tp: int,
-          library: str = "nccl") -> list[Kernel]:
+          library: str = "nccl", ep: int = 1) -> list[Kernel]:
     """One tensor-parallel rank's kernels of a forward step (``kernels`` from
     ``build_kernels`` for ``model`` on ``stack``), collectives added after the
     row-parallel GEMMs, the embedding and the LM head (``library``: nccl, or a stack's
-    custom all-reduce). ``tp`` = 1 returns ``kernels`` itself. Raises FieldError
-    (field ``tp``) for a split the model does not allow or an op this module cannot
-    shard (an MoE layer's experts: expert parallelism is not modelled yet)."""
-    if tp == 1:
+    custom all-reduce); an MoE model's experts split over ``ep`` = ``tp`` ranks
+    (``kernels.expert_parallel.split_experts``: the busiest rank's). ``tp`` = ``ep`` =
+    1 returns ``kernels`` itself. Raises FieldError (field ``tp``) for a split the
+    model does not allow or an op this module cannot shard, (field ``ep``) for an
+    expert split that is not modelled (``check_ep``)."""
+    if tp == 1 and ep == 1:
         return kernels
-    if model.is_moe:
-        raise FieldError("tp", f"tp={tp}: splitting the MoE model {model.name} over GPUs "
-                         "is not modelled yet (its experts' split and all-to-all are: "
-                         "kernels.parallel.expert_split, cost.collectives)")
+    check_ep(model, tp, ep)
+    kernels, done = split_experts(kernels, model, stack, ep, library)
     r = rank_sizes(model, tp)
     ops = {(sec, op.name): op for sec, ops_ in (("prologue", stack.prologue),
-                                                ("layer", stack.layer),
+                                                ("layer", layer_ops(model, stack)),
                                                 ("epilogue", stack.epilogue))
            for op in ops_}
     out: list[Kernel] = []
     for k in kernels:
+        if k.section == "layer" and k.name in done:   # the experts' split: as it is
+            out.append(k)
+            continue
         op = ops.get((k.section, k.name))
         if op is None:
             raise FieldError("tp", f"tp={tp}: gpusim does not shard {model.name}'s "
@@ -220,22 +234,26 @@ def activation_send(model: ModelSpec, tokens: object) -> np.ndarray:
 
 
 # --- memory per GPU --------------------------------------------------------------------
-def rank_weight_bytes(model: ModelSpec, tp: int, pp: int) -> float:
+def rank_weight_bytes(model: ModelSpec, tp: int, pp: int, ep: int | None = None
+                      ) -> float:
     """Weight bytes on the fullest GPU: one tensor-parallel rank of the pipeline stage
     holding the most (its layers, plus the embedding on the first stage and the final
-    norm and LM head on the last; tied embeddings count on both ends). Raises
-    FieldError as ``rank_sizes`` and ``stage_layers``."""
+    norm and LM head on the last; tied embeddings count on both ends). An MoE model's
+    rank holds experts / ``ep`` routed experts whole, and the router and a shared
+    expert whole (``kernels.expert_parallel``); ``ep`` None: the split modelled, ep =
+    tp for an MoE model, 1 for a dense one. Raises FieldError as ``rank_sizes``,
+    ``stage_layers`` and ``check_ep``."""
+    if ep is None:
+        ep = tp if model.is_moe else 1
+    check_ep(model, tp, ep)
     r = rank_sizes(model, tp)
-    layer = 0.0
+    layer = rank_expert_bytes(model, ep) if model.is_moe else 0.0
     for name, (n, k, count) in model.layer_matrices().items():
-        if name in _COLUMN | _ROW:
+        if name in ("experts_gate_up", "experts_down"):
+            continue
+        if name in ("qkv", "o") or (name in _COLUMN | _ROW and not model.is_moe):
             n_r, k_r = _gemm_nk(name, model, r)
-        elif name == "router" or name == "shared_gate":
-            n_r, k_r = n, k
-        else:  # experts: not split by tp (refused by shard for tp > 1)
-            if tp > 1:
-                raise FieldError("tp", f"tp={tp}: {model.name}'s experts are not sharded "
-                                 "over tensor-parallel ranks yet (MoE with tp > 1)")
+        else:  # router, a shared expert and its gate: replicated
             n_r, k_r = n, k
         layer += count * model.matrix_bytes(name, n_r, k_r)
     layer += model.layer_weight_params()["norms"] * model.dtype_bytes
@@ -258,48 +276,3 @@ def rank_kv_bytes_per_token(model: ModelSpec, tp: int, pp: int) -> float:
     most = max(stage_layers(model.num_hidden_layers, pp))
     return (model.kv_bytes_per_token * most / model.num_hidden_layers
             * r.kv_heads / model.num_key_value_heads)
-
-
-# --- expert parallelism (the pieces; the MoE kernels do not take them yet) --------------
-@dataclass(frozen=True)
-class ExpertSplit:
-    """An MoE layer's experts over ``ep`` ranks: experts per rank, and per step shape
-    the busiest rank's routed token-slots and expected distinct experts (the step waits
-    for it: routing skew is load imbalance), and each rank's all-to-all buffer for the
-    dispatch (and again for the combine) of its ``tokens``' slots."""
-
-    ep: int
-    experts_per_rank: int
-    busiest_slots: np.ndarray
-    busiest_touched: np.ndarray
-    dispatch_bytes: np.ndarray
-
-
-def expert_split(model: ModelSpec, ep: int, tokens: object,
-                 placement: str = "round_robin") -> ExpertSplit:
-    """``model``'s experts split over ``ep`` ranks, each rank holding ``tokens`` tokens
-    (an array over step shapes; data-parallel attention). Experts ranked by popularity
-    (``kernels.moe.inclusion_probabilities``: the routing skew) are placed
-    ``round_robin`` (popular experts spread, as an expert-placement balancer aims for)
-    or ``contiguous`` (the most popular together: the worst case). Raises FieldError
-    (field ``ep``) for a dense model or ep not dividing the experts."""
-    from gpusim.kernels.moe import inclusion_probabilities
-
-    if not model.is_moe:
-        raise FieldError("ep", f"ep={ep}: {model.name} is dense (no experts to split)")
-    e, k = model.num_experts, model.num_experts_per_tok or 0
-    if not isinstance(ep, int) or ep < 1 or e % ep:
-        raise FieldError("ep", f"ep={ep!r} must divide the {e} experts of {model.name}")
-    if placement not in ("round_robin", "contiguous"):
-        raise FieldError("placement", f"placement={placement!r} must be round_robin or "
-                         "contiguous")
-    pi = inclusion_probabilities(e, k, model.routing_skew)
-    owner = (np.arange(e) % ep) if placement == "round_robin" else (np.arange(e) // (e // ep))
-    t = np.atleast_1d(np.asarray(tokens, dtype=np.float64))
-    total = t * ep   # every rank's tokens route over all experts
-    share = np.array([pi[owner == r].sum() for r in range(ep)])
-    busiest = int(np.argmax(share))
-    touched = np.sum(1.0 - np.power(1.0 - pi[owner == busiest], total[..., None]), axis=-1)
-    return ExpertSplit(ep=ep, experts_per_rank=e // ep, busiest_slots=total * share[busiest],
-                       busiest_touched=touched,
-                       dispatch_bytes=t * k * model.hidden_size * model.dtype_bytes)

@@ -125,6 +125,21 @@ def gemm_kernel(m: object, n: int, k: int, dtype: str = "bf16", name: str = "gem
                   dtype=dtype, gemm=GemmShape(m=m, n=n, k=k, x_dtype=dtype, w_dtype=w_dtype))
 
 
+def collective_kernel(name: str, op: str, size_bytes: np.ndarray, group: int,
+                      library: str = "nccl", section: Section = "layer", repeat: int = 1,
+                      dtype: str = "bf16") -> Kernel:
+    """One collective ``op`` among ``group`` GPUs over buffers of ``size_bytes`` (per
+    step shape; ``CollectiveShape``'s convention): no arithmetic, it reads and writes its
+    buffer in HBM once."""
+    size = np.asarray(size_bytes, dtype=np.float64)
+    zero = np.zeros_like(size)
+    return Kernel(name=name, kind=KernelKind.COLLECTIVE, section=section, launches=1,
+                  repeat=repeat, flops=zero, weight_bytes=zero, kv_bytes=zero,
+                  act_bytes=2.0 * size, dtype=dtype,
+                  collective=CollectiveShape(op=op, size_bytes=size, group=group,
+                                             library=library))
+
+
 def attention_flops(b: np.ndarray, q: np.ndarray, kv_len: np.ndarray, heads: int,
                     head_dim: int) -> np.ndarray:
     """QK^T and PV multiply-adds of the unmasked score entries (causal counted once):

@@ -110,21 +110,40 @@ def layer_ops(model: ModelSpec, stack: StackSpec) -> tuple[StackOp, ...]:
         norms = stack.qk_norm if stack.qk_norm is not None else TORCH_QK_NORM
         out[at[-1] + 1:at[-1] + 1] = norms
     if model.is_moe:
-        mlp = [op for op in out if is_dense_mlp(op)]
-        if not mlp:
-            raise ValueError(f"stack {stack.name}: no dense MLP ops for {model.name}'s "
-                             "experts to replace")
-        first = out.index(mlp[0])
-        section = stack.moe if stack.moe is not None else TORCH_MOE
-        moe: list[StackOp] = []
-        for op in section:
-            if not _runs(op, model):
-                continue
-            moe.extend([m.model_copy(update={"name": f"shared_{m.name}"}) for m in mlp]
-                       if op.op == "dense_mlp" else [op])
+        moe = moe_section(model, stack)   # raises without dense MLP ops to replace
+        first = out.index(next(op for op in out if is_dense_mlp(op)))
         out = [op for op in out if not is_dense_mlp(op)]
         out[first:first] = moe
     return tuple(out)
+
+
+def moe_section(model: ModelSpec, stack: StackSpec) -> tuple[StackOp, ...]:
+    """The ops of ``model``'s MoE section on ``stack``, in launch order (what
+    ``layer_ops`` puts in place of the dense MLP): the stack's ``moe:`` section (else
+    ``TORCH_MOE``) without the ops ``model`` does not run, its ``dense_mlp`` op expanded
+    to the stack's dense MLP ops renamed ``shared_*``. Raises ValueError for a dense
+    model or a stack whose layer has no dense MLP ops to replace."""
+    if not model.is_moe:
+        raise ValueError(f"{model.name} is dense: no MoE section")
+    mlp = [op for op in stack.layer if is_dense_mlp(op)]
+    if not mlp:
+        raise ValueError(f"stack {stack.name}: no dense MLP ops for {model.name}'s "
+                         "experts to replace")
+    section = stack.moe if stack.moe is not None else TORCH_MOE
+    moe: list[StackOp] = []
+    for op in section:
+        if not _runs(op, model):
+            continue
+        moe.extend([m.model_copy(update={"name": f"shared_{m.name}"}) for m in mlp]
+                   if op.op == "dense_mlp" else [op])
+    return tuple(moe)
+
+
+def is_expert_op(op: StackOp) -> bool:
+    """Whether an MoE section's op runs on the experts' side (their GEMMs and the
+    activation between them), not on the tokens' (routing, permutation, combine)."""
+    return op.weight in ("experts_gate_up", "experts_down") \
+        or op.tensor in ("routed_gate_up", "routed_intermediate")
 
 
 def op_roles(model: ModelSpec, stack: StackSpec) -> dict[str, str]:
@@ -142,7 +161,5 @@ def op_roles(model: ModelSpec, stack: StackSpec) -> dict[str, str]:
         for op in stack.moe if stack.moe is not None else TORCH_MOE:
             if op.op == "dense_mlp":
                 continue
-            expert = op.weight in ("experts_gate_up", "experts_down") \
-                or op.tensor in ("routed_gate_up", "routed_intermediate")
-            roles[op.name] = "experts" if expert else "routing"
+            roles[op.name] = "experts" if is_expert_op(op) else "routing"
     return roles

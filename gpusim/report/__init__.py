@@ -3,9 +3,22 @@ Plotly figures (one module per output kind; speculative and serving outputs in t
 own modules)."""
 
 from gpusim.report.figures import COLORS, error_vs_batch_figure, scatter_figure, timeline_figure
-from gpusim.report.files import fmt, json_safe, to_csv, to_json, write_atomic, write_html
+from gpusim.report.files import (
+    check_writable,
+    check_writable_dir,
+    figure_html,
+    fmt,
+    is_stdout,
+    json_safe,
+    to_csv,
+    to_json,
+    write_all,
+    write_atomic,
+    write_html,
+)
 from gpusim.report.tables import markdown_table, rich_table
 
-__all__ = ["COLORS", "error_vs_batch_figure", "fmt", "json_safe", "markdown_table",
-           "rich_table", "scatter_figure", "timeline_figure", "to_csv", "to_json",
+__all__ = ["COLORS", "check_writable", "check_writable_dir", "error_vs_batch_figure",
+           "figure_html", "fmt", "is_stdout", "json_safe", "markdown_table", "rich_table",
+           "scatter_figure", "timeline_figure", "to_csv", "to_json", "write_all",
            "write_atomic", "write_html"]

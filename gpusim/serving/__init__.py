@@ -14,7 +14,7 @@ from gpusim.serving.kv_cache import KvBudget, PagedKVCache, kv_budget
 from gpusim.serving.loop import ServingLoop, StepPlan, StepRecord
 from gpusim.serving.prefix_cache import PrefixKVCache
 from gpusim.serving.scenario import LengthSpec, Scenario
-from gpusim.serving.simulate import Engine, build_engine, simulate
+from gpusim.serving.simulate import Engine, build_engine, check_arrivals, simulate
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model
 from gpusim.serving.summary import ServingSummary
 
@@ -22,5 +22,5 @@ __all__ = [
     "Engine", "InvariantError", "KvBudget", "LengthSpec", "PagedKVCache", "PrefixKVCache",
     "Scenario",
     "ServingLoop", "ServingSummary", "StepPlan", "StepRecord", "StepTimeModel",
-    "build_engine", "build_step_time_model", "kv_budget", "simulate",
+    "build_engine", "build_step_time_model", "check_arrivals", "kv_budget", "simulate",
 ]

@@ -157,6 +157,13 @@ class PagedKVCache:
         """Tokens of the whole decoding group (without lookahead)."""
         return self._group_base_sum + (self.ticks - self.lookahead) * len(self._group)
 
+    def group_longest_tokens(self) -> int:
+        """Tokens of the decoding group's longest member (0: an empty group), without
+        lookahead; O(group size), for step models that pad to the longest."""
+        if not self._group:
+            return 0
+        return max(self._group.values()) + self.ticks - self.lookahead
+
     def advance_blocks(self, extra: int) -> int:
         """Blocks the whole group would take to grow ``extra`` more tokens each (every
         accepted draft token of a speculative step), in O(block size)."""

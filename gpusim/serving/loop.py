@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gpusim.errors import FieldError
 from gpusim.serving.invariants import InvariantError, require
 from gpusim.serving.kv_cache import PagedKVCache
 from gpusim.serving.metrics import Metrics
@@ -96,6 +97,23 @@ def _speculate(st: EngineState, spec: SpecStepModel, rng: np.random.Generator, k
     return total
 
 
+# requests one run simulates: each costs time (~10 s per 100,000) and, while queued,
+# memory; an open-loop run asking for more is refused before it starts
+# (``simulate.check_arrivals``), any other stops here with one line
+MAX_ARRIVALS = 500_000
+# engine steps one run simulates (~150,000 a second): long requests in a closed loop
+# reach it before the arrival cap
+MAX_STEPS = 5_000_000
+
+
+def too_many_arrivals(what: str, limit: str = "requests") -> str:
+    """The message for a run over a cap (``limit``: requests or engine steps):
+    ``what`` happened, and what to do."""
+    most = MAX_ARRIVALS if limit == "requests" else MAX_STEPS
+    return (f"{what}; a run simulates at most {most:,} {limit} (time and memory): "
+            "shorten the duration or lower the rate")
+
+
 class ServingLoop:
     """One serving run of ``scenario`` on ``engine``, advanced one engine step at a time.
 
@@ -133,6 +151,7 @@ class ServingLoop:
         self.now = 0.0
         self.finished = False
         self._next_rid = 0
+        self._arrivals = 0          # every request popped from the source, rejected too
         # read on every step or arrival: one attribute each instead of a chain
         self._step_model = engine.step_model
         self._spec = engine.spec
@@ -185,9 +204,13 @@ class ServingLoop:
         the scheduler picks no work."""
         batch = self.scheduler.schedule(st, self.now)
         decode, chunks = batch.decode, batch.chunks
+        # a stack that pads decode keys to the longest: its cached tokens before this
+        # step's token (the scheduler has grown the group by it)
+        longest = (st.kv.group_longest_tokens() - 1
+                   if decode and self._step_model.key_bucket_tokens else 0)
         if chunks:
             dt, moved = self._step_model.step(decode, batch.decode_ctx_tokens,
-                                              [(n, ctx) for _, ctx, n in chunks])
+                                              [(n, ctx) for _, ctx, n in chunks], longest)
             return batch, dt, moved, decode + sum(n for _, _, n in chunks), None, 0
         if not decode:
             kv = st.kv
@@ -204,7 +227,7 @@ class ServingLoop:
                 dt, moved = spec.iteration(k, decode, mean_ctx)
                 extra = _speculate(st, spec, rng, k, decode)
                 return batch, dt, moved, decode + extra, k, extra
-        dt, moved = self._step_model.decode_step(decode, batch.decode_ctx_tokens)
+        dt, moved = self._step_model.decode_step(decode, batch.decode_ctx_tokens, longest)
         return batch, dt, moved, decode, None, 0
 
     def _plan_recorded(self, st: EngineState, rng: np.random.Generator
@@ -245,8 +268,13 @@ class ServingLoop:
         if batch.chunks:
             self._emit_chunks(batch.chunks, t1)
         self.now = t1
-        if self.progress is not None and m.steps % PROGRESS_EVERY_STEPS == 0:
-            self.progress(t1)
+        if m.steps % PROGRESS_EVERY_STEPS == 0:
+            if self.progress is not None:
+                self.progress(t1)
+            if m.steps >= MAX_STEPS:
+                raise FieldError("duration_s", too_many_arrivals(
+                    f"the run reached {m.steps:,} engine steps at {t1:.6g} s of "
+                    "simulated time", "engine steps"))
         # usually the engine is busy and no arrival is due: nothing to settle
         if source.next_s <= t1 or not (st.running or st.waiting):
             self._settle()
@@ -323,6 +351,11 @@ class ServingLoop:
         """The source's next request, arrived by ``t``: queued, or rejected when it
         could never run (longer than the context window or the whole KV cache)."""
         source, m, st = self.source, self.metrics, self.state
+        self._arrivals += 1
+        if self._arrivals > MAX_ARRIVALS:
+            raise FieldError("duration_s", too_many_arrivals(
+                f"the run reached {MAX_ARRIVALS:,} arrivals at {self.now:.6g} s of "
+                "simulated time"))
         t_arr, prompt, output, user = source.pop()
         if t_arr > t:  # not require(): its message would be formatted on every arrival
             raise InvariantError(f"arrival at {t_arr!r} after {t!r}")

@@ -137,6 +137,11 @@ class PrefixKVCache:
     def group_tokens(self) -> int:
         return self._group_base_sum + self.ticks * len(self._group)
 
+    def group_longest_tokens(self) -> int:
+        """Tokens of the decoding group's longest member (0: an empty group);
+        O(group size), for step models that pad to the longest."""
+        return max(self._group.values()) + self.ticks if self._group else 0
+
     def group_members(self) -> list[int]:
         return list(self._group)
 

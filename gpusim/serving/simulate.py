@@ -13,7 +13,7 @@ from gpusim.cost.params import Calibration
 from gpusim.errors import FieldError
 from gpusim.platform import Platform
 from gpusim.serving.kv_cache import KvBudget, kv_budget
-from gpusim.serving.loop import ServingLoop
+from gpusim.serving.loop import MAX_ARRIVALS, ServingLoop, too_many_arrivals
 from gpusim.serving.scenario import Scenario
 from gpusim.serving.speculation import SpecStepModel, build_spec_step_model, draft_memory
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model
@@ -99,3 +99,18 @@ def simulate(engine: Engine, scenario: Scenario,
     loop = ServingLoop(engine, scenario, progress, trace)
     loop.run()
     return loop.summary().as_dict()
+
+
+def check_arrivals(scenario: Scenario) -> None:
+    """Refuse, before any work, an open-loop run whose expected arrivals (rate x
+    duration) exceed ``loop.MAX_ARRIVALS``: it would run for hours and queue millions
+    of requests. Raises FieldError (field ``rate_per_s``) with the numbers. A closed
+    loop or a trace is bounded while it runs (``ServingLoop`` stops at the cap)."""
+    arrival, duration = scenario.arrival, scenario.duration_s
+    if arrival is None or arrival.rate_per_s is None or duration is None:
+        return
+    expected = arrival.rate_per_s * duration
+    if expected > MAX_ARRIVALS:
+        raise FieldError("rate_per_s", too_many_arrivals(
+            f"rate {arrival.rate_per_s:g}/s x duration {duration:g} s = {expected:.3g} "
+            "expected arrivals"))

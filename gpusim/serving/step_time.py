@@ -24,6 +24,12 @@ cudagraph_capture_sizes) a decode-only step of up to the largest size replays th
 of the next size up (its token and per-sequence ops run for the padded batch) and every
 other step runs eagerly, whatever the platform's launch mode.
 
+A stack that pads its decode batch (``StackSpec.padded_decode_keys``: every decoding
+row gathers and attends the batch's longest context rounded up to that many tokens)
+prices decode attention and its ops over ``kv_cache`` tensors (the gather) at that key
+length for every row it runs (the padded batch of a graph, the decoding sequences of an
+eager step); callers pass the longest decoding sequence's cached tokens (``longest``).
+
 The serving engine's own host work (scheduling, preparing inputs, reading the sampled
 tokens back: ``HostParams.serving_step_host_s`` per step and ``serving_seq_host_s`` per
 sequence in it) adds to every step.
@@ -114,6 +120,8 @@ class StepTimeModel:
     graph_launch_s: float = 0.0           # one graph replay (capture_sizes)
     host_step_s: float = 0.0              # the engine's host work per step
     host_seq_s: float = 0.0               # ... and per sequence in the step
+    key_bucket_tokens: int = 0            # padded decode keys (0: each its own context)
+    max_keys: int = 0                     # ... at most (the context window rounded up)
 
     # --- attention lookups --------------------------------------------------------
     def _ctx_index(self, ctx: float) -> tuple[int, float]:
@@ -168,14 +176,25 @@ class StepTimeModel:
             return None
         return sizes[bisect_left(sizes, batch)]
 
+    def padded_ctx(self, longest: int) -> int:
+        """The cached tokens a padded decode row is priced at: the longest decoding
+        sequence's keys (``longest`` + 1) rounded up to ``key_bucket_tokens`` (at most
+        ``max_keys``), less the new one."""
+        bucket = self.key_bucket_tokens
+        return min(-(-(longest + 1) // bucket) * bucket, self.max_keys) - 1
+
     def _host(self, seconds: float, seqs: int) -> float:
         if self.host_step_s or self.host_seq_s:
             return seconds + self.host_step_s + self.host_seq_s * seqs
         return seconds
 
-    def decode_step(self, batch: int, ctx_sum: float) -> tuple[float, float]:
+    def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
+                    ) -> tuple[float, float]:
         """(seconds, bytes) of a decode-only step: ``batch`` sequences, ``ctx_sum``
-        cached tokens between them. (``decode_attention`` inlined: the hot path.)"""
+        cached tokens between them, the longest holding ``longest`` (read only when
+        the stack pads its decode keys). (``decode_attention`` inlined: the hot path.)"""
+        if self.key_bucket_tokens:
+            return self._padded_decode_step(batch, longest)
         ctx = ctx_sum / batch
         g = self.ctx_grid
         i = bisect_right(g, ctx) - 1
@@ -199,16 +218,35 @@ class StepTimeModel:
             return self._host(gpu + self.step_overhead_s, batch), moved
         return self._host(self._finish(gpu, batch, batch), batch), moved
 
+    def _padded_decode_step(self, batch: int, longest: int) -> tuple[float, float]:
+        """``decode_step`` of a stack that pads its decode keys: every row it runs
+        (the captured size a graph pads to, else the batch) at the padded key length."""
+        pad = self.padded_batch(batch) if self.capture_sizes else None
+        rows = batch if pad is None else pad
+        attn, attn_bytes = self.decode_attention(rows, self.padded_ctx(longest))
+        gpu = self.token_s[rows] + self.seq_s[rows] + attn
+        moved = self.token_bytes[rows] + self.seq_bytes[rows] + attn_bytes
+        if pad is not None:
+            t = gpu + self.attention_fixed_s + self.graph_launch_s
+        elif self.capture_sizes:
+            t = self._eager(gpu, batch, batch)
+        else:
+            t = self._finish(gpu, batch, batch)
+        return self._host(t, batch), moved
+
     def step(self, decode_batch: int, decode_ctx_sum: float,
-             chunks: Iterable[tuple[int, int]]) -> tuple[float, float]:
+             chunks: Iterable[tuple[int, int]], longest: int = 0) -> tuple[float, float]:
         """(seconds, bytes) of a mixed step: ``decode_batch`` decoding sequences with
-        ``decode_ctx_sum`` cached tokens in all, plus prefill ``chunks`` of (q, ctx)."""
+        ``decode_ctx_sum`` cached tokens in all (the longest ``longest``: read only
+        when the stack pads its decode keys), plus prefill ``chunks`` of (q, ctx)."""
         tokens = decode_batch
         seqs = decode_batch
         gpu = 0.0
         moved = 0.0
         if decode_batch:
-            gpu, moved = self.decode_attention(decode_batch, decode_ctx_sum / decode_batch)
+            ctx = (self.padded_ctx(longest) if self.key_bucket_tokens
+                   else decode_ctx_sum / decode_batch)
+            gpu, moved = self.decode_attention(decode_batch, ctx)
         for q, ctx in chunks:
             s, b = self.chunk_attention(q, ctx)
             gpu += s
@@ -255,6 +293,17 @@ def _last_position_ops(stack: StackSpec) -> set[str]:
             for op in ops if op.last_position_only_in_prefill}
 
 
+CACHE_TENSORS = ("kv_cache", "kv_cache_expanded", "mask")
+
+
+def cache_ops(stack: StackSpec) -> set[str]:
+    """Names of the stack's streaming ops whose size follows each sequence's cached
+    positions (a tensor or a read of ``kv_cache``, ``kv_cache_expanded`` or ``mask``):
+    they are tabulated with attention, per sequence and context, not per token."""
+    return {op.name for ops in (stack.prologue, stack.layer, stack.epilogue)
+            for op in ops if op.tensor in CACHE_TENSORS or op.reads in CACHE_TENSORS}
+
+
 def _rows(flat: np.ndarray, rows: int) -> list[array]:
     """Table rows as compact float arrays (8 bytes a cell, list-speed indexing)."""
     return [array("d", r.tobytes()) for r in flat.reshape(rows, -1)]
@@ -292,23 +341,28 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
     max_seqs = max(max_num_seqs, sizes[-1]) if sizes else max_num_seqs
     max_tokens = max(max_batched_tokens, max_seqs)
     last_ops = _last_position_ops(stack)
+    with_attention = cache_ops(stack)
+    bucket = stack.padded_decode_keys or 0
 
     def per_token(k: OpCost) -> bool:
-        return k.kind != "attention" and k.name not in last_ops
+        return (k.kind != "attention" and k.name not in last_ops
+                and k.name not in with_attention)
 
     def per_seq(k: OpCost) -> bool:
         return k.kind != "attention" and k.name in last_ops
 
     def attention(k: OpCost) -> bool:
-        return k.kind == "attention"
+        return k.kind == "attention" or k.name in with_attention
 
     m = np.arange(1, max_tokens + 1, dtype=np.float64)
     tok_s, tok_b, _ = _evaluate(model, platform, "verify", 1.0, 0.0, m, per_token)
     n_all = np.arange(1, max_seqs + 1, dtype=np.float64)
     seq_s, seq_b, _ = _evaluate(model, platform, "prefill", n_all, 0.0, 1.0, per_seq)
-    n = n_all[:max_num_seqs]
+    # a padded decode attends every row of its padded batch, at up to the padded keys
+    n = n_all if bucket else n_all[:max_num_seqs]
+    max_keys = -(-max_ctx // bucket) * bucket if bucket else 0
 
-    ctx_grid = context_grid(max_ctx)
+    ctx_grid = context_grid(max(max_ctx, max_keys))
     cg = np.asarray(ctx_grid, dtype=np.float64)
     b_flat = np.repeat(n, len(cg))
     c_flat = np.tile(cg, len(n))
@@ -359,5 +413,6 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
         fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist(),
         capture_sizes=sizes, attention_fixed_s=attn_fixed,
         graph_launch_s=cal.host.host_graph_launch_cost_s,
-        host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s)
+        host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
+        key_bucket_tokens=bucket, max_keys=max_keys)
 

@@ -74,6 +74,10 @@ class StackOp(Frozen):
     # repeat_kv is a no-op, launching nothing, for multi-head attention
     only_grouped: bool = False
     kv_heads: Literal["grouped", "expanded"] = "grouped"
+    # attention in decode: the query heads sharing a K/V head run as rows of one head (group
+    # rows, one head per K/V head: the harness's decode folds [B, H, 1, D] into
+    # [B, Hkv, H/Hkv, D] before SDPA), so a kernel that tiles query rows sees that shape
+    decode_packs_gqa: bool = False
     # gemm: the GEMM kernel family that runs it (gpusim.cost.gemm_families: cublas when
     # not given; scaled_mm, tinygemm, int8wo for quantized projections, grouped_mm,
     # fused_moe for experts); gemm and elementwise: tokens padded to a multiple of this
@@ -158,6 +162,12 @@ class StackSpec(Frozen):
     # (None: torch's fused F.rms_norm, kernels.variants.TORCH_QK_NORM)
     moe: tuple[StackOp, ...] | None = None
     qk_norm: tuple[StackOp, ...] | None = None
+    # decoding sequences attended as one padded batch: each one's keys gathered from
+    # the paged cache up to the batch's longest context rounded up to a multiple of
+    # this many tokens (masked past its own end), so decode attention and the ops over
+    # ``kv_cache`` tensors cost that key length for every decoding row
+    # (validation/harness/serve_model.py); None: each sequence its own context
+    padded_decode_keys: Annotated[int, Field(ge=1, le=65536)] | None = None
 
     @model_validator(mode="after")
     def _every_mode_has_a_family(self) -> StackSpec:

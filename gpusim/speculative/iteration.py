@@ -30,7 +30,7 @@ caches count against one HBM capacity (``fits_in_memory``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -143,6 +143,9 @@ def _draft_steps(spec: Speculation, platform: Platform, b: np.ndarray, c: np.nda
         model, extra = d.head_model(spec.target), spec.target
     else:
         return []
+    if platform.layout.ep > 1 and not model.is_moe:
+        # a dense draft of an expert-parallel MoE target: tensor-parallel only
+        platform = platform.with_layout(replace(platform.layout, ep=1))
     steps = []
     before = spec.tree.nodes_before_level()
     for level, q in enumerate(spec.tree.expanded_per_level()):

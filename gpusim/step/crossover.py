@@ -73,6 +73,22 @@ def _weights(model: ModelSpec) -> str:
     return model.quantization.describe() if model.quantization else model.dtype
 
 
+def where_it_stops(batches: Sequence[int], speedup: Sequence[float] | np.ndarray
+                   ) -> tuple[int | None, int | None]:
+    """(the last batch a stack wins at, the first batch after its first win at which it
+    no longer does) from its speedups over the baseline per batch (> 1: it wins); None
+    where it never wins, or never stops. Raises FieldError when the two lengths differ."""
+    s = np.asarray(speedup, dtype=np.float64)
+    if len(s) != len(batches):
+        raise FieldError("speedup", f"speedup has {len(s)} values for {len(batches)} "
+                         "batches")
+    wins = np.flatnonzero(s > 1.0)
+    if not len(wins):
+        return None, None
+    stops = next((int(i) for i in np.flatnonzero(s <= 1.0) if i > wins[0]), None)
+    return int(batches[int(wins[-1])]), None if stops is None else int(batches[stops])
+
+
 def crossover(baseline: Platform, others: Sequence[Platform], model: ModelSpec,
               mode: str = "decode", ctx: int = 1024, q: int = 1,
               batches: Sequence[int] = DEFAULT_BATCHES) -> CrossoverTable:
@@ -98,13 +114,9 @@ def crossover(baseline: Platform, others: Sequence[Platform], model: ModelSpec,
     def versus(platform: Platform) -> Crossover:
         m, ms = run(platform)
         speedup = base_ms / ms
-        wins = np.flatnonzero(speedup > 1.0)
-        losing = np.flatnonzero(speedup <= 1.0)
-        stops = next((int(i) for i in losing if i > (wins[0] if len(wins) else -1)), None)
+        wins_up_to, stops_at = where_it_stops(bs, speedup)
         return Crossover(platform.stack.name, _weights(m), tuple(ms.tolist()),
-                         tuple(speedup.tolist()),
-                         bs[int(wins[-1])] if len(wins) else None,
-                         bs[stops] if stops is not None and len(wins) else None)
+                         tuple(speedup.tolist()), wins_up_to, stops_at)
 
     base = Crossover(baseline.stack.name, _weights(base_model), tuple(base_ms.tolist()),
                      tuple(1.0 for _ in bs), None, None)

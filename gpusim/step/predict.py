@@ -147,14 +147,14 @@ def predict(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx:
 def rank_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform
                  ) -> list[Kernel]:
     """One GPU's kernels of a forward under ``platform``'s layout: ``kernels`` sharded
-    over its tensor-parallel ranks with the stack's all-reduce (``kernels.parallel``;
-    tp = 1: ``kernels`` itself). Raises FieldError for expert parallelism (ep > 1: not
-    modelled yet) or a split the model does not allow."""
+    over its tensor-parallel ranks with the stack's all-reduce, an MoE model's experts
+    split over ``ep`` = ``tp`` of them with their all-to-all (the busiest rank's:
+    ``kernels.parallel``, ``kernels.expert_parallel``; tp = ep = 1: ``kernels``
+    itself). Raises FieldError (``tp``, ``ep``) for a split the model does not allow
+    or that is not modelled (ep on a dense model, ep != tp)."""
     layout = platform.layout
-    if layout.ep > 1:
-        raise FieldError("ep", f"ep={layout.ep}: expert parallelism is not modelled yet "
-                         "(its all-to-all is priced: gpusim.cost.collectives)")
-    return shard(kernels, model, platform.stack, layout.tp, platform.stack.all_reduce)
+    return shard(kernels, model, platform.stack, layout.tp, platform.stack.all_reduce,
+                 layout.ep)
 
 
 def forward_kernels(model: ModelSpec, platform: Platform, mode: str, batch: object,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim.capacity import memory_plan
+from gpusim.capacity import check_context, context_overflow, memory_plan
 from gpusim.errors import ConfigError, FieldError, bad, read_text
 from gpusim.kernels import check_shape
 from gpusim.kernels.quant import for_stack
@@ -162,6 +162,13 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
         try:
             platform = (base if tp == base.layout.tp else
                         base.with_layout(replace(base.layout, tp=tp)))
+            over = context_overflow(model, c, q)
+            if len(over):
+                try:
+                    check_context(model, c[over], q[over])
+                except ConfigError as exc:
+                    raise bad(source, exc.reason, field="ctx",
+                              line=rows[idx[over[0]]].line) from None
             _check_memory(platform, model, [rows[i] for i in idx], b * (c + q), source)
             p = predict(platform, model, mode, b, c, q)
         except FieldError as exc:  # a layout the model or the GPU does not allow

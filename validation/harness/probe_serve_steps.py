@@ -1,0 +1,119 @@
+"""Probe the serving engine's step kinds on a GPU: which kernels a decode step and a
+mixed step launch (torch.profiler), what a padded decode graph costs against its
+gathered bytes, and whether a prefill chunk of a never-seen length pays a one-off
+cost (cuDNN building an execution plan for a new SDPA shape), with and without cuDNN's
+SDPA backend.
+
+    python3 validation/harness/probe_serve_steps.py --out DIR [--model llama-3.2-1b]
+
+Writes DIR/probe.json and DIR/kernels_*.csv. Needs torch (runs on the GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from bench_serve_engine import load_shape  # noqa: E402
+from serve_model import ModelRunner, StepInput  # noqa: E402
+
+
+def decode_input(b: int, ctx: int, bs: int, base: int) -> StepInput:
+    blocks = -(-(ctx + 1) // bs)
+    tables = [[(base + i * blocks + j) % 3000 for j in range(blocks)] for i in range(b)]
+    return StepInput(tokens=[1] * b, positions=[ctx] * b,
+                     slots=[t[ctx // bs] * bs + ctx % bs for t in tables],
+                     decode_tables=tables, decode_keys=[ctx + 1] * b, sample=list(range(b)))
+
+
+def mixed_input(b: int, ctx: int, q: int, bs: int) -> StepInput:
+    inp = decode_input(b, ctx, bs, 0) if b else StepInput([], [], [])
+    base = 4000
+    table = list(range(base, base + -(-q // bs)))
+    inp.tokens += [2] * q
+    inp.positions += list(range(q))
+    inp.slots += [table[p // bs] * bs + p % bs for p in range(q)]
+    inp.chunks.append((0, q, table))
+    inp.sample.append(len(inp.tokens) - 1)
+    return inp
+
+
+def profile(runner: ModelRunner, inp: StepInput, path: Path) -> dict:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+    runner.run(inp)
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        t0 = time.perf_counter()
+        out = runner.run(inp)
+        wall = time.perf_counter() - t0
+    rows = [(e.name, e.device_time_total if hasattr(e, "device_time_total") else 0.0)
+            for e in p.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kernel", "us"])
+        w.writerows(rows)
+    return {"kernels": len(rows), "gpu_s": out.gpu_s, "wall_s": wall,
+            "kernel_us_sum": sum(r[1] for r in rows)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="llama-3.2-1b")
+    p.add_argument("--device", default="cuda")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(a.device)
+    _, shape, _ = load_shape(a.model)
+    runner = ModelRunner(shape, dev, torch.bfloat16, 16, 3072, (1, 16, 256), 256)
+    runner.allocate_kv(16384 if dev.type == "cuda" else 5000)
+    res: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}
+    # decode graphs: time against the padded gather
+    graphs = {}
+    for pad, k in ((1, 1024), (16, 1024), (16, 2304), (256, 2304), (256, 3072)):
+        inp = decode_input(pad, k - 1, 16, 0)
+        runner.run(inp)
+        ts = [runner.run(inp).gpu_s for _ in range(20)]
+        graphs[f"{pad}x{k}"] = sorted(ts)[10]
+    res["graph_decode_gpu_s"] = graphs
+    # eager kernel lists (the graph's kernels as it captured them, and a mixed step)
+    runner.capture_sizes = ()
+    res["decode_eager_16x1024"] = profile(runner, decode_input(16, 1023, 16, 0),
+                                          out / "kernels_decode_16x1024.csv")
+    res["mixed_4x1024_q500"] = profile(runner, mixed_input(4, 1023, 500, 16),
+                                       out / "kernels_mixed_4x1024_q500.csv")
+    res["prefill_q700"] = profile(runner, mixed_input(0, 0, 700, 16),
+                                  out / "kernels_prefill_q700.csv")
+    # new shapes: a fresh chunk of a never-seen length, then the same again
+    for label, cudnn in (("cudnn_on", True), ("cudnn_off", False)):
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        rows = []
+        for q in (301, 302, 303, 1301, 1302):
+            first = runner.run(mixed_input(0, 0, q, 16))
+            again = runner.run(mixed_input(0, 0, q, 16))
+            rows.append({"q": q, "first_gpu_s": first.gpu_s, "again_gpu_s": again.gpu_s})
+        for b in (3, 5, 7):   # a mixed step's decode part at an unpadded batch
+            first = runner.run(mixed_input(b, 1023, 64, 16))
+            again = runner.run(mixed_input(b, 1023, 64, 16))
+            rows.append({"decode_b": b, "first_gpu_s": first.gpu_s,
+                         "again_gpu_s": again.gpu_s})
+        res[f"new_shapes_{label}"] = rows
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    (out / "probe.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
