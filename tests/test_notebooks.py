@@ -1,7 +1,8 @@
 """The what-if notebooks (notebooks/*.py, jupytext percent files) run top to bottom and
 render their Plotly figures: each is executed here, in this process, with ``show``
 collecting the figures instead of opening a browser, and each figure serialised as a
-renderer would."""
+renderer would; and each is executed again as a notebook (jupytext's .ipynb in a
+Jupyter kernel through nbclient), its figures read back from the cells' outputs."""
 
 from __future__ import annotations
 
@@ -40,3 +41,24 @@ def test_a_notebook_runs_and_renders_its_figures(path, monkeypatch, capsys):
         assert spec["data"], f"{path.name}: a figure without traces"
         assert spec["layout"].get("title"), f"{path.name}: a figure without a title"
     assert capsys.readouterr().out.strip(), f"{path.name} printed nothing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_executes_in_a_jupyter_kernel(path):
+    """The paired notebook as Jupyter runs it: jupytext builds the .ipynb, nbclient
+    executes every cell in a fresh python3 kernel (as nbmake does), and the figures
+    come back as Plotly outputs of the cells."""
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = jupytext.read(path)
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(REPO)}})
+    client.execute()   # raises CellExecutionError, naming the cell, on any error
+    figures = [out["data"]["application/vnd.plotly.v1+json"]
+               for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", ())
+               if "application/vnd.plotly.v1+json" in out.get("data", {})]
+    assert len(figures) >= 2, f"{path.name}: {len(figures)} figures rendered"
+    for fig in figures:
+        assert fig["data"] and fig["layout"].get("title"), path.name
