@@ -605,19 +605,28 @@ def main(argv: list[str] | None = None) -> int:
             "utc": utc.isoformat(timespec="seconds"), "budget_s": args.budget_s,
             "lease": lease, "elapsed_s": time.monotonic() - t0,
             "command": [sys.executable, *sys.argv]}
-    (root / lease).mkdir(parents=True, exist_ok=True)
-    (root / lease / "campaign.json").write_text(json.dumps(
-        {**meta, "parts": [{k: v for k, v in vars(p).items()} for p in parts]},
-        indent=2, default=str) + "\n")
+    return finish(meta, parts, root / lease, work, out, t0, bool(args.work), log)
+
+
+def finish(meta: dict, parts: list[Part], lease_dir: Path, work: Path, out: Path, t0: float,
+           keep_work: bool, log: Log, summary=None) -> int:
+    """The campaign's end, for one GPU and several alike: its provenance into
+    ``lease_dir`` (campaign.json, the log, the summary), the tree packed into ``out``
+    with the summary and the log beside it, the work folder removed unless kept.
+    ``summary``: the summary_text function (default: this module's). Returns 0."""
+    summary = summary or summary_text
+    lease_dir.mkdir(parents=True, exist_ok=True)
+    (lease_dir / "campaign.json").write_text(json.dumps(
+        {**meta, "parts": [dict(vars(p)) for p in parts]}, indent=2, default=str) + "\n")
     log(f"packing after {meta['elapsed_s']:.0f} s")
-    shutil.copyfile(work / "campaign.log", root / lease / "campaign.log")
-    (root / lease / "summary.txt").write_text(summary_text(meta, parts, []))
-    files = pack(root, out, log)
+    shutil.copyfile(work / "campaign.log", lease_dir / "campaign.log")
+    (lease_dir / "summary.txt").write_text(summary(meta, parts, []))
+    files = pack(lease_dir.parent, out, log)
     meta["elapsed_s"] = time.monotonic() - t0
-    (out / "summary.txt").write_text(summary_text(meta, parts, files))
+    (out / "summary.txt").write_text(summary(meta, parts, files))
     log(f"done in {meta['elapsed_s']:.0f} s: " + ", ".join(f.name for f in files))
     shutil.copyfile(work / "campaign.log", out / "campaign.log")
-    if not args.work:
+    if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     print((out / "summary.txt").read_text())
     return 0

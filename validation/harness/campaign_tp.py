@@ -62,9 +62,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -346,21 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device, "utc": utc.isoformat(timespec="seconds"),
             "budget_s": args.budget_s, "lease": lease, "elapsed_s": time.monotonic() - t0,
             "environment": MULTICAST_OFF, "command": [sys.executable, *sys.argv]}
-    (root / lease).mkdir(parents=True, exist_ok=True)
-    (root / lease / "campaign.json").write_text(json.dumps(
-        {**meta, "parts": [dict(vars(p)) for p in parts]}, indent=2, default=str) + "\n")
-    log(f"packing after {meta['elapsed_s']:.0f} s")
-    shutil.copyfile(work / "campaign.log", root / lease / "campaign.log")
-    (root / lease / "summary.txt").write_text(summary_text(meta, parts, []))
-    files = campaign.pack(root, out, log)
-    meta["elapsed_s"] = time.monotonic() - t0
-    (out / "summary.txt").write_text(summary_text(meta, parts, files))
-    log(f"done in {meta['elapsed_s']:.0f} s: " + ", ".join(f.name for f in files))
-    shutil.copyfile(work / "campaign.log", out / "campaign.log")
-    if not args.work:
-        shutil.rmtree(work, ignore_errors=True)
-    print((out / "summary.txt").read_text())
-    return 0
+    return campaign.finish(meta, parts, root / lease, work, out, t0, bool(args.work), log,
+                           summary_text)
 
 
 if __name__ == "__main__":
