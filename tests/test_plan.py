@@ -438,3 +438,14 @@ def test_a_small_plan_from_the_command_line(capsys, tmp_path):
     rc, stdout, _ = run_cli(capsys, [*BASE, "--rate", "5", "--slo", "tpot_p99_s=0.05",
                                      "--screen-only", "--spec", "none"])
     assert rc == 0 and stdout.splitlines()[1].startswith("screen (not simulated): 1 x ")
+
+
+def test_a_gpu_never_measured_is_named_with_its_borrowed_calibration(result):
+    lines = [x for x in plan_output.summary_lines(result, "llama-3.1-8b", None)
+             if x.startswith("calibration:")]
+    assert lines == [f"calibration: {g} was never measured here: transferred from h100-sxm "
+                     "(cross-GPU error: validation/REPORT.md)" for g in ("b200",
+                                                                        "a100-sxm-80gb")]
+    cals = plan_output.as_dict(result, "llama-3.1-8b", None)["calibrations"]
+    assert cals["b200"] == "transferred from h100-sxm"
+    assert not cals["h100-sxm"].startswith("transferred")

@@ -140,7 +140,8 @@ def section(gpu: str, evaluations: Sequence[tuple[str, StackEvaluation]],
         cx = [{"stack": c.stack, "model": c.model,
                "measured_speedup": " ".join(f"{s:.2f}" for s in c.measured_speedup),
                "simulated_speedup": " ".join(f"{s:.2f}" for s in c.simulated_speedup),
-               "measured_stop": c.measured_stop, "simulated_stop": c.simulated_stop,
+               "measured_stop": _stop(c.measured_stop, c.measured_speedup),
+               "simulated_stop": _stop(c.simulated_stop, c.simulated_speedup),
                "within_one_step": "yes" if (c.grid_steps_apart or 0) <= 1 else "NO"}
               for c in crossovers]
         grid = " ".join(map(str, crossovers[0].batches))
@@ -152,6 +153,14 @@ def section(gpu: str, evaluations: Sequence[tuple[str, StackEvaluation]],
                                       "simulated_speedup", "measured_stop",
                                       "simulated_stop", "within_one_step"], ()), ""]
     return "\n".join(parts)
+
+
+def _stop(batch: int | None, speedups: tuple[float, ...]) -> str:
+    """A crossover batch as the table shows it: the batch, or, where there is none on
+    the grid, whether the stack never wins or wins at every batch."""
+    if batch is not None:
+        return str(batch)
+    return "never wins" if all(s < 1.0 for s in speedups) else "wins throughout"
 
 
 def moe_stack(stack: StackSpec) -> StackSpec:
@@ -208,3 +217,4 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+

@@ -187,7 +187,19 @@ def summary_lines(res: PlanResult, model: str, command: str | None) -> list[str]
                    f"{verdict}")
     out += [f"{line.gpu}: {line.text}" for line in res.lines]
     out += [f"sensitivity: {s}" for s in res.sensitivity_lines()]
-    return out
+    return out + _trust_lines(res)
+
+
+def _trust_lines(res: PlanResult) -> list[str]:
+    """One line per GPU whose calibration was not fitted on its own measurements (carried
+    over from another GPU, or the datasheet alone): a plan that picks it says so."""
+    seen: dict[str, str] = {}
+    for o in res.options:
+        cal = o.hardware.platform.calibration
+        if cal.fitted_on.startswith("transferred") or cal.fitted_on == "datasheet":
+            seen.setdefault(o.gpu_name, cal.fitted_on)
+    return [f"calibration: {gpu} was never measured here: {how} (cross-GPU error: "
+            "validation/REPORT.md)" for gpu, how in seen.items()]
 
 
 def _screen_lines(res: PlanResult) -> list[str]:
@@ -227,6 +239,8 @@ def as_dict(res: PlanResult, model: str, command: str | None) -> dict[str, Any]:
             "screen_tpot_p99_s": res.screen_best.tpot_p99_s},
         "pareto": front_rows(res),
         "gpus": [{"gpu": g.gpu, "kind": g.kind, "text": g.text} for g in res.lines],
+        "calibrations": {o.gpu_name: o.hardware.platform.calibration.fitted_on
+                         for o in res.options},
         "sensitivity": [
             {"load_factor": o.load_factor, "rate_per_s": o.rate_per_s,
              "winner": verdict_dict(res, o.confirmed or o.winner)
