@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpusim.cost import Calibration
+from gpusim.cost.trust import Assessment, assess
 from gpusim.errors import FieldError
 from gpusim.specs import GpuSpec, StackSpec
 from gpusim.specs.enums import Launch, parse
@@ -83,6 +84,19 @@ class Platform:
     def with_layout(self, layout: ParallelLayout) -> Platform:
         """This platform with another parallel layout (raises as the constructor)."""
         return Platform(self.gpu, self.stack, self.calibration, self.launch, layout)
+
+    def assess(self, model_params: float, mode: str, batch: float, ctx: float,
+               q: float) -> Assessment:
+        """How far to trust a step on this platform: its calibration's error band and
+        the dimensions outside what that calibration was measured on (``cost.trust``;
+        every calibration was measured on one GPU, so a layout of several is outside)."""
+        a = assess(self.calibration.trust, gpu=self.gpu.name, stack=self.stack.name,
+                   launch=self.launch.value, mode=mode, batch=batch, ctx=ctx, q=q,
+                   model_params=model_params)
+        if self.layout.single or self.calibration.trust is None:
+            return a
+        where = f"layout tp={self.layout.tp} pp={self.layout.pp} (measured on 1 GPU)"
+        return Assessment(a.band_pct, (*a.outside, where), a.no_band)
 
     @property
     def graph(self) -> bool:

@@ -199,7 +199,7 @@ def test_the_report_is_what_the_command_writes(published):
 
     gpus = {name: loader.load_gpu(name) for name in sorted({p.gpu for p in published})}
     md = cc.markdown(cc.judge(gpus, published), gpus,
-                     "gpusim collectives-validate --data-dir validation/data/published")
+                     "gpusim collectives-validate --data validation/data/published")
     assert md == (REPO / "validation" / "COLLECTIVES.md").read_text(), (
         "regenerate: gpusim collectives-validate")
 

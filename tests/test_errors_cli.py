@@ -215,8 +215,9 @@ USAGE_CASES = [
     Usage("unknown-option", lambda t: [*PREDICT, "--bogus"], ("--bogus",)),
     Usage("missing-gpu", lambda t: ["predict", "--model", "llama-3.1-8b"], ("--gpu",)),
     Usage("missing-model-and-in", lambda t: ["predict", "--gpu", "h100-sxm"], ("--model",)),
-    Usage("in-without-out", lambda t: ["predict", "--gpu", "h100-sxm", "--in", _rows(t)],
-          ("--out",)),
+    # --in without --out prints the predictions in --format (issue 22, item 6)
+    Usage("in-with-timeline", lambda t: ["predict", "--gpu", "h100-sxm", "--in", _rows(t),
+                                         "--timeline", str(t / "t.html")], ("--timeline",)),
     Usage("in-with-model", lambda t: ["predict", "--gpu", "h100-sxm", "--in", _rows(t),
                                       "--out", str(t / "p.csv"), "--model", "llama-3.1-8b"],
           ("--model", "--in")),

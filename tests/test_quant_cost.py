@@ -148,18 +148,17 @@ def test_int4_wins_at_batch_1_and_stops_winning_as_the_batch_grows() -> None:
 
 
 def test_tinygemm_at_mma_sync_rates_loses_by_batch_64() -> None:
-    # a plausible tinygemm (mma.sync at a quarter of cuBLAS's wgmma efficiency, 16
-    # CUDA-core operations per weight to dequantize, every pass re-reading its weights)
-    # still wins at batch 1, where it streams int4 weights, and loses from batch 32,
-    # where its four dequantize-and-MMA passes outweigh one cuBLAS pass over bf16
+    # tinygemm wins at batch 1, where it streams int4 weights, and loses from batch 16
     st = loader.load_stack("torch-int4")
+    # measured on H100 (validation/data/h100-sxm/stacks/torch-int4/): 1.65x at batch 1,
+    # 1.05x at 8, 0.74x at 16, 0.29x at 64; what loses is the activation re-read by
+    # every 8-column CTA (cost.quant), fitted near the GPU's L2 rate
     cal = calibrations.load_calibration("auto", GPU, st).replace({
-        "gemm.tinygemm.tensor_efficiency_ratio": 0.25,
-        "gemm.tinygemm.dequant_flops_per_element": 16.0,
-        "gemm.tinygemm.reread_fraction": 1.0, "gemm.tinygemm.bandwidth_ratio": 0.7})
+        "gemm.tinygemm.activation_l2_ratio": 0.94, "gemm.tinygemm.bandwidth_ratio": 1.2,
+        "gemm.tinygemm.dequant_flops_per_element": 4.0})
     int4 = crossover(_platform("torch-fused"), [Platform(GPU, st, cal)], MODEL).others[0]
-    assert int4.speedup[0] > 1.3 and int4.wins_up_to == 16 and int4.stops_at == 32
-    assert int4.speedup[6] < 0.65                  # batch 64: over 1.5x slower
+    assert int4.speedup[0] > 1.3 and int4.wins_up_to == 8 and int4.stops_at == 16
+    assert int4.speedup[6] < 0.4                   # batch 64: over 2.5x slower
 
 
 def test_crossover_cli(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,9 +15,9 @@ cd "$(dirname "$0")/.."
 out="${1:-validation/spec}"
 mkdir -p "$out"
 # the stack the speculative loops were measured on (validation/data/*/spec_steps.csv)
-gpusim spec-sweep --gpu h100-sxm --target llama-3.1-8b --draft llama-3.2-1b --stack torch-hf \
+gpusim spec-sweep --gpu h100-sxm --model llama-3.1-8b --draft llama-3.2-1b --stack torch-hf \
   --acceptance 0.6 --acceptance 0.8 --acceptance 0.9 \
   --ctxs 1024,16384 --batches 1,2,4,8,16,32,64,128,256,512,1024 --ks 1-8 \
   --max-batch 1024 --calibration auto --overhead auto \
-  --md "$out/h100-8b-1b.md" --html "$out/h100-8b-1b.html" --out-csv "$out/h100-8b-1b.csv" \
+  --report "$out/h100-8b-1b.md" --html "$out/h100-8b-1b.html" --out "$out/h100-8b-1b.csv" \
   --format table

@@ -315,6 +315,7 @@ def to_yaml(res: FitResult, stacks: dict[str, StackParams] | None = None) -> str
                                     "serving_"))}
     if cal.gemm == type(cal.gemm)():
         del data["gemm"]
+    data.pop("trust", None)   # written by calibration.bands (its LOMO fits), not here
     body = yaml.safe_dump(data, sort_keys=False)
     head = (f"# Fitted by `gpusim calibrate` on {res.rows} measured steps; in-sample MAPE "
             f"{100 * res.mape:.2f}%, log RMSE {res.log_rmse:.4f}.\n"

@@ -254,10 +254,14 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     fitted on (another lease, models or shapes outside the fit), each predicted by the
     shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
     slow cuBLAS picks go into every fit); ``clocks``: each GPU's power probe (its
-    steady clocks go into every fit); ``multi_gpu``: append the multi-GPU section
+    steady clocks go into every fit). The "Error bands" section
+    (``calibration.bands``: coverage of the held-out errors by the bands) follows;
+    ``multi_gpu``: append the multi-GPU section
     (``calibration.multi_gpu``: the all-reduce against published figures, Llama 3.1
     70B and 405B on 2-8 GPUs with the shipped calibrations).
     """
+    from gpusim.calibration.bands import coverage_rows
+    from gpusim.calibration.bands import section as bands_section
     from gpusim.calibration.multi_gpu import section as multi_gpu_section
     from gpusim.report import markdown_table
 
@@ -270,6 +274,7 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
           "disturbed in phases on shared VMs: validation/README.md).", ""]
     pts: list[dict[str, object]] = []
     summary: list[dict[str, object]] = []
+    band_rows: list[dict[str, object]] = []
     names = sorted(datasets)
     for name in names:
         data, gpu = datasets[name], gpus[name]
@@ -298,6 +303,7 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             md.append(section(cross, f"Cross-GPU: calibration {cross.label}, "
                                      f"{name} datasheet"))
         md.append(section(sheet, "Datasheet only (`--calibration none`)"))
+        held_sets = []
         for h in held_out:
             if name in shipped and name in h.data:
                 ev = in_sample(h.data[name], gpu, stack, shipped[name], resolve, h.label)
@@ -307,6 +313,10 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                     md.append(spread)
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
                 pts += points(ev)
+                held_sets.append((h.label, h.data[name], ev.predicted_s))
+        band_rows += coverage_rows(name, stack.name, data, lomo.predicted_s,
+                                   shipped[name].trust if name in shipped else None,
+                                   held_sets, resolve)
         if name in shipped:
             ins = in_sample(data, gpu, stack, shipped[name], resolve,
                             "shipped calibration (in-sample)")
@@ -318,6 +328,7 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})
     table = markdown_table(summary, ["gpu", "evaluation", *ERR_COLS], PCT)
     md = [*md[:4], "## Summary (all rows)", "", table, "", *md[4:]]
+    md.append(bands_section(band_rows))
     if multi_gpu:
         md.append(multi_gpu_section(gpus, shipped, stack, resolve))
     return "\n".join(md) + "\n", pts

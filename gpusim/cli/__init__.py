@@ -30,6 +30,7 @@ try:  # Ctrl-C while the commands load: one line and 130, as during a command
     from gpusim.cli import plan  # noqa: F401
     from gpusim.cli import sweep  # noqa: F401
     # isort: on
+    from gpusim.cli.aliases import rewrite, translate
     from gpusim.cli.common import app, as_flag
     from gpusim.errors import ConfigError, FieldError
 except KeyboardInterrupt:
@@ -42,17 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app; bad input -> one line on stderr and exit 2; Ctrl-C
     (SIGINT) -> ``gpusim: interrupted`` and exit 130 (outputs are written whole or not
     at all, so an interrupted run leaves none half-written)."""
+    args = rewrite(list(sys.argv[1:] if argv is None else argv))
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="gpusim")
+        rc = app(args=args, standalone_mode=False, prog_name="gpusim")
         if rc == INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
             return _interrupted()
     except KeyboardInterrupt:
         return _interrupted()
-    except ConfigError as exc:
-        print(f"gpusim: error: {as_flag(exc)}", file=sys.stderr)
-        return 2
-    except FieldError as exc:
-        print(f"gpusim: error: {as_flag(exc)}", file=sys.stderr)
+    except (ConfigError, FieldError) as exc:
+        print(f"gpusim: error: {translate(str(as_flag(exc)))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             msg = exc.format_message().replace("\n", " ")
-            print(f"gpusim: error: {msg} (see --help)", file=sys.stderr)
+            print(f"gpusim: error: {translate(msg)} (see --help)", file=sys.stderr)
             return 2
         raise
     return 0

@@ -23,8 +23,10 @@ from gpusim.cli.common import (
     app,
     check_outputs,
     micro_kinds,
+    out_format,
     wrote,
 )
+from gpusim.cli.progress import QuietOpt, working
 from gpusim.cost import Calibration
 from gpusim.cost.params import StackParams
 from gpusim.errors import bad, cannot
@@ -41,18 +43,26 @@ def calibrate(
         "picks, power/ (the step power probe) the power cap.")
     ] = Path(""),
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Calibration YAML to write (default validation/calibrations/<gpu>.yaml).")
-    ] = None,
+        "--out", help="Calibration YAML to write (- for standard output).")] = None,
+    write_shipped: Annotated[bool, typer.Option(
+        "--write-shipped", help="Replace the shipped calibration, "
+        "validation/calibrations/<gpu>.yaml of gpusim's checkout (instead of --out).")
+    ] = False,
     stack: StackOpt = loader.REFERENCE_STACK,
     micro_kind: MicroOpt = Micro.none,
     fmt: FmtOpt = Fmt.table,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Fit the cost model's parameters for one GPU from measured step times."""
+    """Fit the cost model's parameters for one GPU from measured step times.
+
+    Writes --out FILE.yaml, or the shipped calibration with --write-shipped."""
     from gpusim.calibration import fit as cal_mod
     from gpusim.calibration import measurements
 
     g = loader.load_gpu(gpu)
-    target = out or calibrations.CALIBRATIONS_DIR / f"{g.name}.yaml"
+    target = _explicit_output(out, write_shipped, "--out",
+                              calibrations.CALIBRATIONS_DIR / f"{g.name}.yaml")
+    out_format(target, "--out", "yaml", ("yaml",), "yaml")
     check_outputs({"--out": target})
     st = loader.load_stack(stack)
     default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
@@ -78,17 +88,20 @@ def calibrate(
     from gpusim.calibration.steady_clocks import read_probe_beside
 
     try:
-        res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
-                          profiles=prof, sweep=read_sweep_beside(path),
-                          clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
+        with working("calibrate", quiet):
+            res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
+                              profiles=prof, sweep=read_sweep_beside(path),
+                              clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
     except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
         raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
     stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
     report.write_atomic(target, cal_mod.to_yaml(res, stacks))
     wrote(target)
+    print(f"no error bands in {target} yet (they need leave-one-model-out fits): "
+          f"python -m gpusim.calibration.bands --gpu {g.name} --write", file=sys.stderr)
     if report.is_stdout(target):
         return
-    params = res.calibration.model_dump(exclude={"notes", "gemm_slow_picks"})
+    params = res.calibration.model_dump(exclude={"notes", "gemm_slow_picks", "trust"})
     # the picks are a table (in the YAML); the summary says how many
     params["gemm_slow_picks"] = len(res.calibration.physics.gemm_slow_picks)
     summary = {"rows": res.rows, "mape": res.mape, "log_rmse": res.log_rmse, **params}
@@ -163,6 +176,20 @@ def _import_agreements(gpu_dir: Path, gpu: GpuSpec, reference: StackSpec,
     return out
 
 
+def _explicit_output(path: Path | None, write_shipped: bool, flag: str, shipped: Path
+                     ) -> Path:
+    """Where a command that can replace a shipped file writes: ``path`` (``flag``), or
+    ``shipped`` with --write-shipped. Raises ConfigError when neither or both are
+    given (shipped files are replaced only when asked by name)."""
+    if path is not None and write_shipped:
+        raise bad(flag, "give either it or --write-shipped, not both")
+    if path is None and not write_shipped:
+        shown = shipped.relative_to(loader.ROOT) if shipped.is_relative_to(loader.ROOT) \
+            else shipped
+        raise bad(flag, f"required: the file to write (or --write-shipped to replace {shown})")
+    return path if path is not None else shipped
+
+
 # CUDA-graph rows a calibration needs: it fits a few dozen parameters, and on fewer
 # rows it fits them exactly (MAPE 0%) and predicts nothing else
 MIN_GRAPH_ROWS = 50
@@ -181,13 +208,17 @@ def _check_enough_rows(steps, source: str) -> None:  # type: ignore[no-untyped-d
 @app.command()
 def validate(
     data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Directory with <gpu>/steps.csv measurements (default: "
+        "--data", help="Directory with <gpu>/steps.csv measurements (default: "
         "validation/data of gpusim's checkout, from any directory).")] = None,
     report_path: Annotated[Path | None, typer.Option(
-        "--report", help="Markdown report to write (default: validation/REPORT.md of "
-        "gpusim's checkout).")] = None,
+        "--report", help="Markdown report to write (- for standard output; without it "
+        "the report is printed, not written).")] = None,
+    write_shipped: Annotated[bool, typer.Option(
+        "--write-shipped", help="Replace the shipped report, validation/REPORT.md of "
+        "gpusim's checkout (instead of --report).")] = False,
     points_path: Annotated[Path | None, typer.Option(
-        "--points", help="Per-row predictions CSV to write.")] = None,
+        "--out", help="Per-row predictions to write: CSV, or JSON for a .json file.")
+    ] = None,
     html_dir: Annotated[Path | None, typer.Option(
         "--html-dir", help="Write scatter and error-vs-batch Plotly HTML here.")] = None,
     stack: StackOpt = loader.REFERENCE_STACK,
@@ -195,6 +226,7 @@ def validate(
     fmt: Annotated[Fmt, typer.Option(
         "--format", help="stdout: table (the markdown report), json or csv (per-row "
         "predictions of every evaluation).")] = Fmt.table,
+    quiet: QuietOpt = False,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
     from gpusim.calibration import measurements
@@ -202,8 +234,12 @@ def validate(
 
     shown_dir = str(data_dir) if data_dir is not None else "validation/data"
     data_dir = data_dir if data_dir is not None else loader.ROOT / "validation" / "data"
-    report_path = report_path or loader.ROOT / "validation" / "REPORT.md"
-    piped = check_outputs({"--report": report_path, "--points": points_path},
+    if write_shipped:
+        report_path = _explicit_output(report_path, write_shipped, "--report",
+                                       loader.ROOT / "validation" / "REPORT.md")
+    points_fmt = (out_format(points_path, "--out", fmt, ("csv", "json"), "csv")
+                  if points_path is not None else "csv")
+    piped = check_outputs({"--report": report_path, "--out": points_path},
                           {"--html-dir": html_dir})
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/steps.csv"))
@@ -236,11 +272,12 @@ def validate(
         if cal_file.is_file():
             shipped[name] = calibrations.load_calibration(str(cal_file), gpus[name], st)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
-    command = "gpusim validate --data-dir " + shown_dir
+    command = "gpusim validate --data " + shown_dir
     held_out = [val.HeldOut(label, title, held[sub])
                 for sub, label, title in val.HELD_OUT_SETS if sub in held]
-    md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command, micro,
-                             profs, held_out, sweeps, clocks)
+    with working("validate", quiet):
+        md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
+                                 micro, profs, held_out, sweeps, clocks)
     for name in sorted(datasets):
         if name in shipped:
             evaluations = _stack_evaluations(data_dir / name / "stacks", gpus[name],
@@ -255,9 +292,10 @@ def validate(
                 lambda s, n=name: calibrations.load_calibration(
                     str(calibrations.CALIBRATIONS_DIR / f"{n}.yaml"), gpus[n], s),
                 loader.load_stack, loader.load_model)
-    outputs = [(report_path, md)]
+    outputs = [(report_path, md)] if report_path is not None else []
     if points_path is not None:
-        outputs.append((points_path, report.to_csv(pts)))
+        outputs.append((points_path, report.to_csv(pts) if points_fmt == "csv"
+                        else report.to_json(report.json_safe(pts))))
     if html_dir is not None:
         try:
             html_dir.mkdir(parents=True, exist_ok=True)

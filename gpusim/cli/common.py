@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,9 +68,36 @@ def _echo(text: str) -> None:
 
 
 def _print_table(title: str, rows: list[dict[str, object]], columns: list[str]) -> None:
+    """Print a rich table on stdout, as wide as the terminal (rich reads its width, or
+    $COLUMNS; 120 columns when stdout is not a terminal)."""
     from rich.console import Console
 
-    Console(width=160).print(report.rich_table(title, rows, columns))
+    console = Console(soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120, soft_wrap=False)
+    console.print(report.rich_table(title, rows, columns))
+
+
+# an output file's format, from its extension (README "Command-line conventions")
+EXTENSION_FORMATS = {".json": "json", ".csv": "csv", ".md": "md", ".yaml": "yaml",
+                     ".yml": "yaml", ".html": "html", ".parquet": "parquet"}
+
+
+def out_format(path: Path, flag: str, fmt: object, allowed: tuple[str, ...],
+               default: str) -> str:
+    """The format ``path`` (given to ``flag``) is written in: its extension's when that
+    is one of ``allowed``, else ``--format``'s (``fmt``) when that is, else ``default``
+    (``-`` and unknown extensions). Raises ConfigError for an extension naming another
+    format (``--out preds.html`` where json or csv is written)."""
+    ext = EXTENSION_FORMATS.get(path.suffix.lower()) if not report.is_stdout(path) else None
+    if ext is not None and ext not in allowed:
+        raise bad(str(path), f"{flag} writes {' or '.join(allowed)} (chosen by the "
+                  f"extension: {', '.join('.' + a for a in allowed)}), not {ext}",
+                  field=flag)
+    if ext is not None:
+        return ext
+    value = getattr(fmt, "value", fmt)
+    return value if value in allowed else default
 
 
 def setup(gpu: str, stack: str, calibration: str, launch: str = "graph", tp: int = 1,
@@ -115,6 +143,23 @@ def flags(**names: str) -> Iterator[None]:
         raise as_flag(exc) from None
     finally:
         _FLAGS.reset(token)
+
+
+def split_out(outs: list[Path] | None, fmt: object, json_path: Path | None,
+              csv_path: Path | None, default: str = "json"
+              ) -> tuple[tuple[str, Path | None], tuple[str, Path | None]]:
+    """``--out FILE`` (repeatable) as the JSON and the CSV output, each by its extension
+    (else --format, else ``default``), beside ``--out-json``/``--out-csv`` (hidden: the
+    spellings of earlier releases). Returns ``((flag, json path), (flag, csv path))``,
+    each flag as given. Raises ConfigError when two outputs name one format."""
+    found = {"json": ("--out-json", json_path), "csv": ("--out-csv", csv_path)}
+    for out in outs or []:
+        kind = out_format(out, "--out", fmt, ("json", "csv"), default)
+        if found[kind][1] is not None:
+            raise bad("--out", f"two {kind} outputs ({found[kind][1]} and {out}): give "
+                      "one .json and one .csv at most", value=str(out))
+        found[kind] = ("--out", out)
+    return found["json"], found["csv"]
 
 
 def check_outputs(files: dict[str, Path | None],

@@ -60,7 +60,7 @@ def list_(
         if what == "gpus":
             g = loader.load_gpu(name)
             rows.append({"name": name, "display_name": g.display_name,
-                         "hbm_gb": g.hbm_capacity_bytes / 1e9,
+                         "hbm_gib": g.hbm_capacity_bytes / 2**30,   # 80 GiB: an "80 GB" card
                          "hbm_tb_per_s": g.hbm_bandwidth_bytes_per_s / 1e12,
                          "bf16_tflops": g.tensor_flops_per_s.bf16 / 1e12})
         elif what == "models":

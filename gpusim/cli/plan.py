@@ -20,8 +20,10 @@ from gpusim.cli.common import (
     app,
     check_outputs,
     flags,
+    split_out,
     wrote,
 )
+from gpusim.cli.progress import QuietOpt, working
 from gpusim.errors import ConfigError, bad
 from gpusim.io import calibrations, loader
 
@@ -94,7 +96,7 @@ def _auto_draft(target) -> list[str]:
 
 
 def _spec_choices(text: str, scenario, target, resolve):  # -> list[SpecChoice]
-    """``--spec``: auto | none | DRAFT[@K],... (a draft as --spec-draft spells it)."""
+    """``--spec``: auto | none | DRAFT[@K],... (a draft as serve's --draft spells it)."""
     from gpusim.plan import SpecChoice
     from gpusim.speculative.drafts import parse_draft
 
@@ -210,14 +212,16 @@ def plan(
     calibration: CalOpt = "auto",
     launch: LaunchOpt = Launch.GRAPH,
     fmt: FmtOpt = Fmt.table,
-    out_json: Annotated[Path | None, typer.Option(
-        "--out-json", help="Write the whole plan as JSON here (- for standard output).")
+    out: Annotated[list[Path] | None, typer.Option(
+        "--out", help="Write the whole plan as JSON (.json), or every candidate, screened "
+        "and simulated, as CSV (.csv); else as --format says (- for standard output); "
+        "repeat for both.")
     ] = None,
-    out_csv: Annotated[Path | None, typer.Option(
-        "--out-csv", help="Write every candidate (screened and simulated) as CSV here "
-        "(- for standard output).")] = None,
+    out_json: Annotated[Path | None, typer.Option("--out-json", hidden=True)] = None,
+    out_csv: Annotated[Path | None, typer.Option("--out-csv", hidden=True)] = None,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write a Plotly HTML (cost against p99 latency) here.")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Capacity plan: the cheapest deployment (GPU type, tensor parallelism, replicas,
     scheduler limits, speculation, stack) meeting p99 latency targets at a traffic."""
@@ -226,7 +230,8 @@ def plan(
     from gpusim.plan import plan as run_plan
     from gpusim.report import plan_figures, plan_output
 
-    piped = check_outputs({"--out-json": out_json, "--out-csv": out_csv, "--html": html})
+    (json_flag, out_json), (csv_flag, out_csv) = split_out(out, fmt, out_json, out_csv)
+    piped = check_outputs({json_flag: out_json, csv_flag: out_csv, "--html": html})
     target = parse_slo(slo)
     sc = scenario_io.scenario_from_options(traffic)
     if rate is not None:
@@ -246,7 +251,8 @@ def plan(
             max_gpus=max_gpus, sim_duration_s=sim_duration_s, max_sims=max_sims,
             sensitivity=_floats(sensitivity, "--sensitivity"), simulate=not screen_only)
         try:
-            res = run_plan(req)
+            with working("plan", quiet):
+                res = run_plan(req)
         except ConfigError as exc:   # the scenario's arrivals: the traffic file says
             if exc.source or not (exc.field or "").startswith("arrival"):
                 raise

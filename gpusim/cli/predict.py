@@ -28,9 +28,11 @@ from gpusim.cli.common import (
     check_outputs,
     describe_calibration,
     flags,
+    out_format,
     setup,
     wrote,
 )
+from gpusim.cost.trust import Assessment
 from gpusim.errors import ConfigError, bad
 from gpusim.io import loader
 from gpusim.specs import GpuSpec, ModelSpec
@@ -43,7 +45,8 @@ def predict(
     rows_in: Annotated[Path | None, typer.Option(
         "--in", help="rows.csv with columns model,mode,batch,ctx,q[,tp].")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="preds.csv to write (- for standard output).")] = None,
+        "--out", help="With --in: the predictions to write, CSV (JSON for a .json file; "
+        "- for standard output). Without --out they are printed in --format.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Single shape: model name, YAML or config.json path.")] = None,
     mode: Annotated[ModeOpt, typer.Option("--mode")] = ModeOpt.decode,
@@ -87,14 +90,15 @@ def predict(
     from gpusim.kernels.variants import op_roles
     from gpusim.step import rows as rows_mod
 
+    if rows_in is not None and timeline is not None:
+        raise bad("--timeline", "draws one shape: give it with --model, not --in")
+    out_kind = out_format(out, "--out", fmt, ("csv", "json"), "csv") if out else "csv"
     piped = check_outputs({"--out": out, "--timeline": timeline})
     plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep, micro_batches)
     g = plat.gpu
     if rows_in is not None:
         if model is not None:
             raise bad("--model", "give either --in (a CSV of shapes) or --model, not both")
-        if out is None:
-            raise bad("--out", "--in needs --out (the predictions CSV to write)")
         header, rows = rows_mod.read_rows(rows_in)
         preds = rows_mod.predict_rows(rows, str(rows_in), plat,
                                       capacity.fitting_model_loader(
@@ -103,8 +107,7 @@ def predict(
                                                                  kv_dtype), tp=None))
         columns = header + [c for c in rows_mod.OUTPUT_COLUMNS if c not in header]
         records = [{**r.raw, **p} for r, p in zip(rows, preds, strict=True)]
-        report.write_atomic(out, report.to_csv(records, columns))
-        wrote(out, f"{len(records)} predictions")
+        _emit_rows(records, columns, out, out_kind, fmt, f"predictions on {g.name}")
         return
     if model is None:
         raise bad("--model", "give --model for one shape, or --in/--out for a CSV of shapes")
@@ -132,6 +135,8 @@ def predict(
             "weights": m.quantization.describe() if m.quantization else m.dtype,
             "kv_dtype": m.kv_dtype_eff, **step.summary(p, g),
             **step.layout_summary(p, plat)}
+    trust = plat.assess(m.param_count, md.value, batch, cc, qq)
+    summ.update(trust.as_dict(float(summ["step_ms"])))  # type: ignore[arg-type]
     ops = step.breakdown(p, g)
     roles = op_roles(m, plat.stack)   # quantization and MoE routing costs, summed
     for role in sorted(set(roles.values())):
@@ -158,10 +163,39 @@ def predict(
         _print_table("step", [summ], ["step_ms", "gpu_ms", "launches", "weight_bytes",
                                       "kv_bytes", "achieved_bandwidth_gb_per_s",
                                       "roofline_ms", "roofline_fraction", "bound",
-                                      *(f"{r}_ms" for r in sorted(set(roles.values())))])
+                                      *(f"{r}_ms" for r in sorted(set(roles.values()))),
+                                      "band_pct", "band_low_ms", "band_high_ms"])
         parallel = step.layout_summary(p, plat)
         if parallel:
             _print_table("parallel layout", [parallel], list(parallel))
+        warn_trust(trust)
+
+
+def warn_trust(trust: Assessment) -> None:
+    """On stderr: a shape outside its calibration's measured envelope (the band is not
+    a bound there), or a calibration without error bands."""
+    if trust.outside:
+        print(f"gpusim: warning: {trust.envelope} (outside what the calibration was "
+              "measured on; its error band is not a bound here)", file=sys.stderr)
+    elif trust.band_pct is None:
+        print(f"gpusim: note: no error band: {trust.no_band}", file=sys.stderr)
+
+
+def _emit_rows(records: list[dict[str, object]], columns: list[str], out: Path | None,
+               kind: str, fmt: Fmt, title: str) -> None:
+    """``predict --in``'s rows: to ``out`` as ``kind`` (csv | json), else on stdout in
+    ``fmt``. Raises ConfigError when ``out`` cannot be written."""
+    if out is not None:
+        text = (report.to_csv(records, columns) if kind == "csv"
+                else report.to_json(report.json_safe(records)))
+        report.write_atomic(out, text)
+        wrote(out, f"{len(records)} predictions")
+    elif fmt is Fmt.json:
+        _echo(report.to_json(report.json_safe(records)))
+    elif fmt is Fmt.csv:
+        _echo(report.to_csv(records, columns).rstrip("\n"))
+    else:
+        _print_table(f"{len(records)} {title}", records, columns)
 
 
 def _check_fits(g: GpuSpec, m: ModelSpec, batch: int, ctx: int, q: int, tp: int, pp: int,

@@ -26,6 +26,7 @@ from gpusim.cli.common import (
     check_outputs,
     flags,
     setup,
+    split_out,
     wrote,
 )
 from gpusim.errors import FieldError, bad
@@ -39,8 +40,8 @@ _WORKLOAD_FLAGS = {
     "seed": "--seed", "scheduler": "--scheduler", "max_num_seqs": "--max-num-seqs",
     "max_num_batched_tokens": "--max-num-batched-tokens", "block_size": "--block-size",
     "reserve_fraction": "--reserve-fraction", "slo_ttft_s": "--slo-ttft-s",
-    "slo_tpot_s": "--slo-tpot-s", "spec_draft": "--spec-draft", "spec_k": "--spec-k",
-    "spec_acceptance": "--spec-acceptance", "prefix_caching": "--prefix-caching",
+    "slo_tpot_s": "--slo-tpot-s", "spec_draft": "--draft", "spec_k": "--k",
+    "spec_acceptance": "--acceptance", "prefix_caching": "--prefix-caching",
     "shared_prefix_tokens": "--shared-prefix-tokens", "prefix_prompts": "--prefix-prompts",
     "conversation_turns": "--conversation-turns", "turn_think_s": "--turn-think-s",
     "cudagraph_capture_sizes": "--cudagraph-capture-sizes", "out_csv": "--out-csv",
@@ -95,13 +96,13 @@ def serve(
     slo_tpot_s: Annotated[float | None, typer.Option(
         "--slo-tpot-s", help="Goodput: time-per-output-token target (default 0.1).")] = None,
     spec_draft: Annotated[str | None, typer.Option(
-        "--spec-draft", help="Speculative decoding in decode-only steps with this draft: "
+        "--draft", help="Speculative decoding in decode-only steps with this draft: "
         "a model | medusa:H | eagle[:N] | ngram[:US] (default: no speculation).")] = None,
     spec_k: Annotated[str | None, typer.Option(
-        "--spec-k", help="Draft tokens per iteration: N (1..16) or auto (per step, "
+        "--k", help="Draft tokens per iteration: N (1..16) or auto (per step, "
         "from the batch size; default 4).")] = None,
     spec_acceptance: Annotated[float | None, typer.Option(
-        "--spec-acceptance", help="i.i.d. acceptance rate of a draft token (default 0.7).")
+        "--acceptance", help="i.i.d. acceptance rate of a draft token (default 0.7).")
     ] = None,
     prefix_caching: Annotated[bool | None, typer.Option(
         "--prefix-caching/--no-prefix-caching",
@@ -132,13 +133,15 @@ def serve(
     launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
     fmt: FmtOpt = Fmt.table,
-    out_json: Annotated[Path | None, typer.Option(
-        "--out-json", help="Write JSON here (- for standard output).")] = None,
-    out_csv: Annotated[Path | None, typer.Option(
-        "--out-csv", help="Write CSV here (- for standard output).")] = None,
+    out: Annotated[list[Path] | None, typer.Option(
+        "--out", help="Write the results here: JSON for .json, CSV for .csv, else as "
+        "--format says (- for standard output); repeat for both. With --replay: JSON.")
+    ] = None,
+    out_json: Annotated[Path | None, typer.Option("--out-json", hidden=True)] = None,
+    out_csv: Annotated[Path | None, typer.Option("--out-csv", hidden=True)] = None,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write a Plotly HTML report here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     ep: EpOpt = 1,
@@ -158,11 +161,13 @@ def serve(
     from gpusim.report import serving_figures as figures
     from gpusim.report import serving_output as output
 
-    piped = check_outputs({"--out-json": out_json, "--out-csv": out_csv, "--html": html,
+    (json_flag, out_json), (csv_flag, out_csv) = split_out(out, fmt, out_json, out_csv)
+    piped = check_outputs({json_flag: out_json, csv_flag: out_csv, "--html": html,
                            "--report": report_path})
     if replay:
         opts = dict(locals())
-        given = [flag for name, flag in _WORKLOAD_FLAGS.items() if opts[name] is not None]
+        given = [csv_flag if name == "out_csv" else flag
+                 for name, flag in _WORKLOAD_FLAGS.items() if opts[name] is not None]
         given += [f"--{name}" for name in ("tp", "pp", "ep") if opts[name] != 1]
         if given:
             raise bad(given[0], "does not apply to --replay (the measured run gives it)")
@@ -197,7 +202,7 @@ def serve(
         if rate is not None or duration_s is not None or scenario is None:  # the file
             raise bad("--rate", str(exc)) from None
         raise bad(str(scenario), str(exc), field="arrival.rate_per_s") from None
-    with flags(spec_acceptance="--spec-acceptance", spec_k="--spec-k",
+    with flags(spec_acceptance="--acceptance", spec_k="--k",
                block_size_tokens="--block-size"):
         engine = serving.build_engine(
             plat, m, sc, scenario_io.scenario_draft(

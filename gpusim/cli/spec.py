@@ -26,9 +26,11 @@ from gpusim.cli.common import (
     check_outputs,
     describe_calibration,
     flags,
+    out_format,
     setup,
     wrote,
 )
+from gpusim.cli.progress import working
 from gpusim.errors import bad
 from gpusim.io import loader
 
@@ -49,7 +51,8 @@ SpecReserveOpt = Annotated[float, typer.Option(
 @app.command()
 def spec(
     gpu: GpuOpt,
-    target: Annotated[str, typer.Option("--target", help="Target model name or path.")],
+    target: Annotated[str, typer.Option(
+        "--model", help="Target model: name, YAML or config.json path.")],
     draft: SpecDraftOpt,
     k: Annotated[int | None, typer.Option(
         "--k", help="Draft tokens per iteration (a chain; default 4, medusa:H -> H).")
@@ -80,10 +83,11 @@ def spec(
     tp: TpOpt = 1,
     pp: PpOpt = 1,
     ep: EpOpt = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
     """Speculative decoding: one iteration's time, tokens per iteration, speedup.
 
-    Example: gpusim spec --gpu h100-sxm --target llama-3.1-8b --draft llama-3.2-1b
+    Example: gpusim spec --gpu h100-sxm --model llama-3.1-8b --draft llama-3.2-1b
     --k 4 --batch 8 --ctx 4096 --acceptance 0.8 --format json
     """
     import numpy as np
@@ -97,7 +101,8 @@ def spec(
     plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep)
     g, cal = plat.gpu, plat.calibration
     ov = options.overhead_from_options(overhead, round_trip_us, g)
-    sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
+    with working("spec", quiet):   # a best:N tree search can take seconds
+        sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
     with flags():
         p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
     options.check_weights_fit(p)
@@ -105,8 +110,9 @@ def spec(
         print(f"gpusim: warning: weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed "
               f"the usable HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}",
               file=sys.stderr)
-    mc = (sp.monte_carlo(batch, mc_iterations, np.random.default_rng(seed))
-          if mc_iterations else None)
+    with working("spec --mc-iterations", quiet):
+        mc = (sp.monte_carlo(batch, mc_iterations, np.random.default_rng(seed))
+              if mc_iterations else None)
     rec = output.spec_record(p, g, cal, ov, mc)
     if timeline is not None:
         tl = it.simulate_iteration(plat, ov, sp, batch, ctx)
@@ -130,7 +136,8 @@ def spec(
 @app.command("spec-sweep")
 def spec_sweep(
     gpu: GpuOpt,
-    target: Annotated[str, typer.Option("--target", help="Target model name or path.")],
+    target: Annotated[str, typer.Option(
+        "--model", help="Target model: name, YAML or config.json path.")],
     draft: SpecDraftOpt,
     acceptance: Annotated[list[str] | None, typer.Option(
         "--acceptance", help="Acceptance model (as for `spec`); repeat for several.")
@@ -153,16 +160,20 @@ def spec_sweep(
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write the Plotly heatmaps (best-k speedup) here.")] = None,
     md: Annotated[Path | None, typer.Option(
-        "--md", help="Write a markdown report (break-even and best-k tables) here.")] = None,
-    out_csv: Annotated[Path | None, typer.Option(
-        "--out-csv", help="Write every (acceptance, ctx, batch, k) row here.")] = None,
+        "--report", help="Write a Markdown report (break-even and best-k tables) here.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write every (acceptance, ctx, batch, k) row here: CSV, or JSON "
+        "for a .json file (- for standard output, in --format).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
     """Speedup over plain decoding against batch and context; best k; break-even batch."""
     from gpusim.cli import spec_options as options
     from gpusim.report import spec_figures as figures
     from gpusim.speculative import sweep as sw
 
-    piped = check_outputs({"--html": html, "--md": md, "--out-csv": out_csv})
+    piped = check_outputs({"--html": html, "--report": md, "--out": out})
+    out_fmt = out_format(out, "--out", fmt, ("csv", "json"), "csv") if out else "csv"
     plat = setup(gpu, stack, calibration, launch.value)
     g = plat.gpu
     ov = options.overhead_from_options(overhead, round_trip_us, g)
@@ -172,7 +183,8 @@ def spec_sweep(
     grid = sw.SweepGrid(options.int_list(batches, "--batches", 1),
                         options.int_list(ctxs, "--ctxs", 0), options.int_list(ks, "--ks", 1),
                         max_batch, reserve_fraction)
-    with flags(batch="--batches", ctx="--ctxs", k="--ks", max_batch="--max-batch"):
+    with flags(batch="--batches", ctx="--ctxs", k="--ks", max_batch="--max-batch"), \
+            working("spec-sweep", quiet):
         res = sw.sweep(plat, ov, t, sp.draft, accs, grid)
     title = f"{t.name} + {sp.draft.label} on {g.name}"
     notes = [f"Calibration: {describe_calibration(plat)}; host round trip "
@@ -181,7 +193,8 @@ def spec_sweep(
         (html, lambda: figures.sweep_html(res, title)),
         (md, lambda: figures.sweep_markdown(res, title, "gpusim " + " ".join(sys.argv[1:]),
                                             notes)),
-        (out_csv, lambda: report.to_csv(res.rows))) if path is not None]
+        (out, lambda: report.to_csv(res.rows) if out_fmt == "csv"
+         else report.to_json(report.json_safe(res.rows)))) if path is not None]
     report.write_all(outputs)     # all of them or none
     for path, _ in outputs:
         wrote(path)
@@ -203,16 +216,20 @@ def spec_sweep(
 @app.command("spec-validate")
 def spec_validate(
     data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="Directory with <gpu>/spec.csv measured loops (default: "
+        "--data", help="Directory with <gpu>/spec.csv measured loops (default: "
         "validation/data of gpusim's checkout, from any directory).")] = None,
     fit_pair: Annotated[str | None, typer.Option(
         "--fit-pair", help="Pair whose rows fit the round trip (default: the first).")
     ] = None,
     report_path: Annotated[Path | None, typer.Option(
-        "--report", help="Markdown report to write (default: validation/SPEC_REPORT.md of "
-        "gpusim's checkout).")] = None,
+        "--report", help="Markdown report to write (- for standard output; without it "
+        "the report is printed, not written).")] = None,
+    write_shipped: Annotated[bool, typer.Option(
+        "--write-shipped", help="Replace the shipped report, validation/SPEC_REPORT.md of "
+        "gpusim's checkout (instead of --report).")] = False,
     points_path: Annotated[Path | None, typer.Option(
-        "--points", help="Per-row predictions CSV to write.")] = None,
+        "--out", help="Per-row predictions to write: CSV, or JSON for a .json file.")
+    ] = None,
     write_overhead: Annotated[bool, typer.Option(
         "--write-overhead", help="Write validation/calibrations/speculative/<gpu>.yaml.")
     ] = False,
@@ -222,14 +239,19 @@ def spec_validate(
     """Fit the host round trip per GPU and report predicted vs measured iterations."""
     from gpusim.calibration import spec_measured as measured
     from gpusim.calibration import spec_validate as val
+    from gpusim.cli.calibration import _explicit_output
     from gpusim.io import calibrations
     from gpusim.io import overhead as iovmod
     from gpusim.platform import Platform
 
     shown_dir = str(data_dir) if data_dir is not None else "validation/data"
     data_dir = data_dir if data_dir is not None else loader.ROOT / "validation" / "data"
-    report_path = report_path or loader.ROOT / "validation" / "SPEC_REPORT.md"
-    check_outputs({"--report": report_path, "--points": points_path})
+    if write_shipped:
+        report_path = _explicit_output(report_path, write_shipped, "--report",
+                                       loader.ROOT / "validation" / "SPEC_REPORT.md")
+    points_fmt = (out_format(points_path, "--out", "csv", ("csv", "json"), "csv")
+                  if points_path is not None else "csv")
+    check_outputs({"--report": report_path, "--out": points_path})
     st = loader.load_stack(stack)
     files = sorted(data_dir.glob("*/spec.csv"))
     if not files:
@@ -246,10 +268,12 @@ def spec_validate(
         except ValueError as exc:
             raise bad(str(f), str(exc)) from None
         print(f"{g.name}: {len(rows)} rows", file=sys.stderr)
-    md = val.markdown(results, "gpusim spec-validate --data-dir " + shown_dir)
-    outputs = [(report_path, md)]
+    md = val.markdown(results, "gpusim spec-validate --data " + shown_dir)
+    outputs = [(report_path, md)] if report_path is not None else []
     if points_path is not None:
-        outputs.append((points_path, report.to_csv([p for r in results for p in r.points()])))
+        pts = [p for r in results for p in r.points()]
+        outputs.append((points_path, report.to_csv(pts) if points_fmt == "csv"
+                        else report.to_json(report.json_safe(pts))))
     if write_overhead:
         iovmod.SPEC_CALIBRATIONS_DIR.mkdir(parents=True, exist_ok=True)
         outputs += [(iovmod.SPEC_CALIBRATIONS_DIR / f"{r.gpu}.yaml", iovmod.to_yaml(r.overhead))

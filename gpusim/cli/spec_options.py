@@ -47,7 +47,7 @@ def speculation_from_options(target: str, draft: str, acceptance: str, k: int | 
     try:
         t = load(target)
     except ValueError as exc:  # FieldError: a dtype the stack cannot run
-        raise bad("--target", str(exc)) from None
+        raise bad("--model", str(exc)) from None
     try:
         d = parse_draft(draft, load)
     except ValueError as exc:

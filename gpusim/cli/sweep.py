@@ -26,10 +26,24 @@ class SweepFmt(StrEnum):
 
 @contextmanager
 def _progress(total: int, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on stderr (points done of all), or None when stderr is not a
-    terminal or ``quiet``."""
-    if quiet or not sys.stderr.isatty():
+    """Progress on stderr (points done of all): a rich bar on a terminal, else a line
+    after a second and every few seconds; None when ``quiet``."""
+    if quiet:
         yield None
+        return
+    if not sys.stderr.isatty():
+        from gpusim.cli.progress import EVERY_S, FIRST_REPORT_S
+
+        start = time.monotonic()
+        due = [start + FIRST_REPORT_S]
+
+        def tick(done: int, all_: int) -> None:
+            now = time.monotonic()
+            if now >= due[0]:
+                due[0] = now + EVERY_S
+                print(f"gpusim: swept {done} of {all_} points ({now - start:.0f} s)",
+                      file=sys.stderr, flush=True)
+        yield tick
         return
     from rich.console import Console
     from rich.progress import (
@@ -61,7 +75,8 @@ def sweep(
     workers: Annotated[int | None, typer.Option(
         "--workers", help="Local worker processes (default: the CPUs; 1 runs in this "
         "process).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="results.csv to write.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="results.csv to write (a .parquet file: as --parquet).")] = None,
     parquet: Annotated[Path | None, typer.Option(
         "--parquet", help="results.parquet to write (needs pyarrow).")] = None,
     ledger: Annotated[Path | None, typer.Option(
@@ -74,7 +89,7 @@ def sweep(
     fmt: Annotated[SweepFmt, typer.Option(
         "--format", help="stdout format when neither --out nor --parquet is given.")
     ] = SweepFmt.csv,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
 ) -> None:
     """Run a grid of simulations; rows sorted by point, the same bytes for any executor.
 
@@ -99,6 +114,10 @@ def sweep(
                                    ("--workers", workers)) if v is not None]
     if len(chosen) > 1:
         raise bad(chosen[1], f"give one of --scheduler, --dask, --workers (also {chosen[0]})")
+    if out is not None and out.suffix.lower() == ".parquet":
+        if parquet is not None:
+            raise bad("--out", "writes parquet (--parquet too): give one of them")
+        out, parquet = None, out
     grid = load_grid(grid_file)
     if parquet is not None:
         try:

@@ -23,6 +23,7 @@ from pydantic import Field, create_model, model_validator
 
 from gpusim.cost.attention import FAMILIES
 from gpusim.cost.gemm_families import GEMM_FAMILIES
+from gpusim.cost.trust import Trust
 from gpusim.specs import Frozen, StackSpec
 from gpusim.specs.base import Fraction, NonNeg, PosInt, field_error
 from gpusim.specs.stack import STACK_ALIASES
@@ -194,6 +195,8 @@ class Calibration(Frozen):
     host: HostParams = HostParams()
     notes: str = ""
     gemm: GemmParams = GemmParams()  # type: ignore[valid-type]
+    # error bands and measured envelope of the file it came from (None: none given)
+    trust: Trust | None = None
 
     def family_params(self, name: str) -> Frozen:
         """The parameters of attention family ``name``; raises KeyError if unknown."""
@@ -285,6 +288,9 @@ class CalibrationSet(Frozen):
     stacks: dict[str, StackParams] = Field(default_factory=dict)
     notes: str = ""
     gemm: GemmParams = GemmParams()  # type: ignore[valid-type]
+    # optional: held-out error bands and the measured envelope (cost.trust); an old
+    # file without it loads, and its predictions say they have no band
+    trust: Trust | None = None
 
     def for_stack(self, stack: StackSpec) -> Calibration:
         """The calibration for ``stack`` on this GPU: its own host costs, or those of the
@@ -304,7 +310,7 @@ class CalibrationSet(Frozen):
                           host_from=None if source == stack.name else source,
                           fitted_on=self.fitted_on, physics=self.physics,
                           attention=self.attention, host=own.host_params(), notes=self.notes,
-                          gemm=self.gemm)
+                          gemm=self.gemm, trust=self.trust)
         # a stack's own kernel parameters are its own: never lent to another stack
         return cal.replace(own.overrides()) if source == stack.name else cal
 

@@ -169,27 +169,53 @@ class TokenTree:
 # ----------------------------------------------------------------------------------
 # Sequoia's dynamic program
 # ----------------------------------------------------------------------------------
+# cells (depth x rank x budget x subtree size) the tree search may visit: a few s of
+# numpy; best:1024 under geometric acceptance 0.8 settles at depth ~25 within it
+MAX_DP_CELLS = 600_000_000
+
+
 def _best_tables(p: np.ndarray, nodes: int, depth: int
                  ) -> tuple[np.ndarray, list[list[list[int]]]]:
     """value[d, m]: best expected tokens of a subtree with <= m nodes, depth <= d;
-    sizes[d][m]: the child subtree sizes by rank achieving it."""
+    sizes[d][m]: the child subtree sizes by rank achieving it. Each depth's allocation
+    is one vectorised max-plus step over every budget; once a depth adds nothing (the
+    values repeat exactly), every deeper one is the same and is copied, not solved.
+    Raises ValueError when the search has not settled within the depth MAX_DP_CELLS
+    allows (give a depth cap)."""
     w = len(p)
     value = np.zeros((depth + 1, nodes + 1))
     value[:, 1:] = 1.0                      # a lone root
     sizes: list[list[list[int]]] = [[[] for _ in range(nodes + 1)] for _ in range(depth + 1)]
+    budgets = np.arange(1, nodes)           # r: nodes left for ranks j..
+    subtree = np.arange(1, nodes)           # s: nodes given to rank j
+    rest = budgets[:, None] - subtree[None, :]
+    valid = rest >= 0
+    rest = np.where(valid, rest, 0)
+    allowed = max(MAX_DP_CELLS // max(w * nodes * nodes, 1), 1)
     for d in range(1, depth + 1):
+        if d > allowed and not np.array_equal(value[d - 1], value[d - 2]):
+            raise ValueError(f"best:{nodes}: the tree search has not settled by depth "
+                             f"{allowed} and deeper would take minutes; give a depth "
+                             f"(best:{nodes}:{allowed}) or fewer nodes")
+        if d >= 2 and np.array_equal(value[d - 1], value[d - 2]):
+            value[d:] = value[d - 1]        # converged: deeper trees are no better
+            for dd in range(d, depth + 1):
+                sizes[dd] = sizes[d - 1]
+            break
         child = value[d - 1]                # child subtrees have depth <= d - 1
         # alloc[j][r]: best sum over ranks j.. with r nodes; choice[j][r]: size of rank j
         alloc = np.zeros((w + 1, nodes))
         choice = np.zeros((w + 1, nodes), dtype=np.int64)
         for j in range(w - 1, -1, -1):
-            for r in range(1, nodes):
-                s = np.arange(1, r + 1)
-                cand = p[j] * child[s] + alloc[j + 1, r - s]
-                best = int(np.argmax(cand))
-                if cand[best] > 1e-15:      # else: no child of rank j (nor after it)
-                    alloc[j, r] = cand[best]
-                    choice[j, r] = s[best]
+            if nodes < 2:
+                break
+            cand = np.where(valid, p[j] * child[subtree][None, :] + alloc[j + 1][rest],
+                            -np.inf)
+            best = np.argmax(cand, axis=1)
+            top = cand[np.arange(len(budgets)), best]
+            keep = top > 1e-15              # else: no child of rank j (nor after it)
+            alloc[j, 1:] = np.where(keep, top, 0.0)
+            choice[j, 1:] = np.where(keep, subtree[best], 0)
         for m in range(1, nodes + 1):
             value[d, m] = 1.0 + alloc[0, m - 1]
             kids, r = [], m - 1

@@ -30,7 +30,9 @@ REQUIRED = ("model", "mode", "batch", "ctx", "q")
 OPTIONAL = ("tp", "weight_dtype", "kv_dtype")
 OUTPUT_COLUMNS = ("predicted_ms", "gpu_ms", "host_bound", "launches", "weight_bytes",
                   "kv_bytes", "flops", "achieved_bandwidth_gb_per_s", "roofline_ms",
-                  "bound", "stack")
+                  "bound", "stack", "band_pct", "band_low_ms", "band_high_ms", "envelope")
+# the last four: the calibration's held-out error band around predicted_ms and whether
+# the row lies inside what it was measured on (cost.trust; appended, docs/PREDICT_CSV.md)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,12 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                 "roofline_ms": cols["roofline_ms"][j],
                 "bound": cols["bound"][j],
                 "stack": stack_name,
+                **platform.assess(model.param_count, mode, rows[i].batch, rows[i].ctx,
+                                  rows[i].q).as_dict(cols["predicted_ms"][j]),
             }
+            out[i].pop("no_band", None)  # "envelope: unknown" says it in the CSV
+            for k in ("band_pct", "band_low_ms", "band_high_ms"):
+                out[i][k] = "" if out[i][k] is None else out[i][k]  # a blank cell
     return out
 
 

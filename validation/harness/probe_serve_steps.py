@@ -78,7 +78,8 @@ def main() -> int:
     _, shape, _ = load_shape(a.model)
     runner = ModelRunner(shape, dev, torch.bfloat16, 16, 3072, (1, 16, 256), 256)
     runner.allocate_kv(16384 if dev.type == "cuda" else 5000)
-    res: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__}
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    res: dict = {"device": name, "torch": torch.__version__}
     # decode graphs: time against the padded gather
     graphs = {}
     for pad, k in ((1, 1024), (16, 1024), (16, 2304), (256, 2304), (256, 3072)):

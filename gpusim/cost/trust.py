@@ -1,0 +1,166 @@
+"""How far to trust a prediction: the error band and measured envelope of a calibration.
+
+A calibration file may carry a ``trust`` section (``Trust``), written from the
+leave-one-model-out (held-out) errors of the fit that produced it
+(``gpusim.calibration.bands``):
+
+* ``bands``: per stack, launch mode, step mode and batch range, a quantile of
+  |predicted/measured - 1| over held-out rows (``error_pct``);
+* ``envelope``: what the calibration was measured on: the GPU, the stacks, the model
+  sizes (parameter counts) and, per (launch, mode), the batch, context and q ranges.
+
+``assess`` looks a shape up: its band (or why there is none) and the dimensions in
+which it lies outside the envelope. A calibration without a trust section (an old
+file, ``--calibration none``) has no band, and ``assess`` says so: never an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from gpusim.specs import Frozen
+from gpusim.specs.base import NonNeg, PosInt, field_error
+
+Pct = Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
+
+
+class Band(Frozen):
+    """The held-out error of one cell: steps of ``stack`` launched ``launch`` in
+    ``mode`` with batch in [batch_min, batch_max]; ``error_pct``: the band's half-width,
+    a quantile of |predicted/measured - 1| in percent over ``rows`` held-out rows."""
+
+    stack: str
+    launch: str
+    mode: str
+    batch_min: PosInt
+    batch_max: PosInt
+    error_pct: Pct
+    rows: PosInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Band:
+        if self.batch_max < self.batch_min:
+            raise field_error("batch_max", f"batch_max={self.batch_max} < batch_min="
+                              f"{self.batch_min}")
+        return self
+
+
+class ShapeRange(Frozen):
+    """The measured step shapes of one (stack, launch, mode): min and max of each
+    dimension."""
+
+    stack: str
+    launch: str
+    mode: str
+    batch: tuple[NonNeg, NonNeg]
+    ctx: tuple[NonNeg, NonNeg]
+    q: tuple[NonNeg, NonNeg]
+
+
+class Envelope(Frozen):
+    """What a calibration was measured on: the GPU, the stacks (the first: the one
+    the GPU's physics was fitted on), the models' parameter counts, the shapes."""
+
+    gpu: str
+    stacks: tuple[str, ...]
+    model_params: tuple[NonNeg, NonNeg]
+    shapes: tuple[ShapeRange, ...] = ()
+
+
+class Trust(Frozen):
+    """A calibration file's ``trust`` section: error bands and the measured envelope;
+    ``quantile``: which quantile of the held-out errors a band is; ``source``: how the
+    bands were computed."""
+
+    quantile: Annotated[float, Field(gt=0.0, le=1.0)]
+    source: str = ""
+    bands: tuple[Band, ...] = ()
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One shape's trust: ``band_pct`` (None with ``no_band`` saying why) and the
+    envelope dimensions it lies outside (empty: inside)."""
+
+    band_pct: float | None
+    outside: tuple[str, ...]
+    no_band: str = ""
+
+    @property
+    def envelope(self) -> str:
+        """``ok``, ``unknown`` (no trust section) or ``outside: ...`` (one line)."""
+        if self.outside:
+            return "outside: " + "; ".join(self.outside)
+        return "unknown" if self.no_band == NO_TRUST else "ok"
+
+    def interval_ms(self, predicted_ms: float) -> tuple[float, float] | None:
+        """The measured times the band allows: error = predicted/measured - 1 within
+        +-band, so measured in [predicted/(1+band), predicted/(1-band)] (no upper
+        bound from a band of 100% or more). None without a band."""
+        if self.band_pct is None:
+            return None
+        b = self.band_pct / 100.0
+        return predicted_ms / (1.0 + b), (predicted_ms / (1.0 - b) if b < 1.0
+                                          else float("inf"))
+
+    def as_dict(self, predicted_ms: float) -> dict[str, object]:
+        """The fields every output carries: band_pct, band_low_ms, band_high_ms,
+        envelope (and no_band when there is none)."""
+        iv = self.interval_ms(predicted_ms)
+        out: dict[str, object] = {
+            "band_pct": self.band_pct,
+            "band_low_ms": None if iv is None else iv[0],
+            "band_high_ms": None if iv is None else iv[1],
+            "envelope": self.envelope}
+        if self.no_band:
+            out["no_band"] = self.no_band
+        return out
+
+
+NO_TRUST = "the calibration has no error bands (no trust section)"
+
+
+def _range(name: str, value: float, lo: float, hi: float) -> str | None:
+    if value < lo:
+        return f"{name} {value:g} < {lo:g}"
+    if value > hi:
+        return f"{name} {value:g} > {hi:g}"
+    return None
+
+
+def assess(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
+           batch: float, ctx: float, q: float, model_params: float) -> Assessment:
+    """The band and envelope check of one step shape under a calibration's ``trust``
+    (None: no band, envelope unknown). Pure; raises nothing."""
+    if trust is None:
+        return Assessment(None, (), NO_TRUST)
+    env = trust.envelope
+    outside: list[str] = []
+    if gpu != env.gpu:
+        outside.append(f"gpu {gpu} (measured on {env.gpu})")
+    if stack not in env.stacks:
+        outside.append(f"stack {stack} (measured: {', '.join(env.stacks)})")
+    hit = _range("model", model_params / 1e9, env.model_params[0] / 1e9,
+                 env.model_params[1] / 1e9)
+    if hit:
+        outside.append(hit.replace("model", "model params (1e9)", 1))
+    # an unmeasured stack's shapes are checked against the first (reference) stack's
+    measured = stack if stack in env.stacks else (env.stacks[0] if env.stacks else "")
+    shape = next((s for s in env.shapes if s.stack == measured and s.launch == launch
+                  and s.mode == mode), None)
+    if shape is None:
+        outside.append(f"mode {mode} launched {launch} (not measured)")
+    else:
+        outside += [h for h in (_range("batch", batch, *shape.batch),
+                                _range("ctx", ctx, *shape.ctx),
+                                _range("q", q, *shape.q)) if h]
+    band = next((b for b in trust.bands if b.stack == stack and b.launch == launch
+                 and b.mode == mode and b.batch_min <= batch <= b.batch_max), None)
+    if band is None:
+        return Assessment(None, tuple(outside),
+                          f"no band for stack {stack}, {launch} {mode}, batch {batch:g}")
+    return Assessment(band.error_pct, tuple(outside))
