@@ -19,7 +19,7 @@ def _data():
 def test_same_measurements_have_no_spread_and_a_scaled_copy_has_its_factor():
     d = _data()
     assert "0.00% on average" in lease_spread(d, d)
-    scaled = d.subset(np.arange(len(d)) < 40)
+    scaled = d.subset(np.isin(np.arange(len(d)), np.flatnonzero(d.launch == "graph")[:40]))
     object.__setattr__(scaled, "measured_s", scaled.measured_s * 1.02)
     line = lease_spread(d, scaled)
     assert "same 40 shapes" in line and "2.00% on average" in line and "max 2.0%" in line
@@ -36,3 +36,15 @@ def test_the_committed_second_h100_lease_is_within_a_few_percent():
         ROOT / "validation/data/h100-sxm/lease_2026-12-06/steps.csv")
     line = lease_spread(d, again)
     assert "same 88 shapes" in line
+
+
+def test_graph_and_eager_spreads_are_told_apart():
+    d = _data()
+    graph = np.flatnonzero(d.launch == "graph")[:10]
+    eager = np.flatnonzero(d.launch == "eager")[:3]
+    again = d.subset(np.isin(np.arange(len(d)), np.concatenate([graph, eager])))
+    factor = np.where(again.launch == "eager", 2.0, 1.01)
+    object.__setattr__(again, "measured_s", again.measured_s * factor)
+    line = lease_spread(d, again)
+    assert "graph: 10 shapes, 1.00% on average" in line
+    assert "eager: 3 shapes, 100.00% on average" in line
