@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpusim import report
-from gpusim.calibration import quant_moe_report, stacks_report
-from gpusim.calibration.measurements import StepData
 from gpusim.cli.common import (
     Fmt,
     FmtOpt,
@@ -32,6 +30,10 @@ from gpusim.cost.params import StackParams
 from gpusim.errors import bad, cannot
 from gpusim.io import calibrations, loader
 from gpusim.specs import GpuSpec, StackSpec
+
+if TYPE_CHECKING:   # the fitting and reporting modules load when a command runs
+    from gpusim.calibration import stacks_report
+    from gpusim.calibration.measurements import StepData
 
 
 @app.command()
@@ -139,7 +141,7 @@ def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str
 def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration
                        ) -> list[stacks_report.StackEvaluation]:
     """Every measured stack's steps on ``gpu`` predicted from ``physics``."""
-    from gpusim.calibration import measurements
+    from gpusim.calibration import measurements, stacks_report
 
     out = []
     for steps_csv in sorted(directory.glob("*/steps.csv")):
@@ -155,7 +157,7 @@ def _import_agreements(gpu_dir: Path, gpu: GpuSpec, reference: StackSpec,
     """Every stack with committed traces under ``gpu_dir``, imported and compared with
     its hand-checked file on the shapes of its measured graph steps (where it has none,
     the reference stack's: ``steps.csv``)."""
-    from gpusim.calibration import measurements
+    from gpusim.calibration import measurements, stacks_report
 
     out = []
     cal_file = calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml"
@@ -229,7 +231,7 @@ def validate(
     quiet: QuietOpt = False,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
-    from gpusim.calibration import measurements
+    from gpusim.calibration import measurements, quant_moe_report, stacks_report
     from gpusim.calibration import validate as val
 
     shown_dir = str(data_dir) if data_dir is not None else "validation/data"
