@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,14 @@ def bad(source: str, reason: str, *, field: str | None = None, line: int | None 
     """Build a ConfigError; pass ``value`` to show the offending value."""
     return ConfigError(source=source, reason=reason, field=field, line=line,
                        value=None if value is ... else value, has_value=value is not ...)
+
+
+def draft_error(exc: ConfigError) -> ConfigError:
+    """``exc`` from loading a draft model: the loader names ``--model`` for a name it
+    does not know; the draft's option is ``--draft``. Raises nothing."""
+    if exc.source == "--model":
+        return dataclasses.replace(exc, source="--draft")
+    return exc
 
 
 def cannot(path: object, exc: OSError, action: str = "write") -> ConfigError:

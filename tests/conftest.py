@@ -102,3 +102,19 @@ def calibrations(draw) -> Calibration:
             "cudnn_prefill": {"tensor_efficiency": draw(st.floats(0.3, 1.0))},
         },
     )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    """``gpusim ARGV`` in this process: (exit status, stdout, stderr). A traceback is the
+    bug the command-line tests hunt: any exception escaping ``main`` fails the test."""
+    from gpusim.cli import main
+
+    problem = None
+    try:
+        rc = main(argv)
+    except (Exception, SystemExit) as exc:
+        problem = f"gpusim {' '.join(argv)} raised {type(exc).__name__}: {exc}"
+    if problem:  # failed outside the handler: no chained (possibly huge) traceback
+        pytest.fail(problem, pytrace=False)
+    out, err = capsys.readouterr()
+    return rc, out, err

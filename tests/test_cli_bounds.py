@@ -10,8 +10,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
-from gpusim.cli import main
 from gpusim.errors import ConfigError
 from gpusim.io import jsontext, loader
 from gpusim.io.yamlfile import load_yaml
@@ -20,18 +20,6 @@ REPO = loader.ROOT
 HF = json.loads((REPO / "tests" / "fixtures" / "hf_config_llama.json").read_text("utf-8"))
 SERVE = ["serve", "--gpu", "h100-sxm", "--model", "llama-3.2-1b", "--quiet"]
 SPEC = ["spec", "--gpu", "h100-sxm", "--target", "llama-3.1-8b", "--draft", "llama-3.2-1b"]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    problem = None
-    try:
-        rc = main(argv)
-    except (Exception, SystemExit) as exc:  # a traceback is the bug this file hunts
-        problem = f"gpusim {' '.join(argv)} raised {type(exc).__name__}: {exc}"
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

@@ -181,6 +181,15 @@ def test_working_says_so_on_stderr_unless_quiet(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_spec_validate_shows_progress_unless_quiet(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(progress, "FIRST_REPORT_S", 0.01)
+    rc, _, err = run(capsys, ["spec-validate", "--report", str(tmp_path / "a.md")])
+    assert rc == 0 and "gpusim: spec-validate h100-sxm: working" in err
+    rc, _, err = run(capsys, ["spec-validate", "--quiet", "--report", str(tmp_path / "b.md")])
+    assert rc == 0 and "working" not in err and "rows" not in err
+    assert (tmp_path / "a.md").read_text() == (tmp_path / "b.md").read_text()
+
+
 def test_huge_best_tree_is_refused_quickly(capsys):
     start = time.monotonic()
     err = one_line(capsys, ["spec", "--gpu", "h100-sxm", "--model", "llama-3.1-8b",

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from gpusim import report
-from gpusim.cli import main
 from gpusim.errors import ConfigError
 from gpusim.io import loader
 
@@ -23,18 +23,6 @@ ROWS = "model,mode,batch,ctx,q\nllama-3.1-8b,decode,1,1024,1\nllama-3.2-1b,decod
 SERVE = ["serve", "--gpu", "h100-sxm", "--model", "llama-3.2-1b", "--quiet", "--rate", "2",
          "--prompt-dist", "128", "--output-dist", "16", "--duration-s", "3", "--seed", "1"]
 ENV = {**os.environ, "PYTHONPATH": str(loader.ROOT)}
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    problem = None
-    try:
-        rc = main(argv)
-    except (Exception, SystemExit) as exc:  # a traceback is the bug this file hunts
-        problem = f"gpusim {' '.join(argv)} raised {type(exc).__name__}: {exc}"
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc: int, out: str, err: str) -> str:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from gpusim.cli import main
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_GPU = (REPO / "hardware" / "h100-sxm.yaml").read_text(encoding="utf-8")
@@ -27,18 +26,6 @@ GOOD_MODEL = (REPO / "workloads" / "models" / "llama-3.1-8b.yaml").read_text(enc
 HEADER = "model,mode,batch,ctx,q\n"
 GOOD_ROW = "llama-3.1-8b,decode,1,1024,1\n"
 SENTINEL = "old predictions, must survive\n"
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    problem = None
-    try:
-        rc = main(argv)
-    except (Exception, SystemExit) as exc:  # a traceback is the bug this file hunts
-        problem = f"gpusim {' '.join(argv)} raised {type(exc).__name__}: {exc}"
-    if problem:  # failed outside the handler: no chained (possibly huge) traceback
-        pytest.fail(problem, pytrace=False)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_one_line_error(rc: int, out: str, err: str) -> str:

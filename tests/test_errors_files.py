@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
-from gpusim.cli import main
 from gpusim.errors import ConfigError
 from gpusim.io import loader
 
@@ -63,18 +63,6 @@ def line_of(content: str | bytes, marker: str) -> int:
     hits = [i + 1 for i, line in enumerate(text.split("\n")) if marker in line]
     assert len(hits) == 1, f"marker {marker!r} found on lines {hits}"
     return hits[0]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    problem = None
-    try:
-        rc = main(argv)
-    except (Exception, SystemExit) as exc:  # a traceback is the bug this file hunts
-        problem = f"gpusim {' '.join(argv)} raised {type(exc).__name__}: {exc}"
-    if problem:  # failed outside the handler: no chained (possibly huge) traceback
-        pytest.fail(problem, pytrace=False)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_one_line_error(rc: int, out: str, err: str) -> str:

@@ -135,7 +135,7 @@ def test_a_calibration_for_another_gpu_or_stack_is_refused(tmp_path, h100):
     with pytest.raises(ConfigError, match="for h200, not h100-sxm"):
         calibrations.load_calibration(str(h200_file), h100, stack)
     other = _stack_file(tmp_path, "torch-other", "flash_decode")
-    with pytest.raises(ConfigError, match="no host costs for it"):
+    with pytest.raises(ConfigError, match="no host costs for torch-other"):
         calibrations.load_calibration("auto", h100, loader.load_stack(str(other)))
     # a stack that says whose host costs stand in for its own is priced, and says so
     data = yaml.safe_load(other.read_text())

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpusim.cli import main
 from gpusim.cli.plan import hardware_for, parse_slo
 from gpusim.cost.gemm import _schedule, gemm_schedule
 from gpusim.errors import ConfigError, FieldError
@@ -350,14 +350,6 @@ def test_capacity_grows_with_the_slo(screen_parts):
 # ----------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------
-def run_cli(capsys, argv):
-    try:
-        rc = main(argv)
-    except (Exception, SystemExit) as exc:   # a traceback is the bug
-        pytest.fail(f"gpusim {' '.join(argv)} raised {type(exc).__name__}: {exc}",
-                    pytrace=False)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_line_error(rc, out, err) -> str:
@@ -449,3 +441,15 @@ def test_a_gpu_never_measured_is_named_with_its_borrowed_calibration(result):
     cals = plan_output.as_dict(result, "llama-3.1-8b", None)["calibrations"]
     assert cals["b200"] == "transferred from h100-sxm"
     assert not cals["h100-sxm"].startswith("transferred")
+
+
+def test_winner_trust_in_json_and_summary(result):
+    # the winner's run over the full window tallied its step shapes: its band and
+    # envelope (a GPU without a calibration of its own: unknown, never a crash)
+    w = result.winner
+    assert w is not None and w.shapes is not None and w.shapes.steps > 0
+    trust = plan_output.as_dict(result, "llama-3.1-8b", None)["winner_trust"]
+    assert {"band_pct", "envelope", "outside_step_fraction", "steps"} <= set(trust)
+    assert trust["envelope"] == "unknown" or trust["band_pct"] is not None
+    lines = plan_output.summary_lines(result, "llama-3.1-8b", None)
+    assert sum(line.startswith("trust: ") for line in lines) == 1

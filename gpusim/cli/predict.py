@@ -37,6 +37,7 @@ from gpusim.errors import ConfigError, bad
 from gpusim.io import loader
 from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.specs.enums import Mode
+from gpusim.specs.stack import STACK_ALIASES
 
 
 @app.command()
@@ -100,6 +101,10 @@ def predict(
         if model is not None:
             raise bad("--model", "give either --in (a CSV of shapes) or --model, not both")
         header, rows = rows_mod.read_rows(rows_in)
+        rows_mod.check_columns(str(rows_in), header, rows, {
+            "gpu": g.name, "launch": plat.launch.value,
+            "stack": (plat.stack.name, *[k for k, v in STACK_ALIASES.items()
+                                         if v == plat.stack.name])})
         preds = rows_mod.predict_rows(rows, str(rows_in), plat,
                                       capacity.fitting_model_loader(
                                           g, lambda n: for_stack(loader.load_model(n),

@@ -160,6 +160,8 @@ def serve(
     from gpusim.io.overhead import load_overhead
     from gpusim.report import serving_figures as figures
     from gpusim.report import serving_output as output
+    from gpusim.report import trust_outputs
+    from gpusim.serving.shapes import StepShapes
 
     (json_flag, out_json), (csv_flag, out_csv) = split_out(out, fmt, out_json, out_csv)
     piped = check_outputs({json_flag: out_json, csv_flag: out_csv, "--html": html,
@@ -202,17 +204,21 @@ def serve(
         if rate is not None or duration_s is not None or scenario is None:  # the file
             raise bad("--rate", str(exc)) from None
         raise bad(str(scenario), str(exc), field="arrival.rate_per_s") from None
+    ov = load_overhead("auto", plat.gpu) if sc.speculative is not None else None
     with flags(spec_acceptance="--acceptance", spec_k="--k",
                block_size_tokens="--block-size"):
-        engine = serving.build_engine(
-            plat, m, sc, scenario_io.scenario_draft(
-                sc, lambda n: for_stack(loader.load_model(n), plat.stack)),
-            load_overhead("auto", plat.gpu) if sc.speculative is not None else None)
+        draft = scenario_io.scenario_draft(
+            sc, lambda n: for_stack(loader.load_model(n), plat.stack))
+        engine = serving.build_engine(plat, m, sc, draft, ov)
     trace = scenario_io.scenario_trace(sc)
     total = float(sc.duration_s or 0.0)
     with progress_bar(total, quiet=quiet or total <= 0) as tick:
-        result = serving.simulate(engine, sc, tick, trace)
+        shapes = StepShapes()
+        result = serving.simulate(engine, sc, tick, trace, shapes)
     _check_served(result, m.max_position_embeddings)
+    result["trust"] = trust_outputs.serving_trust(
+        plat, m, shapes, None if engine.spec is None or draft is None or ov is None
+        else (draft, engine.spec.acceptance_rate, ov))
     outputs = [(path, text(result)) for path, text in (
         (out_json, output.json_text), (out_csv, output.csv_text), (html, figures.serve_html))
         if path is not None]
@@ -233,6 +239,7 @@ def serve(
         from gpusim.serving.metrics import METRIC_DEFINITIONS
 
         print(METRIC_DEFINITIONS, file=sys.stderr)
+        trust_outputs.serving_warning(result["trust"])
 
 
 _REJECTIONS = {"exceeds_context_window": "longer than {model}'s context window of "

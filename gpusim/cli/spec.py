@@ -30,7 +30,7 @@ from gpusim.cli.common import (
     setup,
     wrote,
 )
-from gpusim.cli.progress import working
+from gpusim.cli.progress import QuietOpt, working
 from gpusim.errors import bad
 from gpusim.io import loader
 
@@ -94,6 +94,7 @@ def spec(
 
     from gpusim.cli import spec_options as options
     from gpusim.report import spec_output as output
+    from gpusim.report import trust_outputs
     from gpusim.speculative import iteration as it
 
     piped = check_outputs({"--timeline": timeline})
@@ -114,6 +115,7 @@ def spec(
         mc = (sp.monte_carlo(batch, mc_iterations, np.random.default_rng(seed))
               if mc_iterations else None)
     rec = output.spec_record(p, g, cal, ov, mc)
+    rec.update(trust_outputs.spec_fields(plat, sp, batch, ctx, rec))
     if timeline is not None:
         tl = it.simulate_iteration(plat, ov, sp, batch, ctx)
         title = (f"{sp.target.name} + {sp.draft.label} {sp.tree.label()} b={batch} "
@@ -131,6 +133,8 @@ def spec(
                      f"batch={batch} ctx={ctx} on {g.name} (stack {plat.stack.name}, calibration: "
                      f"{describe_calibration(plat)}; "
                      f"overhead: {ov.fitted_on})", [rec], list(output.TABLE_COLUMNS))
+        trust_outputs.warn(str(rec["envelope"]), rec["band_pct"],  # type: ignore[arg-type]
+                           str(rec.get("no_band", "")), "the iteration")
 
 
 @app.command("spec-sweep")
@@ -170,6 +174,7 @@ def spec_sweep(
     """Speedup over plain decoding against batch and context; best k; break-even batch."""
     from gpusim.cli import spec_options as options
     from gpusim.report import spec_figures as figures
+    from gpusim.report import trust_outputs
     from gpusim.speculative import sweep as sw
 
     piped = check_outputs({"--html": html, "--report": md, "--out": out})
@@ -186,6 +191,8 @@ def spec_sweep(
     with flags(batch="--batches", ctx="--ctxs", k="--ks", max_batch="--max-batch"), \
             working("spec-sweep", quiet):
         res = sw.sweep(plat, ov, t, sp.draft, accs, grid)
+        for row in res.rows:
+            row.update(trust_outputs.sweep_fields(plat, t, sp, row))
     title = f"{t.name} + {sp.draft.label} on {g.name}"
     notes = [f"Calibration: {describe_calibration(plat)}; host round trip "
              f"{ov.host_round_trip_s * 1e6:.1f} us ({ov.fitted_on}); launch {launch.value}."]
@@ -211,6 +218,7 @@ def spec_sweep(
         _print_table("best k per (acceptance, ctx, batch)", res.best,
                      ["acceptance", "ctx", "batch", "best_k", "speedup", "ms_per_token",
                       "fits_in_memory"])
+        trust_outputs.warn_rows(res.rows)
 
 
 @app.command("spec-validate")
@@ -235,6 +243,7 @@ def spec_validate(
     ] = False,
     calibration: CalOpt = "auto",
     stack: StackOpt = loader.REFERENCE_STACK,
+    quiet: QuietOpt = False,
 ) -> None:
     """Fit the host round trip per GPU and report predicted vs measured iterations."""
     from gpusim.calibration import spec_measured as measured
@@ -263,11 +272,13 @@ def spec_validate(
         rows = measured.read_spec_csv(f)
         try:
             plat = Platform(g, st, calibrations.load_calibration(calibration, g, st))
-            results.append(val.validate_gpu(plat, rows, loader.load_model, fit_pair,
-                                            str(f)))
+            with working(f"spec-validate {g.name}", quiet):
+                results.append(val.validate_gpu(plat, rows, loader.load_model, fit_pair,
+                                                str(f)))
         except ValueError as exc:
             raise bad(str(f), str(exc)) from None
-        print(f"{g.name}: {len(rows)} rows", file=sys.stderr)
+        if not quiet:
+            print(f"{g.name}: {len(rows)} rows", file=sys.stderr)
     md = val.markdown(results, "gpusim spec-validate --data " + shown_dir)
     outputs = [(report_path, md)] if report_path is not None else []
     if points_path is not None:

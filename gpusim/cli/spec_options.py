@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from gpusim.errors import bad
+from gpusim.errors import ConfigError, bad, draft_error
 from gpusim.io import loader
 from gpusim.io.acceptance import parse_acceptance
 from gpusim.io.overhead import load_overhead
@@ -52,6 +52,8 @@ def speculation_from_options(target: str, draft: str, acceptance: str, k: int | 
         d = parse_draft(draft, load)
     except ValueError as exc:
         raise bad("--draft", str(exc)) from None
+    except ConfigError as exc:  # the loader names --model for an unknown name
+        raise draft_error(exc) from None
     acc = acceptance_option(acceptance)
     if tree is not None and k is not None:
         raise bad("--tree", "give either --k (a chain) or --tree, not both")

@@ -303,8 +303,9 @@ class CalibrationSet(Frozen):
             have = ", ".join(sorted(self.stacks)) or "none"
             raise ValueError(
                 f"stack={stack.name!r}: this calibration of {self.gpu} has no host costs "
-                f"for it (it has: {have}); measure it and run `gpusim calibrate`, name a "
-                f"measured stack in its file's host_costs_from, or use --calibration none")
+                f"for {stack.name} (it has: {have}); measure it and run `gpusim calibrate`, "
+                "name a measured stack in its file's host_costs_from, or use "
+                "--calibration none")
         own = self.stacks[source]
         cal = Calibration(gpu=self.gpu, stack=stack.name,
                           host_from=None if source == stack.name else source,

@@ -10,12 +10,16 @@ leave-one-model-out (held-out) errors of the fit that produced it
   sizes (parameter counts) and, per (launch, mode), the batch, context and q ranges.
 
 ``assess`` looks a shape up: its band (or why there is none) and the dimensions in
-which it lies outside the envelope. A calibration without a trust section (an old
+which it lies outside the envelope; ``combined`` joins the assessments of several steps
+(a speculative iteration, a serving run) into one, ``ratio_band_pct`` gives the band
+of a ratio of two predictions (a speedup). A calibration without a trust section (an old
 file, ``--calibration none``) has no band, and ``assess`` says so: never an error.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -164,3 +168,51 @@ def assess(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
         return Assessment(None, tuple(outside),
                           f"no band for stack {stack}, {launch} {mode}, batch {batch:g}")
     return Assessment(band.error_pct, tuple(outside))
+
+
+def combined(parts: Sequence[tuple[str, Assessment, float]]) -> Assessment:
+    """One band and envelope check for work made of several steps: ``parts`` are
+    (label, the step's assessment, its predicted seconds).
+
+    The band is the time-weighted mean of the steps' ``band_pct``: the relative error
+    of a sum of steps whose errors share a sign (they come from one calibration's
+    physics, so they mostly do) is exactly that mean, and it never exceeds the largest
+    step's band (taking the largest instead would charge a short step's wide band to
+    the whole). Any step without a band: no band (``no_band`` names it). Outside: each
+    step's dimensions, prefixed with its label, in order, once per (label, dimension). Raises
+    ValueError for no parts or a negative or non-finite weight."""
+    if not parts:
+        raise ValueError("no steps to combine")
+    if any(not math.isfinite(w) or w < 0.0 for _, _, w in parts):
+        raise ValueError(f"step times must be finite and >= 0: {[w for *_, w in parts]}")
+    # one message per (step label, dimension): a chain's draft steps at ctx L .. L+k-1
+    # name the first beyond the range, not each
+    first: dict[tuple[str, str], str] = {}
+    for label, a, _ in parts:
+        for o in a.outside:
+            first.setdefault((label, o.split(" ", 1)[0]), f"{label}: {o}" if label else o)
+    outside = tuple(first.values())
+    missing = next(((label, a) for label, a, _ in parts if a.band_pct is None), None)
+    if missing is not None:
+        label, a = missing
+        return Assessment(None, outside, a.no_band if a.no_band == NO_TRUST
+                          else f"{label}: {a.no_band}" if label else a.no_band)
+    total = sum(w for *_, w in parts)
+    band = (sum(float(a.band_pct) * w for _, a, w in parts) / total if total > 0  # type: ignore[arg-type]
+            else max(float(a.band_pct) for _, a, _ in parts))  # type: ignore[arg-type]
+    return Assessment(band, outside)
+
+
+def ratio_band_pct(num_pct: float | None, den_pct: float | None) -> float | None:
+    """The band of a ratio of two predictions (a speedup: baseline time / speculative
+    time), conservatively: their errors are taken as independent and of opposite
+    signs, the worst case, so predicted/true ratio lies in [(1-a)/(1+b), (1+a)/(1-b)]
+    for bands a, b (fractions); returns the larger deviation in percent, None when
+    either has no band (inf from a band of 100% or more). Errors of one calibration
+    partly cancel in a ratio, so the true spread is usually narrower. Raises nothing."""
+    if num_pct is None or den_pct is None:
+        return None
+    a, b = num_pct / 100.0, den_pct / 100.0
+    if b >= 1.0:
+        return math.inf
+    return 100.0 * max((1.0 + a) / (1.0 - b) - 1.0, 1.0 - (1.0 - a) / (1.0 + b))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpusim.errors import ConfigError, bad
+from gpusim.errors import ConfigError, bad, draft_error
 from gpusim.io import yamlfile
 from gpusim.io.trace import read_trace
 from gpusim.serving.scenario import LengthSpec, Scenario
@@ -239,3 +239,5 @@ def scenario_draft(scenario: Scenario, resolve: Callable[[str], ModelSpec]) -> D
         return parse_draft(scenario.speculative.draft, resolve)
     except ValueError as exc:
         raise bad("--spec-draft", str(exc)) from None
+    except ConfigError as exc:
+        raise draft_error(exc) from None

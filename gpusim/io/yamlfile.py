@@ -186,8 +186,9 @@ def validate(cls: type[M], data: dict[str, Any], source: str,
         kind = err["type"]
         ctx = err.get("ctx") or {}
         if kind == "field_value" and isinstance(ctx.get("field"), str):
-            # a cross-field check (specs.field_error) names the key to blame
-            loc = (*loc, ctx["field"])
+            # a cross-field check (specs.field_error) names the key to blame (dotted:
+            # a nested key)
+            loc = (*loc, *ctx["field"].split("."))
             value = _get(data, loc)
             if value is not _MISSING:
                 err = {**err, "input": value}

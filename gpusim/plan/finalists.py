@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from gpusim.plan.space import Deployment, Limits, Option, Slo
 from gpusim.plan.workload import WorkloadProfile, replica_scenario, sim_window_s
 from gpusim.serving import Engine, build_engine, simulate
 from gpusim.serving.scenario import Scenario
+from gpusim.serving.shapes import StepShapes
 from gpusim.serving.trace import Trace
 
 BACKLOG_GROWTH = 2.0    # requests: a queue that grows more over a window is overloaded
@@ -32,7 +33,9 @@ class Verdict:
     """A simulated deployment: one replica's p99 latencies (seconds), what it rejected
     and preempted, and whether it meets the SLOs (``miss``: which target it missed, in
     words; ``overloaded``: its waiting queue kept growing). ``window_s``: the arrival
-    window simulated; ``wall_s``: the run's time."""
+    window simulated; ``wall_s``: the run's time; ``shapes``: its steps' shapes, tallied
+    only over the scenario's full window (a confirming run: what the winner's trust is
+    judged on), else None."""
 
     deployment: Deployment
     load_factor: float
@@ -47,6 +50,7 @@ class Verdict:
     miss: str
     wall_s: float
     overloaded: bool = False
+    shapes: StepShapes | None = field(default=None, compare=False, repr=False)
 
     @property
     def cost_per_hour(self) -> float:
@@ -164,8 +168,10 @@ class Simulator:
             return hit
         engine = self.engine(deployment.option)
         sc = self.scenario_for(deployment, load_factor, window)
+        # the full window's run may stand as the winner: tally its step shapes (trust)
+        shapes = StepShapes() if window == self.window_s(deployment, load_factor, True) else None
         t0 = time.perf_counter()
-        summary = simulate(engine, sc, None, self.trace)
+        summary = simulate(engine, sc, None, self.trace, shapes)
         wall = time.perf_counter() - t0
         self.sim_s += wall
         self.runs += 1
@@ -177,6 +183,7 @@ class Simulator:
             rejected=int(summary["requests"]["rejected"]),
             preemptions=int(summary["requests"]["preemptions"]),
             output_tokens_per_s=float(summary["throughput"]["output_tokens_per_s"]),
-            meets=meets, miss=miss, wall_s=wall, overloaded=_overloaded(summary))
+            meets=meets, miss=miss, wall_s=wall, overloaded=_overloaded(summary),
+            shapes=shapes)
         self._verdicts[key] = verdict
         return verdict

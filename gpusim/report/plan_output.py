@@ -11,6 +11,7 @@ from gpusim import report
 from gpusim.plan import PlanResult, Verdict
 from gpusim.plan.planner import screen_best
 from gpusim.plan.search import Screened
+from gpusim.report import trust_outputs
 
 FRONT_COLUMNS = ["gpu", "tp", "replicas", "gpus", "stack", "speculation", "max_num_seqs",
                  "max_num_batched_tokens", "usd_per_hour", "usd_per_million_tokens",
@@ -187,7 +188,21 @@ def summary_lines(res: PlanResult, model: str, command: str | None) -> list[str]
                    f"{verdict}")
     out += [f"{line.gpu}: {line.text}" for line in res.lines]
     out += [f"sensitivity: {s}" for s in res.sensitivity_lines()]
+    if w is not None:
+        out.append(trust_outputs.summary_line(winner_trust(res)))
     return out + _trust_lines(res)
+
+
+def winner_trust(res: PlanResult) -> dict[str, Any] | None:
+    """The winner's ``serve`` trust object (``report.trust_outputs.serving_trust``) from
+    its run over the scenario's full window; None without a winner or such a run."""
+    w = res.winner
+    if w is None or w.shapes is None:
+        return None
+    o = w.deployment.option
+    spec = (None if o.spec is None or o.hardware.overhead is None
+            else (o.spec.draft, o.spec.acceptance, o.hardware.overhead))
+    return trust_outputs.serving_trust(o.platform, o.model, w.shapes, spec)
 
 
 def _trust_lines(res: PlanResult) -> list[str]:
@@ -229,6 +244,7 @@ def as_dict(res: PlanResult, model: str, command: str | None) -> dict[str, Any]:
                     "prefill_mean_tokens": p.prefill_mean_tokens},
         "slo": {"ttft_p99_s": req.slo.ttft_p99_s, "tpot_p99_s": req.slo.tpot_p99_s},
         "winner": verdict_dict(res, w) if w is not None else None,
+        "winner_trust": winner_trust(res),
         "usd_per_million_output_tokens": (res.usd_per_million_output_tokens(w.cost_per_hour)
                                           if w is not None else None),
         "serve_command": command,

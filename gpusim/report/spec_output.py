@@ -11,7 +11,8 @@ from gpusim.speculative.overhead import SpecOverhead
 
 TABLE_COLUMNS = ("iteration_ms", "draft_step_ms", "draft_ms", "verify_ms", "target_step_ms",
                  "overhead_ms", "tokens_per_iteration", "ms_per_token",
-                 "baseline_ms_per_token", "speedup", "fits_in_memory")
+                 "baseline_ms_per_token", "speedup", "fits_in_memory", "band_pct",
+                 "speedup_band_pct")
 
 
 def spec_record(pred: IterationPrediction, gpu: GpuSpec, cal: Calibration,

@@ -36,6 +36,7 @@ from gpusim.serving.plan import Chunk, LoopStateError, StepPlan, StepRecord
 from gpusim.serving.prefix_cache import PrefixKVCache
 from gpusim.serving.requests import Request
 from gpusim.serving.scheduler import Batch, make_scheduler
+from gpusim.serving.shapes import StepShapes
 from gpusim.serving.speculation import SpecStepModel
 from gpusim.serving.state import EngineState
 from gpusim.serving.summary import ServingSummary, summarize
@@ -121,13 +122,16 @@ class ServingLoop:
     the run once ``finished``), ``state`` (queues, running requests, KV cache),
     ``metrics``, ``source``. The constructor raises ValueError when the engine was
     built for other scheduler limits or the scenario's trace is missing; any method raises
-    InvariantError when the simulation breaks an invariant (a bug).
+    InvariantError when the simulation breaks an invariant (a bug). ``shapes``: a
+    tally that every step's shape and time is added to (its trust: ``serving.shapes``).
     """
 
     def __init__(self, engine: Engine, scenario: Scenario,
                  progress: Callable[[float], None] | None = None,
-                 trace: Trace | None = None, source: Source | None = None) -> None:
+                 trace: Trace | None = None, source: Source | None = None,
+                 shapes: StepShapes | None = None) -> None:
         _check_limits(engine, scenario)
+        self.shapes = shapes
         sched = scenario.scheduler
         self.engine = engine
         self.scenario = scenario
@@ -254,8 +258,10 @@ class ServingLoop:
     def _apply(self, work: _Work) -> None:
         """Run planned work from ``now``: record the step, take the arrivals meanwhile,
         emit tokens and let requests finish at its end, then move to the next step."""
-        batch, dt, moved, tokens, _, extra = work
+        batch, dt, moved, tokens, k, extra = work
         st, m, source = self.state, self.metrics, self.source
+        if self.shapes is not None:
+            self.shapes.add(batch.decode, batch.decode_ctx_tokens, batch.chunks, k, dt)
         kv = st.kv
         t0 = self.now
         t1 = t0 + dt

@@ -15,6 +15,7 @@ from gpusim.platform import Platform
 from gpusim.serving.kv_cache import KvBudget, kv_budget
 from gpusim.serving.loop import MAX_ARRIVALS, ServingLoop, too_many_arrivals
 from gpusim.serving.scenario import Scenario
+from gpusim.serving.shapes import StepShapes
 from gpusim.serving.speculation import SpecStepModel, build_spec_step_model, draft_memory
 from gpusim.serving.step_time import StepTimeModel, build_step_time_model
 from gpusim.serving.trace import Trace
@@ -91,12 +92,14 @@ def build_engine(platform: Platform, model: ModelSpec, scenario: Scenario,
 
 def simulate(engine: Engine, scenario: Scenario,
              progress: Callable[[float], None] | None = None,
-             trace: Trace | None = None) -> dict[str, Any]:
+             trace: Trace | None = None, shapes: StepShapes | None = None
+             ) -> dict[str, Any]:
     """Run ``scenario`` on ``engine`` to the end (``trace``: the trace it replays, if
-    any); returns the summary (JSON-ready, deterministic for a given seed;
-    ``ServingSummary.as_dict``). Raises ValueError when the engine was built for other
-    scheduler limits or the trace is missing, InvariantError on a bug."""
-    loop = ServingLoop(engine, scenario, progress, trace)
+    any; ``shapes``: a tally of its steps' shapes, filled as it runs); returns the
+    summary (JSON-ready, deterministic for a given seed; ``ServingSummary.as_dict``).
+    Raises ValueError when the engine was built for other scheduler limits or the
+    trace is missing, InvariantError on a bug."""
+    loop = ServingLoop(engine, scenario, progress, trace, shapes=shapes)
     loop.run()
     return loop.summary().as_dict()
 

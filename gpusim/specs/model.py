@@ -153,6 +153,11 @@ class ModelSpec(Frozen):
                 "hidden_size",
                 f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                 f"({self.num_attention_heads}); give head_dim")
+        if self.head_dim_eff % 2:
+            raise field_error(
+                "head_dim" if self.head_dim is not None else "hidden_size",
+                f"head_dim ({self.head_dim_eff}) must be even: RoPE rotates pairs of a "
+                "head's dimensions")
         return self
 
     @model_validator(mode="after")

@@ -177,6 +177,28 @@ class StackSpec(Frozen):
                               f"{', '.join(missing)}: give one per decode, verify, prefill, tree")
         return self
 
+    @model_validator(mode="after")
+    def _runs_a_forward(self) -> StackSpec:
+        """A forward needs each layer's attention and projections (q, k, v or a fused
+        qkv; o; gate and up or a fused gate_up; down) and the LM head: a stack missing
+        one would price a step without it, silently fast."""
+        layer = {o.weight for o in self.layer if o.op == "gemm"}
+        needs = [("attention", any(o.op == "attention" for o in self.layer)),
+                 ("gemm weight qkv (or q, k and v)",
+                  "qkv" in layer or {"q", "k", "v"} <= layer),
+                 ("gemm weight o", "o" in layer),
+                 ("gemm weight gate_up (or gate and up)",
+                  "gate_up" in layer or {"gate", "up"} <= layer),
+                 ("gemm weight down", "down" in layer)]
+        missing = [what for what, ok in needs if not ok]
+        if missing:
+            raise field_error("layer", f"a layer must run {', '.join(missing)}: a forward "
+                              "without them is not a forward (ops: "
+                              f"{', '.join(o.name for o in self.layer) or 'none'})")
+        if not any(o.op == "gemm" and o.weight == "lm_head" for o in self.epilogue):
+            raise field_error("epilogue", "the epilogue must run the gemm of weight lm_head")
+        return self
+
     def family(self, mode: str) -> str:
         """The attention kernel family this stack runs ``mode`` with."""
         return self.attention[mode]  # type: ignore[index]

@@ -119,7 +119,9 @@ def sweep(platform: Platform, overhead: SpecOverhead, target: ModelSpec, draft: 
                      "iteration_ms": float(p.iteration_s[i]) * 1e3,
                      "tokens_per_iteration": tokens[k], "ms_per_token": ms_tok,
                      "baseline_ms_per_token": base, "speedup": base / ms_tok,
-                     "fits_in_memory": bool(p.fits[i])}
+                     "fits_in_memory": bool(p.fits[i]),
+                     "draft_ms": float(p.draft_s[i]) * 1e3,
+                     "verify_ms": float(p.verify_s[i]) * 1e3}
                 rows.append(r)
                 cell.append(r)
             top = max(cell, key=lambda r: r["speedup"])  # type: ignore[arg-type,return-value]

@@ -119,6 +119,46 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
     return header, rows
 
 
+# columns naming a setting the command takes from its options (--gpu, --stack,
+# --launch), not per row: honoured where every cell agrees with the command's (a
+# steps.csv's launch column under the same --launch), else refused
+SETTING_COLUMNS = {"gpu": "--gpu", "stack": "--stack", "launch": "--launch"}
+# columns that would change a step's time but that gpusim does not take per row; any
+# other column (an id, a measured time) is carried to the output untouched
+UNMODELLED_COLUMNS = {
+    "pp": "give --pp", "ep": "give --ep", "micro_batches": "give --micro-batches",
+    "dp": "predict one replica", "dtype": "use the weight_dtype column",
+    "torch_dtype": "use the weight_dtype column",
+    "quantization": "use the weight_dtype column", "calibration": "give --calibration",
+    "draft": "use gpusim spec", "k": "use gpusim spec", "acceptance": "use gpusim spec"}
+
+
+def check_columns(source: str, header: list[str], rows: list[Row],
+                  settings: dict[str, str | tuple[str, ...]]) -> None:
+    """Refuse a column gpusim cannot honour: one of UNMODELLED_COLUMNS, or a
+    SETTING_COLUMNS cell other than the command's setting (``settings``: column -> the
+    value, or the values, the command runs with). Raises ConfigError (file:line:
+    column)."""
+    for name in header:
+        if name in UNMODELLED_COLUMNS:
+            raise bad(source, f"column {name!r} cannot be honoured per row (it would "
+                      f"be ignored): {UNMODELLED_COLUMNS[name]}; the columns read are "
+                      f"{','.join(REQUIRED + OPTIONAL)} and {','.join(SETTING_COLUMNS)} "
+                      "(equal to the command's), others are passed through",
+                      field=name, line=1)
+    for name, flag in SETTING_COLUMNS.items():
+        if name not in header or name not in settings:
+            continue
+        want = settings[name]
+        allowed = (want,) if isinstance(want, str) else want
+        for r in rows:
+            cell = r.raw.get(name, "")
+            if cell and cell not in allowed:
+                raise bad(source, f"this run predicts {flag} {allowed[0]} for every row; "
+                          f"run the rows of {cell} with {flag} {cell}", field=name,
+                          line=r.line, value=cell)
+
+
 def _check_memory(platform: Platform, model: ModelSpec, rows: list[Row], tokens: np.ndarray,
                   source: str) -> None:
     """Raise ConfigError at the first row whose weights and KV exceed the HBM of the
