@@ -79,10 +79,23 @@ def cannot(path: object, exc: OSError, action: str = "write") -> ConfigError:
     return bad(str(path), f"cannot {action}: {reason}")
 
 
-def read_text(path: Path, encoding: str = "utf-8") -> str:
+MAX_TEXT_FILE_BYTES = 512 << 20   # the largest text input gpusim reads (a trace, a CSV)
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:,.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:,.1f} kB"
+
+
+def read_text(path: Path, encoding: str = "utf-8",
+              limit_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
     """A text file's contents (``encoding="utf-8-sig"`` drops a BOM). Raises ConfigError
-    for a file that cannot be read or is not text in that encoding."""
+    for a file that cannot be read, is larger than ``limit_bytes`` (read before it could
+    exhaust memory) or is not text in that encoding."""
     try:
+        size_bytes = path.stat().st_size
+        if size_bytes > limit_bytes:
+            raise bad(str(path), f"file of {_size(size_bytes)}: gpusim reads inputs of "
+                      f"this kind up to {_size(limit_bytes)}")
         return path.read_text(encoding=encoding)
     except OSError as exc:
         raise bad(str(path), f"cannot read file: {exc.strerror}") from None

@@ -291,3 +291,42 @@ def test_calibrate_bad_data(case: str, tmp_path: Path,
     if case in ("one-row", "eager-only"):
         assert "CUDA-graph rows" in msg
     assert not out.exists()
+
+
+# --- every reader: not UTF-8, too large -------------------------------------------------
+def _readers(stack, models):
+    from gpusim.calibration import gemm_picks, micro, profiles, spec_measured, steady_clocks
+    return {
+        "micro": lambda p: micro.read_micro(p, stack, models),
+        "profiles": lambda p: profiles.read_profiles([p], stack),
+        "gemm_sweep": gemm_picks.read_sweep,
+        "spec": spec_measured.read_spec_csv,
+        "power_shapes": steady_clocks.read_shapes,
+        "power_samples": steady_clocks.read_samples,
+    }
+
+
+@pytest.mark.parametrize("reader", ["micro", "profiles", "gemm_sweep", "spec", "power_shapes",
+                                    "power_samples"])
+def test_calibration_csv_readers_name_a_file_that_is_not_utf8(reader: str, tmp_path: Path,
+                                                               stack, models) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"model,mode\n\xff\xfe\xfa,decode\n")
+    with pytest.raises(ConfigError) as exc:
+        _readers(stack, models.values())[reader](path)
+    assert exc.value.source == str(path) and "UTF-8" in str(exc.value)
+
+
+def test_a_text_input_beyond_its_size_limit_is_refused_before_reading(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    from gpusim import errors
+    from gpusim.io import yamlfile
+
+    path = tmp_path / "big.yaml"
+    path.write_text("name: x\n" + "# padding\n" * 2000)
+    with pytest.raises(ConfigError, match="up to"):
+        errors.read_text(path, limit_bytes=1000)
+    monkeypatch.setattr(yamlfile, "MAX_YAML_BYTES", 1000)
+    with pytest.raises(ConfigError, match=r"file of 20.\d kB: gpusim reads inputs of "
+                       r"this kind up to 1.0 kB"):
+        yamlfile.load_yaml(path)

@@ -242,6 +242,27 @@ def test_write_all_is_all_or_none(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv"]
 
 
+def test_write_all_puts_back_what_it_renamed_when_a_later_rename_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpusim.report.files as files
+
+    (tmp_path / "a.json").write_text("old a", encoding="utf-8")
+    real, calls = files.os.replace, []
+
+    def third_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", third_fails)
+    with pytest.raises(ConfigError, match="No space left"):
+        report.write_all([(tmp_path / "a.json", "new a"), (tmp_path / "b.csv", "new b"),
+                          (tmp_path / "c.html", "new c")])
+    assert (tmp_path / "a.json").read_text(encoding="utf-8") == "old a"   # put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]      # b removed
+
+
 def test_write_all_interrupted_leaves_nothing(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C between staging and renaming: no file written, no temp file left."""

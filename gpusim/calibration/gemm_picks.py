@@ -71,6 +71,8 @@ def read_sweep(path: Path) -> list[SweptPoint]:
                     raise bad(source, f"malformed row: {exc}", line=line) from None
     except OSError as exc:
         raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(source, "file is not UTF-8 text") from None
     out = []
     half = WINDOW // 2
     for (name, n, k), pts in sorted(series.items()):

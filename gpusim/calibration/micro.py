@@ -57,6 +57,8 @@ def read_micro(path: Path, stack: StackSpec, models: Iterable[ModelSpec],
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(source, "file is not UTF-8 text") from None
     models = list(models)
     heads = {m.name: (m.num_attention_heads, m.num_key_value_heads, m.head_dim_eff)
              for m in models}

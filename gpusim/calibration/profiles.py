@@ -55,6 +55,8 @@ def read_profiles(paths: list[Path], stack: StackSpec) -> ProfileData | None:
                 rows = list(csv.DictReader(fh))
         except OSError as exc:
             raise bad(str(path), f"cannot read file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise bad(str(path), "file is not UTF-8 text") from None
         for line, r in enumerate(rows, start=2):
             try:
                 key = (r["model"], r["mode"], int(r["batch"]), int(r["ctx"]), int(r["q"]))

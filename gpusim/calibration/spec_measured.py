@@ -9,11 +9,12 @@ acceptance kernels included), plus the plain decoding loop's time per token.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpusim.errors import bad
+from gpusim.errors import bad, read_text
 
 SPEC_COLUMNS = ("pair", "target", "draft", "k", "batch", "ctx", "launch", "iteration_ms",
                 "iteration_p10_ms", "iteration_p90_ms", "repeats", "draft_step_ms",
@@ -47,10 +48,7 @@ class SpecRow:
 def read_spec_csv(path: Path) -> list[SpecRow]:
     """Read a harness spec.csv. Raises ConfigError naming file, line and field."""
     source = str(path)
-    try:
-        fh = path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise bad(source, f"cannot read file: {exc.strerror}") from None
+    fh = io.StringIO(read_text(path), newline="")  # ConfigError: unreadable, not UTF-8
     rows: list[SpecRow] = []
     with fh:
         reader = csv.DictReader(fh)

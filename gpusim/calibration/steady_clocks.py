@@ -93,6 +93,8 @@ def read_shapes(path: Path) -> list[ProbedShape]:
                     raise bad(source, f"malformed row: {exc}", line=line) from None
     except OSError as exc:
         raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(source, "file is not UTF-8 text") from None
     out = []
     for (model, mode, b, c, q), rows in by_key.items():
         t = [r[0] for r in rows]
@@ -118,6 +120,8 @@ def read_samples(path: Path) -> np.ndarray:
                     raise bad(source, f"malformed row: {exc}", line=line) from None
     except OSError as exc:
         raise bad(source, f"cannot read file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise bad(source, "file is not UTF-8 text") from None
     return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 

@@ -26,6 +26,7 @@ Path_ = tuple[str | int, ...]
 MAX_DEPTH = 100          # nesting levels; real files use 4 (far below Python's stack)
 MAX_NODES = 100_000      # values after alias expansion ("billion laughs" guard); the
 #                          largest shipped file has ~200
+MAX_YAML_BYTES = 16 << 20  # a YAML input file; the largest shipped one is ~30 kB
 
 
 class _TooDeep(Exception):
@@ -132,7 +133,7 @@ def _collection_to_py(node: yaml.Node, path: Path_, lines: dict[Path_, int], sou
 def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse one YAML document; returns (data, {key path: line}). Raises ConfigError."""
     source = str(path)
-    text = read_text(path)
+    text = read_text(path, limit_bytes=MAX_YAML_BYTES)
     too_deep = f"nesting too deep (over {MAX_DEPTH} levels)"
     try:
         node = yaml.compose(text, Loader=_DepthLimitedLoader)

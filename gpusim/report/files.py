@@ -29,12 +29,39 @@ def write_atomic(path: Path | str, text: str) -> None:
     write_all([(path, text)])
 
 
+def _backup(target: str) -> tuple[bool, str | None]:
+    """(whether ``target`` exists, a hard link to its current contents or None where
+    the file system cannot link): what a failed write_all puts back."""
+    if not os.path.isfile(target):
+        return False, None
+    backup = f"{target}.gpusim-old-{os.getpid()}"
+    try:
+        os.link(target, backup)
+    except OSError:
+        return True, None
+    return True, backup
+
+
+def _restore(backup: tuple[bool, str | None], target: str) -> None:
+    """Put ``target`` back as it was before write_all renamed over it: its old contents,
+    or no file where there was none (a file that could not be linked stays new)."""
+    existed, old = backup
+    try:
+        if old is not None:
+            os.replace(old, target)
+        elif not existed:
+            Path(target).unlink(missing_ok=True)
+    except OSError:
+        pass   # best effort: the write already failed and says so
+
+
 def write_all(items: Sequence[tuple[Path | str, str]]) -> None:
     """Write each ``(path, text)``: every file whole, and all of them or none.
 
     Each text is first written to a temp file beside its target; only when all are
     written are they renamed over their targets, so a failure (or Ctrl-C) leaves every
-    existing file unchanged and no temp file behind. A symlink is written through:
+    existing file unchanged and no temp file behind; should a rename fail, the files
+    renamed before it are put back (hard links to their old contents). A symlink is written through:
     its target is replaced and the link kept. A target that is not a regular file (a
     pipe, a terminal, ``/dev/stdout``) is written in place, after the files. ``-``
     means standard output, written last. An existing file keeps its permissions.
@@ -55,14 +82,23 @@ def write_all(items: Sequence[tuple[Path | str, str]]) -> None:
                 continue
             target = resolved(given)
             staged.append((_stage(Path(given), target, text), str(target), Path(given)))
-        for i, (tmp, target, given) in enumerate(staged):
-            try:
-                os.replace(tmp, target)
-            except OSError as exc:
-                for later, _, _ in staged[i:]:
-                    Path(later).unlink(missing_ok=True)
-                staged = []
-                raise _cannot(given, exc) from None
+        backups = [_backup(target) for _, target, _ in staged]
+        try:
+            for i, (tmp, target, given) in enumerate(staged):
+                try:
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    for later, _, _ in staged[i:]:
+                        Path(later).unlink(missing_ok=True)
+                    # the files already renamed go back to what they were: all or none
+                    for (_, done, _), backup in zip(staged[:i], backups, strict=False):
+                        _restore(backup, done)
+                    staged = []
+                    raise _cannot(given, exc) from None
+        finally:
+            for _, old in backups:
+                if old is not None:
+                    Path(old).unlink(missing_ok=True)
         staged = []
     finally:
         for tmp, _, _ in staged:        # a failure or an interrupt before the renames
