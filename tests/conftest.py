@@ -118,3 +118,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, s
         pytest.fail(problem, pytrace=False)
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def with_link(platform, factor: float):
+    """``platform`` (a gpusim.platform.Platform) with its GPU's NVLink bandwidth scaled
+    by ``factor``: the link-bandwidth properties of the parallel tests."""
+    from gpusim.platform import Platform
+
+    g = platform.gpu
+    nv = g.links.nvlink.model_copy(update={
+        "bandwidth_bytes_per_s": g.links.nvlink.bandwidth_bytes_per_s * factor})
+    gpu = g.model_copy(update={"links": g.links.model_copy(update={"nvlink": nv})})
+    return Platform(gpu, platform.stack, platform.calibration, platform.launch,
+                    platform.layout)

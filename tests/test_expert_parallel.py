@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import with_link
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -153,13 +154,6 @@ def test_ep_must_divide_the_experts():
 
 
 # --- properties ------------------------------------------------------------------------
-def _with_link(platform: Platform, factor: float) -> Platform:
-    g = platform.gpu
-    nv = g.links.nvlink.model_copy(update={
-        "bandwidth_bytes_per_s": g.links.nvlink.bandwidth_bytes_per_s * factor})
-    gpu = g.model_copy(update={"links": g.links.model_copy(update={"nvlink": nv})})
-    return Platform(gpu, platform.stack, platform.calibration, platform.launch,
-                    platform.layout)
 
 
 @SETTINGS
@@ -172,7 +166,7 @@ def test_more_link_bandwidth_is_never_slower(plat, ep, mode, b, ctx, factor, ske
     ctx = 0 if mode == "prefill" else ctx
     base = on(plat, tp=ep, ep=ep)
     slow = predict(base, m, mode, b, ctx, q).seconds[0]
-    fast = predict(_with_link(base, factor), m, mode, b, ctx, q).seconds[0]
+    fast = predict(with_link(base, factor), m, mode, b, ctx, q).seconds[0]
     assert fast <= slow * (1 + 1e-12)
 
 

@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import with_link
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,15 +168,6 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None,
                                            HealthCheck.function_scoped_fixture])
 
 
-def _with_link(platform: Platform, factor: float) -> Platform:
-    g = platform.gpu
-    nv = g.links.nvlink.model_copy(update={
-        "bandwidth_bytes_per_s": g.links.nvlink.bandwidth_bytes_per_s * factor})
-    gpu = g.model_copy(update={"links": g.links.model_copy(update={"nvlink": nv})})
-    return Platform(gpu, platform.stack, platform.calibration, platform.launch,
-                    platform.layout)
-
-
 @SETTINGS
 @given(st.sampled_from([2, 4, 8]), st.sampled_from(["decode", "verify", "prefill"]),
        st.integers(1, 64), st.integers(0, 4096), st.floats(1.0, 8.0),
@@ -185,7 +177,7 @@ def test_more_link_bandwidth_is_never_slower(plat, m70, tp, mode, b, ctx, factor
     ctx = 0 if mode == "prefill" else ctx
     base = on(plat, tp=tp).with_launch(launch)
     slow = predict(base, m70, mode, b, ctx, q).seconds[0]
-    fast = predict(_with_link(base, factor), m70, mode, b, ctx, q).seconds[0]
+    fast = predict(with_link(base, factor), m70, mode, b, ctx, q).seconds[0]
     assert fast <= slow * (1 + 1e-12)
 
 
