@@ -330,3 +330,13 @@ def test_a_text_input_beyond_its_size_limit_is_refused_before_reading(tmp_path: 
     with pytest.raises(ConfigError, match=r"file of 20.\d kB: gpusim reads inputs of "
                        r"this kind up to 1.0 kB"):
         yamlfile.load_yaml(path)
+
+
+def test_spec_beyond_memory_refused_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*SPEC, "--batch", "10000000", "--ctx", "1024", "--quiet", "--format", "json"]
+    rc, out, err = run_cli(capsys, argv)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--batch" in err and "exceed the usable HBM" in err and "--ignore-memory" in err
+    rc, out, err = run_cli(capsys, [*argv, "--ignore-memory"])
+    assert rc == 0 and json.loads(out)["fits_in_memory"] is False
+    assert "predicting anyway (--ignore-memory)" in err

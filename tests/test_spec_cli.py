@@ -74,9 +74,12 @@ def test_histogram_acceptance(capsys, tmp_path):
     assert json.loads(out)["tokens_per_iteration"] == pytest.approx(3.0)
 
 
-def test_kv_overflow_warns_but_prints(capsys):
-    rc, out, err = run(capsys, [*BASE, "--draft", "llama-3.2-1b", "--batch", "256", "--ctx",
-                                "16384", "--format", "json"])
+def test_kv_overflow_is_refused_unless_ignore_memory(capsys):
+    argv = [*BASE, "--draft", "llama-3.2-1b", "--batch", "256", "--ctx", "16384",
+            "--format", "json"]
+    err = one_line_error(*run(capsys, argv))
+    assert "--batch" in err and "exceed the usable HBM" in err
+    rc, out, err = run(capsys, [*argv, "--ignore-memory"])
     assert rc == 0 and "warning" in err
     assert json.loads(out)["fits_in_memory"] is False
 

@@ -67,14 +67,17 @@ def _echo(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+PIPE_WIDTH = 400   # a table printed into a pipe: its natural width, up to this
+
+
 def _print_table(title: str, rows: list[dict[str, object]], columns: list[str]) -> None:
     """Print a rich table on stdout, as wide as the terminal (rich reads its width, or
-    $COLUMNS; 120 columns when stdout is not a terminal)."""
+    $COLUMNS); into a pipe or a file, as wide as the table needs (nothing cut)."""
     from rich.console import Console
 
     console = Console(soft_wrap=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=120, soft_wrap=False)
+        console = Console(width=PIPE_WIDTH, soft_wrap=False)
     console.print(report.rich_table(title, rows, columns))
 
 

@@ -84,6 +84,9 @@ def spec(
     pp: PpOpt = 1,
     ep: EpOpt = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress on stderr.")] = False,
+    ignore_memory: Annotated[bool, typer.Option(
+        "--ignore-memory", help="Predict an iteration whose weights + KV exceed the GPU's "
+        "memory (a warning on stderr) instead of refusing it.")] = False,
 ) -> None:
     """Speculative decoding: one iteration's time, tokens per iteration, speedup.
 
@@ -108,8 +111,12 @@ def spec(
         p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
     options.check_weights_fit(p)
     if not bool(p.fits[0]):
-        print(f"gpusim: warning: weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed "
-              f"the usable HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}",
+        over = (f"weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed the usable "
+                f"HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}")
+        if not ignore_memory:
+            raise bad("--batch", f"{over}; a smaller --batch or --ctx fits "
+                      "(--ignore-memory predicts it anyway)")
+        print(f"gpusim: warning: {over}; predicting anyway (--ignore-memory)",
               file=sys.stderr)
     with working("spec --mc-iterations", quiet):
         mc = (sp.monte_carlo(batch, mc_iterations, np.random.default_rng(seed))

@@ -18,7 +18,9 @@ def rich_table(title: str, rows: Sequence[dict[str, object]], columns: Sequence[
         values = [r.get(c) for r in rows]
         text = any(isinstance(v, str) for v in values) and not any(
             isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        table.add_column(c, justify="left" if text else "right", no_wrap=text)
+        # a number too wide for its column folds onto a second line: never cut to "…"
+        table.add_column(c, justify="left" if text else "right", no_wrap=text,
+                         overflow="ellipsis" if text else "fold")
     for r in rows:
         table.add_row(*[cell(c, r.get(c)) for c in columns])
     return table
