@@ -11,6 +11,7 @@ its datasheet arithmetic and bytes, and a fit moves them once its kernels are me
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar
 
@@ -39,18 +40,27 @@ class GemmParts:
     compute_s: np.ndarray
 
 
-class GemmFamily:
+class GemmFamily(ABC):
     """One GEMM kernel family: ``Params`` (its calibration fields, ideal defaults),
-    ``FIT`` (each fitted field's bounds) and ``parts``."""
+    ``FIT`` (each fitted field's bounds) and ``parts`` (each family's own schedule)."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[Frozen]] = Frozen
     FIT: ClassVar[dict[str, Bounds]] = {}
 
+    @abstractmethod
     def parts(self, k: Kernel, gpu: GpuSpec, physics: GpuPhysics, params: Frozen
               ) -> GemmParts:
         """The time of one occurrence of ``k`` (all its launches) in parts."""
-        raise NotImplementedError
+
+    @staticmethod
+    def call_fixed_s(k: Kernel, physics: GpuPhysics, family_fixed_s: float,
+                     extra_s: np.ndarray | float = 0.0) -> np.ndarray:
+        """The fixed part every family shares, per step shape: cuBLAS's fitted fixed
+        cost per launch, the family's own per call (``family_fixed_s``) and ``extra_s``
+        (per-expert setup, pad kernels)."""
+        fixed = k.launches * physics.gemm_fixed_cost_s + family_fixed_s + extra_s
+        return np.broadcast_to(fixed, k.flops.shape).astype(np.float64)
 
     def tensor_efficiency(self, physics: GpuPhysics, params: Frozen) -> float:
         """The fraction of its dtype's tensor peak its matrix work sustains (the power

@@ -89,8 +89,7 @@ class GroupedMm(GemmFamily):
         _, compute = _tiled(k, gpu, physics, float(p.tile_m),
                             physics.tensor_efficiency * p.tensor_efficiency_ratio)
         touched = getattr(k.gemm, "touched", np.zeros_like(k.flops))
-        fixed = k.launches * physics.gemm_fixed_cost_s + p.fixed_s + touched * p.per_expert_s
-        return GemmParts(np.broadcast_to(fixed, k.flops.shape).astype(np.float64),
+        return GemmParts(self.call_fixed_s(k, physics, p.fixed_s, touched * p.per_expert_s),
                          hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio), compute)
 
 
@@ -131,6 +130,5 @@ class FusedMoe(GemmFamily):
             compute = compute + (tiles_m * float(g.n) * g.k * p.dequant_flops_per_element
                                  / gpu.fp32_flops_per_s)
         touched = getattr(g, "touched", np.zeros_like(k.flops))
-        fixed = k.launches * physics.gemm_fixed_cost_s + p.fixed_s + touched * p.per_expert_s
-        return GemmParts(np.broadcast_to(fixed, k.flops.shape).astype(np.float64),
+        return GemmParts(self.call_fixed_s(k, physics, p.fixed_s, touched * p.per_expert_s),
                          hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio), compute)

@@ -107,14 +107,14 @@ class ScaledMm(GemmFamily):
         compute = _gemm_compute_s(k, gpu, physics, k.dtype,
                                   physics.tensor_efficiency * p.tensor_efficiency_ratio)
         memory = hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio)
-        fixed = np.full_like(k.flops, k.launches * physics.gemm_fixed_cost_s + p.fixed_s)
+        pad_s: np.ndarray | float = 0.0
         rows = getattr(g, "rows", None)
         if rows is not None:
             # F.pad where the rows were padded: fill [m, k] and copy [rows, k] (bf16)
             pads = np.where(np.asarray(g.m) > rows, float(PAD_KERNELS), 0.0)
             pad_bytes = np.where(pads > 0, g.m * g.k * 2.0 + rows * g.k * 4.0, 0.0)
-            fixed = fixed + extra_launches_s(pads, physics) + hbm_s(pad_bytes, gpu, physics)
-        return GemmParts(fixed, memory, compute)
+            pad_s = extra_launches_s(pads, physics) + hbm_s(pad_bytes, gpu, physics)
+        return GemmParts(self.call_fixed_s(k, physics, p.fixed_s, pad_s), memory, compute)
 
 
 class TinygemmParams(Frozen):
@@ -165,8 +165,7 @@ class Tinygemm(GemmFamily):
             * physics.l2_bandwidth_ratio * p.activation_l2_ratio
         memory = hbm_s(k.bytes + reread, gpu, physics, p.bandwidth_ratio) \
             + activation_l2_bytes / l2_bw
-        fixed = np.full_like(k.flops, k.launches * physics.gemm_fixed_cost_s + p.fixed_s)
-        return GemmParts(fixed, memory, compute)
+        return GemmParts(self.call_fixed_s(k, physics, p.fixed_s), memory, compute)
 
 
 class Int8WoParams(Frozen):
