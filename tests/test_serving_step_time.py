@@ -13,7 +13,8 @@ from gpusim import step
 from gpusim.cost import Calibration
 from gpusim.io import loader
 from gpusim.platform import Platform
-from gpusim.serving.step_time import StepTimeModel, build_step_time_model, chunk_grid, context_grid
+from gpusim.serving.grids import chunk_grid, context_grid
+from gpusim.serving.step_time import StepTimeModel, build_step_time_model
 
 GPU = loader.load_gpu("h100-sxm")
 MODEL = loader.load_model("llama-3.1-8b")

@@ -27,7 +27,7 @@ import numpy as np
 
 from gpusim.errors import bad
 from gpusim.platform import Platform
-from gpusim.serving.step_time import grid_position
+from gpusim.serving.grids import grid_position
 from gpusim.specs import ModelSpec
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import (
