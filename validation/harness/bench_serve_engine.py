@@ -5,7 +5,7 @@
         [--trace FILE [--time-scales 1,0.5]] [--max-num-seqs 256]
         [--max-num-batched-tokens 8192] [--block-size 16] [--max-model-len 4096]
         [--kv-blocks N | --gpu-memory-utilization 0.9] [--capture-sizes vllm|none|1,2,4]
-        [--kv-bucket-tokens 256] [--prefix-caching] [--shared-prefix-tokens N]
+        [--kv-bucket-tokens 256] [--eager-sdpa no-cudnn|default] [--prefix-caching] [--shared-prefix-tokens N]
         [--prefix-prompts K] [--conversation-turns T] [--turn-think-s S]
         [--device cuda|cpu] [--dtype bfloat16|float32] [--seed 0]
 
@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--capture-sizes", default="vllm", help="vllm | none | 1,2,4,...")
     p.add_argument("--kv-bucket-tokens", type=int, default=256)
+    p.add_argument("--eager-sdpa", choices=("no-cudnn", "default"), default="no-cudnn",
+                   help="eager steps' SDPA backends (serve_model.EAGER_SDPA)")
     p.add_argument("--prefix-caching", action="store_true")
     p.add_argument("--shared-prefix-tokens", type=int, default=0)
     p.add_argument("--prefix-prompts", type=int, default=1)
@@ -184,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.kv_bucket_tokens)
     t0 = time.perf_counter()
     runner = ModelRunner(shape, device, dtype, args.block_size, args.max_model_len,
-                         base.capture_sizes, args.kv_bucket_tokens, args.seed)
+                         base.capture_sizes, args.kv_bucket_tokens, args.seed,
+                         args.eager_sdpa)
     blocks = kv_blocks(args, shape, base, dtype, device)   # what the weights left
     runner.allocate_kv(blocks)
     cfg = EngineConfig(**{**base.__dict__, "num_blocks": blocks})
@@ -214,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         engine.run(Workload(spec), args.max_wall_s)
         meta = {"device": device.type, "gpu": args.gpu, "model": name,
                 "stack": "torch-fused", "dtype": args.dtype, "load": label,
-                "engine": {**cfg.__dict__, "capture_sizes": list(cfg.capture_sizes)},
+                "engine": {**cfg.__dict__, "capture_sizes": list(cfg.capture_sizes),
+                           "eager_sdpa": args.eager_sdpa},
                 "workload": spec.describe(), "graphs": graphs,
                 "late_captures": runner.late_captures - late,
                 "provenance": provenance(device, argv)}

@@ -10,8 +10,13 @@ RoPE and MLP run once over [T, h]; attention runs per part:
   the query heads of one KV head as G rows, a mask of each sequence's length
   (scaled_dot_product_attention with a boolean mask);
 * each prefill chunk alone: a fresh prompt over its own keys (causal), a chunk after
-  cached tokens over its gathered keys with the causal mask aligned to the end
-  (reference.verify_mask), both with GQA in the kernel.
+  cached tokens over its gathered keys (repeated per query head) with the causal mask
+  aligned to the end (reference.verify_mask).
+
+Eager steps (mixed, or decode past the largest capture size) run SDPA without cuDNN by
+default (``eager_sdpa``): FlashAttention-2 for fresh prompts, the memory-efficient
+kernel under a mask; cuDNN's per-shape plan builds would otherwise cost 45-150 ms at
+every new shape.
 
 The layer is the torch-fused stack's (fused_forward.py) op for op: fused RMSNorm, one
 qkv GEMM, rotate-half RoPE, the KV write (here ``index_copy_`` into token slots), o
@@ -37,6 +42,14 @@ import reference
 import torch
 import torch.nn.functional as F
 from reference import Shape
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# eager steps' SDPA backends (graph steps keep torch's choice: their plans are built
+# once, at capture)
+EAGER_SDPA: dict[str, list[SDPBackend] | None] = {
+    "no-cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH],
+    "default": None}
 
 
 @dataclass
@@ -69,8 +82,15 @@ class ModelRunner:
 
     def __init__(self, shape: Shape, device: torch.device, dtype: torch.dtype,
                  block_size: int, max_model_len: int, capture_sizes: tuple[int, ...] = (),
-                 kv_bucket_tokens: int = 256, seed: int = 0) -> None:
-        """Weights now; the KV cache with ``allocate_kv`` (sized from what is left)."""
+                 kv_bucket_tokens: int = 256, seed: int = 0,
+                 eager_sdpa: str = "no-cudnn") -> None:
+        """Weights now; the KV cache with ``allocate_kv`` (sized from what is left).
+        ``eager_sdpa``: ``no-cudnn`` (eager steps' SDPA from FlashAttention-2, the
+        memory-efficient kernel or math, never cuDNN) or ``default`` (torch's choice);
+        raises ValueError for anything else."""
+        if eager_sdpa not in EAGER_SDPA:
+            raise ValueError(f"eager_sdpa {eager_sdpa!r}: one of {', '.join(EAGER_SDPA)}")
+        self.eager_sdpa = eager_sdpa
         self.shape, self.device, self.dtype = shape, device, dtype
         self.block_size = block_size
         self.w = reference.Weights(shape, str(device), dtype, seed)
@@ -135,12 +155,14 @@ class ModelRunner:
                 o = F.scaled_dot_product_attention(qc, keys, vals, is_causal=True,
                                                    enable_gqa=True)
             else:
+                # keys repeated per query head (no enable_gqa): the masked kernel that
+                # eager steps run (EFFICIENT_ATTENTION, see ``run``) takes no GQA
                 n = key_slots.shape[0]
                 keys = kc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
                 vals = vc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
                 o = F.scaled_dot_product_attention(
-                    qc, keys, vals, attn_mask=reference.verify_mask(q_len, ctx + q_len),
-                    enable_gqa=True)
+                    qc, keys.repeat_interleave(g, 1), vals.repeat_interleave(g, 1),
+                    attn_mask=reference.verify_mask(q_len, ctx + q_len))
             parts.append(o[0].transpose(0, 1).reshape(q_len, h_ * d))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -287,7 +309,15 @@ class ModelRunner:
             chunks.append((start, q, ctx, t(table) if ctx else None))
             start += q
         args = (t(inp.tokens), t(inp.positions), t(inp.slots), dec, chunks, t(inp.sample))
-        return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
+        backends = EAGER_SDPA[self.eager_sdpa]
+        if backends is None:
+            return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
+        # cuDNN builds an execution plan the first time it meets an SDPA shape (45-150 ms
+        # on an H100, validation/data/h100-sxm/serve_probe_2026-12-06): every new prompt
+        # length and eager decode batch would pay it, a cost no serving engine with
+        # shape-agnostic attention kernels (vLLM's FlashAttention varlen) has
+        with sdpa_kernel(backends):
+            return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
 
     def _timed(self, fn, inp: StepInput, launch: str, rows: int, k: int) -> StepOutput:
         if self.cuda:
