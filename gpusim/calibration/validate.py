@@ -218,6 +218,9 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
     ("lease_2026-12-06_0447", "a third lease, 2026-12-06 04:47", "A third lease the same "
      "day (2026-12-06 04:47 UTC, the stacks campaign's torch-hf subset): the shipped "
      "calibration on shapes of the fitted grid measured again (never fitted)"),
+    ("lease_2026-12-06_0722", "another lease, 2026-12-06 07:22", "Another lease "
+     "(2026-12-06 07:22 UTC, the stacks campaign's torch-hf subset): the shipped "
+     "calibration on shapes of the fitted grid measured again (never fitted)"),
 )
 
 
