@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gpusim.calibration import serving_measured, serving_replay
@@ -117,7 +118,10 @@ def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) ->
     runs = [serving_measured.read_serving_run(p) for p in own_runs]
     results = serving_replay.compare_runs(runs, PLATFORM, lambda run: MODEL)
     for r in results:
-        assert r.host == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-12))
+        assert r.host[:2] == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-12))
+        # the eager steps' host cost per launch: the fit recovers the one that made them
+        assert r.host[2] == pytest.approx(PLATFORM.calibration.host.host_launch_cost_s,
+                                          rel=1e-12)
         assert r.step_errors["all"]["forward"] == pytest.approx(0.0, abs=1e-12)
         assert r.steps_matched == 1.0
         assert r.simulated_steps == r.oracle_steps == len(r.run.steps)
@@ -141,8 +145,8 @@ def test_host_fit_recovers_a_linear_host_cost() -> None:
 
 
 def test_saturation_is_the_best_throughput_of_the_saturated_runs() -> None:
-    def comp(load: str, offered: float, meas: float, sim: float) -> Any:
-        run = SimpleNamespace(load=load, offered_rate_per_s=offered)
+    def comp(load: str, offered: float, meas: float, sim: float, model: str = "m") -> Any:
+        run = SimpleNamespace(load=load, offered_rate_per_s=offered, model=model)
         return SimpleNamespace(run=run, measured={"requests_per_s": meas},
                                simulated={"requests_per_s": sim})
 
@@ -151,6 +155,12 @@ def test_saturation_is_the_best_throughput_of_the_saturated_runs() -> None:
     assert (sat["measured"], sat["simulated"]) == (6.2, 7.0)
     assert [x["measured_saturated"] for x in sat["rows"]] == [False, True, True]
     assert serving_replay.saturation([comp("a", 2, 1.98, 2.0)])["measured"] is None
+    # two models: each its own saturation, never the larger model's runs mixed in
+    two = serving_replay.saturation([comp("a", 2, 1.98, 2.0), comp("b", 8, 6.0, 7.9),
+                                     comp("c", 16, 6.2, 7.0), comp("x", 4, 2.5, 2.4, "big"),
+                                     comp("y", 2, 1.99, 2.0, "big")])
+    assert two["models"] == {"big": {"measured": 2.5, "simulated": 2.4},
+                             "m": {"measured": 6.2, "simulated": 7.0}}
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
@@ -248,3 +258,37 @@ def test_token_times_rebuilt_from_the_steps_agree_with_the_loops_metrics(
     gaps = [b - a for t in sim.token_s for a, b in itertools.pairwise(t)]
     assert len(gaps) == lat["itl_s"]["count"]
     assert sum(gaps) == pytest.approx(lat["itl_s"]["mean"] * len(gaps), rel=1e-9)
+
+
+def test_fit_launch_recovers_the_host_cost_of_host_bound_steps() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    gpu = rng.uniform(1e-3, 4e-3, n)            # GPU span of each eager step
+    launches = rng.integers(400, 600, n).astype(float)
+    last = np.full(n, 20e-6)
+    true_h = 26e-6
+    terms = np.column_stack([gpu, launches, last, np.zeros(n)])
+    clean = serving_replay.eager_forward_s(terms, true_h)
+    terms[:, 3] = clean * np.exp(rng.normal(0.0, 0.05, n))   # 5% noise each step
+    assert serving_replay.fit_launch(terms) == pytest.approx(true_h, rel=0.02)
+    # GPU-bound steps say nothing of the host cost: the fit keeps within its bounds
+    gpu_bound = np.column_stack([np.full(5, 1.0), np.full(5, 10.0), last[:5],
+                                 np.full(5, 1.0)])
+    lo, hi = serving_replay.LAUNCH_BOUNDS_S
+    assert lo <= serving_replay.fit_launch(gpu_bound) <= hi
+    assert serving_replay.fit_launch(np.zeros((0, 4))) is None
+
+
+def test_a_repeated_run_is_grouped_with_its_spread(own_runs: list[Path]) -> None:
+    from gpusim.calibration import serving_repeat
+
+    light = serving_measured.read_serving_run(own_runs[0])
+    heavy = serving_measured.read_serving_run(own_runs[1])
+    results = serving_replay.compare_runs([light, heavy, light], PLATFORM,
+                                          lambda run: MODEL)
+    groups = serving_repeat.repeat_groups(results)
+    assert [[r.run.load for r in g] for g in groups] == [[light.load, light.load]]
+    assert serving_repeat.spread(groups[0], "ttft_s", "p50") == 0.0
+    text = "\n".join(serving_repeat.repeat_section(results))
+    assert "## Run-to-run spread" in text and "| 0.0% |" in text
+    assert serving_repeat.repeat_section(results[:2]) == []

@@ -16,6 +16,11 @@ For a run of the harness's engine (``serving_measured.ServingRun``), three views
 
 The host work is fitted by non-negative least squares over the steps of the other
 runs (leave one run out), or of the run itself when it is the only one (then said so).
+So is the host cost per kernel launch of the engine's eager steps (mixed steps, decode
+past the largest capture size), which a serving engine's Python pays on top of what
+the stack's own benchmark loop does (the harness: ~30 us a launch against torch-fused's
+~15 us, probed): on the eager steps' forward times, the value that minimises the squared
+log error of the stack's eager formula, max(GPU + h, launches x h + last kernel).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import minimize_scalar, nnls
 
 from gpusim.calibration.serving_measured import MeasuredStep, ServingRun
 from gpusim.platform import Platform
@@ -93,6 +98,54 @@ def fit_host(steps: Sequence[MeasuredStep]) -> tuple[float, float]:
     b = np.array([s.host_s for s in steps])
     x, _ = nnls(a, b)   # Lawson-Hanson: exact, no solver tolerance in the answer
     return float(x[0]), float(x[1])
+
+
+LAUNCH_BOUNDS_S = (0.0, 200e-6)   # a fitted eager host cost per launch stays in here
+
+
+def eager_terms(run: ServingRun, engine: Engine) -> np.ndarray:
+    """[n, 4] per eagerly launched step of ``run``: (GPU seconds the model gives it, its
+    launches, its last kernel's seconds, the measured forward) such that the model's
+    forward at a host cost ``h`` per launch is max(GPU + h, launches x h + last): the
+    eager formula (``StepTimeModel._eager``) read back at three host costs."""
+    fm = dataclasses.replace(engine.step_model, host_step_s=0.0, host_seq_s=0.0)
+    rows = []
+    h1, h2 = 1e-3, 2e-3   # host-bound at both: launches x 1 ms outweighs any GPU span
+    for s in run.steps:
+        if step_kind(s) == "decode, graph":
+            continue
+        f0, f1, f2 = (step_seconds(dataclasses.replace(fm, host_launch_s=h),
+                                   s.composition, s.longest) for h in (0.0, h1, h2))
+        launches = (f2 - f1) / (h2 - h1)
+        rows.append((f0, launches, f1 - launches * h1, s.gpu_s))
+    return np.array(rows, dtype=float).reshape(-1, 4)
+
+
+def eager_forward_s(terms: np.ndarray, launch_s: float) -> np.ndarray:
+    """The model's forward of each ``eager_terms`` row at ``launch_s`` per launch."""
+    return np.maximum(terms[:, 0] + launch_s, terms[:, 1] * launch_s + terms[:, 2])
+
+
+def fit_launch(terms: np.ndarray) -> float | None:
+    """The host cost per launch (seconds, within LAUNCH_BOUNDS_S) that minimises the
+    squared log error of ``eager_forward_s`` on ``terms``' measured forwards; None
+    without eager steps."""
+    terms = terms[terms[:, 3] > 0]
+    if not len(terms):
+        return None
+    meas = np.log(terms[:, 3])
+
+    def loss(h: float) -> float:
+        return float(np.sum((np.log(eager_forward_s(terms, h)) - meas) ** 2))
+
+    res = minimize_scalar(loss, bounds=LAUNCH_BOUNDS_S, method="bounded",
+                          options={"xatol": 1e-12})
+    # the cost per launch each step implies were it host-bound: their median is the
+    # exact answer when the steps follow the formula (a run of gpusim itself), which a
+    # bounded search reaches only to its tolerance
+    lo, hi = LAUNCH_BOUNDS_S
+    implied = np.clip(np.median((terms[:, 3] - terms[:, 2]) / terms[:, 1]), lo, hi)
+    return float(min((float(res.x), float(implied)), key=loss))
 
 
 class MeasuredStepTimes:
@@ -216,7 +269,7 @@ class RunComparison:
     (simulated - measured) / measured."""
 
     run: ServingRun
-    host: tuple[float, float]
+    host: tuple[float, float, float | None]   # per step, per sequence, per eager launch
     host_in_sample: bool
     step_errors: dict[str, dict[str, float]]      # kind -> forward/host/total MAPE, count
     measured: dict[str, Any]
@@ -232,11 +285,15 @@ class RunComparison:
 
 
 def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
-                host: tuple[float, float], host_in_sample: bool) -> RunComparison:
-    """Compare ``run`` with its replay on ``platform`` with ``host`` work per step and
-    per sequence. Raises ConfigError/ValueError where the run cannot be replayed."""
-    cal = platform.calibration.replace({"host.serving_step_host_s": host[0],
-                                        "host.serving_seq_host_s": host[1]})
+                host: tuple[float, float, float | None], host_in_sample: bool
+                ) -> RunComparison:
+    """Compare ``run`` with its replay on ``platform`` with ``host`` work per step, per
+    sequence and per eager launch (None: the calibration's). Raises ConfigError/
+    ValueError where the run cannot be replayed."""
+    fields = {"host.serving_step_host_s": host[0], "host.serving_seq_host_s": host[1]}
+    if host[2] is not None:
+        fields["host.host_launch_cost_s"] = host[2]
+    cal = platform.calibration.replace(fields)
     engine = build_engine(platform.with_calibration(cal), model, replay_scenario(run),
                           kv_blocks=int(run.engine["num_blocks"]))
     forward_model = dataclasses.replace(engine.step_model, host_step_s=0.0, host_seq_s=0.0)
@@ -275,29 +332,44 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
 
 def compare_runs(runs: Sequence[ServingRun], platform: Platform, model_for
                  ) -> list[RunComparison]:
-    """Every run against its replay, the host work fitted leaving the run out (in
-    sample when there is one run). ``model_for(run)``: the run's ModelSpec."""
+    """Every run against its replay, the host work (per step, per sequence, per eager
+    launch) fitted leaving the run out (in sample when there is one run).
+    ``model_for(run)``: the run's ModelSpec."""
+    terms = [eager_terms(run, build_engine(platform, model_for(run), replay_scenario(run),
+                                           kv_blocks=int(run.engine["num_blocks"])))
+             for run in runs]
     out = []
     for i, run in enumerate(runs):
         others = [s for j, r in enumerate(runs) if j != i for s in r.steps]
         in_sample = not others
-        host = fit_host(run.steps if in_sample else others)
-        out.append(compare_run(run, platform, model_for(run), host, in_sample))
+        step_s, seq_s = fit_host(run.steps if in_sample else others)
+        launch_s = fit_launch(terms[i] if in_sample else
+                              np.concatenate([t for j, t in enumerate(terms) if j != i]))
+        out.append(compare_run(run, platform, model_for(run), (step_s, seq_s, launch_s),
+                               in_sample))
     return out
 
 
 def saturation(results: Sequence[RunComparison]) -> dict[str, Any]:
-    """Per run: offered load, measured and simulated throughput (requests/s), whether
-    each saturated (served < 90% of the offered load); and the saturation load of each
-    (the highest throughput of its saturated runs; None: not reached)."""
+    """Per run: model, offered load, measured and simulated throughput (requests/s),
+    whether each saturated (served < 90% of the offered load); per model
+    (``models``), the saturation load of each (the highest throughput of its
+    saturated runs; None: not reached); ``measured``/``simulated``: the same over the
+    runs of the first model (one model: its saturation)."""
     rows = []
-    for r in sorted(results, key=lambda r: r.run.offered_rate_per_s):
+    for r in sorted(results, key=lambda r: (r.run.model, r.run.offered_rate_per_s)):
         offered = r.run.offered_rate_per_s
         m, s = r.measured["requests_per_s"], r.simulated["requests_per_s"]
-        rows.append({"load": r.run.load, "offered": offered, "measured": m, "simulated": s,
+        rows.append({"model": r.run.model, "load": r.run.load, "offered": offered,
+                     "measured": m, "simulated": s,
                      "measured_saturated": m < SATURATED_BELOW * offered,
                      "simulated_saturated": s < SATURATED_BELOW * offered})
-    meas = [x["measured"] for x in rows if x["measured_saturated"]]
-    sim = [x["simulated"] for x in rows if x["simulated_saturated"]]
-    return {"rows": rows, "measured": max(meas) if meas else None,
-            "simulated": max(sim) if sim else None}
+    models: dict[str, dict[str, float | None]] = {}
+    for model in dict.fromkeys(x["model"] for x in rows):
+        mine = [x for x in rows if x["model"] == model]
+        meas = [x["measured"] for x in mine if x["measured_saturated"]]
+        sim = [x["simulated"] for x in mine if x["simulated_saturated"]]
+        models[model] = {"measured": max(meas) if meas else None,
+                         "simulated": max(sim) if sim else None}
+    first = next(iter(models.values()), {"measured": None, "simulated": None})
+    return {"rows": rows, "models": models, **first}
