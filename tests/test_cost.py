@@ -632,6 +632,25 @@ def test_elementwise_memory_not_faster_with_more_elements():
     )
 
 
+def test_pointwise_off_the_l2_chain_streams_every_byte_from_hbm():
+    """A pointwise op reading what the kernel before it just wrote moves the part of
+    each launch's traffic that fits in L2 at L2 speed; one that streams a tensor no
+    kernel just wrote (``l2_chain=False``: repeat_kv's copy of a whole static cache)
+    moves every byte at its own bandwidth, a profile's ``bandwidth_fraction`` of HBM."""
+    import dataclasses
+    cal = Calibration(physics={"l2_bandwidth_ratio": 2.0})
+    small = 10e6                 # 40 MB per launch: under the toy GPU's 50 MB L2
+    chained = dataclasses.replace(elementwise_kernel(small, 4), bandwidth_fraction=0.35)
+    cold = dataclasses.replace(chained, l2_chain=False)
+    assert kernel_cost(chained, GPU, cal).memory_s[0] == pytest.approx(
+        4 * small / (2.0 * 0.35 * BW))
+    assert kernel_cost(cold, GPU, cal).memory_s[0] == pytest.approx(4 * small / (0.35 * BW))
+    big = 1e9                    # far past L2: the chain's gain vanishes in proportion
+    c_big = kernel_cost(dataclasses.replace(cold, act_bytes=a(4 * big), flops=a(big)),
+                        GPU, cal)
+    assert c_big.memory_s[0] == pytest.approx(4 * big / (0.35 * BW))
+
+
 def test_multi_launch_elementwise_ctas_count_the_whole_tensor_per_launch():
     """BUG (saturating_ctas_per_sm > 0): an elementwise op's ``kernels`` launches each
     stream the whole tensor (rms_norm's 8 kernels each run over [T, h]), but cost.py

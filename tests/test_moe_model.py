@@ -93,6 +93,36 @@ def test_an_moe_layer_launches_router_permutation_experts_and_combine() -> None:
     assert roles["experts_gate_up"] == "experts" and "attention" not in roles
 
 
+def test_the_permutation_launches_what_the_h100_profile_shows() -> None:
+    # validation/data/h100-sxm/moe/kernels.csv (Qwen3-30B-A3B, torch 2.11): the stable
+    # argsort is one radixSortKVInPlace kernel; arange, floor-div, float cast, histc's
+    # fill and count, cumsum's scan init and scan, int32 cast are eight more; top-k,
+    # the sort, the index kernels and index_add_ take PyTorch's non-vectorised path
+    ops = {op.name: op for op in layer_ops(moe(), loader.load_stack("torch-fused"))}
+    assert (ops["permute_sort"].kernels, ops["permute_sort"].strided_kernels) == (1, 1)
+    assert ops["permute_index"].kernels == 8
+    assert ops["route_topk"].strided_kernels == 2          # gatherTopK, bitonic sort
+    assert ops["combine_scale"].strided_kernels == 2
+    assert ops["combine_add"].strided_kernels == 1
+    assert op_roles(moe(), loader.load_stack("torch-fused"))["permute_sort"] == "routing"
+
+
+def test_index_add_costs_what_the_h100_profile_shows() -> None:
+    # Qwen3-30B-A3B's index_add_ (indexFuncLargeIndex): 9.56 us at decode batch 64
+    # (512 slots) and 61.81 us at a 512-token prefill (4096 slots), both x 2048 wide
+    from gpusim.cost import kernel_cost
+    from gpusim.io import calibrations
+
+    gpu, st = loader.load_gpu("h100-sxm"), loader.load_stack("torch-fused")
+    cal = calibrations.load_calibration(
+        str(calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"), gpu, st)
+    m = loader.load_model("qwen3-30b-a3b")
+    for mode, b, c, q, us in (("decode", 64, 1024, 1, 9.56), ("prefill", 1, 0, 512, 61.81)):
+        k = {k.name: k for k in build_kernels(m, st, mode, [b], c, q)}["combine_add"]
+        busy = kernel_cost(k, gpu, cal).seconds[0] - cal.physics.launch_gap_s
+        assert busy == pytest.approx(us * 1e-6, rel=0.1), mode
+
+
 def test_shared_expert_kernels_are_sized_to_it() -> None:
     m = moe(shared_expert_intermediate_size=384)
     ks = {k.name: k for k in build_kernels(m, loader.load_stack("torch-fused"), "decode",
@@ -186,9 +216,9 @@ def test_predict_breaks_out_routing_and_expert_costs(capsys: pytest.CaptureFixtu
     doc = json.loads(out)
     ops = {r["op"]: r for r in doc["ops"]}
     assert doc["routing_ms"] == pytest.approx(sum(
-        ops[n]["ms"] for n in ("router", "route_topk", "route_renorm", "permute_index",
-                               "permute_gather", "combine_scale", "combine_zero",
-                               "combine_add")))
+        ops[n]["ms"] for n in ("router", "route_topk", "route_renorm", "permute_sort",
+                               "permute_index", "permute_gather", "combine_scale",
+                               "combine_zero", "combine_add")))
     assert doc["experts_ms"] > doc["routing_ms"] > 0
     assert doc["weight_bytes"] < loader.load_model("qwen3-30b-a3b").weight_bytes
 

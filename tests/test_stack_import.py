@@ -91,8 +91,17 @@ def test_hf_transformers_import_sees_separate_projections_and_the_static_cache(m
     assert weights == ["q", "k", "v", "o", "gate", "up", "down"]
     attn = next(op for op in imp.stack.layer if op.op == "attention")
     assert attn.keys == "allocated_cache"
-    assert any(op.only_grouped and op.tensor == "kv_cache_expanded"
-               for op in imp.stack.layer)       # repeat_kv
+    expand = [op for op in imp.stack.layer
+              if op.only_grouped and op.tensor == "kv_cache_expanded"]   # repeat_kv
+    assert len(expand) == 1
+    # priced as the hand-checked file prices it: its per-element work, its bytes, from
+    # a cache no kernel just wrote
+    hand = next(op for op in loader.load_stack("hf-transformers").layer
+                if op.name == "repeat_kv")
+    for field in ("kernels", "bytes_per_element", "reads", "read_bytes_per_element",
+                  "bandwidth_fraction", "l2_chain", "flops_per_element"):
+        assert getattr(expand[0], field) == getattr(hand, field), field
+    assert not hand.l2_chain
     assert imp.stack.attention["verify"] == "cudnn_masked"
 
 

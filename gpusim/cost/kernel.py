@@ -106,7 +106,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
                    else np.zeros_like(k.flops))
         op_bw = (bw * k.bandwidth_fraction if k.bandwidth_fraction is not None
                  else bw / (1.0 - strided + strided / ph.strided_bandwidth_fraction))
-        memory = l2_aware_s(k.bytes, launches, op_bw, gpu, ph)
+        memory = (l2_aware_s(k.bytes, launches, op_bw, gpu, ph) if k.l2_chain
+                  else k.bytes / op_bw)
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, ph)
     if launches == 0:

@@ -7,9 +7,22 @@ the tokens and saturate at all of them); its arithmetic is tiles of each expert'
 so a step whose experts get few rows each pays for mostly empty tiles.
 
 * ``grouped_mm``: ``torch._grouped_mm`` (what plain PyTorch runs, no custom kernels):
-  one CUTLASS grouped GEMM over all groups on sm90, each group's rows in tiles of
-  ``tile_m``, the groups' tiles scheduled together in waves over the SMs; unquantized
-  weights. The permutation (sort, gather) and the combine are the stack's own ops.
+  one CUTLASS grouped GEMM over all groups on sm90, the groups' tiles scheduled together
+  in waves over the SMs; unquantized weights. Its tile is PyTorch's pick
+  (aten/src/ATen/native/cuda/GroupMM.cu, ``dispatch_bf16_grouped_kernel_on_tile_size``):
+  where the rows per group (all slots over all experts) or n are at most 128, a
+  64 x 128 ping-pong CTA tile, else a 128 x 256 cooperative one, both in clusters of two
+  CTAs along M that share each weight tile (TMA multicast). Profiled on H100 at every
+  Qwen3-30B-A3B shape, decode 1 to a 512-token prefill (validation/data/h100-sxm/moe/
+  kernels.csv): TileShape 64 x 128, ClusterShape 2 x 1 x 1,
+  KernelPtrArrayTmaWarpSpecializedPingpong. A cluster covers two CTA tiles of rows, so
+  an expert's rows are padded to multiples of ``tile_m`` = 2 x 64 = 128 (a cluster whose
+  expert has 64 rows or fewer leaves its second CTA without rows), the large kernel's
+  to multiples of 256, in 256-column tiles. Before the GEMM, PyTorch launches
+  ``prepare_grouped_gemm_data`` (one CTA writing each group's pointers and problem
+  size: 96 launches in 48 layers at every profiled shape, 1.7 us each), priced as one
+  more small kernel per call. The permutation (sort, gather) and the combine are the
+  stack's own ops.
 * ``fused_moe``: a fused-MoE kernel as vLLM and SGLang run it (Triton's ``fused_moe``
   or CUTLASS's grouped MoE): the token gather fused into the GEMM's loads, each
   expert's rows padded to ``block_m`` (moe_align_block_size), weights unquantized or
@@ -29,7 +42,14 @@ from typing import TYPE_CHECKING, Annotated, ClassVar
 import numpy as np
 from pydantic import Field
 
-from gpusim.cost.gemm_family import Bounds, GemmFamily, GemmParts, Ratio, hbm_s
+from gpusim.cost.gemm_family import (
+    Bounds,
+    GemmFamily,
+    GemmParts,
+    Ratio,
+    extra_launches_s,
+    hbm_s,
+)
 from gpusim.kernels.records import Kernel
 from gpusim.specs import Frozen, GpuSpec
 from gpusim.specs.base import NonNeg
@@ -38,23 +58,32 @@ if TYPE_CHECKING:
     from gpusim.cost.params import GpuPhysics
 
 RowTile = Annotated[int, Field(ge=1, le=512)]
+# torch._grouped_mm on sm90 (GroupMM.cu): problems whose rows per group or n are at most
+# SMALL_PROBLEM_ROWS run the small kernel (GroupedMmParams.tile_m rows per cluster tile,
+# SMALL_TILE_N columns); others the large one (LARGE_TILE_M rows per cluster: two
+# 128-row CTA tiles, LARGE_TILE_N columns)
+SMALL_PROBLEM_ROWS = 128
+SMALL_TILE_N, LARGE_TILE_M, LARGE_TILE_N = 128, 256, 256
+PREPARE_KERNELS = 1   # prepare_grouped_gemm_data, one launch before each grouped GEMM
 
 
-def expert_tiles(slots: np.ndarray, touched: np.ndarray, tile_m: float) -> np.ndarray:
+def expert_tiles(slots: np.ndarray, touched: np.ndarray, tile_m: object) -> np.ndarray:
     """Expected row tiles over the touched experts (see the module's docstring)."""
     d = np.maximum(touched, 1e-12)
     per = np.maximum(1.0, slots / (d * tile_m) + (tile_m - 1.0) / (2.0 * tile_m))
     return np.where(touched > 0, touched * per, 0.0)
 
 
-def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: float, efficiency: float
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: object, efficiency: float,
+           tile_n: object = None) -> tuple[np.ndarray, np.ndarray]:
     """(row tiles, arithmetic seconds) of an expert GEMM: each expert's rows in tiles of
-    ``tile_m`` by ``gemm_tile_n`` columns, all tiles in waves over the SMs."""
+    ``tile_m`` by ``tile_n`` columns (default ``gemm_tile_n``; both per step shape or
+    one), all tiles in waves over the SMs."""
     g = k.gemm
     assert g is not None and getattr(g, "touched", None) is not None  # kernels.moe
+    tile_m = np.asarray(tile_m, dtype=np.float64)
     tiles_m = expert_tiles(np.asarray(g.m, dtype=np.float64), g.touched, tile_m)
-    tile_n = float(physics.gemm_tile_n)
+    tile_n = np.asarray(physics.gemm_tile_n if tile_n is None else tile_n, dtype=np.float64)
     waves = np.ceil(tiles_m * np.ceil(g.n / tile_n) / gpu.sm_count)
     per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
     return tiles_m, waves * 2.0 * tile_m * tile_n * g.k / (per_sm * efficiency)
@@ -62,8 +91,9 @@ def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: float, efficien
 
 class GroupedMmParams(Frozen):
     """torch._grouped_mm on this GPU: its tensor efficiency and bandwidth relative to
-    cuBLAS's GEMMs, its row tile, a fixed cost per call and per touched expert (each
-    group's problem setup and tile scheduling)."""
+    cuBLAS's GEMMs, the rows of one cluster tile of its small-problem kernel (two 64-row
+    CTA tiles on sm90), a fixed cost per call and per touched expert (each group's
+    problem setup and tile scheduling)."""
 
     tensor_efficiency_ratio: Ratio = 1.0
     bandwidth_ratio: Ratio = 1.0
@@ -86,10 +116,21 @@ class GroupedMm(GemmFamily):
               ) -> GemmParts:
         p = params
         assert isinstance(p, GroupedMmParams)
-        _, compute = _tiled(k, gpu, physics, float(p.tile_m),
-                            physics.tensor_efficiency * p.tensor_efficiency_ratio)
-        touched = getattr(k.gemm, "touched", np.zeros_like(k.flops))
-        return GemmParts(self.call_fixed_s(k, physics, p.fixed_s, touched * p.per_expert_s),
+        g = k.gemm
+        assert g is not None
+        # PyTorch's tile pick: rows per group over all the experts, as GroupMM.cu sizes
+        # it (M / group_count), or n, at most 128: the small ping-pong tile
+        experts = max(float(getattr(g, "experts", 0) or 1), 1.0)
+        small = (np.asarray(g.m, dtype=np.float64) / experts <= SMALL_PROBLEM_ROWS) \
+            | (g.n <= SMALL_PROBLEM_ROWS)
+        _, compute = _tiled(k, gpu, physics, np.where(small, float(p.tile_m), LARGE_TILE_M),
+                            physics.tensor_efficiency * p.tensor_efficiency_ratio,
+                            np.where(small, SMALL_TILE_N, LARGE_TILE_N))
+        touched = getattr(g, "touched", np.zeros_like(k.flops))
+        # prepare_grouped_gemm_data: a small kernel of its own before each call
+        prepare = k.launches * extra_launches_s(PREPARE_KERNELS, physics)
+        return GemmParts(self.call_fixed_s(k, physics, p.fixed_s,
+                                           touched * p.per_expert_s + prepare),
                          hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio), compute)
 
 

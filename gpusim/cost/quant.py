@@ -6,7 +6,7 @@ Why quantization is not magic, in the model's terms:
 * ``scaled_mm`` (fp8 x fp8 -> bf16, per-tensor scales): cuBLASLt's fp8 GEMM, tiled
   like cuBLAS's bf16 one but at the fp8 tensor rate, reading 1-byte weights. Its
   activation must be scaled and cast on every call: the stack lists those kernels (an
-  amax reduction, scalar ops, div, clamp, cast: torch-fp8's ``*_act_quant`` ops), and
+  amax reduction, scalar ops, div, clamp, cast: torch-fp8's ``*_act_quant*`` ops), and
   where the stack pads the token rows to 16, the two kernels of ``F.pad`` (a fill and a
   copy) run for shapes whose token count is not a multiple: priced here, per shape
   (a kernel record's launch count is one per op, so in eager mode these two launches'

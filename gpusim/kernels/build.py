@@ -20,6 +20,7 @@ from gpusim.kernels.quant import (
     kv_stored,
     needs_family_kernel,
     padded,
+    whole_tensor_walk,
 )
 from gpusim.kernels.records import Kernel, Section, attention_kernel, gemm_kernel
 from gpusim.kernels.shape import as_arrays, check_shape
@@ -66,6 +67,9 @@ def _reduction(op: StackOp, elements: np.ndarray, rows: np.ndarray) -> np.ndarra
     """[rows, row_elements x reduction kernels] of an op's row reductions, or None."""
     if op.reduction_kernels == 0:
         return None
+    if op.reduces == "tensor":   # one value from the whole tensor: one walk, no rows
+        return np.stack([np.ones_like(elements),
+                         whole_tensor_walk(elements) * op.reduction_kernels])
     row = elements / np.maximum(rows, 1.0)
     return np.stack([rows, row * op.reduction_kernels])
 
@@ -128,10 +132,11 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
         else op.kernels
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
-                  launches=launches, repeat=repeat, flops=elements, weight_bytes=zeros,
+                  launches=launches, repeat=repeat, flops=elements * op.flops_per_element,
+                  weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok),
-                  bandwidth_fraction=op.bandwidth_fraction)
+                  bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain)
 
 
 def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,

@@ -100,6 +100,9 @@ class Kernel:
     # the fraction of a vectorised kernel's bandwidth this op's kernels reach, when its
     # stack file gives one (read off a profile), in place of the strided-path model
     bandwidth_fraction: float | None = None
+    # a pointwise op whose input the kernel before it just wrote (its L2-resident part
+    # streams at L2 speed), or one that streams a tensor from HBM (false)
+    l2_chain: bool = True
     # a collective between GPUs (tensor/pipeline/expert parallelism): what it moves
     collective: CollectiveShape | None = None
 

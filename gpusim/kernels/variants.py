@@ -24,21 +24,35 @@ def _op(**kw: object) -> StackOp:
 
 # moe_forward.MoeLayer on CUDA, eager (the profile phase of bench_quant_moe.py records
 # what each really launches). Bytes are HBM bytes read plus written per element of the
-# op's tensor over its kernels.
+# op's tensor over its kernels. Kernel counts and which kernels take PyTorch's
+# non-vectorised path (``strided_kernels``: top-k, sorts, index and atomic kernels, a
+# block or a thread per row or element) as profiled on H100, torch 2.11
+# (validation/data/h100-sxm/moe/kernels.csv: Qwen3-30B-A3B at decode 1, decode 64 and a
+# 512-token prefill, 48 layers; per-launch times below are its means).
 TORCH_MOE: tuple[StackOp, ...] = (
     # F.linear(hn, router): one cuBLAS GEMM [T, h] x [h, E]
     _op(op="gemm", name="router", weight="router"),
-    # softmax in float32 over [T, E] (read 2, write 4), topk (a radix select reading the
-    # 4-byte scores, and a sort of the k picks), cast of the weights to bf16
+    # softmax in float32 over [T, E] (read 2, write 4; softmax_warp_forward), topk (a
+    # radix select reading the 4-byte scores, sbtopk::gatherTopK, 5.4-9.5 us, and a
+    # bitonic sort of the k picks, bitonicSortKVInPlace, 4.2-5.0 us: both one block per
+    # row, non-vectorised), cast of the weights to bf16
     _op(op="elementwise", name="route_topk", tensor="router_logits", kernels=4,
-        bytes_per_element=10),
-    # norm_topk_prob: sum and div over the [T, k] float weights
+        bytes_per_element=10, strided_kernels=2),
+    # norm_topk_prob: sum (a reduce_kernel, 2.3-2.5 us) and div over the [T, k] weights
     _op(op="elementwise", name="route_renorm", tensor="routing", kernels=2,
-        bytes_per_element=12, requires="norm_topk_prob"),
-    # stable argsort of the T*k expert ids (index fill + sort), slot -> token floor-div,
-    # float cast, histc (memset + count), cumsum and int32 cast of the per-expert counts
+        bytes_per_element=12, strided_kernels=1, requires="norm_topk_prob"),
+    # stable argsort of the T*k int64 expert ids: one radixSortKVInPlace kernel, a single
+    # CTA sorting keys and values in shared memory (read and write 8 + 8 B per slot) up
+    # to 4096 slots (6.7 us at 8 slots, 27.1 at 512, 33.8 at 4096). Its time grows with
+    # the CTA's serial radix passes, which the pointwise physics does not price: here a
+    # non-vectorised kernel of fixed cost and bytes only (the rest is left to the fit)
+    _op(op="elementwise", name="permute_sort", tensor="routing", kernels=1,
+        bytes_per_element=32, strided_kernels=1),
+    # the sort's index fill (arange), slot -> token floor-div, float cast of the ids,
+    # histc (a fill and kernelHistogram1D: atomics, 1.6-2.8 us), cumsum (cub's scan init
+    # and scan) and int32 cast of the per-expert counts: 8 kernels
     _op(op="elementwise", name="permute_index", tensor="routing", kernels=8,
-        bytes_per_element=40),
+        bytes_per_element=40, strided_kernels=1),
     # index_select of the tokens' rows into expert order: read 2, write 2
     _op(op="elementwise", name="permute_gather", tensor="routed_hidden", kernels=1,
         bytes_per_element=4),
@@ -48,19 +62,22 @@ TORCH_MOE: tuple[StackOp, ...] = (
     _op(op="elementwise", name="experts_silu_mul", tensor="routed_intermediate",
         kernels=2, bytes_per_element=10, strided_kernels=2),
     _op(op="gemm", name="experts_down", weight="experts_down", family="grouped_mm"),
-    # index_select of each slot's routing weight, and the [T k, h] rows scaled by it (a
-    # broadcast: PyTorch's non-vectorised path)
+    # index_select of each slot's routing weight (indexSelectSmallIndex or a
+    # scatter-gather kernel, 3.0-6.8 us) and the [T k, h] rows scaled by it (a
+    # broadcast): both PyTorch's non-vectorised path
     _op(op="elementwise", name="combine_scale", tensor="routed_hidden", kernels=2,
-        bytes_per_element=4, strided_kernels=1),
+        bytes_per_element=4, strided_kernels=2),
     # zeros [T, h], then index_add_ of the slots into their tokens (atomics: read the
-    # slot row, read and write the token row). bf16 atomic adds onto rows that top-k
-    # slots share run at about a quarter of the sustained bandwidth: profiled on H100
-    # (validation/data/h100-sxm/moe/kernels.csv, Qwen3-30B-A3B, indexFuncLargeIndex):
-    # 9.6 us for 6.3 MB at decode batch 64, 61.8 us for 50 MB at a 512-token prefill
+    # slot row, read and write the token row; indexFuncSmallIndex / LargeIndex, a
+    # non-vectorised kernel). bf16 atomic adds onto rows that top-k slots share reach
+    # about a fifth of a vectorised kernel's bandwidth: 9.6 us for 6.3 MB at decode
+    # batch 64 and 61.8 us for 50 MB at a 512-token prefill give 0.23 and 0.21 of it
+    # with the non-vectorised kernel's fixed cost and the L2-resident part at L2 speed
+    # (H200 profiles it at 61.5 us as well: the atomics, not HBM, bound it)
     _op(op="elementwise", name="combine_zero", tensor="hidden", kernels=1,
         bytes_per_element=2),
     _op(op="elementwise", name="combine_add", tensor="routed_hidden", kernels=1,
-        bytes_per_element=6, bandwidth_fraction=0.27),
+        bytes_per_element=6, strided_kernels=1, bandwidth_fraction=0.22),
     # a shared expert: the stack's dense MLP at the shared expert's size
     _op(op="dense_mlp", name="shared_expert", requires="shared_expert"),
     # Qwen2-MoE's gate on it: a [T, h] x [h, 1] GEMM, sigmoid, broadcast mul

@@ -56,6 +56,18 @@ class StackOp(Frozen):
     # where profiles show them far from the strided-path model (a 5-D strided copy);
     # None: the model's (vectorised or strided) bandwidth
     bandwidth_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    # its kernels read what the kernel before them just wrote, so the part of each
+    # kernel's traffic that fits in L2 moves at L2 speed (cost.pointwise.l2_aware_s);
+    # false for an op that streams a tensor no kernel just wrote (repeat_kv's copy of a
+    # whole static cache): all of its traffic at its HBM bandwidth
+    l2_chain: bool = True
+    # pointwise ops: CUDA-core work per element of ``tensor``, priced at the GPU's fp32
+    # rate and overlapped with the op's bytes (1: a flop per element, nothing next to
+    # its bytes). More for a kernel bound by its per-element instructions rather than
+    # by HBM: repeat_kv's non-vectorised copy of a five-dimensional expanded view, whose
+    # index arithmetic over five dimensions per element runs as long on an H200 as on an
+    # H100 (stacks/hf-transformers.yaml)
+    flops_per_element: Annotated[float, Field(gt=0.0, le=1e4)] = 1.0
     # only positions whose logits are needed (prefill: last position) for lm_head
     last_position_only_in_prefill: bool = False
     # kernels of this op that take PyTorch's non-vectorised path (strided views,
@@ -64,6 +76,10 @@ class StackOp(Frozen):
     strided_kernels: Annotated[int, Field(ge=0, le=64)] = 0
     # row reductions over the tensor's last dimension among its kernels (RMSNorm's mean)
     reduction_kernels: Annotated[int, Field(ge=0, le=64)] = 0
+    # what those reductions reduce: each row (rows: RMSNorm's mean) or the whole tensor to
+    # one value (tensor: fp8's per-tensor amax), whose CTA walk follows PyTorch's reduce
+    # config (kernels.quant.whole_tensor_walk)
+    reduces: Literal["rows", "tensor"] = "rows"
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
     # attention: the keys it reads: the sequence's cached and new positions (context),
     # or the whole allocated cache under a mask (allocated_cache: a static cache as
@@ -102,6 +118,8 @@ class StackOp(Frozen):
         if self.strided_kernels > self.kernels:
             raise ValueError(f"op {self.name!r}: strided_kernels ({self.strided_kernels}) "
                              f"exceeds kernels ({self.kernels})")
+        if self.reduces == "tensor" and self.reduction_kernels == 0:
+            raise ValueError(f"op {self.name!r}: 'reduces: tensor' needs reduction_kernels")
         if self.vectorized_at_one_token > self.strided_kernels:
             raise ValueError(f"op {self.name!r}: vectorized_at_one_token "
                              f"({self.vectorized_at_one_token}) exceeds strided_kernels "

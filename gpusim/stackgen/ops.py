@@ -130,25 +130,28 @@ def tensor_of(u: Unit, elements: dict[str, float], keys: int | None = None) -> s
     return min(pool, key=lambda n: abs(math.log(largest / max(pool[n], 1.0))))
 
 
-# PyTorch's copy of a five-dimensional expanded view (repeat_kv's expand + reshape)
-# reaches about 40% of the sustained HBM bandwidth, not the strided path's ~54% that
-# the physics was fitted on with two-to-four-dimensional views (profiled: H100, Llama
-# 3.2 1B decode at batch 8, ctx 1024: 37.5 us per 42 MB copy; stacks/hf-transformers.yaml)
-EXPANDED_COPY_BANDWIDTH_FRACTION = 0.40
+# PyTorch's copy of a five-dimensional expanded view (repeat_kv's expand + reshape) is
+# bound by its per-element index arithmetic, not by HBM: about 135 fp32-operation
+# equivalents per element written, 2.0 ps at 67 TFLOP/s (profiled: Llama 3.2 1B and
+# 3.1 8B decode at batch 1 and 8, cache 1025, on H100 and H200 alike, whose HBM is 43%
+# faster: 37.4 and 37.1 us per 16.8M elements, 71.0 and 71.4 us per 33.6M;
+# stacks/hf-transformers.yaml)
+EXPANDED_COPY_FLOPS_PER_ELEMENT = 135.0
 
 
 def expand_op(name: str, run: list[Unit]) -> StackOp:
     """repeat_kv: copies of K and V expanded to every query head. Each reads its cache
     (2 B per kv_cache element) and writes the expansion (2 B per kv_cache_expanded
-    element) at the expanded copy's bandwidth; a model with as many KV heads as query
-    heads skips it."""
+    element), from a cache no kernel just wrote (no L2 chain), its time set by its
+    per-element work; a model with as many KV heads as query heads skips it."""
     kernels = [k for u in run for k in u.kernels]
     strided = sum(1 for k in kernels if not VECTORIZED.search(k.name))
     return StackOp(op="elementwise", name=name, tensor="kv_cache_expanded",
                    kernels=len(kernels), bytes_per_element=2.0 * len(kernels),
                    reads="kv_cache", read_bytes_per_element=2.0 * len(kernels),
-                   strided_kernels=strided, only_grouped=True,
-                   bandwidth_fraction=EXPANDED_COPY_BANDWIDTH_FRACTION)
+                   strided_kernels=strided, only_grouped=True, bandwidth_fraction=1.0,
+                   l2_chain=False,
+                   flops_per_element=EXPANDED_COPY_FLOPS_PER_ELEMENT * len(kernels))
 
 
 # without recorded shapes, the tensor a pointwise run works on is the output of the

@@ -5,7 +5,8 @@
         [--trace FILE [--time-scales 1,0.5]] [--max-num-seqs 256]
         [--max-num-batched-tokens 8192] [--block-size 16] [--max-model-len 4096]
         [--kv-blocks N | --gpu-memory-utilization 0.9] [--capture-sizes vllm|none|1,2,4]
-        [--kv-bucket-tokens 256] [--eager-sdpa no-cudnn|default] [--prefix-caching] [--shared-prefix-tokens N]
+        [--kv-bucket-tokens 256] [--eager-sdpa no-cudnn|default] [--prefix-caching]
+        [--shared-prefix-tokens N]
         [--prefix-prompts K] [--conversation-turns T] [--turn-think-s S]
         [--device cuda|cpu] [--dtype bfloat16|float32] [--seed 0]
 
