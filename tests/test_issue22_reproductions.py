@@ -156,14 +156,14 @@ def test_calibration_of_another_gpu_refused(capsys: Capsys) -> None:
 
 
 def test_calibration_host_costs_borrowed_with_a_note(capsys: Capsys) -> None:
-    """h200's file measured torch-hf only: torch-fused names torch-hf in its
+    """vllm is described, not measured: it names torch-compile in its
     host_costs_from, so it borrows those and says so."""
     cal = REPO / "validation" / "calibrations" / "h200.yaml"
     rc, out, err = run_cli(capsys, ["predict", "--gpu", "h200", "--model", "llama-3.1-8b",
-                                    "--stack", "torch-fused", "--calibration", str(cal),
+                                    "--stack", "vllm", "--calibration", str(cal),
                                     "--format", "json"])
     assert rc == 0, err
-    assert "host costs of torch-hf" in json.loads(out)["calibration"]
+    assert "host costs of torch-compile" in json.loads(out)["calibration"]
 
 
 def test_calibration_without_the_stack_refused(tmp_path: Path, capsys: Capsys) -> None:
