@@ -583,29 +583,61 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(parts, args, args.gpu)
         return 0
+    st = begin(args, "gpusim-campaign-")
+    st.log(f"campaign on {st.card or args.device} as {st.gpu}: {len(parts)} parts, budget "
+           f"{args.budget_s:.0f} s -> {st.out}")
+    run_parts(parts, lambda i, part: run_and_file(
+        part, i, parts, args, st.gpu, deadline - time.monotonic(), st.work, st.root,
+        st.lease, st.log), st.log)
+    meta = {"gpu": st.gpu, "requested_gpu": args.gpu, "card": st.card,
+            "device": args.device, "utc": st.utc.isoformat(timespec="seconds"),
+            "budget_s": args.budget_s, "lease": st.lease,
+            "elapsed_s": time.monotonic() - t0, "command": [sys.executable, *sys.argv]}
+    return finish(meta, parts, st.root / st.lease, st.work, st.out, t0, bool(args.work),
+                  st.log)
+
+
+@dataclass
+class Start:
+    """A campaign under way: DIR, its work folder and log, the GPU (as gpusim names it,
+    and as nvidia-smi does), its UTC start, the lease's name and the tree it fills."""
+
+    out: Path
+    work: Path
+    log: Log
+    gpu: str
+    card: str | None
+    utc: dt.datetime
+    lease: str
+    root: Path
+
+
+def begin(args: argparse.Namespace, prefix: str, lease_suffix: str = "") -> Start:
+    """The campaign's start, for one GPU and several alike: --out made, the work folder
+    (--work, else a new temporary one named ``prefix``...) and its log, the GPU
+    detected (``detect_gpu``), the lease named by the UTC start (+ ``lease_suffix``).
+    Raises SystemExit where the GPU cannot be named."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpusim-campaign-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix=prefix))
     log = Log(work / "campaign.log")
     gpu, card = detect_gpu(args.gpu, args.device, log)
     utc = dt.datetime.now(dt.timezone.utc)  # noqa: UP017 (py3.10)
-    lease = f"lease_{utc:%Y-%m-%d_%H%M}"
     root = work / "tree" / gpu
     root.mkdir(parents=True, exist_ok=True)
-    log(f"campaign on {card or args.device} as {gpu}: {len(parts)} parts, budget "
-        f"{args.budget_s:.0f} s -> {out}")
+    return Start(out, work, log, gpu, card, utc, f"lease_{utc:%Y-%m-%d_%H%M}{lease_suffix}",
+                 root)
+
+
+def run_parts(parts: list[Part], run, log: Log) -> None:
+    """``run(i, part)`` for each part in turn; a fault of the driver itself is logged
+    and marked on its part, and the campaign goes on (what there is gets packed)."""
     for i, part in enumerate(parts):
         try:
-            run_and_file(part, i, parts, args, gpu, deadline - time.monotonic(), work, root,
-                         lease, log)
-        except Exception as e:   # the driver's own fault: log it, pack what there is
+            run(i, part)
+        except Exception as e:
             part.status = f"driver error: {type(e).__name__}"
             log(f"{part.group} {part.name}: driver error {e!r}")
-    meta = {"gpu": gpu, "requested_gpu": args.gpu, "card": card, "device": args.device,
-            "utc": utc.isoformat(timespec="seconds"), "budget_s": args.budget_s,
-            "lease": lease, "elapsed_s": time.monotonic() - t0,
-            "command": [sys.executable, *sys.argv]}
-    return finish(meta, parts, root / lease, work, out, t0, bool(args.work), log)
 
 
 def finish(meta: dict, parts: list[Part], lease_dir: Path, work: Path, out: Path, t0: float,

@@ -61,11 +61,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -320,32 +318,21 @@ def main(argv: list[str] | None = None) -> int:
         print_plan(campaign.select_parts(plan(args.device, gpus, gpu), args.only), args,
                    gpu, gpus)
         return 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpusim-tp-"))
-    log = Log(work / "campaign.log")
-    gpu, card = campaign.detect_gpu(args.gpu, args.device, log)
-    parts = campaign.select_parts(plan(args.device, gpus, gpu), args.only)
+    st = campaign.begin(args, "gpusim-tp-", f"_x{gpus}")
+    parts = campaign.select_parts(plan(args.device, gpus, st.gpu), args.only)
     os.environ.update(MULTICAST_OFF)
-    utc = dt.datetime.now(dt.timezone.utc)  # noqa: UP017 (py3.10)
-    lease = f"lease_{utc:%Y-%m-%d_%H%M}_x{gpus}"
-    root = work / "tree" / gpu
-    root.mkdir(parents=True, exist_ok=True)
-    log(f"tensor-parallel campaign on {card or args.device} x{gpus} as {gpu}: {len(parts)} "
-        f"parts, budget {args.budget_s:.0f} s -> {out}")
-    for i, part in enumerate(parts):
-        try:
-            run_and_file(part, i, parts, args, gpu, gpus, deadline - time.monotonic(), work,
-                         root, lease, log)
-        except Exception as e:   # the driver's own fault: log it, pack what there is
-            part.status = f"driver error: {type(e).__name__}"
-            log(f"{part.group} {part.name}: driver error {e!r}")
-    meta = {"gpu": gpu, "gpus": gpus, "requested_gpu": args.gpu, "card": card,
-            "device": args.device, "utc": utc.isoformat(timespec="seconds"),
-            "budget_s": args.budget_s, "lease": lease, "elapsed_s": time.monotonic() - t0,
-            "environment": MULTICAST_OFF, "command": [sys.executable, *sys.argv]}
-    return campaign.finish(meta, parts, root / lease, work, out, t0, bool(args.work), log,
-                           summary_text)
+    st.log(f"tensor-parallel campaign on {st.card or args.device} x{gpus} as {st.gpu}: "
+           f"{len(parts)} parts, budget {args.budget_s:.0f} s -> {st.out}")
+    campaign.run_parts(parts, lambda i, part: run_and_file(
+        part, i, parts, args, st.gpu, gpus, deadline - time.monotonic(), st.work, st.root,
+        st.lease, st.log), st.log)
+    meta = {"gpu": st.gpu, "gpus": gpus, "requested_gpu": args.gpu, "card": st.card,
+            "device": args.device, "utc": st.utc.isoformat(timespec="seconds"),
+            "budget_s": args.budget_s, "lease": st.lease,
+            "elapsed_s": time.monotonic() - t0, "environment": MULTICAST_OFF,
+            "command": [sys.executable, *sys.argv]}
+    return campaign.finish(meta, parts, st.root / st.lease, st.work, st.out, t0,
+                           bool(args.work), st.log, summary_text)
 
 
 if __name__ == "__main__":
