@@ -86,12 +86,37 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 1e6:,.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:,.1f} kB"
 
 
+def _read_gzip(path: Path, limit_bytes: int) -> bytes:
+    """A gzip file's decompressed bytes, at most ``limit_bytes``. Raises ConfigError for
+    more, or for a damaged or truncated file."""
+    import gzip
+    import zlib
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read(limit_bytes + 1)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise bad(str(path), f"damaged gzip file: {exc}") from None
+    if len(data) > limit_bytes:
+        raise bad(str(path), f"file of over {_size(limit_bytes)} decompressed: gpusim "
+                  f"reads inputs of this kind up to {_size(limit_bytes)}")
+    return data
+
+
 def read_text(path: Path, encoding: str = "utf-8",
               limit_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
-    """A text file's contents (``encoding="utf-8-sig"`` drops a BOM). Raises ConfigError
-    for a file that cannot be read, is larger than ``limit_bytes`` (read before it could
-    exhaust memory) or is not text in that encoding."""
+    """A text file's contents (``encoding="utf-8-sig"`` drops a BOM). A ``.gz`` file is
+    read decompressed, and so is ``<path>.gz`` where ``path`` itself does not exist
+    (committed measurement files are stored gzip'd; readers name the plain file). Raises
+    ConfigError for a file that cannot be read, is larger than ``limit_bytes``
+    (decompressed; read before it could exhaust memory), is damaged gzip or is not text
+    in that encoding."""
+    packed = path.with_name(path.name + ".gz")
+    if path.suffix != ".gz" and not path.exists() and packed.exists():
+        path = packed
     try:
+        if path.suffix == ".gz":
+            data = _read_gzip(path, limit_bytes)
+            return data.decode(encoding)
         size_bytes = path.stat().st_size
         if size_bytes > limit_bytes:
             raise bad(str(path), f"file of {_size(size_bytes)}: gpusim reads inputs of "

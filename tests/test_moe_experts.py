@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpusim.kernels.moe import expected_experts, inclusion_probabilities
+from gpusim.kernels.moe import expected_experts, expected_row_tiles, inclusion_probabilities
 
 DRAWS = 10_000
 
@@ -124,3 +124,60 @@ def test_bad_arguments_are_refused() -> None:
         inclusion_probabilities(8, 9)
     with pytest.raises(ValueError, match="skew"):
         inclusion_probabilities(8, 2, -1.0)
+
+
+# --- row tiles: sum over experts of ceil(rows / tile) (the grouped GEMM's tiles) ------
+
+def mc_row_tiles(experts: int, top_k: int, tokens: int, tile: int, seed: int) -> float:
+    """Mean over DRAWS steps of sum_e ceil(rows_e / tile), every token picking top_k
+    distinct experts uniformly (rows counted with bincount, one draw at a time in
+    chunks)."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    chunk = max(1, 2_000_000 // (tokens * experts))
+    for start in range(0, DRAWS, chunk):
+        n = min(chunk, DRAWS - start)
+        scores = rng.random((n, tokens, experts))
+        picks = np.argpartition(scores, experts - top_k, axis=-1)[..., experts - top_k:]
+        flat = picks.reshape(n, -1) + experts * np.arange(n)[:, None]
+        rows = np.bincount(flat.ravel(), minlength=n * experts).reshape(n, experts)
+        total += np.ceil(rows / tile).sum()
+    return total / DRAWS
+
+
+# Mixtral-like 8 experts top 2 around the 128-row tile (96, 128 and 160 rows an expert)
+# and Qwen3-like 128 top 8; one tile-sized case per routing
+ROW_TILES = [(8, 2, 384, 128), (8, 2, 512, 128), (8, 2, 640, 128), (8, 2, 5, 128),
+             (128, 8, 2048, 128), (128, 8, 64, 16), (16, 4, 200, 64)]
+
+
+@pytest.mark.parametrize("experts,top_k,tokens,tile", ROW_TILES)
+def test_row_tiles_match_monte_carlo(experts: int, top_k: int, tokens: int, tile: int
+                                     ) -> None:
+    want = mc_row_tiles(experts, top_k, tokens, tile, seed=experts + tokens + tile)
+    got = float(expected_row_tiles(experts, top_k, tokens, tile))
+    assert got == pytest.approx(want, rel=0.01)
+
+
+def test_row_tiles_hand_worked() -> None:
+    # one token: its top_k experts, one tile each; rows concentrated well under a tile:
+    # one tile per (touched) expert; a tile of one row: every slot its own tile
+    assert float(expected_row_tiles(8, 2, 1, 128)) == pytest.approx(2.0)
+    assert float(expected_row_tiles(8, 2, 384, 128)) == pytest.approx(8.0, abs=1e-3)
+    assert float(expected_row_tiles(8, 2, 300, 1)) == pytest.approx(600.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4000), st.sampled_from([16, 64, 128, 256]),
+       st.floats(0.0, 2.0))
+def test_row_tiles_bounds(tokens: int, tile: int, skew: float) -> None:
+    # at least one tile per touched expert; at most that plus the slots' own tiles
+    touched = float(expected_experts(64, 4, tokens, skew))
+    got = float(expected_row_tiles(64, 4, tokens, tile, skew))
+    assert touched - 1e-6 <= got <= touched + tokens * 4 / tile + 1e-6
+
+
+def test_row_tiles_grow_with_tokens() -> None:
+    t = np.arange(1, 3000, 7)
+    got = expected_row_tiles(128, 8, t, 128, 0.5)
+    assert np.all(np.diff(got) >= -1e-9)

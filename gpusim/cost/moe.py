@@ -21,8 +21,16 @@ so a step whose experts get few rows each pays for mostly empty tiles.
   to multiples of 256, in 256-column tiles. Before the GEMM, PyTorch launches
   ``prepare_grouped_gemm_data`` (one CTA writing each group's pointers and problem
   size: 96 launches in 48 layers at every profiled shape, 1.7 us each), priced as one
-  more small kernel per call. The permutation (sort, gather) and the combine are the
-  stack's own ops.
+  more small kernel per call. Each row tile streams its expert's whole weight: a
+  second tile of the same expert reads it again from HBM (the scheduler reaches it
+  long after the first, the expert's weight far beyond L2), so the weight bytes are
+  paid once per expected row tile, not once per expert. Measured on H100, Mixtral
+  8x7B (8 layers) prefill (validation/data/h100-sxm/moe/steps.csv): 11.2 ms at 384
+  tokens (96 rows per expert, one tile each) but 15.0 at 512 (128 rows on average:
+  about half the experts spill into a second tile) and 12.7 at 640 (160 rows: the
+  256-row large kernel, one tile again), 17.8 at 1024 (256 rows: a second large tile
+  for half of them). The permutation (sort, gather) and the combine are the stack's
+  own ops.
 * ``fused_moe``: a fused-MoE kernel as vLLM and SGLang run it (Triton's ``fused_moe``
   or CUTLASS's grouped MoE): the token gather fused into the GEMM's loads, each
   expert's rows padded to ``block_m`` (moe_align_block_size), weights unquantized or
@@ -30,9 +38,10 @@ so a step whose experts get few rows each pays for mostly empty tiles.
   dequantized per row block at ``dequant_flops_per_element`` CUDA-core operations per
   weight element). A stack running it lists its own align and combine kernels.
 
-Expected tiles of a touched expert with r rows on average (r = slots / touched):
-``max(1, r / tile + (tile - 1) / (2 tile))``: one tile while it has a few rows, then
-its rows' tiles plus half a tile of padding on average.
+Row tiles: each expert's rows (Binomial(T, pi_i) under the routing,
+``kernels.moe.expected_row_tiles``) in ceil(rows / tile) tiles, summed over the experts:
+the rows of a few hundred tokens cluster near their mean, so 96 rows an expert is one
+128-row tile for nearly every expert and 128 rows is two for about half of them.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from gpusim.cost.gemm_family import (
     extra_launches_s,
     hbm_s,
 )
+from gpusim.kernels.moe import ExpertGemmShape
 from gpusim.kernels.records import Kernel
 from gpusim.specs import Frozen, GpuSpec
 from gpusim.specs.base import NonNeg
@@ -67,22 +77,15 @@ SMALL_TILE_N, LARGE_TILE_M, LARGE_TILE_N = 128, 256, 256
 PREPARE_KERNELS = 1   # prepare_grouped_gemm_data, one launch before each grouped GEMM
 
 
-def expert_tiles(slots: np.ndarray, touched: np.ndarray, tile_m: object) -> np.ndarray:
-    """Expected row tiles over the touched experts (see the module's docstring)."""
-    d = np.maximum(touched, 1e-12)
-    per = np.maximum(1.0, slots / (d * tile_m) + (tile_m - 1.0) / (2.0 * tile_m))
-    return np.where(touched > 0, touched * per, 0.0)
-
-
 def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: object, efficiency: float,
            tile_n: object = None) -> tuple[np.ndarray, np.ndarray]:
     """(row tiles, arithmetic seconds) of an expert GEMM: each expert's rows in tiles of
     ``tile_m`` by ``tile_n`` columns (default ``gemm_tile_n``; both per step shape or
     one), all tiles in waves over the SMs."""
     g = k.gemm
-    assert g is not None and getattr(g, "touched", None) is not None  # kernels.moe
+    assert isinstance(g, ExpertGemmShape)  # kernels.moe
     tile_m = np.asarray(tile_m, dtype=np.float64)
-    tiles_m = expert_tiles(np.asarray(g.m, dtype=np.float64), g.touched, tile_m)
+    tiles_m = g.row_tiles(tile_m)
     tile_n = np.asarray(physics.gemm_tile_n if tile_n is None else tile_n, dtype=np.float64)
     waves = np.ceil(tiles_m * np.ceil(g.n / tile_n) / gpu.sm_count)
     per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
@@ -123,15 +126,19 @@ class GroupedMm(GemmFamily):
         experts = max(float(getattr(g, "experts", 0) or 1), 1.0)
         small = (np.asarray(g.m, dtype=np.float64) / experts <= SMALL_PROBLEM_ROWS) \
             | (g.n <= SMALL_PROBLEM_ROWS)
-        _, compute = _tiled(k, gpu, physics, np.where(small, float(p.tile_m), LARGE_TILE_M),
-                            physics.tensor_efficiency * p.tensor_efficiency_ratio,
-                            np.where(small, SMALL_TILE_N, LARGE_TILE_N))
+        tiles_m, compute = _tiled(k, gpu, physics,
+                                  np.where(small, float(p.tile_m), LARGE_TILE_M),
+                                  physics.tensor_efficiency * p.tensor_efficiency_ratio,
+                                  np.where(small, SMALL_TILE_N, LARGE_TILE_N))
         touched = getattr(g, "touched", np.zeros_like(k.flops))
+        # every row tile past an expert's first reads its weight again
+        rereads = np.maximum(tiles_m - touched, 0.0) / np.maximum(touched, 1e-12)
+        moved = k.bytes + k.weight_bytes * rereads
         # prepare_grouped_gemm_data: a small kernel of its own before each call
         prepare = k.launches * extra_launches_s(PREPARE_KERNELS, physics)
         return GemmParts(self.call_fixed_s(k, physics, p.fixed_s,
                                            touched * p.per_expert_s + prepare),
-                         hbm_s(k.bytes, gpu, physics, p.bandwidth_ratio), compute)
+                         hbm_s(moved, gpu, physics, p.bandwidth_ratio), compute)
 
 
 class FusedMoeParams(Frozen):

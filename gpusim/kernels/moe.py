@@ -69,6 +69,32 @@ def expected_experts(num_experts: int, top_k: int, tokens: object, skew: float =
     return np.sum(1.0 - np.power(1.0 - pi, t[..., None]), axis=-1)
 
 
+def expected_row_tiles(num_experts: int, top_k: int, tokens: object, tile: object,
+                       skew: float = 0.0) -> np.ndarray:
+    """Expected row tiles of ``tile`` rows over one layer's experts: expert i's rows are
+    Binomial(T, pi_i) (``inclusion_probabilities``), its tiles ceil(rows / tile), and
+    E[ceil(X / t)] = sum_j P(X > j t), summed over the experts (the j = 0 terms are the
+    expected touched experts). ``tokens`` (T) and ``tile`` are arrays over step shapes
+    (or one value). Raises ValueError as inclusion_probabilities."""
+    from scipy.stats import binom
+    t, tl = np.broadcast_arrays(np.asarray(tokens, dtype=np.float64),
+                                np.asarray(tile, dtype=np.float64))
+    pi = inclusion_probabilities(num_experts, top_k, skew)
+    # experts of equal probability share one term (all of them under uniform routing)
+    probs, counts = np.unique(pi, return_counts=True)
+    out = np.zeros(t.shape)
+    for p_i, n_i in zip(probs, counts, strict=True):
+        if p_i <= 0.0:
+            continue
+        mean = t * p_i
+        # terms past mean + 10 sigma are below 1e-20
+        top = np.ceil((mean + 10.0 * np.sqrt(mean * (1.0 - p_i)) + 1.0) / tl)
+        j = np.arange(int(np.max(top, initial=0.0)) + 1, dtype=np.float64)
+        sf = binom.sf(j * tl[..., None], t[..., None], p_i)
+        out += n_i * np.sum(np.where(j <= top[..., None], sf, 0.0), axis=-1)
+    return out
+
+
 def tensor_elements(tensor: str, model: ModelSpec, tokens: np.ndarray) -> np.ndarray:
     """Elements of an MoE tensor per step: router logits [T, E], the routing of the
     T x k token-slots [T, k], the slots' gathered hidden rows [T k, h], their gate_up
@@ -95,6 +121,14 @@ class ExpertGemmShape(GemmShape):
 
     experts: int = 0
     touched: np.ndarray | None = None
+    top_k: int = 0            # experts per token (the routing, for row tiles)
+    routing_skew: float = 0.0
+
+    def row_tiles(self, tile: object) -> np.ndarray:
+        """Expected row tiles of ``tile`` rows over the experts (``expected_row_tiles``;
+        ``m`` is the slots, T x top_k)."""
+        tokens = np.asarray(self.m, dtype=np.float64) / max(self.top_k, 1)
+        return expected_row_tiles(self.experts, self.top_k, tokens, tile, self.routing_skew)
 
 
 def expert_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
@@ -126,4 +160,5 @@ def experts_kernel(name: str, weight: str, family: str, model: ModelSpec, sectio
                   act_bytes=slots * k * x_bytes + slots * n * out_bytes, dtype=dtype,
                   gemm=ExpertGemmShape(m=slots, n=n, k=k, x_dtype=dtype, w_dtype=w_dtype,
                                        family=family, experts=model.num_experts,
-                                       touched=touched))
+                                       touched=touched, top_k=top_k,
+                                       routing_skew=model.routing_skew))
