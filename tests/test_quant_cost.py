@@ -298,3 +298,31 @@ def test_a_calibration_file_holds_gemm_family_fields() -> None:
     cal = cset.for_stack(loader.load_stack("torch-hf"))
     assert cal.gemm.scaled_mm.fixed_s == 1e-6
     assert CalibrationSet.of(cal, {}).gemm.scaled_mm.fixed_s == 1e-6
+
+
+def test_grouped_gemm_overlaps_as_its_profile_shows() -> None:
+    # its own overlap exponent (12), not the GPU's fitted one: within 2^(1/12) of the
+    # longer of memory and arithmetic, where the GPU's exponent 3 would add up to 26%
+    from gpusim.cost.moe import GROUPED_OVERLAP_EXPONENT
+
+    m, st = loader.load_model("mixtral-8x7b-8l"), loader.load_stack("torch-fused")
+    cal = Calibration().replace({"physics.overlap_exponent": 3.0})
+    k = {k.name: k for k in build_kernels(m, st, "prefill", [1.0], 0, 768)}[
+        "experts_gate_up"]
+    c = kernel_cost(k, GPU, cal)
+    hi = max(float(c.memory_s[0]), float(c.compute_s[0]))
+    lo = min(float(c.memory_s[0]), float(c.compute_s[0]))
+    p = GROUPED_OVERLAP_EXPONENT
+    want = float(c.fixed_s[0]) + hi * (1 + (lo / hi) ** p) ** (1 / p)
+    assert float(c.seconds[0]) - k.launches * cal.physics.launch_gap_s == pytest.approx(want)
+
+
+def test_large_grouped_kernel_reads_each_weight_once() -> None:
+    # 1024 Mixtral tokens: 256 rows an expert, the 256-row kernel, about 1.5 tiles an
+    # expert, yet the weight is streamed once (its second tiles hit L2: the profile)
+    m, st = loader.load_model("mixtral-8x7b-8l"), loader.load_stack("torch-fused")
+    k = {k.name: k for k in build_kernels(m, st, "prefill", [1.0], 0, 1024)}["experts_down"]
+    assert float(k.gemm.row_tiles(256.0)[0]) > 1.4 * float(k.gemm.touched[0])
+    c = kernel_cost(k, GPU, Calibration())
+    assert float(c.memory_s[0]) * GPU.hbm_bandwidth_bytes_per_s == pytest.approx(
+        float(k.bytes[0]), rel=1e-3)

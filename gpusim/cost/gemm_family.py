@@ -62,6 +62,14 @@ class GemmFamily(ABC):
         fixed = k.launches * physics.gemm_fixed_cost_s + family_fixed_s + extra_s
         return np.broadcast_to(fixed, k.flops.shape).astype(np.float64)
 
+    def overlap_exponent(self, physics: GpuPhysics, params: Frozen) -> float:
+        """How its memory and arithmetic overlap (``cost.kernel.combined``'s exponent:
+        large = the longer of the two alone): the GPU's fitted one (cuBLAS's GEMMs),
+        unless the family's kernels overlap otherwise (``overlap_exponent`` in its
+        Params, 0 = the GPU's)."""
+        own = float(getattr(params, "overlap_exponent", 0.0))
+        return own if own > 0.0 else physics.overlap_exponent
+
     def tensor_efficiency(self, physics: GpuPhysics, params: Frozen) -> float:
         """The fraction of its dtype's tensor peak its matrix work sustains (the power
         model's tensor share counts ``compute_s`` times this)."""

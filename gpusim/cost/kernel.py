@@ -66,14 +66,17 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
     bw = gpu.hbm_bandwidth_bytes_per_s * ph.hbm_bandwidth_efficiency
     launches = float(k.launches)
     slow = None  # cuBLAS's measured slow pick for this GEMM shape, if any
+    exponent = None  # a GEMM family's own overlap of memory and arithmetic, if any
     fixed = np.full_like(k.flops, launches * ph.kernel_fixed_cost_s)
     if k.strided_launches is not None:
         fixed = fixed + k.strided_launches * ph.strided_kernel_extra_s
     if k.kind == KernelKind.GEMM and k.gemm is not None and k.gemm.family != "cublas":
         # quantized and expert GEMMs: their family's schedule (cost.gemm_families)
         gf = gemm_family(k.gemm.family)
-        gp = gf.parts(k, gpu, ph, cal.gemm_params(gf.name))
+        params = cal.gemm_params(gf.name)
+        gp = gf.parts(k, gpu, ph, params)
         fixed, memory, compute = fixed + gp.fixed_s, gp.memory_s, gp.compute_s
+        exponent = gf.overlap_exponent(ph, params)
     elif k.kind == KernelKind.GEMM:
         g = k.gemm
         assert g is not None  # built by kernels.records.gemm_kernel
@@ -115,15 +118,25 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         return Cost(z, z, z, z, z, z)
     memory = memory + launches * ph.dram_latency_s
     # arithmetic runs at the SM clock; HBM has its own
-    return combined(k, cal, fixed, memory, compute / stretch(k, cal, clock), slow)
+    return combined(k, cal, fixed, memory, compute / stretch(k, cal, clock), slow, exponent)
+
+
+def _family_exponent(k: Kernel, cal: Calibration) -> float | None:
+    """A non-cuBLAS GEMM family's own overlap exponent (None: the GPU's)."""
+    if k.kind != KernelKind.GEMM or k.gemm is None or k.gemm.family == "cublas":
+        return None
+    gf = gemm_family(k.gemm.family)
+    return gf.overlap_exponent(cal.physics, cal.gemm_params(gf.name))
 
 
 def combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
-             compute: np.ndarray, slow: np.ndarray | None) -> Cost:
-    """A kernel's Cost from its parts: memory and compute overlapped, plus fixed
-    costs, times cuBLAS's slowdown if any, plus the idle gaps before its launches."""
+             compute: np.ndarray, slow: np.ndarray | None,
+             exponent: float | None = None) -> Cost:
+    """A kernel's Cost from its parts: memory and compute overlapped (``exponent``:
+    how, default the GPU's fitted one), plus fixed costs, times cuBLAS's slowdown if
+    any, plus the idle gaps before its launches."""
     ph = cal.physics
-    p = ph.overlap_exponent
+    p = ph.overlap_exponent if exponent is None else exponent
     hi = np.maximum(memory, compute)
     lo = np.minimum(memory, compute)
     # (hi = 0 means lo = 0: the ratio is then 0, without a division by zero)
@@ -158,7 +171,7 @@ def reclocked(k: Kernel, cost: Cost, cal: Calibration, clock: np.ndarray) -> Cos
     slow = (slowdown(cal.physics.gemm_slow_picks, k.gemm.n, k.gemm.k, k.gemm.m)
             if k.gemm and k.gemm.family == "cublas" else None)
     return combined(k, cal, cost.fixed_s, cost.memory_s,
-                    cost.compute_s / stretch(k, cal, clock), slow)
+                    cost.compute_s / stretch(k, cal, clock), slow, _family_exponent(k, cal))
 
 
 def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:

@@ -21,16 +21,21 @@ so a step whose experts get few rows each pays for mostly empty tiles.
   to multiples of 256, in 256-column tiles. Before the GEMM, PyTorch launches
   ``prepare_grouped_gemm_data`` (one CTA writing each group's pointers and problem
   size: 96 launches in 48 layers at every profiled shape, 1.7 us each), priced as one
-  more small kernel per call. Each row tile streams its expert's whole weight: a
-  second tile of the same expert reads it again from HBM (the scheduler reaches it
-  long after the first, the expert's weight far beyond L2), so the weight bytes are
-  paid once per expected row tile, not once per expert. Measured on H100, Mixtral
-  8x7B (8 layers) prefill (validation/data/h100-sxm/moe/steps.csv): 11.2 ms at 384
-  tokens (96 rows per expert, one tile each) but 15.0 at 512 (128 rows on average:
-  about half the experts spill into a second tile) and 12.7 at 640 (160 rows: the
-  256-row large kernel, one tile again), 17.8 at 1024 (256 rows: a second large tile
-  for half of them). The permutation (sort, gather) and the combine are the stack's
-  own ops.
+  more small kernel per call. Each row tile streams its expert's whole weight, and
+  under the small kernel a second tile of the same expert reads it again from HBM: the
+  weight bytes are paid once per expected row tile. Under the large kernel they are
+  not: its second tiles find the weight in L2. Both kernels overlap their loads and
+  MMAs (TMA, warp-specialized) about as well as the longer of the two alone
+  (``overlap_exponent``). Measured on H100, Mixtral 8x7B (8 layers) prefill
+  (validation/data/h100-sxm/moe/steps.csv; the grouped kernel's own times in
+  validation/data/h100-sxm/probe_2026-12-06/moe_profile/): 11.2 ms at 384 tokens (96
+  rows an expert, one 128-row tile each), 15.0 at 512 (128 rows on average: about half
+  the experts spill into a second tile, whose weight read makes the kernel 1.42x as
+  long, 1497 against 1053 us a layer), 12.7 at 640 (160 rows: the 256-row large kernel,
+  one tile again) and 17.8 at 1024 (256 rows: a second large tile for about half of
+  them, its weight from L2: the kernel 1517 us a layer where re-reading it from HBM
+  would take about 1670). The permutation (sort, gather) and the combine are the
+  stack's own ops.
 * ``fused_moe``: a fused-MoE kernel as vLLM and SGLang run it (Triton's ``fused_moe``
   or CUTLASS's grouped MoE): the token gather fused into the GEMM's loads, each
   expert's rows padded to ``block_m`` (moe_align_block_size), weights unquantized or
@@ -75,6 +80,7 @@ RowTile = Annotated[int, Field(ge=1, le=512)]
 SMALL_PROBLEM_ROWS = 128
 SMALL_TILE_N, LARGE_TILE_M, LARGE_TILE_N = 128, 256, 256
 PREPARE_KERNELS = 1   # prepare_grouped_gemm_data, one launch before each grouped GEMM
+GROUPED_OVERLAP_EXPONENT = 12.0   # see GroupedMmParams.overlap_exponent
 
 
 def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: object, efficiency: float,
@@ -103,6 +109,11 @@ class GroupedMmParams(Frozen):
     tile_m: RowTile = 128
     fixed_s: NonNeg = 0.0
     per_expert_s: NonNeg = 0.0
+    # the grouped kernel's overlap of weight streaming and MMAs: the H100 profile's
+    # kernel times at 384-2048 tokens (moe_profile/) lie within 3.5% of the longer of
+    # the two at exponent 12 for every shape but one (1024 tokens, +6.7%), where the
+    # GPU's fitted 3 (cuBLAS's GEMMs) over-predicts them by up to 32%
+    overlap_exponent: Annotated[float, Field(ge=0.0, le=64.0)] = GROUPED_OVERLAP_EXPONENT
 
 
 class GroupedMm(GemmFamily):
@@ -131,8 +142,10 @@ class GroupedMm(GemmFamily):
                                   physics.tensor_efficiency * p.tensor_efficiency_ratio,
                                   np.where(small, SMALL_TILE_N, LARGE_TILE_N))
         touched = getattr(g, "touched", np.zeros_like(k.flops))
-        # every row tile past an expert's first reads its weight again
-        rereads = np.maximum(tiles_m - touched, 0.0) / np.maximum(touched, 1e-12)
+        # under the small kernel every row tile past an expert's first reads its weight
+        # again from HBM; the large kernel's find it in L2 (see the module docstring)
+        rereads = np.where(small, np.maximum(tiles_m - touched, 0.0)
+                           / np.maximum(touched, 1e-12), 0.0)
         moved = k.bytes + k.weight_bytes * rereads
         # prepare_grouped_gemm_data: a small kernel of its own before each call
         prepare = k.launches * extra_launches_s(PREPARE_KERNELS, physics)
