@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gpusim.calibration import measurements
     from gpusim.calibration import profiles as prof_mod
+    from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.steady_clocks import read_probe_beside
     from gpusim.calibration.validate import HELD_OUT_SETS, in_sample, leave_one_model_out
@@ -275,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lomo = leave_one_model_out(
         data, gpu, st, loader.load_model, (),
         prof_mod.read_profiles(sorted(steps.parent.glob("kernels*.csv")), st),
-        read_sweep_beside(steps), read_probe_beside(steps, gpu.boost_clock_hz / 1e6))
+        read_sweep_beside(steps), read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
+        read_attention_points(steps.parent, loader.load_model, loader.load_stack))
     trusts = [trust_of(data, lomo.predicted_s, gpu.name, st.name, loader.load_model)]
     cal_file = calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml"
     held: list[HeldSet] = []

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
+from gpusim.calibration.attention_points import AttentionPoint, predict_points
 from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
@@ -98,6 +99,9 @@ def predict_micro(micro: Sequence[MicroGroup], gpu: GpuSpec, cal: Calibration) -
 
 
 PROFILE_WEIGHT = 1.0  # each profiled class total counts as much as a whole step
+# a profiled attention kernel (attention_points) counts as much as a tree step: a
+# kernel's own time tells its regimes apart, where a step's hides it among the others
+POINT_WEIGHT = 1.0
 KIND_CLASS = {"gemm": "gemm", "attention": "attention", "elementwise": "elementwise",
               "embedding": "elementwise"}
 
@@ -181,7 +185,8 @@ def predict_clocks(cf: ClockFit, gpu: GpuSpec, cal: Calibration) -> np.ndarray:
 def _fit(space: tuple[Variable, ...], base: Calibration,
          groups: Sequence[Group], data: StepData, gpu: GpuSpec,
          micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None,
-         clock_fit: ClockFit | None = None) -> Calibration:
+         clock_fit: ClockFit | None = None,
+         points: Sequence[AttentionPoint] = ()) -> Calibration:
     rows = np.concatenate([g.rows for g in groups])
     lo, hi = bounds(space)
     x0 = start(space, base)
@@ -189,6 +194,7 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
     measured = data.measured_s[rows]
     micro_measured = (np.concatenate([g.measured_s for g in micro]) if micro
                       else np.zeros(0))
+    points_measured = np.array([p.measured_s for p in points])
 
     def residuals(x: np.ndarray) -> np.ndarray:
         cal = apply(base, space, x)
@@ -203,6 +209,9 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
         if clock_fit is not None:
             parts.append(CLOCK_WEIGHT * np.log(predict_clocks(clock_fit, gpu, cal)
                                                / clock_fit.clock_fraction))
+        if points:
+            parts.append(POINT_WEIGHT * np.log(predict_points(points, gpu, cal)
+                                               / points_measured))
         return np.concatenate(parts)
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
@@ -225,10 +234,12 @@ def _gemm_families(groups: Sequence[Group]) -> list[str]:
 def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         resolve_model: Callable[[str], ModelSpec], note: str = "",
         micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
-        sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None) -> FitResult:
+        sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
+        attention: Sequence[AttentionPoint] = ()) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
     given), then the host launch cost on eager rows and the token-tree kernel on tree
-    rows (mode ``tree``), the earlier parameters held each time.
+    rows (mode ``tree``) with its profiled kernels under every stack (``attention``,
+    those of the fitted models), the earlier parameters held each time.
 
     ``sweep``: this GPU's swept GEMMs; their slow cuBLAS picks (``gemm_picks``) are
     priced throughout the fit and kept in the calibration, except shapes only models
@@ -262,7 +273,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     # freely)
     tree_families = [f for f in _families(stack, trees) if f not in graph_families]
     if trees and tree_families:
-        cal = _fit(family_space(tree_families), cal, trees, data, gpu)
+        kept = [p for p in attention if p.model in fitted_models]
+        cal = _fit(family_space(tree_families), cal, trees, data, gpu, points=kept)
     return _quality(groups, data, gpu, cal)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpusim.calibration.attention_points import AttentionPoint
 from gpusim.calibration.fit import fit, make_groups, predict_groups
 from gpusim.calibration.gemm_picks import SweptPoint
 from gpusim.calibration.measurements import StepData
@@ -102,17 +103,18 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
                         resolve: Resolver, micro: Sequence[MicroGroup] = (),
                         profiles: ProfileData | None = None,
                         sweep: Sequence[SweptPoint] = (),
-                        clocks: SteadyClocks | None = None) -> Evaluation:
+                        clocks: SteadyClocks | None = None,
+                        attention: Sequence[AttentionPoint] = ()) -> Evaluation:
     """Each model's rows predicted by a calibration fitted without that model (its
-    steps, and the kernel microbenchmarks, profiles, slow GEMM picks and probed clocks
-    of its shapes, left out)."""
+    steps, and the kernel microbenchmarks, profiles, slow GEMM picks, probed clocks and
+    profiled attention kernels of its shapes, left out)."""
     pred = np.full(len(data), np.nan)
     cals = {}
     for model in sorted(set(data.model)):
         held = data.model == model
         res = fit(data.subset(~held), gpu, stack, resolve, note=f"LOMO without {model}",
                   micro=without_models(list(micro), {model}), profiles=profiles,
-                  sweep=sweep, clocks=clocks)
+                  sweep=sweep, clocks=clocks, attention=attention)
         groups = make_groups(data.subset(held), stack, resolve)
         pred[held] = predict_groups(groups, int(held.sum()), gpu, res.calibration)
         cals[model] = res.calibration
@@ -122,13 +124,14 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
 def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: GpuSpec,
               stack: StackSpec, resolve: Resolver,
               micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
-              sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None
-              ) -> Evaluation:
+              sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
+              attention: Sequence[AttentionPoint] = ()) -> Evaluation:
     """Fit on ``train`` (one GPU, with its microbenchmarks, GEMM sweep and probed
     clocks), predict ``test`` on another GPU's datasheet (without the train GPU's slow
     GEMM picks, as a transferred calibration is used)."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
-              micro=micro, profiles=profiles, sweep=sweep, clocks=clocks)
+              micro=micro, profiles=profiles, sweep=sweep, clocks=clocks,
+              attention=attention)
     cal = res.calibration.transferred(test_gpu.name,
                                       train_gpu.architecture == test_gpu.architecture)
     groups = make_groups(test, stack, resolve)
@@ -263,7 +266,9 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                held_out: Sequence[HeldOut] = (),
                sweeps: dict[str, list[SweptPoint]] | None = None,
                clocks: dict[str, SteadyClocks | None] | None = None,
-               multi_gpu: bool = True) -> tuple[str, list[dict[str, object]]]:
+               multi_gpu: bool = True,
+               attention: dict[str, list[AttentionPoint]] | None = None
+               ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
     ``datasets``/``gpus``: keyed by GPU name; ``shipped``: calibrations to report
@@ -271,7 +276,9 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     fitted on (another lease, models or shapes outside the fit), each predicted by the
     shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
     slow cuBLAS picks go into every fit); ``clocks``: each GPU's power probe (its
-    steady clocks go into every fit). The "Error bands" section
+    steady clocks go into every fit); ``attention``: each GPU's profiled attention
+    kernels under every stack (``calibration.attention_points``: into every fit). The
+    "Error bands" section
     (``calibration.bands``: coverage of the held-out errors by the bands) follows;
     ``multi_gpu``: append the multi-GPU section
     (``calibration.multi_gpu``: the all-reduce against published figures, Llama 3.1
@@ -299,16 +306,17 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
         profiles = profiles or {}
         sweeps = sweeps or {}
         clocks = clocks or {}
+        attention = attention or {}
         lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []),
                                    profiles.get(name), sweeps.get(name, []),
-                                   clocks.get(name))
+                                   clocks.get(name), attention.get(name, []))
         cross = None
         others = [o for o in names if o != name]
         if others:
             src = others[0]
             cross = cross_gpu(datasets[src], gpus[src], data, gpu, stack, resolve,
                               micro.get(src, []), profiles.get(src), sweeps.get(src, []),
-                              clocks.get(src))
+                              clocks.get(src), attention.get(src, []))
         sheet = in_sample(data, gpu, stack, Calibration(gpu=gpu.name), resolve,
                           "datasheet only")
         md += [f"## {name} ({len(data)} measured steps, {len(set(data.model))} models)", ""]

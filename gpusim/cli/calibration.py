@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -86,6 +87,7 @@ def calibrate(
     note = f"{path.parent.name}/{path.name}"
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
+    from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.steady_clocks import read_probe_beside
 
@@ -93,7 +95,9 @@ def calibrate(
         with working("calibrate", quiet):
             res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
                               profiles=prof, sweep=read_sweep_beside(path),
-                              clocks=read_probe_beside(path, g.boost_clock_hz / 1e6))
+                              clocks=read_probe_beside(path, g.boost_clock_hz / 1e6),
+                              attention=read_attention_points(path.parent, loader.load_model,
+                                                              loader.load_stack))
     except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
         raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
     stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
@@ -138,16 +142,23 @@ def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str
     return out
 
 
-def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration
+def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration,
+                       profiled: set[str] = frozenset(),
+                       physics_without: Callable[[str], Calibration] | None = None
                        ) -> list[stacks_report.StackEvaluation]:
-    """Every measured stack's steps on ``gpu`` predicted from ``physics``."""
+    """Every measured stack's steps on ``gpu`` predicted from ``physics``; a stack whose
+    profiled kernels went into the physics (``profiled``) from the physics fitted
+    without them (``physics_without``): its transfer and leave-one-model-out errors
+    must not see its own measurements."""
     from gpusim.calibration import measurements, stacks_report
 
     out = []
     for steps_csv in sorted(directory.glob("*/steps.csv")):
         st = loader.load_stack(steps_csv.parent.name)
         data = measurements.read_steps(steps_csv, st.name)
-        out.append(stacks_report.evaluate_stack(st, data, gpu, physics, loader.load_model))
+        own = (physics_without(st.name) if physics_without is not None
+               and st.name in profiled else physics)
+        out.append(stacks_report.evaluate_stack(st, data, gpu, own, loader.load_model))
         print(f"{gpu.name} {st.name}: {len(data)} rows", file=sys.stderr)
     return out
 
@@ -231,6 +242,7 @@ def validate(
     quiet: QuietOpt = False,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
+    from gpusim.calibration import fit as cal_fit
     from gpusim.calibration import measurements, quant_moe_report, stacks_report
     from gpusim.calibration import validate as val
 
@@ -249,10 +261,12 @@ def validate(
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
     from gpusim.calibration import micro as micro_mod
     from gpusim.calibration import profiles as prof_mod
+    from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.steady_clocks import read_probe_beside
 
     datasets, gpus, shipped, micro, profs, sweeps, clocks = {}, {}, {}, {}, {}, {}, {}
+    attention: dict[str, list] = {}
     held: dict[str, dict] = {}
     for f in files:
         name = f.parent.name
@@ -266,6 +280,7 @@ def validate(
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
         sweeps[name] = read_sweep_beside(f)
         clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
+        attention[name] = read_attention_points(f.parent, loader.load_model, loader.load_stack)
         for sub, _, _ in val.HELD_OUT_SETS:
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
@@ -279,11 +294,23 @@ def validate(
                 for sub, label, title in val.HELD_OUT_SETS if sub in held]
     with working("validate", quiet):
         md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
-                                 micro, profs, held_out, sweeps, clocks)
+                                 micro, profs, held_out, sweeps, clocks,
+                                 attention=attention)
     for name in sorted(datasets):
         if name in shipped:
+            def physics_without(stack_name: str, n: str = name) -> Calibration:
+                """The GPU's physics fitted without ``stack_name``'s profiled kernels."""
+                kept = [p for p in attention[n] if p.stack != stack_name]
+                res = cal_fit.fit(datasets[n], gpus[n], st, loader.load_model,
+                                  note="without " + stack_name, micro=micro.get(n, []),
+                                  profiles=profs[n], sweep=sweeps[n], clocks=clocks[n],
+                                  attention=kept)
+                return res.calibration
+
             evaluations = _stack_evaluations(data_dir / name / "stacks", gpus[name],
-                                             shipped[name])
+                                             shipped[name],
+                                             {p.stack for p in attention[name]},
+                                             physics_without)
             if evaluations:
                 md += "\n" + stacks_report.section(name, evaluations)
                 pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]

@@ -28,12 +28,18 @@ from bench_serve_engine import load_shape  # noqa: E402
 from serve_model import ModelRunner, StepInput  # noqa: E402
 
 
-def decode_input(b: int, ctx: int, bs: int, base: int) -> StepInput:
+def decode_input(b: int, ctx: int, bs: int, base: int, ragged: bool = False) -> StepInput:
+    """``b`` decoding rows at ``ctx`` cached tokens each; ``ragged``: row i at
+    ``(ctx + 1) * (i + 1) // b - 1`` instead (the longest still at ``ctx``), as a
+    serving batch's rows differ, so that the padded gather reads short rows' padding."""
+    ctxs = [(ctx + 1) * (i + 1) // b - 1 if ragged else ctx for i in range(b)]
     blocks = -(-(ctx + 1) // bs)
-    tables = [[(base + i * blocks + j) % 3000 for j in range(blocks)] for i in range(b)]
-    return StepInput(tokens=[1] * b, positions=[ctx] * b,
-                     slots=[t[ctx // bs] * bs + ctx % bs for t in tables],
-                     decode_tables=tables, decode_keys=[ctx + 1] * b, sample=list(range(b)))
+    tables = [[(base + i * blocks + j) % 3000 for j in range(-(-(c + 1) // bs))]
+              for i, c in enumerate(ctxs)]
+    return StepInput(tokens=[1] * b, positions=ctxs,
+                     slots=[t[c // bs] * bs + c % bs for t, c in zip(tables, ctxs, strict=True)],
+                     decode_tables=tables, decode_keys=[c + 1 for c in ctxs],
+                     sample=list(range(b)))
 
 
 def mixed_input(b: int, ctx: int, q: int, bs: int) -> StepInput:
@@ -66,11 +72,33 @@ def profile(runner: ModelRunner, inp: StepInput, path: Path) -> dict:
             "kernel_us_sum": sum(r[1] for r in rows)}
 
 
+def profile_graphs(runner: ModelRunner, spec: str, out: Path, res: dict) -> int:
+    """Each ``rows x keys`` decode graph: its replay's GPU time (median of 20) and its
+    kernels under torch.profiler (CUPTI lists a graph replay's kernels one by one)."""
+    for item in spec.split(","):
+        ragged = item.endswith("r")
+        pad, k = (int(x) for x in item.rstrip("r").split("x"))
+        if pad not in runner.capture_sizes:
+            runner.capture_sizes = tuple(sorted({*runner.capture_sizes, pad}))
+        inp = decode_input(pad, k - 1, 16, 0, ragged)
+        runner.run(inp)
+        ts = sorted(runner.run(inp).gpu_s for _ in range(20))
+        res[f"graph_{item}"] = {"gpu_s": ts[10], "decode_keys": sum(inp.decode_keys), **profile(
+            runner, inp, out / f"kernels_graph_{item}.csv")}
+        print(item, res[f"graph_{item}"], flush=True)
+    (out / "probe.json").write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="llama-3.2-1b")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--graph-profiles", default="",
+                   help="only profile these decode graphs' replays (rows x keys, comma "
+                        "list, e.g. 16x2048,32x1536; a trailing r: rows of rising "
+                        "lengths up to the keys, e.g. 32x2304r): kernels_graph_<item>.csv")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +107,9 @@ def main() -> int:
     runner = ModelRunner(shape, dev, torch.bfloat16, 16, 3072, (1, 16, 256), 256)
     runner.allocate_kv(16384 if dev.type == "cuda" else 5000)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    res: dict = {"device": name, "torch": torch.__version__}
+    res: dict = {"device": name, "torch": torch.__version__, "model": a.model}
+    if a.graph_profiles:
+        return profile_graphs(runner, a.graph_profiles, out, res)
     # decode graphs: time against the padded gather
     graphs = {}
     for pad, k in ((1, 1024), (16, 1024), (16, 2304), (256, 2304), (256, 3072)):

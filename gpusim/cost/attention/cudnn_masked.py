@@ -1,10 +1,19 @@
-"""cuDNN's fused SDPA kernel under a boolean mask: a token tree's verify pass.
+"""cuDNN's fused SDPA kernel under a mask: a token tree's verify pass, hf-transformers'
+static-cache attention, the serving harness's padded decode.
 
 FlashAttention-2 cannot take a boolean mask, so SDPA runs cuDNN's fused kernel
-(profiled: validation/data/*/tree_kernels.csv): 64-row query tiles that walk every key
-(a mask can't skip blocks), never split, in waves over the SMs. Each tile pays its
-MMAs, the softmax-and-mask work per score, and a prologue/epilogue per wave; the
-kernel a fixed time per launch. Pure and vectorised over step shapes.
+(profiled: validation/data/*/tree_kernels.csv, validation/data/h100-sxm/
+probe_2026-12-06/): 64-row query tiles that walk every key (a mask can't skip blocks,
+padded keys included), never split, in waves over the SMs, each wave paying a
+prologue/epilogue, the kernel a fixed time per launch. A tile's time is the longer of
+two: its MMAs and the softmax-and-mask work per score (what bounds a prefill, whose
+row tiles of one head read the same keys together from L2), and, for a CTA that is its
+head's only row tile (a decode or a verify of a few rows), the stream of its KV head's
+keys from HBM. That stream is latency-bound: a CTA gets ~33 GB/s plus ~6 ns a key on
+an H100, so a few CTAs move far less than HBM can, while a full wave shares HBM (the
+query heads of a group reading their KV head once); the profiled kernels of the three
+regimes fix the two apart (calibration.attention_points). Pure and vectorised over
+step shapes.
 
 A mask whose rows hold an odd number of 2-byte elements (a static cache of 4097
 positions, say) has rows that start on 2-byte boundaries only, and the kernel then
@@ -18,9 +27,10 @@ and 2048 query rows), not with the head dimension's MMAs: per-score CUDA-core wo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from gpusim.cost.attention.base import AttentionFamily, AttentionParts, Bounds, ceil_div
 from gpusim.kernels.records import AttentionShape
@@ -40,12 +50,21 @@ MISALIGNED_MASK_OPS_PER_SCORE = 72.6
 
 class CudnnMaskedParams(Frozen):
     """Tensor fraction, softmax-and-mask work per score (tensor-flop equivalents), time
-    per wave of CTAs (prologue, epilogue) and per launch."""
+    per wave of CTAs (prologue, epilogue) and per launch; a streaming CTA's time per
+    key (``stream_s_per_key``, and ``stream_s_per_row_key`` for each query row the tile
+    holds) and bandwidth (``cta_stream_bytes_per_s``), and how its
+    stream and the GPU's aggregate HBM traffic combine (``stream_overlap_exponent``);
+    the slow path of a misaligned mask. Defaults: the ideal kernel (no streaming
+    limit)."""
 
     tensor_efficiency: Fraction = 1.0
     score_flops: NonNeg = 0.0
     wave_overhead_s: NonNeg = 0.0
     fixed_s: NonNeg = 0.0
+    stream_s_per_key: NonNeg = 0.0
+    stream_s_per_row_key: NonNeg = 0.0
+    cta_stream_bytes_per_s: Annotated[float, Field(gt=0.0)] = 1e18
+    stream_overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 3.0
     misaligned_mask_ops_per_score: NonNeg = MISALIGNED_MASK_OPS_PER_SCORE
 
 
@@ -55,15 +74,40 @@ def misaligned_mask(kv_len: np.ndarray) -> np.ndarray:
     return np.mod(np.asarray(kv_len, dtype=np.float64), 2.0) == 1.0
 
 
+def stream_wave_s(a: AttentionShape, kv_bytes: np.ndarray, bw: float, sms: float,
+                  p: CudnnMaskedParams) -> np.ndarray:
+    """Seconds one wave of single-tile CTAs spends streaming keys (0 where a head's
+    query rows span several tiles: its tiles read the keys together, from L2). Each
+    such CTA walks its KV head alone: ``stream_s_per_key``, ``stream_s_per_row_key`` for
+    each query row it holds (the softmax of real rows: a 16-node tree's tile takes
+    longer per key than a decode's 4 rows) and its bytes at ``cta_stream_bytes_per_s``
+    per key (latency-bound: a few CTAs get far less than HBM each); a full wave also
+    shares HBM, the query heads of a group reading their KV
+    head once between them; the two combine at ``stream_overlap_exponent``."""
+    tiles = ceil_div(a.q, BLOCK_M)
+    ctas = a.batch * a.heads * tiles
+    key_bytes = kv_bytes / np.maximum(a.batch * a.kv_heads * a.kv_len, 1.0)  # K + V
+    rows = np.minimum(a.q, BLOCK_M)
+    alone = a.kv_len * (p.stream_s_per_key + rows * p.stream_s_per_row_key
+                        + key_bytes / p.cta_stream_bytes_per_s)
+    shared = np.minimum(ctas, sms) / a.group * a.kv_len * key_bytes / bw
+    e = p.stream_overlap_exponent
+    wave = (alone**e + shared**e) ** (1.0 / e)
+    return np.where(tiles == 1.0, wave, 0.0)
+
+
 def schedule(a: AttentionShape, sms: float, wave_overhead_flops: float = 0.0,
-             score_flops: float | np.ndarray = 0.0) -> tuple[np.ndarray, np.ndarray]:
+             score_flops: float | np.ndarray = 0.0,
+             stream_flops: float | np.ndarray = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(CTAs in flight, flops on the busiest SM): 64-row tiles walk every key, never
     split, in waves over the SMs, each paying its tiles' MMAs, softmax and mask
-    (``score_flops`` per score, one per shape or one for all), and a prologue/epilogue
+    (``score_flops`` per score, one per shape or one for all) or its key stream
+    (``stream_flops`` a wave, as tensor-flops: the longer), and a prologue/epilogue
     per wave (``wave_overhead_flops``)."""
     ctas = a.batch * a.heads * ceil_div(a.q, BLOCK_M)
     waves = ceil_div(ctas, sms)
-    per_cta = BLOCK_M * a.kv_len * (4.0 * a.head_dim + score_flops)
+    per_cta = np.maximum(BLOCK_M * a.kv_len * (4.0 * a.head_dim + score_flops),
+                         stream_flops)
     return np.maximum(np.minimum(sms, ctas), 1.0), waves * (per_cta + wave_overhead_flops)
 
 
@@ -71,22 +115,31 @@ class CudnnMasked(AttentionFamily):
     name: ClassVar[str] = "cudnn_masked"
     Params: ClassVar[type[Frozen]] = CudnnMaskedParams
     FIT: ClassVar[dict[str, Bounds]] = {
-        "tensor_efficiency": (0.05, 1.0, 0.3, 1.0),
-        "score_flops": (0.0, 4096.0, 256.0, 100.0),
+        "tensor_efficiency": (0.05, 1.0, 0.4, 1.0),
+        "score_flops": (0.0, 4096.0, 100.0, 100.0),
         "wave_overhead_s": (0.0, 20e-6, 3e-6, 1e-6),
-        "fixed_s": (0.0, 60e-6, 10e-6, 1e-6),
+        "fixed_s": (0.0, 60e-6, 2e-6, 1e-6),
+        "stream_s_per_key": (0.0, 50e-9, 4e-9, 1e-9),
+        "stream_s_per_row_key": (0.0, 5e-9, 0.2e-9, 1e-9),
+        "cta_stream_bytes_per_s": (5e9, 500e9, 35e9, 1e9),
+        "stream_overlap_exponent": (1.0, 16.0, 4.0, 1.0),
     }
 
     def parts(self, a: AttentionShape, kv_bytes: np.ndarray, gpu: GpuSpec,
               physics: GpuPhysics, params: Frozen, per_sm_flops: float) -> AttentionParts:
         p: CudnnMaskedParams = params  # type: ignore[assignment]
         eff = self.tensor_efficiency(p)
+        sms = float(gpu.sm_count)
         # the slow mask path's CUDA-core work, as tensor-flops at this kernel's rate
         per_sm_fp32 = float(gpu.fp32_flops_per_s) / gpu.sm_count
         slow = np.where(misaligned_mask(a.kv_len),
                         p.misaligned_mask_ops_per_score * per_sm_flops * eff / per_sm_fp32,
                         0.0)
-        ctas, critical = schedule(a, float(gpu.sm_count),
-                                  p.wave_overhead_s * per_sm_flops * eff,
-                                  p.score_flops + slow)
-        return AttentionParts(ctas, critical, eff, kv_bytes, p.fixed_s)
+        bw = gpu.hbm_bandwidth_bytes_per_s * physics.attention_bandwidth_efficiency
+        stream = stream_wave_s(a, kv_bytes, bw, sms, p) * per_sm_flops * eff
+        ctas, critical = schedule(a, sms, p.wave_overhead_s * per_sm_flops * eff,
+                                  p.score_flops + slow, stream)
+        # the KV stream is the schedule's own (above): HBM is not charged again
+        single = ceil_div(a.q, BLOCK_M) == 1.0
+        return AttentionParts(ctas, critical, eff, np.where(single, 0.0, kv_bytes),
+                              p.fixed_s)
