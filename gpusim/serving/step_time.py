@@ -88,6 +88,10 @@ class StepTimeModel:
     host_seq_s: float = 0.0               # ... and per sequence in the step
     key_bucket_tokens: int = 0            # padded decode keys (0: each its own context)
     max_keys: int = 0                     # ... at most (the context window rounded up)
+    padding_read_s: float = 0.0           # a padded key's HBM read the gather skips
+    padding_read_bytes: float = 0.0       # ... and its bytes
+    gather_s: float = 0.0                 # the gather's time per key position (all layers)
+    gather_floor_s: float = 0.0           # ... at least, however many are padding
 
     # --- attention lookups --------------------------------------------------------
     def _ctx_index(self, ctx: float) -> tuple[int, float]:
@@ -160,7 +164,7 @@ class StepTimeModel:
         cached tokens between them, the longest holding ``longest`` (read only when
         the stack pads its decode keys). (``decode_attention`` inlined: the hot path.)"""
         if self.key_bucket_tokens:
-            return self._padded_decode_step(batch, longest)
+            return self._padded_decode_step(batch, ctx_sum, longest)
         ctx = ctx_sum / batch
         g = self.ctx_grid
         i = bisect_right(g, ctx) - 1
@@ -184,12 +188,27 @@ class StepTimeModel:
             return self._host(gpu + self.step_overhead_s, batch), moved
         return self._host(self._finish(gpu, batch, batch), batch), moved
 
-    def _padded_decode_step(self, batch: int, longest: int) -> tuple[float, float]:
+    def padded_attention(self, rows: int, batch: int, ctx_sum: float, longest: int
+                         ) -> tuple[float, float]:
+        """(seconds, bytes) of a padded decode's attention and gather: ``rows`` rows
+        at the padded key length, less the reads of key positions no sequence holds
+        (``batch`` sequences hold ``ctx_sum`` cached tokens and one new each) where the
+        stack's gather finds them in cache (``padding_read_s`` a position)."""
+        ctx = self.padded_ctx(longest)
+        attn, attn_bytes = self.decode_attention(rows, ctx)
+        positions = rows * (ctx + 1)
+        empty = max(positions - ctx_sum - batch, 0.0)
+        full = positions * self.gather_s
+        gather = max(full - empty * self.padding_read_s, positions * self.gather_floor_s)
+        return attn - (full - min(gather, full)), attn_bytes - empty * self.padding_read_bytes
+
+    def _padded_decode_step(self, batch: int, ctx_sum: float, longest: int
+                            ) -> tuple[float, float]:
         """``decode_step`` of a stack that pads its decode keys: every row it runs
         (the captured size a graph pads to, else the batch) at the padded key length."""
         pad = self.padded_batch(batch) if self.capture_sizes else None
         rows = batch if pad is None else pad
-        attn, attn_bytes = self.decode_attention(rows, self.padded_ctx(longest))
+        attn, attn_bytes = self.padded_attention(rows, batch, ctx_sum, longest)
         gpu = self.token_s[rows] + self.seq_s[rows] + attn
         moved = self.token_bytes[rows] + self.seq_bytes[rows] + attn_bytes
         if pad is not None:
@@ -210,9 +229,10 @@ class StepTimeModel:
         gpu = 0.0
         moved = 0.0
         if decode_batch:
-            ctx = (self.padded_ctx(longest) if self.key_bucket_tokens
-                   else decode_ctx_sum / decode_batch)
-            gpu, moved = self.decode_attention(decode_batch, ctx)
+            gpu, moved = (self.padded_attention(decode_batch, decode_batch, decode_ctx_sum,
+                                                longest) if self.key_bucket_tokens
+                          else self.decode_attention(decode_batch,
+                                                     decode_ctx_sum / decode_batch))
         for q, ctx in chunks:
             s, b = self.chunk_attention(q, ctx)
             gpu += s
@@ -252,6 +272,38 @@ def _evaluate(model: ModelSpec, platform: Platform, mode: str, batch: np.ndarray
         ops = op_costs(platform, model, mode, batch[sl], ctx[sl], q[sl])
         parts.append(_cost_sum(ops, keep))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore
+
+
+def _padding_reads(model: ModelSpec, platform: Platform, stack: StackSpec
+                   ) -> dict[str, float]:
+    """``padding_read_s``, ``padding_read_bytes``, ``gather_s`` and ``gather_floor_s``
+    of a stack whose padded decode gathers key positions no sequence holds from one
+    scratch block (``StackSpec.padding_reads_cached``): the time its gather ops (those
+    that ``reads: kv_cache``) add per key position, their read share of it (what a
+    padded position saves), and the stack's floor per position
+    (``padded_gather_min_s_per_key`` a layer). Zero for other stacks."""
+    if not (stack.padded_decode_keys and stack.padding_reads_cached):
+        return {}
+    ops = {op.name: op for op in stack.layer if op.op == "elementwise" and
+           op.reads == "kv_cache"}
+    if not ops:
+        return {}
+
+    def gather(k: OpCost) -> bool:
+        return k.name in ops
+
+    # time and bytes per key position: the gather at two key lengths of a batch whose
+    # gathered keys outgrow L2 (the batches where padding matters)
+    rows, lo, hi = 64.0, 1023.0, 2047.0
+    s, b, _ = _evaluate(model, platform, "decode", rows, np.array([lo, hi]), 1.0, gather)
+    share = [op.read_bytes_per_element / (op.read_bytes_per_element + op.bytes_per_element)
+             for op in ops.values()]
+    read = sum(share) / len(share)
+    per = rows * (hi - lo)
+    return {"padding_read_s": float(s[1] - s[0]) / per * read,
+            "padding_read_bytes": float(b[1] - b[0]) / per * read,
+            "gather_s": float(s[1] - s[0]) / per,
+            "gather_floor_s": stack.padded_gather_min_s_per_key * model.num_hidden_layers}
 
 
 def _last_position_ops(stack: StackSpec) -> set[str]:
@@ -380,5 +432,6 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
         capture_sizes=sizes, attention_fixed_s=attn_fixed,
         graph_launch_s=cal.host.host_graph_launch_cost_s,
         host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
-        key_bucket_tokens=bucket, max_keys=max_keys)
+        key_bucket_tokens=bucket, max_keys=max_keys,
+        **_padding_reads(model, platform, stack))
 

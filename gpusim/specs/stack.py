@@ -186,6 +186,15 @@ class StackSpec(Frozen):
     # ``kv_cache`` tensors cost that key length for every decoding row
     # (validation/harness/serve_model.py); None: each sequence its own context
     padded_decode_keys: Annotated[int, Field(ge=1, le=65536)] | None = None
+    # a padded decode's gather (ops that read ``kv_cache``) reads the key positions no
+    # sequence holds from one scratch block, which stays in cache: only the cached keys
+    # cost their HBM reads (the harness's padded graphs, profiled: rows of rising
+    # lengths, half the positions padding, take the 8B's gather 21-23% less time)
+    padding_reads_cached: bool = False
+    # ... but that gather takes at least this long per key position a layer, padding or
+    # not (index-bound: the harness's 1B, whose rows are 1 KB, saves only a fifth of its
+    # gather where half the positions are padding; profiled 1.26-1.27 ns a position)
+    padded_gather_min_s_per_key: Annotated[float, Field(ge=0.0, le=1e-6)] = 0.0
 
     @model_validator(mode="after")
     def _every_mode_has_a_family(self) -> StackSpec:
