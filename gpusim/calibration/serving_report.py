@@ -35,17 +35,21 @@ gpusim serve --replay validation/data/serving/h200 --gpu h200 \\
 About 2-4 minutes a command: the model loads, 108 decode graphs (9 sizes x 12 key
 lengths) are captured, eight warm-up requests run, then each load its 40 s window and
 its drain. `--kv-blocks 16384` because the default sizing (0.9 of the GPU's memory)
-ran out of memory during graph capture. Still to measure: the H100 again with
-`--eager-sdpa no-cudnn` (its runs predate it), a second model on the H100, and prefix
-caching (`--prefix-caching --shared-prefix-tokens 1024 --conversation-turns 4
---turn-think-s 2` into its own `--out`)."""
+ran out of memory during graph capture (8192 for Llama 3.1 8B on an 80 GB H100).
+Prefix caching: `--prefix-caching --shared-prefix-tokens 1024 --conversation-turns 4
+--turn-think-s 2` into its own `--out` (H100: `prefix-rate-*`). Still to measure:
+prefix caching on the H200."""
 
 
 KNOWN_GAPS = (
     "What the stack file describes and what it does not (stacks/harness-serve.yaml, "
     "validation/harness/probe_serve_steps.py): decode steps gather every row's keys "
     "into a padded batch at the longest context rounded up to 256 tokens and run "
-    "cuDNN's masked SDPA over it; that is priced (the stack's `padded_decode_keys`). "
+    "cuDNN's masked SDPA over it; that is priced (the stack's `padded_decode_keys`), "
+    "the padded positions' gather reads from the scratch block in cache "
+    "(`padding_reads_cached`, down to `padded_gather_min_s_per_key`), and cuDNN's "
+    "kernel over every padded key from its profiled decode graphs "
+    "(calibration.attention_points). "
     "Mixed steps (prefill chunks) run eagerly and are host-bound: the harness's Python "
     "costs 25-30 us per kernel launch there, fitted above from the other runs' eager "
     "steps (`host_launch_cost_s`), and how fast the host runs them moves from run to "

@@ -46,6 +46,12 @@ BLOCK_M = 64     # query rows per CTA (profiled)
 # rate (67 TFLOP/s / 132 SMs): 72.6. A property of cuDNN's kernel on Hopper, not of a
 # stack: every stack that runs this family with such a mask pays it.
 MISALIGNED_MASK_OPS_PER_SCORE = 72.6
+# a streaming CTA's time per key besides its bytes: 7.0 ns, fitted (with the per-CTA
+# bandwidth) to the H100's profiled kernels under three stacks (70 of them; head dims
+# 64 and 128, which alone tell a per-key time from a per-byte one). An SM's cost, held
+# for every GPU, so that a GPU or a fit without both head dims still prices the other
+# (Hopper's H200, whose profiles are tree verifies of batch 32 alone, shares the SM)
+STREAM_S_PER_KEY = 7.0e-9
 
 
 class CudnnMaskedParams(Frozen):
@@ -55,13 +61,14 @@ class CudnnMaskedParams(Frozen):
     holds) and bandwidth (``cta_stream_bytes_per_s``), and how its
     stream and the GPU's aggregate HBM traffic combine (``stream_overlap_exponent``);
     the slow path of a misaligned mask. Defaults: the ideal kernel (no streaming
-    limit)."""
+    limit), but for the two constants read off profiles (``STREAM_S_PER_KEY``,
+    ``MISALIGNED_MASK_OPS_PER_SCORE``)."""
 
     tensor_efficiency: Fraction = 1.0
     score_flops: NonNeg = 0.0
     wave_overhead_s: NonNeg = 0.0
     fixed_s: NonNeg = 0.0
-    stream_s_per_key: NonNeg = 0.0
+    stream_s_per_key: NonNeg = STREAM_S_PER_KEY
     stream_s_per_row_key: NonNeg = 0.0
     cta_stream_bytes_per_s: Annotated[float, Field(gt=0.0)] = 1e18
     stream_overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 3.0
@@ -119,7 +126,6 @@ class CudnnMasked(AttentionFamily):
         "score_flops": (0.0, 4096.0, 100.0, 100.0),
         "wave_overhead_s": (0.0, 20e-6, 3e-6, 1e-6),
         "fixed_s": (0.0, 60e-6, 2e-6, 1e-6),
-        "stream_s_per_key": (0.0, 50e-9, 4e-9, 1e-9),
         "stream_s_per_row_key": (0.0, 5e-9, 0.2e-9, 1e-9),
         "cta_stream_bytes_per_s": (5e9, 500e9, 35e9, 1e9),
         "stream_overlap_exponent": (1.0, 16.0, 4.0, 1.0),
