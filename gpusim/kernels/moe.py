@@ -76,7 +76,7 @@ def expected_row_tiles(num_experts: int, top_k: int, tokens: object, tile: objec
     E[ceil(X / t)] = sum_j P(X > j t), summed over the experts (the j = 0 terms are the
     expected touched experts). ``tokens`` (T) and ``tile`` are arrays over step shapes
     (or one value). Raises ValueError as inclusion_probabilities."""
-    from scipy.stats import binom
+    from scipy.special import betainc
     t, tl = np.broadcast_arrays(np.asarray(tokens, dtype=np.float64),
                                 np.asarray(tile, dtype=np.float64))
     pi = inclusion_probabilities(num_experts, top_k, skew)
@@ -90,8 +90,14 @@ def expected_row_tiles(num_experts: int, top_k: int, tokens: object, tile: objec
         # terms past mean + 10 sigma are below 1e-20
         top = np.ceil((mean + 10.0 * np.sqrt(mean * (1.0 - p_i)) + 1.0) / tl)
         j = np.arange(int(np.max(top, initial=0.0)) + 1, dtype=np.float64)
-        sf = binom.sf(j * tl[..., None], t[..., None], p_i)
-        out += n_i * np.sum(np.where(j <= top[..., None], sf, 0.0), axis=-1)
+        x = j * tl[..., None]                      # rows already in j full tiles
+        n = np.broadcast_to(t[..., None], x.shape)
+        # P(X > x) = I_p(x + 1, n - x), the binomial's survival through the
+        # regularized incomplete beta, which takes a fractional T (one rank's share of
+        # the tokens under expert parallelism); 0 where x >= n
+        live = (n - x > 0.0) & (j <= top[..., None])
+        sf = np.where(live, betainc(x + 1.0, np.where(live, n - x, 1.0), p_i), 0.0)
+        out += n_i * np.sum(sf, axis=-1)
     return out
 
 
@@ -127,8 +133,12 @@ class ExpertGemmShape(GemmShape):
     def row_tiles(self, tile: object) -> np.ndarray:
         """Expected row tiles of ``tile`` rows over the experts (``expected_row_tiles``;
         ``m`` is the slots, T x top_k)."""
-        tokens = np.asarray(self.m, dtype=np.float64) / max(self.top_k, 1)
-        return expected_row_tiles(self.experts, self.top_k, tokens, tile, self.routing_skew)
+        # the experts this kernel holds (a rank's, under expert parallelism) and the
+        # slots they receive: each expert's rows Binomial(slots / k, k / experts), the
+        # same mean as the whole layer's routing
+        k = max(min(self.top_k, self.experts), 1)
+        tokens = np.asarray(self.m, dtype=np.float64) / k
+        return expected_row_tiles(self.experts, k, tokens, tile, self.routing_skew)
 
 
 def expert_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
