@@ -21,18 +21,23 @@ def _distinct(ids: np.ndarray, experts: int) -> np.ndarray:
     return hit.sum(axis=1)
 
 
-def mc_uniform(experts: int, top_k: int, tokens: int, seed: int) -> float:
-    """Mean distinct experts over DRAWS steps: every token picks top_k distinct experts
-    uniformly (top-k of i.i.d. scores, what a router with exchangeable logits does)."""
+def uniform_picks(experts: int, top_k: int, tokens: int, seed: int, cells: int):
+    """DRAWS steps' routing in chunks of about ``cells`` scores: [n, tokens * top_k]
+    expert ids, every token picking top_k distinct experts uniformly (top-k of i.i.d.
+    scores, what a router with exchangeable logits does)."""
     rng = np.random.default_rng(seed)
-    total = 0.0
-    chunk = max(1, 200_000 // (tokens * experts))
+    chunk = max(1, cells // (tokens * experts))
     for start in range(0, DRAWS, chunk):
         n = min(chunk, DRAWS - start)
         scores = rng.random((n, tokens, experts))
         picks = np.argpartition(scores, experts - top_k, axis=-1)[..., experts - top_k:]
-        total += _distinct(picks.reshape(n, tokens * top_k), experts).sum()
-    return total / DRAWS
+        yield picks.reshape(n, tokens * top_k)
+
+
+def mc_uniform(experts: int, top_k: int, tokens: int, seed: int) -> float:
+    """Mean distinct experts over DRAWS steps of uniform routing."""
+    return sum(_distinct(ids, experts).sum()
+               for ids in uniform_picks(experts, top_k, tokens, seed, 200_000)) / DRAWS
 
 
 def mc_skewed(experts: int, top_k: int, tokens: int, skew: float, seed: int) -> float:
@@ -129,17 +134,12 @@ def test_bad_arguments_are_refused() -> None:
 # --- row tiles: sum over experts of ceil(rows / tile) (the grouped GEMM's tiles) ------
 
 def mc_row_tiles(experts: int, top_k: int, tokens: int, tile: int, seed: int) -> float:
-    """Mean over DRAWS steps of sum_e ceil(rows_e / tile), every token picking top_k
-    distinct experts uniformly (rows counted with bincount, one draw at a time in
-    chunks)."""
-    rng = np.random.default_rng(seed)
+    """Mean over DRAWS steps of uniform routing of sum_e ceil(rows_e / tile) (each
+    draw's rows per expert counted with one bincount)."""
     total = 0.0
-    chunk = max(1, 2_000_000 // (tokens * experts))
-    for start in range(0, DRAWS, chunk):
-        n = min(chunk, DRAWS - start)
-        scores = rng.random((n, tokens, experts))
-        picks = np.argpartition(scores, experts - top_k, axis=-1)[..., experts - top_k:]
-        flat = picks.reshape(n, -1) + experts * np.arange(n)[:, None]
+    for ids in uniform_picks(experts, top_k, tokens, seed, 2_000_000):
+        n = ids.shape[0]
+        flat = ids + experts * np.arange(n)[:, None]
         rows = np.bincount(flat.ravel(), minlength=n * experts).reshape(n, experts)
         total += np.ceil(rows / tile).sum()
     return total / DRAWS
