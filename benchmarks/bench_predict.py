@@ -45,9 +45,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_predict.json"
 
 
 def draw_shapes(n: int, models: tuple[str, ...], seed: int,
-                fits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                fits: np.ndarray | None = None,
+                window: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """n random shapes: model index, mode index, batch, ctx, q (physical ranges);
-    ``fits``: per model, the cached tokens its KV cache holds on the GPU."""
+    ``fits``: per model, the cached tokens its KV cache holds on the GPU; ``window``:
+    per model, its context window (ctx + q beyond it is refused by predict --in)."""
     rng = np.random.default_rng(seed)
     model = rng.integers(0, len(models), n)
     mode = rng.integers(0, len(MODES), n)
@@ -60,6 +62,9 @@ def draw_shapes(n: int, models: tuple[str, ...], seed: int,
         # a shape whose KV cache exceeds the GPU is refused (predict --in): shorten its
         # context to what fits
         ctx = np.minimum(ctx, np.maximum(fits[model] // batch - q, 0))
+    if window is not None:
+        q = np.minimum(q, window[model])
+        ctx = np.minimum(ctx, window[model] - q)
     return {"model": model, "mode": mode, "batch": batch.astype(np.float64),
             "ctx": ctx.astype(np.float64), "q": q.astype(np.float64)}
 
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = [loader.load_model(m) for m in models]
     fits = np.array([memory_plan(gpu, m, reserve_fraction=0.0).kv_tokens() for m in specs],
                     dtype=np.int64)
-    shapes = draw_shapes(args.shapes, models, args.seed, fits)
+    window = np.array([m.max_position_embeddings for m in specs], dtype=np.int64)
+    shapes = draw_shapes(args.shapes, models, args.seed, fits, window)
     rows = make_rows(shapes, models)
     table = model_table(specs)
     bw = gpu.hbm_bandwidth_bytes_per_s

@@ -10,10 +10,11 @@ ValueError) naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gpusim.cost import Calibration
-from gpusim.cost.trust import Assessment, assess
+from gpusim.cost.trust import Assessment, assess_many
 from gpusim.errors import FieldError
 from gpusim.specs import GpuSpec, StackSpec
 from gpusim.specs.enums import Launch, parse
@@ -90,13 +91,18 @@ class Platform:
         """How far to trust a step on this platform: its calibration's error band and
         the dimensions outside what that calibration was measured on (``cost.trust``;
         every calibration was measured on one GPU, so a layout of several is outside)."""
-        a = assess(self.calibration.trust, gpu=self.gpu.name, stack=self.stack.name,
-                   launch=self.launch.value, mode=mode, batch=batch, ctx=ctx, q=q,
-                   model_params=model_params)
+        return self.assess_many(model_params, mode, [batch], [ctx], [q])[0]
+
+    def assess_many(self, model_params: float, mode: str, batch: Sequence[float],
+                    ctx: Sequence[float], q: Sequence[float]) -> list[Assessment]:
+        """``assess`` of many shapes of one model and mode (what they share once)."""
+        out = assess_many(self.calibration.trust, gpu=self.gpu.name, stack=self.stack.name,
+                          launch=self.launch.value, mode=mode, batch=batch, ctx=ctx, q=q,
+                          model_params=model_params)
         if self.layout.single or self.calibration.trust is None:
-            return a
+            return out
         where = f"layout tp={self.layout.tp} pp={self.layout.pp} (measured on 1 GPU)"
-        return Assessment(a.band_pct, (*a.outside, where), a.no_band)
+        return [Assessment(a.band_pct, (*a.outside, where), a.no_band) for a in out]
 
     @property
     def graph(self) -> bool:

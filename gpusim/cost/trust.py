@@ -140,34 +140,51 @@ def assess(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
            batch: float, ctx: float, q: float, model_params: float) -> Assessment:
     """The band and envelope check of one step shape under a calibration's ``trust``
     (None: no band, envelope unknown). Pure; raises nothing."""
+    return assess_many(trust, gpu=gpu, stack=stack, launch=launch, mode=mode,
+                       batch=[batch], ctx=[ctx], q=[q], model_params=model_params)[0]
+
+
+def assess_many(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
+                batch: Sequence[float], ctx: Sequence[float], q: Sequence[float],
+                model_params: float) -> list[Assessment]:
+    """``assess`` of many shapes of one (GPU, stack, launch, mode, model): what they
+    share (the GPU, stack and model checks, the measured ranges and bands of their
+    mode) looked up once. Pure; raises nothing."""
     if trust is None:
-        return Assessment(None, (), NO_TRUST)
+        return [Assessment(None, (), NO_TRUST) for _ in batch]
     env = trust.envelope
-    outside: list[str] = []
+    common: list[str] = []
     if gpu != env.gpu:
-        outside.append(f"gpu {gpu} (measured on {env.gpu})")
+        common.append(f"gpu {gpu} (measured on {env.gpu})")
     if stack not in env.stacks:
-        outside.append(f"stack {stack} (measured: {', '.join(env.stacks)})")
+        common.append(f"stack {stack} (measured: {', '.join(env.stacks)})")
     hit = _range("model", model_params / 1e9, env.model_params[0] / 1e9,
                  env.model_params[1] / 1e9)
     if hit:
-        outside.append(hit.replace("model", "model params (1e9)", 1))
+        common.append(hit.replace("model", "model params (1e9)", 1))
     # an unmeasured stack's shapes are checked against the first (reference) stack's
     measured = stack if stack in env.stacks else (env.stacks[0] if env.stacks else "")
     shape = next((s for s in env.shapes if s.stack == measured and s.launch == launch
                   and s.mode == mode), None)
     if shape is None:
-        outside.append(f"mode {mode} launched {launch} (not measured)")
-    else:
-        outside += [h for h in (_range("batch", batch, *shape.batch),
-                                _range("ctx", ctx, *shape.ctx),
-                                _range("q", q, *shape.q)) if h]
-    band = next((b for b in trust.bands if b.stack == stack and b.launch == launch
-                 and b.mode == mode and b.batch_min <= batch <= b.batch_max), None)
-    if band is None:
-        return Assessment(None, tuple(outside),
-                          f"no band for stack {stack}, {launch} {mode}, batch {batch:g}")
-    return Assessment(band.error_pct, tuple(outside))
+        common.append(f"mode {mode} launched {launch} (not measured)")
+    bands = [b for b in trust.bands if b.stack == stack and b.launch == launch
+             and b.mode == mode]
+    out = []
+    for b_, c_, q_ in zip(batch, ctx, q, strict=True):
+        outside = list(common)
+        if shape is not None:
+            outside += [h for h in (_range("batch", b_, *shape.batch),
+                                    _range("ctx", c_, *shape.ctx),
+                                    _range("q", q_, *shape.q)) if h]
+        band = next((b for b in bands if b.batch_min <= b_ <= b.batch_max), None)
+        if band is None:
+            out.append(Assessment(None, tuple(outside),
+                                  f"no band for stack {stack}, {launch} {mode}, "
+                                  f"batch {b_:g}"))
+        else:
+            out.append(Assessment(band.error_pct, tuple(outside)))
+    return out
 
 
 def combined(parts: Sequence[tuple[str, Assessment, float]]) -> Assessment:

@@ -234,6 +234,8 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
             "roofline_ms": (roof * 1e3).tolist(),
             "bound": bound.tolist(),
         }
+        trust = platform.assess_many(model.param_count, mode, [rows[i].batch for i in idx],
+                                     [rows[i].ctx for i in idx], [rows[i].q for i in idx])
         for j, i in enumerate(idx):
             out[i] = {
                 "predicted_ms": cols["predicted_ms"][j],
@@ -247,8 +249,7 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                 "roofline_ms": cols["roofline_ms"][j],
                 "bound": cols["bound"][j],
                 "stack": stack_name,
-                **platform.assess(model.param_count, mode, rows[i].batch, rows[i].ctx,
-                                  rows[i].q).as_dict(cols["predicted_ms"][j]),
+                **trust[j].as_dict(cols["predicted_ms"][j]),
             }
             out[i].pop("no_band", None)  # "envelope: unknown" says it in the CSV
             for k in ("band_pct", "band_low_ms", "band_high_ms"):
