@@ -19,7 +19,8 @@ from gpusim.kernels import build_kernels
 from gpusim.platform import Platform
 from gpusim.serving.kv_cache import PagedKVCache
 from gpusim.serving.prefix_cache import PrefixKVCache
-from gpusim.serving.step_time import build_step_time_model, cache_ops
+from gpusim.serving.step_ops import cache_ops
+from gpusim.serving.step_time import build_step_time_model
 from gpusim.specs import StackSpec
 
 GPU = loader.load_gpu("h100-sxm")

@@ -66,17 +66,14 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
     bw = gpu.hbm_bandwidth_bytes_per_s * ph.hbm_bandwidth_efficiency
     launches = float(k.launches)
     slow = None  # cuBLAS's measured slow pick for this GEMM shape, if any
-    exponent = None  # a GEMM family's own overlap of memory and arithmetic, if any
     fixed = np.full_like(k.flops, launches * ph.kernel_fixed_cost_s)
     if k.strided_launches is not None:
         fixed = fixed + k.strided_launches * ph.strided_kernel_extra_s
     if k.kind == KernelKind.GEMM and k.gemm is not None and k.gemm.family != "cublas":
         # quantized and expert GEMMs: their family's schedule (cost.gemm_families)
         gf = gemm_family(k.gemm.family)
-        params = cal.gemm_params(gf.name)
-        gp = gf.parts(k, gpu, ph, params)
+        gp = gf.parts(k, gpu, ph, cal.gemm_params(gf.name))
         fixed, memory, compute = fixed + gp.fixed_s, gp.memory_s, gp.compute_s
-        exponent = gf.overlap_exponent(ph, params)
     elif k.kind == KernelKind.GEMM:
         g = k.gemm
         assert g is not None  # built by kernels.records.gemm_kernel
@@ -118,7 +115,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         return Cost(z, z, z, z, z, z)
     memory = memory + launches * ph.dram_latency_s
     # arithmetic runs at the SM clock; HBM has its own
-    return combined(k, cal, fixed, memory, compute / stretch(k, cal, clock), slow, exponent)
+    return combined(k, cal, fixed, memory, compute / stretch(k, cal, clock), slow,
+                    _family_exponent(k, cal))
 
 
 def _family_exponent(k: Kernel, cal: Calibration) -> float | None:

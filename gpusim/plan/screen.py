@@ -44,7 +44,7 @@ from scipy.special import ndtr
 from gpusim.plan.space import Limits, Option, Slo
 from gpusim.plan.workload import WorkloadProfile
 from gpusim.serving.kv_cache import kv_budget
-from gpusim.specs import StackSpec
+from gpusim.serving.step_ops import last_position_ops
 from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import extra_weight_bytes, kv_bytes_per_token
 from gpusim.speculative.iteration import Speculation, predict_iteration
@@ -60,11 +60,6 @@ M_POINTS, N_POINTS = 40, 24
 def _grid(top: int, points: int) -> np.ndarray:
     """0, then integers 1..top spaced geometrically."""
     return np.unique(np.concatenate(([0.0], np.rint(np.geomspace(1, max(top, 1), points)))))
-
-
-def _last_position_ops(stack: StackSpec) -> set[str]:
-    return {op.name for ops in (stack.prologue, stack.layer, stack.epilogue)
-            for op in ops if op.last_position_only_in_prefill}
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ def step_curves(option: Option, profile: WorkloadProfile, limits: Limits,
     Raises ValueError where the stack's kernels cannot run on the GPU (a dtype it has
     no tensor rate for), ConfigError when the model does not fit."""
     plat, model = option.platform, option.model
-    last = _last_position_ops(plat.stack)
+    last = last_position_ops(plat.stack)
     m_grid = _grid(limits.max_num_batched_tokens + limits.max_num_seqs, M_POINTS)
     n_grid = _grid(limits.max_num_seqs + 1, N_POINTS)
     ctx = float(max(round(profile.decode_context_mean_tokens), 1))

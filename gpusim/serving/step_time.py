@@ -46,10 +46,14 @@ import numpy as np
 
 from gpusim.platform import Platform
 from gpusim.serving.grids import chunk_grid, context_grid, grid_position
-from gpusim.specs import ModelSpec, StackSpec
+from gpusim.serving.step_ops import (
+    cache_ops,
+    evaluate_ops,
+    last_position_ops,
+    padding_reads,
+)
+from gpusim.specs import ModelSpec
 from gpusim.step import OpCost, op_costs
-
-_EVAL_CHUNK = 16384           # shapes per vectorised cost evaluation (bounds memory)
 
 
 @dataclass(frozen=True)
@@ -249,79 +253,6 @@ class StepTimeModel:
 # ----------------------------------------------------------------------------------
 # building the tables
 # ----------------------------------------------------------------------------------
-def _cost_sum(ops: list[OpCost], keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(seconds, bytes, fixed seconds) of the kept ops (repeats included)."""
-    n = len(ops[0].seconds)
-    secs, moved, fixed = np.zeros(n), np.zeros(n), np.zeros(n)
-    for op in ops:
-        if keep(op):
-            secs += op.seconds
-            moved += op.bytes
-            fixed += op.fixed_s
-    return secs, moved, fixed
-
-
-def _evaluate(model: ModelSpec, platform: Platform, mode: str, batch: np.ndarray,
-              ctx: np.ndarray, q: np.ndarray, keep
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``_cost_sum`` over many shapes, in slices of ``_EVAL_CHUNK`` to bound memory."""
-    batch, ctx, q = np.broadcast_arrays(batch, ctx, q)
-    parts = []
-    for lo in range(0, len(batch), _EVAL_CHUNK):
-        sl = slice(lo, lo + _EVAL_CHUNK)
-        ops = op_costs(platform, model, mode, batch[sl], ctx[sl], q[sl])
-        parts.append(_cost_sum(ops, keep))
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore
-
-
-def _padding_reads(model: ModelSpec, platform: Platform, stack: StackSpec
-                   ) -> dict[str, float]:
-    """``padding_read_s``, ``padding_read_bytes``, ``gather_s`` and ``gather_floor_s``
-    of a stack whose padded decode gathers key positions no sequence holds from one
-    scratch block (``StackSpec.padding_reads_cached``): the time its gather ops (those
-    that ``reads: kv_cache``) add per key position, their read share of it (what a
-    padded position saves), and the stack's floor per position
-    (``padded_gather_min_s_per_key`` a layer). Zero for other stacks."""
-    if not (stack.padded_decode_keys and stack.padding_reads_cached):
-        return {}
-    ops = {op.name: op for op in stack.layer if op.op == "elementwise" and
-           op.reads == "kv_cache"}
-    if not ops:
-        return {}
-
-    def gather(k: OpCost) -> bool:
-        return k.name in ops
-
-    # time and bytes per key position: the gather at two key lengths of a batch whose
-    # gathered keys outgrow L2 (the batches where padding matters)
-    rows, lo, hi = 64.0, 1023.0, 2047.0
-    s, b, _ = _evaluate(model, platform, "decode", rows, np.array([lo, hi]), 1.0, gather)
-    share = [op.read_bytes_per_element / (op.read_bytes_per_element + op.bytes_per_element)
-             for op in ops.values()]
-    read = sum(share) / len(share)
-    per = rows * (hi - lo)
-    return {"padding_read_s": float(s[1] - s[0]) / per * read,
-            "padding_read_bytes": float(b[1] - b[0]) / per * read,
-            "gather_s": float(s[1] - s[0]) / per,
-            "gather_floor_s": stack.padded_gather_min_s_per_key * model.num_hidden_layers}
-
-
-def _last_position_ops(stack: StackSpec) -> set[str]:
-    return {op.name for ops in (stack.prologue, stack.layer, stack.epilogue)
-            for op in ops if op.last_position_only_in_prefill}
-
-
-CACHE_TENSORS = ("kv_cache", "kv_cache_expanded", "mask")
-
-
-def cache_ops(stack: StackSpec) -> set[str]:
-    """Names of the stack's streaming ops whose size follows each sequence's cached
-    positions (a tensor or a read of ``kv_cache``, ``kv_cache_expanded`` or ``mask``):
-    they are tabulated with attention, per sequence and context, not per token."""
-    return {op.name for ops in (stack.prologue, stack.layer, stack.epilogue)
-            for op in ops if op.tensor in CACHE_TENSORS or op.reads in CACHE_TENSORS}
-
-
 def _rows(flat: np.ndarray, rows: int) -> list[array]:
     """Table rows as compact float arrays (8 bytes a cell, list-speed indexing)."""
     return [array("d", r.tobytes()) for r in flat.reshape(rows, -1)]
@@ -358,7 +289,7 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
     # a padded decode batch runs the token and per-sequence ops of its padded size
     max_seqs = max(max_num_seqs, sizes[-1]) if sizes else max_num_seqs
     max_tokens = max(max_batched_tokens, max_seqs)
-    last_ops = _last_position_ops(stack)
+    last_ops = last_position_ops(stack)
     with_attention = cache_ops(stack)
     bucket = stack.padded_decode_keys or 0
 
@@ -373,9 +304,9 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
         return k.kind == "attention" or k.name in with_attention
 
     m = np.arange(1, max_tokens + 1, dtype=np.float64)
-    tok_s, tok_b, _ = _evaluate(model, platform, "verify", 1.0, 0.0, m, per_token)
+    tok_s, tok_b, _ = evaluate_ops(model, platform, "verify", 1.0, 0.0, m, per_token)
     n_all = np.arange(1, max_seqs + 1, dtype=np.float64)
-    seq_s, seq_b, _ = _evaluate(model, platform, "prefill", n_all, 0.0, 1.0, per_seq)
+    seq_s, seq_b, _ = evaluate_ops(model, platform, "prefill", n_all, 0.0, 1.0, per_seq)
     # a padded decode attends every row of its padded batch, at up to the padded keys
     n = n_all if bucket else n_all[:max_num_seqs]
     max_keys = -(-max_ctx // bucket) * bucket if bucket else 0
@@ -384,15 +315,15 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
     cg = np.asarray(ctx_grid, dtype=np.float64)
     b_flat = np.repeat(n, len(cg))
     c_flat = np.tile(cg, len(n))
-    dec_s, dec_b, dec_fixed = _evaluate(model, platform, "decode", b_flat, c_flat, 1.0,
+    dec_s, dec_b, dec_fixed = evaluate_ops(model, platform, "decode", b_flat, c_flat, 1.0,
                                         attention)
     q_grid = chunk_grid(max_tokens)
     qg = np.asarray(q_grid, dtype=np.float64)
     q_flat = np.repeat(qg, len(cg))
     cq_flat = np.tile(cg, len(qg))
-    ch_s, ch_b, ch_fixed = _evaluate(model, platform, "verify", 1.0, cq_flat, q_flat,
+    ch_s, ch_b, ch_fixed = evaluate_ops(model, platform, "verify", 1.0, cq_flat, q_flat,
                                      attention)
-    fr_s, fr_b, fr_fixed = _evaluate(model, platform, "prefill", 1.0, 0.0, qg,
+    fr_s, fr_b, fr_fixed = evaluate_ops(model, platform, "prefill", 1.0, 0.0, qg,
                                      attention)
     attn_fixed = float(dec_fixed[0]) if len(dec_fixed) else 0.0
 
@@ -409,10 +340,10 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
             return k.name == last.name
 
         if last.name in last_ops:
-            s, _, _ = _evaluate(model, platform, "prefill", n, 0.0, 1.0, only)
+            s, _, _ = evaluate_ops(model, platform, "prefill", n, 0.0, 1.0, only)
             tail_seq = [0.0, *(s / last.launches).tolist()]
         else:
-            s, _, _ = _evaluate(model, platform, "verify", 1.0, 0.0, m, only)
+            s, _, _ = evaluate_ops(model, platform, "verify", 1.0, 0.0, m, only)
             tail_tok = [0.0, *(s / last.launches).tolist()]
 
     overhead = attn_fixed + (cal.host.host_graph_launch_cost_s if launch == "graph" else 0.0)
@@ -433,5 +364,5 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
         graph_launch_s=cal.host.host_graph_launch_cost_s,
         host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
         key_bucket_tokens=bucket, max_keys=max_keys,
-        **_padding_reads(model, platform, stack))
+        **padding_reads(model, platform, stack))
 
