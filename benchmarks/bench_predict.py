@@ -20,10 +20,14 @@ to benchmarks/results/bench_predict.json (timestamp, machine, numbers).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import datetime as dt
+import io
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +36,7 @@ import numpy as np
 from machine import machine_info
 
 from gpusim.capacity import memory_plan
+from gpusim.cli import main as cli_main
 from gpusim.io import calibrations, loader
 from gpusim.platform import Platform
 from gpusim.step import predict
@@ -101,7 +106,17 @@ def make_rows(shapes, models: tuple[str, ...]) -> list[Row]:
 
 def rows_path(rows, platform: Platform) -> np.ndarray:
     preds = predict_rows(rows, "bench.csv", platform, loader.load_model)
-    return np.array([p["predicted_ms"] for p in preds]) * 1e-3
+    return np.array(preds["predicted_ms"]) * 1e-3
+
+
+def cli_path(rows_csv: Path, out_csv: Path, cli_args: list[str]) -> None:
+    """``gpusim predict --in rows.csv --out preds.csv`` in this process: CSV parsing,
+    checks, the rows path and the CSV writing (what a user of the command waits for,
+    less the interpreter's start-up)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli_main(["predict", "--in", str(rows_csv), "--out", str(out_csv), *cli_args])
+    if code not in (0, None):
+        raise SystemExit(f"bench_predict: gpusim predict exited {code}")
 
 
 def model_table(specs) -> dict[str, np.ndarray]:
@@ -197,16 +212,32 @@ def main(argv: list[str] | None = None) -> int:
         lambda: rows_path(rows, platform), args.repeats
     )
     t_roof, roof_all, roof = timed(lambda: numpy_roofline(shapes, table, bw, peak), args.repeats)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        rows_csv, out_csv = Path(tmp_dir) / "rows.csv", Path(tmp_dir) / "preds.csv"
+        with rows_csv.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["model", "mode", "batch", "ctx", "q"])
+            w.writerows([r.raw[k] for k in ("model", "mode", "batch", "ctx", "q")]
+                        for r in rows)
+        cli_args = ["--gpu", args.gpu, "--stack", args.stack or loader.DEFAULT_STACK,
+                    "--calibration", args.calibration, "--launch", args.launch]
+        t_cli, cli_all, _ = timed(lambda: cli_path(rows_csv, out_csv, cli_args), args.repeats)
+        with out_csv.open(encoding="utf-8") as fh:
+            via_cli = np.array([float(r["predicted_ms"]) for r in csv.DictReader(fh)]) * 1e-3
 
     # sanity: both gpusim paths give the same numbers, and none beats the roofline
     if not np.allclose(lib, via_rows, rtol=1e-12, atol=0):
         print("bench_predict: step.predict and predict_rows disagree", file=sys.stderr)
         return 1
+    if not np.allclose(lib, via_cli, rtol=1e-5, atol=0):  # the CSV's 6 digits
+        print("bench_predict: step.predict and gpusim predict --in disagree", file=sys.stderr)
+        return 1
     below = float(np.min(lib / roof))
     n = args.shapes
     per = {
         k: v / n * 1e6
-        for k, v in (("step_predict", t_lib), ("predict_rows", t_rows), ("numpy_roofline", t_roof))
+        for k, v in (("step_predict", t_lib), ("predict_rows", t_rows), ("cli", t_cli),
+                     ("numpy_roofline", t_roof))
     }
     groups = len(np.unique(shapes["model"] * len(MODES) + shapes["mode"]))
 
@@ -219,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, key, t in (
         ("gpusim step.predict (grouped)", "step_predict", t_lib),
         ("gpusim rows.predict_rows", "predict_rows", t_rows),
+        ("gpusim predict --in (CSV->CSV)", "cli", t_cli),
         ("numpy roofline (baseline)", "numpy_roofline", t_roof),
     ):
         print(f"{label:<32}{t * 1e3:>10.2f}{per[key]:>10.3f}{t / t_roof:>12.1f}")
@@ -244,16 +276,19 @@ def main(argv: list[str] | None = None) -> int:
             "models": list(models),
             "groups": groups,
         },
-        "seconds_median": {"step_predict": t_lib, "predict_rows": t_rows, "numpy_roofline": t_roof},
+        "seconds_median": {"step_predict": t_lib, "predict_rows": t_rows, "cli": t_cli,
+                           "numpy_roofline": t_roof},
         "seconds_all": {
             "step_predict": lib_all,
             "predict_rows": rows_all,
+            "cli": cli_all,
             "numpy_roofline": roof_all,
         },
         "us_per_shape": per,
         "ratio_to_numpy_roofline": {
             "step_predict": t_lib / t_roof,
             "predict_rows": t_rows / t_roof,
+            "cli": t_cli / t_roof,
         },
         "target_us_per_shape": TARGET_US_PER_SHAPE,
         "meets_target": per["predict_rows"] <= TARGET_US_PER_SHAPE,

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gpusim.cost import Calibration
-from gpusim.cost.trust import Assessment, assess_many
+from gpusim.cost.trust import Assessment, TrustColumns, assess_columns, assess_many
 from gpusim.errors import FieldError
 from gpusim.specs import GpuSpec, StackSpec
 from gpusim.specs.enums import Launch, parse
@@ -101,8 +103,23 @@ class Platform:
                           model_params=model_params)
         if self.layout.single or self.calibration.trust is None:
             return out
-        where = f"layout tp={self.layout.tp} pp={self.layout.pp} (measured on 1 GPU)"
-        return [Assessment(a.band_pct, (*a.outside, where), a.no_band) for a in out]
+        return [Assessment(a.band_pct, (*a.outside, *self._layout_outside()), a.no_band)
+                for a in out]
+
+    def assess_columns(self, model_params: float, mode: str, batch: np.ndarray,
+                       ctx: np.ndarray, q: np.ndarray, predicted_ms: np.ndarray
+                       ) -> TrustColumns:
+        """``assess_many`` and each shape's band interval around ``predicted_ms``, as
+        columns (``cost.trust.assess_columns``)."""
+        return assess_columns(self.calibration.trust, gpu=self.gpu.name,
+                              stack=self.stack.name, launch=self.launch.value, mode=mode,
+                              batch=batch, ctx=ctx, q=q, model_params=model_params,
+                              predicted_ms=predicted_ms, extra_outside=self._layout_outside())
+
+    def _layout_outside(self) -> tuple[str, ...]:
+        if self.layout.single:
+            return ()
+        return (f"layout tp={self.layout.tp} pp={self.layout.pp} (measured on 1 GPU)",)
 
     @property
     def graph(self) -> bool:

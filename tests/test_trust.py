@@ -9,6 +9,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpusim.calibration.bands import (
     FLOOR_PCT,
@@ -24,7 +26,7 @@ from gpusim.calibration.bands import (
 )
 from gpusim.calibration.measurements import StepData
 from gpusim.cli import main
-from gpusim.cost.trust import NO_TRUST, Trust, assess
+from gpusim.cost.trust import NO_TRUST, Trust, assess, assess_columns, assess_many
 from gpusim.io import calibrations, loader
 
 SHIPPED = calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"
@@ -175,3 +177,32 @@ def test_predict_json_and_csv_carry_band_and_envelope(tmp_path, capsys):
     with preds.open(newline="") as fh:
         got = list(csv.DictReader(fh))
     assert got[0]["band_pct"] == "" and got[0]["envelope"] == "unknown"
+
+
+_SHAPES = st.lists(st.tuples(st.integers(1, 600),
+                             st.one_of(st.integers(0, 140000), st.floats(0, 3e6)),
+                             st.integers(1, 20),
+                             st.floats(0.01, 1e3)), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=_SHAPES, trusted=st.booleans(), mode=st.sampled_from(["decode", "prefill"]),
+       stack=st.sampled_from(["torch-hf", "vllm"]), wide=st.booleans())
+def test_trust_columns_equal_the_per_shape_assessments(shapes, trusted, mode, stack, wide):
+    # the rows path's vectorised band and envelope columns must say what assess says
+    # of each shape, inside and outside the envelope, with and without bands
+    trust = _trust() if trusted else None
+    if trusted and wide:  # a band of 100% or more has no upper bound
+        trust = trust.model_copy(update={"bands": tuple(
+            b.model_copy(update={"error_pct": 150.0}) for b in trust.bands)})
+    b, c, q, ms = (np.array(x, float) for x in zip(*shapes, strict=True))
+    kw = dict(gpu="h100-sxm", stack=stack, launch="graph", mode=mode,
+              model_params=loader.load_model("llama-3.2-3b").param_count)
+    cols = assess_columns(trust, batch=b, ctx=c, q=q, predicted_ms=ms, **kw)
+    for i, a in enumerate(assess_many(trust, batch=b.tolist(), ctx=c.tolist(),
+                                      q=q.tolist(), **kw)):
+        d = a.as_dict(float(ms[i]))
+        assert cols.envelope[i] == d["envelope"]
+        for k in ("band_pct", "band_low_ms", "band_high_ms"):
+            got = getattr(cols, k)[i]
+            assert (np.isnan(got) if d[k] is None else got == pytest.approx(d[k]))

@@ -110,9 +110,10 @@ def predict(
                                           g, lambda n: for_stack(loader.load_model(n),
                                                                  plat.stack, weight_dtype,
                                                                  kv_dtype), tp=None))
-        columns = header + [c for c in rows_mod.OUTPUT_COLUMNS if c not in header]
-        records = [{**r.raw, **p} for r, p in zip(rows, preds, strict=True)]
-        _emit_rows(records, columns, out, out_kind, fmt, f"predictions on {g.name}")
+        # the input's columns, a prediction column replacing an input one of its name
+        columns = {**{c: [r.raw.get(c, "") for r in rows] for c in header},
+                   **rows_mod.cells(preds)}
+        _emit_rows(columns, len(rows), out, out_kind, fmt, f"predictions on {g.name}")
         return
     if model is None:
         raise bad("--model", "give --model for one shape, or --in/--out for a CSV of shapes")
@@ -186,21 +187,27 @@ def warn_trust(trust: Assessment) -> None:
         print(f"gpusim: note: no error band: {trust.no_band}", file=sys.stderr)
 
 
-def _emit_rows(records: list[dict[str, object]], columns: list[str], out: Path | None,
-               kind: str, fmt: Fmt, title: str) -> None:
-    """``predict --in``'s rows: to ``out`` as ``kind`` (csv | json), else on stdout in
-    ``fmt``. Raises ConfigError when ``out`` cannot be written."""
+def _emit_rows(columns: dict[str, list[object]], n: int, out: Path | None, kind: str,
+               fmt: Fmt, title: str) -> None:
+    """``predict --in``'s ``n`` rows, as columns (name -> values): to ``out`` as
+    ``kind`` (csv | json), else on stdout in ``fmt``. Raises ConfigError when ``out``
+    cannot be written."""
+    if out is not None and kind == "csv":
+        report.write_atomic(out, report.columns_to_csv(columns, n))
+        wrote(out, f"{n} predictions")
+        return
+    if fmt == Fmt.csv and out is None:
+        _echo(report.columns_to_csv(columns, n).rstrip("\n"))
+        return
+    records = [dict(zip(columns, cells, strict=True))
+               for cells in zip(*columns.values(), strict=True)]
     if out is not None:
-        text = (report.to_csv(records, columns) if kind == "csv"
-                else report.to_json(report.json_safe(records)))
-        report.write_atomic(out, text)
-        wrote(out, f"{len(records)} predictions")
-    elif fmt is Fmt.json:
+        report.write_atomic(out, report.to_json(report.json_safe(records)))
+        wrote(out, f"{n} predictions")
+    elif fmt == Fmt.json:
         _echo(report.to_json(report.json_safe(records)))
-    elif fmt is Fmt.csv:
-        _echo(report.to_csv(records, columns).rstrip("\n"))
     else:
-        _print_table(f"{len(records)} {title}", records, columns)
+        _print_table(f"{n} {title}", records, list(columns))
 
 
 def _check_fits(g: GpuSpec, m: ModelSpec, batch: int, ctx: int, q: int, tp: int, pp: int,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from gpusim.specs import Frozen
@@ -144,14 +145,11 @@ def assess(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
                        batch=[batch], ctx=[ctx], q=[q], model_params=model_params)[0]
 
 
-def assess_many(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
-                batch: Sequence[float], ctx: Sequence[float], q: Sequence[float],
-                model_params: float) -> list[Assessment]:
-    """``assess`` of many shapes of one (GPU, stack, launch, mode, model): what they
-    share (the GPU, stack and model checks, the measured ranges and bands of their
-    mode) looked up once. Pure; raises nothing."""
-    if trust is None:
-        return [Assessment(None, (), NO_TRUST) for _ in batch]
+def _shared(trust: Trust, *, gpu: str, stack: str, launch: str, mode: str,
+            model_params: float) -> tuple[list[str], ShapeRange | None, list[Band]]:
+    """What every shape of one (GPU, stack, launch, mode, model) shares: the envelope
+    dimensions they all lie outside, the measured ranges of their mode (None: not
+    measured) and the bands of their stack, launch and mode."""
     env = trust.envelope
     common: list[str] = []
     if gpu != env.gpu:
@@ -170,21 +168,105 @@ def assess_many(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode:
         common.append(f"mode {mode} launched {launch} (not measured)")
     bands = [b for b in trust.bands if b.stack == stack and b.launch == launch
              and b.mode == mode]
+    return common, shape, bands
+
+
+def _shape_outside(shape: ShapeRange | None, batch: float, ctx: float, q: float) -> list[str]:
+    if shape is None:
+        return []
+    return [h for h in (_range("batch", batch, *shape.batch), _range("ctx", ctx, *shape.ctx),
+                        _range("q", q, *shape.q)) if h]
+
+
+def _g_text(values: np.ndarray) -> np.ndarray:
+    """``f"{v:g}"`` of every value, as a numpy string array: integers below 1e6 (what
+    shapes hold) converted in one pass, anything else one by one."""
+    if ((values == np.round(values)) & (np.abs(values) < 1e6)).all():
+        return values.astype(np.int64).astype(np.str_)
+    return np.array([f"{v:g}" for v in values.tolist()], dtype=np.str_)
+
+
+def _no_band(stack: str, launch: str, mode: str, batch: float) -> str:
+    return f"no band for stack {stack}, {launch} {mode}, batch {batch:g}"
+
+
+def assess_many(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
+                batch: Sequence[float], ctx: Sequence[float], q: Sequence[float],
+                model_params: float) -> list[Assessment]:
+    """``assess`` of many shapes of one (GPU, stack, launch, mode, model): what they
+    share (the GPU, stack and model checks, the measured ranges and bands of their
+    mode) looked up once. Pure; raises nothing."""
+    if trust is None:
+        return [Assessment(None, (), NO_TRUST) for _ in batch]
+    common, shape, bands = _shared(trust, gpu=gpu, stack=stack, launch=launch, mode=mode,
+                                   model_params=model_params)
     out = []
     for b_, c_, q_ in zip(batch, ctx, q, strict=True):
-        outside = list(common)
-        if shape is not None:
-            outside += [h for h in (_range("batch", b_, *shape.batch),
-                                    _range("ctx", c_, *shape.ctx),
-                                    _range("q", q_, *shape.q)) if h]
+        outside = tuple(common + _shape_outside(shape, b_, c_, q_))
         band = next((b for b in bands if b.batch_min <= b_ <= b.batch_max), None)
-        if band is None:
-            out.append(Assessment(None, tuple(outside),
-                                  f"no band for stack {stack}, {launch} {mode}, "
-                                  f"batch {b_:g}"))
-        else:
-            out.append(Assessment(band.error_pct, tuple(outside)))
+        out.append(Assessment(None, outside, _no_band(stack, launch, mode, b_))
+                   if band is None else Assessment(band.error_pct, outside))
     return out
+
+
+@dataclass(frozen=True)
+class TrustColumns:
+    """``assess`` of many shapes as columns: ``band_pct`` (NaN: no band),
+    ``band_low_ms``/``band_high_ms`` (NaN without a band; inf: no upper bound) and
+    ``envelope`` (Assessment.envelope's text per shape)."""
+
+    band_pct: np.ndarray
+    band_low_ms: np.ndarray
+    band_high_ms: np.ndarray
+    envelope: list[str]
+
+
+def assess_columns(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
+                   batch: np.ndarray, ctx: np.ndarray, q: np.ndarray, model_params: float,
+                   predicted_ms: np.ndarray, extra_outside: tuple[str, ...] = ()
+                   ) -> TrustColumns:
+    """``assess_many`` followed by ``Assessment.as_dict`` for every shape, as numpy
+    columns: the bands and the envelope test are array operations, and only a shape
+    outside the measured ranges gets its own envelope text (what a table of many rows
+    needs; the same values as ``assess_many``). ``extra_outside``: dimensions every
+    shape lies outside (a parallel layout), ignored without a trust section. Pure;
+    raises nothing."""
+    n = len(batch)
+    band = np.full(n, np.nan)
+    if trust is None:
+        return TrustColumns(band, band.copy(), band.copy(), ["unknown"] * n)
+    common, shape, bands = _shared(trust, gpu=gpu, stack=stack, launch=launch, mode=mode,
+                                   model_params=model_params)
+    common += extra_outside
+    unset = np.ones(n, bool)
+    for b in bands:  # the first band holding the batch, as assess_many's next()
+        hit = unset & (batch >= b.batch_min) & (batch <= b.batch_max)
+        band[hit] = b.error_pct
+        unset &= ~hit
+    frac = band / 100.0
+    low = predicted_ms / (1.0 + frac)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        high = np.where(frac < 1.0, predicted_ms / (1.0 - frac), np.inf)
+    high[np.isnan(band)] = np.nan
+    head = "outside: " + "; ".join(common) if common else "ok"
+    if shape is None:
+        return TrustColumns(band, low, high, [head] * n)
+    # each dimension's "; <text>" where it lies outside its range, joined as numpy
+    # strings (a table of many rows; the numbers as _range writes them)
+    joined = np.full(n, "", dtype=np.str_)
+    for name, vals, (lo, hi) in (("batch", batch, shape.batch), ("ctx", ctx, shape.ctx),
+                                 ("q", q, shape.q)):
+        below, above = vals < lo, vals > hi
+        if below.any() or above.any():
+            text = np.char.add(f"; {name} ", _g_text(vals))
+            joined = np.char.add(joined, np.where(
+                below, np.char.add(text, f" < {lo:g}"),
+                np.where(above, np.char.add(text, f" > {hi:g}"), "")))
+    out = np.char.str_len(joined) > 0
+    if not common:  # the first dimension's text opens the line
+        joined = np.char.lstrip(joined, "; ")
+    envelope = np.where(out, np.char.add("outside: " + "; ".join(common), joined), head)
+    return TrustColumns(band, low, high, envelope.tolist())
 
 
 def combined(parts: Sequence[tuple[str, Assessment, float]]) -> Assessment:

@@ -6,6 +6,7 @@ from gpusim.report.figures import COLORS, error_vs_batch_figure, scatter_figure,
 from gpusim.report.files import (
     check_writable,
     check_writable_dir,
+    columns_to_csv,
     figure_html,
     fmt,
     is_stdout,
@@ -18,7 +19,8 @@ from gpusim.report.files import (
 )
 from gpusim.report.tables import markdown_table, rich_table
 
-__all__ = ["COLORS", "check_writable", "check_writable_dir", "error_vs_batch_figure",
-           "figure_html", "fmt", "is_stdout", "json_safe", "markdown_table", "rich_table",
+__all__ = ["COLORS", "check_writable", "check_writable_dir", "columns_to_csv",
+           "error_vs_batch_figure", "figure_html", "fmt", "is_stdout", "json_safe",
+           "markdown_table", "rich_table",
            "scatter_figure", "timeline_figure", "to_csv", "to_json", "write_all",
            "write_atomic", "write_html"]

@@ -238,12 +238,28 @@ def _stage(given: Path, target: Path, text: str) -> str:
 def to_csv(rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None) -> str:
     """Rows of dicts -> CSV text (floats to 6 significant digits)."""
     cols = list(columns or (rows[0].keys() if rows else []))
+    return columns_to_csv({c: [r.get(c, "") for r in rows] for c in cols}, len(rows))
+
+
+def columns_to_csv(columns: dict[str, Sequence[object]], rows: int) -> str:
+    """Columns (name -> ``rows`` values, in order) -> CSV text, as ``to_csv``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow([fmt(r.get(c, "")) for c in cols])
+    w.writerow(list(columns))
+    # formatted a column at a time: a column of one type (the common case) skips
+    # fmt's per-cell dispatch (a table of many rows)
+    w.writerows(zip(*(_fmt_column(list(v)) for v in columns.values()), strict=True)
+                if columns else [()] * rows)
     return buf.getvalue()
+
+
+def _fmt_column(values: list[object]) -> list[str]:
+    """``fmt`` of every value of one column."""
+    if all(type(v) is float for v in values):
+        return [f"{v:.6g}" for v in values]
+    if all(type(v) is str for v in values):
+        return values  # type: ignore[return-value]
+    return [fmt(v) for v in values]
 
 
 def to_json(obj: object) -> str:

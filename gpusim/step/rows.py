@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,13 +64,20 @@ def _choice(source: str, line: int, name: str, text: str | None,
 
 def _int_field(source: str, line: int, name: str, text: str, low: int) -> int:
     try:
-        value = float(text)
+        value = int(text)  # the common case, without a float's checks
     except ValueError:
-        raise bad(source, f"must be an integer >= {low}", field=name, line=line,
-                  value=text) from None
-    if not np.isfinite(value) or value != int(value) or value < low:
+        try:
+            number = float(text)  # "8.0", "1e3"
+        except ValueError:
+            raise bad(source, f"must be an integer >= {low}", field=name, line=line,
+                      value=text) from None
+        if not math.isfinite(number) or number != int(number):
+            raise bad(source, f"must be an integer >= {low}", field=name, line=line,
+                      value=text) from None
+        value = int(number)
+    if value < low:
         raise bad(source, f"must be an integer >= {low}", field=name, line=line, value=text)
-    return int(value)
+    return value
 
 
 def read_rows(path: Path) -> tuple[list[str], list[Row]]:
@@ -108,15 +116,29 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
                   weight_dtype=_choice(source, line, "weight_dtype", vals.get("weight_dtype"),
                                        WEIGHT_DTYPES),
                   kv_dtype=_choice(source, line, "kv_dtype", vals.get("kv_dtype"), KV_DTYPES))
-        try:
-            check_shape(mode, np.array([row.batch], float), np.array([row.ctx], float),
-                        np.array([row.q], float))
-        except FieldError as exc:
-            raise bad(source, str(exc), field=exc.field, line=line) from None
         rows.append(row)
     if not rows:
         raise bad(source, "no data rows after the header")
+    _check_shapes(source, rows)
     return header, rows
+
+
+def _check_shapes(source: str, rows: list[Row]) -> None:
+    """Raise ConfigError at the first row (in file order) whose shape its mode does not
+    allow (``kernels.check_shape``): checked as arrays per mode, row by row only to
+    find a bad one."""
+    def shape(rs: list[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(np.array([getattr(r, k) for r in rs], float)  # type: ignore[return-value]
+                     for k in ("batch", "ctx", "q"))
+    try:
+        for mode in {r.mode for r in rows}:
+            check_shape(mode, *shape([r for r in rows if r.mode == mode]))
+    except FieldError:
+        for r in rows:
+            try:
+                check_shape(r.mode, *shape([r]))
+            except FieldError as exc:
+                raise bad(source, str(exc), field=exc.field, line=r.line) from None
 
 
 # columns naming a setting the command takes from its options (--gpu, --stack,
@@ -178,19 +200,34 @@ def _check_memory(platform: Platform, model: ModelSpec, rows: list[Row], tokens:
 
 
 def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
-                 resolve_model: Callable[[str], ModelSpec]) -> list[dict[str, object]]:
-    """Predictions for ``rows`` in input order; raises ConfigError naming the row."""
+                 resolve_model: Callable[[str], ModelSpec]) -> dict[str, np.ndarray]:
+    """Predictions for ``rows`` as columns: OUTPUT_COLUMNS -> a numpy array, one value
+    per row in input order (NaN band cells: no band; ``cells`` writes them blank).
+    Raises ConfigError naming the row."""
     rows = list(rows)
+    n = len(rows)
     groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
     base = platform
-    for i, r in enumerate(rows):
-        tp = r.tp if r.raw.get("tp") else base.layout.tp
-        groups.setdefault((r.model, r.mode, tp, r.weight_dtype, r.kv_dtype), []).append(i)
-    out: list[dict[str, object]] = [{} for _ in rows]
-    stack_name = platform.stack.name
+    base_tp = base.layout.tp
+    keys = [(r.model, r.mode, r.tp if r.raw.get("tp") else base_tp, r.weight_dtype,
+             r.kv_dtype) for r in rows]
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    batch = np.array([r.batch for r in rows], float)
+    ctx = np.array([r.ctx for r in rows], float)
+    q = np.array([r.q for r in rows], float)
+    # each group's results are scattered into whole-table columns: no record per row
+    # (a table of a million shapes)
+    num = {k: np.empty(n) for k in ("predicted_ms", "gpu_ms", "weight_bytes", "kv_bytes",
+                                     "flops", "achieved_bandwidth_gb_per_s", "roofline_ms",
+                                     "band_pct", "band_low_ms", "band_high_ms")}
+    host_bound = np.empty(n, bool)
+    launches = np.empty(n, np.int64)
+    text = {k: np.empty(n, object) for k in ("bound", "envelope")}
     peak_bw = platform.gpu.hbm_bandwidth_bytes_per_s
-    for (model_name, mode, tp, weight_dtype, kv_dtype), idx in groups.items():
-        first = rows[idx[0]]
+    for (model_name, mode, tp, weight_dtype, kv_dtype), members in groups.items():
+        idx = np.array(members)
+        first = rows[members[0]]
         try:
             # the model as the stack runs it, in the row's dtypes
             model = for_stack(resolve_model(model_name), base.stack, weight_dtype, kv_dtype)
@@ -198,62 +235,52 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
             raise bad(source, str(exc), field="model", line=first.line) from None
         except FieldError as exc:  # a dtype the stack's kernels cannot run
             raise bad(source, str(exc), field=exc.field, line=first.line) from None
-        b = np.array([rows[i].batch for i in idx], float)
-        c = np.array([rows[i].ctx for i in idx], float)
-        q = np.array([rows[i].q for i in idx], float)
+        b, c, qq = batch[idx], ctx[idx], q[idx]
         try:
             platform = (base if tp == base.layout.tp else
                         base.with_layout(replace(base.layout, tp=tp)))
-            over = context_overflow(model, c, q)
+            over = context_overflow(model, c, qq)
             if len(over):
                 try:
-                    check_context(model, c[over], q[over])
+                    check_context(model, c[over], qq[over])
                 except ConfigError as exc:
                     raise bad(source, exc.reason, field="ctx",
-                              line=rows[idx[over[0]]].line) from None
-            _check_memory(platform, model, [rows[i] for i in idx], b * (c + q), source)
-            p = predict(platform, model, mode, b, c, q)
+                              line=rows[members[over[0]]].line) from None
+            _check_memory(platform, model, [rows[i] for i in members], b * (c + qq), source)
+            p = predict(platform, model, mode, b, c, qq)
         except FieldError as exc:  # a layout the model or the GPU does not allow
             raise bad(source, str(exc), field=exc.field, line=first.line) from None
         peak_flops = platform.gpu.matmul_peak_flops_per_s(model.dtype)
-        w_bytes = np.broadcast_to(p.weight_bytes, b.shape)
-        kv_bytes = np.broadcast_to(p.kv_bytes, b.shape)
-        roof = np.maximum(p.total.bytes / peak_bw, p.total.flops / peak_flops)
-        bound = np.where(p.host_bound, "launch",
-                         np.where(p.total.bytes / peak_bw >= p.total.flops / peak_flops,
-                                  "memory", "compute"))
-        # one .tolist() per column: Python floats without a numpy scalar per cell
-        cols = {
-            "predicted_ms": (p.seconds * 1e3).tolist(),
-            "gpu_ms": (p.gpu_s * 1e3).tolist(),
-            "host_bound": p.host_bound.tolist(),
-            "weight_bytes": np.asarray(w_bytes, dtype=float).tolist(),
-            "kv_bytes": np.asarray(kv_bytes, dtype=float).tolist(),
-            "flops": p.total.flops.tolist(),
-            "achieved_bandwidth_gb_per_s": (p.total.bytes / p.seconds / 1e9).tolist(),
-            "roofline_ms": (roof * 1e3).tolist(),
-            "bound": bound.tolist(),
-        }
-        trust = platform.assess_many(model.param_count, mode, [rows[i].batch for i in idx],
-                                     [rows[i].ctx for i in idx], [rows[i].q for i in idx])
-        for j, i in enumerate(idx):
-            out[i] = {
-                "predicted_ms": cols["predicted_ms"][j],
-                "gpu_ms": cols["gpu_ms"][j],
-                "host_bound": cols["host_bound"][j],
-                "launches": p.launches,
-                "weight_bytes": cols["weight_bytes"][j],
-                "kv_bytes": cols["kv_bytes"][j],
-                "flops": cols["flops"][j],
-                "achieved_bandwidth_gb_per_s": cols["achieved_bandwidth_gb_per_s"][j],
-                "roofline_ms": cols["roofline_ms"][j],
-                "bound": cols["bound"][j],
-                "stack": stack_name,
-                **trust[j].as_dict(cols["predicted_ms"][j]),
-            }
-            out[i].pop("no_band", None)  # "envelope: unknown" says it in the CSV
-            for k in ("band_pct", "band_low_ms", "band_high_ms"):
-                out[i][k] = "" if out[i][k] is None else out[i][k]  # a blank cell
+        memory_s, compute_s = p.total.bytes / peak_bw, p.total.flops / peak_flops
+        predicted_ms = p.seconds * 1e3
+        num["predicted_ms"][idx] = predicted_ms
+        num["gpu_ms"][idx] = p.gpu_s * 1e3
+        num["weight_bytes"][idx] = p.weight_bytes
+        num["kv_bytes"][idx] = p.kv_bytes
+        num["flops"][idx] = p.total.flops
+        num["achieved_bandwidth_gb_per_s"][idx] = p.total.bytes / p.seconds / 1e9
+        num["roofline_ms"][idx] = np.maximum(memory_s, compute_s) * 1e3
+        host_bound[idx] = p.host_bound
+        launches[idx] = p.launches
+        text["bound"][idx] = np.broadcast_to(
+            np.where(p.host_bound, "launch",
+                     np.where(memory_s >= compute_s, "memory", "compute")), b.shape).tolist()
+        trust = platform.assess_columns(model.param_count, mode, b, c, qq, predicted_ms)
+        num["band_pct"][idx] = trust.band_pct
+        num["band_low_ms"][idx] = trust.band_low_ms
+        num["band_high_ms"][idx] = trust.band_high_ms
+        text["envelope"][idx] = trust.envelope
+    cols: dict[str, np.ndarray] = {**num, **text, "host_bound": host_bound,
+                                   "launches": launches,
+                                   "stack": np.full(n, base.stack.name, dtype=object)}
+    return {k: cols[k] for k in OUTPUT_COLUMNS}
+
+
+def cells(columns: dict[str, np.ndarray]) -> dict[str, list[object]]:
+    """``predict_rows``'s columns as Python values for a CSV or JSON writer: numbers as
+    floats, a missing band as a blank cell."""
+    out: dict[str, list[object]] = {k: v.tolist() for k, v in columns.items()}
+    for k in ("band_pct", "band_low_ms", "band_high_ms"):
+        if k in columns and np.isnan(columns[k]).any():
+            out[k] = ["" if v != v else v for v in out[k]]
     return out
-
-
