@@ -288,11 +288,13 @@ def _quality(groups: Sequence[Group], data: StepData, gpu: GpuSpec, cal: Calibra
 
 
 def fit_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, physics: Calibration,
-              resolve_model: Callable[[str], ModelSpec]) -> FitResult:
+              resolve_model: Callable[[str], ModelSpec],
+              micro: Sequence[MicroGroup] = ()) -> FitResult:
     """A software stack's own parameters on ``gpu``, the GPU physics (``physics``: fitted
     on the reference stack) held: the parameters its file names in ``calibrate`` on its
-    CUDA-graph rows, then its host launch cost on its eager rows. With neither, its
-    calibration is the physics with the reference stack's host costs.
+    CUDA-graph rows (and on ``micro``, kernel microbenchmarks of what it launches),
+    then its host launch cost on its eager rows. With neither, its calibration is the
+    physics with the reference stack's host costs.
 
     Raises FieldError for a ``calibrate`` parameter without fit bounds.
     """
@@ -302,7 +304,7 @@ def fit_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, physics: Calibrati
     cal = physics.replace({"stack": stack.name, "host_from": None})
     space = stack_space(stack.calibrate)
     if graph and space:
-        cal = _fit(space, cal, graph, data, gpu)
+        cal = _fit(space, cal, graph, data, gpu, micro)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     return _quality(groups, data, gpu, cal)
@@ -325,7 +327,11 @@ def to_yaml(res: FitResult, stacks: dict[str, StackParams] | None = None) -> str
                                     call_default_factory=True)
                                 or (k in HostParams.model_fields and not k.startswith(
                                     "serving_"))}
-    if cal.gemm == type(cal.gemm)():
+    # the GEMM families fitted (an MoE model's expert GEMM), without those left at
+    # their defaults
+    default_gemm = type(cal.gemm)().model_dump()
+    data["gemm"] = {k: v for k, v in data.get("gemm", {}).items() if v != default_gemm[k]}
+    if not data["gemm"]:
         del data["gemm"]
     data.pop("trust", None)   # written by calibration.bands (its LOMO fits), not here
     body = yaml.safe_dump(data, sort_keys=False)

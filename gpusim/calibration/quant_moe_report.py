@@ -24,6 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.calibration.measurements import StepData, read_steps
+from gpusim.calibration.moe_fit import (
+    MOE_CALIBRATE,
+    moe_stack,
+    read_grouped_micro,
+    read_sort_micro,
+    with_sorts,
+    without_fit,
+)
 from gpusim.calibration.stacks_report import StackEvaluation, evaluate_stack
 from gpusim.cost import Calibration
 from gpusim.platform import Platform
@@ -34,8 +42,6 @@ from gpusim.step.crossover import crossover, where_it_stops
 Resolver = Callable[[str], ModelSpec]
 QUANT_STACKS = ("torch-fp8", "torch-int4")
 BASELINE = "torch-fused"
-# the MoE steps run torch-fused; what they fit is their expert GEMM's family
-MOE_CALIBRATE = ("gemm.grouped_mm.fixed_s", "gemm.grouped_mm.bandwidth_ratio")
 CROSSOVER_CTX = 1024
 LIMIT = 0.05  # the issue's target: LOMO MAPE <= 5% per stack
 
@@ -163,11 +169,6 @@ def _stop(batch: int | None, speedups: tuple[float, ...]) -> str:
     return "never wins" if all(s < 1.0 for s in speedups) else "wins throughout"
 
 
-def moe_stack(stack: StackSpec) -> StackSpec:
-    """``stack`` (the one the MoE steps ran) with the expert-GEMM fields to fit."""
-    return stack.model_copy(update={"calibrate": MOE_CALIBRATE})
-
-
 def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibration],
            load_stack: Callable[[str], StackSpec], resolve: Resolver) -> str:
     """The section for the GPU whose data folder is ``gpu_dir`` (its ``stacks/<stack>/``
@@ -197,9 +198,19 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
     moe_csv = gpu_dir / "moe" / "steps.csv"
     if moe_csv.is_file():
         data = read_steps(moe_csv, BASELINE)
+        models = [resolve(m) for m in sorted(set(map(str, data.model)))]
+        # transfer: the expert GEMM unfitted; each held-out model: fitted on the other's
+        # steps and grouped-GEMM probes (the shipped fit saw every model's)
+        micro = read_grouped_micro(gpu_dir, models)
+        sorts = read_sort_micro(gpu_dir, models)
+        bare = without_fit(bf16_cal)
+
+        def fold(held: str) -> Calibration:   # the sorts of the other models only
+            return with_sorts(bare, gpu, [g for g in sorts if held not in g.models])
+
         evaluations.append(("moe (torch-fused)",
-                            evaluate_stack(moe_stack(base_stack), data, gpu, bf16_cal,
-                                           resolve)))
+                            evaluate_stack(moe_stack(base_stack, bool(micro)), data, gpu,
+                                           bare, resolve, micro, fold)))
     return section(gpu_dir.name, evaluations, crossovers)
 
 

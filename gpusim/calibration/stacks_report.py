@@ -19,6 +19,7 @@ import numpy as np
 
 from gpusim.calibration.fit import fit_stack, make_groups, predict_groups
 from gpusim.calibration.measurements import StepData
+from gpusim.calibration.micro import MicroGroup
 from gpusim.calibration.validate import Errors
 from gpusim.cost import Calibration
 from gpusim.io.profile_trace import read_trace
@@ -47,9 +48,14 @@ class StackEvaluation:
 
 
 def evaluate_stack(stack: StackSpec, data: StepData, gpu: GpuSpec, physics: Calibration,
-                   resolve: Resolver) -> StackEvaluation:
+                   resolve: Resolver, micro: Sequence[MicroGroup] = (),
+                   fold_physics: Callable[[str], Calibration] | None = None
+                   ) -> StackEvaluation:
     """Transfer and leave-one-model-out predictions of ``stack``'s steps on ``gpu``
-    (``physics``: the calibration fitted on the reference stack)."""
+    (``physics``: the calibration fitted on the reference stack; ``micro``: kernel
+    microbenchmarks each fit also takes, those of a held-out model's shapes left out;
+    ``fold_physics``: the physics a held-out model's fit starts from, by its name,
+    where it must not see that model's kernels either; default ``physics``)."""
     plain = physics.replace({"stack": stack.name, "host_from": physics.stack})
     groups = make_groups(data, stack, resolve)
     transfer = predict_groups(groups, len(data), gpu, plain)
@@ -59,7 +65,10 @@ def evaluate_stack(stack: StackSpec, data: StepData, gpu: GpuSpec, physics: Cali
     if len(models) > 1:
         for model in models:
             held = data.model == model
-            own = fit_stack(data.subset(~held), gpu, stack, physics, resolve).calibration
+            kept = [g for g in micro if model not in g.models]
+            start = physics if fold_physics is None else fold_physics(model)
+            own = fit_stack(data.subset(~held), gpu, stack, start, resolve,
+                            micro=kept).calibration
             lomo[held] = predict_groups(make_groups(data.subset(held), stack, resolve),
                                         int(held.sum()), gpu, own)
             cals[model] = own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -100,6 +101,16 @@ def calibrate(
                                                               loader.load_stack))
     except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
         raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
+    from gpusim.calibration.moe_fit import fit_moe
+
+    # the expert GEMM's kernel family: GPU physics every stack inherits (an MoE model
+    # under any stack), fitted before the stacks' own parameters
+    physics, moe_note = fit_moe(path.parent, g, res.calibration, loader.load_stack,
+                                loader.load_model)
+    if moe_note:
+        print(moe_note, file=sys.stderr)
+        res = replace(res, calibration=physics.replace(
+            {"notes": "; ".join(n for n in (physics.notes, moe_note) if n)}))
     stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
     report.write_atomic(target, cal_mod.to_yaml(res, stacks))
     wrote(target)

@@ -31,7 +31,7 @@ from gpusim.cost.collectives import collective_cost
 from gpusim.cost.gemm import gemm_schedule, slowdown
 from gpusim.cost.gemm_families import gemm_family
 from gpusim.cost.params import Calibration
-from gpusim.cost.pointwise import l2_aware_s, reduction_s
+from gpusim.cost.pointwise import l2_aware_s, reduction_s, sort_s
 from gpusim.cost.record import Cost
 from gpusim.kernels.records import Kernel
 from gpusim.specs import GpuSpec
@@ -110,6 +110,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
                   else k.bytes / op_bw)
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, ph)
+        if k.sort_elements is not None:
+            fixed = fixed + sort_s(k.sort_elements, ph)
     if launches == 0:
         z = np.zeros_like(k.flops)
         return Cost(z, z, z, z, z, z)

@@ -34,7 +34,13 @@ so a step whose experts get few rows each pays for mostly empty tiles.
   long, 1497 against 1053 us a layer), 12.7 at 640 (160 rows: the 256-row large kernel,
   one tile again) and 17.8 at 1024 (256 rows: a second large tile for about half of
   them, its weight from L2: the kernel 1517 us a layer where re-reading it from HBM
-  would take about 1670). The permutation (sort, gather) and the combine are the
+  would take about 1670). The harness's grouped-GEMM probe (every expert given
+  exactly r rows; validation/data/h100-sxm/probe_2026-12-06/grouped_mm*/) shows both
+  tiles directly: the cooperative kernel's time steps up 1.85x from 256 to 257 rows an
+  expert (Mixtral gate_up), and one expert spilling past 128 rows costs the ping-pong
+  kernel 9% (its weight read again). Its efficiency, bandwidth and fixed cost relative
+  to cuBLAS's are fitted per GPU on those probes and the MoE steps
+  (``calibration.moe_fit``). The permutation (sort, gather) and the combine are the
   stack's own ops.
 * ``fused_moe``: a fused-MoE kernel as vLLM and SGLang run it (Triton's ``fused_moe``
   or CUTLASS's grouped MoE): the token gather fused into the GEMM's loads, each

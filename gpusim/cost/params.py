@@ -76,6 +76,15 @@ class GpuPhysics(Frozen):
     # run in parallel (see cost.pointwise.reduction_s).
     reduction_s_per_element: NonNeg = 0.0
     reduction_parallel_rows: Annotated[float, Field(ge=1.0, le=4096.0)] = 16.0
+    # PyTorch's in-CTA radix sort (torch.sort / argsort of at most 4096 elements, one CTA
+    # per row: sortKeyValueInplace's radixSortKVInPlace): a fixed time, a time per item
+    # each thread holds and per thread of the CTA (cost.pointwise.sort_s). Defaults: the
+    # H100's profiled sorts (8 to 4096 int64 keys, 6.7 to 33.8 us; the H200's within 4%),
+    # a prior for GPUs whose sorts were not profiled; fitted where MoE steps were
+    # (calibration.moe_fit).
+    sort_fixed_s: NonNeg = 3.5e-6
+    sort_s_per_item: NonNeg = 6.7e-7
+    sort_s_per_thread: NonNeg = 7.5e-8
     # Bandwidth of a non-vectorised (strided) pointwise kernel, as a fraction of a
     # vectorised one's (element-wide loads instead of 16-byte vectors).
     strided_bandwidth_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0

@@ -136,6 +136,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok),
+                  sort_elements=elements if op.sorts else None,
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain)
 
 

@@ -115,7 +115,7 @@ def check_ep(model: ModelSpec, tp: int, ep: int) -> None:
 
 def _rows_scaled(k: Kernel, f: np.ndarray) -> Kernel:
     """``k`` over ``f`` times its rows (per step shape): flops, activations, a GEMM's
-    rows and a reduction's rows scale; weights do not."""
+    rows, a reduction's rows and a sort's keys scale; weights do not."""
     red = None if k.reduction is None else k.reduction * np.stack(
         [f, np.ones_like(f)])
     g = k.gemm
@@ -123,7 +123,9 @@ def _rows_scaled(k: Kernel, f: np.ndarray) -> Kernel:
         g = replace(g, m=g.m * f)
         if getattr(g, "rows", None) is not None:
             g = replace(g, rows=g.rows * f)
-    return replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red, gemm=g)
+    srt = None if k.sort_elements is None else k.sort_elements * f
+    return replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red, gemm=g,
+                   sort_elements=srt)
 
 
 def _on_busiest(k: Kernel, f: np.ndarray, s: ExpertSplit) -> Kernel:

@@ -129,10 +129,19 @@ class ExpertGemmShape(GemmShape):
     touched: np.ndarray | None = None
     top_k: int = 0            # experts per token (the routing, for row tiles)
     routing_skew: float = 0.0
+    # every touched expert receives exactly this many rows (a balanced assignment: a
+    # kernel microbenchmark's equal groups); None: the routing's random rows
+    rows_per_expert: np.ndarray | None = None
 
     def row_tiles(self, tile: object) -> np.ndarray:
         """Expected row tiles of ``tile`` rows over the experts (``expected_row_tiles``;
-        ``m`` is the slots, T x top_k)."""
+        ``m`` is the slots, T x top_k), or ``touched`` x ceil(rows / tile) when each
+        expert's rows are given."""
+        if self.rows_per_expert is not None:
+            touched = np.asarray(self.touched if self.touched is not None else self.experts,
+                                 dtype=np.float64)
+            return touched * np.ceil(np.asarray(self.rows_per_expert, dtype=np.float64)
+                                     / np.asarray(tile, dtype=np.float64))
         # the experts this kernel holds (a rank's, under expert parallelism) and the
         # slots they receive: each expert's rows Binomial(slots / k, k / experts), the
         # same mean as the whole layer's routing

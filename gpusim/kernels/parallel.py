@@ -187,8 +187,10 @@ def shard(kernels: list[Kernel], model: ModelSpec, stack: StackSpec, tp: int,
         elif k.kind == KernelKind.ELEMENTWISE:
             f = _tensor_share(op.tensor or "", model, r)
             red = None if k.reduction is None else k.reduction * np.array([[1.0], [f]])
+            srt = None if k.sort_elements is None else k.sort_elements * f
             out.append(k if f == 1.0 else
-                       replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red))
+                       replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red,
+                               sort_elements=srt))
         else:
             raise FieldError("tp", f"tp={tp}: gpusim does not shard the {k.kind} kernel "
                              f"{k.name!r} over tensor-parallel ranks")

@@ -97,6 +97,8 @@ class Kernel:
     strided_launches: np.ndarray | None = None
     # row reductions: [rows, row_elements] per step shape (times reduction kernels)
     reduction: np.ndarray | None = None
+    # keys one of its kernels sorts in one CTA (torch.sort / argsort), per step shape
+    sort_elements: np.ndarray | None = None
     # the fraction of a vectorised kernel's bandwidth this op's kernels reach, when its
     # stack file gives one (read off a profile), in place of the strided-path model
     bandwidth_fraction: float | None = None

@@ -43,11 +43,10 @@ TORCH_MOE: tuple[StackOp, ...] = (
         bytes_per_element=12, strided_kernels=1, requires="norm_topk_prob"),
     # stable argsort of the T*k int64 expert ids: one radixSortKVInPlace kernel, a single
     # CTA sorting keys and values in shared memory (read and write 8 + 8 B per slot) up
-    # to 4096 slots (6.7 us at 8 slots, 27.1 at 512, 33.8 at 4096). Its time grows with
-    # the CTA's serial radix passes, which the pointwise physics does not price: here a
-    # non-vectorised kernel of fixed cost and bytes only (the rest is left to the fit)
+    # to 4096 slots (6.7 us at 8 slots, 27.1 at 512, 33.8 at 4096): its time follows the
+    # CTA's serial radix passes (cost.pointwise.sort_s), not its bytes
     _op(op="elementwise", name="permute_sort", tensor="routing", kernels=1,
-        bytes_per_element=32, strided_kernels=1),
+        bytes_per_element=32, strided_kernels=1, sorts=True),
     # the sort's index fill (arange), slot -> token floor-div, float cast of the ids,
     # histc (a fill and kernelHistogram1D: atomics, 1.6-2.8 us), cumsum (cub's scan init
     # and scan) and int32 cast of the per-expert counts: 8 kernels

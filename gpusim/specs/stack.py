@@ -80,6 +80,10 @@ class StackOp(Frozen):
     # one value (tensor: fp8's per-tensor amax), whose CTA walk follows PyTorch's reduce
     # config (kernels.quant.whole_tensor_walk)
     reduces: Literal["rows", "tensor"] = "rows"
+    # one of its kernels sorts the whole tensor as one row in one CTA (torch.sort or
+    # argsort of up to 4096 elements; cost.pointwise.sort_s): its time follows the
+    # sort's passes, not its bytes
+    sorts: bool = False
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
     # attention: the keys it reads: the sequence's cached and new positions (context),
     # or the whole allocated cache under a mask (allocated_cache: a static cache as

@@ -25,6 +25,8 @@ ORDER = {4: ("qkv", "o", "gate_up", "down"), 7: ("q", "k", "v", "o", "gate", "up
          5: ("qkv", "o", "gate", "up", "down"), 6: ("q", "k", "v", "o", "gate_up", "down")}
 VECTORIZED = re.compile(r"vectorized|^triton_|layer_norm|Memset", re.IGNORECASE)
 REDUCTION = re.compile(r"reduce_kernel")
+# PyTorch's in-CTA sort (torch.sort / argsort up to 4096 elements): priced by its passes
+SORT = re.compile(r"radixSortKVInPlace")
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
     return StackOp(op="embedding" if run[0].cls == "embedding" else "elementwise",
                    name=name, tensor=tensor, kernels=len(kernels),
                    bytes_per_element=round(per_element, 3), strided_kernels=strided,
-                   reduction_kernels=reductions)
+                   reduction_kernels=reductions,
+                   sorts=any(SORT.search(k.name) for k in kernels))
 
 
 def weight_of(u: Unit, model: ModelSpec, index: int, count: int, used: set[str],

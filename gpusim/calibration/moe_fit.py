@@ -1,0 +1,207 @@
+"""The expert GEMM's kernel family on a GPU, fitted on its microbenchmarks and MoE steps.
+
+``torch._grouped_mm`` (``cost.moe.GroupedMm``) is a kernel of the GPU's, run by every
+stack that runs an MoE model without custom kernels; its parameters
+(``MOE_CALIBRATE``) are fitted once per GPU and shipped at the calibration's top level,
+so that every stack inherits them:
+
+* the harness's grouped-GEMM probe (``validation/harness/probe_grouped_mm.py``;
+  ``<gpu>/probe_*/grouped_mm*/grouped_mm.csv``, a folder per lease): one call over E
+  experts that each get exactly r rows, for the expert GEMMs of the MoE models
+  measured; each shape becomes an expert-GEMM kernel with those balanced rows
+  (``ExpertGemmShape.rows_per_expert``), tagged with the models whose experts have that
+  shape (leave-one-model-out drops them); the rows where one expert got a row more than
+  another (``spill``) are left out: one balanced row count per call is what the kernel
+  record holds;
+* the MoE steps (``<gpu>/moe/steps.csv``, run under torch-fused), with the GPU physics
+  held (``fit.fit_stack``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+
+from gpusim.calibration.fit import fit_stack
+from gpusim.calibration.measurements import read_steps
+from gpusim.calibration.micro import MicroGroup
+from gpusim.cost import Calibration, GpuPhysics
+from gpusim.cost.moe import GroupedMmParams
+from gpusim.cost.pointwise import sort_config
+from gpusim.cost.steps import step_costs
+from gpusim.errors import bad, read_text
+from gpusim.kernels.moe import ExpertGemmShape, expert_nk
+from gpusim.kernels.records import Kernel
+from gpusim.specs import GpuSpec, ModelSpec, StackSpec
+from gpusim.specs.enums import KernelKind
+
+FAMILY = "grouped_mm"
+MOE_STACK = "torch-fused"   # the stack the MoE steps ran
+MOE_CALIBRATE = tuple(f"gemm.{FAMILY}.{p}" for p in (
+    "fixed_s", "bandwidth_ratio", "tensor_efficiency_ratio"))
+# without probes, the steps fit the first two only: a step's compute-bound expert GEMMs
+# (prefill) trade the tensor rate off against the fixed cost and the other ops, and
+# two models' few prefill steps do not pin it (a leave-one-model-out fit on the H200's
+# steps alone found 0.46 and 0.92)
+STEPS_ONLY = MOE_CALIBRATE[:2]
+SORT_FIELDS = ("sort_fixed_s", "sort_s_per_item", "sort_s_per_thread")
+SORT_KERNEL = "radixSortKVInPlace"   # the argsort of the slots' expert ids, profiled
+PROFILE_COLUMNS = ("model", "batch", "q", "kernel_name", "count", "total_us")
+PROBE_COLUMNS = ("experts", "n", "k", "rows_per_expert", "spill", "median_us")
+
+
+def moe_stack(stack: StackSpec, probed: bool) -> StackSpec:
+    """``stack`` (the one the MoE steps ran) with the expert-GEMM fields to fit (all of
+    ``MOE_CALIBRATE`` where grouped-GEMM probes were measured: ``probed``)."""
+    return stack.model_copy(update={"calibrate": MOE_CALIBRATE if probed else STEPS_ONLY})
+
+
+def without_fit(cal: Calibration) -> Calibration:
+    """``cal`` with the expert GEMM's and the sort's parameters at their defaults
+    (nothing fitted on MoE measurements: the baseline a leave-one-model-out fit starts
+    from)."""
+    gemm, physics = GroupedMmParams(), GpuPhysics()
+    return cal.replace({**{p: getattr(gemm, p.rsplit(".", 1)[-1]) for p in MOE_CALIBRATE},
+                        **{f"physics.{f}": getattr(physics, f) for f in SORT_FIELDS}})
+
+
+def with_sorts(cal: Calibration, gpu: GpuSpec, sorts: Sequence[MicroGroup]) -> Calibration:
+    """``cal`` with the sort's parameters (``cost.pointwise.sort_s``: a fixed time, per
+    item a thread holds, per thread) fitted by non-negative least squares on profiled
+    sorts, what the rest of the kernel's price leaves of each; the defaults (a prior)
+    without any."""
+    if not sorts:
+        return cal.replace({f"physics.{f}": getattr(GpuPhysics(), f) for f in SORT_FIELDS})
+    bare = cal.replace({f"physics.{f}": 0.0 for f in SORT_FIELDS})
+    rest = np.concatenate([step_costs([g.kernel], gpu, bare)[0].seconds for g in sorts])
+    measured = np.concatenate([g.measured_s for g in sorts])
+    n = np.concatenate([g.kernel.sort_elements for g in sorts])  # type: ignore[misc]
+    threads, items = sort_config(n)
+    # each column scaled to O(1) so the solver weighs them alike
+    scale = np.array([1e-6, 1e-6, 1e-7])
+    design = np.stack([np.ones_like(n), items, threads], axis=1) * scale
+    x, _ = nnls(design, np.maximum(measured - rest, 0.0))
+    return cal.replace({f"physics.{f}": float(v)
+                        for f, v in zip(SORT_FIELDS, x * scale, strict=True)})
+
+
+def _owners(experts: int, n: int, k: int, models: Iterable[ModelSpec]) -> frozenset[str]:
+    """The models whose routed experts are E x [n, k] (gate_up or down)."""
+    return frozenset(m.name for m in models if m.is_moe and m.num_experts == experts
+                     and (n, k) in (expert_nk("experts_gate_up", m),
+                                    expert_nk("experts_down", m)))
+
+
+def read_grouped_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGroup]:
+    """Every balanced grouped-GEMM probe row under ``gpu_dir`` whose shape is one of
+    ``models``' expert GEMMs, as one kernel group per (file, shape). Raises ConfigError
+    for a file that cannot be read or lacks a column."""
+    out = []
+    for path in sorted(gpu_dir.glob("probe_*/grouped_mm*/grouped_mm.csv")):
+        rows = list(csv.DictReader(read_text(path).splitlines()))
+        missing = [c for c in PROBE_COLUMNS if rows and c not in rows[0]]
+        if missing:
+            raise bad(str(path), f"missing column(s) {', '.join(missing)}", line=1)
+        shapes: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
+        try:
+            for r in rows:
+                if int(r["spill"]):
+                    continue
+                key = (int(r["experts"]), int(r["n"]), int(r["k"]))
+                shapes.setdefault(key, []).append((float(r["rows_per_expert"]),
+                                                   float(r["median_us"]) * 1e-6))
+        except ValueError as exc:
+            raise bad(str(path), f"unreadable probe row: {exc}") from None
+        for (experts, n, k), pts in shapes.items():
+            owners = _owners(experts, n, k, models)
+            if not owners:
+                continue
+            rows_per = np.array([p[0] for p in pts])
+            out.append(MicroGroup(_kernel(experts, n, k, rows_per),
+                                  np.array([p[1] for p in pts]), owners))
+    return out
+
+
+def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGroup]:
+    """The profiled argsorts of the slots' expert ids (``SORT_KERNEL`` in
+    ``<gpu>/moe/kernels.csv`` and ``<gpu>/probe_*/moe_profile/kernels.csv``) of
+    ``models``, one kernel group per model: GPU seconds per call against the slots
+    sorted (batch x q x top-k). Raises ConfigError for a file that cannot be read or
+    lacks a column."""
+    by_name = {m.name: m for m in models if m.is_moe}
+    points: dict[str, dict[float, list[float]]] = {}
+    for path in [gpu_dir / "moe" / "kernels.csv",
+                 *sorted(gpu_dir.glob("probe_*/moe_profile/kernels.csv"))]:
+        if not path.is_file():
+            continue
+        rows = list(csv.DictReader(read_text(path).splitlines()))
+        missing = [c for c in PROFILE_COLUMNS if rows and c not in rows[0]]
+        if missing:
+            raise bad(str(path), f"missing column(s) {', '.join(missing)}", line=1)
+        try:
+            for r in rows:
+                model = by_name.get(r["model"])
+                if model is None or SORT_KERNEL not in r["kernel_name"]:
+                    continue
+                slots = float(r["batch"]) * float(r["q"]) * (model.num_experts_per_tok or 1)
+                points.setdefault(model.name, {}).setdefault(slots, []).append(
+                    float(r["total_us"]) * 1e-6 / float(r["count"]))
+        except (ValueError, ZeroDivisionError) as exc:
+            raise bad(str(path), f"unreadable profile row: {exc}") from None
+    out = []
+    for name, by_slots in points.items():
+        slots = np.array(sorted(by_slots))
+        measured = np.array([float(np.mean(by_slots[s])) for s in slots])
+        out.append(MicroGroup(_sort_kernel(slots), measured, frozenset({name})))
+    return out
+
+
+def _sort_kernel(slots: np.ndarray) -> Kernel:
+    """One argsort of ``slots`` int64 expert ids (per point), as the MoE layer's
+    permute_sort op launches it (keys and indices read and written: 32 B a slot)."""
+    return Kernel(name="permute_sort", kind=KernelKind.ELEMENTWISE, section="layer",
+                  launches=1, repeat=1, flops=slots.copy(), weight_bytes=np.zeros_like(slots),
+                  kv_bytes=np.zeros_like(slots), act_bytes=32.0 * slots, dtype="bf16",
+                  strided_launches=np.ones_like(slots), sort_elements=slots.copy())
+
+
+def _kernel(experts: int, n: int, k: int, rows_per_expert: np.ndarray) -> Kernel:
+    """One torch._grouped_mm call in bf16 over ``experts`` experts of [n, k] weights,
+    each with ``rows_per_expert`` rows (per point)."""
+    slots = experts * rows_per_expert
+    touched = np.full_like(slots, float(experts))
+    return Kernel(name="experts", kind=KernelKind.GEMM, section="layer", launches=1,
+                  repeat=1, flops=2.0 * slots * n * k,
+                  weight_bytes=touched * 2.0 * n * k, kv_bytes=np.zeros_like(slots),
+                  act_bytes=2.0 * slots * (k + n), dtype="bf16",
+                  gemm=ExpertGemmShape(m=slots, n=n, k=k, family=FAMILY, experts=experts,
+                                       touched=touched, top_k=1,
+                                       rows_per_expert=rows_per_expert))
+
+
+def fit_moe(gpu_dir: Path, gpu: GpuSpec, physics: Calibration,
+            load_stack: Callable[[str], StackSpec],
+            resolve: Callable[[str], ModelSpec]) -> tuple[Calibration, str]:
+    """``physics`` with the expert GEMM's parameters fitted on ``gpu_dir``'s MoE steps
+    and grouped-GEMM probes (unchanged without MoE steps), and a line saying what it
+    was fitted on. Raises ConfigError for an unreadable file."""
+    steps_csv = gpu_dir / "moe" / "steps.csv"
+    if not steps_csv.is_file():
+        return physics, ""
+    data = read_steps(steps_csv, MOE_STACK)
+    models = [resolve(m) for m in sorted(set(map(str, data.model)))]
+    grouped = read_grouped_micro(gpu_dir, models)
+    sorts = read_sort_micro(gpu_dir, models)
+    stack = moe_stack(load_stack(MOE_STACK), bool(grouped))
+    base = with_sorts(without_fit(physics), gpu, sorts)
+    res = fit_stack(data, gpu, stack, base, resolve, micro=grouped)
+    cal = physics.replace({p: res.calibration.get(p) for p in
+                           (*stack.calibrate, *(f"physics.{f}" for f in SORT_FIELDS))})
+    return cal, (f"{FAMILY} and the sort fitted on {res.rows} MoE steps (in-sample MAPE "
+                 f"{100 * res.mape:.2f}%), {sum(len(g.measured_s) for g in grouped)} "
+                 f"grouped-GEMM probe calls and {sum(len(g.measured_s) for g in sorts)} "
+                 "profiled sorts")

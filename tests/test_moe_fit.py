@@ -1,0 +1,147 @@
+"""The expert GEMM's kernel family fitted on grouped-GEMM probes and MoE steps
+(gpusim.calibration.moe_fit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpusim.calibration.moe_fit import (
+    MOE_CALIBRATE,
+    STEPS_ONLY,
+    fit_moe,
+    moe_stack,
+    read_grouped_micro,
+    without_fit,
+)
+from gpusim.cost import Calibration
+from gpusim.cost.moe import LARGE_TILE_M, GroupedMmParams
+from gpusim.cost.steps import step_costs
+from gpusim.errors import ConfigError
+from gpusim.io import calibrations, loader
+from gpusim.kernels.moe import ExpertGemmShape
+
+HEADER = "shape,experts,n,k,rows_per_expert,spill,median_us,p10_us,p90_us,repeats,kernel\n"
+H100 = loader.load_gpu("h100-sxm")
+
+
+def _probe(tmp_path: Path, lines: list[str], folder: str = "grouped_mm") -> Path:
+    d = tmp_path / "probe_x" / folder
+    d.mkdir(parents=True)
+    (d / "grouped_mm.csv").write_text(HEADER + "".join(line + "\n" for line in lines))
+    return tmp_path
+
+
+def _models() -> list:
+    return [loader.load_model(m) for m in ("mixtral-8x7b-8l", "qwen3-30b-a3b")]
+
+
+def test_probe_rows_become_balanced_expert_gemms_tagged_with_their_models(tmp_path):
+    gpu_dir = _probe(tmp_path, [
+        "mixtral_gate_up,8,28672,4096,64,0,690,680,700,20,k",
+        "mixtral_gate_up,8,28672,4096,257,0,1449,1440,1460,20,k",
+        "mixtral_gate_up,8,28672,4096,257,1,1261,1250,1270,20,k",   # spill: left out
+        "qwen3_down,128,2048,768,16,0,175,170,180,20,k",
+        "other,4,100,200,16,0,10,9,11,20,k",                       # no model's shape
+    ])
+    groups = read_grouped_micro(gpu_dir, _models())
+    assert [sorted(g.models) for g in groups] == [["mixtral-8x7b-8l"], ["qwen3-30b-a3b"]]
+    mix = groups[0]
+    np.testing.assert_allclose(mix.measured_s, [690e-6, 1449e-6])
+    g = mix.kernel.gemm
+    assert isinstance(g, ExpertGemmShape)
+    # each expert's rows in tiles: 64 rows one small-kernel tile, 257 two large ones
+    np.testing.assert_allclose(g.row_tiles(np.array([128.0, LARGE_TILE_M])), [8, 16])
+    np.testing.assert_allclose(mix.kernel.weight_bytes, 8 * 28672 * 4096 * 2.0)
+
+
+def test_one_row_past_a_large_tile_costs_a_second_tile(tmp_path):
+    # the probe's step at 256 -> 257 rows an expert (1.85x measured on H100): the model
+    # prices the second 256-row tile's arithmetic
+    gpu_dir = _probe(tmp_path, [f"mixtral_down,8,4096,14336,{r},0,500,490,510,20,k"
+                                for r in (256, 257)])
+    (group,) = read_grouped_micro(gpu_dir, _models())
+    cal = calibrations.load_calibration("none", H100, loader.load_stack("torch-fused"))
+    t256, t257 = step_costs([group.kernel], H100, cal)[0].seconds
+    assert t257 > 1.5 * t256
+
+
+def test_a_probe_without_its_columns_is_refused(tmp_path):
+    d = tmp_path / "probe_x" / "grouped_mm"
+    d.mkdir(parents=True)
+    (d / "grouped_mm.csv").write_text("shape,experts,n\nx,8,4096\n")
+    with pytest.raises(ConfigError, match="missing column"):
+        read_grouped_micro(tmp_path, _models())
+
+
+def test_a_probe_with_a_bad_number_is_refused(tmp_path):
+    gpu_dir = _probe(tmp_path, ["mixtral_down,8,4096,14336,many,0,500,490,510,20,k"])
+    with pytest.raises(ConfigError, match="unreadable probe row"):
+        read_grouped_micro(gpu_dir, _models())
+
+
+def test_without_fit_restores_the_defaults_and_the_stack_fits_what_was_probed():
+    cal = calibrations.load_calibration("none", H100, loader.load_stack("torch-fused"))
+    moved = cal.replace({p: 2e-6 if p.endswith("fixed_s") else 1.1 for p in MOE_CALIBRATE})
+    assert without_fit(moved).gemm_params("grouped_mm") == GroupedMmParams()
+    st = loader.load_stack("torch-fused")
+    assert moe_stack(st, True).calibrate == MOE_CALIBRATE
+    assert moe_stack(st, False).calibrate == STEPS_ONLY
+
+
+def test_no_moe_steps_leave_the_physics_alone(tmp_path):
+    cal = calibrations.load_calibration("none", H100, loader.load_stack("torch-fused"))
+    out, note = fit_moe(tmp_path, H100, cal, loader.load_stack, loader.load_model)
+    assert out is cal and note == ""
+
+
+def test_the_shipped_h100_calibration_carries_the_fitted_expert_gemm():
+    # fitted by `gpusim calibrate` on the committed MoE steps and probes, inherited by
+    # every stack (an MoE model under torch-compile too)
+    shipped = calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"
+    for stack in ("torch-fused", "torch-compile"):
+        cal: Calibration = calibrations.load_calibration(str(shipped), H100,
+                                                         loader.load_stack(stack))
+        assert cal.gemm_params("grouped_mm") != GroupedMmParams()
+
+
+def test_sort_time_follows_pytorchs_cta_configs():
+    from gpusim.cost.params import GpuPhysics
+    from gpusim.cost.pointwise import sort_config, sort_s
+    threads, items = sort_config(np.array([2, 32, 33, 128, 129, 1024, 1025, 2048, 4096]))
+    np.testing.assert_array_equal(threads, [16, 16, 32, 32, 32, 32, 64, 64, 128])
+    np.testing.assert_array_equal(items, [2, 2, 4, 4, 32, 32, 32, 32, 32])
+    ph = GpuPhysics()
+    t = sort_s(np.array([8.0, 64, 512, 2048, 4096, 8192]), ph)
+    # the defaults reproduce the H100 profile within 15% (6.7, 8.8, 27.1, 30.3, 33.8 us)
+    np.testing.assert_allclose(t[:5], [6.7e-6, 8.75e-6, 27.1e-6, 30.3e-6, 33.8e-6], rtol=0.15)
+    assert np.all(np.diff(t) > 0)      # never cheaper for more keys
+    assert t[5] == pytest.approx(2 * t[4])
+
+
+def test_profiled_sorts_are_read_and_fitted(tmp_path):
+    from gpusim.calibration.moe_fit import read_sort_micro, with_sorts
+    (tmp_path / "moe").mkdir()
+    lines = ["model,mode,batch,ctx,q,kernel_name,count,total_us,stack"]
+    truth = {"fixed": 4e-6, "item": 0.6e-6, "thread": 0.05e-6}
+    from gpusim.cost.pointwise import sort_config
+    for batch in (1, 8, 64, 512):
+        slots = batch * 8                      # qwen3: top-8
+        threads, items = sort_config(np.array([float(slots)]))
+        us = 1e6 * (truth["fixed"] + items[0] * truth["item"] + threads[0] * truth["thread"])
+        lines.append(f"qwen3-30b-a3b,decode,{batch},1024,1,void at::native::"
+                     f"radixSortKVInPlace<-2>(x),48,{48 * us}")
+        lines.append(f"qwen3-30b-a3b,decode,{batch},1024,1,other_kernel,48,1000")
+    (tmp_path / "moe" / "kernels.csv").write_text("\n".join(lines) + "\n")
+    (group,) = read_sort_micro(tmp_path, _models())
+    assert group.models == {"qwen3-30b-a3b"}
+    np.testing.assert_allclose(group.kernel.sort_elements, [8, 64, 512, 4096])
+    cal = calibrations.load_calibration("none", H100, loader.load_stack("torch-fused"))
+    fitted = with_sorts(cal, H100, [group])
+    # the fit recovers the sort's own time less what the rest of the kernel costs
+    pred = step_costs([group.kernel], H100, fitted)[0].seconds
+    np.testing.assert_allclose(pred, group.measured_s, rtol=0.08)
+    # no profiled sorts: the prior
+    assert with_sorts(fitted, H100, []).physics.sort_fixed_s == pytest.approx(3.5e-6)

@@ -1,0 +1,118 @@
+"""Probe: torch._grouped_mm over experts with equal, controlled row counts.
+
+    python3 validation/harness/probe_grouped_mm.py --out DIR [--shapes NAME:E:N:K,...]
+        [--rows 8,16,...] [--spill]
+
+A step's expert GEMM sees each expert's rows drawn by the routing; here every expert
+gets exactly ``r`` rows (offs = r, 2r, ..., E r), so the time over ``r`` shows the
+kernel's row tiles directly: a tile of T rows makes the time step up just past each
+multiple of T. With ``--spill``, also each r with one expert given one row more and
+another one less (the same rows in all): the price of one expert spilling into a next
+tile. Each call is captured in a CUDA graph and its replays timed (bench_timing); the
+weights (E x K x N, column-major per expert as moe_forward.py lays them) exceed L2,
+so each replay streams them from HBM as a step does. Then every shape's kernel names
+under torch.profiler (last: the profiler slows what follows it in the process).
+Writes DIR/grouped_mm.csv (shape, E, N, K, rows per expert, spill, median/p10/p90
+us, kernel), DIR/grouped_mm_env.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from bench_timing import Clock, Policy, free_memory, measure, stats  # noqa: E402
+
+# the expert GEMMs of the two MoE models the harness runs: gate_up [h -> 2I], down
+# [I -> h]
+SHAPES = ("mixtral_gate_up:8:28672:4096,mixtral_down:8:4096:14336,"
+          "qwen3_gate_up:128:1536:2048,qwen3_down:128:2048:768")
+ROWS = "8,16,32,48,64,65,96,128,129,160,192,224,256,257,288,320,384,448,512,513,640,768,1024"
+
+
+def _offs(experts: int, rows: int, spill: bool, dev: torch.device) -> torch.Tensor:
+    counts = [rows] * experts
+    if spill and experts > 1:
+        counts[0] += 1
+        counts[1] -= 1
+    return torch.tensor(counts, device=dev, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+
+
+def _kernel_name(fn: object) -> str:
+    """The longest GPU kernel of one call of ``fn`` under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()  # type: ignore[operator]
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not events:
+        return ""
+    return max(events, key=lambda e: e.time_range.elapsed_us()).name
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--shapes", default=SHAPES, help="NAME:E:N:K,... (default: Mixtral "
+                    "8x7B's and Qwen3-30B-A3B's gate_up and down)")
+    ap.add_argument("--rows", default=ROWS, help="rows per expert, comma-separated")
+    ap.add_argument("--spill", action="store_true", help="also one expert one row over")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    clock, policy = Clock(dev), Policy(warmup=3, target=20, min_reps=8, max_s=0.5)
+    rows_list = [int(x) for x in args.rows.split(",")]
+    out: list[dict[str, object]] = []
+    calls: list[tuple[dict[str, object], object]] = []
+    for spec in args.shapes.split(","):
+        name, e, n, k = spec.split(":")
+        experts, n_, k_ = int(e), int(n), int(k)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        w = (torch.randn((experts, n_, k_), generator=gen, device=dev, dtype=dtype)
+             * 0.02).transpose(-2, -1)                                      # [E, K, N]
+        for r in rows_list:
+            for spill in ((False, True) if args.spill and r > 1 else (False,)):
+                offs = _offs(experts, r, spill, dev)
+                a = torch.randn((experts * r, k_), generator=gen, device=dev, dtype=dtype)
+
+                def fn(a: torch.Tensor = a, w: torch.Tensor = w,
+                       offs: torch.Tensor = offs) -> torch.Tensor:
+                    return torch._grouped_mm(a, w, offs=offs, out_dtype=dtype)
+
+                st = stats(measure(clock, fn, policy, graph=True), 1e6)
+                row: dict[str, object] = {
+                    "shape": name, "experts": experts, "n": n_, "k": k_,
+                    "rows_per_expert": r, "spill": int(spill),
+                    "median_us": round(st["median"], 3), "p10_us": round(st["p10"], 3),
+                    "p90_us": round(st["p90"], 3), "repeats": st["repeats"]}
+                out.append(row)
+                calls.append((row, fn))
+                print(row, flush=True)
+        torch.cuda.synchronize()
+    for row, fn in calls:  # after every timing: the profiler slows what follows
+        row["kernel"] = _kernel_name(fn)
+    del calls
+    free_memory(dev)
+    env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "gpu_name": torch.cuda.get_device_name(), "command": sys.argv}
+    (args.out / "grouped_mm_env.json").write_text(json.dumps(env, indent=2) + "\n")
+    with (args.out / "grouped_mm.csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(out[0]))
+        wr.writeheader()
+        wr.writerows(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
