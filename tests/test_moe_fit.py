@@ -145,3 +145,32 @@ def test_profiled_sorts_are_read_and_fitted(tmp_path):
     np.testing.assert_allclose(pred, group.measured_s, rtol=0.08)
     # no profiled sorts: the prior
     assert with_sorts(fitted, H100, []).physics.sort_fixed_s == pytest.approx(3.5e-6)
+
+
+def _one_call(touched: float, rows: float = 1.0, experts: int = 128, n: int = 2048,
+              k: int = 768):
+    from gpusim.calibration.moe_fit import _kernel
+    return _kernel(experts, n, k, np.array([rows]), np.array([touched]))
+
+
+def test_a_decodes_few_cta_tiles_stream_at_one_ctas_rate():
+    # one Qwen3 expert's down weight (3.1 MB) over 32 CTAs: bound by a CTA's stream,
+    # not HBM; with every expert touched the CTAs fill the GPU and HBM binds again
+    cal = calibrations.load_calibration("none", H100, loader.load_stack("torch-fused"))
+    limited = cal.replace({"gemm.grouped_mm.cta_stream_bytes_per_s": 40e9})
+    one, full = _one_call(1.0), _one_call(128.0)
+    t_free = step_costs([one], H100, cal)[0].memory_s[0]
+    t_lim = step_costs([one], H100, limited)[0].memory_s[0]
+    assert t_lim == pytest.approx(3.1457e6 / 32 / 40e9, rel=0.01) and t_lim > 2 * t_free
+    assert step_costs([full], H100, limited)[0].memory_s[0] == pytest.approx(
+        step_costs([full], H100, cal)[0].memory_s[0])
+
+
+def test_a_cluster_tile_is_two_ctas_on_two_sms():
+    # one row on one expert: 16 cluster tiles of 128 x 128, 32 CTAs of 64 rows each on
+    # their own SMs: one wave of 64-row tiles, not of 128-row ones
+    cal = calibrations.load_calibration("none", H100, loader.load_stack("torch-fused"))
+    compute = step_costs([_one_call(1.0)], H100, cal)[0].compute_s[0]
+    per_sm = H100.matmul_peak_flops_per_s("bf16") / H100.sm_count
+    assert compute == pytest.approx(2.0 * 64 * 128 * 768
+                                    / (per_sm * cal.physics.tensor_efficiency), rel=1e-6)

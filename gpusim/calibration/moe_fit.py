@@ -42,11 +42,12 @@ from gpusim.specs.enums import KernelKind
 FAMILY = "grouped_mm"
 MOE_STACK = "torch-fused"   # the stack the MoE steps ran
 MOE_CALIBRATE = tuple(f"gemm.{FAMILY}.{p}" for p in (
-    "fixed_s", "bandwidth_ratio", "tensor_efficiency_ratio"))
+    "fixed_s", "bandwidth_ratio", "tensor_efficiency_ratio", "cta_stream_bytes_per_s"))
 # without probes, the steps fit the first two only: a step's compute-bound expert GEMMs
 # (prefill) trade the tensor rate off against the fixed cost and the other ops, and
 # two models' few prefill steps do not pin it (a leave-one-model-out fit on the H200's
-# steps alone found 0.46 and 0.92)
+# steps alone found 0.46 and 0.92); nor do they the rate one CTA streams at, which
+# only a call with fewer CTA tiles than SMs shows
 STEPS_ONLY = MOE_CALIBRATE[:2]
 SORT_FIELDS = ("sort_fixed_s", "sort_s_per_item", "sort_s_per_thread")
 SORT_KERNEL = "radixSortKVInPlace"   # the argsort of the slots' expert ids, profiled
@@ -112,16 +113,18 @@ def read_grouped_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[Micro
                 if int(r["spill"]):
                     continue
                 key = (int(r["experts"]), int(r["n"]), int(r["k"]))
+                # experts given rows (a decode's few; absent: all of them)
+                touched = float(r.get("touched") or r["experts"])
                 shapes.setdefault(key, []).append((float(r["rows_per_expert"]),
-                                                   float(r["median_us"]) * 1e-6))
+                                                   float(r["median_us"]) * 1e-6, touched))
         except ValueError as exc:
             raise bad(str(path), f"unreadable probe row: {exc}") from None
         for (experts, n, k), pts in shapes.items():
             owners = _owners(experts, n, k, models)
             if not owners:
                 continue
-            rows_per = np.array([p[0] for p in pts])
-            out.append(MicroGroup(_kernel(experts, n, k, rows_per),
+            out.append(MicroGroup(_kernel(experts, n, k, np.array([p[0] for p in pts]),
+                                          np.array([p[2] for p in pts])),
                                   np.array([p[1] for p in pts]), owners))
     return out
 
@@ -135,7 +138,7 @@ def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGro
     by_name = {m.name: m for m in models if m.is_moe}
     points: dict[str, dict[float, list[float]]] = {}
     for path in [gpu_dir / "moe" / "kernels.csv",
-                 *sorted(gpu_dir.glob("probe_*/moe_profile/kernels.csv"))]:
+                 *sorted(gpu_dir.glob("probe_*/moe_profile*/kernels.csv"))]:
         if not path.is_file():
             continue
         rows = list(csv.DictReader(read_text(path).splitlines()))
@@ -169,11 +172,11 @@ def _sort_kernel(slots: np.ndarray) -> Kernel:
                   strided_launches=np.ones_like(slots), sort_elements=slots.copy())
 
 
-def _kernel(experts: int, n: int, k: int, rows_per_expert: np.ndarray) -> Kernel:
+def _kernel(experts: int, n: int, k: int, rows_per_expert: np.ndarray,
+            touched: np.ndarray) -> Kernel:
     """One torch._grouped_mm call in bf16 over ``experts`` experts of [n, k] weights,
-    each with ``rows_per_expert`` rows (per point)."""
-    slots = experts * rows_per_expert
-    touched = np.full_like(slots, float(experts))
+    ``touched`` of them (per point) with ``rows_per_expert`` rows each, the rest none."""
+    slots = touched * rows_per_expert
     return Kernel(name="experts", kind=KernelKind.GEMM, section="layer", launches=1,
                   repeat=1, flops=2.0 * slots * n * k,
                   weight_bytes=touched * 2.0 * n * k, kv_bytes=np.zeros_like(slots),

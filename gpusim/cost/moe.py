@@ -85,23 +85,25 @@ RowTile = Annotated[int, Field(ge=1, le=512)]
 # 128-row CTA tiles, LARGE_TILE_N columns)
 SMALL_PROBLEM_ROWS = 128
 SMALL_TILE_N, LARGE_TILE_M, LARGE_TILE_N = 128, 256, 256
+CLUSTER_M = 2   # both kernels: clusters of two CTAs along M (one SM each)
 PREPARE_KERNELS = 1   # prepare_grouped_gemm_data, one launch before each grouped GEMM
 GROUPED_OVERLAP_EXPONENT = 12.0   # see GroupedMmParams.overlap_exponent
 
 
 def _tiled(k: Kernel, gpu: GpuSpec, physics: GpuPhysics, tile_m: object, efficiency: float,
-           tile_n: object = None) -> tuple[np.ndarray, np.ndarray]:
+           tile_n: object = None, cluster_m: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(row tiles, arithmetic seconds) of an expert GEMM: each expert's rows in tiles of
     ``tile_m`` by ``tile_n`` columns (default ``gemm_tile_n``; both per step shape or
-    one), all tiles in waves over the SMs."""
+    one), each tile computed by ``cluster_m`` CTAs of tile_m / cluster_m rows (a
+    cluster, one CTA per SM), all CTAs in waves over the SMs."""
     g = k.gemm
     assert isinstance(g, ExpertGemmShape)  # kernels.moe
     tile_m = np.asarray(tile_m, dtype=np.float64)
     tiles_m = g.row_tiles(tile_m)
     tile_n = np.asarray(physics.gemm_tile_n if tile_n is None else tile_n, dtype=np.float64)
-    waves = np.ceil(tiles_m * np.ceil(g.n / tile_n) / gpu.sm_count)
+    waves = np.ceil(cluster_m * tiles_m * np.ceil(g.n / tile_n) / gpu.sm_count)
     per_sm = gpu.matmul_peak_flops_per_s(k.dtype) / gpu.sm_count
-    return tiles_m, waves * 2.0 * tile_m * tile_n * g.k / (per_sm * efficiency)
+    return tiles_m, waves * 2.0 * (tile_m / cluster_m) * tile_n * g.k / (per_sm * efficiency)
 
 
 class GroupedMmParams(Frozen):
@@ -115,6 +117,11 @@ class GroupedMmParams(Frozen):
     tile_m: RowTile = 128
     fixed_s: NonNeg = 0.0
     per_expert_s: NonNeg = 0.0
+    # what one CTA streams per second on its own (0: no limit): a decode's few touched
+    # experts give the kernel fewer CTA tiles than SMs (it has no split-K), each
+    # streaming its slice of a weight; profiled on H100 (grouped_mm_decode/): one Qwen3
+    # expert's 6.3 MB take 16 us, 2.5x what HBM needs
+    cta_stream_bytes_per_s: NonNeg = 0.0
     # the grouped kernel's overlap of weight streaming and MMAs: the H100 profile's
     # kernel times at 384-2048 tokens (moe_profile/) lie within 3.5% of the longer of
     # the two at exponent 12 for every shape but one (1024 tokens, +6.7%), where the
@@ -130,6 +137,7 @@ class GroupedMm(GemmFamily):
         "bandwidth_ratio": (0.3, 1.2, 0.9, 1.0),
         "fixed_s": (0.0, 20e-6, 2e-6, 1e-6),
         "per_expert_s": (0.0, 2e-6, 0.1e-6, 1e-6),
+        "cta_stream_bytes_per_s": (1e9, 400e9, 40e9, 1e10),
     }
 
     def parts(self, k: Kernel, gpu: GpuSpec, physics: GpuPhysics, params: Frozen
@@ -146,18 +154,27 @@ class GroupedMm(GemmFamily):
         tiles_m, compute = _tiled(k, gpu, physics,
                                   np.where(small, float(p.tile_m), LARGE_TILE_M),
                                   physics.tensor_efficiency * p.tensor_efficiency_ratio,
-                                  np.where(small, SMALL_TILE_N, LARGE_TILE_N))
+                                  np.where(small, SMALL_TILE_N, LARGE_TILE_N), CLUSTER_M)
         touched = getattr(g, "touched", np.zeros_like(k.flops))
         # under the small kernel every row tile past an expert's first reads its weight
         # again from HBM; the large kernel's find it in L2 (see the module docstring)
         rereads = np.where(small, np.maximum(tiles_m - touched, 0.0)
                            / np.maximum(touched, 1e-12), 0.0)
         moved = k.bytes + k.weight_bytes * rereads
+        memory = hbm_s(moved, gpu, physics, p.bandwidth_ratio)
+        if p.cta_stream_bytes_per_s > 0.0:
+            # two CTAs per cluster tile, each streaming its share; with fewer tiles
+            # than SMs (or a last round that leaves SMs idle) one CTA's rate binds
+            tile_n = np.where(small, SMALL_TILE_N, LARGE_TILE_N)
+            cta_tiles = np.maximum(CLUSTER_M * tiles_m * np.ceil(g.n / tile_n), 1.0)
+            rounds = np.ceil(cta_tiles / gpu.sm_count)
+            memory = np.maximum(memory, rounds * (moved / cta_tiles)
+                                / p.cta_stream_bytes_per_s)
         # prepare_grouped_gemm_data: a small kernel of its own before each call
         prepare = k.launches * extra_launches_s(PREPARE_KERNELS, physics)
         return GemmParts(self.call_fixed_s(k, physics, p.fixed_s,
                                            touched * p.per_expert_s + prepare),
-                         hbm_s(moved, gpu, physics, p.bandwidth_ratio), compute)
+                         memory, compute)
 
 
 class FusedMoeParams(Frozen):
