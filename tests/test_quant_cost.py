@@ -189,9 +189,10 @@ def test_grouped_gemm_tiles_are_pytorchs_pick() -> None:
         k = {k.name: k for k in build_kernels(m, st, "prefill", [1.0], 0, q)}["experts_down"]
         g = k.gemm
         tiles = g.row_tiles(float(tile_m))
-        waves = np.ceil(tiles * np.ceil(g.n / tile_n) / GPU.sm_count)
+        # each cluster tile is two CTAs of half its rows, one per SM, in waves
+        waves = np.ceil(2 * tiles * np.ceil(g.n / tile_n) / GPU.sm_count)
         assert kernel_cost(k, GPU, cal).compute_s == pytest.approx(
-            waves * 2.0 * tile_m * tile_n * g.k / per_sm), q
+            waves * 2.0 * (tile_m / 2) * tile_n * g.k / per_sm), q
 
 
 def test_grouped_gemm_pays_its_prepare_kernel() -> None:
