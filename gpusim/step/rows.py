@@ -36,7 +36,7 @@ OUTPUT_COLUMNS = ("predicted_ms", "gpu_ms", "host_bound", "launches", "weight_by
 # the row lies inside what it was measured on (cost.trust; appended, docs/PREDICT_CSV.md)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Row:
     line: int
     model: str
@@ -50,6 +50,8 @@ class Row:
     # stack runs it; kernels.quant.for_stack)
     weight_dtype: str | None = None
     kv_dtype: str | None = None
+    # whether the row gave its tp (else the command's layout's)
+    tp_given: bool = False
 
 
 def _choice(source: str, line: int, name: str, text: str | None,
@@ -112,7 +114,7 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
                   ctx=_int_field(source, line, "ctx", vals["ctx"], 0),
                   q=_int_field(source, line, "q", vals["q"], 1),
                   tp=_int_field(source, line, "tp", vals.get("tp") or "1", 1),
-                  raw=vals,
+                  raw=vals, tp_given=bool(vals.get("tp")),
                   weight_dtype=_choice(source, line, "weight_dtype", vals.get("weight_dtype"),
                                        WEIGHT_DTYPES),
                   kv_dtype=_choice(source, line, "kv_dtype", vals.get("kv_dtype"), KV_DTYPES))
@@ -181,22 +183,23 @@ def check_columns(source: str, header: list[str], rows: list[Row],
                           line=r.line, value=cell)
 
 
-def _check_memory(platform: Platform, model: ModelSpec, rows: list[Row], tokens: np.ndarray,
-                  source: str) -> None:
+def _check_memory(platform: Platform, model: ModelSpec, lines: Callable[[int], int],
+                  tokens: np.ndarray, source: str) -> None:
     """Raise ConfigError at the first row whose weights and KV exceed the HBM of the
-    fullest GPU of its layout (field ``model`` when the weights alone do not fit)."""
+    fullest GPU of its layout (field ``model`` when the weights alone do not fit);
+    ``lines``: a row's file line by its index among ``tokens``."""
     layout = platform.layout
     plan = memory_plan(platform.gpu, model, reserve_fraction=0.0, tp=layout.tp, pp=layout.pp)
     try:
         plan.check_weights()
     except ConfigError as exc:
-        raise bad(source, exc.reason, field="model", line=rows[0].line) from None
+        raise bad(source, exc.reason, field="model", line=lines(0)) from None
     over = np.flatnonzero(tokens * plan.kv_bytes_per_token > plan.kv_capacity_bytes)
     if len(over):
         try:
             plan.check_tokens(tokens[over[:1]])
         except ConfigError as exc:
-            raise bad(source, exc.reason, field="batch", line=rows[over[0]].line) from None
+            raise bad(source, exc.reason, field="batch", line=lines(int(over[0]))) from None
 
 
 def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
@@ -209,7 +212,7 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
     groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
     base = platform
     base_tp = base.layout.tp
-    keys = [(r.model, r.mode, r.tp if r.raw.get("tp") else base_tp, r.weight_dtype,
+    keys = [(r.model, r.mode, r.tp if r.tp_given else base_tp, r.weight_dtype,
              r.kv_dtype) for r in rows]
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
@@ -246,7 +249,8 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                 except ConfigError as exc:
                     raise bad(source, exc.reason, field="ctx",
                               line=rows[members[over[0]]].line) from None
-            _check_memory(platform, model, [rows[i] for i in members], b * (c + qq), source)
+            _check_memory(platform, model, lambda j, m=members: rows[m[j]].line,
+                          b * (c + qq), source)
             p = predict(platform, model, mode, b, c, qq)
         except FieldError as exc:  # a layout the model or the GPU does not allow
             raise bad(source, str(exc), field=exc.field, line=first.line) from None
