@@ -1,20 +1,26 @@
-"""The expert GEMM's kernel family on a GPU, fitted on its microbenchmarks and MoE steps.
+"""An MoE layer's GPU kernels fitted on their microbenchmarks, profiles and MoE steps.
 
-``torch._grouped_mm`` (``cost.moe.GroupedMm``) is a kernel of the GPU's, run by every
-stack that runs an MoE model without custom kernels; its parameters
-(``MOE_CALIBRATE``) are fitted once per GPU and shipped at the calibration's top level,
-so that every stack inherits them:
+``torch._grouped_mm`` (``cost.moe.GroupedMm``) and PyTorch's in-CTA sort
+(``cost.pointwise.sort_s``: the argsort of the slots' expert ids) are kernels of the
+GPU's, run by every stack that runs an MoE model without custom kernels; their
+parameters (``MOE_CALIBRATE``, ``SORT_FIELDS``) are fitted once per GPU and shipped at
+the calibration's top level, so that every stack inherits them:
 
-* the harness's grouped-GEMM probe (``validation/harness/probe_grouped_mm.py``;
-  ``<gpu>/probe_*/grouped_mm*/grouped_mm.csv``, a folder per lease): one call over E
-  experts that each get exactly r rows, for the expert GEMMs of the MoE models
+* the sort first, on its profiled calls (``SORT_KERNELS`` in ``<gpu>/moe/kernels.csv``
+  and ``<gpu>/probe_*/moe_profile*/kernels.csv``): one CTA's sort by non-negative least
+  squares, time against the items each thread holds and the CTA's threads; cub's
+  device-wide sort beyond 4096 keys, its mean (``with_sorts``);
+* then the expert GEMM, on the harness's grouped-GEMM probe
+  (``validation/harness/probe_grouped_mm.py``; ``<gpu>/probe_*/grouped_mm*/
+  grouped_mm.csv``, a folder per lease): one call over E experts of which T (all, or
+  a decode's few) get exactly r rows each, for the expert GEMMs of the MoE models
   measured; each shape becomes an expert-GEMM kernel with those balanced rows
   (``ExpertGemmShape.rows_per_expert``), tagged with the models whose experts have that
   shape (leave-one-model-out drops them); the rows where one expert got a row more than
   another (``spill``) are left out: one balanced row count per call is what the kernel
   record holds;
-* the MoE steps (``<gpu>/moe/steps.csv``, run under torch-fused), with the GPU physics
-  held (``fit.fit_stack``).
+* and on the MoE steps (``<gpu>/moe/steps.csv``, run under torch-fused), with the GPU
+  physics held (``fit.fit_stack``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from gpusim.calibration.measurements import read_steps
 from gpusim.calibration.micro import MicroGroup
 from gpusim.cost import Calibration, GpuPhysics
 from gpusim.cost.moe import GroupedMmParams
-from gpusim.cost.pointwise import sort_config
+from gpusim.cost.pointwise import SORT_CTA_MAX, sort_config
 from gpusim.cost.steps import step_costs
 from gpusim.errors import bad, read_text
 from gpusim.kernels.moe import ExpertGemmShape, expert_nk
@@ -49,8 +55,10 @@ MOE_CALIBRATE = tuple(f"gemm.{FAMILY}.{p}" for p in (
 # steps alone found 0.46 and 0.92); nor do they the rate one CTA streams at, which
 # only a call with fewer CTA tiles than SMs shows
 STEPS_ONLY = MOE_CALIBRATE[:2]
-SORT_FIELDS = ("sort_fixed_s", "sort_s_per_item", "sort_s_per_thread")
-SORT_KERNEL = "radixSortKVInPlace"   # the argsort of the slots' expert ids, profiled
+SORT_FIELDS = ("sort_fixed_s", "sort_s_per_item", "sort_s_per_thread", "sort_device_s")
+# the argsort of the slots' expert ids as profiled: one CTA's sort, or cub's device-wide
+# sort (onesweep passes, histogram, exclusive sum) beyond 4096 slots
+SORT_KERNELS = ("radixSortKVInPlace", "DeviceRadixSort")
 PROFILE_COLUMNS = ("model", "batch", "q", "kernel_name", "count", "total_us")
 PROBE_COLUMNS = ("experts", "n", "k", "rows_per_expert", "spill", "median_us")
 
@@ -71,23 +79,30 @@ def without_fit(cal: Calibration) -> Calibration:
 
 
 def with_sorts(cal: Calibration, gpu: GpuSpec, sorts: Sequence[MicroGroup]) -> Calibration:
-    """``cal`` with the sort's parameters (``cost.pointwise.sort_s``: a fixed time, per
-    item a thread holds, per thread) fitted by non-negative least squares on profiled
-    sorts, what the rest of the kernel's price leaves of each; the defaults (a prior)
-    without any."""
+    """``cal`` with the sort's parameters (``cost.pointwise.sort_s``) fitted on profiled
+    sorts, what the rest of the kernel's price leaves of each: one CTA's (a fixed time,
+    per item a thread holds, per thread) by non-negative least squares, the
+    device-wide sort's as the mean; the defaults (a prior) for those not profiled."""
+    prior = GpuPhysics()
+    out = cal.replace({f"physics.{f}": getattr(prior, f) for f in SORT_FIELDS})
     if not sorts:
-        return cal.replace({f"physics.{f}": getattr(GpuPhysics(), f) for f in SORT_FIELDS})
+        return out
     bare = cal.replace({f"physics.{f}": 0.0 for f in SORT_FIELDS})
     rest = np.concatenate([step_costs([g.kernel], gpu, bare)[0].seconds for g in sorts])
-    measured = np.concatenate([g.measured_s for g in sorts])
+    left = np.maximum(np.concatenate([g.measured_s for g in sorts]) - rest, 0.0)
     n = np.concatenate([g.kernel.sort_elements for g in sorts])  # type: ignore[misc]
-    threads, items = sort_config(n)
-    # each column scaled to O(1) so the solver weighs them alike
-    scale = np.array([1e-6, 1e-6, 1e-7])
-    design = np.stack([np.ones_like(n), items, threads], axis=1) * scale
-    x, _ = nnls(design, np.maximum(measured - rest, 0.0))
-    return cal.replace({f"physics.{f}": float(v)
-                        for f, v in zip(SORT_FIELDS, x * scale, strict=True)})
+    cta, device = n <= SORT_CTA_MAX, n > SORT_CTA_MAX
+    if cta.any():
+        threads, items = sort_config(n[cta])
+        # each column scaled to O(1) so the solver weighs them alike
+        scale = np.array([1e-6, 1e-6, 1e-7])
+        design = np.stack([np.ones_like(items), items, threads], axis=1) * scale
+        x, _ = nnls(design, left[cta])
+        out = out.replace({f"physics.{f}": float(v)
+                           for f, v in zip(SORT_FIELDS[:3], x * scale, strict=True)})
+    if device.any():
+        out = out.replace({"physics.sort_device_s": float(np.mean(left[device]))})
+    return out
 
 
 def _owners(experts: int, n: int, k: int, models: Iterable[ModelSpec]) -> frozenset[str]:
@@ -107,7 +122,8 @@ def read_grouped_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[Micro
         missing = [c for c in PROBE_COLUMNS if rows and c not in rows[0]]
         if missing:
             raise bad(str(path), f"missing column(s) {', '.join(missing)}", line=1)
-        shapes: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
+        # (experts, n, k) -> (rows per touched expert, seconds, experts touched)
+        shapes: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
         try:
             for r in rows:
                 if int(r["spill"]):
@@ -130,8 +146,8 @@ def read_grouped_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[Micro
 
 
 def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGroup]:
-    """The profiled argsorts of the slots' expert ids (``SORT_KERNEL`` in
-    ``<gpu>/moe/kernels.csv`` and ``<gpu>/probe_*/moe_profile/kernels.csv``) of
+    """The profiled argsorts of the slots' expert ids (``SORT_KERNELS`` in
+    ``<gpu>/moe/kernels.csv`` and ``<gpu>/probe_*/moe_profile*/kernels.csv``) of
     ``models``, one kernel group per model: GPU seconds per call against the slots
     sorted (batch x q x top-k). Raises ConfigError for a file that cannot be read or
     lacks a column."""
@@ -145,14 +161,21 @@ def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGro
         missing = [c for c in PROFILE_COLUMNS if rows and c not in rows[0]]
         if missing:
             raise bad(str(path), f"missing column(s) {', '.join(missing)}", line=1)
+        # per profiled step, its sort kernels' time over the layers (the fewest calls
+        # of one of them: a device-wide sort runs 8 onesweep passes a layer)
+        steps: dict[tuple[str, float], list[tuple[float, float]]] = {}
         try:
             for r in rows:
                 model = by_name.get(r["model"])
-                if model is None or SORT_KERNEL not in r["kernel_name"]:
+                if model is None or not any(s in r["kernel_name"] for s in SORT_KERNELS):
                     continue
                 slots = float(r["batch"]) * float(r["q"]) * (model.num_experts_per_tok or 1)
-                points.setdefault(model.name, {}).setdefault(slots, []).append(
-                    float(r["total_us"]) * 1e-6 / float(r["count"]))
+                steps.setdefault((model.name, slots), []).append(
+                    (float(r["total_us"]) * 1e-6, float(r["count"])))
+            for (name, slots), kernels in steps.items():
+                layers = min(c for _, c in kernels)
+                points.setdefault(name, {}).setdefault(slots, []).append(
+                    sum(t for t, _ in kernels) / layers)
         except (ValueError, ZeroDivisionError) as exc:
             raise bad(str(path), f"unreadable profile row: {exc}") from None
     out = []
@@ -189,9 +212,10 @@ def _kernel(experts: int, n: int, k: int, rows_per_expert: np.ndarray,
 def fit_moe(gpu_dir: Path, gpu: GpuSpec, physics: Calibration,
             load_stack: Callable[[str], StackSpec],
             resolve: Callable[[str], ModelSpec]) -> tuple[Calibration, str]:
-    """``physics`` with the expert GEMM's parameters fitted on ``gpu_dir``'s MoE steps
-    and grouped-GEMM probes (unchanged without MoE steps), and a line saying what it
-    was fitted on. Raises ConfigError for an unreadable file."""
+    """``physics`` with the sort's and the expert GEMM's parameters fitted on
+    ``gpu_dir``'s profiled sorts, grouped-GEMM probes and MoE steps (unchanged without
+    MoE steps), and a line saying what they were fitted on. Raises ConfigError for an
+    unreadable file."""
     steps_csv = gpu_dir / "moe" / "steps.csv"
     if not steps_csv.is_file():
         return physics, ""

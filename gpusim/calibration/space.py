@@ -82,22 +82,12 @@ EAGER_SPACE: tuple[Variable, ...] = (
 )
 
 
-# GPU physics that only some stacks' kernels exercise (the reference stack's steps do
-# not): fitted with those stacks' own parameters (stack_space)
-_STACK_PHYSICS = (
-    _phys("sort_fixed_s", (0.0, 20e-6, 3.5e-6, 1e-6)),
-    _phys("sort_s_per_item", (0.0, 3e-6, 0.67e-6, 1e-7)),
-    _phys("sort_s_per_thread", (0.0, 1e-6, 0.075e-6, 1e-8)),
-)
-
-
 def stack_space(paths: tuple[str, ...]) -> tuple[Variable, ...]:
     """The variables of a stack's own parameters (its file's ``calibrate``): GPU-physics
     numbers at the bounds the physics fit uses, attention- and GEMM-family fields at the
     family's (``FIT``). Raises ValueError (field ``calibrate``) for a parameter with no
     fit bounds."""
-    physics = {v.name: v.bounds for v in (*_GRAPH, *_STACK_PHYSICS)
-               if v.name.startswith("physics.")}
+    physics = {v.name: v.bounds for v in _GRAPH if v.name.startswith("physics.")}
     out = []
     for path in paths:
         parts = path.split(".")

@@ -85,6 +85,10 @@ class GpuPhysics(Frozen):
     sort_fixed_s: NonNeg = 3.5e-6
     sort_s_per_item: NonNeg = 6.7e-7
     sort_s_per_thread: NonNeg = 7.5e-8
+    # beyond 4096 keys PyTorch sorts with cub's device-wide radix sort: a histogram, an
+    # exclusive sum and 8 onesweep passes over 64-bit keys, each latency-bound at these
+    # sizes; default: the H100's profile (54 us at 8192 to 32768 keys, flat)
+    sort_device_s: NonNeg = 54e-6
     # Bandwidth of a non-vectorised (strided) pointwise kernel, as a fraction of a
     # vectorised one's (element-wide loads instead of 16-byte vectors).
     strided_bandwidth_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
