@@ -21,9 +21,6 @@ DIR/grouped_mm_env.json.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
-import json
 import sys
 from pathlib import Path
 
@@ -34,6 +31,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_timing import Clock, Policy, free_memory, measure, stats  # noqa: E402
+from probe_common import longest_kernel, write_probe  # noqa: E402
 
 # the expert GEMMs of the two MoE models the harness runs: gate_up [h -> 2I], down
 # [I -> h]
@@ -52,18 +50,6 @@ def _offs(experts: int, rows: int, spill: bool, dev: torch.device,
         counts[0] += 1
         counts[1] -= 1
     return torch.tensor(counts, device=dev, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-
-
-def _kernel_name(fn: object) -> str:
-    """The longest GPU kernel of one call of ``fn`` under torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()  # type: ignore[operator]
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    if not events:
-        return ""
-    return max(events, key=lambda e: e.time_range.elapsed_us()).name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,17 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
         torch.cuda.synchronize()
     for row, fn in calls:  # after every timing: the profiler slows what follows
-        row["kernel"] = _kernel_name(fn)
+        row["kernel"] = longest_kernel(fn)
     del calls
     free_memory(dev)
-    env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "cuda": torch.version.cuda,
-           "gpu_name": torch.cuda.get_device_name(), "command": sys.argv}
-    (args.out / "grouped_mm_env.json").write_text(json.dumps(env, indent=2) + "\n")
-    with (args.out / "grouped_mm.csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(out[0]))
-        wr.writeheader()
-        wr.writerows(out)
+    write_probe(args.out, "grouped_mm", out)
     return 0
 
 

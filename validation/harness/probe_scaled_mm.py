@@ -15,9 +15,6 @@ DIR/scaled_mm_env.json.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +26,7 @@ if str(HERE) not in sys.path:
 
 import bench_campaign as bc  # noqa: E402
 from bench_timing import Clock, Policy, free_memory, measure, stats  # noqa: E402
+from probe_common import longest_kernel, write_probe  # noqa: E402
 from quant_forward import Fp8Linear  # noqa: E402
 
 MS = "1,2,4,8,16,24,32,48,64,96,128,192,256,512"
@@ -41,15 +39,6 @@ def _weights(shape: object) -> dict[str, tuple[int, int]]:
     q = shape.num_attention_heads * hd  # type: ignore[attr-defined]
     kv = shape.num_key_value_heads * hd  # type: ignore[attr-defined]
     return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * i, h), "down": (h, i)}
-
-
-def _kernel_name(fn: object) -> str:
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()  # type: ignore[operator]
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return max(events, key=lambda e: e.time_range.elapsed_us()).name if events else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,15 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(row, flush=True)
             free_memory(dev)
     for row, fn in probes:  # after every timing: the profiler slows what follows
-        row["kernel"] = _kernel_name(fn)
-    env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "cuda": torch.version.cuda,
-           "gpu_name": torch.cuda.get_device_name(), "command": sys.argv}
-    (args.out / "scaled_mm_env.json").write_text(json.dumps(env, indent=2) + "\n")
-    with (args.out / "scaled_mm.csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+        row["kernel"] = longest_kernel(fn)
+    write_probe(args.out, "scaled_mm", rows)
     return 0
 
 
