@@ -2,8 +2,10 @@
 A row's ``tp`` (blank or absent: the platform's) sets its tensor-parallel degree.
 
 Reads and checks the rows (file:line: field errors), groups them by (model, mode) so
-each group is one vectorised fast-path call, and returns the rows in input order with
-``predicted_ms`` and a breakdown.
+each group is one vectorised fast-path call, and returns the predictions as columns in
+input order (``predicted_ms``, a breakdown, the error band and envelope): no record
+per row, so a table of many shapes stays fast; ``cells`` turns them into a writer's
+values.
 """
 
 from __future__ import annotations
