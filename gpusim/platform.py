@@ -10,13 +10,12 @@ ValueError) naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gpusim.cost import Calibration
-from gpusim.cost.trust import Assessment, TrustColumns, assess_columns, assess_many
+from gpusim.cost.trust import Assessment, TrustColumns, assess, assess_columns
 from gpusim.errors import FieldError
 from gpusim.specs import GpuSpec, StackSpec
 from gpusim.specs.enums import Launch, parse
@@ -93,24 +92,18 @@ class Platform:
         """How far to trust a step on this platform: its calibration's error band and
         the dimensions outside what that calibration was measured on (``cost.trust``;
         every calibration was measured on one GPU, so a layout of several is outside)."""
-        return self.assess_many(model_params, mode, [batch], [ctx], [q])[0]
-
-    def assess_many(self, model_params: float, mode: str, batch: Sequence[float],
-                    ctx: Sequence[float], q: Sequence[float]) -> list[Assessment]:
-        """``assess`` of many shapes of one model and mode (what they share once)."""
-        out = assess_many(self.calibration.trust, gpu=self.gpu.name, stack=self.stack.name,
-                          launch=self.launch.value, mode=mode, batch=batch, ctx=ctx, q=q,
-                          model_params=model_params)
+        a = assess(self.calibration.trust, gpu=self.gpu.name, stack=self.stack.name,
+                   launch=self.launch.value, mode=mode, batch=batch, ctx=ctx, q=q,
+                   model_params=model_params)
         if self.layout.single or self.calibration.trust is None:
-            return out
-        return [Assessment(a.band_pct, (*a.outside, *self._layout_outside()), a.no_band)
-                for a in out]
+            return a
+        return Assessment(a.band_pct, (*a.outside, *self._layout_outside()), a.no_band)
 
     def assess_columns(self, model_params: float, mode: str, batch: np.ndarray,
                        ctx: np.ndarray, q: np.ndarray, predicted_ms: np.ndarray
                        ) -> TrustColumns:
-        """``assess_many`` and each shape's band interval around ``predicted_ms``, as
-        columns (``cost.trust.assess_columns``)."""
+        """``assess`` of many shapes of one model and mode and each one's band interval
+        around ``predicted_ms``, as columns (``cost.trust.assess_columns``)."""
         return assess_columns(self.calibration.trust, gpu=self.gpu.name,
                               stack=self.stack.name, launch=self.launch.value, mode=mode,
                               batch=batch, ctx=ctx, q=q, model_params=model_params,

@@ -141,8 +141,16 @@ def assess(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
            batch: float, ctx: float, q: float, model_params: float) -> Assessment:
     """The band and envelope check of one step shape under a calibration's ``trust``
     (None: no band, envelope unknown). Pure; raises nothing."""
-    return assess_many(trust, gpu=gpu, stack=stack, launch=launch, mode=mode,
-                       batch=[batch], ctx=[ctx], q=[q], model_params=model_params)[0]
+    if trust is None:
+        return Assessment(None, (), NO_TRUST)
+    common, shape, bands = _shared(trust, gpu=gpu, stack=stack, launch=launch, mode=mode,
+                                   model_params=model_params)
+    outside = tuple(common + _shape_outside(shape, batch, ctx, q))
+    band = next((b for b in bands if b.batch_min <= batch <= b.batch_max), None)
+    if band is None:
+        return Assessment(None, outside,
+                          f"no band for stack {stack}, {launch} {mode}, batch {batch:g}")
+    return Assessment(band.error_pct, outside)
 
 
 def _shared(trust: Trust, *, gpu: str, stack: str, launch: str, mode: str,
@@ -186,29 +194,6 @@ def _g_text(values: np.ndarray) -> np.ndarray:
     return np.array([f"{v:g}" for v in values.tolist()], dtype=np.str_)
 
 
-def _no_band(stack: str, launch: str, mode: str, batch: float) -> str:
-    return f"no band for stack {stack}, {launch} {mode}, batch {batch:g}"
-
-
-def assess_many(trust: Trust | None, *, gpu: str, stack: str, launch: str, mode: str,
-                batch: Sequence[float], ctx: Sequence[float], q: Sequence[float],
-                model_params: float) -> list[Assessment]:
-    """``assess`` of many shapes of one (GPU, stack, launch, mode, model): what they
-    share (the GPU, stack and model checks, the measured ranges and bands of their
-    mode) looked up once. Pure; raises nothing."""
-    if trust is None:
-        return [Assessment(None, (), NO_TRUST) for _ in batch]
-    common, shape, bands = _shared(trust, gpu=gpu, stack=stack, launch=launch, mode=mode,
-                                   model_params=model_params)
-    out = []
-    for b_, c_, q_ in zip(batch, ctx, q, strict=True):
-        outside = tuple(common + _shape_outside(shape, b_, c_, q_))
-        band = next((b for b in bands if b.batch_min <= b_ <= b.batch_max), None)
-        out.append(Assessment(None, outside, _no_band(stack, launch, mode, b_))
-                   if band is None else Assessment(band.error_pct, outside))
-    return out
-
-
 @dataclass(frozen=True)
 class TrustColumns:
     """``assess`` of many shapes as columns: ``band_pct`` (NaN: no band),
@@ -225,10 +210,10 @@ def assess_columns(trust: Trust | None, *, gpu: str, stack: str, launch: str, mo
                    batch: np.ndarray, ctx: np.ndarray, q: np.ndarray, model_params: float,
                    predicted_ms: np.ndarray, extra_outside: tuple[str, ...] = ()
                    ) -> TrustColumns:
-    """``assess_many`` followed by ``Assessment.as_dict`` for every shape, as numpy
-    columns: the bands and the envelope test are array operations, and only a shape
-    outside the measured ranges gets its own envelope text (what a table of many rows
-    needs; the same values as ``assess_many``). ``extra_outside``: dimensions every
+    """``assess`` followed by ``Assessment.as_dict`` for every shape, as numpy columns:
+    the bands and the envelope test are array operations, and only a shape outside the
+    measured ranges gets its own envelope text (what a table of many rows needs; the
+    same values as ``assess``). ``extra_outside``: dimensions every
     shape lies outside (a parallel layout), ignored without a trust section. Pure;
     raises nothing."""
     n = len(batch)
@@ -239,7 +224,7 @@ def assess_columns(trust: Trust | None, *, gpu: str, stack: str, launch: str, mo
                                    model_params=model_params)
     common += extra_outside
     unset = np.ones(n, bool)
-    for b in bands:  # the first band holding the batch, as assess_many's next()
+    for b in bands:  # the first band holding the batch, as assess's next()
         hit = unset & (batch >= b.batch_min) & (batch <= b.batch_max)
         band[hit] = b.error_pct
         unset &= ~hit
