@@ -141,7 +141,7 @@ def test_profiled_sorts_are_read_and_fitted(tmp_path):
                               ("DeviceRadixSortExclusiveSumKernel", 48, 2.0)):
         lines.append(f"qwen3-30b-a3b,prefill,1,0,1024,cub::{name}<x>,{count},{count * each}")
     (tmp_path / "moe" / "kernels.csv").write_text("\n".join(lines) + "\n")
-    (group,) = read_sort_micro(tmp_path, _models())
+    (group,) = read_sort_micro(tmp_path, _models(), loader.load_stack("torch-fused"))
     assert group.models == {"qwen3-30b-a3b"}
     np.testing.assert_allclose(group.kernel.sort_elements, [8, 64, 512, 4096, 8192])
     assert group.measured_s[-1] == pytest.approx(50e-6)

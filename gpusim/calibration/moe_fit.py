@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from gpusim.cost.moe import GroupedMmParams
 from gpusim.cost.pointwise import SORT_CTA_MAX, sort_config
 from gpusim.cost.steps import step_costs
 from gpusim.errors import bad, read_text
+from gpusim.kernels import build_kernels
 from gpusim.kernels.moe import ExpertGemmShape, expert_nk
 from gpusim.kernels.records import Kernel
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
@@ -145,12 +147,13 @@ def read_grouped_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[Micro
     return out
 
 
-def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGroup]:
+def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec],
+                    stack: StackSpec) -> list[MicroGroup]:
     """The profiled argsorts of the slots' expert ids (``SORT_KERNELS`` in
     ``<gpu>/moe/kernels.csv`` and ``<gpu>/probe_*/moe_profile*/kernels.csv``) of
     ``models``, one kernel group per model: GPU seconds per call against the slots
-    sorted (batch x q x top-k). Raises ConfigError for a file that cannot be read or
-    lacks a column."""
+    sorted (batch x q x top-k), priced as ``stack``'s sort op. Raises ConfigError for a
+    file that cannot be read or lacks a column."""
     by_name = {m.name: m for m in models if m.is_moe}
     points: dict[str, dict[float, list[float]]] = {}
     for path in [gpu_dir / "moe" / "kernels.csv",
@@ -182,17 +185,21 @@ def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec]) -> list[MicroGro
     for name, by_slots in points.items():
         slots = np.array(sorted(by_slots))
         measured = np.array([float(np.mean(by_slots[s])) for s in slots])
-        out.append(MicroGroup(_sort_kernel(slots), measured, frozenset({name})))
+        out.append(MicroGroup(_sort_kernel(by_name[name], stack, slots), measured,
+                              frozenset({name})))
     return out
 
 
-def _sort_kernel(slots: np.ndarray) -> Kernel:
-    """One argsort of ``slots`` int64 expert ids (per point), as the MoE layer's
-    permute_sort op launches it (keys and indices read and written: 32 B a slot)."""
-    return Kernel(name="permute_sort", kind=KernelKind.ELEMENTWISE, section="layer",
-                  launches=1, repeat=1, flops=slots.copy(), weight_bytes=np.zeros_like(slots),
-                  kv_bytes=np.zeros_like(slots), act_bytes=32.0 * slots, dtype="bf16",
-                  strided_launches=np.ones_like(slots), sort_elements=slots.copy())
+def _sort_kernel(model: ModelSpec, stack: StackSpec, slots: np.ndarray) -> Kernel:
+    """The stack's sort op (the one whose kernels sort: ``StackOp.sorts``) over
+    ``slots`` token-slots (per point), one occurrence: the tokens' routing as a
+    prefill of slots / top-k tokens holds it. Raises ValueError if the stack has none."""
+    tokens = slots / (model.num_experts_per_tok or 1)
+    kernels = build_kernels(model, stack, "prefill", np.ones_like(tokens), 0.0, tokens)
+    sort = next((k for k in kernels if k.sort_elements is not None), None)
+    if sort is None:
+        raise ValueError(f"stack {stack.name} sorts nothing for {model.name}")
+    return replace(sort, repeat=1)
 
 
 def _kernel(experts: int, n: int, k: int, rows_per_expert: np.ndarray,
@@ -222,8 +229,8 @@ def fit_moe(gpu_dir: Path, gpu: GpuSpec, physics: Calibration,
     data = read_steps(steps_csv, MOE_STACK)
     models = [resolve(m) for m in sorted(set(map(str, data.model)))]
     grouped = read_grouped_micro(gpu_dir, models)
-    sorts = read_sort_micro(gpu_dir, models)
     stack = moe_stack(load_stack(MOE_STACK), bool(grouped))
+    sorts = read_sort_micro(gpu_dir, models, stack)
     base = with_sorts(without_fit(physics), gpu, sorts)
     res = fit_stack(data, gpu, stack, base, resolve, micro=grouped)
     cal = physics.replace({p: res.calibration.get(p) for p in

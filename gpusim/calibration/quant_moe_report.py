@@ -202,7 +202,7 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
         # transfer: the expert GEMM unfitted; each held-out model: fitted on the other's
         # steps and grouped-GEMM probes (the shipped fit saw every model's)
         micro = read_grouped_micro(gpu_dir, models)
-        sorts = read_sort_micro(gpu_dir, models)
+        sorts = read_sort_micro(gpu_dir, models, base_stack)
         bare = without_fit(bf16_cal)
 
         def fold(held: str) -> Calibration:   # the sorts of the other models only

@@ -151,10 +151,11 @@ class GroupedMm(GemmFamily):
         experts = max(float(getattr(g, "experts", 0) or 1), 1.0)
         small = (np.asarray(g.m, dtype=np.float64) / experts <= SMALL_PROBLEM_ROWS) \
             | (g.n <= SMALL_PROBLEM_ROWS)
+        tile_n = np.where(small, SMALL_TILE_N, LARGE_TILE_N)
         tiles_m, compute = _tiled(k, gpu, physics,
                                   np.where(small, float(p.tile_m), LARGE_TILE_M),
                                   physics.tensor_efficiency * p.tensor_efficiency_ratio,
-                                  np.where(small, SMALL_TILE_N, LARGE_TILE_N), CLUSTER_M)
+                                  tile_n, CLUSTER_M)
         touched = getattr(g, "touched", np.zeros_like(k.flops))
         # under the small kernel every row tile past an expert's first reads its weight
         # again from HBM; the large kernel's find it in L2 (see the module docstring)
@@ -165,7 +166,6 @@ class GroupedMm(GemmFamily):
         if p.cta_stream_bytes_per_s > 0.0:
             # two CTAs per cluster tile, each streaming its share; with fewer tiles
             # than SMs (or a last round that leaves SMs idle) one CTA's rate binds
-            tile_n = np.where(small, SMALL_TILE_N, LARGE_TILE_N)
             cta_tiles = np.maximum(CLUSTER_M * tiles_m * np.ceil(g.n / tile_n), 1.0)
             rounds = np.ceil(cta_tiles / gpu.sm_count)
             memory = np.maximum(memory, rounds * (moved / cta_tiles)
