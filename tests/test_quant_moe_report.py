@@ -58,6 +58,18 @@ def test_grid_steps_apart() -> None:
     assert qm.CrossoverRow("s", "m", GRID, (), (), None, None).grid_steps_apart is None
 
 
+def test_verdict_calls_a_tie_only_within_the_spread() -> None:
+    grid = (1, 2, 4, 8, 16)
+    # measured stops at 8, simulated at 2: the speedups at 2 and 4 sit within 2% of 1
+    tied = qm.CrossoverRow("s", "m", grid, (1.03, 1.002, 1.001, 0.96, 0.92), (), 8, 2)
+    assert tied.verdict() == "tie"
+    assert tied.verdict(spread=0.001) == "NO"
+    # the same stops, but batch 4 measured a clear 5% win: the simulation is wrong
+    wrong = qm.CrossoverRow("s", "m", grid, (1.10, 1.002, 1.05, 0.96, 0.92), (), 8, 2)
+    assert wrong.verdict() == "NO"
+    assert qm.CrossoverRow("s", "m", grid, (1.1,) * 5, (), 8, 16).verdict() == "yes"
+
+
 def test_stacks_may_override_gemm_family_fields() -> None:
     assert overridable("gemm.tinygemm.activation_l2_ratio")
     assert not overridable("gemm.tinygemm.no_such_field")

@@ -44,6 +44,10 @@ QUANT_STACKS = ("torch-fp8", "torch-int4")
 BASELINE = "torch-fused"
 CROSSOVER_CTX = 1024
 LIMIT = 0.05  # the issue's target: LOMO MAPE <= 5% per stack
+# the same decode shape on two H100 leases: 1.8% apart on average (session 13's 13
+# torch-fused steps), 1.9% (session 12's 184 grouped-GEMM calls): a speedup closer to
+# 1 than this is a tie no measurement here orders
+TIE_SPREAD = 0.02
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,20 @@ class CrossoverRow:
         def at(b: int | None) -> int:
             return end if b is None else self.batches.index(b)
         return abs(at(self.measured_stop) - at(self.simulated_stop))
+
+    def verdict(self, spread: float = TIE_SPREAD) -> str:
+        """"yes" when the stops lie at most one grid step apart; "tie" when they lie
+        further apart but every measured speedup from the earlier stop up to the later
+        one lies within ``spread`` of 1 (the measurement cannot say where it stops);
+        "NO" otherwise."""
+        apart = self.grid_steps_apart
+        if apart is None or apart <= 1:
+            return "yes"
+        end = len(self.batches)
+        idx = sorted(end if b is None else self.batches.index(b)
+                     for b in (self.measured_stop, self.simulated_stop))
+        between = np.asarray(self.measured_speedup[idx[0]:idx[1]])
+        return "tie" if bool((np.abs(between - 1.0) <= spread).all()) else "NO"
 
 
 def measured_crossover(quant: StepData, bf16: StepData, stack: str, model: str,
@@ -149,15 +167,17 @@ def section(gpu: str, evaluations: Sequence[tuple[str, StackEvaluation]],
                "simulated_speedup": " ".join(f"{s:.2f}" for s in c.simulated_speedup),
                "measured_stop": _stop(c.measured_stop, c.measured_speedup),
                "simulated_stop": _stop(c.simulated_stop, c.simulated_speedup),
-               "within_one_step": "yes" if (c.grid_steps_apart or 0) <= 1 else "NO"}
+               "within_one_step": c.verdict()}
               for c in crossovers]
         parts += [f"Crossover: the first decode batch (ctx {CROSSOVER_CTX}, over the "
                   "batches measured in both stacks) from which the quantized stack no "
                   f"longer beats bf16 ({BASELINE}); speedup = bf16 step / quantized step "
                   "per batch. Simulated: the held-out model's fit against the shipped "
-                  "torch-fused calibration. A speedup within the lease-to-lease spread "
-                  "of 1 (2-3%, the two steps may come from different leases) is a tie "
-                  "the measurement cannot order.", "",
+                  f"torch-fused calibration. within_one_step \"tie\": the stops lie further "
+                  "apart, but every measured speedup between them is within "
+                  f"{TIE_SPREAD:.0%} of 1, the lease-to-lease spread of one shape (the "
+                  "bf16 and quantized steps may come from different leases): a tie the "
+                  "measurement cannot order.", "",
                   markdown_table(cx, ["stack", "model", "batches", "measured_speedup",
                                       "simulated_speedup", "measured_stop",
                                       "simulated_stop", "within_one_step"], ()), ""]
