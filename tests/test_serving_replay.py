@@ -118,10 +118,10 @@ def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) ->
     runs = [serving_measured.read_serving_run(p) for p in own_runs]
     results = serving_replay.compare_runs(runs, PLATFORM, lambda run: MODEL)
     for r in results:
-        assert r.host[:2] == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-12))
+        assert r.host[:4] == (pytest.approx(0.0, abs=1e-12),) * 4
         # the eager steps' host cost per launch: the fit recovers the one that made them
-        assert r.host[2] == pytest.approx(PLATFORM.calibration.host.host_launch_cost_s,
-                                          rel=1e-12)
+        assert r.host.launch_s == pytest.approx(
+            PLATFORM.calibration.host.host_launch_cost_s, rel=1e-12)
         assert r.step_errors["all"]["forward"] == pytest.approx(0.0, abs=1e-12)
         assert r.steps_matched == 1.0
         assert r.simulated_steps == r.oracle_steps == len(r.run.steps)
@@ -135,13 +135,30 @@ def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) ->
 
 
 def test_host_fit_recovers_a_linear_host_cost() -> None:
-    steps = [SimpleNamespace(seqs=n, host_s=100e-6 + 20e-6 * n) for n in (1, 2, 5, 9, 30)]
-    a, b = serving_replay.fit_host(steps)  # type: ignore[arg-type]
-    assert (a, b) == (pytest.approx(100e-6), pytest.approx(20e-6))
+    steps = [SimpleNamespace(seqs=n, chunks=(), host_s=100e-6 + 20e-6 * n)
+             for n in (1, 2, 5, 9, 30)]
+    fit = serving_replay.fit_host(steps)  # type: ignore[arg-type]
+    assert fit[:2] == (pytest.approx(100e-6), pytest.approx(20e-6))
+    # decode steps alone say nothing of a prefill's host work
+    assert fit.chunk_s == fit.prefill_token_s == 0.0 and fit.launch_s is None
     # bounded at zero: a host time that falls with sequences fits a flat one
-    a, b = serving_replay.fit_host([SimpleNamespace(seqs=n, host_s=1e-3 - 1e-5 * n)
-                                    for n in (1, 10, 50)])  # type: ignore[arg-type]
-    assert b == 0.0 and a > 0
+    fit = serving_replay.fit_host([SimpleNamespace(seqs=n, chunks=(), host_s=1e-3 - 1e-5 * n)
+                                   for n in (1, 10, 50)])  # type: ignore[arg-type]
+    assert fit.seq_s == 0.0 and fit.step_s > 0
+
+
+def test_host_fit_separates_a_prefills_chunks_and_tokens() -> None:
+    truth = serving_replay.HostFit(150e-6, 5e-6, 300e-6, 0.3e-6)
+    steps = []
+    for decode in (1, 4, 16, 64):
+        steps.append(SimpleNamespace(seqs=decode, chunks=()))
+        for chunks in ((), ((0, 0, 512),), ((0, 0, 64), (1, 0, 2048)), ((0, 10, 7),)):
+            if chunks:
+                steps.append(SimpleNamespace(seqs=decode + len(chunks), chunks=chunks))
+    for s in steps:
+        s.host_s = truth.seconds(s)  # type: ignore[arg-type]
+    fit = serving_replay.fit_host(steps)  # type: ignore[arg-type]
+    assert fit[:4] == tuple(pytest.approx(v, rel=1e-9) for v in truth[:4])
 
 
 def test_saturation_is_the_best_throughput_of_the_saturated_runs() -> None:

@@ -171,10 +171,13 @@ def test_bad_arguments() -> None:
 
 
 # --- CUDA-graph padding and the engine's host work (issue 21) -----------------------
-@lru_cache(maxsize=2)
-def captured(host_step_s: float = 0.0, host_seq_s: float = 0.0) -> StepTimeModel:
+@lru_cache(maxsize=4)
+def captured(host_step_s: float = 0.0, host_seq_s: float = 0.0, host_chunk_s: float = 0.0,
+             host_prefill_token_s: float = 0.0) -> StepTimeModel:
     cal = CALS["fitted"].replace({"host.serving_step_host_s": host_step_s,
-                                  "host.serving_seq_host_s": host_seq_s})
+                                  "host.serving_seq_host_s": host_seq_s,
+                                  "host.serving_chunk_host_s": host_chunk_s,
+                                  "host.serving_prefill_token_host_s": host_prefill_token_s})
     return build_step_time_model(Platform(GPU, STACK, cal, "graph"), MODEL, 512, 12, 8192,
                                  (1, 2, 4, 8, 16, 32))
 
@@ -202,6 +205,12 @@ def test_host_work_adds_per_step_and_per_sequence() -> None:
     chunks = [(300, 0), (40, 700)]
     assert host.step(3, 3000.0, chunks)[0] == pytest.approx(
         plain.step(3, 3000.0, chunks)[0] + 100e-6 + 5 * 10e-6, rel=1e-12)
+    # a prefill's chunks and tokens: only steps that hold chunks pay them
+    pre = captured(100e-6, 10e-6, 200e-6, 0.5e-6)
+    assert pre.decode_step(5, 5000.0)[0] == pytest.approx(host.decode_step(5, 5000.0)[0],
+                                                          rel=1e-12)
+    assert pre.step(3, 3000.0, chunks)[0] == pytest.approx(
+        host.step(3, 3000.0, chunks)[0] + 2 * 200e-6 + 340 * 0.5e-6, rel=1e-12)
     # without capture sizes as well
     cal = CALS["fitted"].replace({"host.serving_step_host_s": 1e-4})
     m = build_step_time_model(Platform(GPU, STACK, cal, "graph"), MODEL, 512, 12, 8192)

@@ -5,8 +5,9 @@ For a run of the harness's engine (``serving_measured.ServingRun``), three views
 * per step: the step-time model prices the composition each measured step ran
   (decoding sequences and their context, prefill chunks), against the GPU span of the
   step's forward (CUDA events; on a CPU its wall time), and the fitted host work per
-  step (``HostParams.serving_step_host_s`` + ``serving_seq_host_s`` x sequences) against
-  the rest of the step;
+  step (``HostParams.serving_step_host_s`` + ``serving_seq_host_s`` x sequences +
+  ``serving_chunk_host_s`` x prefill chunks + ``serving_prefill_token_host_s`` x prefill
+  tokens) against the rest of the step;
 * the simulation: the same arrivals, lengths and content, the same scheduler settings
   and KV blocks, every step priced by the model plus the host work: TTFT, TPOT, ITL and
   end-to-end latency quantiles and throughput, against the measured ones;
@@ -31,7 +32,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import minimize_scalar, nnls
@@ -90,14 +91,58 @@ def step_seconds(model: StepTimeModel, composition: tuple[int, int, tuple],
     return model.decode_step(decode, ctx, longest)[0]
 
 
-def fit_host(steps: Sequence[MeasuredStep]) -> tuple[float, float]:
-    """(seconds per step, seconds per sequence) of host work, >= 0, least squares."""
+class HostFit(NamedTuple):
+    """A serving engine's host work (seconds): per step, per sequence in it, per
+    prefill chunk, per prefill token, and per kernel launch of an eager step (None: the
+    calibration's)."""
+
+    step_s: float
+    seq_s: float
+    chunk_s: float
+    prefill_token_s: float
+    launch_s: float | None = None
+
+    def seconds(self, s: MeasuredStep) -> float:
+        """The host work of measured step ``s``."""
+        chunks, prefill = _prefill(s)
+        return (self.step_s + self.seq_s * s.seqs + self.chunk_s * chunks
+                + self.prefill_token_s * prefill)
+
+    def fields(self) -> dict[str, float]:
+        """As calibration fields (``Calibration.replace``)."""
+        out = {"host.serving_step_host_s": self.step_s,
+               "host.serving_seq_host_s": self.seq_s,
+               "host.serving_chunk_host_s": self.chunk_s,
+               "host.serving_prefill_token_host_s": self.prefill_token_s}
+        if self.launch_s is not None:
+            out["host.host_launch_cost_s"] = self.launch_s
+        return out
+
+
+def _prefill(s: MeasuredStep) -> tuple[int, int]:
+    """(prefill chunks, prefill tokens) of a measured step."""
+    return len(s.chunks), sum(n for _, _, n in s.chunks)
+
+
+def fit_host(steps: Sequence[MeasuredStep]) -> HostFit:
+    """Host work per step, per sequence, per prefill chunk and per prefill token
+    (seconds, >= 0) by non-negative least squares on the steps' measured host time
+    (``MeasuredStep.host_s``); no launch cost. A mixed step's host work (its chunks'
+    metadata, positions, slots and token ids) is what the last two stand for: decode
+    steps alone leave them 0."""
     if not steps:
-        return 0.0, 0.0
-    a = np.array([[1.0, s.seqs] for s in steps])
+        return HostFit(0.0, 0.0, 0.0, 0.0)
+    rows = []
+    for s in steps:
+        chunks, prefill = _prefill(s)
+        rows.append((1.0, s.seqs, chunks, prefill))
+    a = np.array(rows, dtype=float)
     b = np.array([s.host_s for s in steps])
-    x, _ = nnls(a, b)   # Lawson-Hanson: exact, no solver tolerance in the answer
-    return float(x[0]), float(x[1])
+    # each column scaled to O(1) so the solver weighs them alike (tokens run to 1e4)
+    scale = 1.0 / np.maximum(a.max(axis=0), 1.0)
+    x, _ = nnls(a * scale, b)   # Lawson-Hanson: exact, no solver tolerance in the answer
+    x = x * scale
+    return HostFit(float(x[0]), float(x[1]), float(x[2]), float(x[3]))
 
 
 LAUNCH_BOUNDS_S = (0.0, 200e-6)   # a fitted eager host cost per launch stays in here
@@ -108,7 +153,7 @@ def eager_terms(run: ServingRun, engine: Engine) -> np.ndarray:
     launches, its last kernel's seconds, the measured forward) such that the model's
     forward at a host cost ``h`` per launch is max(GPU + h, launches x h + last): the
     eager formula (``StepTimeModel._eager``) read back at three host costs."""
-    fm = dataclasses.replace(engine.step_model, host_step_s=0.0, host_seq_s=0.0)
+    fm = without_host(engine.step_model)
     rows = []
     h1, h2 = 1e-3, 2e-3   # host-bound at both: launches x 1 ms outweighs any GPU span
     for s in run.steps:
@@ -269,7 +314,7 @@ class RunComparison:
     (simulated - measured) / measured."""
 
     run: ServingRun
-    host: tuple[float, float, float | None]   # per step, per sequence, per eager launch
+    host: HostFit
     host_in_sample: bool
     step_errors: dict[str, dict[str, float]]      # kind -> forward/host/total MAPE, count
     measured: dict[str, Any]
@@ -284,23 +329,25 @@ class RunComparison:
     oracle_prefix: dict[str, Any] | None
 
 
+def without_host(model: StepTimeModel) -> StepTimeModel:
+    """``model`` without the engine's host work: the forward alone."""
+    return dataclasses.replace(model, host_step_s=0.0, host_seq_s=0.0, host_chunk_s=0.0,
+                               host_prefill_token_s=0.0)
+
+
 def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
-                host: tuple[float, float, float | None], host_in_sample: bool
-                ) -> RunComparison:
-    """Compare ``run`` with its replay on ``platform`` with ``host`` work per step, per
-    sequence and per eager launch (None: the calibration's). Raises ConfigError/
-    ValueError where the run cannot be replayed."""
-    fields = {"host.serving_step_host_s": host[0], "host.serving_seq_host_s": host[1]}
-    if host[2] is not None:
-        fields["host.host_launch_cost_s"] = host[2]
-    cal = platform.calibration.replace(fields)
+                host: HostFit, host_in_sample: bool) -> RunComparison:
+    """Compare ``run`` with its replay on ``platform`` with ``host`` work (its launch
+    cost None: the calibration's). Raises ConfigError/ValueError where the run cannot be
+    replayed."""
+    cal = platform.calibration.replace(host.fields())
     engine = build_engine(platform.with_calibration(cal), model, replay_scenario(run),
                           kv_blocks=int(run.engine["num_blocks"]))
-    forward_model = dataclasses.replace(engine.step_model, host_step_s=0.0, host_seq_s=0.0)
+    forward_model = without_host(engine.step_model)
     by_kind: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
     for s in run.steps:
         fwd = step_seconds(forward_model, s.composition, s.longest)
-        hst = host[0] + host[1] * s.seqs
+        hst = host.seconds(s)
         row = (fwd, s.gpu_s, hst, s.host_s)
         by_kind[step_kind(s)].append(row)
         by_kind["all"].append(row)
@@ -342,11 +389,11 @@ def compare_runs(runs: Sequence[ServingRun], platform: Platform, model_for
     for i, run in enumerate(runs):
         others = [s for j, r in enumerate(runs) if j != i for s in r.steps]
         in_sample = not others
-        step_s, seq_s = fit_host(run.steps if in_sample else others)
+        fitted = fit_host(run.steps if in_sample else others)
         launch_s = fit_launch(terms[i] if in_sample else
                               np.concatenate([t for j, t in enumerate(terms) if j != i]))
-        out.append(compare_run(run, platform, model_for(run), (step_s, seq_s, launch_s),
-                               in_sample))
+        out.append(compare_run(run, platform, model_for(run),
+                               fitted._replace(launch_s=launch_s), in_sample))
     return out
 
 

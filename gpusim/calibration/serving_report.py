@@ -103,8 +103,10 @@ def as_dict(results: Sequence[RunComparison], sat: dict[str, Any]) -> dict[str, 
     return {"runs": [{
         "run": str(r.run.path), "device": r.run.device, "gpu": r.run.gpu,
         "model": r.run.model, "load": r.run.load,
-        "host": {"serving_step_host_s": r.host[0], "serving_seq_host_s": r.host[1],
-                 "host_launch_cost_s": r.host[2], "in_sample": r.host_in_sample},
+        "host": {"serving_step_host_s": r.host.step_s, "serving_seq_host_s": r.host.seq_s,
+                 "serving_chunk_host_s": r.host.chunk_s,
+                 "serving_prefill_token_host_s": r.host.prefill_token_s,
+                 "host_launch_cost_s": r.host.launch_s, "in_sample": r.host_in_sample},
         "eager_sdpa": r.run.engine.get("eager_sdpa", "default"),
         "step_errors": r.step_errors, "measured": r.measured, "simulated": r.simulated,
         "with_measured_steps": r.with_measured_steps, "steps_matched": r.steps_matched,
@@ -282,27 +284,34 @@ def _acceptance(results: Sequence[RunComparison], sat: dict[str, Any]) -> list[s
 
 def _host_section(results: Sequence[RunComparison], stack: str) -> list[str]:
     lines = ["## Host work per step (fitted)", "",
-             "`HostParams.serving_step_host_s` and `serving_seq_host_s` of the stack's "
+             "`HostParams.serving_step_host_s`, `serving_seq_host_s`, "
+             "`serving_chunk_host_s` and `serving_prefill_token_host_s` (per step, "
+             "sequence, prefill chunk and prefill token) of the stack's "
              "calibration, fitted on the other runs' steps, and `host_launch_cost_s` (per "
              "kernel launch of an eager step), fitted on the other runs' eager steps "
              "(leave one run out)"
              + (", in sample where a run is the only one" if any(r.host_in_sample
                                                                  for r in results) else "")
-             + ":", "", "| run | per step (us) | per sequence (us) | per eager launch (us) "
-             "| fitted on |", "|---|---:|---:|---:|---|"]
+             + ":", "", "| run | per step (us) | per sequence (us) | per chunk (us) "
+             "| per 1k prefill tokens (us) | per eager launch (us) | fitted on |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        launch = "-" if r.host[2] is None else f"{1e6 * r.host[2]:.1f}"
-        lines.append(f"| {r.run.load} | {1e6 * r.host[0]:.1f} | {1e6 * r.host[1]:.2f} | "
-                     f"{launch} | "
+        h = r.host
+        launch = "-" if h.launch_s is None else f"{1e6 * h.launch_s:.1f}"
+        lines.append(f"| {r.run.load} | {1e6 * h.step_s:.1f} | {1e6 * h.seq_s:.2f} | "
+                     f"{1e6 * h.chunk_s:.1f} | {1e9 * h.prefill_token_s:.1f} | {launch} | "
                      f"{'this run (in sample)' if r.host_in_sample else 'the other runs'} |")
     if any(r.run.on_cpu for r in results):
         return [*lines, "", "(CPU runs: these values belong to no GPU's calibration.)", ""]
-    a = sum(r.host[0] for r in results) / len(results)
-    b = sum(r.host[1] for r in results) / len(results)
+    def mean(field: str) -> float:
+        return sum(getattr(r.host, field) for r in results) / len(results)
+
     lines += ["", "In the GPU's calibration file (`validation/calibrations/<gpu>.yaml`), "
               "the mean over the runs:", "", "```yaml", "stacks:", f"  {stack}:",
-              f"    serving_step_host_s: {a:.3g}", f"    serving_seq_host_s: {b:.3g}"]
-    launches = [r.host[2] for r in results if r.host[2] is not None]
+              *(f"    serving_{name}_host_s: {mean(field):.3g}" for name, field in
+                (("step", "step_s"), ("seq", "seq_s"), ("chunk", "chunk_s"),
+                 ("prefill_token", "prefill_token_s")))]
+    launches = [r.host.launch_s for r in results if r.host.launch_s is not None]
     if launches:
         lines.append(f"    host_launch_cost_s: {sum(launches) / len(launches):.3g}")
     lines += ["```", ""]

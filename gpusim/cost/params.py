@@ -109,14 +109,18 @@ class HostParams(Frozen):
     """One software stack's host path: the cost to launch one kernel from eager
     PyTorch, and one CUDA-graph replay; and a serving engine's host work per step
     (scheduling, input preparation, reading sampled tokens back), fitted from measured
-    serving runs (``gpusim serve --replay``): a fixed part per step and a part per
-    sequence in the step. 0 (the default) leaves serving step times as the kernels
-    alone give them."""
+    serving runs (``gpusim serve --replay``): a fixed part per step, a part per
+    sequence in the step, and, for a step that prefills, a part per prefill chunk (its
+    request's metadata) and per prefill token (positions, slots and token ids built on
+    the host). 0 (the default) leaves serving step times as the kernels alone give
+    them."""
 
     host_launch_cost_s: NonNeg = 0.0
     host_graph_launch_cost_s: NonNeg = 0.0
     serving_step_host_s: NonNeg = 0.0
     serving_seq_host_s: NonNeg = 0.0
+    serving_chunk_host_s: NonNeg = 0.0
+    serving_prefill_token_host_s: NonNeg = 0.0
 
 
 def overridable(path: str) -> bool:

@@ -74,6 +74,8 @@ class StepCurves:
     prefill_attention_s: float     # one request's prefill attention, mean over prompts
     step_fixed_s: float            # attention fixed cost + graph replay + host per step
     seq_host_s: float              # host work per sequence in a step
+    chunk_host_s: float            # ... per prefill chunk
+    prefill_token_host_s: float    # ... per prefill token
     eager_floor_s: float           # eager launch: every launch's host cost (0: graphs)
     spec_iteration_s: np.ndarray | None  # decode-only speculative iteration, over n
     spec_tokens: float             # tokens per sequence per decode-only step
@@ -86,7 +88,8 @@ class StepCurves:
         gpu = (np.interp(n + m, self.m_grid, self.token_s)
                + np.interp(n + chunks, self.n_grid, self.seq_s)
                + np.interp(n, self.n_grid, self.decode_attention_s) + attention_s)
-        t = gpu + self.step_fixed_s + self.seq_host_s * (n + chunks)
+        t = (gpu + self.step_fixed_s + self.seq_host_s * (n + chunks)
+             + self.chunk_host_s * chunks + self.prefill_token_host_s * m)
         return np.maximum(t, self.eager_floor_s)
 
     def decode_only_s(self, n: np.ndarray) -> np.ndarray:
@@ -149,7 +152,8 @@ def step_curves(option: Option, profile: WorkloadProfile, limits: Limits,
         decode_attention_s=np.concatenate(([0.0], dec - dec_fixed)),
         prefill_attention_s=float((pre - pre_fixed).mean()),
         step_fixed_s=fixed + graph + host.serving_step_host_s,
-        seq_host_s=host.serving_seq_host_s, eager_floor_s=eager_floor,
+        seq_host_s=host.serving_seq_host_s, chunk_host_s=host.serving_chunk_host_s,
+        prefill_token_host_s=host.serving_prefill_token_host_s, eager_floor_s=eager_floor,
         spec_iteration_s=spec_s, spec_tokens=spec_tokens,
         kv_capacity_tokens=budget.capacity_tokens)
 

@@ -31,8 +31,9 @@ length for every row it runs (the padded batch of a graph, the decoding sequence
 eager step); callers pass the longest decoding sequence's cached tokens (``longest``).
 
 The serving engine's own host work (scheduling, preparing inputs, reading the sampled
-tokens back: ``HostParams.serving_step_host_s`` per step and ``serving_seq_host_s`` per
-sequence in it) adds to every step.
+tokens back: ``HostParams.serving_step_host_s`` per step, ``serving_seq_host_s`` per
+sequence in it, ``serving_chunk_host_s`` per prefill chunk and
+``serving_prefill_token_host_s`` per prefill token) adds to every step.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class StepTimeModel:
     graph_launch_s: float = 0.0           # one graph replay (capture_sizes)
     host_step_s: float = 0.0              # the engine's host work per step
     host_seq_s: float = 0.0               # ... and per sequence in the step
+    host_chunk_s: float = 0.0             # ... per prefill chunk
+    host_prefill_token_s: float = 0.0     # ... per prefill token
     key_bucket_tokens: int = 0            # padded decode keys (0: each its own context)
     max_keys: int = 0                     # ... at most (the context window rounded up)
     padding_read_s: float = 0.0           # a padded key's HBM read the gather skips
@@ -157,10 +160,10 @@ class StepTimeModel:
         bucket = self.key_bucket_tokens
         return min(-(-(longest + 1) // bucket) * bucket, self.max_keys) - 1
 
-    def _host(self, seconds: float, seqs: int) -> float:
-        if self.host_step_s or self.host_seq_s:
-            return seconds + self.host_step_s + self.host_seq_s * seqs
-        return seconds
+    def _host(self, seconds: float, seqs: int, chunks: int = 0,
+              prefill_tokens: int = 0) -> float:
+        return (seconds + self.host_step_s + self.host_seq_s * seqs
+                + self.host_chunk_s * chunks + self.host_prefill_token_s * prefill_tokens)
 
     def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
                     ) -> tuple[float, float]:
@@ -245,9 +248,11 @@ class StepTimeModel:
             seqs += 1
         gpu += self.token_s[tokens] + self.seq_s[seqs]
         moved += self.token_bytes[tokens] + self.seq_bytes[seqs]
+        chunks_n, prefill = seqs - decode_batch, tokens - decode_batch
         if self.capture_sizes:
-            return self._host(self._eager(gpu, tokens, seqs), seqs), moved
-        return self._host(self._finish(gpu, tokens, seqs), seqs), moved
+            return self._host(self._eager(gpu, tokens, seqs), seqs, chunks_n,
+                              prefill), moved
+        return self._host(self._finish(gpu, tokens, seqs), seqs, chunks_n, prefill), moved
 
 
 # ----------------------------------------------------------------------------------
@@ -363,6 +368,8 @@ def build_step_time_model(platform: Platform, model: ModelSpec,
         capture_sizes=sizes, attention_fixed_s=attn_fixed,
         graph_launch_s=cal.host.host_graph_launch_cost_s,
         host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
+        host_chunk_s=cal.host.serving_chunk_host_s,
+        host_prefill_token_s=cal.host.serving_prefill_token_host_s,
         key_bucket_tokens=bucket, max_keys=max_keys,
         **padding_reads(model, platform, stack))
 
