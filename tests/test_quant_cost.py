@@ -58,6 +58,25 @@ def test_tinygemm_repeats_its_pass_every_16_token_rows() -> None:
                                           / GPU.hbm_bandwidth_bytes_per_s)
 
 
+def test_tinygemm_overlaps_its_weight_stream_with_its_activation_reads() -> None:
+    qkv = _kernels("torch-int4", [1.0, 8.0, 64.0])["qkv_proj"]
+    n, k = qkv.gemm.n, qkv.gemm.k
+    hbm = qkv.bytes / GPU.hbm_bandwidth_bytes_per_s
+    l2 = np.array([1.0, 8.0, 64.0]) * k * 2.0 * n / 8 / GPU.hbm_bandwidth_bytes_per_s
+
+    def memory(e: float) -> np.ndarray:
+        cal = Calibration().replace({"gemm.tinygemm.l2_overlap_exponent": e})
+        return kernel_cost(qkv, GPU, cal).memory_s
+
+    # exponent 1: the two streams add; higher: they overlap, towards the longer one
+    assert memory(1.0) == pytest.approx(hbm + l2)
+    assert memory(2.0) == pytest.approx(np.hypot(hbm, l2))
+    assert memory(64.0) == pytest.approx(np.maximum(hbm, l2), rel=0.02)
+    # the overlap takes most off where the two are alike, little where one dominates
+    saved = 1.0 - memory(2.0) / memory(1.0)
+    assert saved[0] > saved[2]
+
+
 def test_scaled_mm_runs_at_the_fp8_rate_on_one_byte_weights() -> None:
     fp8 = _kernels("torch-fp8", [4096.0])["gate_up_proj"]
     bf16 = _kernels("torch-fused", [4096.0])["gate_up_proj"]

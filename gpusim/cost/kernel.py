@@ -30,6 +30,7 @@ from gpusim.cost.attention import family, latency_bound_s
 from gpusim.cost.collectives import collective_cost
 from gpusim.cost.gemm import gemm_schedule, slowdown
 from gpusim.cost.gemm_families import gemm_family
+from gpusim.cost.overlap import overlapped
 from gpusim.cost.params import Calibration
 from gpusim.cost.pointwise import l2_aware_s, reduction_s, sort_s
 from gpusim.cost.record import Cost
@@ -137,12 +138,7 @@ def combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
     any, plus the idle gaps before its launches."""
     ph = cal.physics
     p = ph.overlap_exponent if exponent is None else exponent
-    hi = np.maximum(memory, compute)
-    lo = np.minimum(memory, compute)
-    # (hi = 0 means lo = 0: the ratio is then 0, without a division by zero)
-    ratio = lo / np.maximum(hi, 1e-300)
-    overlapped = hi * (1.0 + ratio**p) ** (1.0 / p)
-    kernel_s = fixed + overlapped
+    kernel_s = fixed + overlapped(memory, compute, p)
     if slow is not None:
         kernel_s = kernel_s * slow
     seconds = kernel_s + k.launches * ph.launch_gap_s

@@ -23,8 +23,8 @@ Why quantization is not magic, in the model's terms:
   each CTA loads its rows of the bf16 activation over the whole K itself: the
   activations are read n / 8 times, from L2, ``m * k * 2 * n / 8`` bytes, a quarter of a
   byte per weight element per token row (rows past ``m`` are not loaded). That traffic,
-  at ``activation_l2_ratio`` times the GPU's fitted L2 bandwidth, is what grows with the
-  batch: measured on H100 (validation/data/h100-sxm/stacks/torch-int4/), step time
+  at ``activation_l2_ratio`` times the GPU's fitted L2 bandwidth and overlapping the
+  weights' HBM stream (``l2_overlap_exponent``), is what grows with the batch: measured on H100 (validation/data/h100-sxm/stacks/torch-int4/), step time
   rises linearly with the tokens from 4 tokens on, ~0.5 ms per token for Llama 3.1 8B,
   within a 16-row pass as much as across passes. At batch 1 it streams a quarter of
   bf16's bytes and wins; from batch ~8 the activation re-reads cost more than the bf16
@@ -53,6 +53,7 @@ from gpusim.cost.gemm_family import (
     extra_launches_s,
     hbm_s,
 )
+from gpusim.cost.overlap import overlapped
 from gpusim.kernels.records import Kernel
 from gpusim.specs import Frozen, GpuSpec
 from gpusim.specs.base import NonNeg
@@ -122,14 +123,16 @@ class TinygemmParams(Frozen):
     relative to cuBLAS's, CUDA-core operations per weight element per pass to
     dequantize (unpack, convert, scale and zero: a fused multiply-add is 2), the share
     of the weights each pass after the first re-reads from HBM, the bandwidth of its
-    activation re-reads relative to the GPU's fitted L2 bandwidth, a fixed cost per
-    call."""
+    activation re-reads relative to the GPU's fitted L2 bandwidth, how far those L2
+    reads overlap the weights' HBM stream (``cost.overlap.overlapped``'s exponent: 1,
+    the default, adds them), a fixed cost per call."""
 
     tensor_efficiency_ratio: Ratio = 1.0
     bandwidth_ratio: Ratio = 1.0
     dequant_flops_per_element: Annotated[float, Field(ge=0.0, le=200.0)] = 2.0
     reread_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     activation_l2_ratio: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    l2_overlap_exponent: Annotated[float, Field(ge=1.0, le=64.0)] = 1.0
     fixed_s: NonNeg = 0.0
 
 
@@ -142,6 +145,7 @@ class Tinygemm(GemmFamily):
         "dequant_flops_per_element": (0.0, 100.0, 8.0, 1.0),
         "reread_fraction": (0.0, 1.0, 0.2, 1.0),
         "activation_l2_ratio": (0.2, 4.0, 1.0, 1.0),
+        "l2_overlap_exponent": (1.0, 16.0, 2.0, 1.0),
         "fixed_s": (0.0, 10e-6, 1e-6, 1e-6),
     }
 
@@ -163,8 +167,8 @@ class Tinygemm(GemmFamily):
             * np.ceil(g.n / TINYGEMM_N_COLUMNS)
         l2_bw = gpu.hbm_bandwidth_bytes_per_s * physics.hbm_bandwidth_efficiency \
             * physics.l2_bandwidth_ratio * p.activation_l2_ratio
-        memory = hbm_s(k.bytes + reread, gpu, physics, p.bandwidth_ratio) \
-            + activation_l2_bytes / l2_bw
+        weights_s = hbm_s(k.bytes + reread, gpu, physics, p.bandwidth_ratio)
+        memory = overlapped(weights_s, activation_l2_bytes / l2_bw, p.l2_overlap_exponent)
         return GemmParts(self.call_fixed_s(k, physics, p.fixed_s), memory, compute)
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import Field
 
 from gpusim.cost.attention.base import AttentionFamily, AttentionParts, Bounds, ceil_div
+from gpusim.cost.overlap import overlapped
 from gpusim.kernels.records import AttentionShape
 from gpusim.specs import Frozen, GpuSpec
 from gpusim.specs.base import Fraction, NonNeg
@@ -98,8 +99,7 @@ def stream_wave_s(a: AttentionShape, kv_bytes: np.ndarray, bw: float, sms: float
     alone = a.kv_len * (p.stream_s_per_key + rows * p.stream_s_per_row_key
                         + key_bytes / p.cta_stream_bytes_per_s)
     shared = np.minimum(ctas, sms) / a.group * a.kv_len * key_bytes / bw
-    e = p.stream_overlap_exponent
-    wave = (alone**e + shared**e) ** (1.0 / e)
+    wave = overlapped(alone, shared, p.stream_overlap_exponent)
     return np.where(tiles == 1.0, wave, 0.0)
 
 
