@@ -217,6 +217,7 @@ def test_predict_breaks_out_routing_and_expert_costs(capsys: pytest.CaptureFixtu
     ops = {r["op"]: r for r in doc["ops"]}
     assert doc["routing_ms"] == pytest.approx(sum(
         ops[n]["ms"] for n in ("router", "route_topk", "route_renorm", "permute_sort",
+                               "permute_copies",
                                "permute_index", "permute_gather", "combine_scale",
                                "combine_zero", "combine_add")))
     assert doc["experts_ms"] > doc["routing_ms"] > 0

@@ -47,6 +47,12 @@ TORCH_MOE: tuple[StackOp, ...] = (
     # CTA's serial radix passes (cost.pointwise.sort_s), not its bytes
     _op(op="elementwise", name="permute_sort", tensor="routing", kernels=1,
         bytes_per_element=32, strided_kernels=1, sorts=True),
+    # three device-to-device copies of the [T, k] slots a layer (Memcpy DtoD, 1.0-1.3 us
+    # each in every MoE profile on H100: Qwen3, Mixtral, Qwen1.5-MoE), two of them the
+    # in-CTA sort's in-place path (past 4096 slots, cub's device sort, one copy is left:
+    # priced as three throughout, 2 us a layer against a prefill's milliseconds)
+    _op(op="elementwise", name="permute_copies", tensor="routing", kernels=3,
+        bytes_per_element=16),
     # the sort's index fill (arange), slot -> token floor-div, float cast of the ids,
     # histc (a fill and kernelHistogram1D: atomics, 1.6-2.8 us), cumsum (cub's scan init
     # and scan) and int32 cast of the per-expert counts: 8 kernels
