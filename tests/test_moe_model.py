@@ -262,3 +262,32 @@ def test_a_fused_moe_stack_runs_gpt_oss_mxfp4_experts() -> None:
     assert ks["qkv_proj"].gemm.family == "cublas"           # attention stays bf16
     c = kernel_cost(gu, loader.load_gpu("h100-sxm"), Calibration())
     assert np.all(c.compute_s > 0) and c.compute_s[1] > c.compute_s[0]
+
+
+def test_few_slots_walk_pytorchs_small_index_kernels_one_by_one() -> None:
+    from gpusim.cost.pointwise import SMALL_INDEX_MAX, small_index_s
+
+    n = np.array([1.0, 8.0, 16.0, 17.0, 64.0])
+    assert small_index_s(n, 0.5e-6) == pytest.approx([0.5e-6, 4e-6, 8e-6, 0.0, 0.0])
+    assert SMALL_INDEX_MAX == 16
+    # Qwen3 routes 8 slots a token: 2 tokens take the SmallIndex kernels (16 slots), 3 the
+    # parallel ones, so the gather and the index_add_ take longer at batch 2 than at 3
+    model = loader.load_model("qwen3-30b-a3b")
+    times = {}
+    for b in (2, 3):
+        rc_doc = _predict_ops(model.name, b)
+        times[b] = {k: rc_doc[k] for k in ("permute_gather", "combine_add")}
+    for op in ("permute_gather", "combine_add"):
+        assert times[2][op] > times[3][op]
+
+
+def _predict_ops(model: str, batch: int) -> dict[str, float]:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["predict", "--gpu", "h100-sxm", "--model", model, "--stack",
+                   "torch-fused", "--batch", str(batch), "--format", "json"])
+    assert rc == 0
+    return {r["op"]: r["ms"] for r in json.loads(buf.getvalue())["ops"]}

@@ -32,7 +32,7 @@ from gpusim.cost.gemm import gemm_schedule, slowdown
 from gpusim.cost.gemm_families import gemm_family
 from gpusim.cost.overlap import overlapped
 from gpusim.cost.params import Calibration
-from gpusim.cost.pointwise import l2_aware_s, reduction_s, sort_s
+from gpusim.cost.pointwise import l2_aware_s, reduction_s, small_index_s, sort_s
 from gpusim.cost.record import Cost
 from gpusim.kernels.records import Kernel
 from gpusim.specs import GpuSpec
@@ -113,6 +113,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
             fixed = fixed + reduction_s(k.reduction, ph)
         if k.sort_elements is not None:
             fixed = fixed + sort_s(k.sort_elements, ph)
+        if k.index_count is not None:
+            fixed = fixed + small_index_s(k.index_count, k.small_index_s)
     if launches == 0:
         z = np.zeros_like(k.flops)
         return Cost(z, z, z, z, z, z)

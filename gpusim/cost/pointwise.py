@@ -66,3 +66,15 @@ def sort_config(elements: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         threads = np.where(n <= limit, float(t), threads)
         items = np.where(n <= limit, float(i), items)
     return threads, items
+
+
+SMALL_INDEX_MAX = 16   # PyTorch's index_select / index_add_: SmallIndex kernels up to here
+
+
+def small_index_s(indices: np.ndarray, per_index_s: float) -> np.ndarray:
+    """What PyTorch's SmallIndex kernel adds for ``indices`` indices: with at most
+    SMALL_INDEX_MAX (Indexing.cu's rule) every thread walks the indices one after
+    another, ``per_index_s`` each; beyond, the LargeIndex kernel takes them in parallel
+    and adds nothing. Raises nothing."""
+    n = np.asarray(indices, dtype=np.float64)
+    return np.where(n <= SMALL_INDEX_MAX, n * per_index_s, 0.0)

@@ -24,11 +24,12 @@ Why quantization is not magic, in the model's terms:
   activations are read n / 8 times, from L2, ``m * k * 2 * n / 8`` bytes, a quarter of a
   byte per weight element per token row (rows past ``m`` are not loaded). That traffic,
   at ``activation_l2_ratio`` times the GPU's fitted L2 bandwidth and overlapping the
-  weights' HBM stream (``l2_overlap_exponent``), is what grows with the batch: measured on H100 (validation/data/h100-sxm/stacks/torch-int4/), step time
-  rises linearly with the tokens from 4 tokens on, ~0.5 ms per token for Llama 3.1 8B,
-  within a 16-row pass as much as across passes. At batch 1 it streams a quarter of
-  bf16's bytes and wins; from batch ~8 the activation re-reads cost more than the bf16
-  weights it saves, and it loses.
+  weights' HBM stream (``l2_overlap_exponent``), is what grows with the batch: measured
+  on H100 (validation/data/h100-sxm/stacks/torch-int4/), step time rises linearly with
+  the tokens from 8 tokens on, ~0.5 ms per token for Llama 3.1 8B, within a 16-row pass
+  as much as across passes, less below (there the weight stream hides the reads). At
+  batch 1 it streams a quarter of bf16's bytes and wins; from batch ~8 the activation
+  re-reads cost more than the bf16 weights it saves, and it loses.
 * ``int8wo`` (int8 weight-only, compiled by Inductor): at one token a fused Triton
   GEMV streaming int8 weights (its multiply-adds on CUDA cores); at more, a Triton
   dequantize kernel writing the bf16 weight, cuBLAS's GEMM on it, and a scale kernel:

@@ -95,6 +95,15 @@ def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
 _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.EMBEDDING}
 
 
+def _slots(op: StackOp, model: ModelSpec, b: np.ndarray, qq: np.ndarray,
+           tokens: np.ndarray, m_tok: np.ndarray, cache: np.ndarray) -> np.ndarray | None:
+    """The token-slots an index op's kernel takes as indices (None: no index kernel)."""
+    if not op.small_index_s:
+        return None
+    return _tensor_elements(op.model_copy(update={"tensor": "routing"}), model, b, qq,
+                            tokens, m_tok, cache)
+
+
 def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                section: Section, repeat: int, b: np.ndarray, c: np.ndarray,
                qq: np.ndarray, tokens: np.ndarray, cache: np.ndarray) -> Kernel:
@@ -137,6 +146,8 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok),
                   sort_elements=elements if op.sorts else None,
+                  index_count=_slots(op, model, b, qq, tokens, m_tok, cache),
+                  small_index_s=op.small_index_s,
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain)
 
 

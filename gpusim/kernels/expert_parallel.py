@@ -124,8 +124,9 @@ def _rows_scaled(k: Kernel, f: np.ndarray) -> Kernel:
         if getattr(g, "rows", None) is not None:
             g = replace(g, rows=g.rows * f)
     srt = None if k.sort_elements is None else k.sort_elements * f
+    idx = None if k.index_count is None else k.index_count * f
     return replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red, gemm=g,
-                   sort_elements=srt)
+                   sort_elements=srt, index_count=idx)
 
 
 def _on_busiest(k: Kernel, f: np.ndarray, s: ExpertSplit) -> Kernel:

@@ -188,6 +188,7 @@ def shard(kernels: list[Kernel], model: ModelSpec, stack: StackSpec, tp: int,
             f = _tensor_share(op.tensor or "", model, r)
             red = None if k.reduction is None else k.reduction * np.array([[1.0], [f]])
             srt = None if k.sort_elements is None else k.sort_elements * f
+            # (an index kernel's indices, the token-slots, are every rank's alike)
             out.append(k if f == 1.0 else
                        replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red,
                                sort_elements=srt))

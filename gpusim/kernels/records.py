@@ -99,6 +99,10 @@ class Kernel:
     reduction: np.ndarray | None = None
     # keys one of its kernels sorts in one CTA (torch.sort / argsort), per step shape
     sort_elements: np.ndarray | None = None
+    # indices one of its kernels walks one by one when they are few (PyTorch's SmallIndex
+    # kernels), per step shape, and the time each takes
+    index_count: np.ndarray | None = None
+    small_index_s: float = 0.0
     # the fraction of a vectorised kernel's bandwidth this op's kernels reach, when its
     # stack file gives one (read off a profile), in place of the strided-path model
     bandwidth_fraction: float | None = None

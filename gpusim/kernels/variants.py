@@ -59,8 +59,11 @@ TORCH_MOE: tuple[StackOp, ...] = (
     _op(op="elementwise", name="permute_index", tensor="routing", kernels=8,
         bytes_per_element=40, strided_kernels=1),
     # index_select of the tokens' rows into expert order: read 2, write 2
+    # (at most 16 slots: indexSelectSmallIndex, each slot in turn, 0.3 us a slot: 2.0,
+    # 3.6 and 6.1 us at 2, 8 and 16 slots in the H100 profiles of Mixtral, Qwen3 and
+    # Qwen1.5-MoE)
     _op(op="elementwise", name="permute_gather", tensor="routed_hidden", kernels=1,
-        bytes_per_element=4),
+        bytes_per_element=4, small_index_s=0.3e-6),
     # torch._grouped_mm: one CUTLASS grouped GEMM over the touched experts
     _op(op="gemm", name="experts_gate_up", weight="experts_gate_up", family="grouped_mm"),
     # silu (read 2 write 2) and mul (read 4 write 2) on chunk views of [T k, 2I]
@@ -81,8 +84,12 @@ TORCH_MOE: tuple[StackOp, ...] = (
     # (H200 profiles it at 61.5 us as well: the atomics, not HBM, bound it)
     _op(op="elementwise", name="combine_zero", tensor="hidden", kernels=1,
         bytes_per_element=2),
+    # At most 16 slots, indexFuncSmallIndex adds them one after another: 2.8, 3.6-3.7,
+    # 5.6 and 9.7-9.9 us at 2, 4, 8 and 16 slots in the same profiles, 0.42 us a slot
+    # above what the stream alone gives; from 17 slots 2.7-4 us again (LargeIndex)
     _op(op="elementwise", name="combine_add", tensor="routed_hidden", kernels=1,
-        bytes_per_element=6, strided_kernels=1, bandwidth_fraction=0.22),
+        bytes_per_element=6, strided_kernels=1, bandwidth_fraction=0.22,
+        small_index_s=0.42e-6),
     # a shared expert: the stack's dense MLP at the shared expert's size
     _op(op="dense_mlp", name="shared_expert", requires="shared_expert"),
     # Qwen2-MoE's gate on it: a [T, h] x [h, 1] GEMM, sigmoid, broadcast mul

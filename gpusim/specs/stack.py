@@ -84,6 +84,11 @@ class StackOp(Frozen):
     # argsort of up to 4096 elements; cost.pointwise.sort_s): its time follows the
     # sort's passes, not its bytes
     sorts: bool = False
+    # one of its kernels is a PyTorch index kernel (index_select, index_add_) over the
+    # T*k token-slots: with at most 16 indices its SmallIndex kernel walks them one
+    # after another, each this long (read off profiles); past 16 the LargeIndex kernel
+    # takes them in parallel (cost.pointwise.small_index_s)
+    small_index_s: Annotated[float, Field(ge=0.0, le=1e-4)] = 0.0
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
     # attention: the keys it reads: the sequence's cached and new positions (context),
     # or the whole allocated cache under a mask (allocated_cache: a static cache as
