@@ -291,3 +291,18 @@ def _predict_ops(model: str, batch: int) -> dict[str, float]:
                    "torch-fused", "--batch", str(batch), "--format", "json"])
     assert rc == 0
     return {r["op"]: r["ms"] for r in json.loads(buf.getvalue())["ops"]}
+
+
+def test_a_small_index_op_on_a_dense_model_is_refused(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    text = (loader.ROOT / "stacks" / "torch-fused.yaml").read_text()
+    old = "name: input_norm,"
+    assert old in text
+    stack = tmp_path / "indexed.yaml"
+    stack.write_text(text.replace(old, "name: input_norm, small_index_s: 1.0e-7,", 1)
+                     .replace("name: torch-fused\n", "name: indexed\n", 1))
+    rc = main(["predict", "--gpu", "h100-sxm", "--model", "llama-3.2-1b", "--stack",
+               str(stack)])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "small_index_s" in err and len(err.strip().splitlines()) == 1

@@ -97,9 +97,13 @@ _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.
 
 def _slots(op: StackOp, model: ModelSpec, b: np.ndarray, qq: np.ndarray,
            tokens: np.ndarray, m_tok: np.ndarray, cache: np.ndarray) -> np.ndarray | None:
-    """The token-slots an index op's kernel takes as indices (None: no index kernel)."""
+    """The token-slots an index op's kernel takes as indices (None: no index kernel).
+    Raises FieldError for a dense model, which has no token-slots."""
     if not op.small_index_s:
         return None
+    if not model.is_moe:
+        raise FieldError("small_index_s", f"op {op.name}: small_index_s prices an index "
+                         f"kernel over an MoE layer's token-slots; {model.name} is dense")
     return _tensor_elements(op.model_copy(update={"tensor": "routing"}), model, b, qq,
                             tokens, m_tok, cache)
 
