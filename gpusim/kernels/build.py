@@ -95,8 +95,7 @@ def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
 _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.EMBEDDING}
 
 
-def _slots(op: StackOp, model: ModelSpec, b: np.ndarray, qq: np.ndarray,
-           tokens: np.ndarray, m_tok: np.ndarray, cache: np.ndarray) -> np.ndarray | None:
+def _slots(op: StackOp, model: ModelSpec, tokens: np.ndarray) -> np.ndarray | None:
     """The token-slots an index op's kernel takes as indices (None: no index kernel).
     Raises FieldError for a dense model, which has no token-slots."""
     if not op.small_index_s:
@@ -104,8 +103,7 @@ def _slots(op: StackOp, model: ModelSpec, b: np.ndarray, qq: np.ndarray,
     if not model.is_moe:
         raise FieldError("small_index_s", f"op {op.name}: small_index_s prices an index "
                          f"kernel over an MoE layer's token-slots; {model.name} is dense")
-    return _tensor_elements(op.model_copy(update={"tensor": "routing"}), model, b, qq,
-                            tokens, m_tok, cache)
+    return moe_tensor_elements("routing", model, tokens)
 
 
 def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
@@ -150,7 +148,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok),
                   sort_elements=elements if op.sorts else None,
-                  index_count=_slots(op, model, b, qq, tokens, m_tok, cache),
+                  index_count=_slots(op, model, tokens),
                   small_index_s=op.small_index_s,
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain)
 
