@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpusim.calibration.serving_host import step_seconds
 from gpusim.calibration.serving_measured import read_serving_run
-from gpusim.calibration.serving_replay import compare_runs, step_seconds
+from gpusim.calibration.serving_replay import compare_runs
 from gpusim.cost import Calibration
 from gpusim.errors import ConfigError
 from gpusim.io import loader

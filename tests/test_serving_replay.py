@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpusim.calibration import serving_measured, serving_replay
+from gpusim.calibration import serving_host, serving_measured, serving_replay
 from gpusim.cli import main
 from gpusim.errors import ConfigError
 from gpusim.io import calibrations, loader
@@ -137,18 +137,18 @@ def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) ->
 def test_host_fit_recovers_a_linear_host_cost() -> None:
     steps = [SimpleNamespace(seqs=n, chunks=(), host_s=100e-6 + 20e-6 * n)
              for n in (1, 2, 5, 9, 30)]
-    fit = serving_replay.fit_host(steps)  # type: ignore[arg-type]
+    fit = serving_host.fit_host(steps)  # type: ignore[arg-type]
     assert fit[:2] == (pytest.approx(100e-6), pytest.approx(20e-6))
     # decode steps alone say nothing of a prefill's host work
     assert fit.chunk_s == fit.prefill_token_s == 0.0 and fit.launch_s is None
     # bounded at zero: a host time that falls with sequences fits a flat one
-    fit = serving_replay.fit_host([SimpleNamespace(seqs=n, chunks=(), host_s=1e-3 - 1e-5 * n)
+    fit = serving_host.fit_host([SimpleNamespace(seqs=n, chunks=(), host_s=1e-3 - 1e-5 * n)
                                    for n in (1, 10, 50)])  # type: ignore[arg-type]
     assert fit.seq_s == 0.0 and fit.step_s > 0
 
 
 def test_host_fit_separates_a_prefills_chunks_and_tokens() -> None:
-    truth = serving_replay.HostFit(150e-6, 5e-6, 300e-6, 0.3e-6)
+    truth = serving_host.HostFit(150e-6, 5e-6, 300e-6, 0.3e-6)
     steps = []
     for decode in (1, 4, 16, 64):
         steps.append(SimpleNamespace(seqs=decode, chunks=()))
@@ -157,7 +157,7 @@ def test_host_fit_separates_a_prefills_chunks_and_tokens() -> None:
                 steps.append(SimpleNamespace(seqs=decode + len(chunks), chunks=chunks))
     for s in steps:
         s.host_s = truth.seconds(s)  # type: ignore[arg-type]
-    fit = serving_replay.fit_host(steps)  # type: ignore[arg-type]
+    fit = serving_host.fit_host(steps)  # type: ignore[arg-type]
     assert fit[:4] == tuple(pytest.approx(v, rel=1e-9) for v in truth[:4])
 
 
@@ -285,15 +285,15 @@ def test_fit_launch_recovers_the_host_cost_of_host_bound_steps() -> None:
     last = np.full(n, 20e-6)
     true_h = 26e-6
     terms = np.column_stack([gpu, launches, last, np.zeros(n)])
-    clean = serving_replay.eager_forward_s(terms, true_h)
+    clean = serving_host.eager_forward_s(terms, true_h)
     terms[:, 3] = clean * np.exp(rng.normal(0.0, 0.05, n))   # 5% noise each step
-    assert serving_replay.fit_launch(terms) == pytest.approx(true_h, rel=0.02)
+    assert serving_host.fit_launch(terms) == pytest.approx(true_h, rel=0.02)
     # GPU-bound steps say nothing of the host cost: the fit keeps within its bounds
     gpu_bound = np.column_stack([np.full(5, 1.0), np.full(5, 10.0), last[:5],
                                  np.full(5, 1.0)])
-    lo, hi = serving_replay.LAUNCH_BOUNDS_S
-    assert lo <= serving_replay.fit_launch(gpu_bound) <= hi
-    assert serving_replay.fit_launch(np.zeros((0, 4))) is None
+    lo, hi = serving_host.LAUNCH_BOUNDS_S
+    assert lo <= serving_host.fit_launch(gpu_bound) <= hi
+    assert serving_host.fit_launch(np.zeros((0, 4))) is None
 
 
 def test_a_repeated_run_is_grouped_with_its_spread(own_runs: list[Path]) -> None:

@@ -15,13 +15,12 @@ For a run of the harness's engine (``serving_measured.ServingRun``), three views
   measured step ran takes that step's measured duration, so what differs from the
   measurement is the schedule (and waking up for arrivals): the scheduling error.
 
-The host work is fitted by non-negative least squares over the steps of the other
-runs (leave one run out), or of the run itself when it is the only one (then said so).
-So is the host cost per kernel launch of the engine's eager steps (mixed steps, decode
-past the largest capture size), which a serving engine's Python pays on top of what
-the stack's own benchmark loop does (the harness: ~30 us a launch against torch-fused's
-~15 us, probed): on the eager steps' forward times, the value that minimises the squared
-log error of the stack's eager formula, max(GPU + h, launches x h + last kernel).
+The host work (``serving_host``) is fitted over the steps of the other runs (leave one
+run out), or of the run itself when it is the only one (then said so). So is the host
+cost per kernel launch of the engine's eager steps (mixed steps, decode past the
+largest capture size), which a serving engine's Python pays on top of what the stack's
+own benchmark loop does (the harness: ~30 us a launch against torch-fused's ~15 us,
+probed).
 """
 
 from __future__ import annotations
@@ -32,11 +31,19 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar, nnls
 
+from gpusim.calibration.serving_host import (
+    HostFit,
+    eager_terms,
+    fit_host,
+    fit_launch,
+    step_kind,
+    step_seconds,
+    without_host,
+)
 from gpusim.calibration.serving_measured import MeasuredStep, ServingRun
 from gpusim.platform import Platform
 from gpusim.serving.conversation import ListedSource
@@ -78,119 +85,6 @@ def replay_source(run: ServingRun) -> ListedSource:
              tuple((key(k), n) for k, n in r.segments), key(r.output_key))
             for r in run.requests]
     return ListedSource(rows, str(run.path))
-
-
-def step_seconds(model: StepTimeModel, composition: tuple[int, int, tuple],
-                 longest: int = 0) -> float:
-    """The model's time for a step of (decoding sequences, their cached tokens,
-    chunks as (new, cached)); ``longest``: the longest decoding sequence's cached
-    tokens (read by a stack that pads decode keys)."""
-    decode, ctx, chunks = composition
-    if chunks:
-        return model.step(decode, ctx, list(chunks), longest)[0]
-    return model.decode_step(decode, ctx, longest)[0]
-
-
-class HostFit(NamedTuple):
-    """A serving engine's host work (seconds): per step, per sequence in it, per
-    prefill chunk, per prefill token, and per kernel launch of an eager step (None: the
-    calibration's)."""
-
-    step_s: float
-    seq_s: float
-    chunk_s: float
-    prefill_token_s: float
-    launch_s: float | None = None
-
-    def seconds(self, s: MeasuredStep) -> float:
-        """The host work of measured step ``s``."""
-        chunks, prefill = _prefill(s)
-        return (self.step_s + self.seq_s * s.seqs + self.chunk_s * chunks
-                + self.prefill_token_s * prefill)
-
-    def fields(self) -> dict[str, float]:
-        """As calibration fields (``Calibration.replace``)."""
-        out = {"host.serving_step_host_s": self.step_s,
-               "host.serving_seq_host_s": self.seq_s,
-               "host.serving_chunk_host_s": self.chunk_s,
-               "host.serving_prefill_token_host_s": self.prefill_token_s}
-        if self.launch_s is not None:
-            out["host.host_launch_cost_s"] = self.launch_s
-        return out
-
-
-def _prefill(s: MeasuredStep) -> tuple[int, int]:
-    """(prefill chunks, prefill tokens) of a measured step."""
-    return len(s.chunks), sum(n for _, _, n in s.chunks)
-
-
-def fit_host(steps: Sequence[MeasuredStep]) -> HostFit:
-    """Host work per step, per sequence, per prefill chunk and per prefill token
-    (seconds, >= 0) by non-negative least squares on the steps' measured host time
-    (``MeasuredStep.host_s``); no launch cost. A mixed step's host work (its chunks'
-    metadata, positions, slots and token ids) is what the last two stand for: decode
-    steps alone leave them 0."""
-    if not steps:
-        return HostFit(0.0, 0.0, 0.0, 0.0)
-    rows = []
-    for s in steps:
-        chunks, prefill = _prefill(s)
-        rows.append((1.0, s.seqs, chunks, prefill))
-    a = np.array(rows, dtype=float)
-    b = np.array([s.host_s for s in steps])
-    # each column scaled to O(1) so the solver weighs them alike (tokens run to 1e4)
-    scale = 1.0 / np.maximum(a.max(axis=0), 1.0)
-    x, _ = nnls(a * scale, b)   # Lawson-Hanson: exact, no solver tolerance in the answer
-    x = x * scale
-    return HostFit(float(x[0]), float(x[1]), float(x[2]), float(x[3]))
-
-
-LAUNCH_BOUNDS_S = (0.0, 200e-6)   # a fitted eager host cost per launch stays in here
-
-
-def eager_terms(run: ServingRun, engine: Engine) -> np.ndarray:
-    """[n, 4] per eagerly launched step of ``run``: (GPU seconds the model gives it, its
-    launches, its last kernel's seconds, the measured forward) such that the model's
-    forward at a host cost ``h`` per launch is max(GPU + h, launches x h + last): the
-    eager formula (``StepTimeModel._eager``) read back at three host costs."""
-    fm = without_host(engine.step_model)
-    rows = []
-    h1, h2 = 1e-3, 2e-3   # host-bound at both: launches x 1 ms outweighs any GPU span
-    for s in run.steps:
-        if step_kind(s) == "decode, graph":
-            continue
-        f0, f1, f2 = (step_seconds(dataclasses.replace(fm, host_launch_s=h),
-                                   s.composition, s.longest) for h in (0.0, h1, h2))
-        launches = (f2 - f1) / (h2 - h1)
-        rows.append((f0, launches, f1 - launches * h1, s.gpu_s))
-    return np.array(rows, dtype=float).reshape(-1, 4)
-
-
-def eager_forward_s(terms: np.ndarray, launch_s: float) -> np.ndarray:
-    """The model's forward of each ``eager_terms`` row at ``launch_s`` per launch."""
-    return np.maximum(terms[:, 0] + launch_s, terms[:, 1] * launch_s + terms[:, 2])
-
-
-def fit_launch(terms: np.ndarray) -> float | None:
-    """The host cost per launch (seconds, within LAUNCH_BOUNDS_S) that minimises the
-    squared log error of ``eager_forward_s`` on ``terms``' measured forwards; None
-    without eager steps."""
-    terms = terms[terms[:, 3] > 0]
-    if not len(terms):
-        return None
-    meas = np.log(terms[:, 3])
-
-    def loss(h: float) -> float:
-        return float(np.sum((np.log(eager_forward_s(terms, h)) - meas) ** 2))
-
-    res = minimize_scalar(loss, bounds=LAUNCH_BOUNDS_S, method="bounded",
-                          options={"xatol": 1e-12})
-    # the cost per launch each step implies were it host-bound: their median is the
-    # exact answer when the steps follow the formula (a run of gpusim itself), which a
-    # bounded search reaches only to its tolerance
-    lo, hi = LAUNCH_BOUNDS_S
-    implied = np.clip(np.median((terms[:, 3] - terms[:, 2]) / terms[:, 1]), lo, hi)
-    return float(min((float(res.x), float(implied)), key=loss))
 
 
 class MeasuredStepTimes:
@@ -302,12 +196,6 @@ def mape(pred: np.ndarray, meas: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - meas) / meas)) if len(meas) else math.nan
 
 
-def step_kind(s: MeasuredStep) -> str:
-    if s.chunks:
-        return "mixed"
-    return "decode, graph" if s.launch in ("graph", "padded") else "decode, eager"
-
-
 @dataclass(frozen=True)
 class RunComparison:
     """One run against its replay (see the module docstring); errors are relative,
@@ -327,12 +215,6 @@ class RunComparison:
     oracle_steps: int                             # the same, with measured step times
     oracle_preemptions: int
     oracle_prefix: dict[str, Any] | None
-
-
-def without_host(model: StepTimeModel) -> StepTimeModel:
-    """``model`` without the engine's host work: the forward alone."""
-    return dataclasses.replace(model, host_step_s=0.0, host_seq_s=0.0, host_chunk_s=0.0,
-                               host_prefill_token_s=0.0)
 
 
 def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
