@@ -186,14 +186,6 @@ def _shape_outside(shape: ShapeRange | None, batch: float, ctx: float, q: float)
                         _range("q", q, *shape.q)) if h]
 
 
-def _g_text(values: np.ndarray) -> np.ndarray:
-    """``f"{v:g}"`` of every value, as a numpy string array: integers below 1e6 (what
-    shapes hold) converted in one pass, anything else one by one."""
-    if ((values == np.round(values)) & (np.abs(values) < 1e6)).all():
-        return values.astype(np.int64).astype(np.str_)
-    return np.array([f"{v:g}" for v in values.tolist()], dtype=np.str_)
-
-
 @dataclass(frozen=True)
 class TrustColumns:
     """``assess`` of many shapes as columns: ``band_pct`` (NaN: no band),
@@ -236,21 +228,22 @@ def assess_columns(trust: Trust | None, *, gpu: str, stack: str, launch: str, mo
     head = "outside: " + "; ".join(common) if common else "ok"
     if shape is None:
         return TrustColumns(band, low, high, [head] * n)
-    # each dimension's "; <text>" where it lies outside its range, joined as numpy
-    # strings (a table of many rows; the numbers as _range writes them)
-    joined = np.full(n, "", dtype=np.str_)
+    # each dimension's text where it lies outside its range, joined as Python strings
+    # in an object array (a table of many rows: each distinct value formatted once,
+    # the numbers as _range writes them)
+    joined = np.full(n, "outside: " + "; ".join(common), dtype=object)
+    started = np.full(n, bool(common))
     for name, vals, (lo, hi) in (("batch", batch, shape.batch), ("ctx", ctx, shape.ctx),
                                  ("q", q, shape.q)):
-        below, above = vals < lo, vals > hi
-        if below.any() or above.any():
-            text = np.char.add(f"; {name} ", _g_text(vals))
-            joined = np.char.add(joined, np.where(
-                below, np.char.add(text, f" < {lo:g}"),
-                np.where(above, np.char.add(text, f" > {hi:g}"), "")))
-    out = np.char.str_len(joined) > 0
-    if not common:  # the first dimension's text opens the line
-        joined = np.char.lstrip(joined, "; ")
-    envelope = np.where(out, np.char.add("outside: " + "; ".join(common), joined), head)
+        out = (vals < lo) | (vals > hi)
+        if not out.any():
+            continue
+        values, which = np.unique(vals[out], return_inverse=True)
+        text = np.array([_range(name, v, lo, hi) for v in values.tolist()], dtype=object)
+        sep = np.where(started[out], "; ", "").astype(object)
+        joined[out] = joined[out] + sep + text[which]
+        started |= out
+    envelope = np.where(started, joined, "ok")
     return TrustColumns(band, low, high, envelope.tolist())
 
 

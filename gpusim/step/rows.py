@@ -148,6 +148,8 @@ def _check_shapes(source: str, rows: list[Row]) -> None:
 # columns naming a setting the command takes from its options (--gpu, --stack,
 # --launch), not per row: honoured where every cell agrees with the command's (a
 # steps.csv's launch column under the same --launch), else refused
+# the ``bound`` column's words, indexed 0 (host launches), 1 (HBM), 2 (arithmetic)
+BOUNDS = np.array(["launch", "memory", "compute"], dtype=object)
 SETTING_COLUMNS = {"gpu": "--gpu", "stack": "--stack", "launch": "--launch"}
 # columns that would change a step's time but that gpusim does not take per row; any
 # other column (an id, a measured time) is carried to the output untouched
@@ -214,13 +216,14 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
     groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
     base = platform
     base_tp = base.layout.tp
-    keys = [(r.model, r.mode, r.tp if r.tp_given else base_tp, r.weight_dtype,
-             r.kv_dtype) for r in rows]
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    batch = np.array([r.batch for r in rows], float)
-    ctx = np.array([r.ctx for r in rows], float)
-    q = np.array([r.q for r in rows], float)
+    for i, r in enumerate(rows):
+        key = (r.model, r.mode, r.tp if r.tp_given else base_tp, r.weight_dtype, r.kv_dtype)
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [i]
+        else:
+            members.append(i)
+    batch, ctx, q = np.array([(r.batch, r.ctx, r.q) for r in rows], float).reshape(n, 3).T
     # each group's results are scattered into whole-table columns: no record per row
     # (a table of a million shapes)
     num = {k: np.empty(n) for k in ("predicted_ms", "gpu_ms", "weight_bytes", "kv_bytes",
@@ -268,9 +271,8 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
         num["roofline_ms"][idx] = np.maximum(memory_s, compute_s) * 1e3
         host_bound[idx] = p.host_bound
         launches[idx] = p.launches
-        text["bound"][idx] = np.broadcast_to(
-            np.where(p.host_bound, "launch",
-                     np.where(memory_s >= compute_s, "memory", "compute")), b.shape).tolist()
+        text["bound"][idx] = BOUNDS[np.broadcast_to(
+            np.where(p.host_bound, 0, np.where(memory_s >= compute_s, 1, 2)), b.shape)]
         trust = platform.assess_columns(model.param_count, mode, b, c, qq, predicted_ms)
         num["band_pct"][idx] = trust.band_pct
         num["band_low_ms"][idx] = trust.band_low_ms
