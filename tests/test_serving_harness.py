@@ -68,19 +68,24 @@ class Listed:
 _RUNNERS: dict[tuple, ModelRunner] = {}
 
 
-def runner(blocks: int, block: int, sizes: tuple[int, ...] = ()) -> ModelRunner:
-    key = (blocks, block, sizes)
+def runner(blocks: int, block: int, sizes: tuple[int, ...] = (),
+           pieces: tuple[int, ...] = ()) -> ModelRunner:
+    key = (blocks, block, sizes, pieces)
     if key not in _RUNNERS:
-        r = ModelRunner(SHAPE, CPU, torch.float32, block, 256, sizes, 16, seed=0)
+        r = ModelRunner(SHAPE, CPU, torch.float32, block, 256, sizes, 16, seed=0,
+                        piecewise_sizes=pieces)
         r.allocate_kv(blocks)
         _RUNNERS[key] = r
     return _RUNNERS[key]
 
 
 def serve(rows: list[tuple], blocks: int = 64, block: int = 4, seqs: int = 8,
-          budget: int = 32, sizes: tuple[int, ...] = (), caching: bool = False) -> Engine:
-    cfg = EngineConfig(seqs, budget, block, blocks, 256, caching, sizes, 16)
-    engine = Engine(cfg, runner(blocks, block, sizes))
+          budget: int = 32, sizes: tuple[int, ...] = (), caching: bool = False,
+          pieces: tuple[int, ...] = ()) -> Engine:
+    """``pieces``: the token sizes of piecewise mixed steps (full_and_piecewise)."""
+    mode = "full_and_piecewise" if pieces else "full_decode_only"
+    cfg = EngineConfig(seqs, budget, block, blocks, 256, caching, pieces or sizes, 16, mode)
+    engine = Engine(cfg, runner(blocks, block, sizes, pieces))
     engine.run(Listed(rows))
     return engine
 
@@ -126,7 +131,11 @@ def expected() -> list[list[int]]:
     {"blocks": 24, "budget": 16},                        # preemption by recompute
     {"caching": True},                                   # prefix cache hits
     {"caching": True, "blocks": 24, "sizes": (2, 8)},    # all together
-], ids=["plain", "chunked", "padded", "preempting", "prefix", "all"])
+    {"budget": 24, "sizes": (1, 2, 4, 8), "pieces": (1, 2, 4, 8, 16, 24)},  # piecewise
+    {"caching": True, "blocks": 24, "budget": 32, "sizes": (2, 8),
+     "pieces": (2, 8, 12, 16, 24)},        # piecewise up to 24 tokens, eager above
+], ids=["plain", "chunked", "padded", "preempting", "prefix", "all", "piecewise",
+        "piecewise-all"])
 def test_answers_equal_the_reference_forward(setting: dict, expected: list[list[int]]) -> None:
     engine = serve(ROWS, **setting)
     assert not engine.rejected
@@ -140,6 +149,17 @@ def test_answers_equal_the_reference_forward(setting: dict, expected: list[list[
         assert engine.bm.hit_tokens > 0
     if setting.get("sizes"):
         assert any(s["launch"] == "padded" for s in steps)
+    pieces = setting.get("pieces", ())
+    if pieces:
+        # every mixed step within the sizes ran piecewise at the next size up; above
+        # them, eagerly
+        mixed = [s for s in steps if s["chunks"]]
+        if max(pieces) >= setting["budget"]:
+            assert mixed and all(s["launch"] == "piecewise" for s in mixed)
+        for s in mixed:
+            fits = [p for p in pieces if p >= s["tokens"]]
+            assert s["launch"] == ("piecewise" if fits else "eager")
+            assert s["padded_tokens"] == (min(fits) if fits else 0)
 
 
 def test_schedule_keeps_limits_and_rules() -> None:
@@ -190,13 +210,15 @@ def test_conversation_turns_repeat_the_conversation_so_far() -> None:
     assert engine.bm.hit_tokens > 0
 
 
-def test_bench_writes_consistent_run_directories(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["full_decode_only", "full_and_piecewise"])
+def test_bench_writes_consistent_run_directories(tmp_path: Path, mode: str) -> None:
     argv = ["--out", str(tmp_path), "--gpu", "cpu", "--model", "tiny", "--device", "cpu",
             "--dtype", "float32", "--rates", "40,200", "--duration-s", "0.25",
             "--prompt", "uniform:4-30", "--output", "uniform:1-12", "--max-num-seqs", "8",
             "--max-num-batched-tokens", "32", "--block-size", "4", "--kv-blocks", "30",
-            "--max-model-len", "128", "--capture-sizes", "1,2,4,8", "--kv-bucket-tokens",
-            "16", "--prefix-caching", "--shared-prefix-tokens", "8", "--warmup-requests", "2"]
+            "--max-model-len", "128", "--capture-sizes", "1,2,4,8,16,24", "--kv-bucket-tokens",
+            "16", "--prefix-caching", "--shared-prefix-tokens", "8", "--warmup-requests", "2",
+            "--cudagraph-mode", mode]
     assert bench.main(argv) == 0
     summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
     assert set(summary) == {"rate-40", "rate-200"}
@@ -206,6 +228,10 @@ def test_bench_writes_consistent_run_directories(tmp_path: Path) -> None:
         meta, _, requests = serve_record.read_run(run)
         assert meta["format"] == serve_record.FORMAT and meta["device"] == "cpu"
         assert meta["engine"]["num_blocks"] == 30 and meta["prefix_cache"]["lookups"] > 0
+        assert meta["engine"]["cudagraph_mode"] == mode
+        # decode graphs up to the sequence limit; piecewise sizes up to the token budget
+        assert meta["engine"]["capture_sizes"] == (
+            [1, 2, 4, 8, 16, 24] if mode == "full_and_piecewise" else [1, 2, 4, 8])
         assert len(requests) == meta["requests"] > 0
         config = json.loads((run / "config.json").read_text())
         assert config["max_position_embeddings"] == 128

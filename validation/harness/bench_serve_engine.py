@@ -5,6 +5,7 @@
         [--trace FILE [--time-scales 1,0.5]] [--max-num-seqs 256]
         [--max-num-batched-tokens 8192] [--block-size 16] [--max-model-len 4096]
         [--kv-blocks N | --gpu-memory-utilization 0.9] [--capture-sizes vllm|none|1,2,4]
+        [--cudagraph-mode full_decode_only|full_and_piecewise]
         [--kv-bucket-tokens 256] [--eager-sdpa no-cudnn|default] [--prefix-caching]
         [--shared-prefix-tokens N]
         [--prefix-prompts K] [--conversation-turns T] [--turn-think-s S]
@@ -40,7 +41,7 @@ if str(HERE) not in sys.path:  # imported from tests (run as a script, it is the
     sys.path.insert(0, str(HERE))
 
 from reference import Shape  # noqa: E402
-from serve_engine import Engine, EngineConfig  # noqa: E402
+from serve_engine import CUDAGRAPH_MODES, Engine, EngineConfig  # noqa: E402
 from serve_model import ModelRunner  # noqa: E402
 from serve_record import check_run, metrics, read_run, write_run  # noqa: E402
 from serve_workload import Workload, WorkloadSpec  # noqa: E402
@@ -78,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kv-blocks", type=int, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--capture-sizes", default="vllm", help="vllm | none | 1,2,4,...")
+    p.add_argument("--cudagraph-mode", choices=CUDAGRAPH_MODES, default="full_decode_only",
+                   help="full_and_piecewise: mixed steps of up to the largest capture "
+                   "size replay piecewise graphs (attention eager between them)")
     p.add_argument("--kv-bucket-tokens", type=int, default=256)
     p.add_argument("--eager-sdpa", choices=("no-cudnn", "default"), default="no-cudnn",
                    help="eager steps' SDPA backends (serve_model.EAGER_SDPA)")
@@ -107,7 +111,8 @@ def load_shape(name: str) -> tuple[str, Shape, dict]:
 
 
 def capture_sizes(text: str, max_num_seqs: int) -> tuple[int, ...]:
-    """The sizes up to the first that holds ``max_num_seqs`` (as gpusim uses them)."""
+    """The sizes up to the first that holds ``max_num_seqs`` (as gpusim uses them; a
+    piecewise run passes its token budget)."""
     if text == "none":
         return ()
     sizes = VLLM_CAPTURE_SIZES if text == "vllm" else tuple(int(x) for x in text.split(","))
@@ -130,7 +135,16 @@ def activation_reserve_bytes(shape: Shape, cfg: EngineConfig, dtype: torch.dtype
     t = cfg.max_num_batched_tokens
     width = 3 * s.hidden_size + 3 * s.intermediate_size + (
         s.num_attention_heads + 2 * s.num_key_value_heads) * s.d
-    return 2 * gather + 2 * t * width * e + cfg.max_num_seqs * s.vocab_size * 4 + (2 << 30)
+    pieces = 0
+    if cfg.cudagraph_mode == "full_and_piecewise":
+        # every piecewise size's pieces keep their outputs (x, qkv, q and k after RoPE)
+        # and its attention buffer in the graph pool
+        qkv = (s.num_attention_heads + 2 * s.num_key_value_heads) * s.d
+        row = ((s.num_hidden_layers + 1) * (s.hidden_size + qkv + (s.num_attention_heads
+               + s.num_key_value_heads) * s.d) + s.num_attention_heads * s.d)
+        pieces = sum(cfg.capture_sizes) * row * e
+    return (2 * gather + 2 * t * width * e + cfg.max_num_seqs * s.vocab_size * 4 + pieces
+            + (2 << 30))
 
 
 def kv_blocks(args: argparse.Namespace, shape: Shape, cfg: EngineConfig,
@@ -181,14 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         # busy machine stall ops for up to ~100 ms
         torch.set_num_threads(1)
     name, shape, hf = load_shape(args.model)
+    piecewise = args.cudagraph_mode == "full_and_piecewise"
+    decode_sizes = capture_sizes(args.capture_sizes, args.max_num_seqs)
+    token_sizes = capture_sizes(args.capture_sizes, args.max_num_batched_tokens)
     base = EngineConfig(args.max_num_seqs, args.max_num_batched_tokens, args.block_size, 1,
                         args.max_model_len, args.prefix_caching,
-                        capture_sizes(args.capture_sizes, args.max_num_seqs),
-                        args.kv_bucket_tokens)
+                        token_sizes if piecewise else decode_sizes,
+                        args.kv_bucket_tokens, args.cudagraph_mode)
     t0 = time.perf_counter()
     runner = ModelRunner(shape, device, dtype, args.block_size, args.max_model_len,
-                         base.capture_sizes, args.kv_bucket_tokens, args.seed,
-                         args.eager_sdpa)
+                         decode_sizes, args.kv_bucket_tokens, args.seed,
+                         args.eager_sdpa, token_sizes if piecewise else ())
     blocks = kv_blocks(args, shape, base, dtype, device)   # what the weights left
     runner.allocate_kv(blocks)
     cfg = EngineConfig(**{**base.__dict__, "num_blocks": blocks})

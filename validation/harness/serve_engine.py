@@ -73,6 +73,9 @@ class Request:
         return self.prompt + self.output
 
 
+CUDAGRAPH_MODES = ("full_decode_only", "full_and_piecewise")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """The engine's settings (vLLM's names where vLLM has them)."""
@@ -85,8 +88,17 @@ class EngineConfig:
     prefix_caching: bool = False
     capture_sizes: tuple[int, ...] = ()
     kv_bucket_tokens: int = 256
+    # vLLM's CUDAGraphMode: full_decode_only (decode-only steps replay a full graph,
+    # mixed steps run eagerly) or full_and_piecewise (mixed steps of up to the largest
+    # capture size too, as piecewise graphs: serve_pieces.py)
+    cudagraph_mode: str = "full_decode_only"
 
     def __post_init__(self) -> None:
+        if self.cudagraph_mode not in CUDAGRAPH_MODES:
+            raise ValueError(f"cudagraph_mode {self.cudagraph_mode!r}: one of "
+                             f"{', '.join(CUDAGRAPH_MODES)}")
+        if self.cudagraph_mode == "full_and_piecewise" and not self.capture_sizes:
+            raise ValueError("cudagraph_mode full_and_piecewise needs capture sizes")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
         if min(self.max_num_seqs, self.block_size, self.num_blocks, self.max_model_len) < 1:
@@ -285,7 +297,7 @@ class Engine:
                 "tokens_s": t_tokens, "forward_s": forward_s, "gpu_s": out.gpu_s,
                 "launch": out.launch, "decode": len(plan.decode),
                 "decode_ctx_tokens": ctx_tokens, "padded_batch": out.padded_batch,
-                "key_len": out.key_len,
+                "key_len": out.key_len, "padded_tokens": out.padded_tokens,
                 "prefill_tokens": sum(n for _, _, n in plan.chunks),
                 "chunks": " ".join(f"{r.rid}:{c}:{n}" for r, c, n in plan.chunks),
                 "tokens": len(inp.tokens), "seqs": len(plan.decode) + len(plan.chunks),

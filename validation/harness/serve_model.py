@@ -42,6 +42,7 @@ import reference
 import torch
 import torch.nn.functional as F
 from reference import Shape
+from serve_pieces import PiecewiseGraphs, capture_pieces
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # eager steps' SDPA backends (graph steps keep torch's choice: their plans are built
@@ -75,6 +76,7 @@ class StepOutput:
     launch: str              # graph | eager | padded (the graph path run eagerly: CPU)
     padded_batch: int        # rows the decode part ran (0: no decode)
     key_len: int             # keys per decoding sequence (padded)
+    padded_tokens: int = 0   # rows a piecewise mixed step ran (0: not piecewise)
 
 
 class ModelRunner:
@@ -83,11 +85,14 @@ class ModelRunner:
     def __init__(self, shape: Shape, device: torch.device, dtype: torch.dtype,
                  block_size: int, max_model_len: int, capture_sizes: tuple[int, ...] = (),
                  kv_bucket_tokens: int = 256, seed: int = 0,
-                 eager_sdpa: str = "no-cudnn") -> None:
+                 eager_sdpa: str = "no-cudnn", piecewise_sizes: tuple[int, ...] = ()
+                 ) -> None:
         """Weights now; the KV cache with ``allocate_kv`` (sized from what is left).
         ``eager_sdpa``: ``no-cudnn`` (eager steps' SDPA from FlashAttention-2, the
         memory-efficient kernel or math, never cuDNN) or ``default`` (torch's choice);
-        raises ValueError for anything else."""
+        raises ValueError for anything else. ``piecewise_sizes``: the token counts a
+        mixed step pads to and replays piecewise graphs at (serve_pieces; empty: mixed
+        steps run eagerly)."""
         if eager_sdpa not in EAGER_SDPA:
             raise ValueError(f"eager_sdpa {eager_sdpa!r}: one of {', '.join(EAGER_SDPA)}")
         self.eager_sdpa = eager_sdpa
@@ -101,6 +106,8 @@ class ModelRunner:
         self.scratch_slot = 0
         self.cuda = device.type == "cuda"
         self.capture_sizes = tuple(sorted(set(capture_sizes)))
+        self.piecewise_sizes = tuple(sorted(set(piecewise_sizes)))
+        self._pieces: dict[int, PiecewiseGraphs] = {}
         self._graphs: dict[tuple[int, int], tuple[object, dict[str, torch.Tensor]]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda else None
         self.late_captures = 0
@@ -118,6 +125,7 @@ class ModelRunner:
         size = (s.num_hidden_layers, slots, s.num_key_value_heads, s.d)
         self.k = self.v = torch.empty(0)
         self._graphs.clear()
+        self._pieces.clear()
         self.k = torch.zeros(size, device=self.device, dtype=self.dtype)
         self.v = torch.zeros(size, device=self.device, dtype=self.dtype)
 
@@ -166,6 +174,58 @@ class ModelRunner:
             parts.append(o[0].transpose(0, 1).reshape(q_len, h_ * d))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def attention_inputs(self, dec: tuple[torch.Tensor, torch.Tensor] | None,
+                         chunks: list[tuple[int, int, int, torch.Tensor | None]]):
+        """What ``_attention`` takes, once for every layer: the decoding sequences'
+        key slots and length mask from their block tables [B, K / block size] and key
+        counts [B]; each chunk's key slots from its block table (None: fresh)."""
+        if dec is not None:
+            tables, lens = dec
+            key_slots = self._slots_of(tables)                           # [B, K]
+            keys = torch.arange(key_slots.shape[1], device=lens.device)
+            dec = (key_slots, (keys[None, :] < lens[:, None])[:, None, None, :])
+        chunks = [(start, q, ctx, None if table is None else self._slots_of(table)[:ctx + q])
+                  for start, q, ctx, table in chunks]
+        return dec, chunks
+
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor):
+        """x [T, h] and the RoPE tables cos, sin [T, 1, D] of the packed tokens."""
+        w = self.w
+        x = F.embedding(tokens, w.embed)                                 # [T, h]
+        freqs = positions[:, None].float() * w.inv_freq[None, :]          # [T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return x, emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
+
+    def pre_attention(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      slots: torch.Tensor):
+        """Layer ``i`` up to attention: norm, qkv, RoPE, the new K and V written to
+        their slots; -> xq [T, H, D], xk, xv [T, Hkv, D]."""
+        s, lw = self.shape, self.w.layers[i]
+        h_, hkv, d, t = s.num_attention_heads, s.num_key_value_heads, s.d, x.shape[0]
+        qkv = F.linear(F.rms_norm(x, (x.shape[-1],), lw["norm1"], s.rms_norm_eps),
+                       lw["wqkv"])
+        xq = reference.apply_rope(qkv[:, :h_ * d].view(t, h_, d), cos, sin)
+        xk = reference.apply_rope(qkv[:, h_ * d:(h_ + hkv) * d].view(t, hkv, d), cos, sin)
+        xv = qkv[:, (h_ + hkv) * d:].view(t, hkv, d)
+        self.k[i].index_copy_(0, slots, xk)
+        self.v[i].index_copy_(0, slots, xv)
+        return xq, xk, xv
+
+    def post_attention(self, i: int, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Layer ``i`` from its attention output attn [T, H*D]: o GEMM, add, norm, MLP,
+        add; -> the layer's output [T, h]."""
+        s, lw = self.shape, self.w.layers[i]
+        x = x + F.linear(attn, lw["wo"])
+        gate, up = F.linear(F.rms_norm(x, (x.shape[-1],), lw["norm2"], s.rms_norm_eps),
+                            lw["wgu"]).chunk(2, -1)
+        return x + F.linear(F.silu(gate) * up, lw["wd"])
+
+    def logits_argmax(self, x: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """Next tokens [S]: the final norm and LM head over the sampled rows, argmax."""
+        x = F.rms_norm(x.index_select(0, sample), (x.shape[-1],), self.w.norm_f,
+                       self.shape.rms_norm_eps)                           # [S, h]
+        return F.linear(x, self.w.lm_head).argmax(-1)                     # [S]
+
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                  dec: tuple[torch.Tensor, torch.Tensor] | None,
                  chunks: list[tuple[int, int, int, torch.Tensor | None]],
@@ -173,33 +233,12 @@ class ModelRunner:
         """Next tokens [S] (argmax) of the packed step; tokens/positions/slots [T];
         ``dec``: the decoding sequences' block tables [B, K / block size] and key
         counts [B]; a chunk after cached tokens: its block table."""
-        if dec is not None:   # key slots and length mask, once for every layer
-            tables, lens = dec
-            key_slots = self._slots_of(tables)                           # [B, K]
-            keys = torch.arange(key_slots.shape[1], device=lens.device)
-            dec = (key_slots, (keys[None, :] < lens[:, None])[:, None, None, :])
-        chunks = [(start, q, ctx, None if table is None else self._slots_of(table)[:ctx + q])
-                  for start, q, ctx, table in chunks]
-        w, s = self.w, self.shape
-        h_, hkv, d, eps = s.num_attention_heads, s.num_key_value_heads, s.d, s.rms_norm_eps
-        t = tokens.shape[0]
-        x = F.embedding(tokens, w.embed)                                 # [T, h]
-        hdim = (x.shape[-1],)
-        freqs = positions[:, None].float() * w.inv_freq[None, :]          # [T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]  # [T,1,D]
-        for i, lw in enumerate(w.layers):
-            qkv = F.linear(F.rms_norm(x, hdim, lw["norm1"], eps), lw["wqkv"])
-            xq = reference.apply_rope(qkv[:, :h_ * d].view(t, h_, d), cos, sin)
-            xk = reference.apply_rope(qkv[:, h_ * d:(h_ + hkv) * d].view(t, hkv, d), cos, sin)
-            xv = qkv[:, (h_ + hkv) * d:].view(t, hkv, d)
-            self.k[i].index_copy_(0, slots, xk)
-            self.v[i].index_copy_(0, slots, xv)
-            x = x + F.linear(self._attention(i, xq, xk, xv, dec, chunks), lw["wo"])
-            gate, up = F.linear(F.rms_norm(x, hdim, lw["norm2"], eps), lw["wgu"]).chunk(2, -1)
-            x = x + F.linear(F.silu(gate) * up, lw["wd"])
-        x = F.rms_norm(x.index_select(0, sample), hdim, w.norm_f, eps)   # [S, h]
-        return F.linear(x, w.lm_head).argmax(-1)                          # [S]
+        dec, chunks = self.attention_inputs(dec, chunks)
+        x, cos, sin = self.embed(tokens, positions)
+        for i in range(len(self.w.layers)):
+            xq, xk, xv = self.pre_attention(i, x, cos, sin, slots)
+            x = self.post_attention(i, x, self._attention(i, xq, xk, xv, dec, chunks))
+        return self.logits_argmax(x, sample)
 
     # --- steps -------------------------------------------------------------------------
     def key_len(self, longest: int) -> int:
@@ -259,15 +298,25 @@ class ModelRunner:
         self.capture_s += time.perf_counter() - t0
 
     def capture_all(self) -> int:
-        """Capture every (capture size, key length) graph up front, as vLLM captures at
-        start-up; returns how many (none on a CPU)."""
+        """Capture every (capture size, key length) decode graph and every piecewise
+        size's pieces up front, as vLLM captures at start-up; returns how many graphs
+        (none on a CPU)."""
         if not self.cuda:
             return 0
         for p in self.capture_sizes:
             for k in range(self.bucket, self.max_keys + 1, self.bucket):
                 if (p, k) not in self._graphs:
                     self.capture(p, k)
-        return len(self._graphs)
+        missing = tuple(p for p in self.piecewise_sizes if p not in self._pieces)
+        self._pieces.update(capture_pieces(self, missing))
+        return len(self._graphs) + sum(len(p.graphs) for p in self._pieces.values())
+
+    def padded_tokens(self, tokens: int) -> int | None:
+        """The piecewise size a mixed step of ``tokens`` pads to (None: runs eagerly)."""
+        sizes = self.piecewise_sizes
+        if not sizes or tokens > sizes[-1]:
+            return None
+        return sizes[bisect.bisect_left(sizes, tokens)]
 
     def run(self, inp: StepInput) -> StepOutput:
         """Run one step and return its sampled tokens (a host sync: ``.tolist()``)."""
@@ -308,18 +357,39 @@ class ModelRunner:
         for ctx, q, table in inp.chunks:
             chunks.append((start, q, ctx, t(table) if ctx else None))
             start += q
-        args = (t(inp.tokens), t(inp.positions), t(inp.slots), dec, chunks, t(inp.sample))
+        rows = self.padded_tokens(len(inp.tokens)) if inp.chunks else None
+        if rows is not None:
+            if rows not in self._pieces:
+                self.late_captures += int(self.cuda)
+                self._pieces.update(capture_pieces(self, (rows,)))
+            pieces = self._pieces[rows]
+            pieces.load({"tokens": inp.tokens, "positions": inp.positions,
+                         "slots": inp.slots}, len(inp.tokens))
+            sample = t(inp.sample)
+            launch = "piecewise"
+
+            def fn():
+                return pieces.run(len(inp.tokens), *self.attention_inputs(dec, chunks),
+                                  sample)
+        else:
+            args = (t(inp.tokens), t(inp.positions), t(inp.slots), dec, chunks,
+                    t(inp.sample))
+            launch, rows = "eager", 0
+
+            def fn():
+                return self._forward(*args)
         backends = EAGER_SDPA[self.eager_sdpa]
         if backends is None:
-            return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
+            return self._timed(fn, inp, launch, b, k, rows)
         # cuDNN builds an execution plan the first time it meets an SDPA shape (45-150 ms
         # on an H100, validation/data/h100-sxm/serve_probe_2026-12-06): every new prompt
         # length and eager decode batch would pay it, a cost no serving engine with
         # shape-agnostic attention kernels (vLLM's FlashAttention varlen) has
         with sdpa_kernel(backends):
-            return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
+            return self._timed(fn, inp, launch, b, k, rows)
 
-    def _timed(self, fn, inp: StepInput, launch: str, rows: int, k: int) -> StepOutput:
+    def _timed(self, fn, inp: StepInput, launch: str, rows: int, k: int,
+               padded_tokens: int = 0) -> StepOutput:
         if self.cuda:
             self._t0.record()
             out = fn()
@@ -330,4 +400,4 @@ class ModelRunner:
             t0 = time.perf_counter()
             tokens = fn()[:len(inp.sample)].tolist()
             gpu_s = time.perf_counter() - t0
-        return StepOutput(tokens, gpu_s, launch, rows, k)
+        return StepOutput(tokens, gpu_s, launch, rows, k, padded_tokens)

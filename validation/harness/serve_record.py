@@ -37,7 +37,7 @@ FORMAT = "gpusim-serve-run/1"
 STEP_COLUMNS = ["step", "start_s", "end_s", "tokens_s", "forward_s", "gpu_s", "launch",
                 "decode", "decode_ctx_tokens", "padded_batch", "key_len", "prefill_tokens",
                 "chunks", "tokens", "seqs", "admitted", "preempted", "finished", "waiting",
-                "running", "kv_used_blocks", "kv_cached_blocks"]
+                "running", "kv_used_blocks", "kv_cached_blocks", "padded_tokens"]
 METRIC_DEFINITIONS = (
     "TTFT: first token - arrival. TPOT: (last token - first token) / (output tokens - 1) "
     "per request, the first token excluded (vLLM's benchmark). ITL: every gap between "
