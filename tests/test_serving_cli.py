@@ -137,6 +137,21 @@ def test_prefix_caching_and_conversation_options(capsys) -> None:
     assert all(out["invariants"].values())
 
 
+def test_cudagraph_mode_option(capsys) -> None:
+    """--cudagraph-mode full_and_piecewise: mixed steps of up to the largest size
+    replay piecewise graphs (the reference stack's eager mixed steps are host-bound:
+    TTFT falls); the mode is reported where it is not the default."""
+    out = {}
+    for mode in ("full_decode_only", "full_and_piecewise"):
+        assert main([*PREFIX, "--cudagraph-capture-sizes", "vllm",
+                     "--cudagraph-mode", mode]) == 0
+        out[mode] = json.loads(capsys.readouterr().out)
+    assert out["full_and_piecewise"]["scheduler"]["cudagraph_mode"] == "full_and_piecewise"
+    assert "cudagraph_mode" not in out["full_decode_only"]["scheduler"]
+    assert (out["full_and_piecewise"]["latency_s"]["ttft_s"]["mean"]
+            < out["full_decode_only"]["latency_s"]["ttft_s"]["mean"])
+
+
 def test_metric_definitions_are_stated_with_the_table(capsys) -> None:
     assert main([*PREFIX[:-2]]) == 0
     err = capsys.readouterr().err
@@ -149,6 +164,8 @@ def test_metric_definitions_are_stated_with_the_table(capsys) -> None:
     (["--conversation-turns", "0"], "--conversation-turns"),
     (["--cudagraph-capture-sizes", "4,2"], "cudagraph_capture_sizes"),
     (["--cudagraph-capture-sizes", "one"], "--cudagraph-capture-sizes"),
+    (["--cudagraph-mode", "piecewise"], "--cudagraph-mode"),
+    (["--cudagraph-mode", "full_and_piecewise"], "needs cudagraph_capture_sizes"),
     (["--prefix-caching", "--scheduler", "static"], "continuous"),
     (["--prefix-caching", "--spec-draft", "ngram"], "speculative"),
 ])

@@ -38,16 +38,23 @@ ENGINE = {"max_num_seqs": 16, "max_num_batched_tokens": 256, "block_size": 16,
           "capture_sizes": [1, 2, 4, 8, 16]}
 
 
-def simulated_run(out: Path, rate: float, seed: int = 4) -> Path:
+def simulated_run(out: Path, rate: float, seed: int = 4,
+                  engine_settings: dict[str, Any] = ENGINE) -> Path:
     """A serving run of gpusim itself, written as the harness writes a measured one
-    (each step's forward: its simulated time; no host work)."""
+    (each step's forward: its simulated time; no host work). A full_and_piecewise
+    ``engine_settings`` marks the piecewise steps with their padded size (a column
+    older runs lack)."""
+    mode = engine_settings.get("cudagraph_mode", "full_decode_only")
+    piecewise = mode == "full_and_piecewise"
     sc = Scenario.model_validate({
         "seed": seed, "duration_s": 4, "arrival": {"process": "poisson", "rate_per_s": rate},
         "prompt": {"dist": "uniform", "low_tokens": 20, "high_tokens": 300},
         "output": {"dist": "uniform", "low_tokens": 2, "high_tokens": 60},
         "prefix": {"shared_tokens": 64, "prompts": 2},
         "scheduler": {"max_num_seqs": 16, "max_num_batched_tokens": 256,
-                      "prefix_caching": True, "cudagraph_capture_sizes": [1, 2, 4, 8, 16]}})
+                      "prefix_caching": True,
+                      "cudagraph_capture_sizes": engine_settings["capture_sizes"],
+                      "cudagraph_mode": mode}})
     engine = build_engine(PLATFORM, MODEL, sc, kv_blocks=ENGINE["num_blocks"])
     loop = ServingLoop(engine, sc)
     reqs: dict[int, Any] = {}
@@ -56,16 +63,18 @@ def simulated_run(out: Path, rate: float, seed: int = 4) -> Path:
         w = csv.writer(f)
         w.writerow(["step", "start_s", "end_s", "forward_s", "gpu_s", "launch", "decode",
                     "decode_ctx_tokens", "padded_batch", "chunks", "tokens", "seqs",
-                    "preempted", "kv_used_blocks"])
+                    "preempted", "kv_used_blocks", *(["padded_tokens"] if piecewise else [])])
         while not loop.finished:
             for req in [*loop.state.waiting, *loop.state.running.values()]:
                 reqs.setdefault(req.rid, req)
             p = loop.step().plan
             chunks = " ".join(f"{c.rid}:{c.cached_tokens}:{c.new_tokens}" for c in p.prefill)
+            pad = engine.step_model.padded_tokens(p.tokens) if p.prefill else None
+            launch = "graph" if not p.prefill else "piecewise" if pad else "eager"
             w.writerow([p.index, repr(p.start_s), repr(p.end_s), repr(p.duration_s),
-                        repr(p.duration_s), "graph", len(p.decoding), p.decode_ctx_tokens,
+                        repr(p.duration_s), launch, len(p.decoding), p.decode_ctx_tokens,
                         0, chunks, p.tokens, len(p.decoding) + len(p.prefill),
-                        " ".join(map(str, p.preempted)), 0])
+                        " ".join(map(str, p.preempted)), 0, *([pad or 0] if piecewise else [])])
     sim = loop.summary().as_dict()
     keys = {}
     rows = []
@@ -81,7 +90,7 @@ def simulated_run(out: Path, rate: float, seed: int = 4) -> Path:
     (out / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta = {"format": serving_measured.FORMAT, "device": "cuda", "gpu": "h100-sxm",
             "model": "llama-3.2-1b", "stack": "torch-fused", "load": out.name,
-            "engine": ENGINE, "workload": {"duration_s": 4},
+            "engine": engine_settings, "workload": {"duration_s": 4},
             "prefix_cache": sim["prefix_cache"], "lost_tokens": sim["tokens"]["recomputed"]}
     (out / "run.json").write_text(json.dumps(meta))
     (out / "config.json").write_text(json.dumps({"_name_or_path": "llama-3.2-1b"}))
@@ -214,6 +223,7 @@ def test_cpu_fixture_report_says_it_waits_for_gpu_runs_and_reruns_identically(
 @pytest.mark.parametrize("extra, flag", [
     (["--rate", "2"], "--rate"),
     (["--prefix-caching"], "--prefix-caching"),
+    (["--cudagraph-mode", "full_and_piecewise"], "--cudagraph-mode"),
     (["--tp", "2"], "--tp"),
 ])
 def test_replay_refuses_workload_options(extra: list[str], flag: str,

@@ -102,6 +102,18 @@ def test_results_are_byte_identical_on_every_executor(tmp_path):
     assert serve[0]["tokens.prompt"] != serve[1]["tokens.prompt"]
 
 
+def test_a_serve_grid_varies_the_cudagraph_mode():
+    grid = grid_from_dict({"simulation": "serve", "seed": 7, "grid": {
+        "gpu": "h100-sxm", "model": "llama-3.2-1b", "rate": 8.0, "prompt_dist": "300",
+        "output_dist": "16", "duration_s": 1.5, "cudagraph_capture_sizes": "vllm",
+        "cudagraph_mode": ["full_decode_only", "full_and_piecewise"]}}, "g")
+    with local_executor(1) as (ex, n):
+        rows = run_sweep(grid, ex, n).rows
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["cudagraph_mode"] for r in rows] == ["full_decode_only", "full_and_piecewise"]
+    assert [r.get("scheduler.cudagraph_mode") for r in rows] == [None, "full_and_piecewise"]
+
+
 def test_a_point_keeps_its_seed_in_any_grid():
     small = grid_from_dict({"simulation": "serve", "seed": 3, "grid": {
         "gpu": "h100-sxm", "model": "llama-3.2-1b", "rate": [2.0, 4.0]}}, "a")
@@ -188,6 +200,14 @@ BAD = [
      ":7: grid.output_dist.0: expected N, fixed:N"),
     ("simulation: serve\ngrid:\n  gpu: h100-sxm\n  model: llama-3.2-1b\n  rate: 2\n",
      ":2: grid.prompt_dist: a serve grid without scenario or trace needs"),
+    ("simulation: serve\ngrid:\n  gpu: h100-sxm\n  model: llama-3.2-1b\n  rate: 2\n"
+     "  prompt_dist: '100'\n  output_dist: '10'\n  duration_s: 1\n"
+     "  cudagraph_mode: [full_decode_only,\n    piecewise]\n",
+     ":10: grid.cudagraph_mode.1: Input should be 'full_decode_only' or"),
+    ("simulation: serve\ngrid:\n  gpu: h100-sxm\n  model: llama-3.2-1b\n  rate: 2\n"
+     "  prompt_dist: '100'\n  output_dist: '10'\n  duration_s: 1\n"
+     "  cudagraph_mode: full_and_piecewise\n",
+     ":9: grid.cudagraph_mode: full_and_piecewise needs cudagraph_capture_sizes"),
     ("simulation: step\ngrid:\n  gpu: h100-sxm\n  model: llama-3.2-1b\n  seed: 2\n",
      ":5: grid.seed: seeds come from the top-level seed"),
     ("simulation: step\ngrid: {gpu: h100-sxm, model: llama-3.2-1b, batch: [1, 1]}\n",

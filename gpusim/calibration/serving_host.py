@@ -1,10 +1,12 @@
 """A serving engine's measured steps priced, and its host work fitted on them
 (``gpusim serve --replay``): the step-time model's forward of a step's composition,
-the kind of step (CUDA-graph decode, eager decode, mixed), and the host work per step,
-per sequence, per prefill chunk and per prefill token (non-negative least squares on
-each step's time outside its forward) and per kernel launch of an eager step (the
-value that minimises the squared log error of the stack's eager formula,
-max(GPU + h, launches x h + last kernel), on the eager steps' forward times).
+the kind of step (CUDA-graph decode, eager decode, mixed, mixed replaying piecewise
+graphs), and the host work per step, per sequence, per prefill chunk and per prefill
+token (non-negative least squares on each step's time outside its forward) and per
+kernel launch of an eager step (the value that minimises the squared log error of the
+stack's eager formula, max(GPU + h, launches x h + last kernel), on the forward times
+of the steps that launch kernels one by one: eager steps, and piecewise steps, whose
+attention, cache and last-position ops launch eagerly between and after the graphs).
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ def step_seconds(model: StepTimeModel, composition: tuple[int, int, tuple],
     return model.decode_step(decode, ctx, longest)[0]
 
 
+PIECEWISE = "mixed, piecewise"
+
+
 def step_kind(s: MeasuredStep) -> str:
+    """What a measured step ran: ``decode, graph`` (a full graph; ``padded``: its CPU
+    stand-in), ``decode, eager``, ``mixed`` (eager) or ``mixed, piecewise``."""
     if s.chunks:
-        return "mixed"
+        return PIECEWISE if s.launch == "piecewise" else "mixed"
     return "decode, graph" if s.launch in ("graph", "padded") else "decode, eager"
 
 
@@ -102,18 +109,32 @@ LAUNCH_BOUNDS_S = (0.0, 200e-6)   # a fitted eager host cost per launch stays in
 
 
 def eager_terms(run: ServingRun, engine: Engine) -> np.ndarray:
-    """[n, 4] per eagerly launched step of ``run``: (GPU seconds the model gives it, its
-    launches, its last kernel's seconds, the measured forward) such that the model's
-    forward at a host cost ``h`` per launch is max(GPU + h, launches x h + last): the
-    eager formula (``StepTimeModel._eager``) read back at three host costs."""
+    """[n, 4] per step of ``run`` that launches kernels one by one (every step but a
+    full-graph decode): (GPU seconds the model gives it, its launches, its last
+    kernel's seconds, the measured forward) such that the model's forward at a host
+    cost ``h`` per launch is max(GPU + h, launches x h + last): the eager formula
+    (``StepTimeModel._eager``) read back at three host costs. A piecewise step
+    (``StepTimeModel._piecewise``) has that shape too: its launches are those outside
+    the graphs, its "last" the graph replays plus the last kernel."""
     fm = without_host(engine.step_model)
     rows = []
-    h1, h2 = 1e-3, 2e-3   # host-bound at both: launches x 1 ms outweighs any GPU span
     for s in run.steps:
-        if step_kind(s) == "decode, graph":
+        kind = step_kind(s)
+        if kind == "decode, graph":
             continue
-        f0, f1, f2 = (step_seconds(dataclasses.replace(fm, host_launch_s=h),
-                                   s.composition, s.longest) for h in (0.0, h1, h2))
+        # host-bound at both probes: launches x 1 ms outweighs an eager step's GPU span;
+        # a piecewise step launches far fewer kernels, so its probes grow with its span
+        h1 = 1e-3
+        gpu_model = fm
+        if kind == PIECEWISE:
+            gpu_model = dataclasses.replace(fm, graph_launch_s=0.0)  # its GPU end alone
+        f0 = step_seconds(dataclasses.replace(gpu_model, host_launch_s=0.0), s.composition,
+                          s.longest)
+        if kind == PIECEWISE:
+            h1 = max(h1, 2.0 * f0)
+        h2 = 2.0 * h1
+        f1, f2 = (step_seconds(dataclasses.replace(fm, host_launch_s=h), s.composition,
+                               s.longest) for h in (h1, h2))
         launches = (f2 - f1) / (h2 - h1)
         rows.append((f0, launches, f1 - launches * h1, s.gpu_s))
     return np.array(rows, dtype=float).reshape(-1, 4)

@@ -5,18 +5,27 @@ provenance), config.json (the model's shape), steps.csv (one row per engine step
 requests.jsonl (one object per served request); validation/harness/serve_record.py
 writes them and documents every field. Every problem is a ConfigError naming the
 file, the line and the field.
+
+Newer runs may say what ran as CUDA graphs (run.json's ``engine.cudagraph_mode``,
+vLLM's names; older runs: ``full_decode_only``) and, in a ``full_and_piecewise`` run,
+mark the mixed steps that replayed piecewise graphs (``launch`` ``piecewise``, the
+padded size in steps.csv's ``padded_tokens``; older runs lack the column: 0). The
+reader checks that those are the steps the step model replays piecewise: a mixed step
+of up to the largest capture size, padded to the smallest size that holds its tokens.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpusim.errors import bad, read_text
 from gpusim.io import jsontext
+from gpusim.serving.scenario import CUDAGRAPH_MODES
 
 FORMAT = "gpusim-serve-run/1"
 ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks",
@@ -46,6 +55,7 @@ class MeasuredStep:
     seqs: int
     preempted: tuple[int, ...]
     key_len: int = 0          # keys each decoding row attended (padded; 0: none recorded)
+    padded_tokens: int = 0    # rows a piecewise mixed step ran (0: not piecewise)
 
     @property
     def longest(self) -> int:
@@ -105,6 +115,11 @@ class ServingRun:
     rejected: int
     requests: tuple[MeasuredRequest, ...]
     steps: tuple[MeasuredStep, ...]
+
+    @property
+    def cudagraph_mode(self) -> str:
+        """What ran as CUDA graphs (vLLM's names; older runs: full_decode_only)."""
+        return str(self.engine["cudagraph_mode"])
 
     @property
     def config_path(self) -> Path:
@@ -188,7 +203,44 @@ def _step(row: dict[str, str], source: str, line: int) -> MeasuredStep:
                         values["decode"], values["decode_ctx_tokens"],
                         values["padded_batch"], chunks,  # type: ignore[arg-type]
                         values["tokens"], values["seqs"], preempted,
-                        _optional_int(row, "key_len", source, line))
+                        _optional_int(row, "key_len", source, line),
+                        _optional_int(row, "padded_tokens", source, line))
+
+
+def _cudagraph_mode(engine: dict[str, Any], source: str) -> str:
+    """run.json's ``engine.cudagraph_mode`` (absent: full_decode_only); raises
+    ConfigError for another value, or full_and_piecewise without capture sizes."""
+    mode = engine.get("cudagraph_mode", "full_decode_only")
+    if mode not in CUDAGRAPH_MODES:
+        raise bad(source, f"expected one of {', '.join(CUDAGRAPH_MODES)}",
+                  field="engine.cudagraph_mode", value=mode)
+    sizes = engine["capture_sizes"]
+    if mode == "full_and_piecewise" and not (
+            isinstance(sizes, list) and sizes
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in sizes)):
+        raise bad(source, "full_and_piecewise needs capture_sizes, a list of sizes",
+                  field="engine.cudagraph_mode", value=mode)
+    return mode
+
+
+def _check_piecewise(s: MeasuredStep, mode: str, sizes: list[int], source: str,
+                     line: int) -> None:
+    """Raise ConfigError unless step ``s`` ran piecewise exactly when the step model
+    replays it piecewise: in a full_and_piecewise run, a mixed step of up to the
+    largest of ``sizes``, padded to the smallest that holds its tokens."""
+    piecewise = s.launch == "piecewise"
+    if mode != "full_and_piecewise":
+        if piecewise:
+            raise bad(source, f"a piecewise step in a {mode} run", field="launch", line=line)
+        return
+    if piecewise != bool(s.chunks and s.tokens <= sizes[-1]):
+        raise bad(source, "a mixed step runs piecewise exactly when its tokens are at most "
+                  f"the largest capture size ({sizes[-1]})", field="launch", line=line,
+                  value=s.launch)
+    if piecewise and s.padded_tokens != sizes[bisect_left(sizes, s.tokens)]:
+        raise bad(source, f"expected the smallest capture size >= its {s.tokens} tokens "
+                  f"({sizes[bisect_left(sizes, s.tokens)]})", field="padded_tokens",
+                  line=line, value=s.padded_tokens)
 
 
 def _request(data: dict[str, Any], source: str, line: int) -> MeasuredRequest:
@@ -234,10 +286,16 @@ def read_serving_run(path: Path) -> ServingRun:
     for key in ENGINE_KEYS:
         _need(engine, key, src, (int, list) if key == "capture_sizes" else
               (bool if key == "prefix_caching" else int))
+    mode = _cudagraph_mode(engine, src)
+    engine = {**engine, "cudagraph_mode": mode}
+    sizes = sorted(set(engine["capture_sizes"])) if mode == "full_and_piecewise" else []
     _load_json(path / "config.json")
     steps_src = str(path / "steps.csv")
     rows = csv.DictReader(read_text(path / "steps.csv").splitlines())
-    steps = tuple(_step(row, steps_src, i) for i, row in enumerate(rows, start=2))
+    steps = []
+    for i, row in enumerate(rows, start=2):
+        steps.append(_step(row, steps_src, i))
+        _check_piecewise(steps[-1], mode, sizes, steps_src, i)
     req_src = str(path / "requests.jsonl")
     requests = []
     for i, text in enumerate(read_text(path / "requests.jsonl").splitlines(), start=1):
@@ -257,4 +315,4 @@ def read_serving_run(path: Path) -> ServingRun:
         provenance=dict(meta.get("provenance") or {}),
         prefix_cache=dict(meta.get("prefix_cache") or {}),
         lost_tokens=int(meta.get("lost_tokens", 0)), rejected=int(meta.get("rejected", 0)),
-        requests=tuple(requests), steps=steps)
+        requests=tuple(requests), steps=tuple(steps))

@@ -18,9 +18,9 @@ For a run of the harness's engine (``serving_measured.ServingRun``), three views
 The host work (``serving_host``) is fitted over the steps of the other runs (leave one
 run out), or of the run itself when it is the only one (then said so). So is the host
 cost per kernel launch of the engine's eager steps (mixed steps, decode past the
-largest capture size), which a serving engine's Python pays on top of what the stack's
-own benchmark loop does (the harness: ~30 us a launch against torch-fused's ~15 us,
-probed).
+largest capture size; a piecewise step's launches outside its graphs), which a serving
+engine's Python pays on top of what the stack's own benchmark loop does (the harness:
+~30 us a launch against torch-fused's ~15 us, probed).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from gpusim.calibration.serving_host import (
+    PIECEWISE,
     HostFit,
     eager_terms,
     fit_host,
@@ -61,7 +62,8 @@ SATURATED_BELOW = 0.9     # a run is saturated when it serves < 90% of what it i
 
 def replay_scenario(run: ServingRun) -> Scenario:
     """The scenario of ``run``'s engine: its scheduler limits, KV block size, prefix
-    caching and CUDA-graph sizes (the arrivals come from the run itself)."""
+    caching, CUDA-graph sizes and mode (an engine record without a mode: vLLM's
+    full_decode_only, as older runs ran); the arrivals come from the run itself."""
     e = run.engine
     return Scenario.model_validate({
         "name": f"replay-{run.load}" if run.load[:1].isalnum() else "replay",
@@ -70,7 +72,8 @@ def replay_scenario(run: ServingRun) -> Scenario:
                       "max_num_batched_tokens": e["max_num_batched_tokens"],
                       "block_size_tokens": e["block_size"],
                       "prefix_caching": e["prefix_caching"],
-                      "cudagraph_capture_sizes": e["capture_sizes"] or None}})
+                      "cudagraph_capture_sizes": e["capture_sizes"] or None,
+                      "cudagraph_mode": e.get("cudagraph_mode", "full_decode_only")}})
 
 
 def replay_source(run: ServingRun) -> ListedSource:
@@ -91,17 +94,18 @@ class MeasuredStepTimes:
     """A step-time model that gives a step the measured duration of a step of the same
     composition (in measured order where one repeats); a composition never measured
     gets the model's time scaled by the median measured / modelled ratio of its kind
-    (decode-only or mixed), so that what remains is the schedule's doing, not the step
-    model's. Counts both. Everything else is the wrapped model's."""
+    (decode-only, mixed, or mixed replaying piecewise graphs), so that what remains is
+    the schedule's doing, not the step model's. Counts both. Everything else is the
+    wrapped model's."""
 
     def __init__(self, base: StepTimeModel, steps: Sequence[MeasuredStep]) -> None:
         self._base = base
         self._table: dict[tuple, list[float]] = defaultdict(list)
-        ratios: dict[bool, list[float]] = {False: [], True: []}
+        ratios: dict[str, list[float]] = {"decode": [], "mixed": [], "piecewise": []}
         for s in steps:
             self._table[s.composition].append(s.duration_s)
-            ratios[bool(s.chunks)].append(s.duration_s / step_seconds(base, s.composition,
-                                                                      s.longest))
+            ratios[self._kind(s.composition)].append(
+                s.duration_s / step_seconds(base, s.composition, s.longest))
         self._scale = {k: float(np.median(v)) if v else 1.0 for k, v in ratios.items()}
         self._used: dict[tuple, int] = defaultdict(int)
         self.matched = 0
@@ -110,11 +114,20 @@ class MeasuredStepTimes:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._base, name)
 
+    def _kind(self, key: tuple) -> str:
+        """decode, mixed or piecewise: how the model runs a composition (the reader
+        holds a run's piecewise steps to the same)."""
+        decode, _, chunks = key
+        if not chunks:
+            return "decode"
+        tokens = decode + sum(n for n, _ in chunks)
+        return "mixed" if self._base.padded_tokens(tokens) is None else "piecewise"
+
     def _lookup(self, key: tuple, model_s: float) -> float:
         times = self._table.get(key)
         if not times:
             self.modelled += 1
-            return model_s * self._scale[bool(key[2])]
+            return model_s * self._scale[self._kind(key)]
         self.matched += 1
         i = min(self._used[key], len(times) - 1)
         self._used[key] += 1
@@ -234,7 +247,7 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
         by_kind[step_kind(s)].append(row)
         by_kind["all"].append(row)
     step_errors = {}
-    order = ("decode, graph", "decode, eager", "mixed", "all")
+    order = ("decode, graph", "decode, eager", "mixed", PIECEWISE, "all")
     for kind, rows in sorted(by_kind.items(), key=lambda kv: order.index(kv[0])):
         a = np.array(rows)
         step_errors[kind] = {"count": float(len(a)), "forward": mape(a[:, 0], a[:, 1]),

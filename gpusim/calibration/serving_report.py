@@ -64,13 +64,25 @@ CUDNN_PLANS = (
     "no-cudnn`); those runs wait to be measured again.")
 
 
+PIECEWISE_RUNS = (
+    "In the full_and_piecewise runs ({runs}) a mixed step of up to the largest capture "
+    "size replays piecewise graphs instead (the `mixed, piecewise` rows): only its "
+    "attention, cache and last-position ops launch one by one.")
+
+
 def known_gaps(results: Sequence[RunComparison]) -> str:
-    """KNOWN_GAPS, and CUDNN_PLANS where a run let cuDNN plan eager steps."""
+    """KNOWN_GAPS, PIECEWISE_RUNS where a run replayed piecewise graphs, and
+    CUDNN_PLANS where a run let cuDNN plan eager steps."""
+    text = KNOWN_GAPS
+    piecewise = [r.run.load for r in results
+                 if r.run.engine.get("cudagraph_mode") == "full_and_piecewise"]
+    if piecewise:
+        text += " " + PIECEWISE_RUNS.format(runs=", ".join(piecewise))
     planned = [r.run.load for r in results
                if r.run.engine.get("eager_sdpa", "default") == "default"]
     if not planned or all(r.run.on_cpu for r in results):
-        return KNOWN_GAPS
-    return KNOWN_GAPS + " " + CUDNN_PLANS.format(runs=", ".join(planned))
+        return text
+    return text + " " + CUDNN_PLANS.format(runs=", ".join(planned))
 
 
 def _pct(x: float | None) -> str:

@@ -44,7 +44,8 @@ _WORKLOAD_FLAGS = {
     "spec_acceptance": "--acceptance", "prefix_caching": "--prefix-caching",
     "shared_prefix_tokens": "--shared-prefix-tokens", "prefix_prompts": "--prefix-prompts",
     "conversation_turns": "--conversation-turns", "turn_think_s": "--turn-think-s",
-    "cudagraph_capture_sizes": "--cudagraph-capture-sizes", "out_csv": "--out-csv",
+    "cudagraph_capture_sizes": "--cudagraph-capture-sizes",
+    "cudagraph_mode": "--cudagraph-mode", "out_csv": "--out-csv",
     "html": "--html", "weight_dtype": "--weight-dtype", "kv_dtype": "--kv-dtype",
 }
 
@@ -121,7 +122,12 @@ def serve(
     cudagraph_capture_sizes: Annotated[str | None, typer.Option(
         "--cudagraph-capture-sizes", help="Decode-only steps run as CUDA graphs padded "
         "to these batch sizes (vllm: vLLM's default list; 1,2,4,...), other steps "
-        "eagerly.")] = None,
+        "eagerly (unless --cudagraph-mode full_and_piecewise).")] = None,
+    cudagraph_mode: Annotated[str | None, typer.Option(
+        "--cudagraph-mode", help="What runs as CUDA graphs (vLLM's names): "
+        "full_decode_only (default: decode-only steps) | full_and_piecewise (mixed steps "
+        "of up to the largest capture size too, as piecewise graphs; needs "
+        "--cudagraph-capture-sizes).")] = None,
     replay: Annotated[list[Path] | None, typer.Option(
         "--replay", help="Measured serving run directories (bench_serve_engine.py; a "
         "directory of runs counts as all of them): simulate each with its arrivals and "
@@ -197,7 +203,8 @@ def serve(
         prefix_prompts=prefix_prompts, conversation_turns=conversation_turns,
         turn_think_s=turn_think_s,
         cudagraph_capture_sizes=None if cudagraph_capture_sizes is None
-        else scenario_io.parse_capture_sizes(cudagraph_capture_sizes))
+        else scenario_io.parse_capture_sizes(cudagraph_capture_sizes),
+        cudagraph_mode=cudagraph_mode)
     try:
         serving.check_arrivals(sc)
     except FieldError as exc:   # the rate and duration came from the command line or

@@ -94,8 +94,8 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
     Options: duration_s, seed, arrival (process name), rate_per_s, cv, users,
     think_time_s, prompt, output (LengthSpec), trace (path), scheduler fields
     (policy, max_num_seqs, max_num_batched_tokens, block_size_tokens,
-    reserve_fraction, prefix_caching, cudagraph_capture_sizes), slo_ttft_s,
-    slo_tpot_s, spec_draft, spec_k, spec_acceptance, shared_prefix_tokens,
+    reserve_fraction, prefix_caching, cudagraph_capture_sizes, cudagraph_mode),
+    slo_ttft_s, slo_tpot_s, spec_draft, spec_k, spec_acceptance, shared_prefix_tokens,
     prefix_prompts, conversation_turns, turn_think_s. Raises ConfigError (source: the
     option).
     """
@@ -124,7 +124,8 @@ def with_overrides(base: Scenario | None, **options: Any) -> Scenario:
             data.pop(key, None)
     sched = dict(data.get("scheduler", {}))
     for key in ("policy", "max_num_seqs", "max_num_batched_tokens", "block_size_tokens",
-                "reserve_fraction", "prefix_caching", "cudagraph_capture_sizes"):
+                "reserve_fraction", "prefix_caching", "cudagraph_capture_sizes",
+                "cudagraph_mode"):
         if key in given:
             sched[key] = given[key]
     data["scheduler"] = sched
@@ -174,6 +175,7 @@ _OPTION_FOR_FIELD = {
     "speculative.k": "--spec-k", "speculative.acceptance": "--spec-acceptance",
     "scheduler.prefix_caching": "--prefix-caching",
     "scheduler.cudagraph_capture_sizes": "--cudagraph-capture-sizes",
+    "scheduler.cudagraph_mode": "--cudagraph-mode",
     "prefix": "--shared-prefix-tokens", "prefix.shared_tokens": "--shared-prefix-tokens",
     "prefix.prompts": "--prefix-prompts", "conversation": "--conversation-turns",
     "conversation.turns": "--conversation-turns",

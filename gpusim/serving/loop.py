@@ -68,6 +68,9 @@ def _check_limits(engine: Engine, scenario: Scenario) -> None:
     if (engine.step_model.max_num_seqs < sched.max_num_seqs
             or engine.step_model.max_batched_tokens < sched.max_num_batched_tokens):
         raise ValueError("engine was built for smaller scheduler limits than the scenario's")
+    if getattr(engine.step_model, "piecewise", False) != (
+            sched.cudagraph_mode == "full_and_piecewise"):
+        raise ValueError("engine was built for another CUDA-graph mode than the scenario's")
     if (engine.budget.block_size_tokens != sched.block_size_tokens
             or engine.budget.reserve_fraction != sched.reserve_fraction):
         raise ValueError("engine was built for another KV block size or reserve fraction")

@@ -10,9 +10,9 @@ a compact syntax (``parse_length``): ``512``, ``fixed:512``, ``uniform:100-1000`
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gpusim.capacity import DEFAULT_RESERVE_FRACTION
 from gpusim.serving.kv_cache import DEFAULT_BLOCK_SIZE_TOKENS
@@ -26,6 +26,10 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192  # vLLM V1's default for online serving
 MAX_BATCHED_TOKENS_LIMIT = 131072
 DEFAULT_SLO_TTFT_S = 2.0               # lenient chat SLOs; override per scenario
 DEFAULT_SLO_TPOT_S = 0.1
+# what runs as CUDA graphs (vLLM's CUDAGraphMode names, lower-case): decode-only steps,
+# or mixed steps too as piecewise graphs (vLLM V1's default; serving.step_time)
+CudagraphMode = Literal["full_decode_only", "full_and_piecewise"]
+CUDAGRAPH_MODES: tuple[str, ...] = get_args(CudagraphMode)
 
 
 class _Strict(BaseModel):
@@ -133,6 +137,19 @@ class SchedulerSpec(_Strict):
     # size (vLLM's cudagraph_capture_sizes); other steps run eagerly. None: every step
     # runs in the platform's launch mode, unpadded
     cudagraph_capture_sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] | None = None
+    # full_and_piecewise: mixed steps of up to the largest size replay piecewise graphs
+    # padded to the next size too (attention eager between them); needs the sizes
+    cudagraph_mode: CudagraphMode = "full_decode_only"
+
+    @field_validator("cudagraph_mode")
+    @classmethod
+    def _piecewise_needs_sizes(cls, mode: str, info: ValidationInfo) -> str:
+        # declared after the sizes: they are in info.data unless they failed themselves
+        if (mode == "full_and_piecewise" and "cudagraph_capture_sizes" in info.data
+                and info.data["cudagraph_capture_sizes"] is None):
+            raise ValueError("full_and_piecewise needs cudagraph_capture_sizes (the sizes "
+                             "its graphs are captured at)")
+        return mode
 
     @model_validator(mode="after")
     def _budget_covers_decodes(self) -> SchedulerSpec:
@@ -157,6 +174,8 @@ class SchedulerSpec(_Strict):
             del out["cudagraph_capture_sizes"]
         else:
             out["cudagraph_capture_sizes"] = list(self.cudagraph_capture_sizes)
+        if self.cudagraph_mode == "full_decode_only":
+            del out["cudagraph_mode"]
         return out
 
 

@@ -81,7 +81,8 @@ def build_engine(platform: Platform, model: ModelSpec, scenario: Scenario,
         budget = dataclasses.replace(budget, total_blocks=kv_blocks)
     max_ctx = min(model.max_position_embeddings, budget.capacity_tokens)
     step_model = build_step_time_model(platform, model, s.max_num_batched_tokens,
-                                       s.max_num_seqs, max_ctx, s.cudagraph_capture_sizes)
+                                       s.max_num_seqs, max_ctx, s.cudagraph_capture_sizes,
+                                       s.cudagraph_mode)
     spec = None
     if sp is not None and draft is not None and overhead is not None:
         spec = build_spec_step_model(platform, model, overhead, draft,

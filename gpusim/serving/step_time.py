@@ -12,17 +12,29 @@ split by what their cost depends on:
   The attention launches' fixed cost is paid once per step.
 
 ``build_step_time_model`` evaluates the step's per-op costs (``step.op_costs``; the
-serving layer never sees kernels) on grids: every m up to the token budget, every n up
-to the sequence limit, every decode batch size against a context grid, and a (q, ctx) grid
+serving layer never sees kernels; ``step_tables`` builds the tables) on grids: every m
+up to the token budget (and the largest size a step pads to), every n up to the
+sequence limit, every decode batch size against a context grid, and a (q, ctx) grid
 for chunks; lookups interpolate linearly, so a step costs a few list lookups and no
 numpy. On uniform batches the result matches ``step.predict``.
 
 Launch modes: ``graph`` adds one graph replay per step; ``eager`` takes the later of
 "GPU-bound" (first launch + all GPU work) and "host-bound" (all launches + the last
 kernel), the two ends of ``step.predict``'s eager formula. With ``capture_sizes`` (vLLM's
-cudagraph_capture_sizes) a decode-only step of up to the largest size replays the graph
-of the next size up (its token and per-sequence ops run for the padded batch) and every
-other step runs eagerly, whatever the platform's launch mode.
+cudagraph_capture_sizes) the platform's launch mode gives way to vLLM's CUDA-graph mode
+(``cudagraph_mode``):
+
+* ``full_decode_only``: a decode-only step of up to the largest size replays the full
+  graph of the next size up (its token and per-sequence ops run for the padded batch);
+  every other step runs eagerly;
+* ``full_and_piecewise`` (vLLM V1's default): decode-only steps as above; a mixed step
+  of T new tokens, T at most the largest size, replays piecewise graphs at T_pad, the
+  next size up: its per-token ops run for T_pad rows inside num_hidden_layers + 1
+  pieces (one graph replay each), while attention, cache ops and last-position ops run
+  eagerly at the step's real shapes. Its time is the eager formula's two ends with
+  only those ops' launches one by one: max(GPU + attention fixed + h, outside launches
+  x h + pieces x graph replay + last kernel). Mixed steps above the largest size run
+  eagerly.
 
 A stack that pads its decode batch (``StackSpec.padded_decode_keys``: every decoding
 row gathers and attends the batch's longest context rounded up to that many tokens)
@@ -43,18 +55,12 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-
 from gpusim.platform import Platform
-from gpusim.serving.grids import chunk_grid, context_grid, grid_position
-from gpusim.serving.step_ops import (
-    cache_ops,
-    evaluate_ops,
-    last_position_ops,
-    padding_reads,
-)
+from gpusim.serving.grids import grid_position
+from gpusim.serving.step_tables import step_tables, used_capture_sizes
 from gpusim.specs import ModelSpec
-from gpusim.step import OpCost, op_costs
+
+__all__ = ["StepTimeModel", "build_step_time_model", "used_capture_sizes"]
 
 
 @dataclass(frozen=True)
@@ -86,9 +92,12 @@ class StepTimeModel:
     chunk_bytes: list[array]
     fresh_s: list[float]          # [q index] attention of a chunk with no cache (prefill)
     fresh_bytes: list[float]
-    capture_sizes: tuple[int, ...] = ()   # CUDA-graph decode batch sizes (empty: none)
+    capture_sizes: tuple[int, ...] = ()   # CUDA-graph sizes steps pad to (empty: none)
     attention_fixed_s: float = 0.0        # attention launches' fixed cost, once a step
     graph_launch_s: float = 0.0           # one graph replay (capture_sizes)
+    piecewise: bool = False               # mixed steps replay piecewise graphs
+    piecewise_launches: int = 0           # ... launching the ops outside them one by one
+    pieces: int = 0                       # ... and replaying this many graphs
     host_step_s: float = 0.0              # the engine's host work per step
     host_seq_s: float = 0.0               # ... and per sequence in the step
     host_chunk_s: float = 0.0             # ... per prefill chunk
@@ -145,6 +154,23 @@ class StepTimeModel:
         h = self.host_launch_s
         tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
         return max(gpu_s + self.attention_fixed_s + h, self.launches_per_step * h + tail)
+
+    def _piecewise(self, gpu_s: float, tokens: int, seqs: int) -> float:
+        """A mixed step replaying piecewise graphs: the eager formula's two ends, with
+        only the ops outside the graphs launched one by one and one replay a piece.
+        (The last launch, after the graphs as vLLM samples, at the real rows.)"""
+        h = self.host_launch_s
+        tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
+        return max(gpu_s + self.attention_fixed_s + h,
+                   self.piecewise_launches * h + self.pieces * self.graph_launch_s + tail)
+
+    def padded_tokens(self, tokens: int) -> int | None:
+        """The captured size a mixed step of ``tokens`` new tokens replays piecewise
+        graphs at (None: it runs eagerly: not piecewise, or above the largest size)."""
+        sizes = self.capture_sizes
+        if not self.piecewise or tokens > sizes[-1]:
+            return None
+        return sizes[bisect_left(sizes, tokens)]
 
     def padded_batch(self, batch: int) -> int | None:
         """The captured size a decode-only step of ``batch`` replays (None: eager)."""
@@ -230,7 +256,9 @@ class StepTimeModel:
              chunks: Iterable[tuple[int, int]], longest: int = 0) -> tuple[float, float]:
         """(seconds, bytes) of a mixed step: ``decode_batch`` decoding sequences with
         ``decode_ctx_sum`` cached tokens in all (the longest ``longest``: read only
-        when the stack pads its decode keys), plus prefill ``chunks`` of (q, ctx)."""
+        when the stack pads its decode keys), plus prefill ``chunks`` of (q, ctx).
+        Piecewise (``padded_tokens``; with chunks, as a decode-only batch replays a
+        full graph, ``decode_step``): the per-token ops at the padded size."""
         tokens = decode_batch
         seqs = decode_batch
         gpu = 0.0
@@ -246,130 +274,33 @@ class StepTimeModel:
             moved += b
             tokens += q
             seqs += 1
-        gpu += self.token_s[tokens] + self.seq_s[seqs]
-        moved += self.token_bytes[tokens] + self.seq_bytes[seqs]
+        pad = self.padded_tokens(tokens) if self.piecewise and seqs > decode_batch else None
+        rows = tokens if pad is None else pad
+        gpu += self.token_s[rows] + self.seq_s[seqs]
+        moved += self.token_bytes[rows] + self.seq_bytes[seqs]
         chunks_n, prefill = seqs - decode_batch, tokens - decode_batch
-        if self.capture_sizes:
-            return self._host(self._eager(gpu, tokens, seqs), seqs, chunks_n,
-                              prefill), moved
-        return self._host(self._finish(gpu, tokens, seqs), seqs, chunks_n, prefill), moved
-
-
-# ----------------------------------------------------------------------------------
-# building the tables
-# ----------------------------------------------------------------------------------
-def _rows(flat: np.ndarray, rows: int) -> list[array]:
-    """Table rows as compact float arrays (8 bytes a cell, list-speed indexing)."""
-    return [array("d", r.tobytes()) for r in flat.reshape(rows, -1)]
-
-
-def used_capture_sizes(sizes: tuple[int, ...] | None, max_num_seqs: int) -> tuple[int, ...]:
-    """The capture sizes a batch of up to ``max_num_seqs`` can pad to: those up to the
-    first that holds ``max_num_seqs`` (sorted, distinct; empty for None)."""
-    out: list[int] = []
-    for size in sorted(set(sizes or ())):
-        out.append(size)
-        if size >= max_num_seqs:
-            break
-    return tuple(out)
+        if pad is not None:
+            t = self._piecewise(gpu, tokens, seqs)
+        elif self.capture_sizes:
+            t = self._eager(gpu, tokens, seqs)
+        else:
+            t = self._finish(gpu, tokens, seqs)
+        return self._host(t, seqs, chunks_n, prefill), moved
 
 
 def build_step_time_model(platform: Platform, model: ModelSpec,
                           max_batched_tokens: int = 8192, max_num_seqs: int = 256,
                           max_ctx_tokens: int | None = None,
-                          capture_sizes: tuple[int, ...] | None = None) -> StepTimeModel:
+                          capture_sizes: tuple[int, ...] | None = None,
+                          cudagraph_mode: str = "full_decode_only") -> StepTimeModel:
     """Tabulate the step-time model on ``platform`` up to the given limits.
 
     ``max_ctx_tokens`` defaults to the model's context window; ``capture_sizes``: the
-    CUDA-graph decode batch sizes (see the module docstring; None: none). Raises
-    ValueError for a limit < 1.
+    CUDA-graph sizes (vLLM's cudagraph_capture_sizes; None: none) and
+    ``cudagraph_mode`` what runs as graphs (``full_decode_only``: decode-only steps;
+    ``full_and_piecewise``: mixed steps too, piecewise; see the module docstring).
+    Raises ValueError for a limit < 1, an unknown mode, or full_and_piecewise without
+    capture sizes.
     """
-    stack, cal, launch = platform.stack, platform.calibration, platform.launch.value
-    max_ctx = int(max_ctx_tokens or model.max_position_embeddings)
-    for name, v in (("max_batched_tokens", max_batched_tokens),
-                    ("max_num_seqs", max_num_seqs), ("max_ctx_tokens", max_ctx)):
-        if v < 1:
-            raise ValueError(f"{name}(={v}) must be >= 1")
-    sizes = used_capture_sizes(capture_sizes, max_num_seqs)
-    # a padded decode batch runs the token and per-sequence ops of its padded size
-    max_seqs = max(max_num_seqs, sizes[-1]) if sizes else max_num_seqs
-    max_tokens = max(max_batched_tokens, max_seqs)
-    last_ops = last_position_ops(stack)
-    with_attention = cache_ops(stack)
-    bucket = stack.padded_decode_keys or 0
-
-    def per_token(k: OpCost) -> bool:
-        return (k.kind != "attention" and k.name not in last_ops
-                and k.name not in with_attention)
-
-    def per_seq(k: OpCost) -> bool:
-        return k.kind != "attention" and k.name in last_ops
-
-    def attention(k: OpCost) -> bool:
-        return k.kind == "attention" or k.name in with_attention
-
-    m = np.arange(1, max_tokens + 1, dtype=np.float64)
-    tok_s, tok_b, _ = evaluate_ops(model, platform, "verify", 1.0, 0.0, m, per_token)
-    n_all = np.arange(1, max_seqs + 1, dtype=np.float64)
-    seq_s, seq_b, _ = evaluate_ops(model, platform, "prefill", n_all, 0.0, 1.0, per_seq)
-    # a padded decode attends every row of its padded batch, at up to the padded keys
-    n = n_all if bucket else n_all[:max_num_seqs]
-    max_keys = -(-max_ctx // bucket) * bucket if bucket else 0
-
-    ctx_grid = context_grid(max(max_ctx, max_keys))
-    cg = np.asarray(ctx_grid, dtype=np.float64)
-    b_flat = np.repeat(n, len(cg))
-    c_flat = np.tile(cg, len(n))
-    dec_s, dec_b, dec_fixed = evaluate_ops(model, platform, "decode", b_flat, c_flat, 1.0,
-                                        attention)
-    q_grid = chunk_grid(max_tokens)
-    qg = np.asarray(q_grid, dtype=np.float64)
-    q_flat = np.repeat(qg, len(cg))
-    cq_flat = np.tile(cg, len(qg))
-    ch_s, ch_b, ch_fixed = evaluate_ops(model, platform, "verify", 1.0, cq_flat, q_flat,
-                                     attention)
-    fr_s, fr_b, fr_fixed = evaluate_ops(model, platform, "prefill", 1.0, 0.0, qg,
-                                     attention)
-    attn_fixed = float(dec_fixed[0]) if len(dec_fixed) else 0.0
-
-    # eager: which op launches last, and does its cost follow tokens or sequences?
-    probe = op_costs(platform, model, "decode", 1, 0, 1)
-    launches = sum(op.launches * op.repeat for op in probe)
-    tail_tok = [0.0] * (max_tokens + 1)
-    tail_seq = [0.0] * (max_num_seqs + 1)
-    last = next((k for k in reversed(probe) if k.launches > 0), None)
-    if (launch == "eager" or sizes) and last is not None:
-        if last.kind == "attention":
-            raise ValueError("eager step model: a stack ending in attention is not supported")
-        def only(k: OpCost) -> bool:
-            return k.name == last.name
-
-        if last.name in last_ops:
-            s, _, _ = evaluate_ops(model, platform, "prefill", n, 0.0, 1.0, only)
-            tail_seq = [0.0, *(s / last.launches).tolist()]
-        else:
-            s, _, _ = evaluate_ops(model, platform, "verify", 1.0, 0.0, m, only)
-            tail_tok = [0.0, *(s / last.launches).tolist()]
-
-    overhead = attn_fixed + (cal.host.host_graph_launch_cost_s if launch == "graph" else 0.0)
-    return StepTimeModel(
-        launch=launch, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
-        max_ctx_tokens=max_ctx, step_overhead_s=overhead,
-        host_launch_s=cal.host.host_launch_cost_s, launches_per_step=launches,
-        token_s=[0.0, *tok_s.tolist()], token_bytes=[0.0, *tok_b.tolist()],
-        seq_s=[0.0, *seq_s.tolist()], seq_bytes=[0.0, *seq_b.tolist()],
-        tail_by_tokens_s=tail_tok, tail_by_seqs_s=tail_seq,
-        ctx_grid=ctx_grid,
-        decode_s=[array("d", bytes(8 * len(cg))), *_rows(dec_s - dec_fixed, len(n))],
-        decode_bytes=[array("d", bytes(8 * len(cg))), *_rows(dec_b, len(n))],
-        q_grid=q_grid,
-        chunk_s=_rows(ch_s - ch_fixed, len(qg)), chunk_bytes=_rows(ch_b, len(qg)),
-        fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist(),
-        capture_sizes=sizes, attention_fixed_s=attn_fixed,
-        graph_launch_s=cal.host.host_graph_launch_cost_s,
-        host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
-        host_chunk_s=cal.host.serving_chunk_host_s,
-        host_prefill_token_s=cal.host.serving_prefill_token_host_s,
-        key_bucket_tokens=bucket, max_keys=max_keys,
-        **padding_reads(model, platform, stack))
-
+    return StepTimeModel(**step_tables(platform, model, max_batched_tokens, max_num_seqs,
+                                       max_ctx_tokens, capture_sizes, cudagraph_mode))

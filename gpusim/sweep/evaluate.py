@@ -214,7 +214,8 @@ def _serving(p: dict[str, Any], plat: Platform) -> dict[str, Any]:
             prefix_prompts=p["prefix_prompts"], conversation_turns=p["conversation_turns"],
             turn_think_s=p["turn_think_s"],
             cudagraph_capture_sizes=None if sizes is None
-            else scenario_io.parse_capture_sizes(sizes))
+            else scenario_io.parse_capture_sizes(sizes),
+            cudagraph_mode=p["cudagraph_mode"])
     with blame(sim, "spec_draft"):
         draft = scenario_io.scenario_draft(sc, lambda n: _model(n, p["stack"], None, None))
     with blame(sim, "trace"):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from gpusim.io.loader import DEFAULT_STACK
+from gpusim.serving.scenario import CudagraphMode
 
 REQUIRED = object()
 
@@ -113,6 +114,9 @@ SERVE: dict[str, Param] = {
     "turn_think_s": Param(NonNeg, None, "seconds >= 0", "time between turns"),
     "cudagraph_capture_sizes": Param(Text, None, "vllm or sizes like 1,2,4,8",
                                      "CUDA-graph batch sizes"),
+    "cudagraph_mode": Param(CudagraphMode, None,
+                            "full_decode_only or full_and_piecewise",
+                            "what runs as CUDA graphs"),
     "pp": Param(Layout, 1, "an integer 1..1024", "pipeline stages"),
     "weight_dtype": Param(Text, None, "a dtype name", "projection weights' dtype"),
     "kv_dtype": Param(Text, None, "a dtype name", "KV cache dtype"),
