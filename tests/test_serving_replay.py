@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -172,9 +173,12 @@ def test_host_fit_separates_a_prefills_chunks_and_tokens() -> None:
 
 def test_saturation_is_the_best_throughput_of_the_saturated_runs() -> None:
     def comp(load: str, offered: float, meas: float, sim: float, model: str = "m") -> Any:
+        """A run whose queue grows (TTFT 10x across it) where it serves < 90%."""
         run = SimpleNamespace(load=load, offered_rate_per_s=offered, model=model)
-        return SimpleNamespace(run=run, measured={"requests_per_s": meas},
-                               simulated={"requests_per_s": sim})
+        grow = {True: 10.0, False: 1.1}
+        return SimpleNamespace(
+            run=run, measured={"requests_per_s": meas, "ttft_growth": grow[meas < 0.9 * offered]},
+            simulated={"requests_per_s": sim, "ttft_growth": grow[sim < 0.9 * offered]})
 
     sat = serving_replay.saturation([comp("a", 2, 1.98, 2.0), comp("b", 8, 6.0, 7.9),
                                      comp("c", 16, 6.2, 7.0)])
@@ -319,3 +323,20 @@ def test_a_repeated_run_is_grouped_with_its_spread(own_runs: list[Path]) -> None
     text = "\n".join(serving_repeat.repeat_section(results))
     assert "## Run-to-run spread" in text and "| 0.0% |" in text
     assert serving_repeat.repeat_section(results[:2]) == []
+
+
+def test_a_run_saturates_when_its_ttft_grows_across_it() -> None:
+    """A queue that keeps up: TTFT flat across the run; one that does not: TTFT grows
+    with the arrival (a backlog serving one request at a time); the drain of a short
+    run's last long requests does not count."""
+    arrivals = [0.1 * i for i in range(30)]
+    flat = [[a + 0.02, a + 5.0] for a in arrivals]           # long outputs: a long drain
+    m = serving_replay.latency_metrics(arrivals, flat)
+    assert m["ttft_growth"] == pytest.approx(1.0)
+    assert not serving_replay.saturated(m)
+    assert m["requests_per_s"] < 0.9 * 10.0                  # what the old rule called saturated
+    backlog = [[0.3 * (i + 1), 0.3 * (i + 1) + 0.01] for i in range(30)]   # 3.3 served/s
+    q = serving_replay.latency_metrics(arrivals, backlog)
+    assert q["ttft_growth"] > serving_replay.SATURATED_TTFT_GROWTH
+    assert serving_replay.saturated(q)
+    assert math.isnan(serving_replay.ttft_growth([0.0, 1.0], [0.1, 0.1]))

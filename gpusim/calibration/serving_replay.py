@@ -57,7 +57,10 @@ from gpusim.specs import ModelSpec
 
 QUANTILES = (50, 90, 99)
 LATENCIES = ("ttft_s", "tpot_s", "itl_s", "e2el_s")
-SATURATED_BELOW = 0.9     # a run is saturated when it serves < 90% of what it is offered
+# a run is saturated when its queue grows: the median TTFT of its last third of arrivals
+# over twice its first third's (serving under the offered rate over the makespan cannot
+# tell a queue from a short run's drain of its last long requests)
+SATURATED_TTFT_GROWTH = 2.0
 
 
 def replay_scenario(run: ServingRun) -> Scenario:
@@ -194,11 +197,30 @@ def latency_metrics(arrival_s: Sequence[float], token_s: Sequence[Sequence[float
         arr = np.asarray(xs, dtype=np.float64)
         out[name] = {f"p{q}": float(np.percentile(arr, q)) if len(arr) else math.nan
                      for q in QUANTILES}
+    out["ttft_growth"] = ttft_growth(arrival_s, ttft)
     makespan = max(t[-1] for t in token_s)
     out["makespan_s"] = makespan
     out["requests_per_s"] = len(token_s) / makespan
     out["output_tokens_per_s"] = sum(len(t) for t in token_s) / makespan
     return out
+
+
+def ttft_growth(arrival_s: Sequence[float], ttft_s: Sequence[float]) -> float:
+    """Median TTFT of the last third of the requests by arrival over the first third's
+    (NaN with fewer than three requests): about 1 where the engine keeps up, growing
+    with the run where its queue does."""
+    n = len(arrival_s) // 3
+    if n == 0:
+        return math.nan
+    order = np.argsort(np.asarray(arrival_s, dtype=np.float64), kind="stable")
+    ttft = np.asarray(ttft_s, dtype=np.float64)[order]
+    first = float(np.median(ttft[:n]))
+    return float(np.median(ttft[-n:])) / first if first > 0 else math.inf
+
+
+def saturated(metrics: dict[str, Any]) -> bool:
+    """Whether a run's (``latency_metrics``) queue grew (``SATURATED_TTFT_GROWTH``)."""
+    return bool(metrics["ttft_growth"] > SATURATED_TTFT_GROWTH)
 
 
 def relative_error(pred: float, meas: float) -> float:
@@ -294,7 +316,7 @@ def compare_runs(runs: Sequence[ServingRun], platform: Platform, model_for
 
 def saturation(results: Sequence[RunComparison]) -> dict[str, Any]:
     """Per run: model, offered load, measured and simulated throughput (requests/s),
-    whether each saturated (served < 90% of the offered load); per model
+    whether each saturated (``saturated``: its queue grew); per model
     (``models``), the saturation load of each (the highest throughput of its
     saturated runs; None: not reached); ``measured``/``simulated``: the same over the
     runs of the first model (one model: its saturation)."""
@@ -304,8 +326,8 @@ def saturation(results: Sequence[RunComparison]) -> dict[str, Any]:
         m, s = r.measured["requests_per_s"], r.simulated["requests_per_s"]
         rows.append({"model": r.run.model, "load": r.run.load, "offered": offered,
                      "measured": m, "simulated": s,
-                     "measured_saturated": m < SATURATED_BELOW * offered,
-                     "simulated_saturated": s < SATURATED_BELOW * offered})
+                     "measured_saturated": saturated(r.measured),
+                     "simulated_saturated": saturated(r.simulated)})
     models: dict[str, dict[str, float | None]] = {}
     for model in dict.fromkeys(x["model"] for x in rows):
         mine = [x for x in rows if x["model"] == model]
