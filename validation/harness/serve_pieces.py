@@ -89,11 +89,10 @@ class PiecewiseGraphs:
             self.buf[name].copy_(torch.as_tensor(np.asarray(padded, dtype=np.int64)),
                                  non_blocking=True)
 
-    def run(self, real: int, dec, chunks, sample: torch.Tensor,
-            chunk_backends=None) -> torch.Tensor:
+    def run(self, real: int, dec, chunks, sample: torch.Tensor) -> torch.Tensor:
         """Next tokens [S] of the loaded step of ``real`` packed tokens: ``dec`` and
         ``chunks`` as ``ModelRunner.attention_inputs`` returns them, ``sample`` the
-        sampled rows, ``chunk_backends`` the chunks' SDPA backends (None: torch's)."""
+        sampled rows."""
         r = self.runner
         prev = None
         for i in range(self.layers + 1):
@@ -103,8 +102,7 @@ class PiecewiseGraphs:
             else:
                 prev = self._piece(i, prev)
             if i < self.layers:
-                out = r._attention(i, prev["xq"], prev["xk"], prev["xv"], dec, chunks,
-                                   chunk_backends)
+                out = r._attention(i, prev["xq"], prev["xk"], prev["xv"], dec, chunks)
                 self.attn[:real].copy_(out)
         return r.logits_argmax(prev["x"], sample)
 
