@@ -67,7 +67,11 @@ CUDNN_PLANS = (
 PIECEWISE_RUNS = (
     "In the full_and_piecewise runs ({runs}) a mixed step of up to the largest capture "
     "size replays piecewise graphs instead (the `mixed, piecewise` rows): only its "
-    "attention, cache and last-position ops launch one by one.")
+    "attention, cache and last-position ops launch one by one, under the eager steps' "
+    "SDPA backends. Its decode part's masked SDPA then runs PyTorch's memory-efficient "
+    "kernel (CUTLASS's, a CTA per row and KV head over every padded key), not the "
+    "cuDNN kernel gpusim prices for it: not described. Those rows' errors are largest "
+    "where that part is a large share of the step (the small model).")
 
 
 def known_gaps(results: Sequence[RunComparison]) -> str:
