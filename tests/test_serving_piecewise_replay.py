@@ -124,35 +124,36 @@ def first_row(lines: list[str], launch: str) -> int:
     return next(i for i, x in enumerate(lines) if f",{launch}," in x)
 
 
-def test_a_padded_size_that_is_not_the_next_capture_size_is_refused(
-        piecewise_runs: list[Path], tmp_path: Path) -> None:
+def refusal(run_dir: Path, tmp_path: Path, launch: str, change) -> tuple[str, int]:
+    """The reader's error on a copy of ``run_dir`` whose first ``launch`` step row is
+    ``change(row)``, and that row's line in steps.csv."""
     def edit(lines: list[str]) -> list[str]:
-        i = first_row(lines, "piecewise")
-        lines[i] = lines[i].rsplit(",", 1)[0] + ",1024"
+        i = first_row(lines, launch)
+        lines[i] = change(lines[i])
         edit.line = i + 1
         return lines
 
-    run = edited_copy(piecewise_runs[1], tmp_path, edit)
+    run = edited_copy(run_dir, tmp_path, edit)
     with pytest.raises(ConfigError) as info:
         serving_measured.read_serving_run(run)
-    assert f"steps.csv:{edit.line}: padded_tokens" in str(info.value)
-    assert "smallest capture size" in str(info.value)
+    return str(info.value), edit.line
+
+
+def test_a_padded_size_that_is_not_the_next_capture_size_is_refused(
+        piecewise_runs: list[Path], tmp_path: Path) -> None:
+    msg, line = refusal(piecewise_runs[1], tmp_path, "piecewise",
+                        lambda row: row.rsplit(",", 1)[0] + ",1024")
+    assert f"steps.csv:{line}: padded_tokens" in msg
+    assert "smallest capture size" in msg
 
 
 @pytest.mark.parametrize("launch_from, launch_to", [("piecewise", "eager"),
                                                     ("eager", "piecewise")])
 def test_a_step_that_ran_otherwise_than_the_model_replays_it_is_refused(
         piecewise_runs: list[Path], tmp_path: Path, launch_from: str, launch_to: str) -> None:
-    def edit(lines: list[str]) -> list[str]:
-        i = first_row(lines, launch_from)
-        lines[i] = lines[i].replace(f",{launch_from},", f",{launch_to},")
-        edit.line = i + 1
-        return lines
-
-    run = edited_copy(piecewise_runs[1], tmp_path, edit)
-    with pytest.raises(ConfigError) as info:
-        serving_measured.read_serving_run(run)
-    assert f"steps.csv:{edit.line}: launch" in str(info.value)
+    msg, line = refusal(piecewise_runs[1], tmp_path, launch_from,
+                        lambda row: row.replace(f",{launch_from},", f",{launch_to},"))
+    assert f"steps.csv:{line}: launch" in msg
 
 
 def test_a_piecewise_step_in_a_full_decode_only_run_is_refused(tmp_path: Path) -> None:
