@@ -1,5 +1,6 @@
 """The serving engine's model runner: one packed forward step over a paged KV cache, CUDA
-graphs of decode-only steps per batch size, greedy sampling on the device.
+graphs of decode-only steps per batch size, piecewise graphs of mixed steps per token
+count where asked (serve_pieces.py), greedy sampling on the device.
 
 A step packs every scheduled token into one batch of T tokens (vLLM's layout): first
 one token per decoding sequence, then each prefill chunk's tokens. The GEMMs, norms,
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import bisect
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import reference
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from reference import Shape
 from serve_pieces import PiecewiseGraphs, capture_pieces
+from serve_step import StepInput, StepOutput
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # eager steps' SDPA backends (graph steps keep torch's choice: their plans are built
@@ -51,32 +52,6 @@ EAGER_SDPA: dict[str, list[SDPBackend] | None] = {
     "no-cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                  SDPBackend.MATH],
     "default": None}
-
-
-@dataclass
-class StepInput:
-    """One step's tokens, in packed order: ``decode`` sequences' tokens first, then the
-    chunks'. Per decoding sequence its block table and key count (cached + this one);
-    per chunk (cached tokens, new tokens, block table). ``sample``: packed indices whose
-    next token is sampled."""
-
-    tokens: list[int]
-    positions: list[int]
-    slots: list[int]
-    decode_tables: list[list[int]] = field(default_factory=list)
-    decode_keys: list[int] = field(default_factory=list)
-    chunks: list[tuple[int, int, list[int]]] = field(default_factory=list)
-    sample: list[int] = field(default_factory=list)
-
-
-@dataclass
-class StepOutput:
-    tokens: list[int]        # sampled, one per ``sample`` index
-    gpu_s: float             # CUDA events around the forward (CPU: its wall time)
-    launch: str              # graph | eager | padded (the graph path run eagerly: CPU)
-    padded_batch: int        # rows the decode part ran (0: no decode)
-    key_len: int             # keys per decoding sequence (padded)
-    padded_tokens: int = 0   # rows a piecewise mixed step ran (0: not piecewise)
 
 
 class ModelRunner:
