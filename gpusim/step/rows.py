@@ -145,11 +145,11 @@ def _check_shapes(source: str, rows: list[Row]) -> None:
                 raise bad(source, str(exc), field=exc.field, line=r.line) from None
 
 
+# the ``bound`` column's words, indexed 0 (host launches), 1 (HBM), 2 (arithmetic)
+BOUNDS = np.array(["launch", "memory", "compute"], dtype=object)
 # columns naming a setting the command takes from its options (--gpu, --stack,
 # --launch), not per row: honoured where every cell agrees with the command's (a
 # steps.csv's launch column under the same --launch), else refused
-# the ``bound`` column's words, indexed 0 (host launches), 1 (HBM), 2 (arithmetic)
-BOUNDS = np.array(["launch", "memory", "compute"], dtype=object)
 SETTING_COLUMNS = {"gpu": "--gpu", "stack": "--stack", "launch": "--launch"}
 # columns that would change a step's time but that gpusim does not take per row; any
 # other column (an id, a measured time) is carried to the output untouched
