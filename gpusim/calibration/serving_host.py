@@ -117,21 +117,15 @@ def eager_terms(run: ServingRun, engine: Engine) -> np.ndarray:
     (``StepTimeModel._piecewise``) has that shape too: its launches are those outside
     the graphs, its "last" the graph replays plus the last kernel."""
     fm = without_host(engine.step_model)
+    gpu_model = dataclasses.replace(fm, host_launch_s=0.0, graph_launch_s=0.0)
     rows = []
     for s in run.steps:
-        kind = step_kind(s)
-        if kind == "decode, graph":
+        if step_kind(s) == "decode, graph":
             continue
-        # host-bound at both probes: launches x 1 ms outweighs an eager step's GPU span;
-        # a piecewise step launches far fewer kernels, so its probes grow with its span
-        h1 = 1e-3
-        gpu_model = fm
-        if kind == PIECEWISE:
-            gpu_model = dataclasses.replace(fm, graph_launch_s=0.0)  # its GPU end alone
-        f0 = step_seconds(dataclasses.replace(gpu_model, host_launch_s=0.0), s.composition,
-                          s.longest)
-        if kind == PIECEWISE:
-            h1 = max(h1, 2.0 * f0)
+        f0 = step_seconds(gpu_model, s.composition, s.longest)   # its GPU end alone
+        # at a host cost of twice that span per launch, a step of two or more launches
+        # is host-bound at both probes: the formula's host end is read exactly
+        h1 = max(1e-3, 2.0 * f0)
         h2 = 2.0 * h1
         f1, f2 = (step_seconds(dataclasses.replace(fm, host_launch_s=h), s.composition,
                                s.longest) for h in (h1, h2))

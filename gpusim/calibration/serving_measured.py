@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import math
-from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from gpusim.errors import bad, read_text
 from gpusim.io import jsontext
 from gpusim.serving.scenario import CUDAGRAPH_MODES
+from gpusim.serving.step_tables import padded_size
 
 FORMAT = "gpusim-serve-run/1"
 ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_blocks",
@@ -233,14 +233,14 @@ def _check_piecewise(s: MeasuredStep, mode: str, sizes: list[int], source: str,
         if piecewise:
             raise bad(source, f"a piecewise step in a {mode} run", field="launch", line=line)
         return
-    if piecewise != bool(s.chunks and s.tokens <= sizes[-1]):
+    pad = padded_size(sizes, s.tokens)
+    if piecewise != bool(s.chunks and pad is not None):
         raise bad(source, "a mixed step runs piecewise exactly when its tokens are at most "
                   f"the largest capture size ({sizes[-1]})", field="launch", line=line,
                   value=s.launch)
-    if piecewise and s.padded_tokens != sizes[bisect_left(sizes, s.tokens)]:
+    if piecewise and s.padded_tokens != pad:
         raise bad(source, f"expected the smallest capture size >= its {s.tokens} tokens "
-                  f"({sizes[bisect_left(sizes, s.tokens)]})", field="padded_tokens",
-                  line=line, value=s.padded_tokens)
+                  f"({pad})", field="padded_tokens", line=line, value=s.padded_tokens)
 
 
 def _request(data: dict[str, Any], source: str, line: int) -> MeasuredRequest:

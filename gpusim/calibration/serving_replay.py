@@ -65,8 +65,8 @@ SATURATED_TTFT_GROWTH = 2.0
 
 def replay_scenario(run: ServingRun) -> Scenario:
     """The scenario of ``run``'s engine: its scheduler limits, KV block size, prefix
-    caching, CUDA-graph sizes and mode (an engine record without a mode: vLLM's
-    full_decode_only, as older runs ran); the arrivals come from the run itself."""
+    caching, CUDA-graph sizes and mode (``ServingRun.cudagraph_mode``); the arrivals
+    come from the run itself."""
     e = run.engine
     return Scenario.model_validate({
         "name": f"replay-{run.load}" if run.load[:1].isalnum() else "replay",
@@ -76,7 +76,7 @@ def replay_scenario(run: ServingRun) -> Scenario:
                       "block_size_tokens": e["block_size"],
                       "prefix_caching": e["prefix_caching"],
                       "cudagraph_capture_sizes": e["capture_sizes"] or None,
-                      "cudagraph_mode": e.get("cudagraph_mode", "full_decode_only")}})
+                      "cudagraph_mode": run.cudagraph_mode}})
 
 
 def replay_source(run: ServingRun) -> ListedSource:

@@ -8,6 +8,7 @@ step is priced from them).
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,14 @@ def used_capture_sizes(sizes: tuple[int, ...] | None, limit: int) -> tuple[int, 
         if size >= limit:
             break
     return tuple(out)
+
+
+def padded_size(sizes: tuple[int, ...] | list[int], n: int) -> int | None:
+    """The smallest of the sorted capture ``sizes`` that holds ``n`` rows (None: none
+    does, or no sizes): the size a step pads to and replays a graph of."""
+    if not sizes or n > sizes[-1]:
+        return None
+    return sizes[bisect_left(sizes, n)]
 
 
 def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,

@@ -51,13 +51,13 @@ sequence in it, ``serving_chunk_host_s`` per prefill chunk and
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gpusim.platform import Platform
 from gpusim.serving.grids import grid_position
-from gpusim.serving.step_tables import step_tables, used_capture_sizes
+from gpusim.serving.step_tables import padded_size, step_tables, used_capture_sizes
 from gpusim.specs import ModelSpec
 
 __all__ = ["StepTimeModel", "build_step_time_model", "used_capture_sizes"]
@@ -167,17 +167,11 @@ class StepTimeModel:
     def padded_tokens(self, tokens: int) -> int | None:
         """The captured size a mixed step of ``tokens`` new tokens replays piecewise
         graphs at (None: it runs eagerly: not piecewise, or above the largest size)."""
-        sizes = self.capture_sizes
-        if not self.piecewise or tokens > sizes[-1]:
-            return None
-        return sizes[bisect_left(sizes, tokens)]
+        return padded_size(self.capture_sizes, tokens) if self.piecewise else None
 
     def padded_batch(self, batch: int) -> int | None:
         """The captured size a decode-only step of ``batch`` replays (None: eager)."""
-        sizes = self.capture_sizes
-        if not sizes or batch > sizes[-1]:
-            return None
-        return sizes[bisect_left(sizes, batch)]
+        return padded_size(self.capture_sizes, batch)
 
     def padded_ctx(self, longest: int) -> int:
         """The cached tokens a padded decode row is priced at: the longest decoding
@@ -274,7 +268,7 @@ class StepTimeModel:
             moved += b
             tokens += q
             seqs += 1
-        pad = self.padded_tokens(tokens) if self.piecewise and seqs > decode_batch else None
+        pad = self.padded_tokens(tokens) if seqs > decode_batch else None
         rows = tokens if pad is None else pad
         gpu += self.token_s[rows] + self.seq_s[seqs]
         moved += self.token_bytes[rows] + self.seq_bytes[seqs]
