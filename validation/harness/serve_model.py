@@ -54,6 +54,13 @@ EAGER_SDPA: dict[str, list[SDPBackend] | None] = {
     "default": None}
 
 
+def _next_size(sizes: tuple[int, ...], n: int) -> int | None:
+    """The smallest of the sorted ``sizes`` that holds ``n`` rows (None: none does)."""
+    if not sizes or n > sizes[-1]:
+        return None
+    return sizes[bisect.bisect_left(sizes, n)]
+
+
 class ModelRunner:
     """Weights (random, reference.Weights), the paged KV cache and the step graphs."""
 
@@ -222,10 +229,7 @@ class ModelRunner:
 
     def padded_batch(self, batch: int) -> int | None:
         """The capture size a decode-only batch pads to (None: runs eagerly)."""
-        sizes = self.capture_sizes
-        if not sizes or batch > sizes[-1]:
-            return None
-        return sizes[bisect.bisect_left(sizes, batch)]
+        return _next_size(self.capture_sizes, batch)
 
     def _decode_host(self, inp: StepInput, rows: int, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -288,10 +292,7 @@ class ModelRunner:
 
     def padded_tokens(self, tokens: int) -> int | None:
         """The piecewise size a mixed step of ``tokens`` pads to (None: runs eagerly)."""
-        sizes = self.piecewise_sizes
-        if not sizes or tokens > sizes[-1]:
-            return None
-        return sizes[bisect.bisect_left(sizes, tokens)]
+        return _next_size(self.piecewise_sizes, tokens)
 
     def run(self, inp: StepInput) -> StepOutput:
         """Run one step and return its sampled tokens (a host sync: ``.tolist()``)."""
