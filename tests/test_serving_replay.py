@@ -340,3 +340,34 @@ def test_a_run_saturates_when_its_ttft_grows_across_it() -> None:
     assert q["ttft_growth"] > serving_replay.SATURATED_TTFT_GROWTH
     assert serving_replay.saturated(q)
     assert math.isnan(serving_replay.ttft_growth([0.0, 1.0], [0.1, 0.1]))
+
+
+def test_a_scaled_step_model_prices_every_step_that_much_longer() -> None:
+    sc = Scenario.model_validate({
+        "duration_s": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
+        "prompt": {"dist": "fixed", "tokens": 100}, "output": {"dist": "fixed", "tokens": 10},
+        "scheduler": {"max_num_seqs": 16, "max_num_batched_tokens": 256}})
+    base = build_engine(PLATFORM, MODEL, sc, kv_blocks=ENGINE["num_blocks"]).step_model
+    slow = serving_replay.ScaledStepTimes(base, 1.25)
+    for got, want in ((slow.decode_step(8, 8 * 300.0), base.decode_step(8, 8 * 300.0)),
+                      (slow.step(4, 1200.0, [(100, 0), (30, 64)]),
+                       base.step(4, 1200.0, [(100, 0), (30, 64)]))):
+        assert got[0] == pytest.approx(1.25 * want[0], rel=1e-12)
+        assert got[1] == want[1]                       # the bytes moved stay
+    assert slow.capture_sizes == base.capture_sizes    # everything else is the model's
+
+
+def test_the_sensitivity_replay_moves_a_light_runs_tpot_by_the_step_spread(
+        own_runs: list[Path]) -> None:
+    """At light load the schedule barely changes when every step is slower: TPOT moves
+    by about the spread itself; the section lists every run."""
+    from gpusim.calibration import serving_sensitivity
+
+    runs = [serving_measured.read_serving_run(p) for p in own_runs]
+    results = serving_replay.compare_runs(runs, PLATFORM, lambda run: MODEL)
+    light = next(r for r in results if r.run.load == "light")
+    move = serving_sensitivity.moves(light)["TPOT p50"]
+    assert move == pytest.approx(serving_replay.STEP_SPREAD, rel=0.25)
+    text = "\n".join(serving_sensitivity.sensitivity_section(results))
+    assert "## Sensitivity to the step time" in text
+    assert all(f"{r.run.model} {r.run.load} |" in text for r in results)

@@ -14,6 +14,9 @@ For a run of the harness's engine (``serving_measured.ServingRun``), three views
 * the simulation with measured step times: each simulated step whose composition a
   measured step ran takes that step's measured duration, so what differs from the
   measurement is the schedule (and waking up for arrivals): the scheduling error.
+* the simulation with every step ``STEP_SPREAD`` longer (``ScaledStepTimes``): how far
+  the metrics move within the lease-to-lease spread of the steps
+  (``serving_sensitivity``).
 
 The host work (``serving_host``) is fitted over the steps of the other runs (leave one
 run out), or of the run itself when it is the only one (then said so). So is the host
@@ -61,6 +64,11 @@ LATENCIES = ("ttft_s", "tpot_s", "itl_s", "e2el_s")
 # over twice its first third's (serving under the offered rate over the makespan cannot
 # tell a queue from a short run's drain of its last long requests)
 SATURATED_TTFT_GROWTH = 2.0
+# how much longer every step is priced in the sensitivity replay: the lease-to-lease
+# spread of one GPU kind's steps measured here (13 torch-fused shapes 1.8% apart on two
+# H100 leases, validation/data/h100-sxm/probe_2026-12-06/README.md; the serving
+# harness's 8B decode steps 1.9% apart, SERVING_REPORT_piecewise.md's repeats)
+STEP_SPREAD = 0.02
 
 
 def replay_scenario(run: ServingRun) -> Scenario:
@@ -146,6 +154,29 @@ class MeasuredStepTimes:
         chunks = list(chunks)
         t, moved = self._base.step(decode, ctx_sum, chunks, longest)
         return self._lookup((decode, ctx_sum, tuple(chunks)), t), moved
+
+
+class ScaledStepTimes:
+    """A step-time model whose every step (forward and host work) takes ``factor``
+    times the wrapped model's time; bytes moved and everything else are the wrapped
+    model's."""
+
+    def __init__(self, base: StepTimeModel, factor: float) -> None:
+        self._base = base
+        self._factor = factor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
+                    ) -> tuple[float, float]:
+        t, moved = self._base.decode_step(batch, ctx_sum, longest)
+        return t * self._factor, moved
+
+    def step(self, decode: int, ctx_sum: float, chunks, longest: int = 0
+             ) -> tuple[float, float]:
+        t, moved = self._base.step(decode, ctx_sum, chunks, longest)
+        return t * self._factor, moved
 
 
 @dataclass(frozen=True)
@@ -250,6 +281,9 @@ class RunComparison:
     oracle_steps: int                             # the same, with measured step times
     oracle_preemptions: int
     oracle_prefix: dict[str, Any] | None
+    # the simulation with every step STEP_SPREAD longer: how far the metrics move
+    # within the lease-to-lease spread of the steps
+    slower_steps: dict[str, Any]
 
 
 def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
@@ -282,6 +316,8 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
     oracle_times = MeasuredStepTimes(engine.step_model, run.steps)
     oracle = simulate_run(run, dataclasses.replace(engine, step_model=oracle_times))
     looked_up = oracle_times.matched + oracle_times.modelled
+    slower = simulate_run(run, dataclasses.replace(
+        engine, step_model=ScaledStepTimes(engine.step_model, 1.0 + STEP_SPREAD)))
     return RunComparison(
         run=run, host=host, host_in_sample=host_in_sample, step_errors=step_errors,
         measured=measured, simulated=latency_metrics(arrivals, sim.token_s),
@@ -291,7 +327,8 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
         simulated_preemptions=int(sim.summary["requests"]["preemptions"]),
         simulated_prefix=sim.summary.get("prefix_cache"), oracle_steps=len(oracle.plans),
         oracle_preemptions=int(oracle.summary["requests"]["preemptions"]),
-        oracle_prefix=oracle.summary.get("prefix_cache"))
+        oracle_prefix=oracle.summary.get("prefix_cache"),
+        slower_steps=latency_metrics(arrivals, slower.token_s))
 
 
 def compare_runs(runs: Sequence[ServingRun], platform: Platform, model_for

@@ -9,6 +9,7 @@ from typing import Any
 
 from gpusim.calibration.serving_repeat import repeat_section
 from gpusim.calibration.serving_replay import LATENCIES, QUANTILES, RunComparison, saturated
+from gpusim.calibration.serving_sensitivity import moves, sensitivity_section
 
 TARGETS = {"step": 0.05, "p50": 0.05, "p99": 0.10, "throughput": 0.03, "saturation": 0.10}
 METRIC_DEFINITIONS = (
@@ -127,7 +128,8 @@ def as_dict(results: Sequence[RunComparison], sat: dict[str, Any]) -> dict[str, 
         "step_errors": r.step_errors, "measured": r.measured, "simulated": r.simulated,
         "with_measured_steps": r.with_measured_steps, "steps_matched": r.steps_matched,
         "errors": metric_errors(r),
-        "scheduling_errors": metric_errors(r, "with_measured_steps")} for r in results],
+        "scheduling_errors": metric_errors(r, "with_measured_steps"),
+        "slower_steps": r.slower_steps, "sensitivity": moves(r)} for r in results],
         "saturation": sat, "metric_definitions": METRIC_DEFINITIONS}
 
 
@@ -237,6 +239,7 @@ def markdown(results: Sequence[RunComparison], sat: dict[str, Any], gpu: str, st
             + "."))
         lines.append("")
     lines += _decomposition(results)
+    lines += sensitivity_section(results)
     lines += repeat_section(results)
     lines += _host_section(results, stack)
     lines += _acceptance(results, sat)
