@@ -156,6 +156,10 @@ def test_answers_equal_the_reference_forward(setting: dict, expected: list[list[
         mixed = [s for s in steps if s["chunks"]]
         if max(pieces) >= setting["budget"]:
             assert mixed and all(s["launch"] == "piecewise" for s in mixed)
+        # a piecewise step's decode part runs at its capture size (padded rows attend
+        # the scratch block): answers stay the reference's
+        assert any(s["padded_batch"] > s["decode"] for s in mixed
+                   if s["launch"] == "piecewise")
         for s in mixed:
             fits = [p for p in pieces if p >= s["tokens"]]
             assert s["launch"] == ("piecewise" if fits else "eager")

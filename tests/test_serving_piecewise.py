@@ -108,9 +108,14 @@ def test_decode_only_steps_are_unchanged(stack: str) -> None:
                 batch, batch * ctx, longest)
 
 
-def test_a_stack_that_pads_decode_keys_prices_a_piecewise_steps_attention_as_before() -> None:
+def test_a_stack_that_pads_decode_keys_runs_a_piecewise_steps_decode_part_padded() -> None:
+    """The serving harness pads a piecewise step's decode rows to their capture size
+    (3 rows run as 4), as its decode graphs do; an eager mixed step runs them as they
+    are."""
     m = model_for("full_and_piecewise", stack="harness-serve")
-    attn, _ = m.padded_attention(3, 3, 3000.0, 1500)
+    assert m.padded_batch(3) == 4
+    attn, _ = m.padded_attention(4, 3, 3000.0, 1500)
+    assert attn > m.padded_attention(3, 3, 3000.0, 1500)[0]
     chunk, _ = m.chunk_attention(60, 0)
     gpu = attn + chunk + m.token_s[64] + m.seq_s[4]
     h = m.host_launch_s

@@ -252,23 +252,28 @@ class StepTimeModel:
         ``decode_ctx_sum`` cached tokens in all (the longest ``longest``: read only
         when the stack pads its decode keys), plus prefill ``chunks`` of (q, ctx).
         Piecewise (``padded_tokens``; with chunks, as a decode-only batch replays a
-        full graph, ``decode_step``): the per-token ops at the padded size."""
-        tokens = decode_batch
-        seqs = decode_batch
+        full graph, ``decode_step``): the per-token ops at the padded size, and a stack
+        that pads its decode keys runs the decode part at its capture size too (the
+        rows its decode graphs run: the serving harness reuses their attention plans)."""
+        chunks = list(chunks)
+        tokens = decode_batch + sum(q for q, _ in chunks)
+        seqs = decode_batch + len(chunks)
+        pad = self.padded_tokens(tokens) if chunks else None
         gpu = 0.0
         moved = 0.0
         if decode_batch:
-            gpu, moved = (self.padded_attention(decode_batch, decode_batch, decode_ctx_sum,
-                                                longest) if self.key_bucket_tokens
-                          else self.decode_attention(decode_batch,
-                                                     decode_ctx_sum / decode_batch))
+            if self.key_bucket_tokens:
+                dec_rows = ((self.padded_batch(decode_batch) or decode_batch)
+                            if pad is not None else decode_batch)
+                gpu, moved = self.padded_attention(dec_rows, decode_batch, decode_ctx_sum,
+                                                   longest)
+            else:
+                gpu, moved = self.decode_attention(decode_batch,
+                                                   decode_ctx_sum / decode_batch)
         for q, ctx in chunks:
             s, b = self.chunk_attention(q, ctx)
             gpu += s
             moved += b
-            tokens += q
-            seqs += 1
-        pad = self.padded_tokens(tokens) if seqs > decode_batch else None
         rows = tokens if pad is None else pad
         gpu += self.token_s[rows] + self.seq_s[seqs]
         moved += self.token_bytes[rows] + self.seq_bytes[seqs]

@@ -35,6 +35,7 @@ Needs torch and numpy (runs on the GPU machine, which has no gpusim installed).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 
 import numpy as np
@@ -119,53 +120,63 @@ class ModelRunner:
         return (tables[..., None] * bs + offsets).flatten(-2)
 
     def _attention(self, i: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor,
-                   dec: tuple[torch.Tensor, torch.Tensor] | None,
-                   chunks: list[tuple[int, int, int, torch.Tensor | None]]) -> torch.Tensor:
+                   dec: tuple[torch.Tensor, torch.Tensor, int] | None,
+                   chunks: list[tuple[int, int, int, torch.Tensor | None]],
+                   chunk_backends: list[SDPBackend] | None = None) -> torch.Tensor:
         """Attention of layer ``i`` for the packed queries xq [T, H, D] (the step's own
-        keys and values xk, xv [T, Hkv, D]) -> [T, H*D]."""
+        keys and values xk, xv [T, Hkv, D]) -> [T, H*D]. ``dec``'s rows past its real
+        ones (its third item) attend with zero queries (a padded decode part);
+        ``chunk_backends``: the chunks' SDPA backends (None: the caller's)."""
         s = self.shape
         h_, hkv, d = s.num_attention_heads, s.num_key_value_heads, s.d
         g = h_ // hkv
         kc, vc = self.k[i], self.v[i]                                    # [slots, Hkv, D]
         parts = []
         if dec is not None:
-            key_slots, mask = dec                                        # [B, K], [B,1,1,K]
+            key_slots, mask, real = dec                                  # [B, K], [B,1,1,K]
             b, k = key_slots.shape
             flat = key_slots.reshape(-1)
             keys = kc.index_select(0, flat).view(b, k, hkv, d).transpose(1, 2)  # [B,Hkv,K,D]
             vals = vc.index_select(0, flat).view(b, k, hkv, d).transpose(1, 2)
-            q = xq[:b].reshape(b, hkv, g, d)                             # [B, Hkv, G, D]
+            q = xq[:real].reshape(real, hkv, g, d)                       # [B, Hkv, G, D]
+            if b > real:
+                q = torch.cat((q, q.new_zeros(b - real, hkv, g, d)))
             o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
-            parts.append(o.reshape(b, h_ * d))
-        for start, q_len, ctx, key_slots in chunks:
-            qc = xq[start:start + q_len].transpose(0, 1)[None]            # [1, H, q, D]
-            if key_slots is None:   # a fresh prompt: its own keys, causal
-                keys = xk[start:start + q_len].transpose(0, 1)[None]     # [1, Hkv, q, D]
-                vals = xv[start:start + q_len].transpose(0, 1)[None]
-                o = F.scaled_dot_product_attention(qc, keys, vals, is_causal=True,
-                                                   enable_gqa=True)
-            else:
-                # keys repeated per query head (no enable_gqa): the masked kernel that
-                # eager steps run (EFFICIENT_ATTENTION, see ``run``) takes no GQA
-                n = key_slots.shape[0]
-                keys = kc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
-                vals = vc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
-                o = F.scaled_dot_product_attention(
-                    qc, keys.repeat_interleave(g, 1), vals.repeat_interleave(g, 1),
-                    attn_mask=reference.verify_mask(q_len, ctx + q_len))
-            parts.append(o[0].transpose(0, 1).reshape(q_len, h_ * d))
+            parts.append(o[:real].reshape(real, h_ * d))
+        use = sdpa_kernel(chunk_backends) if chunk_backends else contextlib.nullcontext()
+        with use:
+            for start, q_len, ctx, key_slots in chunks:
+                qc = xq[start:start + q_len].transpose(0, 1)[None]        # [1, H, q, D]
+                if key_slots is None:   # a fresh prompt: its own keys, causal
+                    keys = xk[start:start + q_len].transpose(0, 1)[None]  # [1, Hkv, q, D]
+                    vals = xv[start:start + q_len].transpose(0, 1)[None]
+                    o = F.scaled_dot_product_attention(qc, keys, vals, is_causal=True,
+                                                       enable_gqa=True)
+                else:
+                    # keys repeated per query head (no enable_gqa): the masked kernel
+                    # that eager steps run (EFFICIENT_ATTENTION, see ``run``) takes no GQA
+                    n = key_slots.shape[0]
+                    keys = kc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
+                    vals = vc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
+                    o = F.scaled_dot_product_attention(
+                        qc, keys.repeat_interleave(g, 1), vals.repeat_interleave(g, 1),
+                        attn_mask=reference.verify_mask(q_len, ctx + q_len))
+                parts.append(o[0].transpose(0, 1).reshape(q_len, h_ * d))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def attention_inputs(self, dec: tuple[torch.Tensor, torch.Tensor] | None,
-                         chunks: list[tuple[int, int, int, torch.Tensor | None]]):
+                         chunks: list[tuple[int, int, int, torch.Tensor | None]],
+                         dec_rows: int | None = None):
         """What ``_attention`` takes, once for every layer: the decoding sequences'
         key slots and length mask from their block tables [B, K / block size] and key
-        counts [B]; each chunk's key slots from its block table (None: fresh)."""
+        counts [B] (``dec_rows``: how many of the B rows are real; default all); each
+        chunk's key slots from its block table (None: fresh)."""
         if dec is not None:
             tables, lens = dec
             key_slots = self._slots_of(tables)                           # [B, K]
             keys = torch.arange(key_slots.shape[1], device=lens.device)
-            dec = (key_slots, (keys[None, :] < lens[:, None])[:, None, None, :])
+            dec = (key_slots, (keys[None, :] < lens[:, None])[:, None, None, :],
+                   key_slots.shape[0] if dec_rows is None else dec_rows)
         chunks = [(start, q, ctx, None if table is None else self._slots_of(table)[:ctx + q])
                   for start, q, ctx, table in chunks]
         return dec, chunks
@@ -334,6 +345,7 @@ class ModelRunner:
             chunks.append((start, q, ctx, t(table) if ctx else None))
             start += q
         rows = self.padded_tokens(len(inp.tokens)) if inp.chunks else None
+        backends = EAGER_SDPA[self.eager_sdpa]
         if rows is not None:
             if rows not in self._pieces:
                 self.late_captures += int(self.cuda)
@@ -342,27 +354,28 @@ class ModelRunner:
             pieces.load({"tokens": inp.tokens, "positions": inp.positions,
                          "slots": inp.slots}, len(inp.tokens))
             sample = t(inp.sample)
-            launch = "piecewise"
+            # the decode part pads to its capture size and runs torch's SDPA choice
+            # (cuDNN's masked kernel, as the decode graphs): capture_all built those
+            # plans for every (capture size, key length); only the chunks keep the
+            # eager backends
+            dec_rows = (self.padded_batch(b) or b) if b else 0
+            if dec_rows > b:
+                tables, lens = self._decode_host(inp, dec_rows, k)
+                dec = (t(tables), t(lens))
 
             def fn():
-                return pieces.run(len(inp.tokens), *self.attention_inputs(dec, chunks),
-                                  sample)
-        else:
-            args = (t(inp.tokens), t(inp.positions), t(inp.slots), dec, chunks,
-                    t(inp.sample))
-            launch, rows = "eager", 0
-
-            def fn():
-                return self._forward(*args)
-        backends = EAGER_SDPA[self.eager_sdpa]
+                return pieces.run(len(inp.tokens), *self.attention_inputs(dec, chunks, b),
+                                  sample, backends)
+            return self._timed(fn, inp, "piecewise", dec_rows, k, rows)
+        args = (t(inp.tokens), t(inp.positions), t(inp.slots), dec, chunks, t(inp.sample))
         if backends is None:
-            return self._timed(fn, inp, launch, b, k, rows)
+            return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
         # cuDNN builds an execution plan the first time it meets an SDPA shape (45-150 ms
         # on an H100, validation/data/h100-sxm/serve_probe_2026-12-06): every new prompt
         # length and eager decode batch would pay it, a cost no serving engine with
         # shape-agnostic attention kernels (vLLM's FlashAttention varlen) has
         with sdpa_kernel(backends):
-            return self._timed(fn, inp, launch, b, k, rows)
+            return self._timed(lambda: self._forward(*args), inp, "eager", b, k)
 
     def _timed(self, fn, inp: StepInput, launch: str, rows: int, k: int,
                padded_tokens: int = 0) -> StepOutput:

@@ -89,10 +89,11 @@ class PiecewiseGraphs:
             self.buf[name].copy_(torch.as_tensor(np.asarray(padded, dtype=np.int64)),
                                  non_blocking=True)
 
-    def run(self, real: int, dec, chunks, sample: torch.Tensor) -> torch.Tensor:
+    def run(self, real: int, dec, chunks, sample: torch.Tensor,
+            chunk_backends=None) -> torch.Tensor:
         """Next tokens [S] of the loaded step of ``real`` packed tokens: ``dec`` and
         ``chunks`` as ``ModelRunner.attention_inputs`` returns them, ``sample`` the
-        sampled rows."""
+        sampled rows, ``chunk_backends`` the chunks' SDPA backends (None: torch's)."""
         r = self.runner
         prev = None
         for i in range(self.layers + 1):
@@ -102,7 +103,8 @@ class PiecewiseGraphs:
             else:
                 prev = self._piece(i, prev)
             if i < self.layers:
-                out = r._attention(i, prev["xq"], prev["xk"], prev["xv"], dec, chunks)
+                out = r._attention(i, prev["xq"], prev["xk"], prev["xv"], dec, chunks,
+                                   chunk_backends)
                 self.attn[:real].copy_(out)
         return r.logits_argmax(prev["x"], sample)
 
