@@ -68,11 +68,17 @@ CUDNN_PLANS = (
 PIECEWISE_RUNS = (
     "In the full_and_piecewise runs ({runs}) a mixed step of up to the largest capture "
     "size replays piecewise graphs instead (the `mixed, piecewise` rows): only its "
-    "attention, cache and last-position ops launch one by one, under the eager steps' "
-    "SDPA backends. Its decode part's masked SDPA then runs PyTorch's memory-efficient "
-    "kernel (CUTLASS's, a CTA per row and KV head over every padded key), not the "
-    "cuDNN kernel gpusim prices for it: not described. Those rows' errors are largest "
-    "where that part is a large share of the step (the small model).")
+    "attention and last-position ops launch one by one, its decoding rows padded to "
+    "their capture size on cuDNN's masked kernel (priced) and its prompt chunks under the "
+    "eager steps' no-cudnn backends: a fresh prompt runs PyTorch's FlashAttention-2 "
+    "kernel, a chunk after cached tokens the memory-efficient one, both priced as "
+    "cuDNN's prefill kernel (not described). Nor is how many kernels a piecewise step "
+    "launches outside its graphs described: profiled "
+    "(validation/data/h100-sxm/probe_2026-12-06/piecewise/), a layer launches 2 with a "
+    "fresh prompt alone and about 10 with decoding rows beside it, where gpusim counts "
+    "a decode step's attention ops for every piecewise step; the small model's "
+    "piecewise steps are host-bound where they have decoding rows, so their error "
+    "follows that count.")
 
 
 def known_gaps(results: Sequence[RunComparison]) -> str:
