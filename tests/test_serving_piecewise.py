@@ -67,11 +67,32 @@ def test_piecewise_sizes_reach_the_token_budget_and_decode_pads_as_before() -> N
     assert [pw.padded_batch(b) for b in range(1, SEQS + 1)] == \
         [full.padded_batch(b) for b in range(1, SEQS + 1)]
     assert pw.pieces == MODEL.num_hidden_layers + 1
-    # the launches outside the graphs: attention (two kernels a layer) and the LM head
+    # the launches outside the graphs: the LM head always, attention (two kernels a
+    # layer) for each part a step has: decoding rows, a fresh prompt, a later chunk
     probe = op_costs(Platform(GPU, STACK, CAL), MODEL, "decode", 1, 0, 1)
     by_name = {op.name: op.launches * op.repeat for op in probe}
-    assert pw.piecewise_launches == by_name["attention"] + by_name["lm_head"]
-    assert pw.piecewise_launches < pw.launches_per_step
+    assert pw.piecewise_launches == by_name["lm_head"]
+    assert pw.piecewise_decode_launches == pw.piecewise_fresh_launches == \
+        pw.piecewise_chunk_launches == by_name["attention"]
+    assert pw.outside_launches(0, [(90, 0)]) == by_name["lm_head"] + by_name["attention"]
+    assert pw.outside_launches(3, [(90, 0), (10, 700)]) == \
+        by_name["lm_head"] + 3 * by_name["attention"]
+    assert pw.outside_launches(3, [(90, 0)]) < pw.launches_per_step
+
+
+def test_the_harness_stacks_piecewise_launches_follow_the_parts_of_a_step() -> None:
+    """Its decoding rows launch their gathers, mask and attention outside the graphs,
+    a fresh prompt only its attention, a chunk after cached tokens its attention and
+    cache ops (profiled: 2 kernels a layer with a fresh prompt alone, about 10 with
+    decoding rows beside it)."""
+    m = model_for("full_and_piecewise", stack="harness-serve")
+    layers = MODEL.num_hidden_layers
+    assert m.piecewise_fresh_launches == 2 * layers            # SDPA and its memset
+    # + K and V gathers and the mask's two kernels a layer, the rows' key slots once
+    assert m.piecewise_decode_launches == 6 * layers + 5
+    assert m.piecewise_chunk_launches == m.piecewise_decode_launches
+    fresh, both = m.outside_launches(0, [(300, 0)]), m.outside_launches(4, [(300, 0)])
+    assert both - fresh == m.piecewise_decode_launches
 
 
 def test_a_piecewise_step_is_the_eager_formula_with_the_graphs_folded_in() -> None:
@@ -81,7 +102,8 @@ def test_a_piecewise_step_is_the_eager_formula_with_the_graphs_folded_in() -> No
     gpu = attn + m.token_s[128] + m.seq_s[5]
     h, g = m.host_launch_s, m.graph_launch_s
     tail = m.tail_by_tokens_s[103] + m.tail_by_seqs_s[5]
-    want = max(gpu + m.attention_fixed_s + h, m.piecewise_launches * h + m.pieces * g + tail)
+    want = max(gpu + m.attention_fixed_s + h,
+               m.outside_launches(3, chunks) * h + m.pieces * g + tail)
     got, moved = m.step(3, 3000.0, chunks)
     assert got == pytest.approx(want, rel=1e-12)
     assert moved == pytest.approx(attn_bytes + m.token_bytes[128] + m.seq_bytes[5],
@@ -121,7 +143,7 @@ def test_a_stack_that_pads_decode_keys_runs_a_piecewise_steps_decode_part_padded
     h = m.host_launch_s
     tail = m.tail_by_tokens_s[63] + m.tail_by_seqs_s[4]
     want = max(gpu + m.attention_fixed_s + h,
-               m.piecewise_launches * h + m.pieces * m.graph_launch_s + tail)
+               m.outside_launches(3, [(60, 0)]) * h + m.pieces * m.graph_launch_s + tail)
     assert m.step(3, 3000.0, [(60, 0)], 1500)[0] == pytest.approx(want, rel=1e-12)
 
 

@@ -72,13 +72,13 @@ PIECEWISE_RUNS = (
     "their capture size on cuDNN's masked kernel (priced) and its prompt chunks under the "
     "eager steps' no-cudnn backends: a fresh prompt runs PyTorch's FlashAttention-2 "
     "kernel, a chunk after cached tokens the memory-efficient one, both priced as "
-    "cuDNN's prefill kernel (not described). Nor is how many kernels a piecewise step "
-    "launches outside its graphs described: profiled "
-    "(validation/data/h100-sxm/probe_2026-12-06/piecewise/), a layer launches 2 with a "
-    "fresh prompt alone and about 10 with decoding rows beside it, where gpusim counts "
-    "a decode step's attention ops for every piecewise step; the small model's "
-    "piecewise steps are host-bound where they have decoding rows, so their error "
-    "follows that count.")
+    "cuDNN's prefill kernel (not described). The launches outside its graphs follow "
+    "the parts it has (profiled, validation/data/h100-sxm/probe_2026-12-06/piecewise/: "
+    "a layer launches 2 kernels with a fresh prompt alone, about 10 with decoding rows "
+    "beside it): the stack's attention and cache ops for its decoding rows, its "
+    "attention for each fresh prompt, both for each chunk after cached tokens. The "
+    "small model's piecewise steps with decoding rows are host-bound, and the host's "
+    "speed moves from process to process (its repeat).")
 
 
 def known_gaps(results: Sequence[RunComparison]) -> str:

@@ -123,9 +123,20 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
     # eager: which op launches last, and does its cost follow tokens or sequences?
     probe = op_costs(platform, model, "decode", 1, 0, 1)
     launches = sum(op.launches * op.repeat for op in probe)
-    # piecewise: the ops outside the graphs (attention, cache and last-position ops)
-    # launch one by one between and after the pieces
-    outside = sum(op.launches * op.repeat for op in probe if not per_token(op))
+    # piecewise: the ops outside the graphs launch one by one between and after the
+    # pieces: the last-position ops always, and the attention (and cache) ops of the
+    # parts a step has: decoding rows, fresh prompts (no cache to read), chunks after
+    # cached tokens
+    def outside(mode: str, ctx: float, keep) -> int:
+        ops = op_costs(platform, model, mode, 1, ctx, 1) if mode != "decode" else probe
+        return int(sum(op.launches * op.repeat for op in ops if keep(op)))
+
+    pw_launches = {
+        "piecewise_launches": outside("decode", 0.0, per_seq),
+        "piecewise_decode_launches": outside("decode", 0.0, attention),
+        "piecewise_fresh_launches": outside("prefill", 0.0, lambda k: k.kind == "attention"),
+        "piecewise_chunk_launches": outside("verify", 1.0, attention),
+    } if piecewise else {}
     tail_tok = [0.0] * (table_tokens + 1)
     tail_seq = [0.0] * (max_num_seqs + 1)
     last = next((k for k in reversed(probe) if k.launches > 0), None)
@@ -158,7 +169,7 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
         fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist(),
         capture_sizes=sizes, attention_fixed_s=attn_fixed,
         graph_launch_s=cal.host.host_graph_launch_cost_s,
-        piecewise=piecewise, piecewise_launches=outside if piecewise else 0,
+        piecewise=piecewise, **pw_launches,
         pieces=model.num_hidden_layers + 1 if piecewise else 0,
         host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
         host_chunk_s=cal.host.serving_chunk_host_s,

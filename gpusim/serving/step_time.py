@@ -96,7 +96,14 @@ class StepTimeModel:
     attention_fixed_s: float = 0.0        # attention launches' fixed cost, once a step
     graph_launch_s: float = 0.0           # one graph replay (capture_sizes)
     piecewise: bool = False               # mixed steps replay piecewise graphs
-    piecewise_launches: int = 0           # ... launching the ops outside them one by one
+    # ... launching the ops outside them one by one: these in every such step (its
+    # last-position ops), these with decoding rows (their attention and cache ops), these
+    # a fresh prompt chunk (its attention) and these a chunk after cached tokens (its
+    # attention and cache ops)
+    piecewise_launches: int = 0
+    piecewise_decode_launches: int = 0
+    piecewise_fresh_launches: int = 0
+    piecewise_chunk_launches: int = 0
     pieces: int = 0                       # ... and replaying this many graphs
     host_step_s: float = 0.0              # the engine's host work per step
     host_seq_s: float = 0.0               # ... and per sequence in the step
@@ -155,14 +162,25 @@ class StepTimeModel:
         tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
         return max(gpu_s + self.attention_fixed_s + h, self.launches_per_step * h + tail)
 
-    def _piecewise(self, gpu_s: float, tokens: int, seqs: int) -> float:
+    def outside_launches(self, decode_batch: int, chunks: Iterable[tuple[int, int]]
+                         ) -> int:
+        """Launches a piecewise step of ``decode_batch`` decoding rows and prefill
+        ``chunks`` of (q, ctx) makes outside its graphs: only the attention of the parts
+        it has (profiled on the serving harness, Llama 3.2 1B: 2 kernels a layer with a
+        fresh prompt alone, about 10 with decoding rows beside it)."""
+        return (self.piecewise_launches
+                + (self.piecewise_decode_launches if decode_batch else 0)
+                + sum(self.piecewise_chunk_launches if ctx else self.piecewise_fresh_launches
+                      for _, ctx in chunks))
+
+    def _piecewise(self, gpu_s: float, tokens: int, seqs: int, launches: int) -> float:
         """A mixed step replaying piecewise graphs: the eager formula's two ends, with
-        only the ops outside the graphs launched one by one and one replay a piece.
+        only the ``launches`` outside the graphs one by one and one replay a piece.
         (The last launch, after the graphs as vLLM samples, at the real rows.)"""
         h = self.host_launch_s
         tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
         return max(gpu_s + self.attention_fixed_s + h,
-                   self.piecewise_launches * h + self.pieces * self.graph_launch_s + tail)
+                   launches * h + self.pieces * self.graph_launch_s + tail)
 
     def padded_tokens(self, tokens: int) -> int | None:
         """The captured size a mixed step of ``tokens`` new tokens replays piecewise
@@ -279,7 +297,7 @@ class StepTimeModel:
         moved += self.token_bytes[rows] + self.seq_bytes[seqs]
         chunks_n, prefill = seqs - decode_batch, tokens - decode_batch
         if pad is not None:
-            t = self._piecewise(gpu, tokens, seqs)
+            t = self._piecewise(gpu, tokens, seqs, self.outside_launches(decode_batch, chunks))
         elif self.capture_sizes:
             t = self._eager(gpu, tokens, seqs)
         else:
