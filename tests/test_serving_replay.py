@@ -320,6 +320,8 @@ def test_a_repeated_run_is_grouped_with_its_spread(own_runs: list[Path]) -> None
     groups = serving_repeat.repeat_groups(results)
     assert [[r.run.load for r in g] for g in groups] == [[light.load, light.load]]
     assert serving_repeat.spread(groups[0], "ttft_s", "p50") == 0.0
+    assert serving_repeat.worst_spread(results, "ttft_s", "p50") == 0.0
+    assert serving_repeat.worst_spread(results[:2], "ttft_s", "p50") is None
     text = "\n".join(serving_repeat.repeat_section(results))
     assert "## Run-to-run spread" in text and "| 0.0% |" in text
     assert serving_repeat.repeat_section(results[:2]) == []
@@ -371,3 +373,17 @@ def test_the_sensitivity_replay_moves_a_light_runs_tpot_by_the_step_spread(
     text = "\n".join(serving_sensitivity.sensitivity_section(results))
     assert "## Sensitivity to the step time" in text
     assert all(f"{r.run.model} {r.run.load} |" in text for r in results)
+
+
+def test_the_worst_spread_is_the_largest_over_the_repeat_groups() -> None:
+    from gpusim.calibration import serving_repeat
+
+    def result(model: str, ttft_p50: float) -> Any:
+        run = SimpleNamespace(device="cuda", gpu="h100-sxm", model=model, engine={},
+                              workload={}, offered_rate_per_s=1.0, requests=[])
+        return SimpleNamespace(run=run, measured={"ttft_s": {"p50": ttft_p50}})
+
+    results = [result("a", 1.0), result("a", 1.2), result("b", 2.0), result("b", 2.1),
+               result("c", 5.0)]
+    assert serving_repeat.worst_spread(results, "ttft_s", "p50") == pytest.approx(0.2)
+    assert serving_repeat.worst_spread(results[-1:], "ttft_s", "p50") is None

@@ -44,6 +44,14 @@ def spread(group: Sequence[RunComparison], name: str, q: str | None) -> float:
     return float(xs.max() / xs.min() - 1.0)
 
 
+def worst_spread(results: Sequence[RunComparison], name: str, q: str | None
+                 ) -> float | None:
+    """The largest ``spread`` of a measured metric over ``results``' groups of repeated
+    runs (None without repeats): the floor under that metric's errors."""
+    xs = [spread(g, name, q) for g in repeat_groups(results)]
+    return max(xs) if xs else None
+
+
 def _mixed_forward_ms(r: RunComparison) -> float:
     """Median measured forward of the run's mixed steps (ms; nan without any)."""
     xs = [s.gpu_s for s in r.run.steps if s.chunks]
