@@ -653,6 +653,38 @@ def test_pointwise_off_the_l2_chain_streams_every_byte_from_hbm():
     assert c_big.memory_s[0] == pytest.approx(4 * big / (0.35 * BW))
 
 
+def test_an_l2_chained_ops_kv_cache_reads_stream_from_hbm():
+    """An op in an L2 chain that also reads the KV cache (the serving harness's K/V
+    gather: it writes a buffer the attention reads next, from cache slots no kernel
+    just wrote): its cache reads move at HBM speed, only the rest may sit in L2."""
+    import dataclasses
+    cal = Calibration(physics={"l2_bandwidth_ratio": 2.0})
+    small = 5e6                  # 20 MB written + 20 MB read: under the 50 MB L2
+    chained = dataclasses.replace(elementwise_kernel(small, 8), bandwidth_fraction=0.5)
+    gather = dataclasses.replace(chained, cache_read_bytes=a(4 * small))
+    assert kernel_cost(chained, GPU, cal).memory_s[0] == pytest.approx(
+        8 * small / (2.0 * 0.5 * BW))
+    assert kernel_cost(gather, GPU, cal).memory_s[0] == pytest.approx(
+        4 * small / (2.0 * 0.5 * BW) + 4 * small / (0.5 * BW))
+    # off the chain every byte streams from HBM, cache reads or not
+    cold = dataclasses.replace(gather, l2_chain=False)
+    assert kernel_cost(cold, GPU, cal).memory_s[0] == pytest.approx(8 * small / (0.5 * BW))
+
+
+def test_the_harness_gather_records_its_kv_cache_reads():
+    from gpusim.io import loader
+    from gpusim.kernels import build_kernels
+
+    model = loader.load_model("llama-3.2-1b")
+    ks = {k.name: k for k in build_kernels(model, loader.load_stack("harness-serve"),
+                                           "decode", 8, 1023, 1)}
+    gather = ks["kv_gather"]
+    # K and V of 8 rows x 1024 keys x the KV width, 2 B each: half its traffic
+    assert gather.cache_read_bytes[0] == pytest.approx(8 * 1024 * model.kv_dim * 4)
+    assert gather.cache_read_bytes[0] == pytest.approx(gather.bytes[0] / 2)
+    assert ks["attn_mask"].cache_read_bytes is None
+
+
 def test_multi_launch_elementwise_ctas_count_the_whole_tensor_per_launch():
     """BUG (saturating_ctas_per_sm > 0): an elementwise op's ``kernels`` launches each
     stream the whole tensor (rms_norm's 8 kernels each run over [T, h]), but cost.py

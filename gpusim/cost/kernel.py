@@ -107,8 +107,12 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
                    else np.zeros_like(k.flops))
         op_bw = (bw * k.bandwidth_fraction if k.bandwidth_fraction is not None
                  else bw / (1.0 - strided + strided / ph.strided_bandwidth_fraction))
-        memory = (l2_aware_s(k.bytes, launches, op_bw, gpu, ph) if k.l2_chain
-                  else k.bytes / op_bw)
+        if k.l2_chain:
+            # what it reads from the KV cache streams from HBM; the rest may sit in L2
+            cached = 0.0 if k.cache_read_bytes is None else k.cache_read_bytes
+            memory = l2_aware_s(k.bytes - cached, launches, op_bw, gpu, ph) + cached / op_bw
+        else:
+            memory = k.bytes / op_bw
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, ph)
         if k.sort_elements is not None:

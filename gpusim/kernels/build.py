@@ -91,6 +91,9 @@ def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     }[weight]
 
 
+# tensors an op can read that live in the KV cache (no kernel just wrote them)
+_CACHE_READS = ("kv_cache", "kv_cache_expanded")
+
 # the kernel kind of a streaming op (a dict: an enum call per op showed in the fast path)
 _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.EMBEDDING}
 
@@ -135,10 +138,14 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                        op.strided_kernels).astype(np.float64)
     elements = _tensor_elements(op, model, b, qq, tokens, m_tok, cache)
     moved = elements * op.bytes_per_element
+    cache_read = None
     if op.reads is not None:
         read_op = op.model_copy(update={"tensor": op.reads})
-        moved = moved + (_tensor_elements(read_op, model, b, qq, tokens, m_tok, cache)
-                         * op.read_bytes_per_element)
+        read = (_tensor_elements(read_op, model, b, qq, tokens, m_tok, cache)
+                * op.read_bytes_per_element)
+        moved = moved + read
+        if op.reads in _CACHE_READS:
+            cache_read = read
     zeros = np.zeros_like(b)
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
         else op.kernels
@@ -150,7 +157,8 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   sort_elements=elements if op.sorts else None,
                   index_count=_slots(op, model, tokens),
                   small_index_s=op.small_index_s,
-                  bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain)
+                  bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain,
+                  cache_read_bytes=cache_read)
 
 
 def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,

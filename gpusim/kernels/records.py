@@ -109,6 +109,9 @@ class Kernel:
     # a pointwise op whose input the kernel before it just wrote (its L2-resident part
     # streams at L2 speed), or one that streams a tensor from HBM (false)
     l2_chain: bool = True
+    # of its bytes, those it reads from the KV cache, which no kernel just wrote: they
+    # stream from HBM even in an L2 chain (per step shape; None: none)
+    cache_read_bytes: np.ndarray | None = None
     # a collective between GPUs (tensor/pipeline/expert parallelism): what it moves
     collective: CollectiveShape | None = None
 
