@@ -33,14 +33,14 @@ def repeat_groups(results: Sequence[RunComparison]) -> list[list[RunComparison]]
     return [g for g in groups.values() if len(g) > 1]
 
 
-def _value(r: RunComparison, which: str, name: str, q: str | None) -> float:
+def metric_value(r: RunComparison, which: str, name: str, q: str | None) -> float:
     x = getattr(r, which)[name]
     return float(x if q is None else x[q])
 
 
 def spread(group: Sequence[RunComparison], name: str, q: str | None) -> float:
     """(largest - smallest) / smallest of a measured metric over ``group``'s runs."""
-    xs = np.array([_value(r, "measured", name, q) for r in group])
+    xs = np.array([metric_value(r, "measured", name, q) for r in group])
     return float(xs.max() / xs.min() - 1.0)
 
 
@@ -75,8 +75,9 @@ def repeat_section(results: Sequence[RunComparison]) -> list[str]:
     for g in groups:
         loads = ", ".join(r.run.load for r in g)
         for label, name, q in METRICS:
-            meas = [_value(r, "measured", name, q) for r in g]
-            errs = [_value(r, "simulated", name, q) / m - 1.0 for r, m in zip(g, meas, strict=True)]
+            meas = [metric_value(r, "measured", name, q) for r in g]
+            errs = [metric_value(r, "simulated", name, q) / m - 1.0
+                    for r, m in zip(g, meas, strict=True)]
             scale = 1.0 if q is None else 1e3   # latencies in ms
             lines.append(
                 f"| {g[0].run.model} | {loads} | {label} | "

@@ -101,7 +101,33 @@ def replay_source(run: ServingRun) -> ListedSource:
     return ListedSource(rows, str(run.path))
 
 
-class MeasuredStepTimes:
+class _WrappedStepTimes:
+    """A step-time model that passes each step's composition and the wrapped model's
+    time to ``_time`` for the time it gives; bytes moved and everything else are the
+    wrapped model's."""
+
+    def __init__(self, base: StepTimeModel) -> None:
+        self._base = base
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def _time(self, key: tuple, model_s: float) -> float:
+        raise NotImplementedError
+
+    def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
+                    ) -> tuple[float, float]:
+        t, moved = self._base.decode_step(batch, ctx_sum, longest)
+        return self._time((batch, ctx_sum, ()), t), moved
+
+    def step(self, decode: int, ctx_sum: float, chunks, longest: int = 0
+             ) -> tuple[float, float]:
+        chunks = list(chunks)
+        t, moved = self._base.step(decode, ctx_sum, chunks, longest)
+        return self._time((decode, ctx_sum, tuple(chunks)), t), moved
+
+
+class MeasuredStepTimes(_WrappedStepTimes):
     """A step-time model that gives a step the measured duration of a step of the same
     composition (in measured order where one repeats); a composition never measured
     gets the model's time scaled by the median measured / modelled ratio of its kind
@@ -110,7 +136,7 @@ class MeasuredStepTimes:
     wrapped model's."""
 
     def __init__(self, base: StepTimeModel, steps: Sequence[MeasuredStep]) -> None:
-        self._base = base
+        super().__init__(base)
         self._table: dict[tuple, list[float]] = defaultdict(list)
         ratios: dict[str, list[float]] = {"decode": [], "mixed": [], "piecewise": []}
         for s in steps:
@@ -122,9 +148,6 @@ class MeasuredStepTimes:
         self.matched = 0
         self.modelled = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._base, name)
-
     def _kind(self, key: tuple) -> str:
         """decode, mixed or piecewise: how the model runs a composition (the reader
         holds a run's piecewise steps to the same)."""
@@ -134,7 +157,7 @@ class MeasuredStepTimes:
         tokens = decode + sum(n for n, _ in chunks)
         return "mixed" if self._base.padded_tokens(tokens) is None else "piecewise"
 
-    def _lookup(self, key: tuple, model_s: float) -> float:
+    def _time(self, key: tuple, model_s: float) -> float:
         times = self._table.get(key)
         if not times:
             self.modelled += 1
@@ -144,39 +167,18 @@ class MeasuredStepTimes:
         self._used[key] += 1
         return times[i]
 
-    def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
-                    ) -> tuple[float, float]:
-        t, moved = self._base.decode_step(batch, ctx_sum, longest)
-        return self._lookup((batch, ctx_sum, ()), t), moved
 
-    def step(self, decode: int, ctx_sum: float, chunks, longest: int = 0
-             ) -> tuple[float, float]:
-        chunks = list(chunks)
-        t, moved = self._base.step(decode, ctx_sum, chunks, longest)
-        return self._lookup((decode, ctx_sum, tuple(chunks)), t), moved
-
-
-class ScaledStepTimes:
+class ScaledStepTimes(_WrappedStepTimes):
     """A step-time model whose every step (forward and host work) takes ``factor``
     times the wrapped model's time; bytes moved and everything else are the wrapped
     model's."""
 
     def __init__(self, base: StepTimeModel, factor: float) -> None:
-        self._base = base
+        super().__init__(base)
         self._factor = factor
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._base, name)
-
-    def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
-                    ) -> tuple[float, float]:
-        t, moved = self._base.decode_step(batch, ctx_sum, longest)
-        return t * self._factor, moved
-
-    def step(self, decode: int, ctx_sum: float, chunks, longest: int = 0
-             ) -> tuple[float, float]:
-        t, moved = self._base.step(decode, ctx_sum, chunks, longest)
-        return t * self._factor, moved
+    def _time(self, key: tuple, model_s: float) -> float:
+        return model_s * self._factor
 
 
 @dataclass(frozen=True)

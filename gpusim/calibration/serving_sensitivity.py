@@ -14,7 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gpusim.calibration.serving_replay import STEP_SPREAD, RunComparison, saturated
+from gpusim.calibration.serving_repeat import metric_value
+from gpusim.calibration.serving_replay import (
+    STEP_SPREAD,
+    RunComparison,
+    relative_error,
+    saturated,
+)
 
 METRICS = (("TTFT p50", "ttft_s", "p50"), ("TPOT p50", "tpot_s", "p50"),
            ("TTFT p99", "ttft_s", "p99"), ("TPOT p99", "tpot_s", "p99"),
@@ -23,13 +29,10 @@ METRICS = (("TTFT p50", "ttft_s", "p50"), ("TPOT p50", "tpot_s", "p50"),
 
 def moves(r: RunComparison) -> dict[str, float]:
     """Relative change of each of ``METRICS`` (by label) from the replay to the replay
-    with every step ``STEP_SPREAD`` longer (NaN where the replay's value is 0 or NaN)."""
-    out = {}
-    for label, name, q in METRICS:
-        base = r.simulated[name] if q is None else r.simulated[name][q]
-        slow = r.slower_steps[name] if q is None else r.slower_steps[name][q]
-        out[label] = (slow - base) / base if base and math.isfinite(base) else math.nan
-    return out
+    with every step ``STEP_SPREAD`` longer (NaN where the replay's value is 0)."""
+    return {label: relative_error(metric_value(r, "slower_steps", name, q),
+                                  metric_value(r, "simulated", name, q))
+            for label, name, q in METRICS}
 
 
 def _pct(x: float) -> str:

@@ -91,8 +91,9 @@ def gemm_nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     }[weight]
 
 
-# tensors an op can read that live in the KV cache (no kernel just wrote them)
-_CACHE_READS = ("kv_cache", "kv_cache_expanded")
+# tensors an op can read that live in the KV cache (no kernel just wrote them; the
+# serving tables, above this layer, add the length mask: serving.step_ops.CACHE_TENSORS)
+_KV_CACHE_TENSORS = ("kv_cache", "kv_cache_expanded")
 
 # the kernel kind of a streaming op (a dict: an enum call per op showed in the fast path)
 _STREAM_KINDS = {"elementwise": KernelKind.ELEMENTWISE, "embedding": KernelKind.EMBEDDING}
@@ -144,7 +145,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         read = (_tensor_elements(read_op, model, b, qq, tokens, m_tok, cache)
                 * op.read_bytes_per_element)
         moved = moved + read
-        if op.reads in _CACHE_READS:
+        if op.reads in _KV_CACHE_TENSORS:
             cache_read = read
     zeros = np.zeros_like(b)
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
