@@ -22,6 +22,7 @@ TILE_M_FACTORS = (0.5, 1.0, 1.5, 2.0)
 TILE_N_FACTORS = (1.0, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0)
 MMA_ROWS = 8.0               # smallest row tile of a tensor-core MMA (m8n8k16 family)
 CACHED_SHAPES_MAX = 1024     # GEMM schedules of at most this many shapes are memoised
+DEDUPE_MIN_SHAPES = 64      # below this, sorting out repeated m costs more than it saves
 SPLIT_K_MIN_K = 256          # cuBLAS-like: a split-K slice keeps at least this much K
 
 
@@ -44,13 +45,7 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, physics: GpuPhysi
     args = (n, k, float(gpu.sm_count), float(physics.gemm_tile_m),
             float(physics.gemm_tile_n))
     if m.size > CACHED_SHAPES_MAX:
-        # large sweeps repeat few token counts (a serving table's batch x context
-        # grid): schedule each distinct m once, elementwise, so the result is the same
-        unique, inverse = np.unique(m, return_inverse=True)
-        if 4 * unique.size <= m.size:
-            return tuple(x[inverse.reshape(m.shape)]  # type: ignore[return-value]
-                         for x in _schedule(unique, *args))
-        return _schedule(m, *args)
+        return _distinct_schedule(m, *args)
     # the schedule depends on shapes and tile sizes only, never on fitted parameters:
     # a fit re-costs the same few dozen shapes hundreds of times (large sweeps are not
     # cached: their keys alone would hold megabytes)
@@ -61,11 +56,25 @@ def gemm_schedule(m: np.ndarray, n: int, k: int, gpu: GpuSpec, physics: GpuPhysi
 def _cached_schedule(m_bytes: bytes, shape: tuple[int, ...], n: int, k: int, sms: float,
                      gemm_tile_m: float, gemm_tile_n: float
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    out = _schedule(np.frombuffer(m_bytes, dtype=np.float64).reshape(shape), n, k, sms,
-                    gemm_tile_m, gemm_tile_n)
+    out = _distinct_schedule(np.frombuffer(m_bytes, dtype=np.float64).reshape(shape), n, k,
+                             sms, gemm_tile_m, gemm_tile_n)
     for x in out:
         x.flags.writeable = False  # shared by every caller
     return out
+
+
+def _distinct_schedule(m: np.ndarray, n: int, k: int, sms: float, gemm_tile_m: float,
+                       gemm_tile_n: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_schedule`` computed once per distinct m where m repeats (a sweep's token
+    counts mostly do: decode's m is the batch): each candidate tile is scored per
+    element, so the result is the same, at a sort's cost instead of 35 candidates'."""
+    if m.size < DEDUPE_MIN_SHAPES:
+        return _schedule(m, n, k, sms, gemm_tile_m, gemm_tile_n)
+    unique, inverse = np.unique(m, return_inverse=True)
+    if 2 * unique.size > m.size:
+        return _schedule(m, n, k, sms, gemm_tile_m, gemm_tile_n)
+    return tuple(x[inverse.reshape(m.shape)]  # type: ignore[return-value]
+                 for x in _schedule(unique, n, k, sms, gemm_tile_m, gemm_tile_n))
 
 
 def _schedule(m: np.ndarray, n: int, k: int, sms: float, gemm_tile_m: float,

@@ -179,6 +179,14 @@ def _shared(trust: Trust, *, gpu: str, stack: str, launch: str, mode: str,
     return common, shape, bands
 
 
+def _format_g(values: np.ndarray) -> np.ndarray:
+    """``f"{v:g}"`` of each value, as a numpy string array: integral values below 1e6
+    (which ``:g`` writes as the integer) converted in C, any other one by one."""
+    if bool(((values == np.floor(values)) & (np.abs(values) < 1e6)).all()):
+        return values.astype(np.int64).astype(str)
+    return np.array([f"{v:g}" for v in values.tolist()])
+
+
 def _shape_outside(shape: ShapeRange | None, batch: float, ctx: float, q: float) -> list[str]:
     if shape is None:
         return []
@@ -228,20 +236,21 @@ def assess_columns(trust: Trust | None, *, gpu: str, stack: str, launch: str, mo
     head = "outside: " + "; ".join(common) if common else "ok"
     if shape is None:
         return TrustColumns(band, low, high, [head] * n)
-    # each dimension's text where it lies outside its range, joined as Python strings
-    # in an object array (a table of many rows: each distinct value formatted once,
-    # the numbers as _range writes them)
-    joined = np.full(n, "outside: " + "; ".join(common), dtype=object)
+    # each dimension's text where it lies outside its range, joined with numpy's string
+    # ufuncs (a table of many rows: no Python per row; the numbers as _range writes them)
+    # variable-width strings: a fixed-width array would cut the joined texts short
+    joined = np.full(n, "outside: " + "; ".join(common), dtype=np.dtypes.StringDType())
     started = np.full(n, bool(common))
     for name, vals, (lo, hi) in (("batch", batch, shape.batch), ("ctx", ctx, shape.ctx),
                                  ("q", q, shape.q)):
         out = (vals < lo) | (vals > hi)
         if not out.any():
             continue
-        values, which = np.unique(vals[out], return_inverse=True)
-        text = np.array([_range(name, v, lo, hi) for v in values.tolist()], dtype=object)
-        sep = np.where(started[out], "; ", "").astype(object)
-        joined[out] = joined[out] + sep + text[which]
+        v = vals[out]
+        text = np.strings.add(np.strings.add(f"{name} ", _format_g(v)),
+                              np.where(v < lo, f" < {lo:g}", f" > {hi:g}"))
+        sep = np.where(started[out], "; ", "")
+        joined[out] = np.strings.add(np.strings.add(joined[out], sep), text)
         started |= out
     envelope = np.where(started, joined, "ok")
     return TrustColumns(band, low, high, envelope.tolist())

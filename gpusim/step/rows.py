@@ -223,7 +223,9 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
             groups[key] = [i]
         else:
             members.append(i)
-    batch, ctx, q = np.array([(r.batch, r.ctx, r.q) for r in rows], float).reshape(n, 3).T
+    # three flat lists convert in C; a list of tuples goes through numpy's slow path
+    batch, ctx, q = np.array([[r.batch for r in rows], [r.ctx for r in rows],
+                              [r.q for r in rows]], float).reshape(3, n)
     # each group's results are scattered into whole-table columns: no record per row
     # (a table of a million shapes)
     num = {k: np.empty(n) for k in ("predicted_ms", "gpu_ms", "weight_bytes", "kv_bytes",
