@@ -236,21 +236,21 @@ def assess_columns(trust: Trust | None, *, gpu: str, stack: str, launch: str, mo
     head = "outside: " + "; ".join(common) if common else "ok"
     if shape is None:
         return TrustColumns(band, low, high, [head] * n)
-    # each dimension's text where it lies outside its range, joined with numpy's string
-    # ufuncs (a table of many rows: no Python per row; the numbers as _range writes them)
-    # variable-width strings: a fixed-width array would cut the joined texts short
-    joined = np.full(n, "outside: " + "; ".join(common), dtype=np.dtypes.StringDType())
+    # each dimension's text where it lies outside its range, joined as Python strings
+    # in an object array (a table of many rows: each distinct value formatted once, in C
+    # where it can be, the numbers as _range writes them)
+    joined = np.full(n, "outside: " + "; ".join(common), dtype=object)
     started = np.full(n, bool(common))
     for name, vals, (lo, hi) in (("batch", batch, shape.batch), ("ctx", ctx, shape.ctx),
                                  ("q", q, shape.q)):
         out = (vals < lo) | (vals > hi)
         if not out.any():
             continue
-        v = vals[out]
-        text = np.strings.add(np.strings.add(f"{name} ", _format_g(v)),
-                              np.where(v < lo, f" < {lo:g}", f" > {hi:g}"))
-        sep = np.where(started[out], "; ", "")
-        joined[out] = np.strings.add(np.strings.add(joined[out], sep), text)
+        values, which = np.unique(vals[out], return_inverse=True)
+        text = (f"{name} " + _format_g(values).astype(object)
+                + np.where(values < lo, f" < {lo:g}", f" > {hi:g}").astype(object))
+        sep = np.where(started[out], "; ", "").astype(object)
+        joined[out] = joined[out] + sep + text[which]
         started |= out
     envelope = np.where(started, joined, "ok")
     return TrustColumns(band, low, high, envelope.tolist())

@@ -101,8 +101,10 @@ def _summed(kernels: list[Kernel], costs: list[Cost], n: int
     numpy calls (summed in op order, as a loop would: the same numbers), where a Cost
     per op would take a dozen calls each."""
     reps = np.array([float(k.repeat) for k in kernels])[:, None]
-    parts = [np.stack([np.broadcast_to(getattr(c, f), (n,)) for c in costs]) * reps
-             for f in _FIELDS]
+    def column(x: np.ndarray) -> np.ndarray:  # broadcast_to only where needed: it is slow
+        return x if np.shape(x) == (n,) else np.broadcast_to(x, (n,))
+
+    parts = [np.stack([column(getattr(c, f)) for c in costs]) * reps for f in _FIELDS]
     total = Cost(*(np.add.reduce(x, axis=0) for x in parts))
     by_op: dict[str, Cost] = {}
     for i, k in enumerate(kernels):
