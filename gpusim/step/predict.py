@@ -91,28 +91,6 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
     return np.where(np.isfinite(best), best, 0.0)
 
 
-_FIELDS = ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes")
-
-
-def _summed(kernels: list[Kernel], costs: list[Cost], n: int
-            ) -> tuple[Cost, dict[str, Cost]]:
-    """(the step's cost, each op name's cost): every op's cost times its repeat, summed.
-    Each field is one (ops x shapes) array, scaled and summed along the ops in a few
-    numpy calls (summed in op order, as a loop would: the same numbers), where a Cost
-    per op would take a dozen calls each."""
-    reps = np.array([float(k.repeat) for k in kernels])[:, None]
-    def column(x: np.ndarray) -> np.ndarray:  # broadcast_to only where needed: it is slow
-        return x if np.shape(x) == (n,) else np.broadcast_to(x, (n,))
-
-    parts = [np.stack([column(getattr(c, f)) for c in costs]) * reps for f in _FIELDS]
-    total = Cost(*(np.add.reduce(x, axis=0) for x in parts))
-    by_op: dict[str, Cost] = {}
-    for i, k in enumerate(kernels):
-        part = Cost(*(x[i] for x in parts))
-        by_op[k.name] = by_op[k.name] + part if k.name in by_op else part
-    return total, by_op
-
-
 def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
                     clock: np.ndarray | None = None,
                     full_clock: Sequence[Cost] | None = None) -> StepPrediction:
@@ -123,7 +101,12 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
     gpu, cal = platform.gpu, platform.calibration
     costs = step_costs(kernels, gpu, cal, clock, full_clock)
     n = len(kernels[0].flops)
-    total, by_op = _summed(kernels, costs, n)
+    total = Cost.zero(n)
+    by_op: dict[str, Cost] = {}
+    for k, c in zip(kernels, costs, strict=True):
+        part = c.scaled(k.repeat)
+        total = total + part
+        by_op[k.name] = by_op[k.name] + part if k.name in by_op else part
     gpu_s = total.seconds
     launches = kernel_launches(kernels)
     host_cost = cal.host
