@@ -306,3 +306,22 @@ def test_a_small_index_op_on_a_dense_model_is_refused(tmp_path: Path,
                str(stack)])
     _, err = capsys.readouterr()
     assert rc == 2 and "small_index_s" in err and len(err.strip().splitlines()) == 1
+
+
+def test_vllm_runs_its_own_fused_moe_and_fa3_like_attention() -> None:
+    # vLLM's stack (described from its source) runs an MoE layer through FusedMoE, not
+    # plain PyTorch's permutation and grouped GEMM, and its attention as FA3 on Hopper:
+    # split-KV with packed GQA for decode and verify, a Hopper-native causal prefill
+    vllm = loader.load_stack("vllm")
+    assert (vllm.family("decode"), vllm.family("verify"), vllm.family("prefill")) == \
+        ("flash_decode", "flash_decode", "cudnn_prefill")
+    model = loader.load_model("qwen1.5-moe-a2.7b")      # shared expert and its gate
+    ks = {k.name: k for k in build_kernels(model, vllm, "decode", [1.0, 64.0], 1024, 1)}
+    assert ks["experts_gate_up"].gemm.family == "fused_moe"
+    assert ks["experts_down"].gemm.family == "fused_moe"
+    assert {"topk_softmax", "moe_align", "moe_sum", "shared_gate_up_proj",
+            "shared_gate", "shared_add"} <= set(ks)
+    assert not {"route_topk", "permute_sort", "permute_gather", "combine_add"} & set(ks)
+    # moe_sum reads the k expert rows of each token and writes the token's row
+    h, k = model.hidden_size, model.num_experts_per_tok
+    assert ks["moe_sum"].act_bytes == pytest.approx(np.array([1.0, 64.0]) * h * (2 * k + 2))
