@@ -325,3 +325,7 @@ def test_vllm_runs_its_own_fused_moe_and_fa3_like_attention() -> None:
     # moe_sum reads the k expert rows of each token and writes the token's row
     h, k = model.hidden_size, model.num_experts_per_tok
     assert ks["moe_sum"].act_bytes == pytest.approx(np.array([1.0, 64.0]) * h * (2 * k + 2))
+    # Qwen3's q/k norms: vLLM's strided rms_norm, one kernel each (no contiguous copy)
+    qwen3 = {k.name: k for k in build_kernels(loader.load_model("qwen3-30b-a3b"), vllm,
+                                              "decode", [1.0], 1024, 1)}
+    assert qwen3["q_norm"].launches == qwen3["k_norm"].launches == 1
