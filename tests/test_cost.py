@@ -721,3 +721,16 @@ def test_gemm_compute_monotone_in_m_datasheet():
         c = kernel_cost(gemm_kernel(m, n, k), GPU, DATASHEET)
         assert np.all(np.diff(c.compute_s) >= 0), (n, k)
         assert np.all(np.diff(c.seconds) >= 0), (n, k)
+
+
+def test_gemm_schedule_of_repeated_token_counts_equals_each_one_alone():
+    # a sweep's token counts repeat: the schedule is computed once per distinct count
+    # (small arrays, large ones, cached or not) and must equal each count's own
+    rng = np.random.default_rng(3)
+    for size in (10, 200, 3000):
+        m = rng.choice([1.0, 7.0, 64.0, 129.0, 1000.0, 4096.0], size)
+        got = gemm_schedule(m, 14336, 4096, GPU, DATASHEET.physics)
+        for value in np.unique(m):
+            alone = gemm_schedule(np.array([value]), 14336, 4096, GPU, DATASHEET.physics)
+            for g, x in zip(got, alone, strict=True):
+                assert np.all(g[m == value] == x[0])
