@@ -306,6 +306,7 @@ def stack_trusts(directory: Path, gpu: GpuSpec, physics: Calibration, reference:
     (``<stack>/steps.csv``): its own parameters fitted leaving one model out, the
     physics (``physics``, fitted on the reference stack's steps) held; a stack of one
     model has no held-out rows, hence no band."""
+    from gpusim.calibration.die import fold_values
     from gpusim.calibration.measurements import read_steps
     from gpusim.calibration.stacks_report import evaluate_stack
     from gpusim.io import loader
@@ -316,7 +317,8 @@ def stack_trusts(directory: Path, gpu: GpuSpec, physics: Calibration, reference:
         if stack.name == reference:
             continue
         data = read_steps(steps_csv, stack.name)
-        ev = evaluate_stack(stack, data, gpu, physics, loader.load_model)
+        held = fold_values(gpu, stack, set(map(str, data.model)), directory.parent.parent)
+        ev = evaluate_stack(stack, data, gpu, physics, loader.load_model, held=held)
         bands = bands_of(data, ev.lomo_s, stack.name)
         if bands:
             out.append(Trust(quantile=QUANTILE, source=SOURCE, bands=bands,

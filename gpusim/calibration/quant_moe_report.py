@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.calibration.die import fold_values
 from gpusim.calibration.measurements import StepData, read_steps
 from gpusim.calibration.moe_fit import (
     MOE_CALIBRATE,
@@ -209,7 +210,8 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
             continue
         st = load_stack(name)
         data = read_steps(path, name)
-        ev = evaluate_stack(st, data, gpu, bf16_cal, resolve)
+        held = fold_values(gpu, st, set(map(str, data.model)), gpu_dir.parent)
+        ev = evaluate_stack(st, data, gpu, bf16_cal, resolve, held=held)
         evaluations.append((name, ev))
         for model, cal in ev.lomo_calibrations.items():
             if bf16 is not None:

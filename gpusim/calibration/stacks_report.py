@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.calibration.die import hold
 from gpusim.calibration.fit import fit_stack, make_groups, predict_groups
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
@@ -62,13 +63,17 @@ class StackEvaluation:
 
 def evaluate_stack(stack: StackSpec, data: StepData, gpu: GpuSpec, physics: Calibration,
                    resolve: Resolver, micro: Sequence[MicroGroup] = (),
-                   fold_physics: Callable[[str], Calibration] | None = None
+                   fold_physics: Callable[[str], Calibration] | None = None,
+                   held: Callable[[str], dict[str, float]] | None = None
                    ) -> StackEvaluation:
     """Transfer and leave-one-model-out predictions of ``stack``'s steps on ``gpu``
     (``physics``: the calibration fitted on the reference stack; ``micro``: kernel
     microbenchmarks each fit also takes, those of a held-out model's shapes left out;
     ``fold_physics``: the physics a held-out model's fit starts from, by its name,
-    where it must not see that model's kernels either; default ``physics``)."""
+    where it must not see that model's kernels either; default ``physics``; ``held``:
+    by the held-out model's name, ``calibrate`` parameters its fit holds at the given
+    values instead of fitting them: a same-die GPU's, fitted without that model,
+    ``calibration.die``)."""
     plain = physics.replace({"stack": stack.name, "host_from": physics.stack})
     groups = make_groups(data, stack, resolve)
     transfer = predict_groups(groups, len(data), gpu, plain)
@@ -77,13 +82,16 @@ def evaluate_stack(stack: StackSpec, data: StepData, gpu: GpuSpec, physics: Cali
     models = sorted(set(map(str, data.model)))
     if len(models) > 1:
         for model in models:
-            held = data.model == model
+            out = data.model == model
             kept = [g for g in micro if model not in g.models]
             start = physics if fold_physics is None else fold_physics(model)
-            own = fit_stack(data.subset(~held), gpu, stack, start, resolve,
+            fold_stack = stack
+            if held is not None:
+                fold_stack, start = hold(stack, start, held(model))
+            own = fit_stack(data.subset(~out), gpu, fold_stack, start, resolve,
                             micro=kept).calibration
-            lomo[held] = predict_groups(make_groups(data.subset(held), stack, resolve),
-                                        int(held.sum()), gpu, own)
+            lomo[out] = predict_groups(make_groups(data.subset(out), stack, resolve),
+                                       int(out.sum()), gpu, own)
             cals[model] = own
     return StackEvaluation(stack, data, transfer, lomo, cals)
 

@@ -135,17 +135,24 @@ def calibrate(
 def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str, StackParams]:
     """Each measured stack's own parameters (``stacks/<stack>/steps.csv`` beside the
     reference stack's steps), the physics held."""
+    from gpusim.calibration import die, measurements
     from gpusim.calibration import fit as cal_mod
-    from gpusim.calibration import measurements
 
     out: dict[str, StackParams] = {}
     for steps_csv in sorted(directory.glob("*/steps.csv")):
         st = loader.load_stack(steps_csv.parent.name)
         data = measurements.read_steps(steps_csv, st.name)
-        res = cal_mod.fit_stack(data, gpu, st, physics, loader.load_model)
+        fitted, start = st, physics
+        src = die.die_source(gpu, st, set(map(str, data.model)), directory.parent.parent)
+        if src is not None:   # its arithmetic from the same-die GPU with more models
+            fitted, start = die.hold(st, physics, src.shipped())
+        res = cal_mod.fit_stack(data, gpu, fitted, start, loader.load_model)
         eager = int((data.launch == "eager").sum())
         notes = (f"fitted on {res.rows} steps of stacks/{st.name}/steps.csv (in-sample MAPE "
                  f"{100 * res.mape:.2f}%)")
+        if src is not None:
+            notes += (f"; {', '.join(src.fields)} from {src.gpu} (the same die, "
+                      f"{len(src.models)} models measured)")
         if not eager:
             notes += f"; host costs: {physics.stack}'s (no eager steps measured)"
         out[st.name] = StackParams.of(res.calibration, st.calibrate, notes)
@@ -161,7 +168,7 @@ def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration,
     profiled kernels went into the physics (``profiled``) from the physics fitted
     without them (``physics_without``): its transfer and leave-one-model-out errors
     must not see its own measurements."""
-    from gpusim.calibration import measurements, stacks_report
+    from gpusim.calibration import die, measurements, stacks_report
 
     out = []
     for steps_csv in sorted(directory.glob("*/steps.csv")):
@@ -169,7 +176,9 @@ def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration,
         data = measurements.read_steps(steps_csv, st.name)
         own = (physics_without(st.name) if physics_without is not None
                and st.name in profiled else physics)
-        out.append(stacks_report.evaluate_stack(st, data, gpu, own, loader.load_model))
+        held = die.fold_values(gpu, st, set(map(str, data.model)), directory.parent.parent)
+        out.append(stacks_report.evaluate_stack(st, data, gpu, own, loader.load_model,
+                                                held=held))
         print(f"{gpu.name} {st.name}: {len(data)} rows", file=sys.stderr)
     return out
 

@@ -47,6 +47,11 @@ class GemmFamily(ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type[Frozen]] = Frozen
     FIT: ClassVar[dict[str, Bounds]] = {}
+    # the fields that are the kernel's arithmetic on the SMs (a tensor-core efficiency,
+    # CUDA-core operations per element), the same on every GPU of one die (GpuSpec.die):
+    # fitted once per die (calibration.die); fixed costs and anything touching memory
+    # are fitted per GPU
+    DIE: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def parts(self, k: Kernel, gpu: GpuSpec, physics: GpuPhysics, params: Frozen

@@ -94,6 +94,7 @@ class ScaledMmParams(Frozen):
 class ScaledMm(GemmFamily):
     name: ClassVar[str] = "scaled_mm"
     Params: ClassVar[type[Frozen]] = ScaledMmParams
+    DIE: ClassVar[frozenset[str]] = frozenset({"tensor_efficiency_ratio"})
     FIT: ClassVar[dict[str, Bounds]] = {
         "tensor_efficiency_ratio": (0.3, 1.3, 0.9, 1.0),
         "bandwidth_ratio": (0.3, 1.2, 0.9, 1.0),
@@ -140,6 +141,8 @@ class TinygemmParams(Frozen):
 class Tinygemm(GemmFamily):
     name: ClassVar[str] = "tinygemm"
     Params: ClassVar[type[Frozen]] = TinygemmParams
+    DIE: ClassVar[frozenset[str]] = frozenset({"tensor_efficiency_ratio",
+                                               "dequant_flops_per_element"})
     FIT: ClassVar[dict[str, Bounds]] = {
         "tensor_efficiency_ratio": (0.05, 1.2, 0.5, 1.0),
         "bandwidth_ratio": (0.2, 1.2, 0.7, 1.0),
@@ -185,6 +188,7 @@ class Int8WoParams(Frozen):
 class Int8Wo(GemmFamily):
     name: ClassVar[str] = "int8wo"
     Params: ClassVar[type[Frozen]] = Int8WoParams
+    DIE: ClassVar[frozenset[str]] = frozenset({"dequant_flops_per_element"})
     FIT: ClassVar[dict[str, Bounds]] = {
         "bandwidth_ratio": (0.2, 1.2, 0.8, 1.0),
         "dequant_flops_per_element": (0.0, 100.0, 4.0, 1.0),

@@ -102,6 +102,10 @@ class GpuSpec(Frozen):
     display_name: str
     vendor: Literal["nvidia", "amd"]
     architecture: str
+    # the chip and its configuration (GH100 with 132 SMs: H100 SXM and H200): GPUs that
+    # share one share their kernels' arithmetic, so a quantized GEMM family's
+    # arithmetic parameters are fitted once per die (``calibration.die``); None: its own
+    die: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     hbm_capacity_bytes: Bytes
     hbm_bandwidth_bytes_per_s: Bandwidth
     l2_bytes: CacheBytes
