@@ -1,5 +1,7 @@
 """Leave-one-model-out of a quantized stack on one GPU with some of its parameters taken
-from another GPU of the same die: an experiment, not the shipped calibration.
+from another GPU of the same die, beside its own fit of all of them: the comparison that
+led to ``gpusim.calibration.die`` (which ships the family's ``DIE`` fields so) and the
+way to try any other choice of shared parameters.
 
     python validation/die_shared_lomo.py --gpu h200 --from h100-sxm --stack torch-int4 \
         --shared gemm.tinygemm.dequant_flops_per_element[,...]
