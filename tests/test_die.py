@@ -35,6 +35,7 @@ def test_the_same_die_gpu_with_more_models_is_the_source() -> None:
     # the GPU with the most models fits them itself; a GPU of no stated die too
     assert die.die_source(h100, int4, set(src.models), DATA) is None
     assert die.die_source(h200.model_copy(update={"die": None}), int4, set(), DATA) is None
+    assert die.die_source(h200, int4, set(), DATA / "no-such-folder") is None
 
 
 def test_hold_takes_the_parameters_out_of_the_fit() -> None:

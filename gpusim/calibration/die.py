@@ -72,7 +72,7 @@ def die_source(gpu: GpuSpec, stack: StackSpec, models: set[str], data_dir: Path
     of its stack's parameters die-level, no such GPU). Raises ConfigError for an
     unreadable steps file."""
     fields = die_fields(stack)
-    if gpu.die is None or not fields:
+    if gpu.die is None or not fields or not data_dir.is_dir():
         return None
     best: DieSource | None = None
     for other in sorted(p.name for p in data_dir.iterdir() if p.is_dir()):
