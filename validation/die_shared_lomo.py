@@ -31,7 +31,6 @@ import numpy as np
 
 from gpusim.calibration.measurements import read_steps
 from gpusim.calibration.stacks_report import StackEvaluation, evaluate_stack
-from gpusim.cost import Calibration
 from gpusim.io import calibrations, loader
 from gpusim.specs import StackSpec
 
@@ -49,16 +48,8 @@ def _evaluate(gpu_name: str, stack: StackSpec,
     if not path.is_file():
         raise SystemExit(f"die_shared_lomo: no steps of {stack.name} on {gpu.name} ({path})")
     data = read_steps(path, stack.name)
-    if not shared:
-        return evaluate_stack(stack, data, gpu, physics, loader.load_model)
-    held = next(iter(shared.values()))
-    own = stack.model_copy(update={"calibrate": tuple(p for p in stack.calibrate
-                                                      if p not in held)})
-
-    def fold(model: str) -> Calibration:
-        return physics.replace(shared[model])
-
-    return evaluate_stack(own, data, gpu, physics, loader.load_model, fold_physics=fold)
+    held = None if shared is None else shared.__getitem__
+    return evaluate_stack(stack, data, gpu, physics, loader.load_model, held=held)
 
 
 def main(argv: list[str] | None = None) -> int:

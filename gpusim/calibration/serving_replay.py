@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def replay_source(run: ServingRun) -> ListedSource:
     return ListedSource(rows, str(run.path))
 
 
-class _WrappedStepTimes:
+class _WrappedStepTimes(ABC):
     """A step-time model that passes each step's composition and the wrapped model's
     time to ``_time`` for the time it gives; bytes moved and everything else are the
     wrapped model's."""
@@ -112,8 +113,9 @@ class _WrappedStepTimes:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._base, name)
 
+    @abstractmethod
     def _time(self, key: tuple, model_s: float) -> float:
-        raise NotImplementedError
+        """The time a step of composition ``key`` takes, given the wrapped model's."""
 
     def decode_step(self, batch: int, ctx_sum: float, longest: int = 0
                     ) -> tuple[float, float]:
