@@ -263,7 +263,7 @@ def validate(
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
     from gpusim.calibration import fit as cal_fit
-    from gpusim.calibration import measurements, quant_moe_report, stacks_report
+    from gpusim.calibration import measurements, quant_moe_report, stacks_report, unseen_stacks
     from gpusim.calibration import validate as val
 
     shown_dir = str(data_dir) if data_dir is not None else "validation/data"
@@ -336,11 +336,17 @@ def validate(
                 pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]
             md += stacks_report.import_section(
                 _import_agreements(data_dir / name, gpus[name], st, datasets[name]))
-            md += "\n" + quant_moe_report.report(
-                data_dir / name, gpus[name],
-                lambda s, n=name: calibrations.load_calibration(
-                    str(calibrations.CALIBRATIONS_DIR / f"{n}.yaml"), gpus[n], s),
-                loader.load_stack, loader.load_model)
+
+            def shipped_for(s: StackSpec, n: str = name) -> Calibration:
+                """The GPU's shipped calibration under stack ``s``."""
+                return calibrations.load_calibration(
+                    str(calibrations.CALIBRATIONS_DIR / f"{n}.yaml"), gpus[n], s)
+
+            md += "\n" + quant_moe_report.report(data_dir / name, gpus[name], shipped_for,
+                                                 loader.load_stack, loader.load_model)
+            unseen = unseen_stacks.report(data_dir / name, gpus[name], shipped_for,
+                                          loader.load_stack, loader.load_model)
+            md += "\n" + unseen if unseen else ""
     outputs = [(report_path, md)] if report_path is not None else []
     if points_path is not None:
         outputs.append((points_path, report.to_csv(pts) if points_fmt == "csv"
