@@ -4,6 +4,7 @@ calibration fields enter a fit only when measured steps run their kernels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -144,6 +145,28 @@ def test_fp8_prefill_quantization_costs_what_the_h100_profile_shows() -> None:
     div = sum(t for n, t in busy.items() if n.endswith("_act_quant_div"))
     assert quant == pytest.approx(5.08e-3, rel=0.15)
     assert div == pytest.approx(1.97e-3, rel=0.15)
+
+
+def test_fp8_amax_splits_over_ctas_from_131072_elements_and_pays_its_finish() -> None:
+    # PyTorch's whole-tensor reduce: one CTA below 256 values a thread (131072 elements),
+    # split beyond, with a memset and a finish through global memory
+    ks = _kernels("torch-fp8", [16.0, 32.0])
+    qkv, down = ks["qkv_act_quant_amax"], ks["down_act_quant_amax"]
+    # qkv's input: 4096 x 16 = 65536 elements (one CTA), 4096 x 32 = 131072 (split);
+    # down's: 14336 x 16 already split
+    assert qkv.split_reductions.tolist() == [0.0, 1.0]
+    assert down.split_reductions.tolist() == [1.0, 1.0]
+    cal = calibrations.load_calibration(
+        str(calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"), GPU, loader.load_stack("torch-fp8"))
+    ph = cal.physics
+    bare = kernel_cost(dataclasses.replace(down, split_reductions=None), GPU, cal).seconds
+    with_split = kernel_cost(down, GPU, cal).seconds
+    # one memset kernel (fixed cost, first bytes' latency, the gap before it) and two
+    # more round trips to HBM
+    assert with_split - bare == pytest.approx(
+        ph.kernel_fixed_cost_s + ph.launch_gap_s + 3 * ph.dram_latency_s)
+    # no other op of the stack reduces a whole tensor
+    assert all(k.split_reductions is None for n, k in ks.items() if not n.endswith("_amax"))
 
 
 def test_fp8_division_costs_the_same_on_h200_as_on_h100() -> None:

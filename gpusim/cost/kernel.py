@@ -32,7 +32,13 @@ from gpusim.cost.gemm import gemm_schedule, slowdown
 from gpusim.cost.gemm_families import gemm_family
 from gpusim.cost.overlap import overlapped
 from gpusim.cost.params import Calibration
-from gpusim.cost.pointwise import l2_aware_s, reduction_s, small_index_s, sort_s
+from gpusim.cost.pointwise import (
+    l2_aware_s,
+    reduction_s,
+    small_index_s,
+    sort_s,
+    split_reduction_s,
+)
 from gpusim.cost.record import Cost
 from gpusim.kernels.records import Kernel
 from gpusim.specs import GpuSpec
@@ -115,6 +121,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
             memory = k.bytes / op_bw
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, ph)
+        if k.split_reductions is not None:
+            fixed = fixed + split_reduction_s(k.split_reductions, ph)
         if k.sort_elements is not None:
             fixed = fixed + sort_s(k.sort_elements, ph)
         if k.index_count is not None:

@@ -34,6 +34,23 @@ def reduction_s(r: np.ndarray, physics: GpuPhysics) -> np.ndarray:
         * physics.reduction_s_per_element
 
 
+# a split reduction's finish: each CTA writes its partial and bumps a semaphore in global
+# memory, then the last CTA reads the partials back (Reduce.cuh, global_reduce): two
+# round trips to HBM beyond one CTA's walk
+SPLIT_FINISH_ROUND_TRIPS = 2
+
+
+def split_reduction_s(splits: np.ndarray, physics: GpuPhysics) -> np.ndarray:
+    """What ``splits`` whole-tensor reductions split over CTAs add to their walk (per
+    shape): the memset of each one's semaphores, a kernel of its own (fixed cost, first
+    bytes' latency, the idle gap before it), and the finish through global memory. The
+    H100's profiled fp8 amax (torch-fp8 kernels.csv): 6.5 us a split call at 128 tokens
+    where the one-CTA walk's rate gives 3.6, and a 0.8 us memset per call."""
+    n = np.asarray(splits, dtype=np.float64)
+    return n * (physics.kernel_fixed_cost_s + physics.launch_gap_s
+                + (1 + SPLIT_FINISH_ROUND_TRIPS) * physics.dram_latency_s)
+
+
 # PyTorch's sortKeyValueInplace configs (aten/src/ATen/native/cuda/Sort.cu,
 # MediumRadixSort): the elements rounded up to a power of two pick (threads, items per
 # thread) of the one CTA that sorts a row

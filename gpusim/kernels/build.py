@@ -20,6 +20,7 @@ from gpusim.kernels.quant import (
     kv_stored,
     needs_family_kernel,
     padded,
+    whole_tensor_splits,
     whole_tensor_walk,
 )
 from gpusim.kernels.records import Kernel, Section, attention_kernel, gemm_kernel
@@ -155,6 +156,9 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok),
+                  split_reductions=(whole_tensor_splits(elements) * op.reduction_kernels
+                                    if op.reduces == "tensor" and op.reduction_kernels
+                                    else None),
                   sort_elements=elements if op.sorts else None,
                   index_count=_slots(op, model, tokens),
                   small_index_s=op.small_index_s,

@@ -111,6 +111,13 @@ def whole_tensor_walk(elements: np.ndarray, sm_count: int = 132) -> np.ndarray:
                     np.ceil(vpt / ctas) * REDUCE_THREADS, n)
 
 
+def whole_tensor_splits(elements: np.ndarray) -> np.ndarray:
+    """1 where PyTorch splits the reduction of a whole tensor of ``elements`` over
+    CTAs (256 values a thread or more: ``whole_tensor_walk``), else 0, per shape."""
+    vpt = np.ceil(np.asarray(elements, dtype=np.float64) / REDUCE_THREADS)
+    return (vpt >= MAX_VALUES_PER_THREAD).astype(np.float64)
+
+
 def _nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     """(n, k) of a projection's or an MoE layer's weight W[n, k]."""
     h, i = model.hidden_size, model.mlp_intermediate_size

@@ -97,6 +97,9 @@ class Kernel:
     strided_launches: np.ndarray | None = None
     # row reductions: [rows, row_elements] per step shape (times reduction kernels)
     reduction: np.ndarray | None = None
+    # of its whole-tensor reductions, those split over CTAs (per step shape): each also
+    # launches a memset of its semaphores and finishes through global memory
+    split_reductions: np.ndarray | None = None
     # keys one of its kernels sorts in one CTA (torch.sort / argsort), per step shape
     sort_elements: np.ndarray | None = None
     # indices one of its kernels walks one by one when they are few (PyTorch's SmallIndex
