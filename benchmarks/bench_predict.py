@@ -38,6 +38,7 @@ from machine import machine_info
 from gpusim.capacity import memory_plan
 from gpusim.cli import main as cli_main
 from gpusim.io import calibrations, loader
+from gpusim.kernels.quant import for_stack
 from gpusim.platform import Platform
 from gpusim.step import predict
 from gpusim.step.rows import Row, predict_rows
@@ -105,7 +106,8 @@ def make_rows(shapes, models: tuple[str, ...]) -> list[Row]:
 
 
 def rows_path(rows, platform: Platform) -> np.ndarray:
-    preds = predict_rows(rows, "bench.csv", platform, loader.load_model)
+    preds = predict_rows(rows, "bench.csv", platform,
+                         lambda n: for_stack(loader.load_model(n), platform.stack))
     return np.array(preds["predicted_ms"]) * 1e-3
 
 
@@ -131,6 +133,7 @@ def model_table(specs) -> dict[str, np.ndarray]:
             "head_dim",
             "layers",
             "dtype_bytes",
+            "layer_gemm_bytes",
         )
     }
     for m in specs:
@@ -143,6 +146,10 @@ def model_table(specs) -> dict[str, np.ndarray]:
         cols["head_dim"].append(d)
         cols["layers"].append(m.num_hidden_layers)
         cols["dtype_bytes"].append(m.dtype_bytes)
+        # the projections' weights as the model stores them (a quantized stack's bytes)
+        cols["layer_gemm_bytes"].append(sum(
+            count * m.matrix_bytes(name, n, k)
+            for name, (n, k, count) in m.layer_matrices().items()))
     return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
 
@@ -153,7 +160,7 @@ def numpy_roofline(shapes, table, bw: float, peak: float) -> np.ndarray:
     layers, dt = table["layers"][mi], table["dtype_bytes"][mi]
     tokens = b * q
     out_tokens = np.where(shapes["mode"] == 2, b, tokens)  # prefill: last position only
-    weights = (layers * table["layer_gemm_params"][mi] + table["lm_head_params"][mi]) * dt
+    weights = layers * table["layer_gemm_bytes"][mi] + table["lm_head_params"][mi] * dt
     kv = 2.0 * b * (c + q) * table["kv_dim"][mi] * dt * layers
     gemm_flops = 2.0 * (
         tokens * layers * table["layer_gemm_params"][mi] + out_tokens * table["lm_head_params"][mi]
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrations.load_calibration(args.calibration, gpu, stack)
     platform = Platform(gpu, stack, cal, args.launch)
     models = DEFAULT_MODELS
-    specs = [loader.load_model(m) for m in models]
+    # each model as the stack stores it (a quantized stack's dtype), as `predict` loads it
+    specs = [for_stack(loader.load_model(m), stack) for m in models]
     fits = np.array([memory_plan(gpu, m, reserve_fraction=0.0).kv_tokens() for m in specs],
                     dtype=np.int64)
     window = np.array([m.max_position_embeddings for m in specs], dtype=np.int64)
@@ -203,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = make_rows(shapes, models)
     table = model_table(specs)
     bw = gpu.hbm_bandwidth_bytes_per_s
-    peak = gpu.tensor_peak_flops_per_s("bf16")
+    # the fastest matrix rate any of the stack's GEMMs runs at (fp8's where it has one)
+    quant = specs[0].quantization
+    peak = gpu.tensor_peak_flops_per_s(
+        "fp8" if quant is not None and quant.weight_dtype == "fp8" else "bf16")
 
     t_lib, lib_all, lib = timed(
         lambda: library_path(shapes, specs, platform), args.repeats
