@@ -282,3 +282,20 @@ def test_write_atomic_missing_directory_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         report.write_atomic(target, "x")
     assert str(info.value) == f"{target}: cannot write: directory {target.parent} does not exist"
+
+
+def test_a_ctrl_c_wrapped_by_pydantic_while_importing_is_still_an_interrupt() -> None:
+    # pydantic-core reports a KeyboardInterrupt that lands while it builds a validator as
+    # a SchemaError whose message ends with it (seen under load: Ctrl-C 0.4 s in)
+    from gpusim.cli import _from_interrupt
+
+    assert _from_interrupt(Exception('Error building "literal" validator:\n'
+                                     '  KeyboardInterrupt: '))
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert _from_interrupt(outer)
+    assert not _from_interrupt(ValueError("a plain error"))

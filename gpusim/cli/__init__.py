@@ -22,6 +22,18 @@ def _interrupted() -> int:
     return INTERRUPTED
 
 
+def _from_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C in disguise: pydantic-core turns a KeyboardInterrupt
+    that lands while it builds a model's validator (a module being imported) into a
+    SchemaError whose message ends with it, chaining nothing."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt) or "KeyboardInterrupt" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 try:  # Ctrl-C while the commands load: one line and 130, as during a command
     # isort: off
     # importing a module registers its commands; this order is the order of --help
@@ -34,6 +46,10 @@ try:  # Ctrl-C while the commands load: one line and 130, as during a command
     from gpusim.cli.common import app, as_flag
     from gpusim.errors import ConfigError, FieldError
 except KeyboardInterrupt:
+    sys.exit(_interrupted())
+except Exception as exc:
+    if not _from_interrupt(exc):
+        raise
     sys.exit(_interrupted())
 
 __all__ = ["app", "main"]
@@ -73,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except Exception as exc:
+        if _from_interrupt(exc):   # Ctrl-C while a command imports what it needs
+            return _interrupted()
         # click (vendored by typer) usage errors: one line, exit 2
         name = type(exc).__name__
         if name == "NoArgsIsHelpError":
