@@ -239,16 +239,23 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
     return section(gpu_dir.name, evaluations, crossovers)
 
 
-def main(argv: Sequence[str]) -> int:
-    """Print the section for a GPU (default h100-sxm) from the committed data."""
+def print_section(make: Callable[..., str], argv: Sequence[str]) -> int:
+    """Print ``make``'s section (a ``report``-like function: data folder, GPU, shipped
+    calibration by stack, stack loader, model resolver) for a GPU (``argv[0]``, default
+    h100-sxm) from the committed data and its shipped calibration."""
     from gpusim.io import calibrations, loader
 
     gpu = loader.load_gpu(argv[0] if argv else "h100-sxm")
     cal_file = str(calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml")
-    print(report(loader.ROOT / "validation" / "data" / gpu.name, gpu,
-                 lambda st: calibrations.load_calibration(cal_file, gpu, st),
-                 loader.load_stack, loader.load_model))
+    print(make(loader.ROOT / "validation" / "data" / gpu.name, gpu,
+               lambda st: calibrations.load_calibration(cal_file, gpu, st),
+               loader.load_stack, loader.load_model))
     return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Print the section for a GPU (default h100-sxm) from the committed data."""
+    return print_section(report, argv)
 
 
 if __name__ == "__main__":

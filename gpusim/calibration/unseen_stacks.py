@@ -87,14 +87,9 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
 
 def main(argv: Sequence[str]) -> int:
     """Print the section for a GPU (default h100-sxm) from the committed data."""
-    from gpusim.io import calibrations, loader
+    from gpusim.calibration.quant_moe_report import print_section
 
-    gpu = loader.load_gpu(argv[0] if argv else "h100-sxm")
-    cal_file = str(calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml")
-    print(report(loader.ROOT / "validation" / "data" / gpu.name, gpu,
-                 lambda st: calibrations.load_calibration(cal_file, gpu, st),
-                 loader.load_stack, loader.load_model))
-    return 0
+    return print_section(report, argv)
 
 
 if __name__ == "__main__":
