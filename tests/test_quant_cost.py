@@ -369,3 +369,22 @@ def test_large_grouped_kernel_reads_each_weight_once() -> None:
     c = kernel_cost(k, GPU, Calibration())
     assert float(c.memory_s[0]) * GPU.hbm_bandwidth_bytes_per_s == pytest.approx(
         float(k.bytes[0]), rel=1e-3)
+
+
+def test_a_tensor_parallel_rank_reduces_its_share_of_the_activation() -> None:
+    # tp=2: the down projection's input is half the intermediate per rank, 7168 x 16 =
+    # 114688 elements: one CTA walks them, no split (unsharded: 229376, split); the qkv
+    # projection's input (hidden) is every rank's whole
+    from gpusim.kernels.parallel import shard
+
+    st = loader.load_stack("torch-fp8")
+    model = for_stack(MODEL, st)
+    one = {k.name: k for k in build_kernels(model, st, "decode", np.array([16.0]), 1024, 1)}
+    two = {k.name: k for k in shard(list(one.values()), model, st, 2)}
+    down1, down2 = one["down_act_quant_amax"], two["down_act_quant_amax"]
+    assert down1.split_reductions.tolist() == [1.0] and down2.split_reductions.tolist() == [0.0]
+    assert down2.reduced_elements.tolist() == [7168.0 * 16]
+    assert down2.reduction[1].tolist() == [7168.0 * 16]   # the whole walk, one CTA
+    qkv1, qkv2 = one["qkv_act_quant_amax"], two["qkv_act_quant_amax"]
+    assert qkv2.reduced_elements.tolist() == qkv1.reduced_elements.tolist()
+    assert qkv2.reduction.tolist() == qkv1.reduction.tolist()

@@ -20,8 +20,7 @@ from gpusim.kernels.quant import (
     kv_stored,
     needs_family_kernel,
     padded,
-    whole_tensor_splits,
-    whole_tensor_walk,
+    tensor_reductions,
 )
 from gpusim.kernels.records import Kernel, Section, attention_kernel, gemm_kernel
 from gpusim.kernels.shape import as_arrays, check_shape
@@ -69,8 +68,7 @@ def _reduction(op: StackOp, elements: np.ndarray, rows: np.ndarray) -> np.ndarra
     if op.reduction_kernels == 0:
         return None
     if op.reduces == "tensor":   # one value from the whole tensor: one walk, no rows
-        return np.stack([np.ones_like(elements),
-                         whole_tensor_walk(elements) * op.reduction_kernels])
+        return tensor_reductions(elements, op.reduction_kernels)[0]
     row = elements / np.maximum(rows, 1.0)
     return np.stack([rows, row * op.reduction_kernels])
 
@@ -149,6 +147,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         if op.reads in _KV_CACHE_TENSORS:
             cache_read = read
     zeros = np.zeros_like(b)
+    whole = op.reduces == "tensor" and op.reduction_kernels > 0
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
         else op.kernels
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
@@ -156,9 +155,10 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided, reduction=_reduction(op, elements, m_tok),
-                  split_reductions=(whole_tensor_splits(elements) * op.reduction_kernels
-                                    if op.reduces == "tensor" and op.reduction_kernels
-                                    else None),
+                  split_reductions=(tensor_reductions(elements, op.reduction_kernels)[1]
+                                    if whole else None),
+                  tensor_reductions=op.reduction_kernels if whole else 0,
+                  reduced_elements=elements if whole else None,
                   sort_elements=elements if op.sorts else None,
                   index_count=_slots(op, model, tokens),
                   small_index_s=op.small_index_s,

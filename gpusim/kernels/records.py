@@ -100,6 +100,11 @@ class Kernel:
     # of its whole-tensor reductions, those split over CTAs (per step shape): each also
     # launches a memset of its semaphores and finishes through global memory
     split_reductions: np.ndarray | None = None
+    # its whole-tensor reductions: how many, and the elements each reads (per step shape;
+    # None: it has none), from which `reduction` and `split_reductions` follow
+    # (kernels.quant.tensor_reductions): kept so that a rank's share re-derives both
+    tensor_reductions: int = 0
+    reduced_elements: np.ndarray | None = None
     # keys one of its kernels sorts in one CTA (torch.sort / argsort), per step shape
     sort_elements: np.ndarray | None = None
     # indices one of its kernels walks one by one when they are few (PyTorch's SmallIndex
