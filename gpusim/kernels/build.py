@@ -67,8 +67,6 @@ def _reduction(op: StackOp, elements: np.ndarray, rows: np.ndarray) -> np.ndarra
     """[rows, row_elements x reduction kernels] of an op's row reductions, or None."""
     if op.reduction_kernels == 0:
         return None
-    if op.reduces == "tensor":   # one value from the whole tensor: one walk, no rows
-        return tensor_reductions(elements, op.reduction_kernels)[0]
     row = elements / np.maximum(rows, 1.0)
     return np.stack([rows, row * op.reduction_kernels])
 
@@ -147,16 +145,17 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         if op.reads in _KV_CACHE_TENSORS:
             cache_read = read
     zeros = np.zeros_like(b)
+    # one value from the whole tensor: one walk, no rows, perhaps split over CTAs
     whole = op.reduces == "tensor" and op.reduction_kernels > 0
+    walk, splits = (tensor_reductions(elements, op.reduction_kernels) if whole
+                    else (_reduction(op, elements, m_tok), None))
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
         else op.kernels
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
                   launches=launches, repeat=repeat, flops=elements * op.flops_per_element,
                   weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
-                  strided_launches=strided, reduction=_reduction(op, elements, m_tok),
-                  split_reductions=(tensor_reductions(elements, op.reduction_kernels)[1]
-                                    if whole else None),
+                  strided_launches=strided, reduction=walk, split_reductions=splits,
                   tensor_reductions=op.reduction_kernels if whole else 0,
                   reduced_elements=elements if whole else None,
                   sort_elements=elements if op.sorts else None,
