@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpusim.calibration.fit import make_groups, predict_groups
-from gpusim.calibration.measurements import StepData, read_steps
-from gpusim.calibration.validate import Errors
+from gpusim.calibration.measurements import read_steps
+from gpusim.calibration.validate import Evaluation, in_sample
 from gpusim.cost import Calibration
 from gpusim.report import markdown_table
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
@@ -29,31 +28,27 @@ Resolver = Callable[[str], ModelSpec]
 FOLDER = "unseen_stacks"
 
 
-def predict(stack: StackSpec, data: StepData, gpu: GpuSpec, cal: Calibration,
-            resolve: Resolver) -> np.ndarray:
-    """Predicted seconds of every row of ``data`` under ``stack`` and ``cal``."""
-    return predict_groups(make_groups(data, stack, resolve), len(data), gpu, cal)
+MODES = ("decode", "verify", "prefill")
 
 
-def error_rows(stack: str, data: StepData, predicted_s: np.ndarray
-               ) -> list[dict[str, object]]:
-    """One row per model, launch and mode: n, MAPE, max and bias of the predictions,
-    then one per mode over every model."""
-    rows = []
-    keys = sorted({(str(m), str(la), str(mo)) for m, la, mo
-                   in zip(data.model, data.launch, data.mode, strict=True)},
-                  key=lambda k: (k[0], k[1], ("decode", "verify", "prefill").index(k[2])))
-    groups = [(m, la, mo, (data.model == m) & (data.launch == la) & (data.mode == mo))
-              for m, la, mo in keys]
-    modes = sorted({(la, mo) for _, la, mo in keys},
-                   key=lambda k: (k[0], ("decode", "verify", "prefill").index(k[1])))
-    if len({m for m, _, _ in keys}) > 1:
-        groups += [("all", la, mo, (data.launch == la) & (data.mode == mo))
-                   for la, mo in modes]
-    for model, launch, mode, mask in groups:
-        e = Errors.of(predicted_s[mask], data.measured_s[mask])
-        rows.append({"stack": stack, "model": model, "launch": launch, "mode": mode,
-                     "n": e.n, "mape": e.mape, "max": e.max, "bias": e.bias})
+def error_rows(stack: str, ev: Evaluation) -> list[dict[str, object]]:
+    """One row per model, launch and mode of ``ev``'s steps: n, MAPE, max and bias of
+    its predictions, then one per launch and mode over every model."""
+    d = ev.data
+    models = sorted(set(map(str, d.model)))
+    groups = [(m, d.model == m) for m in models]
+    if len(models) > 1:
+        groups.append(("all", np.ones(len(d), dtype=bool)))
+    rows: list[dict[str, object]] = []
+    for model, of in groups:
+        for launch in ("graph", "eager"):
+            for mode in MODES:
+                mask = of & (d.launch == launch) & (d.mode == mode)
+                if mask.any():
+                    e = ev.errors(mask)
+                    rows.append({"stack": stack, "model": model, "launch": launch,
+                                 "mode": mode, "n": e.n, "mape": e.mape, "max": e.max,
+                                 "bias": e.bias})
     return rows
 
 
@@ -80,8 +75,8 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
     for path in sorted((gpu_dir / FOLDER).glob("*/steps.csv")):
         stack = load_stack(path.parent.name)
         data = read_steps(path, stack.name)
-        rows += error_rows(stack.name, data,
-                           predict(stack, data, gpu, shipped(stack), resolve))
+        rows += error_rows(stack.name, in_sample(data, gpu, stack, shipped(stack),
+                                                 resolve, "shipped"))
     return section(gpu_dir.name, rows)
 
 
