@@ -14,11 +14,12 @@ from gpusim.calibration import space
 from gpusim.cli import main
 from gpusim.cost import Calibration, kernel_cost, tensor_efficiency
 from gpusim.cost.gemm_families import GEMM_FAMILIES, gemm_family
+from gpusim.cost.pointwise import reduction_s
 from gpusim.cost.quant import TINYGEMM_ROWS
 from gpusim.io import calibrations, loader
 from gpusim.kernels import build_kernels
 from gpusim.kernels.quant import GEMM_FAMILIES as TAKES
-from gpusim.kernels.quant import for_stack
+from gpusim.kernels.quant import for_stack, whole_tensor_splits, whole_tensor_walk
 from gpusim.platform import Platform
 from gpusim.step.crossover import crossover
 
@@ -154,19 +155,23 @@ def test_fp8_amax_splits_over_ctas_from_131072_elements_and_pays_its_finish() ->
     qkv, down = ks["qkv_act_quant_amax"], ks["down_act_quant_amax"]
     # qkv's input: 4096 x 16 = 65536 elements (one CTA), 4096 x 32 = 131072 (split);
     # down's: 14336 x 16 already split
-    assert qkv.split_reductions.tolist() == [0.0, 1.0]
-    assert down.split_reductions.tolist() == [1.0, 1.0]
+    def splits(k):  # type: ignore[no-untyped-def]
+        return (whole_tensor_splits(k.reduced_elements) * k.tensor_reductions).tolist()
+
+    assert splits(qkv) == [0.0, 1.0]
+    assert splits(down) == [1.0, 1.0]
     cal = calibrations.load_calibration(
         str(calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"), GPU, loader.load_stack("torch-fp8"))
     ph = cal.physics
-    bare = kernel_cost(dataclasses.replace(down, split_reductions=None), GPU, cal).seconds
-    with_split = kernel_cost(down, GPU, cal).seconds
+    bare = kernel_cost(dataclasses.replace(down, reduced_elements=None), GPU, cal).seconds
+    walk = reduction_s(np.stack([np.ones(2), whole_tensor_walk(down.reduced_elements)]), ph)
+    with_split = kernel_cost(down, GPU, cal).seconds - walk
     # one memset kernel (fixed cost, first bytes' latency, the gap before it) and two
     # more round trips to HBM
     assert with_split - bare == pytest.approx(
         ph.kernel_fixed_cost_s + ph.launch_gap_s + 3 * ph.dram_latency_s)
     # no other op of the stack reduces a whole tensor
-    assert all(k.split_reductions is None for n, k in ks.items() if not n.endswith("_amax"))
+    assert all(k.reduced_elements is None for n, k in ks.items() if not n.endswith("_amax"))
 
 
 def test_fp8_division_costs_the_same_on_h200_as_on_h100() -> None:
@@ -382,9 +387,11 @@ def test_a_tensor_parallel_rank_reduces_its_share_of_the_activation() -> None:
     one = {k.name: k for k in build_kernels(model, st, "decode", np.array([16.0]), 1024, 1)}
     two = {k.name: k for k in shard(list(one.values()), model, st, 2)}
     down1, down2 = one["down_act_quant_amax"], two["down_act_quant_amax"]
-    assert down1.split_reductions.tolist() == [1.0] and down2.split_reductions.tolist() == [0.0]
+    assert whole_tensor_splits(down1.reduced_elements).tolist() == [1.0]
+    assert whole_tensor_splits(down2.reduced_elements).tolist() == [0.0]
     assert down2.reduced_elements.tolist() == [7168.0 * 16]
-    assert down2.reduction[1].tolist() == [7168.0 * 16]   # the whole walk, one CTA
+    assert whole_tensor_walk(down2.reduced_elements).tolist() == [7168.0 * 16]  # one CTA
     qkv1, qkv2 = one["qkv_act_quant_amax"], two["qkv_act_quant_amax"]
     assert qkv2.reduced_elements.tolist() == qkv1.reduced_elements.tolist()
-    assert qkv2.reduction.tolist() == qkv1.reduction.tolist()
+    assert (whole_tensor_walk(qkv2.reduced_elements).tolist()
+            == whole_tensor_walk(qkv1.reduced_elements).tolist())

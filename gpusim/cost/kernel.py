@@ -37,7 +37,7 @@ from gpusim.cost.pointwise import (
     reduction_s,
     small_index_s,
     sort_s,
-    split_reduction_s,
+    tensor_reduction_s,
 )
 from gpusim.cost.record import Cost
 from gpusim.kernels.records import Kernel
@@ -121,8 +121,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
             memory = k.bytes / op_bw
         if k.reduction is not None:
             fixed = fixed + reduction_s(k.reduction, ph)
-        if k.split_reductions is not None:
-            fixed = fixed + split_reduction_s(k.split_reductions, ph)
+        if k.reduced_elements is not None:
+            fixed = fixed + tensor_reduction_s(k.reduced_elements, k.tensor_reductions, ph)
         if k.sort_elements is not None:
             fixed = fixed + sort_s(k.sort_elements, ph)
         if k.index_count is not None:

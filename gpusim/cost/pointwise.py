@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpusim.cost.params import GpuPhysics
+from gpusim.kernels.quant import whole_tensor_splits, whole_tensor_walk
 from gpusim.specs import GpuSpec
 
 
@@ -49,6 +50,18 @@ def split_reduction_s(splits: np.ndarray, physics: GpuPhysics) -> np.ndarray:
     n = np.asarray(splits, dtype=np.float64)
     return n * (physics.kernel_fixed_cost_s + physics.launch_gap_s
                 + (1 + SPLIT_FINISH_ROUND_TRIPS) * physics.dram_latency_s)
+
+
+def tensor_reduction_s(elements: np.ndarray, reductions: int, physics: GpuPhysics
+                       ) -> np.ndarray:
+    """``reductions`` reductions of a whole tensor of ``elements`` each to one value (per
+    shape): the busiest CTA's walk (``kernels.quant.whole_tensor_walk``) at the row
+    reductions' latency-bound rate, and for those PyTorch splits over CTAs their
+    memset and finish (``split_reduction_s``)."""
+    e = np.asarray(elements, dtype=np.float64)
+    walk = reduction_s(np.stack([np.ones_like(e), whole_tensor_walk(e) * reductions]),
+                       physics)
+    return walk + split_reduction_s(whole_tensor_splits(e) * reductions, physics)
 
 
 # PyTorch's sortKeyValueInplace configs (aten/src/ATen/native/cuda/Sort.cu,

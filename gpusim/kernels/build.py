@@ -20,7 +20,6 @@ from gpusim.kernels.quant import (
     kv_stored,
     needs_family_kernel,
     padded,
-    tensor_reductions,
 )
 from gpusim.kernels.records import Kernel, Section, attention_kernel, gemm_kernel
 from gpusim.kernels.shape import as_arrays, check_shape
@@ -145,17 +144,16 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
         if op.reads in _KV_CACHE_TENSORS:
             cache_read = read
     zeros = np.zeros_like(b)
-    # one value from the whole tensor: one walk, no rows, perhaps split over CTAs
+    # one value from the whole tensor: priced from its elements, not as rows
     whole = op.reduces == "tensor" and op.reduction_kernels > 0
-    walk, splits = (tensor_reductions(elements, op.reduction_kernels) if whole
-                    else (_reduction(op, elements, m_tok), None))
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
         else op.kernels
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
                   launches=launches, repeat=repeat, flops=elements * op.flops_per_element,
                   weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
-                  strided_launches=strided, reduction=walk, split_reductions=splits,
+                  strided_launches=strided,
+                  reduction=None if whole else _reduction(op, elements, m_tok),
                   tensor_reductions=op.reduction_kernels if whole else 0,
                   reduced_elements=elements if whole else None,
                   sort_elements=elements if op.sorts else None,

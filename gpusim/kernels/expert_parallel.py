@@ -40,7 +40,6 @@ import numpy as np
 
 from gpusim.errors import FieldError
 from gpusim.kernels.moe import ExpertGemmShape, inclusion_probabilities
-from gpusim.kernels.quant import tensor_reductions
 from gpusim.kernels.records import Kernel, collective_kernel
 from gpusim.kernels.variants import is_expert_op, moe_section
 from gpusim.specs import ModelSpec, StackSpec
@@ -120,10 +119,7 @@ def _rows_scaled(k: Kernel, f: np.ndarray) -> Kernel:
     scale; weights do not."""
     red = None if k.reduction is None else k.reduction * np.stack(
         [f, np.ones_like(f)])
-    splits, reduced = k.split_reductions, k.reduced_elements
-    if reduced is not None:   # one value from the rank's rows: re-derive walk and split
-        reduced = reduced * f
-        red, splits = tensor_reductions(reduced, k.tensor_reductions)
+    reduced = None if k.reduced_elements is None else k.reduced_elements * f
     g = k.gemm
     if g is not None:
         g = replace(g, m=g.m * f)
@@ -132,8 +128,7 @@ def _rows_scaled(k: Kernel, f: np.ndarray) -> Kernel:
     srt = None if k.sort_elements is None else k.sort_elements * f
     idx = None if k.index_count is None else k.index_count * f
     return replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red, gemm=g,
-                   sort_elements=srt, index_count=idx, split_reductions=splits,
-                   reduced_elements=reduced)
+                   sort_elements=srt, index_count=idx, reduced_elements=reduced)
 
 
 def _on_busiest(k: Kernel, f: np.ndarray, s: ExpertSplit) -> Kernel:

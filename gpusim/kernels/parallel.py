@@ -39,7 +39,6 @@ from gpusim.kernels.expert_parallel import (  # noqa: F401  (expert_split: re-ex
     rank_expert_bytes,
     split_experts,
 )
-from gpusim.kernels.quant import tensor_reductions
 from gpusim.kernels.records import Kernel, collective_kernel
 from gpusim.kernels.variants import layer_ops
 from gpusim.specs import ModelSpec, StackOp, StackSpec
@@ -188,16 +187,12 @@ def shard(kernels: list[Kernel], model: ModelSpec, stack: StackSpec, tp: int,
         elif k.kind == KernelKind.ELEMENTWISE:
             f = _tensor_share(op.tensor or "", model, r)
             red = None if k.reduction is None else k.reduction * np.array([[1.0], [f]])
-            splits, reduced = k.split_reductions, k.reduced_elements
-            if reduced is not None:   # a whole-tensor reduction of the rank's share
-                reduced = reduced * f
-                red, splits = tensor_reductions(reduced, k.tensor_reductions)
+            reduced = None if k.reduced_elements is None else k.reduced_elements * f
             srt = None if k.sort_elements is None else k.sort_elements * f
             # (an index kernel's indices, the token-slots, are every rank's alike)
             out.append(k if f == 1.0 else
                        replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red,
-                               sort_elements=srt, split_reductions=splits,
-                               reduced_elements=reduced))
+                               sort_elements=srt, reduced_elements=reduced))
         else:
             raise FieldError("tp", f"tp={tp}: gpusim does not shard the {k.kind} kernel "
                              f"{k.name!r} over tensor-parallel ranks")

@@ -118,15 +118,6 @@ def whole_tensor_splits(elements: np.ndarray) -> np.ndarray:
     return (vpt >= MAX_VALUES_PER_THREAD).astype(np.float64)
 
 
-def tensor_reductions(elements: np.ndarray, kernels: int) -> tuple[np.ndarray, np.ndarray]:
-    """``kernels`` reductions of a whole tensor of ``elements`` (per shape) to one value
-    each: their walk as ``Kernel.reduction`` holds it ([1 row, the busiest CTA's elements
-    x kernels]) and how many of them split over CTAs (``Kernel.split_reductions``)."""
-    n = np.asarray(elements, dtype=np.float64)
-    return (np.stack([np.ones_like(n), whole_tensor_walk(n) * kernels]),
-            whole_tensor_splits(n) * kernels)
-
-
 def _nk(weight: str, model: ModelSpec) -> tuple[int, int]:
     """(n, k) of a projection's or an MoE layer's weight W[n, k]."""
     h, i = model.hidden_size, model.mlp_intermediate_size

@@ -97,12 +97,9 @@ class Kernel:
     strided_launches: np.ndarray | None = None
     # row reductions: [rows, row_elements] per step shape (times reduction kernels)
     reduction: np.ndarray | None = None
-    # of its whole-tensor reductions, those split over CTAs (per step shape): each also
-    # launches a memset of its semaphores and finishes through global memory
-    split_reductions: np.ndarray | None = None
-    # its whole-tensor reductions: how many, and the elements each reads (per step shape;
-    # None: it has none), from which `reduction` and `split_reductions` follow
-    # (kernels.quant.tensor_reductions): kept so that a rank's share re-derives both
+    # its whole-tensor reductions (one value from a whole tensor): how many, and the
+    # elements each reads (per step shape; None: it has none); their walk and whether
+    # they split over CTAs follow from the elements (cost.pointwise.tensor_reduction_s)
     tensor_reductions: int = 0
     reduced_elements: np.ndarray | None = None
     # keys one of its kernels sorts in one CTA (torch.sort / argsort), per step shape
