@@ -23,6 +23,7 @@ from gpusim.serving.prefix_cache import PrefixKVCache
 from gpusim.serving.step_ops import cache_ops
 from gpusim.serving.step_time import build_step_time_model
 from gpusim.specs import StackSpec
+from gpusim.specs.enums import KernelKind
 
 GPU = loader.load_gpu("h100-sxm")
 MODEL = loader.load_model("llama-3.2-1b")
@@ -59,7 +60,7 @@ def test_decode_packs_gqa_folds_query_heads_into_rows_in_decode_only() -> None:
                if k.name == "attention")
     assert (dec.attention.heads, float(dec.attention.q[0])) == (MODEL.num_key_value_heads, g)
     pre = next(k for k in build_kernels(MODEL, STACK, "prefill", 1, 0, 64)
-               if k.name == "attention")
+               if k.kind == KernelKind.ATTENTION)
     assert (pre.attention.heads, float(pre.attention.q[0])) == (MODEL.num_attention_heads, 64)
     # the same K/V traffic, and the arithmetic within the causal tail the flop count
     # gives q > 1 rows (under 2% here)

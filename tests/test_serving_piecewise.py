@@ -5,6 +5,7 @@ between them; decode-only steps as in FULL_DECODE_ONLY; larger mixed steps eager
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 
 import pytest
@@ -71,28 +72,59 @@ def test_piecewise_sizes_reach_the_token_budget_and_decode_pads_as_before() -> N
     # layer) for each part a step has: decoding rows, a fresh prompt, a later chunk
     probe = op_costs(Platform(GPU, STACK, CAL), MODEL, "decode", 1, 0, 1)
     by_name = {op.name: op.launches * op.repeat for op in probe}
-    assert pw.piecewise_launches == by_name["lm_head"]
-    assert pw.piecewise_decode_launches == pw.piecewise_fresh_launches == \
-        pw.piecewise_chunk_launches == by_name["attention"]
+    assert pw.seq_launches == by_name["lm_head"]
+    assert pw.decode_launches == pw.fresh_launches == pw.chunk_launches == \
+        by_name["attention"]
     assert pw.outside_launches(0, [(90, 0)]) == by_name["lm_head"] + by_name["attention"]
     assert pw.outside_launches(3, [(90, 0), (10, 700)]) == \
         by_name["lm_head"] + 3 * by_name["attention"]
-    assert pw.outside_launches(3, [(90, 0)]) < pw.launches_per_step
+    # an eager decode step launches every op of the decode forward once
+    assert pw.launches(3) == sum(by_name.values())
+    assert pw.outside_launches(3, [(90, 0)]) < pw.launches(3)
 
 
 def test_the_harness_stacks_piecewise_launches_follow_the_parts_of_a_step() -> None:
     """Its decoding rows launch their gathers, mask and attention outside the graphs,
-    a fresh prompt only its attention, a chunk after cached tokens its attention and
-    cache ops (profiled: 2 kernels a layer with a fresh prompt alone, about 10 with
-    decoding rows beside it)."""
+    a fresh prompt only its attention, a chunk after cached tokens its gathers, the
+    repeat of its keys to every query head and its attention (profiled: 2 kernels a
+    layer with a fresh prompt alone, about 10 with decoding rows beside it;
+    probe_2026-12-07/chunk_attention: 4 more a layer with a chunk after cached tokens
+    than with a fresh one, and its key slots' 3 once)."""
     m = model_for("full_and_piecewise", stack="harness-serve")
     layers = MODEL.num_hidden_layers
-    assert m.piecewise_fresh_launches == 2 * layers            # SDPA and its memset
-    # + K and V gathers and the mask's two kernels a layer, the rows' key slots once
-    assert m.piecewise_decode_launches == 6 * layers + 5
-    assert m.piecewise_chunk_launches == m.piecewise_decode_launches
+    assert m.fresh_launches == layers                          # FlashAttention-2
+    # cuDNN's kernel and its memset, K and V gathers and the mask's two kernels a
+    # layer, the rows' key slots once
+    assert m.decode_launches == 6 * layers + 5
+    # K and V gathered, K and V repeated, FlashAttention-2; the chunk's key slots once
+    assert m.chunk_launches == 5 * layers + 3
+    # two parts or more: their outputs concatenated, a cat a layer
+    assert m.parts_cat_launches == layers
     fresh, both = m.outside_launches(0, [(300, 0)]), m.outside_launches(4, [(300, 0)])
-    assert both - fresh == m.piecewise_decode_launches
+    assert both - fresh == m.decode_launches + layers
+    cached = m.outside_launches(0, [(300, 500)])
+    assert cached - fresh == 4 * layers + 3
+    # and between its pieces, the copy of attention's output into the next one's buffer
+    assert m.piecewise_copy_launches == layers
+
+
+def test_an_eager_mixed_step_launches_the_kernels_of_the_parts_it_has() -> None:
+    """Host-bound, an eager step's time follows its launches: a chunk after cached
+    tokens launches more than a fresh prompt (its gathers and repeats), and decoding
+    rows beside a chunk add their own attention and cache ops."""
+    m = model_for("full_decode_only", stack="harness-serve")
+    h = 1e-3                                    # host-bound at any GPU time here
+    slow = dataclasses.replace(m, host_launch_s=h)
+    fresh = slow.step(0, 0.0, [(64, 0)])[0]
+    cached = slow.step(0, 0.0, [(64, 500)])[0]
+    both = slow.step(4, 4000.0, [(64, 500)], longest=1100)[0]
+    assert cached - fresh == pytest.approx((m.chunk_launches - m.fresh_launches) * h,
+                                           rel=1e-9)
+    assert both - cached == pytest.approx((m.decode_launches + m.parts_cat_launches) * h,
+                                          rel=1e-3)
+    assert m.launches(4, [(64, 500)]) == (m.token_launches + m.seq_launches
+                                          + m.decode_launches + m.chunk_launches
+                                          + m.parts_cat_launches)
 
 
 def test_a_piecewise_step_is_the_eager_formula_with_the_graphs_folded_in() -> None:

@@ -51,7 +51,7 @@ def padding_reads(model: ModelSpec, platform: Platform, stack: StackSpec
     if not (stack.padded_decode_keys and stack.padding_reads_cached):
         return {}
     ops = {op.name: op for op in stack.layer if op.op == "elementwise" and
-           op.reads == "kv_cache"}
+           op.reads == "kv_cache" and op.runs_in("decode")}
     if not ops:
         return {}
 
@@ -83,8 +83,12 @@ CACHE_TENSORS = ("kv_cache", "kv_cache_expanded", "mask")
 
 
 def cache_ops(stack: StackSpec) -> set[str]:
-    """Names of the stack's streaming ops whose size follows each sequence's cached
-    positions (a tensor or a read of ``kv_cache``, ``kv_cache_expanded`` or ``mask``):
-    they are tabulated with attention, per sequence and context, not per token."""
+    """Names of the stack's streaming ops tabulated with attention, per sequence and
+    context, not per token: those whose size follows each sequence's cached positions
+    (a tensor or a read of ``kv_cache``, ``kv_cache_expanded`` or ``mask``), and those
+    the stack runs in some step modes alone (``StackOp.modes``: they belong to the part
+    of a step that runs in that mode, its decoding rows or a chunk)."""
     return {op.name for ops in (stack.prologue, stack.layer, stack.epilogue)
-            for op in ops if op.tensor in CACHE_TENSORS or op.reads in CACHE_TENSORS}
+            for op in ops if op.op != "attention" and (
+                op.tensor in CACHE_TENSORS or op.reads in CACHE_TENSORS
+                or op.modes is not None)}

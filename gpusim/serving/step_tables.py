@@ -122,21 +122,24 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
 
     # eager: which op launches last, and does its cost follow tokens or sequences?
     probe = op_costs(platform, model, "decode", 1, 0, 1)
-    launches = sum(op.launches * op.repeat for op in probe)
-    # piecewise: the ops outside the graphs launch one by one between and after the
-    # pieces: the last-position ops always, and the attention (and cache) ops of the
-    # parts a step has: decoding rows, fresh prompts (no cache to read), chunks after
-    # cached tokens
-    def outside(mode: str, ctx: float, keep) -> int:
+
+    # the kernels of each part of a step (an eager step launches them all one by one; a
+    # piecewise step all but its per-token ops): the per-token and last-position ops,
+    # and the attention and cache ops of its decoding rows, of a fresh prompt (no cache
+    # to read) and of a chunk after cached tokens
+    def launched(mode: str, ctx: float, keep) -> int:
         ops = op_costs(platform, model, mode, 1, ctx, 1) if mode != "decode" else probe
         return int(sum(op.launches * op.repeat for op in ops if keep(op)))
 
-    pw_launches = {
-        "piecewise_launches": outside("decode", 0.0, per_seq),
-        "piecewise_decode_launches": outside("decode", 0.0, attention),
-        "piecewise_fresh_launches": outside("prefill", 0.0, lambda k: k.kind == "attention"),
-        "piecewise_chunk_launches": outside("verify", 1.0, attention),
-    } if piecewise else {}
+    part_launches = {
+        "token_launches": launched("decode", 0.0, per_token),
+        "seq_launches": launched("decode", 0.0, per_seq),
+        "decode_launches": launched("decode", 0.0, attention),
+        "fresh_launches": launched("prefill", 0.0, attention),
+        "chunk_launches": launched("verify", 1.0, attention),
+        "parts_cat_launches": model.num_hidden_layers if stack.concat_attention_parts else 0,
+        "piecewise_copy_launches": model.num_hidden_layers * stack.piecewise_copies,
+    }
     tail_tok = [0.0] * (table_tokens + 1)
     tail_seq = [0.0] * (max_num_seqs + 1)
     last = next((k for k in reversed(probe) if k.launches > 0), None)
@@ -157,7 +160,7 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
     return dict(
         launch=launch, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
         max_ctx_tokens=max_ctx, step_overhead_s=overhead,
-        host_launch_s=cal.host.host_launch_cost_s, launches_per_step=launches,
+        host_launch_s=cal.host.host_launch_cost_s, **part_launches,
         token_s=[0.0, *tok_s.tolist()], token_bytes=[0.0, *tok_b.tolist()],
         seq_s=[0.0, *seq_s.tolist()], seq_bytes=[0.0, *seq_b.tolist()],
         tail_by_tokens_s=tail_tok, tail_by_seqs_s=tail_seq,
@@ -169,7 +172,7 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
         fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist(),
         capture_sizes=sizes, attention_fixed_s=attn_fixed,
         graph_launch_s=cal.host.host_graph_launch_cost_s,
-        piecewise=piecewise, **pw_launches,
+        piecewise=piecewise,
         pieces=model.num_hidden_layers + 1 if piecewise else 0,
         host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
         host_chunk_s=cal.host.serving_chunk_host_s,

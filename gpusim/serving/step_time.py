@@ -20,7 +20,11 @@ numpy. On uniform batches the result matches ``step.predict``.
 
 Launch modes: ``graph`` adds one graph replay per step; ``eager`` takes the later of
 "GPU-bound" (first launch + all GPU work) and "host-bound" (all launches + the last
-kernel), the two ends of ``step.predict``'s eager formula. With ``capture_sizes`` (vLLM's
+kernel), the two ends of ``step.predict``'s eager formula, its launches those of the
+parts the step has (``launches``: the per-token and last-position ops, and the
+attention and cache ops of its decoding rows, of each fresh prompt chunk and of each
+chunk after cached tokens, which differ where the stack runs ops in some modes alone:
+``StackOp.modes``). With ``capture_sizes`` (vLLM's
 cudagraph_capture_sizes) the platform's launch mode gives way to vLLM's CUDA-graph mode
 (``cudagraph_mode``):
 
@@ -77,7 +81,6 @@ class StepTimeModel:
     max_ctx_tokens: int
     step_overhead_s: float        # graph replay (graph) + attention fixed costs
     host_launch_s: float          # eager: host cost per launch
-    launches_per_step: int
     token_s: list[float]          # [m] per-token ops
     token_bytes: list[float]
     seq_s: list[float]            # [n] last-position ops
@@ -96,15 +99,20 @@ class StepTimeModel:
     attention_fixed_s: float = 0.0        # attention launches' fixed cost, once a step
     graph_launch_s: float = 0.0           # one graph replay (capture_sizes)
     piecewise: bool = False               # mixed steps replay piecewise graphs
-    # ... launching the ops outside them one by one: these in every such step (its
-    # last-position ops), these with decoding rows (their attention and cache ops), these
-    # a fresh prompt chunk (its attention) and these a chunk after cached tokens (its
-    # attention and cache ops)
-    piecewise_launches: int = 0
-    piecewise_decode_launches: int = 0
-    piecewise_fresh_launches: int = 0
-    piecewise_chunk_launches: int = 0
-    pieces: int = 0                       # ... and replaying this many graphs
+    pieces: int = 0                       # ... replaying this many graphs
+    # the kernels a step launches, by the parts it has: its per-token ops, its
+    # last-position ops, and the attention and cache ops (and those the stack runs in
+    # that mode alone) of its decoding rows, of each fresh prompt chunk and of each chunk
+    # after cached tokens; a piecewise step launches all but the first one by one
+    token_launches: int = 0
+    seq_launches: int = 0
+    decode_launches: int = 0
+    fresh_launches: int = 0
+    chunk_launches: int = 0
+    # ... and with two parts or more, the concatenation of their outputs (a stack's
+    # ``concat_attention_parts``); a piecewise step also its copies between pieces
+    parts_cat_launches: int = 0
+    piecewise_copy_launches: int = 0
     host_step_s: float = 0.0              # the engine's host work per step
     host_seq_s: float = 0.0               # ... and per sequence in the step
     host_chunk_s: float = 0.0             # ... per prefill chunk
@@ -149,29 +157,38 @@ class StepTimeModel:
         return out[0], out[1]
 
     # --- whole steps ----------------------------------------------------------------
-    def _finish(self, gpu_s: float, tokens: int, seqs: int) -> float:
+    def _finish(self, gpu_s: float, tokens: int, seqs: int, launches: int) -> float:
         if self.launch == "graph":
             return gpu_s + self.step_overhead_s
         h = self.host_launch_s
         tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
-        return max(gpu_s + self.step_overhead_s + h, self.launches_per_step * h + tail)
+        return max(gpu_s + self.step_overhead_s + h, launches * h + tail)
 
-    def _eager(self, gpu_s: float, tokens: int, seqs: int) -> float:
+    def _eager(self, gpu_s: float, tokens: int, seqs: int, launches: int) -> float:
         """An eagerly launched step (``_finish``'s eager formula, no graph replay)."""
         h = self.host_launch_s
         tail = self.tail_by_tokens_s[tokens] + self.tail_by_seqs_s[seqs]
-        return max(gpu_s + self.attention_fixed_s + h, self.launches_per_step * h + tail)
+        return max(gpu_s + self.attention_fixed_s + h, launches * h + tail)
 
     def outside_launches(self, decode_batch: int, chunks: Iterable[tuple[int, int]]
                          ) -> int:
         """Launches a piecewise step of ``decode_batch`` decoding rows and prefill
-        ``chunks`` of (q, ctx) makes outside its graphs: only the attention of the parts
-        it has (profiled on the serving harness, Llama 3.2 1B: 2 kernels a layer with a
-        fresh prompt alone, about 10 with decoding rows beside it)."""
-        return (self.piecewise_launches
-                + (self.piecewise_decode_launches if decode_batch else 0)
-                + sum(self.piecewise_chunk_launches if ctx else self.piecewise_fresh_launches
-                      for _, ctx in chunks))
+        ``chunks`` of (q, ctx) makes outside its graphs, its copies between them aside:
+        its last-position ops, the attention of the parts it has and, with two parts or
+        more, their concatenation (profiled on the serving harness, Llama 3.2 1B: 2
+        kernels a layer with a fresh prompt alone, its attention and the copy into the
+        next piece; about 10 with decoding rows beside it)."""
+        chunks = list(chunks)
+        parts = len(chunks) + (1 if decode_batch else 0)
+        return (self.seq_launches + (self.decode_launches if decode_batch else 0)
+                + sum(self.chunk_launches if ctx else self.fresh_launches
+                      for _, ctx in chunks)
+                + (self.parts_cat_launches if parts > 1 else 0))
+
+    def launches(self, decode_batch: int, chunks: Iterable[tuple[int, int]] = ()) -> int:
+        """Kernels an eager step of ``decode_batch`` decoding rows and prefill ``chunks``
+        of (q, ctx) launches: its per-token ops and every part's (``outside_launches``)."""
+        return self.token_launches + self.outside_launches(decode_batch, chunks)
 
     def _piecewise(self, gpu_s: float, tokens: int, seqs: int, launches: int) -> float:
         """A mixed step replaying piecewise graphs: the eager formula's two ends, with
@@ -223,7 +240,7 @@ class StepTimeModel:
             gpu = self.token_s[m] + self.seq_s[m] + row[i] + f * (row[i + 1] - row[i])
             moved = (self.token_bytes[m] + self.seq_bytes[m]
                      + brow[i] + f * (brow[i + 1] - brow[i]))
-            t = (self._eager(gpu, batch, batch) if pad is None
+            t = (self._eager(gpu, batch, batch, self.launches(batch)) if pad is None
                  else gpu + self.attention_fixed_s + self.graph_launch_s)
             return self._host(t, batch), moved
         gpu = self.token_s[batch] + self.seq_s[batch] + row[i] + f * (row[i + 1] - row[i])
@@ -231,7 +248,7 @@ class StepTimeModel:
                  + brow[i] + f * (brow[i + 1] - brow[i]))
         if self.launch == "graph":
             return self._host(gpu + self.step_overhead_s, batch), moved
-        return self._host(self._finish(gpu, batch, batch), batch), moved
+        return self._host(self._finish(gpu, batch, batch, self.launches(batch)), batch), moved
 
     def padded_attention(self, rows: int, batch: int, ctx_sum: float, longest: int
                          ) -> tuple[float, float]:
@@ -259,9 +276,9 @@ class StepTimeModel:
         if pad is not None:
             t = gpu + self.attention_fixed_s + self.graph_launch_s
         elif self.capture_sizes:
-            t = self._eager(gpu, batch, batch)
+            t = self._eager(gpu, batch, batch, self.launches(batch))
         else:
-            t = self._finish(gpu, batch, batch)
+            t = self._finish(gpu, batch, batch, self.launches(batch))
         return self._host(t, batch), moved
 
     def step(self, decode_batch: int, decode_ctx_sum: float,
@@ -297,11 +314,12 @@ class StepTimeModel:
         moved += self.token_bytes[rows] + self.seq_bytes[seqs]
         chunks_n, prefill = seqs - decode_batch, tokens - decode_batch
         if pad is not None:
-            t = self._piecewise(gpu, tokens, seqs, self.outside_launches(decode_batch, chunks))
+            t = self._piecewise(gpu, tokens, seqs, self.outside_launches(decode_batch, chunks)
+                                + self.piecewise_copy_launches)
         elif self.capture_sizes:
-            t = self._eager(gpu, tokens, seqs)
+            t = self._eager(gpu, tokens, seqs, self.launches(decode_batch, chunks))
         else:
-            t = self._finish(gpu, tokens, seqs)
+            t = self._finish(gpu, tokens, seqs, self.launches(decode_batch, chunks))
         return self._host(t, seqs, chunks_n, prefill), moved
 
 

@@ -3,7 +3,7 @@ Data, so a fused stack is a file."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -25,6 +25,8 @@ TensorName = Literal[
     "router_logits", "routing", "routed_hidden", "routed_gate_up", "routed_intermediate",
     "experts",
 ]
+# the step modes an op can be limited to (kernels.build: specs.enums.Mode's values)
+StepMode = Literal["decode", "verify", "prefill", "tree"]
 # fused (qkv, gate_up) or separate (q, k, v, gate, up) projections
 WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head",
                      # an MoE layer's: router, experts, a shared expert's sigmoid gate
@@ -112,9 +114,21 @@ class StackOp(Frozen):
     family: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] | None = None
     pad_tokens_to: Annotated[int, Field(ge=1, le=4096)] = 1
     requires: Literal["shared_expert", "shared_expert_gate", "norm_topk_prob"] | None = None
+    # the step modes the op runs in (None: every mode): a stack whose forward differs by
+    # mode, as the serving harness's, which gathers and masks its decoding rows' keys
+    # for cuDNN's kernel but repeats a prompt chunk's cached keys to every query head
+    # for FlashAttention-2's
+    modes: tuple[StepMode, ...] | None = None
+
+    def runs_in(self, mode: str) -> bool:
+        """Whether the op launches in a step of ``mode``."""
+        return self.modes is None or mode in self.modes
 
     @model_validator(mode="after")
     def _fields_for_op(self) -> StackOp:
+        if self.modes is not None and not self.modes:
+            raise ValueError(f"op {self.name!r}: 'modes' lists no mode (leave it out for "
+                             "every mode)")
         if self.family is not None and self.op != "gemm":
             raise ValueError(f"op {self.name!r}: 'family' is for gemm ops")
         if self.op == "gemm" and self.weight is None:
@@ -204,6 +218,15 @@ class StackSpec(Frozen):
     # not (index-bound: the harness's 1B, whose rows are 1 KB, saves only a fifth of its
     # gather where half the positions are padding; profiled 1.26-1.27 ns a position)
     padded_gather_min_s_per_key: Annotated[float, Field(ge=0.0, le=1e-6)] = 0.0
+    # a serving step of several parts (decoding rows, prompt chunks) runs each part's
+    # attention on its own and concatenates their outputs: a cat kernel a layer (the
+    # harness's torch.cat of the parts; a few microseconds of copying, its GPU time not
+    # priced). False: one attention call over every part (vLLM's varlen kernel)
+    concat_attention_parts: bool = False
+    # kernels a piecewise mixed step launches a layer between its graphs besides its
+    # attention and cache ops (the harness copies attention's output into the next
+    # piece's static input buffer: 1)
+    piecewise_copies: Annotated[int, Field(ge=0, le=8)] = 0
 
     @model_validator(mode="after")
     def _every_mode_has_a_family(self) -> StackSpec:
@@ -219,7 +242,16 @@ class StackSpec(Frozen):
         qkv; o; gate and up or a fused gate_up; down) and the LM head: a stack missing
         one would price a step without it, silently fast."""
         layer = {o.weight for o in self.layer if o.op == "gemm"}
-        needs = [("attention", any(o.op == "attention" for o in self.layer)),
+        attention = {m: [o.name for o in self.layer if o.op == "attention" and o.runs_in(m)]
+                     for m in get_args(StepMode)}
+        for mode, names in attention.items():
+            if len(names) > 1:
+                raise field_error("layer", f"a layer runs one attention op a step; in "
+                                  f"{mode} it would run {', '.join(names)} (give each "
+                                  "its modes)")
+        bare = [m for m, names in attention.items() if not names]
+        needs = [("attention" if len(bare) == len(attention)
+                  else f"attention in {' and '.join(bare)} steps", not bare),
                  ("gemm weight qkv (or q, k and v)",
                   "qkv" in layer or {"q", "k", "v"} <= layer),
                  ("gemm weight o", "o" in layer),
