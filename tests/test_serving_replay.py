@@ -171,6 +171,17 @@ def test_host_fit_separates_a_prefills_chunks_and_tokens() -> None:
     assert fit[:4] == tuple(pytest.approx(v, rel=1e-9) for v in truth[:4])
 
 
+def test_a_mixed_steps_parts_name_what_it_launches() -> None:
+    def step(decode: int, *chunks: tuple[int, int, int]) -> Any:
+        return SimpleNamespace(decode=decode, chunks=chunks)
+
+    parts = serving_host.step_parts
+    assert parts(step(4)) == ""                                # decode-only
+    assert parts(step(4, (1, 0, 300))) == "decoding rows + fresh"
+    assert parts(step(0, (1, 500, 40))) == "after cache"
+    assert parts(step(2, (1, 0, 30), (2, 700, 9))) == "decoding rows + fresh + after cache"
+
+
 def test_saturation_is_the_best_throughput_of_the_saturated_runs() -> None:
     def comp(load: str, offered: float, meas: float, sim: float, model: str = "m") -> Any:
         """A run whose queue grows (TTFT 10x across it) where it serves < 90%."""
@@ -213,6 +224,7 @@ def test_cpu_fixture_report_says_it_waits_for_gpu_runs_and_reruns_identically(
     assert "The real report waits for GPU runs" in text
     assert "TPOT = (last token - first token) / (output tokens - 1)" in text
     assert "bench_serve_engine.py" in text and "## Saturation" in text
+    assert "| run | parts | steps | forward MAPE | forward bias |" in text
     first = a.read_bytes()
     assert run_cli(capsys, [*REPLAY, "--report", str(a)])[0] == 0
     assert a.read_bytes() == first

@@ -45,6 +45,20 @@ def step_kind(s: MeasuredStep) -> str:
     return "decode, graph" if s.launch in ("graph", "padded") else "decode, eager"
 
 
+def step_parts(s: MeasuredStep) -> str:
+    """The parts a mixed step holds, which set the kernels it launches (its decoding
+    rows, fresh prompt chunks, chunks after cached tokens): e.g. ``decoding rows + after
+    cache``; empty for a decode-only step."""
+    if not s.chunks:
+        return ""
+    parts = ["decoding rows"] if s.decode else []
+    if any(cached == 0 for _, cached, _ in s.chunks):
+        parts.append("fresh")
+    if any(cached > 0 for _, cached, _ in s.chunks):
+        parts.append("after cache")
+    return " + ".join(parts)
+
+
 def without_host(model: StepTimeModel) -> StepTimeModel:
     """``model`` without the engine's host work: the forward alone."""
     return dataclasses.replace(model, host_step_s=0.0, host_seq_s=0.0, host_chunk_s=0.0,

@@ -46,6 +46,7 @@ from gpusim.calibration.serving_host import (
     fit_host,
     fit_launch,
     step_kind,
+    step_parts,
     step_seconds,
     without_host,
 )
@@ -275,6 +276,9 @@ class RunComparison:
     host: HostFit
     host_in_sample: bool
     step_errors: dict[str, dict[str, float]]      # kind -> forward/host/total MAPE, count
+    # mixed steps by the parts they hold (serving_host.step_parts) -> forward MAPE, bias,
+    # count
+    mixed_parts: dict[str, dict[str, float]]
     measured: dict[str, Any]
     simulated: dict[str, Any]
     with_measured_steps: dict[str, Any]
@@ -300,12 +304,15 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
                           kv_blocks=int(run.engine["num_blocks"]))
     forward_model = without_host(engine.step_model)
     by_kind: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    by_parts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for s in run.steps:
         fwd = step_seconds(forward_model, s.composition, s.longest)
         hst = host.seconds(s)
         row = (fwd, s.gpu_s, hst, s.host_s)
         by_kind[step_kind(s)].append(row)
         by_kind["all"].append(row)
+        if s.chunks:
+            by_parts[step_parts(s)].append((fwd, s.gpu_s))
     step_errors = {}
     order = ("decode, graph", "decode, eager", "mixed", PIECEWISE, "all")
     for kind, rows in sorted(by_kind.items(), key=lambda kv: order.index(kv[0])):
@@ -314,6 +321,11 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
                              "host": mape(a[:, 2], np.maximum(a[:, 3], 1e-9)),
                              "total": mape(a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]),
                              "forward_bias": float(np.median((a[:, 0] - a[:, 1]) / a[:, 1]))}
+    mixed_parts = {}
+    for parts, rows in sorted(by_parts.items()):
+        a = np.array(rows)
+        mixed_parts[parts] = {"count": float(len(a)), "forward": mape(a[:, 0], a[:, 1]),
+                              "forward_bias": float(np.median((a[:, 0] - a[:, 1]) / a[:, 1]))}
     arrivals = [r.arrival_s for r in run.requests]
     measured = latency_metrics(arrivals, [r.token_s for r in run.requests])
     sim = simulate_run(run, engine)
@@ -324,6 +336,7 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
         engine, step_model=ScaledStepTimes(engine.step_model, 1.0 + STEP_SPREAD)))
     return RunComparison(
         run=run, host=host, host_in_sample=host_in_sample, step_errors=step_errors,
+        mixed_parts=mixed_parts,
         measured=measured, simulated=latency_metrics(arrivals, sim.token_s),
         with_measured_steps=latency_metrics(arrivals, oracle.token_s),
         steps_matched=oracle_times.matched / looked_up if looked_up else math.nan,

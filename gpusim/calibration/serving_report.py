@@ -138,7 +138,8 @@ def as_dict(results: Sequence[RunComparison], sat: dict[str, Any]) -> dict[str, 
                  "serving_prefill_token_host_s": r.host.prefill_token_s,
                  "host_launch_cost_s": r.host.launch_s, "in_sample": r.host_in_sample},
         "eager_sdpa": r.run.engine.get("eager_sdpa", "default"),
-        "step_errors": r.step_errors, "measured": r.measured, "simulated": r.simulated,
+        "step_errors": r.step_errors, "mixed_parts": r.mixed_parts,
+        "measured": r.measured, "simulated": r.simulated,
         "with_measured_steps": r.with_measured_steps, "steps_matched": r.steps_matched,
         "errors": metric_errors(r),
         "scheduling_errors": metric_errors(r, "with_measured_steps"),
@@ -212,6 +213,16 @@ def markdown(results: Sequence[RunComparison], sat: dict[str, Any], gpu: str, st
             lines.append(f"| {r.run.load} | {kind} ({int(e['count'])}) | "
                          f"{_abs_pct(e['forward'])} | {_pct(e['forward_bias'])} | "
                          f"{_abs_pct(e['host'])} | {_abs_pct(e['total'])} |")
+    lines += ["", "Mixed steps by the parts they hold (their launches differ: a fresh prompt "
+              "launches its attention alone, a chunk after cached tokens its gathers, the "
+              "repeat of its keys and its attention, decoding rows their gathers, mask and "
+              "attention; each part is one attention call):", "",
+              "| run | parts | steps | forward MAPE | forward bias |",
+              "|---|---|---:|---:|---:|"]
+    for r in results:
+        for parts, e in r.mixed_parts.items():
+            lines.append(f"| {r.run.load} | {parts} | {int(e['count'])} | "
+                         f"{_abs_pct(e['forward'])} | {_pct(e['forward_bias'])} |")
     lines += ["", "## Latency and throughput", "",
               "Measured, simulated (error), and simulated with the measured step times "
               "(error: what the schedule alone gets wrong). Milliseconds.", "",
