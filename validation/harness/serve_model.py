@@ -15,9 +15,11 @@ RoPE and MLP run once over [T, h]; attention runs per part:
   aligned to the end (reference.verify_mask).
 
 Eager steps (mixed, or decode past the largest capture size) run SDPA without cuDNN by
-default (``eager_sdpa``): FlashAttention-2 for fresh prompts, the memory-efficient
-kernel under a mask; cuDNN's per-shape plan builds would otherwise cost 45-150 ms at
-every new shape.
+default (``eager_sdpa``): FlashAttention-2 for fresh prompts and for chunks after
+cached tokens (their lower-right causal bias runs FA2, profiled:
+validation/data/h100-sxm/probe_2026-12-07/chunk_attention/), the memory-efficient kernel
+or math only where FA2 cannot run; cuDNN's per-shape plan builds would otherwise cost
+45-150 ms at every new shape.
 
 The layer is the torch-fused stack's (fused_forward.py) op for op: fused RMSNorm, one
 qkv GEMM, rotate-half RoPE, the KV write (here ``index_copy_`` into token slots), o
@@ -153,8 +155,9 @@ class ModelRunner:
                     o = F.scaled_dot_product_attention(qc, keys, vals, is_causal=True,
                                                        enable_gqa=True)
                 else:
-                    # keys repeated per query head (no enable_gqa): the masked kernel
-                    # that eager steps run (EFFICIENT_ATTENTION, see ``run``) takes no GQA
+                    # keys repeated per query head (no enable_gqa): SDPA under a
+                    # causal bias takes no GQA; FlashAttention-2 runs it (profiled:
+                    # probe_2026-12-07/chunk_attention)
                     n = key_slots.shape[0]
                     keys = kc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
                     vals = vc.index_select(0, key_slots).view(1, n, hkv, d).transpose(1, 2)
