@@ -4,7 +4,7 @@ runs (``serving_replay``), as Markdown, and the same numbers as a JSON-ready dic
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpusim.calibration.serving_repeat import repeat_section, worst_spread
@@ -147,6 +147,17 @@ def as_dict(results: Sequence[RunComparison], sat: dict[str, Any]) -> dict[str, 
         "saturation": sat, "metric_definitions": METRIC_DEFINITIONS}
 
 
+def _forward_rows(results: Sequence[RunComparison], table: str,
+                  label: Callable[[str, dict[str, float]], list[str]],
+                  extra: Callable[[dict[str, float]], list[str]] = lambda e: []
+                  ) -> list[str]:
+    """Markdown rows of every run's ``table`` (``step_errors`` or ``mixed_parts``): the
+    run, ``label``'s cells, the forward's MAPE and bias, then ``extra``'s cells."""
+    return ["| " + " | ".join([r.run.load, *label(name, e), _abs_pct(e["forward"]),
+                               _pct(e["forward_bias"]), *extra(e)]) + " |"
+            for r in results for name, e in getattr(r, table).items()]
+
+
 def _status(results: Sequence[RunComparison], gpu: str) -> list[str]:
     cpu = [r for r in results if r.run.on_cpu]
     if not cpu:
@@ -208,21 +219,17 @@ def markdown(results: Sequence[RunComparison], sat: dict[str, Any], gpu: str, st
               "error of the forward.", "",
               "| run | steps | forward MAPE | forward bias | host MAPE | step MAPE |",
               "|---|---|---:|---:|---:|---:|"]
-    for r in results:
-        for kind, e in r.step_errors.items():
-            lines.append(f"| {r.run.load} | {kind} ({int(e['count'])}) | "
-                         f"{_abs_pct(e['forward'])} | {_pct(e['forward_bias'])} | "
-                         f"{_abs_pct(e['host'])} | {_abs_pct(e['total'])} |")
+    lines += _forward_rows(results, "step_errors",
+                           lambda kind, e: [f"{kind} ({int(e['count'])})"],
+                           lambda e: [_abs_pct(e["host"]), _abs_pct(e["total"])])
     lines += ["", "Mixed steps by the parts they hold (their launches differ: a fresh prompt "
               "launches its attention alone, a chunk after cached tokens its gathers, the "
               "repeat of its keys and its attention, decoding rows their gathers, mask and "
               "attention; each part is one attention call):", "",
               "| run | parts | steps | forward MAPE | forward bias |",
               "|---|---|---:|---:|---:|"]
-    for r in results:
-        for parts, e in r.mixed_parts.items():
-            lines.append(f"| {r.run.load} | {parts} | {int(e['count'])} | "
-                         f"{_abs_pct(e['forward'])} | {_pct(e['forward_bias'])} |")
+    lines += _forward_rows(results, "mixed_parts",
+                           lambda parts, e: [parts, str(int(e["count"]))])
     lines += ["", "## Latency and throughput", "",
               "Measured, simulated (error), and simulated with the measured step times "
               "(error: what the schedule alone gets wrong). Milliseconds.", "",
