@@ -189,4 +189,4 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
     )
     tokens = b * qq
     return [_op_kernel(op, model, stack, m, section, repeat, b, c, qq, tokens, cache)
-            for section, ops, repeat in sections for op in ops if op.runs_in(m.value)]
+            for section, ops, repeat in sections for op in ops if op.runs_in(m)]

@@ -3,11 +3,12 @@ Data, so a fused stack is a file."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from gpusim.specs.base import NAME_PATTERN, Frozen, NonNeg, field_error
+from gpusim.specs.enums import Mode
 from gpusim.specs.model import Quantization
 
 # what an elementwise op streams, per step: per token (hidden, q, kv, attn_out,
@@ -25,8 +26,6 @@ TensorName = Literal[
     "router_logits", "routing", "routed_hidden", "routed_gate_up", "routed_intermediate",
     "experts",
 ]
-# the step modes an op can be limited to (kernels.build: specs.enums.Mode's values)
-StepMode = Literal["decode", "verify", "prefill", "tree"]
 # fused (qkv, gate_up) or separate (q, k, v, gate, up) projections
 WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head",
                      # an MoE layer's: router, experts, a shared expert's sigmoid gate
@@ -118,7 +117,7 @@ class StackOp(Frozen):
     # mode, as the serving harness's, which gathers and masks its decoding rows' keys
     # for cuDNN's kernel but repeats a prompt chunk's cached keys to every query head
     # for FlashAttention-2's
-    modes: tuple[StepMode, ...] | None = None
+    modes: tuple[Mode, ...] | None = None
 
     def runs_in(self, mode: str) -> bool:
         """Whether the op launches in a step of ``mode``."""
@@ -243,7 +242,7 @@ class StackSpec(Frozen):
         one would price a step without it, silently fast."""
         layer = {o.weight for o in self.layer if o.op == "gemm"}
         attention = {m: [o.name for o in self.layer if o.op == "attention" and o.runs_in(m)]
-                     for m in get_args(StepMode)}
+                     for m in Mode}
         for mode, names in attention.items():
             if len(names) > 1:
                 raise field_error("layer", f"a layer runs one attention op a step; in "
