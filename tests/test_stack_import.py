@@ -78,6 +78,9 @@ def test_imported_torch_fused_has_the_fused_norm_and_model_weights(model):
     weights = [op.weight for op in imp.stack.layer if op.op == "gemm"]
     assert weights == ["qkv", "o", "gate_up", "down"]
     assert imp.stack.layer[0].kernels == 1          # F.rms_norm: one kernel
+    # whose CTA walks a token row: priced as the hand-checked file prices it
+    assert imp.stack.layer[0].row_walk == "torch_layer_norm"
+    assert imp.stack.layer[0].strided_kernels == 0
     assert imp.modes == ("decode", "verify")
     assert imp.stack.attention["decode"] == "flash_decode"
     assert imp.stack.attention["verify"] == "fa2"

@@ -259,8 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gpusim.calibration import profiles as prof_mod
     from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
-    from gpusim.calibration.validate import HELD_OUT_SETS, in_sample, leave_one_model_out
+    from gpusim.calibration.validate import (
+        HELD_OUT_SETS,
+        fit_without_stack,
+        in_sample,
+        leave_one_model_out,
+    )
     from gpusim.io import calibrations, loader
 
     ap = argparse.ArgumentParser(prog="python -m gpusim.calibration.bands")
@@ -273,17 +279,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = args.data_dir / gpu.name / "steps.csv"
     data = measurements.read_step_dir(steps)
     print(f"{gpu.name}: leave-one-model-out fits of {len(data)} rows ...", file=sys.stderr)
-    lomo = leave_one_model_out(
-        data, gpu, st, loader.load_model, (),
-        prof_mod.read_profiles(sorted(steps.parent.glob("kernels*.csv")), st),
-        read_sweep_beside(steps), read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
-        read_attention_points(steps.parent, loader.load_model, loader.load_stack))
+    profiles = prof_mod.read_profiles(sorted(steps.parent.glob("kernels*.csv")), st)
+    sweep = read_sweep_beside(steps)
+    clocks = read_probe_beside(steps, gpu.boost_clock_hz / 1e6)
+    attention = read_attention_points(steps.parent, loader.load_model, loader.load_stack)
+    joint = joint_steps(steps.parent, st.name, loader.load_stack)
+    lomo = leave_one_model_out(data, gpu, st, loader.load_model, (), profiles, sweep,
+                               clocks, attention, joint)
     trusts = [trust_of(data, lomo.predicted_s, gpu.name, st.name, loader.load_model)]
     cal_file = calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml"
     held: list[HeldSet] = []
     if cal_file.is_file():
         shipped = calibrations.load_calibration(str(cal_file), gpu, st)
-        trusts += stack_trusts(args.data_dir / gpu.name / "stacks", gpu, shipped, st.name)
+        fitted_with = {p.stack for p in attention} | {s.name for _, s in joint}
+
+        def physics_for(name: str) -> Calibration:
+            """The physics a stack is judged with: fitted without it where it went in."""
+            if name not in fitted_with:
+                return shipped
+            return fit_without_stack(data, gpu, st, loader.load_model, name, (), profiles,
+                                     sweep, clocks, attention, joint)
+
+        trusts += stack_trusts(args.data_dir / gpu.name / "stacks", gpu, physics_for,
+                               st.name)
         for sub, label, _ in HELD_OUT_SETS:
             if (args.data_dir / gpu.name / sub / "steps.csv").is_file():
                 h = measurements.read_steps(args.data_dir / gpu.name / sub / "steps.csv")
@@ -300,12 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def stack_trusts(directory: Path, gpu: GpuSpec, physics: Calibration, reference: str
-                 ) -> list[Trust]:
+def stack_trusts(directory: Path, gpu: GpuSpec,
+                 physics: Callable[[str], Calibration], reference: str) -> list[Trust]:
     """Bands and envelopes of every other stack measured under ``directory``
     (``<stack>/steps.csv``): its own parameters fitted leaving one model out, the
-    physics (``physics``, fitted on the reference stack's steps) held; a stack of one
-    model has no held-out rows, hence no band."""
+    physics held (``physics``, by the stack's name: fitted without its measurements
+    where they went into the shipped one); a stack of one model has no held-out rows,
+    hence no band."""
     from gpusim.calibration.die import fold_values
     from gpusim.calibration.measurements import read_steps
     from gpusim.calibration.stacks_report import evaluate_stack
@@ -318,7 +337,8 @@ def stack_trusts(directory: Path, gpu: GpuSpec, physics: Calibration, reference:
             continue
         data = read_steps(steps_csv, stack.name)
         held = fold_values(gpu, stack, set(map(str, data.model)), directory.parent.parent)
-        ev = evaluate_stack(stack, data, gpu, physics, loader.load_model, held=held)
+        ev = evaluate_stack(stack, data, gpu, physics(stack.name), loader.load_model,
+                            held=held)
         bands = bands_of(data, ev.lomo_s, stack.name)
         if bands:
             out.append(Trust(quantile=QUANTILE, source=SOURCE, bands=bands,

@@ -14,13 +14,14 @@ per evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from gpusim.calibration.attention_points import AttentionPoint, predict_points
 from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
+from gpusim.calibration.joint import Joint
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
 from gpusim.calibration.profiles import ProfileData
@@ -220,9 +221,15 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
 
 
 def _families(stack: StackSpec, groups: Sequence[Group]) -> list[str]:
-    """The attention families the groups' steps run, in mode order, each once."""
-    modes = {g.mode for g in groups}
-    return list(dict.fromkeys(stack.family(m.value) for m in Mode if m.value in modes))
+    """The attention families the groups' steps run, in mode order, each once:
+    ``stack``'s, then those of other stacks' groups (a joint fit's)."""
+    stacks = [stack]
+    for g in groups:
+        if not any(g.stack is s for s in stacks):
+            stacks.append(g.stack)
+    return list(dict.fromkeys(
+        s.family(m.value) for s in stacks for m in Mode
+        if any(g.mode == m.value and g.stack is s for g in groups)))
 
 
 def _gemm_families(groups: Sequence[Group]) -> list[str]:
@@ -235,7 +242,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         resolve_model: Callable[[str], ModelSpec], note: str = "",
         micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
         sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
-        attention: Sequence[AttentionPoint] = ()) -> FitResult:
+        attention: Sequence[AttentionPoint] = (),
+        also: Joint = ()) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
     given), then the host launch cost on eager rows and the token-tree kernel on tree
     rows (mode ``tree``) with its profiled kernels under every stack (``attention``,
@@ -244,7 +252,9 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     ``sweep``: this GPU's swept GEMMs; their slow cuBLAS picks (``gemm_picks``) are
     priced throughout the fit and kept in the calibration, except shapes only models
     outside ``data`` have. ``clocks``: the power probe's steady clocks, fitted with the
-    graph parameters (the shapes of the models in ``data`` only).
+    graph parameters (the shapes of the models in ``data`` only). ``also``: other
+    stacks' CUDA-graph steps, each with its stack (``calibration.joint``), fitted with
+    the graph parameters as ``data``'s are.
 
     Raises ValueError if there are no graph rows.
     """
@@ -254,6 +264,15 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     trees = [g for g in groups if g.mode == Mode.TREE]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
+    # other stacks' CUDA-graph steps fit the GPU physics with the reference's: their
+    # rows follow ``data``'s in one table
+    joint = data
+    for other, other_stack in also:
+        offset = len(joint)
+        joint = joint.concat(other)
+        graph += [replace(g, rows=g.rows + offset)
+                  for g in make_groups(other, other_stack, resolve_model)
+                  if g.launch == "graph" and g.mode != Mode.TREE]
     fitted_models = frozenset(map(str, data.model))
     others = frozenset(m for p in sweep for m in p.models) - fitted_models
     cal = Calibration(gpu=gpu.name, stack=stack.name, fitted_on=note or data.source,
@@ -263,7 +282,7 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
     graph_families = _families(stack, graph)
-    cal = _fit(graph_space(graph_families, _gemm_families(graph)), cal, graph, data, gpu,
+    cal = _fit(graph_space(graph_families, _gemm_families(graph)), cal, graph, joint, gpu,
                micro, pf, cf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)

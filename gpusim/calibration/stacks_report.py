@@ -1,6 +1,9 @@
 """Other software stacks against their own measured steps: how well the GPU physics,
-fitted on the reference stack alone, transfers to them, and how well each stack's own
-few parameters (its file's ``calibrate``) predict models they were not fitted on.
+fitted without them, transfers to them, and how well each stack's own few parameters
+(its file's ``calibrate``) predict models they were not fitted on. The physics is
+fitted on the reference stack's steps with those of the stacks without parameters of
+their own (``calibration.joint``); such a stack is judged with the physics fitted
+without its steps.
 
 * transfer: the physics with the reference stack's host costs and no parameter of the
   stack's own: the stack file alone, nothing fitted on its steps;
@@ -136,9 +139,13 @@ def section(gpu: str, evaluations: Sequence[StackEvaluation]) -> str:
         return ""
     parts = [f"## Software stacks on {gpu}", "",
              "Each stack's measured steps (`validation/data/<gpu>/stacks/<stack>/`) "
-             "predicted from the GPU physics fitted on the reference stack (torch-hf) "
-             "alone. *transfer*: the stack file and the physics, nothing fitted on the "
-             "stack's steps (eager rows with torch-hf's host cost per launch). *lomo*: "
+             "predicted from the GPU physics fitted without them: the physics is "
+             "fitted on the reference stack's (torch-hf) steps with the CUDA-graph steps "
+             "of the stacks that have no parameters of their own (torch-fused, "
+             "torch-compile: `calibration.joint`), and each of those is predicted from "
+             "the physics fitted without its steps. *transfer*: the stack file and the "
+             "physics, nothing fitted on the stack's steps (eager rows with torch-hf's "
+             "host cost per launch). *lomo*: "
              "the stack's own parameters (its file's `calibrate`, and its host cost per "
              "launch from its eager rows) fitted on its other models, each model "
              "predicted in turn (n/a with one model). *cross-stack* (the target): the "

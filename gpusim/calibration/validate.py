@@ -15,6 +15,7 @@ import numpy as np
 from gpusim.calibration.attention_points import AttentionPoint
 from gpusim.calibration.fit import fit, make_groups, predict_groups
 from gpusim.calibration.gemm_picks import SweptPoint
+from gpusim.calibration.joint import Joint, without_model, without_stack
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup, without_models
 from gpusim.calibration.profiles import ProfileData
@@ -104,34 +105,51 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
                         profiles: ProfileData | None = None,
                         sweep: Sequence[SweptPoint] = (),
                         clocks: SteadyClocks | None = None,
-                        attention: Sequence[AttentionPoint] = ()) -> Evaluation:
+                        attention: Sequence[AttentionPoint] = (),
+                        also: Joint = ()) -> Evaluation:
     """Each model's rows predicted by a calibration fitted without that model (its
-    steps, and the kernel microbenchmarks, profiles, slow GEMM picks, probed clocks and
-    profiled attention kernels of its shapes, left out)."""
+    steps, the other stacks' steps that fit the physics (``also``), and the kernel
+    microbenchmarks, profiles, slow GEMM picks, probed clocks and profiled attention
+    kernels of its shapes, left out)."""
     pred = np.full(len(data), np.nan)
     cals = {}
     for model in sorted(set(data.model)):
         held = data.model == model
         res = fit(data.subset(~held), gpu, stack, resolve, note=f"LOMO without {model}",
                   micro=without_models(list(micro), {model}), profiles=profiles,
-                  sweep=sweep, clocks=clocks, attention=attention)
+                  sweep=sweep, clocks=clocks, attention=attention,
+                  also=without_model(also, model))
         groups = make_groups(data.subset(held), stack, resolve)
         pred[held] = predict_groups(groups, int(held.sum()), gpu, res.calibration)
         cals[model] = res.calibration
     return Evaluation("leave-one-model-out", gpu.name, data, pred, cals)
 
 
+def fit_without_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, resolve: Resolver,
+                      name: str, micro: Sequence[MicroGroup] = (),
+                      profiles: ProfileData | None = None,
+                      sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
+                      attention: Sequence[AttentionPoint] = (), also: Joint = ()
+                      ) -> Calibration:
+    """The GPU physics fitted without stack ``name``'s profiled attention kernels and
+    steps (its cross-stack transfer: nothing of its own measurements)."""
+    return fit(data, gpu, stack, resolve, note="without " + name, micro=micro,
+               profiles=profiles, sweep=sweep, clocks=clocks,
+               attention=[p for p in attention if p.stack != name],
+               also=without_stack(also, name)).calibration
+
+
 def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: GpuSpec,
               stack: StackSpec, resolve: Resolver,
               micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
               sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
-              attention: Sequence[AttentionPoint] = ()) -> Evaluation:
-    """Fit on ``train`` (one GPU, with its microbenchmarks, GEMM sweep and probed
-    clocks), predict ``test`` on another GPU's datasheet (without the train GPU's slow
-    GEMM picks, as a transferred calibration is used)."""
+              attention: Sequence[AttentionPoint] = (), also: Joint = ()) -> Evaluation:
+    """Fit on ``train`` (one GPU, with its microbenchmarks, GEMM sweep, probed clocks
+    and other stacks' steps, ``also``), predict ``test`` on another GPU's datasheet
+    (without the train GPU's slow GEMM picks, as a transferred calibration is used)."""
     res = fit(train, train_gpu, stack, resolve, note=f"fitted on {train_gpu.name}",
               micro=micro, profiles=profiles, sweep=sweep, clocks=clocks,
-              attention=attention)
+              attention=attention, also=also)
     cal = res.calibration.transferred(test_gpu.name,
                                       train_gpu.architecture == test_gpu.architecture)
     groups = make_groups(test, stack, resolve)
@@ -267,7 +285,8 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                sweeps: dict[str, list[SweptPoint]] | None = None,
                clocks: dict[str, SteadyClocks | None] | None = None,
                multi_gpu: bool = True,
-               attention: dict[str, list[AttentionPoint]] | None = None
+               attention: dict[str, list[AttentionPoint]] | None = None,
+               joint: dict[str, list[tuple[StepData, StackSpec]]] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
@@ -277,7 +296,9 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
     slow cuBLAS picks go into every fit); ``clocks``: each GPU's power probe (its
     steady clocks go into every fit); ``attention``: each GPU's profiled attention
-    kernels under every stack (``calibration.attention_points``: into every fit). The
+    kernels under every stack (``calibration.attention_points``: into every fit);
+    ``joint``: each GPU's other stacks' steps that fit its physics
+    (``calibration.joint``: into every fit, a held-out model's left out). The
     "Error bands" section
     (``calibration.bands``: coverage of the held-out errors by the bands) follows;
     ``multi_gpu``: append the multi-GPU section
@@ -307,16 +328,18 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
         sweeps = sweeps or {}
         clocks = clocks or {}
         attention = attention or {}
+        joint = joint or {}
         lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []),
                                    profiles.get(name), sweeps.get(name, []),
-                                   clocks.get(name), attention.get(name, []))
+                                   clocks.get(name), attention.get(name, []),
+                                   joint.get(name, []))
         cross = None
         others = [o for o in names if o != name]
         if others:
             src = others[0]
             cross = cross_gpu(datasets[src], gpus[src], data, gpu, stack, resolve,
                               micro.get(src, []), profiles.get(src), sweeps.get(src, []),
-                              clocks.get(src), attention.get(src, []))
+                              clocks.get(src), attention.get(src, []), joint.get(src, []))
         sheet = in_sample(data, gpu, stack, Calibration(gpu=gpu.name), resolve,
                           "datasheet only")
         md += [f"## {name} ({len(data)} measured steps, {len(set(data.model))} models)", ""]

@@ -90,15 +90,20 @@ def calibrate(
         note += " + tree.csv"
     from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.joint import described, joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
 
+    # the measured stacks without parameters of their own fit the physics too
+    joint = joint_steps(path.parent, st.name, loader.load_stack)
+    note += described(joint)
     try:
         with working("calibrate", quiet):
             res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
                               profiles=prof, sweep=read_sweep_beside(path),
                               clocks=read_probe_beside(path, g.boost_clock_hz / 1e6),
                               attention=read_attention_points(path.parent, loader.load_model,
-                                                              loader.load_stack))
+                                                              loader.load_stack),
+                              also=joint)
     except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
         raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
     from gpusim.calibration.moe_fit import fit_moe
@@ -165,9 +170,9 @@ def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration,
                        physics_without: Callable[[str], Calibration] | None = None
                        ) -> list[stacks_report.StackEvaluation]:
     """Every measured stack's steps on ``gpu`` predicted from ``physics``; a stack whose
-    profiled kernels went into the physics (``profiled``) from the physics fitted
-    without them (``physics_without``): its transfer and leave-one-model-out errors
-    must not see its own measurements."""
+    profiled kernels or steps went into the physics (``profiled``) from the physics
+    fitted without them (``physics_without``): its transfer and leave-one-model-out
+    errors must not see its own measurements."""
     from gpusim.calibration import die, measurements, stacks_report
 
     out = []
@@ -262,7 +267,6 @@ def validate(
     quiet: QuietOpt = False,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
-    from gpusim.calibration import fit as cal_fit
     from gpusim.calibration import measurements, quant_moe_report, stacks_report, unseen_stacks
     from gpusim.calibration import validate as val
 
@@ -283,10 +287,12 @@ def validate(
     from gpusim.calibration import profiles as prof_mod
     from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
 
     datasets, gpus, shipped, micro, profs, sweeps, clocks = {}, {}, {}, {}, {}, {}, {}
     attention: dict[str, list] = {}
+    joint: dict[str, list] = {}
     held: dict[str, dict] = {}
     for f in files:
         name = f.parent.name
@@ -301,6 +307,7 @@ def validate(
         sweeps[name] = read_sweep_beside(f)
         clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
         attention[name] = read_attention_points(f.parent, loader.load_model, loader.load_stack)
+        joint[name] = joint_steps(f.parent, st.name, loader.load_stack)
         for sub, _, _ in val.HELD_OUT_SETS:
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
@@ -315,22 +322,20 @@ def validate(
     with working("validate", quiet):
         md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
                                  micro, profs, held_out, sweeps, clocks,
-                                 attention=attention)
+                                 attention=attention, joint=joint)
     for name in sorted(datasets):
         if name in shipped:
             def physics_without(stack_name: str, n: str = name) -> Calibration:
-                """The GPU's physics fitted without ``stack_name``'s profiled kernels."""
-                kept = [p for p in attention[n] if p.stack != stack_name]
-                res = cal_fit.fit(datasets[n], gpus[n], st, loader.load_model,
-                                  note="without " + stack_name, micro=micro.get(n, []),
-                                  profiles=profs[n], sweep=sweeps[n], clocks=clocks[n],
-                                  attention=kept)
-                return res.calibration
+                """The GPU's physics fitted without ``stack_name``'s profiled kernels
+                and steps."""
+                return val.fit_without_stack(datasets[n], gpus[n], st, loader.load_model,
+                                             stack_name, micro.get(n, []), profs[n],
+                                             sweeps[n], clocks[n], attention[n], joint[n])
 
+            fitted_with = ({p.stack for p in attention[name]}
+                           | {s.name for _, s in joint[name]})
             evaluations = _stack_evaluations(data_dir / name / "stacks", gpus[name],
-                                             shipped[name],
-                                             {p.stack for p in attention[name]},
-                                             physics_without)
+                                             shipped[name], fitted_with, physics_without)
             if evaluations:
                 md += "\n" + stacks_report.section(name, evaluations)
                 pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]

@@ -11,8 +11,8 @@ from gpusim.cost.kernel import busy_s, kernel_cost, tensor_efficiency
 from gpusim.cost.params import Calibration, CalibrationSet, GpuPhysics, HostParams, SlowPick
 from gpusim.cost.power import POWER_EXPONENT, power_clock, power_load, tensor_share
 from gpusim.cost.record import Cost
-from gpusim.cost.steps import step_cost, step_costs
+from gpusim.cost.steps import distinct_costs, step_cost, step_costs
 
 __all__ = ["POWER_EXPONENT", "Calibration", "CalibrationSet", "Cost", "GpuPhysics",
-           "HostParams", "SlowPick", "busy_s", "kernel_cost", "power_clock", "power_load",
-           "step_cost", "step_costs", "tensor_efficiency", "tensor_share"]
+           "HostParams", "SlowPick", "busy_s", "distinct_costs", "kernel_cost", "power_clock",
+           "power_load", "step_cost", "step_costs", "tensor_efficiency", "tensor_share"]

@@ -35,6 +35,7 @@ from gpusim.cost.params import Calibration
 from gpusim.cost.pointwise import (
     l2_aware_s,
     reduction_s,
+    row_walk_s,
     small_index_s,
     sort_s,
     tensor_reduction_s,
@@ -132,8 +133,12 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         return Cost(z, z, z, z, z, z)
     memory = memory + launches * ph.dram_latency_s
     # arithmetic runs at the SM clock; HBM has its own
-    return combined(k, cal, fixed, memory, compute / stretch(k, cal, clock), slow,
-                    _family_exponent(k, cal))
+    compute = compute / stretch(k, cal, clock)
+    if k.row_walk is not None and k.row_walk_elements is not None:
+        # a CTA's serial walk of its row is the kernel's critical path, overlapped with
+        # its streaming as arithmetic is; load latency, not the SM clock, sets its pace
+        compute = np.maximum(compute, row_walk_s(k.row_walk, k.row_walk_elements))
+    return combined(k, cal, fixed, memory, compute, slow, _family_exponent(k, cal))
 
 
 def _family_exponent(k: Kernel, cal: Calibration) -> float | None:

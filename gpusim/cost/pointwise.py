@@ -35,6 +35,25 @@ def reduction_s(r: np.ndarray, physics: GpuPhysics) -> np.ndarray:
         * physics.reduction_s_per_element
 
 
+# The serial row walk of known kernels, seconds per element of the row, on H100 and
+# H200 (their SMs run at one clock): torch's vectorized_layer_norm_kernel (F.rms_norm)
+# gives each token row one CTA, which walks it twice (its sum of squares, then the
+# scaling); profiled, its time follows the hidden size whatever the rows up to a few
+# hundred (validation/data/*/stacks/torch-fused/kernels.csv and the fp8, int4 and MoE
+# profiles: 3.4-3.7 us at 2048, 5.4-6.1 at 4096, 7.1 at 5120).
+# (seconds a walk takes whatever its length: its first loads and its CTA's syncs;
+# seconds per element of the row)
+ROW_WALKS: dict[str, tuple[float, float]] = {"torch_layer_norm": (1.18e-6, 1.08e-9)}
+
+
+def row_walk_s(walk: str, row_elements: np.ndarray) -> np.ndarray:
+    """How long a kernel's CTA takes to walk one row of ``row_elements`` (per shape):
+    the critical path of a kernel whose rows run side by side. Raises KeyError for a
+    walk the table does not know (the stack schema allows only its keys)."""
+    fixed_s, per_element_s = ROW_WALKS[walk]
+    return fixed_s + np.asarray(row_elements, dtype=np.float64) * per_element_s
+
+
 # a split reduction's finish: each CTA writes its partial and bumps a semaphore in global
 # memory, then the last CTA reads the partials back (Reduce.cuh, global_reduce): two
 # round trips to HBM beyond one CTA's walk

@@ -25,7 +25,7 @@ def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration,
     in (``speculative.iteration``); ``full_clock``: the kernels' costs at full clock,
     when the caller has them already (a loop's clock needs them)."""
     costs = (list(full_clock) if full_clock is not None
-             else [kernel_cost(k, gpu, cal) for k in kernels])
+             else distinct_costs(kernels, gpu, cal))
     if clock is None:
         clock = power_clock(kernels, costs, cal)
     if clock is None or bool((np.asarray(clock) >= 1.0).all()):
@@ -35,6 +35,22 @@ def step_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration,
     return [reclocked(k, c, cal, clock)
             if k.kind in (KernelKind.GEMM, KernelKind.ATTENTION) else c
             for k, c in zip(kernels, costs, strict=True)]
+
+
+def distinct_costs(kernels: Sequence[Kernel], gpu: GpuSpec, cal: Calibration
+                   ) -> list[Cost]:
+    """Each kernel's cost at full clock, a kernel the same as an earlier one but for its
+    name and place (``Kernel.cost_key``: a twin ``kernels.build`` made) priced once.
+    Raises what ``kernel_cost`` raises."""
+    seen: dict[tuple[object, ...], Cost] = {}
+    costs = []
+    for k in kernels:
+        key = k.cost_key()
+        c = seen.get(key)
+        if c is None:
+            c = seen[key] = kernel_cost(k, gpu, cal)
+        costs.append(c)
+    return costs
 
 
 def step_cost(kernels: list[Kernel], gpu: GpuSpec, cal: Calibration,

@@ -9,6 +9,9 @@ attention kernel family runs each mode; the model says their sizes and dtype.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 import numpy as np
 
 from gpusim.errors import FieldError
@@ -28,10 +31,9 @@ from gpusim.specs import ModelSpec, StackOp, StackSpec
 from gpusim.specs.enums import KernelKind, Mode
 
 
-def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray,
-                     tokens: np.ndarray, out_tokens: np.ndarray, cache: np.ndarray
-                     ) -> np.ndarray:
-    per_token = {
+def _per_token(model: ModelSpec) -> dict[str, int]:
+    """Elements per token of the tensors that have one row per token."""
+    return {
         "hidden": model.hidden_size,
         "q": model.q_dim,
         "kv": model.kv_dim,
@@ -39,6 +41,12 @@ def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray
         "intermediate": model.mlp_intermediate_size,
         "gate_up": 2 * model.mlp_intermediate_size,
     }
+
+
+def _tensor_elements(op: StackOp, model: ModelSpec, b: np.ndarray, q: np.ndarray,
+                     tokens: np.ndarray, out_tokens: np.ndarray, cache: np.ndarray
+                     ) -> np.ndarray:
+    per_token = _per_token(model)
     if op.tensor in per_token:
         return tokens * per_token[op.tensor]
     if op.tensor == "rope_table":
@@ -159,6 +167,9 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   sort_elements=elements if op.sorts else None,
                   index_count=_slots(op, model, tokens),
                   small_index_s=op.small_index_s,
+                  row_walk=op.row_walk,
+                  row_walk_elements=(None if op.row_walk is None else
+                                     elements / np.maximum(tokens, 1.0)),
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain,
                   cache_read_bytes=cache_read)
 
@@ -188,5 +199,33 @@ def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,
         ("epilogue", stack.epilogue, 1),
     )
     tokens = b * qq
-    return [_op_kernel(op, model, stack, m, section, repeat, b, c, qq, tokens, cache)
-            for section, ops, repeat in sections for op in ops if op.runs_in(m)]
+    per_token = _per_token(model)
+    # a streaming op the same as an earlier one but for its name (the norm before
+    # attention and the one before the MLP) launches the same kernels: built once, its
+    # twin shares their arrays, so the cost model prices them once (cost.steps)
+    built: dict[tuple[StackOp, object], Kernel] = {}
+    kernels = []
+    for section, ops, repeat in sections:
+        for op in ops:
+            if not op.runs_in(m):
+                continue
+            if op.op not in _STREAM_KINDS:
+                kernels.append(_op_kernel(op, model, stack, m, section, repeat, b, c, qq,
+                                          tokens, cache))
+                continue
+            key = (_unnamed(op), per_token.get(op.tensor or "", op.tensor))
+            twin = built.get(key)
+            if twin is None:
+                twin = built[key] = _op_kernel(op, model, stack, m, section, repeat, b, c,
+                                               qq, tokens, cache)
+                kernels.append(twin)
+            else:
+                kernels.append(replace(twin, name=op.name, section=section, repeat=repeat))
+    return kernels
+
+
+@lru_cache(maxsize=4096)
+def _unnamed(op: StackOp) -> StackOp:
+    """``op`` without its name and the tensor it streams (what makes two streaming ops
+    twins, with the tensor's width per token)."""
+    return op.model_copy(update={"name": "op", "tensor": None})

@@ -9,7 +9,8 @@ the cost model uses that dtype's throughput and element size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Literal
 
 import numpy as np
@@ -108,6 +109,11 @@ class Kernel:
     # kernels), per step shape, and the time each takes
     index_count: np.ndarray | None = None
     small_index_s: float = 0.0
+    # one of its kernels is a known kernel whose CTA walks one token row serially, rows
+    # side by side (a StackOp's row_walk; None: none is), and the elements of that row
+    # (per step shape)
+    row_walk: str | None = None
+    row_walk_elements: np.ndarray | None = None
     # the fraction of a vectorised kernel's bandwidth this op's kernels reach, when its
     # stack file gives one (read off a profile), in place of the strided-path model
     bandwidth_fraction: float | None = None
@@ -123,6 +129,18 @@ class Kernel:
     @property
     def bytes(self) -> np.ndarray:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+    def cost_key(self) -> tuple[object, ...]:
+        """What its cost depends on: the identity of every field but where and how
+        often it runs (name, section, repeat). Two kernels with equal keys share those
+        objects, so they cost the same (a twin ``kernels.build`` made); two equal but
+        separately built kernels merely get different keys. The key holds only while
+        both are alive (identities are reused once freed)."""
+        return tuple(map(id, _cost_fields(self)))
+
+
+_cost_fields = attrgetter(*(f.name for f in fields(Kernel)
+                            if f.name not in ("name", "section", "repeat")))
 
 
 def gemm_kernel(m: object, n: int, k: int, dtype: str = "bf16", name: str = "gemm",

@@ -32,6 +32,10 @@ WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down",
                      "router", "experts_gate_up", "experts_down", "shared_gate"]
 
 
+# the tensors with one row per token (an elementwise op over one walks token rows)
+ROW_TENSORS = ("hidden", "q", "kv", "attn_out", "intermediate", "gate_up")
+
+
 class StackOp(Frozen):
     """One operation of the forward and the kernels it becomes.
 
@@ -90,6 +94,11 @@ class StackOp(Frozen):
     # after another, each this long (read off profiles); past 16 the LargeIndex kernel
     # takes them in parallel (cost.pointwise.small_index_s)
     small_index_s: Annotated[float, Field(ge=0.0, le=1e-4)] = 0.0
+    # one of its kernels is a known kernel whose CTA walks one token row serially, rows
+    # side by side on the SMs (torch_layer_norm: torch's vectorized_layer_norm_kernel,
+    # F.rms_norm): its time follows the row's width whatever the rows, until their
+    # bytes bind (cost.pointwise.row_walk_s)
+    row_walk: Literal["torch_layer_norm"] | None = None
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
     # attention: the keys it reads: the sequence's cached and new positions (context),
     # or the whole allocated cache under a mask (allocated_cache: a static cache as
@@ -142,6 +151,10 @@ class StackOp(Frozen):
                              f"exceeds kernels ({self.kernels})")
         if self.reduces == "tensor" and self.reduction_kernels == 0:
             raise ValueError(f"op {self.name!r}: 'reduces: tensor' needs reduction_kernels")
+        if self.row_walk is not None and (self.op != "elementwise"
+                                          or self.tensor not in ROW_TENSORS):
+            raise ValueError(f"op {self.name!r}: 'row_walk' is for elementwise ops over a "
+                             f"tensor of token rows ({', '.join(ROW_TENSORS)})")
         if self.vectorized_at_one_token > self.strided_kernels:
             raise ValueError(f"op {self.name!r}: vectorized_at_one_token "
                              f"({self.vectorized_at_one_token}) exceeds strided_kernels "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from gpusim.kernels.build import gemm_nk as model_gemm_nk
 from gpusim.specs import ModelSpec, StackOp
+from gpusim.specs.stack import ROW_TENSORS
 from gpusim.stackgen.units import Unit, gemm_nk
 
 WEIGHTS = ("qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head")
@@ -27,6 +28,8 @@ VECTORIZED = re.compile(r"vectorized|^triton_|layer_norm|Memset", re.IGNORECASE)
 REDUCTION = re.compile(r"reduce_kernel")
 # PyTorch's in-CTA sort (torch.sort / argsort up to 4096 elements): priced by its passes
 SORT = re.compile(r"radixSortKVInPlace")
+# known kernels whose CTA walks a token row serially (cost.pointwise.ROW_WALKS)
+ROW_WALK = {"torch_layer_norm": re.compile(r"vectorized_layer_norm_kernel")}
 
 
 @dataclass(frozen=True)
@@ -181,11 +184,21 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
         per_element = float(sum(moved)) / elements[tensor]  # type: ignore[arg-type]
     strided = sum(1 for k in kernels if not VECTORIZED.search(k.name))
     reductions = sum(1 for k in kernels if REDUCTION.search(k.name))
-    return StackOp(op="embedding" if run[0].cls == "embedding" else "elementwise",
+    walks = [(walk, sum(1 for k in kernels if pattern.search(k.name)))
+             for walk, pattern in ROW_WALK.items()]
+    walks = [(walk, n) for walk, n in walks if n]
+    embedding = run[0].cls == "embedding"
+    if walks and (embedding or tensor not in ROW_TENSORS or len(walks) > 1
+                  or walks[0][1] > 1):
+        notes.append(f"{name}: {sum(n for _, n in walks)} row-walking kernels on "
+                     f"{tensor}: priced by their bytes alone")
+        walks = []
+    return StackOp(op="embedding" if embedding else "elementwise",
                    name=name, tensor=tensor, kernels=len(kernels),
                    bytes_per_element=round(per_element, 3), strided_kernels=strided,
                    reduction_kernels=reductions,
-                   sorts=any(SORT.search(k.name) for k in kernels))
+                   sorts=any(SORT.search(k.name) for k in kernels),
+                   row_walk=walks[0][0] if walks else None)
 
 
 def weight_of(u: Unit, model: ModelSpec, index: int, count: int, used: set[str],

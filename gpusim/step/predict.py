@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gpusim.cost import Cost, kernel_cost, power_clock, step_cost, step_costs
+from gpusim.cost import Cost, distinct_costs, power_clock, step_cost, step_costs
 from gpusim.errors import FieldError
 from gpusim.kernels import Kernel, build_kernels, kernel_launches
 from gpusim.kernels.parallel import shard
@@ -186,7 +186,7 @@ def program_costs(kernel_lists: Sequence[Sequence[Kernel]], platform: Platform
     over all of them), not on each list's own. The costs let the caller price each
     list at that clock without costing its kernels again (``predict_kernels``)."""
     gpu, cal = platform.gpu, platform.calibration
-    full = [[kernel_cost(k, gpu, cal) for k in ks] for ks in kernel_lists]
+    full = [distinct_costs(ks, gpu, cal) for ks in kernel_lists]
     kernels = [k for ks in kernel_lists for k in ks]
     clock = power_clock(kernels, [c for cs in full for c in cs], cal)
     return (np.ones(len(kernels[0].flops)) if clock is None else clock), full

@@ -1,0 +1,128 @@
+"""Row walks: torch's fused RMSNorm (vectorized_layer_norm_kernel) gives each token row
+one CTA that walks the row serially, so its time follows the hidden size, not the rows
+(cost.pointwise.ROW_WALKS). Checked against every committed profile of that kernel:
+the table's two constants are what the profiles of two hidden sizes give, and they
+predict the third, never fitted."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from scipy.optimize import least_squares
+
+import gpusim.cost.pointwise as pointwise
+from gpusim.cost import kernel_cost
+from gpusim.io import calibrations, loader
+from gpusim.kernels import build_kernels
+from gpusim.kernels.quant import for_stack
+from gpusim.specs import StackOp
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = "vectorized_layer_norm_kernel"
+
+
+def _profiled() -> list[tuple[str, str, str, int, int, int, float]]:
+    """(gpu, model, mode, batch, ctx, q, us per call) of every committed profile of the
+    kernel; Qwen3's are left out (its q/k norms over head rows share the name)."""
+    seen: dict[tuple, float] = {}
+    for f in sorted((ROOT / "validation/data").glob("*/**/kernels*.csv")):
+        with f.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or not {"batch", "ctx", "q", "mode"} <= set(rows[0]):
+            continue
+        for r in rows:
+            if KERNEL not in r["kernel_name"] or r["model"].startswith("qwen3"):
+                continue
+            key = (f.relative_to(ROOT / "validation/data").parts[0], r["model"], r["mode"],
+                   int(float(r["batch"])), int(float(r["ctx"])), int(float(r["q"])))
+            seen.setdefault(key, float(r["total_us"]) / int(r["count"]))
+    return [(*k, v) for k, v in sorted(seen.items())]
+
+
+POINTS = _profiled()
+
+
+def _norm_us(points, stack, cals) -> np.ndarray:
+    out = []
+    for gpu, model, mode, b, c, q, _ in points:
+        m = for_stack(loader.load_model(model), stack)
+        ks = build_kernels(m, stack, mode, np.array([b]), np.array([c]), np.array([q]))
+        k = next(k for k in ks if k.name == "input_norm")
+        out.append(kernel_cost(k, loader.load_gpu(gpu), cals[gpu]).seconds[0] * 1e6)
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def fused():
+    stack = loader.load_stack("torch-fused")
+    cals = {g: calibrations.load_calibration("auto", loader.load_gpu(g), stack)
+            for g in ("h100-sxm", "h200")}
+    return stack, cals
+
+
+def test_the_profiles_cover_three_hidden_sizes_on_both_gpus():
+    hidden = {loader.load_model(p[1]).hidden_size for p in POINTS}
+    assert hidden == {2048, 4096, 5120}
+    assert {p[0] for p in POINTS} == {"h100-sxm", "h200"}
+    assert len(POINTS) >= 40
+
+
+def test_the_walk_constants_come_from_two_hidden_sizes_and_predict_the_third(
+        fused, monkeypatch):
+    stack, cals = fused
+    hidden = np.array([loader.load_model(p[1]).hidden_size for p in POINTS])
+    measured = np.array([p[-1] for p in POINTS])
+    train = [p for p, h in zip(POINTS, hidden, strict=True) if h != 5120]
+    held = [p for p, h in zip(POINTS, hidden, strict=True) if h == 5120]
+
+    def residuals(x):
+        monkeypatch.setitem(pointwise.ROW_WALKS, "torch_layer_norm",
+                            (x[0] * 1e-6, x[1] * 1e-9))
+        return np.log(_norm_us(train, stack, cals) / measured[hidden != 5120])
+
+    fit = least_squares(residuals, [1.0, 1.0], bounds=([0, 0], [5, 5])).x
+    shipped = pointwise.ROW_WALKS["torch_layer_norm"]
+    np.testing.assert_allclose(fit * [1e-6, 1e-9], shipped, rtol=0.03)
+    monkeypatch.setitem(pointwise.ROW_WALKS, "torch_layer_norm", tuple(fit * [1e-6, 1e-9]))
+    err = _norm_us(held, stack, cals) / measured[hidden == 5120] - 1
+    assert np.mean(np.abs(err)) < 0.05, err
+
+
+def test_shipped_walk_prices_every_profiled_call_within_10pct_on_average(fused):
+    stack, cals = fused
+    err = _norm_us(POINTS, stack, cals) / np.array([p[-1] for p in POINTS]) - 1
+    assert np.mean(np.abs(err)) < 0.06
+    assert np.max(np.abs(err)) < 0.2
+
+
+def test_the_walk_follows_the_width_not_the_rows_until_the_bytes_bind(fused):
+    stack, cals = fused
+    gpu, cal = loader.load_gpu("h100-sxm"), cals["h100-sxm"]
+
+    def norm_s(model, batch, mode="decode", q=1, ctx=1024):
+        m = for_stack(loader.load_model(model), stack)
+        ks = build_kernels(m, stack, mode, np.array([batch]), np.array([ctx]),
+                           np.array([q]))
+        return kernel_cost(next(k for k in ks if k.name == "input_norm"), gpu,
+                           cal).seconds[0]
+
+    one, many = norm_s("llama-3.1-8b", 1), norm_s("llama-3.1-8b", 64)
+    assert many == pytest.approx(one, rel=0.05)
+    assert norm_s("llama-3.1-8b", 1) > 1.5 * norm_s("llama-3.2-1b", 1)
+    # 8192 rows of 4096: 134 MB streamed, far past any row's walk
+    big = norm_s("llama-3.1-8b", 8, mode="prefill", q=1024, ctx=0)
+    assert big > 5 * one
+
+
+@pytest.mark.parametrize("bad", [
+    {"op": "gemm", "name": "x", "weight": "qkv", "row_walk": "torch_layer_norm"},
+    {"op": "elementwise", "name": "x", "tensor": "logits", "row_walk": "torch_layer_norm"},
+    {"op": "elementwise", "name": "x", "tensor": "hidden", "row_walk": "cub_sort"},
+])
+def test_a_row_walk_only_on_token_rows_of_a_known_kernel(bad):
+    with pytest.raises(ValidationError):
+        StackOp(**bad)
