@@ -263,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gpusim.calibration.steady_clocks import read_probe_beside
     from gpusim.calibration.validate import (
         HELD_OUT_SETS,
-        fit_without_stack,
         in_sample,
+        judging_physics,
         leave_one_model_out,
     )
     from gpusim.io import calibrations, loader
@@ -291,17 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     held: list[HeldSet] = []
     if cal_file.is_file():
         shipped = calibrations.load_calibration(str(cal_file), gpu, st)
-        fitted_with = {p.stack for p in attention} | {s.name for _, s in joint}
-
-        def physics_for(name: str) -> Calibration:
-            """The physics a stack is judged with: fitted without it where it went in."""
-            if name not in fitted_with:
-                return shipped
-            return fit_without_stack(data, gpu, st, loader.load_model, name, (), profiles,
-                                     sweep, clocks, attention, joint)
-
-        trusts += stack_trusts(args.data_dir / gpu.name / "stacks", gpu, physics_for,
-                               st.name)
+        physics = judging_physics(shipped, data, gpu, st, loader.load_model, (), profiles,
+                                  sweep, clocks, attention, joint)
+        trusts += stack_trusts(args.data_dir / gpu.name / "stacks", gpu, physics, st.name)
         for sub, label, _ in HELD_OUT_SETS:
             if (args.data_dir / gpu.name / sub / "steps.csv").is_file():
                 h = measurements.read_steps(args.data_dir / gpu.name / sub / "steps.csv")

@@ -223,13 +223,9 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
 def _families(stack: StackSpec, groups: Sequence[Group]) -> list[str]:
     """The attention families the groups' steps run, in mode order, each once:
     ``stack``'s, then those of other stacks' groups (a joint fit's)."""
-    stacks = [stack]
-    for g in groups:
-        if not any(g.stack is s for s in stacks):
-            stacks.append(g.stack)
-    return list(dict.fromkeys(
-        s.family(m.value) for s in stacks for m in Mode
-        if any(g.mode == m.value and g.stack is s for g in groups)))
+    modes = list(Mode)
+    ordered = sorted(groups, key=lambda g: (g.stack is not stack, modes.index(Mode(g.mode))))
+    return list(dict.fromkeys(g.stack.family(g.mode) for g in ordered))
 
 
 def _gemm_families(groups: Sequence[Group]) -> list[str]:

@@ -139,6 +139,26 @@ def fit_without_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, resolve: R
                also=without_stack(also, name)).calibration
 
 
+def judging_physics(shipped: Calibration, data: StepData, gpu: GpuSpec, stack: StackSpec,
+                    resolve: Resolver, micro: Sequence[MicroGroup] = (),
+                    profiles: ProfileData | None = None,
+                    sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
+                    attention: Sequence[AttentionPoint] = (), also: Joint = ()
+                    ) -> Callable[[str], Calibration]:
+    """By a stack's name, the GPU physics its steps are judged with: ``shipped``, or for
+    a stack whose profiled attention kernels or steps went into it, the physics fitted
+    without them (``fit_without_stack``)."""
+    fitted_with = {p.stack for p in attention} | {s.name for _, s in also}
+
+    def physics(name: str) -> Calibration:
+        if name not in fitted_with:
+            return shipped
+        return fit_without_stack(data, gpu, stack, resolve, name, micro, profiles, sweep,
+                                 clocks, attention, also)
+
+    return physics
+
+
 def cross_gpu(train: StepData, train_gpu: GpuSpec, test: StepData, test_gpu: GpuSpec,
               stack: StackSpec, resolve: Resolver,
               micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,

@@ -165,22 +165,20 @@ def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str
     return out
 
 
-def _stack_evaluations(directory: Path, gpu: GpuSpec, physics: Calibration,
-                       profiled: set[str] = frozenset(),
-                       physics_without: Callable[[str], Calibration] | None = None
+def _stack_evaluations(directory: Path, gpu: GpuSpec,
+                       physics: Callable[[str], Calibration]
                        ) -> list[stacks_report.StackEvaluation]:
-    """Every measured stack's steps on ``gpu`` predicted from ``physics``; a stack whose
-    profiled kernels or steps went into the physics (``profiled``) from the physics
-    fitted without them (``physics_without``): its transfer and leave-one-model-out
-    errors must not see its own measurements."""
+    """Every measured stack's steps on ``gpu`` predicted from ``physics`` (by the
+    stack's name: ``validate.judging_physics``, fitted without its measurements where
+    they went into the shipped one): its transfer and leave-one-model-out errors must
+    not see its own measurements."""
     from gpusim.calibration import die, measurements, stacks_report
 
     out = []
     for steps_csv in sorted(directory.glob("*/steps.csv")):
         st = loader.load_stack(steps_csv.parent.name)
         data = measurements.read_steps(steps_csv, st.name)
-        own = (physics_without(st.name) if physics_without is not None
-               and st.name in profiled else physics)
+        own = physics(st.name)
         held = die.fold_values(gpu, st, set(map(str, data.model)), directory.parent.parent)
         out.append(stacks_report.evaluate_stack(st, data, gpu, own, loader.load_model,
                                                 held=held))
@@ -325,17 +323,12 @@ def validate(
                                  attention=attention, joint=joint)
     for name in sorted(datasets):
         if name in shipped:
-            def physics_without(stack_name: str, n: str = name) -> Calibration:
-                """The GPU's physics fitted without ``stack_name``'s profiled kernels
-                and steps."""
-                return val.fit_without_stack(datasets[n], gpus[n], st, loader.load_model,
-                                             stack_name, micro.get(n, []), profs[n],
-                                             sweeps[n], clocks[n], attention[n], joint[n])
-
-            fitted_with = ({p.stack for p in attention[name]}
-                           | {s.name for _, s in joint[name]})
+            physics = val.judging_physics(shipped[name], datasets[name], gpus[name], st,
+                                          loader.load_model, micro.get(name, []),
+                                          profs[name], sweeps[name], clocks[name],
+                                          attention[name], joint[name])
             evaluations = _stack_evaluations(data_dir / name / "stacks", gpus[name],
-                                             shipped[name], fitted_with, physics_without)
+                                             physics)
             if evaluations:
                 md += "\n" + stacks_report.section(name, evaluations)
                 pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]

@@ -35,14 +35,14 @@ def reduction_s(r: np.ndarray, physics: GpuPhysics) -> np.ndarray:
         * physics.reduction_s_per_element
 
 
-# The serial row walk of known kernels, seconds per element of the row, on H100 and
-# H200 (their SMs run at one clock): torch's vectorized_layer_norm_kernel (F.rms_norm)
+# The serial row walk of known kernels on H100 and H200 (their SMs run at one clock):
+# (seconds a walk takes whatever its length: its first loads and its CTA's syncs;
+# seconds per element of the row). torch's vectorized_layer_norm_kernel (F.rms_norm)
 # gives each token row one CTA, which walks it twice (its sum of squares, then the
 # scaling); profiled, its time follows the hidden size whatever the rows up to a few
 # hundred (validation/data/*/stacks/torch-fused/kernels.csv and the fp8, int4 and MoE
-# profiles: 3.4-3.7 us at 2048, 5.4-6.1 at 4096, 7.1 at 5120).
-# (seconds a walk takes whatever its length: its first loads and its CTA's syncs;
-# seconds per element of the row)
+# profiles: 3.4-3.7 us at 2048, 5.4-6.1 at 4096, 7.1 at 5120; fitted on 2048 and 4096
+# alone, tests/test_row_walk.py).
 ROW_WALKS: dict[str, tuple[float, float]] = {"torch_layer_norm": (1.18e-6, 1.08e-9)}
 
 

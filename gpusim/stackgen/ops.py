@@ -184,21 +184,20 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
         per_element = float(sum(moved)) / elements[tensor]  # type: ignore[arg-type]
     strided = sum(1 for k in kernels if not VECTORIZED.search(k.name))
     reductions = sum(1 for k in kernels if REDUCTION.search(k.name))
-    walks = [(walk, sum(1 for k in kernels if pattern.search(k.name)))
-             for walk, pattern in ROW_WALK.items()]
-    walks = [(walk, n) for walk, n in walks if n]
+    # the known row walk one of its kernels is; more than one is priced by bytes alone
+    walks = [walk for k in kernels for walk, pattern in ROW_WALK.items()
+             if pattern.search(k.name)]
     embedding = run[0].cls == "embedding"
-    if walks and (embedding or tensor not in ROW_TENSORS or len(walks) > 1
-                  or walks[0][1] > 1):
-        notes.append(f"{name}: {sum(n for _, n in walks)} row-walking kernels on "
-                     f"{tensor}: priced by their bytes alone")
+    if walks and (embedding or tensor not in ROW_TENSORS or len(walks) > 1):
+        notes.append(f"{name}: {len(walks)} row-walking kernels on {tensor}: priced by "
+                     "their bytes alone")
         walks = []
     return StackOp(op="embedding" if embedding else "elementwise",
                    name=name, tensor=tensor, kernels=len(kernels),
                    bytes_per_element=round(per_element, 3), strided_kernels=strided,
                    reduction_kernels=reductions,
                    sorts=any(SORT.search(k.name) for k in kernels),
-                   row_walk=walks[0][0] if walks else None)
+                   row_walk=walks[0] if walks else None)
 
 
 def weight_of(u: Unit, model: ModelSpec, index: int, count: int, used: set[str],
