@@ -258,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gpusim.calibration import measurements
     from gpusim.calibration import profiles as prof_mod
     from gpusim.calibration.attention_points import read_attention_points
+    from gpusim.calibration.die_physics import physics_die_source
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
@@ -284,15 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     clocks = read_probe_beside(steps, gpu.boost_clock_hz / 1e6)
     attention = read_attention_points(steps.parent, loader.load_model, loader.load_stack)
     joint = joint_steps(steps.parent, st.name, loader.load_stack)
+    die = physics_die_source(gpu, st, len(attention), args.data_dir)
     lomo = leave_one_model_out(data, gpu, st, loader.load_model, (), profiles, sweep,
-                               clocks, attention, joint)
+                               clocks, attention, joint, die)
     trusts = [trust_of(data, lomo.predicted_s, gpu.name, st.name, loader.load_model)]
     cal_file = calibrations.CALIBRATIONS_DIR / f"{gpu.name}.yaml"
     held: list[HeldSet] = []
     if cal_file.is_file():
         shipped = calibrations.load_calibration(str(cal_file), gpu, st)
         physics = judging_physics(shipped, data, gpu, st, loader.load_model, (), profiles,
-                                  sweep, clocks, attention, joint)
+                                  sweep, clocks, attention, joint, die)
         trusts += stack_trusts(args.data_dir / gpu.name / "stacks", gpu, physics, st.name)
         for sub, label, _ in HELD_OUT_SETS:
             if (args.data_dir / gpu.name / sub / "steps.csv").is_file():

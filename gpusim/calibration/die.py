@@ -1,4 +1,4 @@
-"""Stack parameters fitted once per die: a GEMM family's arithmetic on the SMs.
+"""Stack parameters fitted once per die: a kernel family's arithmetic on the SMs.
 
 The H100 SXM and the H200 are one chip in one configuration (GH100, 132 SMs, the same
 clocks and L2; ``GpuSpec.die``); only their HBM differs. A quantized GEMM kernel's
@@ -6,7 +6,9 @@ arithmetic (its tensor-core efficiency, the CUDA-core operations it spends to
 dequantize a weight: ``GemmFamily.DIE``) is then the same on both, and the measured
 steps agree: tinygemm's int4 decode steps of Llama 3.1 8B take 4.38 and 4.14 ms at batch
 1 and 133.3 and 134.0 ms at batch 256 on the two, where the H200's HBM alone would make
-them 30% shorter. Fixed costs and everything that touches memory stay per GPU.
+them 30% shorter. Fixed costs and everything that touches memory stay per GPU. The same
+holds for an attention family's ``DIE`` fields as a stack parameter (hf-transformers'
+masked-kernel efficiency); as GPU physics they are ``calibration.die_physics``'s.
 
 So a stack's die-level ``calibrate`` parameters on a GPU come from the GPU of its die
 whose data holds the most models of that stack's steps (more than the GPU's own;
@@ -27,18 +29,25 @@ from pathlib import Path
 from gpusim.calibration.fit import fit_stack
 from gpusim.calibration.measurements import read_steps
 from gpusim.cost import Calibration
+from gpusim.cost.attention import FAMILIES
 from gpusim.cost.gemm_families import gemm_family
 from gpusim.io import calibrations, loader
 from gpusim.specs import GpuSpec, StackSpec
 
 
 def die_fields(stack: StackSpec) -> tuple[str, ...]:
-    """The stack's ``calibrate`` parameters that are a GEMM family's arithmetic
-    (``gemm.<family>.<field>`` with the field in the family's ``DIE``)."""
+    """The stack's ``calibrate`` parameters that are a kernel family's work on the SMs
+    (``gemm.<family>.<field>`` or ``attention.<family>.<field>`` with the field in the
+    family's ``DIE``: a GEMM's arithmetic, hf-transformers' masked attention
+    efficiency)."""
     out = []
     for path in stack.calibrate:
         parts = path.split(".")
-        if len(parts) == 3 and parts[0] == "gemm" and parts[2] in gemm_family(parts[1]).DIE:
+        if len(parts) != 3:
+            continue
+        family = (gemm_family(parts[1]) if parts[0] == "gemm"
+                  else FAMILIES.get(parts[1]) if parts[0] == "attention" else None)
+        if family is not None and parts[2] in family.DIE:
             out.append(path)
     return tuple(out)
 

@@ -13,7 +13,7 @@ per evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -220,6 +220,11 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
     return apply(base, space, res.x)
 
 
+def _free(space: tuple[Variable, ...], held: Mapping[str, float]) -> tuple[Variable, ...]:
+    """``space`` without the variables that set a ``held`` parameter."""
+    return tuple(v for v in space if not set(v.paths) & set(held))
+
+
 def _families(stack: StackSpec, groups: Sequence[Group]) -> list[str]:
     """The attention families the groups' steps run, in mode order, each once:
     ``stack``'s, then those of other stacks' groups (a joint fit's)."""
@@ -239,7 +244,7 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         micro: Sequence[MicroGroup] = (), profiles: ProfileData | None = None,
         sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
         attention: Sequence[AttentionPoint] = (),
-        also: Joint = ()) -> FitResult:
+        also: Joint = (), held: Mapping[str, float] | None = None) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
     given), then the host launch cost on eager rows and the token-tree kernel on tree
     rows (mode ``tree``) with its profiled kernels under every stack (``attention``,
@@ -250,7 +255,9 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     outside ``data`` have. ``clocks``: the power probe's steady clocks, fitted with the
     graph parameters (the shapes of the models in ``data`` only). ``also``: other
     stacks' CUDA-graph steps, each with its stack (``calibration.joint``), fitted with
-    the graph parameters as ``data``'s are.
+    the graph parameters as ``data``'s are. ``held``: parameters (dotted paths) held at
+    the given values in every stage (a family's die-level fields fitted on another GPU
+    of the die: ``calibration.die``).
 
     Raises ValueError if there are no graph rows.
     """
@@ -274,12 +281,14 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     cal = Calibration(gpu=gpu.name, stack=stack.name, fitted_on=note or data.source,
                       physics=GpuPhysics(gemm_slow_picks=slow_picks(sweep,
                                                                     exclude_models=others)))
+    held = dict(held or {})
+    cal = cal.replace(held)
     # profiled shapes of the models being fitted only (leave-one-model-out honesty)
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
     graph_families = _families(stack, graph)
-    cal = _fit(graph_space(graph_families, _gemm_families(graph)), cal, graph, joint, gpu,
-               micro, pf, cf)
+    cal = _fit(_free(graph_space(graph_families, _gemm_families(graph)), held), cal, graph,
+               joint, gpu, micro, pf, cf)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     # the token-tree kernel's own parameters, fitted last on the tree rows with every
@@ -289,7 +298,7 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     tree_families = [f for f in _families(stack, trees) if f not in graph_families]
     if trees and tree_families:
         kept = [p for p in attention if p.model in fitted_models]
-        cal = _fit(family_space(tree_families), cal, trees, data, gpu, points=kept)
+        cal = _fit(family_space(tree_families, set(held)), cal, trees, data, gpu, points=kept)
     return _quality(groups, data, gpu, cal)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpusim.calibration.attention_points import AttentionPoint
+from gpusim.calibration.die_physics import PhysicsDieSource
 from gpusim.calibration.fit import fit, make_groups, predict_groups
 from gpusim.calibration.gemm_picks import SweptPoint
 from gpusim.calibration.joint import Joint, without_model, without_stack
@@ -106,11 +107,13 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
                         sweep: Sequence[SweptPoint] = (),
                         clocks: SteadyClocks | None = None,
                         attention: Sequence[AttentionPoint] = (),
-                        also: Joint = ()) -> Evaluation:
+                        also: Joint = (), die: PhysicsDieSource | None = None
+                        ) -> Evaluation:
     """Each model's rows predicted by a calibration fitted without that model (its
     steps, the other stacks' steps that fit the physics (``also``), and the kernel
     microbenchmarks, profiles, slow GEMM picks, probed clocks and profiled attention
-    kernels of its shapes, left out)."""
+    kernels of its shapes, left out; ``die``: where the die-level attention fields come
+    from, that GPU's fit without the model)."""
     pred = np.full(len(data), np.nan)
     cals = {}
     for model in sorted(set(data.model)):
@@ -118,7 +121,8 @@ def leave_one_model_out(data: StepData, gpu: GpuSpec, stack: StackSpec,
         res = fit(data.subset(~held), gpu, stack, resolve, note=f"LOMO without {model}",
                   micro=without_models(list(micro), {model}), profiles=profiles,
                   sweep=sweep, clocks=clocks, attention=attention,
-                  also=without_model(also, model))
+                  also=without_model(also, model),
+                  held=die.without_model(model) if die is not None else None)
         groups = make_groups(data.subset(held), stack, resolve)
         pred[held] = predict_groups(groups, int(held.sum()), gpu, res.calibration)
         cals[model] = res.calibration
@@ -129,32 +133,37 @@ def fit_without_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, resolve: R
                       name: str, micro: Sequence[MicroGroup] = (),
                       profiles: ProfileData | None = None,
                       sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
-                      attention: Sequence[AttentionPoint] = (), also: Joint = ()
-                      ) -> Calibration:
+                      attention: Sequence[AttentionPoint] = (), also: Joint = (),
+                      die: PhysicsDieSource | None = None) -> Calibration:
     """The GPU physics fitted without stack ``name``'s profiled attention kernels and
-    steps (its cross-stack transfer: nothing of its own measurements)."""
+    steps (its cross-stack transfer: nothing of its own measurements; ``die``: where
+    the die-level attention fields come from, that GPU's fit without them)."""
     return fit(data, gpu, stack, resolve, note="without " + name, micro=micro,
                profiles=profiles, sweep=sweep, clocks=clocks,
                attention=[p for p in attention if p.stack != name],
-               also=without_stack(also, name)).calibration
+               also=without_stack(also, name),
+               held=die.without_stack(name) if die is not None else None).calibration
 
 
 def judging_physics(shipped: Calibration, data: StepData, gpu: GpuSpec, stack: StackSpec,
                     resolve: Resolver, micro: Sequence[MicroGroup] = (),
                     profiles: ProfileData | None = None,
                     sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
-                    attention: Sequence[AttentionPoint] = (), also: Joint = ()
-                    ) -> Callable[[str], Calibration]:
+                    attention: Sequence[AttentionPoint] = (), also: Joint = (),
+                    die: PhysicsDieSource | None = None) -> Callable[[str], Calibration]:
     """By a stack's name, the GPU physics its steps are judged with: ``shipped``, or for
-    a stack whose profiled attention kernels or steps went into it, the physics fitted
-    without them (``fit_without_stack``)."""
+    a stack whose profiled attention kernels or steps went into it (here or, through
+    the die-level fields, on ``die``'s GPU), the physics fitted without them
+    (``fit_without_stack``)."""
     fitted_with = {p.stack for p in attention} | {s.name for _, s in also}
+    if die is not None:
+        fitted_with |= die.stacks()
 
     def physics(name: str) -> Calibration:
         if name not in fitted_with:
             return shipped
         return fit_without_stack(data, gpu, stack, resolve, name, micro, profiles, sweep,
-                                 clocks, attention, also)
+                                 clocks, attention, also, die)
 
     return physics
 
@@ -306,7 +315,8 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                clocks: dict[str, SteadyClocks | None] | None = None,
                multi_gpu: bool = True,
                attention: dict[str, list[AttentionPoint]] | None = None,
-               joint: dict[str, list[tuple[StepData, StackSpec]]] | None = None
+               joint: dict[str, list[tuple[StepData, StackSpec]]] | None = None,
+               die: dict[str, PhysicsDieSource | None] | None = None
                ) -> tuple[str, list[dict[str, object]]]:
     """Markdown report and per-row points for every GPU's measurements.
 
@@ -318,7 +328,9 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     steady clocks go into every fit); ``attention``: each GPU's profiled attention
     kernels under every stack (``calibration.attention_points``: into every fit);
     ``joint``: each GPU's other stacks' steps that fit its physics
-    (``calibration.joint``: into every fit, a held-out model's left out). The
+    (``calibration.joint``: into every fit, a held-out model's left out); ``die``:
+    each GPU's source of die-level attention fields (``calibration.die_physics``: its
+    fit without the held-out model). The
     "Error bands" section
     (``calibration.bands``: coverage of the held-out errors by the bands) follows;
     ``multi_gpu``: append the multi-GPU section
@@ -352,7 +364,7 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
         lomo = leave_one_model_out(data, gpu, stack, resolve, micro.get(name, []),
                                    profiles.get(name), sweeps.get(name, []),
                                    clocks.get(name), attention.get(name, []),
-                                   joint.get(name, []))
+                                   joint.get(name, []), (die or {}).get(name))
         cross = None
         others = [o for o in names if o != name]
         if others:

@@ -89,6 +89,7 @@ def calibrate(
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
     from gpusim.calibration.attention_points import read_attention_points
+    from gpusim.calibration.die_physics import physics_die_source
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.joint import described, joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
@@ -96,14 +97,18 @@ def calibrate(
     # the measured stacks without parameters of their own fit the physics too
     joint = joint_steps(path.parent, st.name, loader.load_stack)
     note += described(joint)
+    attention = read_attention_points(path.parent, loader.load_model, loader.load_stack)
+    # an attention family's work on the SMs, from the GPU of this die that profiled it most
+    die = physics_die_source(g, st, len(attention), path.parent.parent)
+    if die is not None:
+        note += f" + {', '.join(die.fields)} from {die.gpu} (same die)"
     try:
         with working("calibrate", quiet):
             res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
                               profiles=prof, sweep=read_sweep_beside(path),
                               clocks=read_probe_beside(path, g.boost_clock_hz / 1e6),
-                              attention=read_attention_points(path.parent, loader.load_model,
-                                                              loader.load_stack),
-                              also=joint)
+                              attention=attention, also=joint,
+                              held=die.shipped() if die is not None else None)
     except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
         raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
     from gpusim.calibration.moe_fit import fit_moe
@@ -284,6 +289,7 @@ def validate(
     from gpusim.calibration import micro as micro_mod
     from gpusim.calibration import profiles as prof_mod
     from gpusim.calibration.attention_points import read_attention_points
+    from gpusim.calibration.die_physics import PhysicsDieSource, physics_die_source
     from gpusim.calibration.gemm_picks import read_sweep_beside
     from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
@@ -291,6 +297,7 @@ def validate(
     datasets, gpus, shipped, micro, profs, sweeps, clocks = {}, {}, {}, {}, {}, {}, {}
     attention: dict[str, list] = {}
     joint: dict[str, list] = {}
+    die: dict[str, PhysicsDieSource | None] = {}
     held: dict[str, dict] = {}
     for f in files:
         name = f.parent.name
@@ -306,6 +313,7 @@ def validate(
         clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
         attention[name] = read_attention_points(f.parent, loader.load_model, loader.load_stack)
         joint[name] = joint_steps(f.parent, st.name, loader.load_stack)
+        die[name] = physics_die_source(gpus[name], st, len(attention[name]), data_dir)
         for sub, _, _ in val.HELD_OUT_SETS:
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
@@ -320,13 +328,13 @@ def validate(
     with working("validate", quiet):
         md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
                                  micro, profs, held_out, sweeps, clocks,
-                                 attention=attention, joint=joint)
+                                 attention=attention, joint=joint, die=die)
     for name in sorted(datasets):
         if name in shipped:
             physics = val.judging_physics(shipped[name], datasets[name], gpus[name], st,
                                           loader.load_model, micro.get(name, []),
                                           profs[name], sweeps[name], clocks[name],
-                                          attention[name], joint[name])
+                                          attention[name], joint[name], die[name])
             evaluations = _stack_evaluations(data_dir / name / "stacks", gpus[name],
                                              physics)
             if evaluations:

@@ -58,6 +58,10 @@ class AttentionFamily(ABC):
     name: ClassVar[str]
     Params: ClassVar[type[Frozen]]
     FIT: ClassVar[dict[str, Bounds]] = {}
+    # the fitted fields that are the kernel's work on the SMs (arithmetic, its per-tile
+    # and per-launch schedule), the same on every GPU of one die (GpuSpec.die): fitted
+    # once per die (calibration.die); anything touching memory is fitted per GPU
+    DIE: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def parts(self, a: AttentionShape, kv_bytes: np.ndarray, gpu: GpuSpec,

@@ -130,6 +130,13 @@ class CudnnMasked(AttentionFamily):
         "cta_stream_bytes_per_s": (5e9, 500e9, 35e9, 1e9),
         "stream_overlap_exponent": (1.0, 16.0, 4.0, 1.0),
     }
+    # the SM's side of the kernel: its MMAs, softmax-and-mask work, wave prologue and
+    # epilogue, launch and per-row-key softmax; the per-CTA stream bandwidth and how
+    # it shares HBM stay per GPU. Steps alone cannot fix the SM's side: fitted on the
+    # H200's tree verifies (batch 32, one regime) it went to 7 us a launch and 4.5x the
+    # H100's work per score, which overpriced the H200's serving decode steps by 5-11%
+    DIE = frozenset({"tensor_efficiency", "score_flops", "wave_overhead_s", "fixed_s",
+                     "stream_s_per_row_key"})
 
     def parts(self, a: AttentionShape, kv_bytes: np.ndarray, gpu: GpuSpec,
               physics: GpuPhysics, params: Frozen, per_sm_flops: float) -> AttentionParts:

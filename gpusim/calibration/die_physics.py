@@ -1,0 +1,165 @@
+"""An attention kernel family's work on the SMs, fitted once per die.
+
+The H100 SXM and the H200 are one chip in one configuration (GH100, 132 SMs, the same
+clocks and L2; ``GpuSpec.die``); only their HBM differs. A kernel family's arithmetic
+and schedule on the SMs (``AttentionFamily.DIE``: cuDNN's masked SDPA's tensor
+efficiency, its work per score, per wave and per launch) is then the same on both,
+while its per-CTA stream bandwidth, which touches memory, is not. Steps alone do not
+fix the SM's side: the H200's profiled masked kernels are tree verifies of batch 32 (one
+regime), and fitted on them its launch went to 7 us and its work per score to 4.5x the
+H100's, where the H100's profiles of three regimes (tree verifies, hf-transformers'
+captured prefill, the serving harness's padded decode) put both near zero and 99.
+
+So a GPU's die-level family fields come from the GPU of its die with the most profiled
+attention kernels (more than its own; otherwise it fits them itself), as
+``calibration.die`` does for a stack's GEMM arithmetic: the source's shipped
+calibration for the shipped fit; for a held-out prediction, the source's own fit
+without that model (or without that stack), so that nothing of a held-out model or
+stack, on either GPU, enters its prediction. The source fits on its reference-stack
+steps, profiles, GEMM sweep, probed clocks, attention kernels and joint stacks, as
+``calibrate`` does (no kernel microbenchmarks: ``calibrate``'s default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from gpusim.calibration.attention_points import AttentionPoint, read_attention_points
+from gpusim.calibration.fit import fit
+from gpusim.calibration.gemm_picks import SweptPoint, read_sweep_beside
+from gpusim.calibration.joint import Joint, joint_steps, without_model, without_stack
+from gpusim.calibration.measurements import StepData, read_step_dir
+from gpusim.calibration.profiles import ProfileData, read_profiles
+from gpusim.calibration.steady_clocks import SteadyClocks, read_probe_beside
+from gpusim.cost import Calibration
+from gpusim.cost.attention import FAMILIES
+from gpusim.io import calibrations, loader
+from gpusim.specs import GpuSpec, StackSpec
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """Everything a GPU's physics fit takes from its data folder besides kernel
+    microbenchmarks: its reference-stack steps and what ``fit`` takes beside them."""
+
+    data: StepData
+    profiles: ProfileData | None
+    sweep: list[SweptPoint]
+    clocks: SteadyClocks | None
+    attention: list[AttentionPoint]
+    joint: Joint = field(default_factory=list)
+
+
+def read_fit_inputs(gpu: GpuSpec, stack: StackSpec, data_dir: Path) -> FitInputs:
+    """The fit inputs under ``data_dir/<gpu>/`` (steps.csv and what lies beside it).
+    Raises ConfigError for an unreadable file."""
+    steps = data_dir / gpu.name / "steps.csv"
+    return FitInputs(
+        data=read_step_dir(steps),
+        profiles=read_profiles(sorted(steps.parent.glob("kernels*.csv")), stack),
+        sweep=read_sweep_beside(steps),
+        clocks=read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
+        attention=read_attention_points(steps.parent, loader.load_model, loader.load_stack),
+        joint=joint_steps(steps.parent, stack.name, loader.load_stack))
+
+
+def die_fields(stack: StackSpec) -> tuple[str, ...]:
+    """The die-level fields (``attention.<family>.<field>``) of the attention families
+    ``stack`` runs."""
+    families = dict.fromkeys(stack.attention.values())
+    return tuple(f"attention.{name}.{f}" for name in families
+                 for f in sorted(FAMILIES[name].DIE))
+
+
+@dataclass(frozen=True)
+class PhysicsDieSource:
+    """Where a GPU's die-level attention fields come from: another GPU of its die
+    (``gpu``), fitted on its data under ``data_dir`` with ``stack``."""
+
+    gpu: str
+    stack: str
+    fields: tuple[str, ...]
+    data_dir: Path
+
+    def shipped(self) -> dict[str, float]:
+        """The values of the source's shipped calibration."""
+        return dict(_shipped(self))
+
+    def without_model(self, model: str) -> dict[str, float]:
+        """The values of the source's fit without ``model``'s measurements (its shipped
+        values where it never measured ``model``)."""
+        return dict(_without(self, model, ""))
+
+    def stacks(self) -> set[str]:
+        """The stacks whose profiled attention kernels or steps the source fits on."""
+        inp = _inputs(self)
+        return {p.stack for p in inp.attention} | {s.name for _, s in inp.joint}
+
+    def without_stack(self, name: str) -> dict[str, float]:
+        """The values of the source's fit without stack ``name``'s steps and profiled
+        attention kernels (its shipped values where none of them went into it)."""
+        return dict(_without(self, "", name))
+
+
+def physics_die_source(gpu: GpuSpec, stack: StackSpec, own_points: int, data_dir: Path
+                       ) -> PhysicsDieSource | None:
+    """The GPU of ``gpu``'s die with a shipped calibration whose data under
+    ``data_dir`` holds the most profiled attention kernels, more than ``own_points``
+    (``gpu``'s own), or None: ``gpu`` fits its die-level fields itself. Raises
+    ConfigError for an unreadable file."""
+    fields = die_fields(stack)
+    if gpu.die is None or not fields or not data_dir.is_dir():
+        return None
+    best: tuple[int, str] | None = None
+    for other in sorted(p.name for p in data_dir.iterdir() if p.is_dir()):
+        if other == gpu.name or not (data_dir / other / "steps.csv").is_file() \
+                or not (calibrations.CALIBRATIONS_DIR / f"{other}.yaml").is_file() \
+                or not (loader.HARDWARE_DIR / f"{other}.yaml").is_file() \
+                or loader.load_gpu(other).die != gpu.die:
+            continue
+        n = len(read_attention_points(data_dir / other, loader.load_model,
+                                      loader.load_stack))
+        if n > own_points and (best is None or n > best[0]):
+            best = (n, other)
+    return None if best is None else PhysicsDieSource(best[1], stack.name, fields, data_dir)
+
+
+def _values(cal: Calibration, fields: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    return tuple((p, float(cal.get(p))) for p in fields)  # type: ignore[arg-type]
+
+
+@cache
+def _shipped(src: PhysicsDieSource) -> tuple[tuple[str, float], ...]:
+    gpu, stack = loader.load_gpu(src.gpu), loader.load_stack(src.stack)
+    cal = calibrations.load_calibration(
+        str(calibrations.CALIBRATIONS_DIR / f"{src.gpu}.yaml"), gpu, stack)
+    return _values(cal, src.fields)
+
+
+@cache
+def _inputs(src: PhysicsDieSource) -> FitInputs:
+    return read_fit_inputs(loader.load_gpu(src.gpu), loader.load_stack(src.stack),
+                           src.data_dir)
+
+
+@cache
+def _without(src: PhysicsDieSource, model: str, stack_name: str
+             ) -> tuple[tuple[str, float], ...]:
+    inp = _inputs(src)
+    data, attention, joint = inp.data, inp.attention, inp.joint
+    if model:
+        if model not in set(map(str, data.model)):
+            return _shipped(src)
+        # ``fit`` keeps the profiled shapes of the models it fits only
+        data, joint = data.subset(data.model != model), without_model(joint, model)
+    if stack_name:
+        if stack_name not in src.stacks():
+            return _shipped(src)
+        attention = [p for p in attention if p.stack != stack_name]
+        joint = without_stack(joint, stack_name)
+    res = fit(data, loader.load_gpu(src.gpu), loader.load_stack(src.stack),
+              loader.load_model, note=f"die source {src.gpu}", profiles=inp.profiles,
+              sweep=inp.sweep, clocks=inp.clocks, attention=attention, also=joint)
+    return _values(res.calibration, src.fields)
