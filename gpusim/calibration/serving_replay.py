@@ -348,14 +348,27 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
         slower_steps=latency_metrics(arrivals, slower.token_s))
 
 
+def run_terms(run: ServingRun, platform: Platform, model: ModelSpec) -> np.ndarray:
+    """``eager_terms`` of ``run``'s steps on ``platform`` (its engine as it ran)."""
+    return eager_terms(run, build_engine(platform, model, replay_scenario(run),
+                                         kv_blocks=int(run.engine["num_blocks"])))
+
+
+def fit_runs(runs: Sequence[ServingRun], platform: Platform, model_for) -> HostFit:
+    """The host work (per step, sequence, prefill chunk and token, eager launch)
+    fitted on every step of ``runs`` (a shipped calibration's; a replay fits it
+    leaving each run out instead). ``model_for(run)``: the run's ModelSpec."""
+    fitted = fit_host([s for run in runs for s in run.steps])
+    terms = [run_terms(run, platform, model_for(run)) for run in runs]
+    return fitted._replace(launch_s=fit_launch(np.concatenate(terms)))
+
+
 def compare_runs(runs: Sequence[ServingRun], platform: Platform, model_for
                  ) -> list[RunComparison]:
     """Every run against its replay, the host work (per step, per sequence, per eager
     launch) fitted leaving the run out (in sample when there is one run).
     ``model_for(run)``: the run's ModelSpec."""
-    terms = [eager_terms(run, build_engine(platform, model_for(run), replay_scenario(run),
-                                           kv_blocks=int(run.engine["num_blocks"])))
-             for run in runs]
+    terms = [run_terms(run, platform, model_for(run)) for run in runs]
     out = []
     for i, run in enumerate(runs):
         others = [s for j, r in enumerate(runs) if j != i for s in r.steps]

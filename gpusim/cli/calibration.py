@@ -122,6 +122,18 @@ def calibrate(
         res = replace(res, calibration=physics.replace(
             {"notes": "; ".join(n for n in (physics.notes, moe_note) if n)}))
     stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
+    from gpusim.calibration.serving_calibrate import (
+        SERVING_STACK,
+        serving_runs,
+        serving_stack_params,
+    )
+    from gpusim.cost import CalibrationSet
+
+    # the serving engine's host work, fitted on the GPU's measured serving runs
+    runs = serving_runs(path.parent.parent / "serving", g.name)
+    if runs:
+        stacks[SERVING_STACK] = serving_stack_params(
+            runs, g, CalibrationSet.of(res.calibration, stacks))
     report.write_atomic(target, cal_mod.to_yaml(res, stacks))
     wrote(target)
     print(f"no error bands in {target} yet (they need leave-one-model-out fits): "
