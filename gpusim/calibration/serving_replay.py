@@ -299,7 +299,9 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
     """Compare ``run`` with its replay on ``platform`` with ``host`` work (its launch
     cost None: the calibration's). Raises ConfigError/ValueError where the run cannot be
     replayed."""
-    cal = platform.calibration.replace(host.fields())
+    # the replay's own fit stands in for the shipped host costs of either mode
+    cal = platform.calibration.replace(host.fields()).model_copy(
+        update={"host_piecewise": None})
     engine = build_engine(platform.with_calibration(cal), model, replay_scenario(run),
                           kv_blocks=int(run.engine["num_blocks"]))
     forward_model = without_host(engine.step_model)
@@ -349,8 +351,11 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
 
 
 def run_terms(run: ServingRun, platform: Platform, model: ModelSpec) -> np.ndarray:
-    """``eager_terms`` of ``run``'s steps on ``platform`` (its engine as it ran)."""
-    return eager_terms(run, build_engine(platform, model, replay_scenario(run),
+    """``eager_terms`` of ``run``'s steps on ``platform`` (its engine as it ran; the
+    calibration's host costs of the default mode throughout, as the replay's)."""
+    plat = platform.with_calibration(platform.calibration.model_copy(
+        update={"host_piecewise": None}))
+    return eager_terms(run, build_engine(plat, model, replay_scenario(run),
                                          kv_blocks=int(run.engine["num_blocks"])))
 
 

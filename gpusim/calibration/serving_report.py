@@ -365,10 +365,11 @@ def _host_section(results: Sequence[RunComparison], stack: str) -> list[str]:
         return sum(getattr(r.host, field) for r in results) / len(results)
 
     lines += ["", "The mean of the fits above; `gpusim calibrate` ships the fit on all of "
-              "a GPU's runs in the default graph mode (full_decode_only) as the stack's entry "
-              "in its calibration file (`validation/calibrations/<gpu>.yaml`, "
-              "`calibration.serving_calibrate`), which `gpusim serve --stack "
-              f"{stack}` prices:", "", "```yaml", "stacks:", f"  {stack}:",
+              "a GPU's runs of each CUDA-graph mode (full_decode_only: the stack's host "
+              "costs; full_and_piecewise: its `piecewise` ones) in its calibration file "
+              "(`validation/calibrations/<gpu>.yaml`, `calibration.serving_calibrate`), "
+              f"which `gpusim serve --stack {stack}` prices:", "", "```yaml", "stacks:",
+              f"  {stack}:",
               *(f"    serving_{name}_host_s: {mean(field):.3g}" for name, field in
                 (("step", "step_s"), ("seq", "seq_s"), ("chunk", "chunk_s"),
                  ("prefill_token", "prefill_token_s")))]

@@ -123,6 +123,7 @@ def calibrate(
             {"notes": "; ".join(n for n in (physics.notes, moe_note) if n)}))
     stacks = _fit_stacks(path.parent / "stacks", g, res.calibration)
     from gpusim.calibration.serving_calibrate import (
+        PIECEWISE_MODE,
         SERVING_STACK,
         serving_runs,
         serving_stack_params,
@@ -130,10 +131,12 @@ def calibrate(
     from gpusim.cost import CalibrationSet
 
     # the serving engine's host work, fitted on the GPU's measured serving runs
-    runs = serving_runs(path.parent.parent / "serving", g.name)
+    serving = path.parent.parent / "serving"
+    runs = serving_runs(serving, g.name)
     if runs:
         stacks[SERVING_STACK] = serving_stack_params(
-            runs, g, CalibrationSet.of(res.calibration, stacks))
+            runs, g, CalibrationSet.of(res.calibration, stacks),
+            serving_runs(serving, g.name, PIECEWISE_MODE))
     report.write_atomic(target, cal_mod.to_yaml(res, stacks))
     wrote(target)
     print(f"no error bands in {target} yet (they need leave-one-model-out fits): "

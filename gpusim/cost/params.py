@@ -148,6 +148,11 @@ class StackParams(HostParams):
     physics: dict[str, float] = Field(default_factory=dict)
     attention: dict[str, dict[str, float]] = Field(default_factory=dict)
     gemm: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # a serving engine's host costs when its mixed steps replay piecewise CUDA graphs
+    # (cudagraph_mode full_and_piecewise), fitted on such runs: its launches outside
+    # the graphs and its loop cost otherwise than in the default mode. None: the
+    # fields above serve both modes
+    piecewise: HostParams | None = None
     notes: str = ""
 
     @model_validator(mode="after")
@@ -210,6 +215,8 @@ class Calibration(Frozen):
     physics: GpuPhysics = GpuPhysics()
     attention: AttentionParams = AttentionParams()  # type: ignore[valid-type]
     host: HostParams = HostParams()
+    # the host costs of a serving step model in full_and_piecewise mode (None: ``host``)
+    host_piecewise: HostParams | None = None
     notes: str = ""
     gemm: GemmParams = GemmParams()  # type: ignore[valid-type]
     # error bands and measured envelope of the file it came from (None: none given)
@@ -327,7 +334,8 @@ class CalibrationSet(Frozen):
         cal = Calibration(gpu=self.gpu, stack=stack.name,
                           host_from=None if source == stack.name else source,
                           fitted_on=self.fitted_on, physics=self.physics,
-                          attention=self.attention, host=own.host_params(), notes=self.notes,
+                          attention=self.attention, host=own.host_params(),
+                          host_piecewise=own.piecewise, notes=self.notes,
                           gemm=self.gemm, trust=self.trust)
         # a stack's own kernel parameters are its own: never lent to another stack
         return cal.replace(own.overrides()) if source == stack.name else cal

@@ -70,6 +70,8 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
         raise ValueError(f"cudagraph_mode={cudagraph_mode!r}: one of "
                          f"{', '.join(CUDAGRAPH_MODES)}")
     piecewise = cudagraph_mode == "full_and_piecewise"
+    # an engine whose mixed steps replay piecewise graphs pays its own host costs
+    host = cal.host_piecewise if piecewise and cal.host_piecewise is not None else cal.host
     decode_sizes = used_capture_sizes(capture_sizes, max_num_seqs)
     if piecewise and not decode_sizes:
         raise ValueError("cudagraph_mode='full_and_piecewise' needs capture_sizes (the "
@@ -156,11 +158,11 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
             s, _, _ = evaluate_ops(model, platform, "verify", 1.0, 0.0, m, only)
             tail_tok = [0.0, *(s / last.launches).tolist()]
 
-    overhead = attn_fixed + (cal.host.host_graph_launch_cost_s if launch == "graph" else 0.0)
+    overhead = attn_fixed + (host.host_graph_launch_cost_s if launch == "graph" else 0.0)
     return dict(
         launch=launch, max_batched_tokens=max_batched_tokens, max_num_seqs=max_num_seqs,
         max_ctx_tokens=max_ctx, step_overhead_s=overhead,
-        host_launch_s=cal.host.host_launch_cost_s, **part_launches,
+        host_launch_s=host.host_launch_cost_s, **part_launches,
         token_s=[0.0, *tok_s.tolist()], token_bytes=[0.0, *tok_b.tolist()],
         seq_s=[0.0, *seq_s.tolist()], seq_bytes=[0.0, *seq_b.tolist()],
         tail_by_tokens_s=tail_tok, tail_by_seqs_s=tail_seq,
@@ -171,11 +173,11 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
         chunk_s=_rows(ch_s - ch_fixed, len(qg)), chunk_bytes=_rows(ch_b, len(qg)),
         fresh_s=(fr_s - fr_fixed).tolist(), fresh_bytes=fr_b.tolist(),
         capture_sizes=sizes, attention_fixed_s=attn_fixed,
-        graph_launch_s=cal.host.host_graph_launch_cost_s,
+        graph_launch_s=host.host_graph_launch_cost_s,
         piecewise=piecewise,
         pieces=model.num_hidden_layers + 1 if piecewise else 0,
-        host_step_s=cal.host.serving_step_host_s, host_seq_s=cal.host.serving_seq_host_s,
-        host_chunk_s=cal.host.serving_chunk_host_s,
-        host_prefill_token_s=cal.host.serving_prefill_token_host_s,
+        host_step_s=host.serving_step_host_s, host_seq_s=host.serving_seq_host_s,
+        host_chunk_s=host.serving_chunk_host_s,
+        host_prefill_token_s=host.serving_prefill_token_host_s,
         key_bucket_tokens=bucket, max_keys=max_keys,
         **padding_reads(model, platform, stack))
