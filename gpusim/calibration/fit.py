@@ -256,8 +256,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     graph parameters (the shapes of the models in ``data`` only). ``also``: other
     stacks' CUDA-graph steps, each with its stack (``calibration.joint``), fitted with
     the graph parameters as ``data``'s are. ``held``: parameters (dotted paths) held at
-    the given values in every stage (a family's die-level fields fitted on another GPU
-    of the die: ``calibration.die``).
+    the given values in every stage (an attention family's die-level fields, fitted on
+    another GPU of the die: ``calibration.die_physics``).
 
     Raises ValueError if there are no graph rows.
     """

@@ -134,9 +134,13 @@ def calibrate(
     serving = path.parent.parent / "serving"
     runs = serving_runs(serving, g.name)
     if runs:
-        stacks[SERVING_STACK] = serving_stack_params(
-            runs, g, CalibrationSet.of(res.calibration, stacks),
-            serving_runs(serving, g.name, PIECEWISE_MODE))
+        try:
+            stacks[SERVING_STACK] = serving_stack_params(
+                runs, g, CalibrationSet.of(res.calibration, stacks),
+                serving_runs(serving, g.name, PIECEWISE_MODE))
+        except ValueError as exc:   # no measured stack to borrow its host costs from
+            print(f"{SERVING_STACK}: its serving runs under {serving} not fitted: {exc}",
+                  file=sys.stderr)
     report.write_atomic(target, cal_mod.to_yaml(res, stacks))
     wrote(target)
     print(f"no error bands in {target} yet (they need leave-one-model-out fits): "
