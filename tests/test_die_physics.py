@@ -114,3 +114,43 @@ def test_the_shipped_h200_calibration_holds_the_h100s_die_fields() -> None:
     for path in die_physics.die_fields(st):
         assert np.isclose(float(a.get(path)), float(b.get(path))), path
     assert "from h100-sxm (same die)" in b.fitted_on
+
+
+def test_each_held_out_model_and_stack_holds_its_own_source_values(monkeypatch) -> None:
+    from gpusim.calibration import validate
+
+    ref = measurements.read_step_dir(DATA / "h200" / "steps.csv")
+    small = ref.subset((ref.mode == "decode") & (ref.launch == "graph")
+                       & np.isin(ref.model, ["llama-3.2-1b", "llama-3.1-8b"]))
+
+    class Source:
+        def without_model(self, model: str) -> dict[str, float]:
+            return {TE: {"llama-3.1-8b": 0.31, "llama-3.2-1b": 0.27}[model]}
+
+        def without_stack(self, name: str) -> dict[str, float]:
+            return {TE: len(name) / 1000.0}
+
+        def stacks(self) -> set[str]:
+            return {"hf-transformers"}
+
+    seen: list[tuple[str, object]] = []
+    real_fit = validate.fit
+
+    def spy(data, *a, **kw):
+        seen.append((kw.get("note", ""), kw.get("held")))
+        return real_fit(data, *a, **kw)
+
+    monkeypatch.setattr(validate, "fit", spy)
+    gpu, stack = loader.load_gpu("h200"), loader.load_stack("torch-hf")
+    ev = validate.leave_one_model_out(small, gpu, stack, loader.load_model,
+                                      die=Source())  # type: ignore[arg-type]
+    assert dict(seen) == {"LOMO without llama-3.1-8b": {TE: 0.31},
+                          "LOMO without llama-3.2-1b": {TE: 0.27}}
+    for model, cal in ev.calibrations.items():
+        assert cal.get(TE) == {"llama-3.1-8b": 0.31, "llama-3.2-1b": 0.27}[model]
+    # a stack the source fitted on is judged with the physics fitted without it there
+    shipped = Calibration(gpu="h200")
+    physics = validate.judging_physics(shipped, small, gpu, stack, loader.load_model,
+                                       die=Source())  # type: ignore[arg-type]
+    assert physics("torch-fp8") is shipped
+    assert physics("hf-transformers").get(TE) == len("hf-transformers") / 1000.0
