@@ -21,7 +21,13 @@ from test_serving_replay import (
     simulated_run,
 )
 
-from gpusim.calibration import serving_host, serving_measured, serving_replay, serving_report
+from gpusim.calibration import (
+    serving_host,
+    serving_measured,
+    serving_metrics,
+    serving_replay,
+    serving_report,
+)
 from gpusim.errors import ConfigError
 from gpusim.serving.simulate import build_engine
 
@@ -75,7 +81,7 @@ def test_a_piecewise_run_of_gpusim_itself_replays_with_zero_error(
         assert list(r.step_errors)[-2:] == [serving_host.PIECEWISE, "all"]
         assert r.steps_matched == 1.0
         for view in (r.simulated, r.with_measured_steps):
-            for name in serving_replay.LATENCIES:
+            for name in serving_metrics.LATENCIES:
                 assert view[name] == pytest.approx(r.measured[name], rel=1e-9)
     text = serving_report.markdown(results, serving_replay.saturation(results), "h100-sxm",
                                    "torch-fused", "gpusim serve --replay runs")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpusim.calibration import serving_host, serving_measured, serving_replay
+from gpusim.calibration import serving_host, serving_measured, serving_metrics, serving_replay
 from gpusim.cli import main
 from gpusim.errors import ConfigError
 from gpusim.io import calibrations, loader
@@ -136,7 +136,7 @@ def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) ->
         assert r.steps_matched == 1.0
         assert r.simulated_steps == r.oracle_steps == len(r.run.steps)
         for view in (r.simulated, r.with_measured_steps):
-            for name in serving_replay.LATENCIES:
+            for name in serving_metrics.LATENCIES:
                 assert view[name] == pytest.approx(r.measured[name], rel=1e-12)
         assert r.simulated_prefix == r.oracle_prefix
         assert r.simulated_prefix["hit_rate"] == pytest.approx(r.run.prefix_cache["hit_rate"])
@@ -345,15 +345,15 @@ def test_a_run_saturates_when_its_ttft_grows_across_it() -> None:
     run's last long requests does not count."""
     arrivals = [0.1 * i for i in range(30)]
     flat = [[a + 0.02, a + 5.0] for a in arrivals]           # long outputs: a long drain
-    m = serving_replay.latency_metrics(arrivals, flat)
+    m = serving_metrics.latency_metrics(arrivals, flat)
     assert m["ttft_growth"] == pytest.approx(1.0)
-    assert not serving_replay.saturated(m)
+    assert not serving_metrics.saturated(m)
     assert m["requests_per_s"] < 0.9 * 10.0                  # what the old rule called saturated
     backlog = [[0.3 * (i + 1), 0.3 * (i + 1) + 0.01] for i in range(30)]   # 3.3 served/s
-    q = serving_replay.latency_metrics(arrivals, backlog)
-    assert q["ttft_growth"] > serving_replay.SATURATED_TTFT_GROWTH
-    assert serving_replay.saturated(q)
-    assert math.isnan(serving_replay.ttft_growth([0.0, 1.0], [0.1, 0.1]))
+    q = serving_metrics.latency_metrics(arrivals, backlog)
+    assert q["ttft_growth"] > serving_metrics.SATURATED_TTFT_GROWTH
+    assert serving_metrics.saturated(q)
+    assert math.isnan(serving_metrics.ttft_growth([0.0, 1.0], [0.1, 0.1]))
 
 
 def test_a_scaled_step_model_prices_every_step_that_much_longer() -> None:

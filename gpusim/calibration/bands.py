@@ -256,14 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from gpusim.calibration import measurements
-    from gpusim.calibration import profiles as prof_mod
-    from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.die_physics import physics_die_source
-    from gpusim.calibration.gemm_picks import read_sweep_beside
-    from gpusim.calibration.joint import joint_steps
-    from gpusim.calibration.steady_clocks import read_probe_beside
+    from gpusim.calibration.fit_inputs import read_fit_inputs
+    from gpusim.calibration.held_out import HELD_OUT_SETS
     from gpusim.calibration.validate import (
-        HELD_OUT_SETS,
         in_sample,
         judging_physics,
         leave_one_model_out,
@@ -277,14 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="replace the trust section of validation/calibrations/<gpu>.yaml")
     args = ap.parse_args(argv)
     gpu, st = loader.load_gpu(args.gpu), loader.load_stack(loader.REFERENCE_STACK)
-    steps = args.data_dir / gpu.name / "steps.csv"
-    data = measurements.read_step_dir(steps)
+    inputs = read_fit_inputs(gpu, st, args.data_dir)
+    data, profiles, sweep, clocks, attention, joint = (
+        inputs.data, inputs.profiles, inputs.sweep, inputs.clocks, inputs.attention,
+        inputs.joint)
     print(f"{gpu.name}: leave-one-model-out fits of {len(data)} rows ...", file=sys.stderr)
-    profiles = prof_mod.read_profiles(sorted(steps.parent.glob("kernels*.csv")), st)
-    sweep = read_sweep_beside(steps)
-    clocks = read_probe_beside(steps, gpu.boost_clock_hz / 1e6)
-    attention = read_attention_points(steps.parent, loader.load_model, loader.load_stack)
-    joint = joint_steps(steps.parent, st.name, loader.load_stack)
     die = physics_die_source(gpu, st, len(attention), args.data_dir)
     lomo = leave_one_model_out(data, gpu, st, loader.load_model, (), profiles, sweep,
                                clocks, attention, joint, die)

@@ -81,20 +81,30 @@ def die_source(gpu: GpuSpec, stack: StackSpec, models: set[str], data_dir: Path
     of its stack's parameters die-level, no such GPU). Raises ConfigError for an
     unreadable steps file."""
     fields = die_fields(stack)
-    if gpu.die is None or not fields or not data_dir.is_dir():
+    if not fields:
         return None
     best: DieSource | None = None
-    for other in sorted(p.name for p in data_dir.iterdir() if p.is_dir()):
+    for other in same_die_gpus(gpu, data_dir):
         steps = data_dir / other / "stacks" / stack.name / "steps.csv"
-        shipped = calibrations.CALIBRATIONS_DIR / f"{other}.yaml"
-        if other == gpu.name or not steps.is_file() or not shipped.is_file() \
-                or not (loader.HARDWARE_DIR / f"{other}.yaml").is_file() \
-                or loader.load_gpu(other).die != gpu.die:
+        if not steps.is_file():
             continue
         theirs = tuple(sorted(set(map(str, read_steps(steps, stack.name).model))))
         if len(theirs) > len(models) and (best is None or len(theirs) > len(best.models)):
             best = DieSource(other, stack.name, fields, theirs, data_dir)
     return best
+
+
+def same_die_gpus(gpu: GpuSpec, data_dir: Path) -> list[str]:
+    """The other GPUs with a folder under ``data_dir``, a hardware file and a shipped
+    calibration whose die is ``gpu``'s, in name order (none for a GPU of no stated
+    die)."""
+    if gpu.die is None or not data_dir.is_dir():
+        return []
+    return [other for other in sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+            if other != gpu.name
+            and (calibrations.CALIBRATIONS_DIR / f"{other}.yaml").is_file()
+            and (loader.HARDWARE_DIR / f"{other}.yaml").is_file()
+            and loader.load_gpu(other).die == gpu.die]
 
 
 def hold(stack: StackSpec, base: Calibration, values: dict[str, float]

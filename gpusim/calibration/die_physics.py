@@ -22,47 +22,19 @@ steps, profiles, GEMM sweep, probed clocks, attention kernels and joint stacks, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gpusim.calibration.attention_points import AttentionPoint, read_attention_points
+from gpusim.calibration.attention_points import read_attention_points
+from gpusim.calibration.die import same_die_gpus
 from gpusim.calibration.fit import fit
-from gpusim.calibration.gemm_picks import SweptPoint, read_sweep_beside
-from gpusim.calibration.joint import Joint, joint_steps, without_model, without_stack
-from gpusim.calibration.measurements import StepData, read_step_dir
-from gpusim.calibration.profiles import ProfileData, read_profiles
-from gpusim.calibration.steady_clocks import SteadyClocks, read_probe_beside
+from gpusim.calibration.fit_inputs import FitInputs, read_fit_inputs
+from gpusim.calibration.joint import without_model, without_stack
 from gpusim.cost import Calibration
 from gpusim.cost.attention import FAMILIES
 from gpusim.io import calibrations, loader
 from gpusim.specs import GpuSpec, StackSpec
-
-
-@dataclass(frozen=True)
-class FitInputs:
-    """Everything a GPU's physics fit takes from its data folder besides kernel
-    microbenchmarks: its reference-stack steps and what ``fit`` takes beside them."""
-
-    data: StepData
-    profiles: ProfileData | None
-    sweep: list[SweptPoint]
-    clocks: SteadyClocks | None
-    attention: list[AttentionPoint]
-    joint: Joint = field(default_factory=list)
-
-
-def read_fit_inputs(gpu: GpuSpec, stack: StackSpec, data_dir: Path) -> FitInputs:
-    """The fit inputs under ``data_dir/<gpu>/`` (steps.csv and what lies beside it).
-    Raises ConfigError for an unreadable file."""
-    steps = data_dir / gpu.name / "steps.csv"
-    return FitInputs(
-        data=read_step_dir(steps),
-        profiles=read_profiles(sorted(steps.parent.glob("kernels*.csv")), stack),
-        sweep=read_sweep_beside(steps),
-        clocks=read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
-        attention=read_attention_points(steps.parent, loader.load_model, loader.load_stack),
-        joint=joint_steps(steps.parent, stack.name, loader.load_stack))
 
 
 def die_fields(stack: StackSpec) -> tuple[str, ...]:
@@ -110,14 +82,11 @@ def physics_die_source(gpu: GpuSpec, stack: StackSpec, own_points: int, data_dir
     (``gpu``'s own), or None: ``gpu`` fits its die-level fields itself. Raises
     ConfigError for an unreadable file."""
     fields = die_fields(stack)
-    if gpu.die is None or not fields or not data_dir.is_dir():
+    if not fields:
         return None
     best: tuple[int, str] | None = None
-    for other in sorted(p.name for p in data_dir.iterdir() if p.is_dir()):
-        if other == gpu.name or not (data_dir / other / "steps.csv").is_file() \
-                or not (calibrations.CALIBRATIONS_DIR / f"{other}.yaml").is_file() \
-                or not (loader.HARDWARE_DIR / f"{other}.yaml").is_file() \
-                or loader.load_gpu(other).die != gpu.die:
+    for other in same_die_gpus(gpu, data_dir):
+        if not (data_dir / other / "steps.csv").is_file():
             continue
         n = len(read_attention_points(data_dir / other, loader.load_model,
                                       loader.load_stack))

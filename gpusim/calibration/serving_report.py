@@ -7,8 +7,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gpusim.calibration.serving_metrics import LATENCIES, QUANTILES, saturated
 from gpusim.calibration.serving_repeat import repeat_section, worst_spread
-from gpusim.calibration.serving_replay import LATENCIES, QUANTILES, RunComparison, saturated
+from gpusim.calibration.serving_replay import RunComparison
 from gpusim.calibration.serving_sensitivity import moves, sensitivity_section
 
 TARGETS = {"step": 0.05, "p50": 0.05, "p99": 0.10, "throughput": 0.03, "saturation": 0.10}

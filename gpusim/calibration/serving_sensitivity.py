@@ -14,13 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from gpusim.calibration.serving_metrics import relative_error, saturated
 from gpusim.calibration.serving_repeat import metric_value
-from gpusim.calibration.serving_replay import (
-    STEP_SPREAD,
-    RunComparison,
-    relative_error,
-    saturated,
-)
+from gpusim.calibration.serving_replay import STEP_SPREAD, RunComparison
 
 METRICS = (("TTFT p50", "ttft_s", "p50"), ("TPOT p50", "tpot_s", "p50"),
            ("TTFT p99", "ttft_s", "p99"), ("TPOT p99", "tpot_s", "p99"),

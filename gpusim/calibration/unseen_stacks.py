@@ -5,7 +5,7 @@ calibration predicts them, nothing fitted on them. validation/REPORT.md's sectio
 The data: ``<gpu>/unseen_stacks/<stack>/steps.csv``, laid out as ``<gpu>/stacks/`` (one
 stack's steps a file), of models that neither that GPU's physics fit nor any stack's
 fit has seen. The reference stack's held-out models are ``<gpu>/unseen_models/``
-(``validate.HELD_OUT_SETS``).
+(``held_out.HELD_OUT_SETS``).
 
 Run alone: ``python -m gpusim.calibration.unseen_stacks [GPU]`` prints the section.
 """

@@ -16,6 +16,7 @@ from gpusim.calibration.attention_points import AttentionPoint
 from gpusim.calibration.die_physics import PhysicsDieSource
 from gpusim.calibration.fit import fit, make_groups, predict_groups
 from gpusim.calibration.gemm_picks import SweptPoint
+from gpusim.calibration.held_out import HeldOut, lease_spread
 from gpusim.calibration.joint import Joint, without_model, without_stack
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup, without_models
@@ -242,68 +243,6 @@ def acceptance(lomo: Evaluation, cross: Evaluation | None) -> list[dict[str, obj
         add(f"cross-GPU MAPE ({cross.label})", np.ones(len(cross.data), bool), "mape", 0.10,
             cross)
     return rows
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Measurements no calibration was fitted on, by GPU name, with their report
-    section's label and title."""
-
-    label: str
-    title: str
-    data: dict[str, StepData]
-
-
-HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
-    ("second_lease", "another machine", "Another machine of the same kind: the shipped "
-     "calibration on a second lease's data (never fitted)"),
-    ("unseen_models", "models never fitted", "Models the calibration never saw: the "
-     "shipped calibration on their steps (never fitted)"),
-    ("beyond_grid", "shapes beyond the fit", "Shapes beyond the fitted grid (batch up to "
-     "1024, context up to 128k, verify at batch 256, prefill of 16k): the shipped "
-     "calibration (never fitted)"),
-    ("lease_2026-12-06", "another lease, 2026-12-06", "Another lease two weeks later "
-     "(2026-12-06): the shipped calibration on shapes of the fitted grid measured again "
-     "(never fitted)"),
-    ("lease_2026-12-06_0447", "a third lease, 2026-12-06 04:47", "A third lease the same "
-     "day (2026-12-06 04:47 UTC, the stacks campaign's torch-hf subset): the shipped "
-     "calibration on shapes of the fitted grid measured again (never fitted)"),
-    ("lease_2026-12-06_0722", "another lease, 2026-12-06 07:22", "Another lease "
-     "(2026-12-06 07:22 UTC, the stacks campaign's torch-hf subset): the shipped "
-     "calibration on shapes of the fitted grid measured again (never fitted)"),
-)
-
-
-def lease_spread(fitted: StepData, again: StepData) -> str:
-    """One line: how much the same shapes' measured step times differ between the
-    fitted data and another measurement of them (another lease, another machine): the
-    floor under any accuracy claim. Empty when fewer than 5 shapes match."""
-    def key(d: StepData, i: int) -> tuple:
-        return (str(d.model[i]), str(d.mode[i]), str(d.launch[i]), int(d.batch[i]),
-                int(d.ctx[i]), int(d.q[i]))
-
-    base = {key(fitted, i): float(fitted.measured_s[i]) for i in range(len(fitted))}
-    pairs = [(str(again.launch[i]), abs(float(again.measured_s[i]) / base[k] - 1.0))
-             for i in range(len(again)) if (k := key(again, i)) in base]
-    if len(pairs) < 5:
-        return ""
-    launches = sorted({launch for launch, _ in pairs}, key=("graph", "eager").index)
-    if len(launches) == 1:
-        rel = np.array([r for _, r in pairs])
-        return (f"Spread between the two measurements of the same {len(rel)} shapes: "
-                f"{_spread(rel)} (the floor under the errors above).\n")
-    # eager steps are host-bound: their spread is the two hosts' CPUs, not the GPU's
-    parts = [f"{launch}: {n} shapes, {_spread(rel)}" for launch in launches
-             if (n := len(rel := np.array([r for la, r in pairs if la == launch])))]
-    return ("Spread between the two measurements of the same shapes, by launch (the floor "
-            "under the errors above; eager steps are host-bound, so theirs is the two hosts' "
-            "CPUs): " + "; ".join(parts) + ".\n")
-
-
-def _spread(rel: np.ndarray) -> str:
-    """Mean, p90 and max of relative differences, as the spread lines print them."""
-    return (f"{100 * rel.mean():.2f}% on average, p90 {100 * np.quantile(rel, 0.9):.1f}%, "
-            f"max {100 * rel.max():.1f}%")
 
 
 def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: StackSpec,

@@ -310,6 +310,7 @@ def validate(
     from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.die_physics import PhysicsDieSource, physics_die_source
     from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.held_out import HELD_OUT_SETS, HeldOut
     from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
 
@@ -333,7 +334,7 @@ def validate(
         attention[name] = read_attention_points(f.parent, loader.load_model, loader.load_stack)
         joint[name] = joint_steps(f.parent, st.name, loader.load_stack)
         die[name] = physics_die_source(gpus[name], st, len(attention[name]), data_dir)
-        for sub, _, _ in val.HELD_OUT_SETS:
+        for sub, _, _ in HELD_OUT_SETS:
             extra = f.parent / sub / "steps.csv"
             if extra.is_file():
                 held.setdefault(sub, {})[name] = measurements.read_steps(extra)
@@ -342,8 +343,8 @@ def validate(
             shipped[name] = calibrations.load_calibration(str(cal_file), gpus[name], st)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data " + shown_dir
-    held_out = [val.HeldOut(label, title, held[sub])
-                for sub, label, title in val.HELD_OUT_SETS if sub in held]
+    held_out = [HeldOut(label, title, held[sub])
+                for sub, label, title in HELD_OUT_SETS if sub in held]
     with working("validate", quiet):
         md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
                                  micro, profs, held_out, sweeps, clocks,
