@@ -90,6 +90,39 @@ def profile_graphs(runner: ModelRunner, spec: str, out: Path, res: dict) -> int:
     return 0
 
 
+def profile_eager(runner: ModelRunner, spec: str, out: Path, res: dict) -> int:
+    """Each ``rows x cached + prompt`` eager mixed step (``4x1023+700``; ``0x0+700``: a
+    prefill alone): its wall and GPU time (medians of 10, no profiler), then its kernels
+    under torch.profiler (last for each step: the profiler slows what follows);
+    ``kernels_eager_4x1023_q700.csv``."""
+    runner.capture_sizes = ()
+    items = []
+    for item in spec.split(","):
+        head, q = item.split("+")
+        b, ctx = (int(x) for x in head.split("x"))
+        items.append((item, b, ctx, int(q)))
+    for item, b, ctx, q in items:
+        inp = mixed_input(b, ctx, q, 16)
+        runner.run(inp)
+        walls, gpus = [], []
+        sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+        for _ in range(10):
+            sync()
+            t0 = time.perf_counter()
+            o = runner.run(inp)
+            sync()
+            walls.append(time.perf_counter() - t0)
+            gpus.append(o.gpu_s)
+        res[f"eager_{item}"] = {"decode": b, "ctx": ctx, "q": q,
+                                "wall_s": sorted(walls)[5], "gpu_s": sorted(gpus)[5]}
+        print(item, res[f"eager_{item}"], flush=True)
+    for item, b, ctx, q in items:
+        res[f"eager_{item}"]["profiled"] = profile(
+            runner, mixed_input(b, ctx, q, 16), out / f"kernels_eager_{item.replace('+', '_q')}.csv")
+    (out / "probe.json").write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -99,6 +132,10 @@ def main() -> int:
                    help="only profile these decode graphs' replays (rows x keys, comma "
                         "list, e.g. 16x2048,32x1536; a trailing r: rows of rising "
                         "lengths up to the keys, e.g. 32x2304r): kernels_graph_<item>.csv")
+    p.add_argument("--eager-profiles", default="",
+                   help="only time and profile these eager mixed steps (decode rows x "
+                        "their cached tokens + prompt tokens, comma list, e.g. "
+                        "4x1023+700,0x0+900): kernels_eager_<item>.csv")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +147,8 @@ def main() -> int:
     res: dict = {"device": name, "torch": torch.__version__, "model": a.model}
     if a.graph_profiles:
         return profile_graphs(runner, a.graph_profiles, out, res)
+    if a.eager_profiles:
+        return profile_eager(runner, a.eager_profiles, out, res)
     # decode graphs: time against the padded gather
     graphs = {}
     for pad, k in ((1, 1024), (16, 1024), (16, 2304), (256, 2304), (256, 3072)):
