@@ -42,3 +42,19 @@ def test_a_probe_writes_its_rows_and_env(tmp_path, monkeypatch):
         assert list(csv.DictReader(fh)) == [{"a": "1", "b": "2.5"}, {"a": "3", "b": "4.0"}]
     env = json.loads((tmp_path / "x_env.json").read_text())
     assert env["gpu_name"] == "NVIDIA H100 80GB HBM3" and env["torch"] == torch.__version__
+
+
+def test_eager_profiles_time_and_profile_each_mixed_step(tmp_path, monkeypatch):
+    import probe_serve_steps
+    monkeypatch.setattr(sys, "argv", ["probe_serve_steps.py", "--out", str(tmp_path),
+                                      "--model", "tiny", "--device", "cpu",
+                                      "--eager-profiles", "0x0+5,2x20+4"])
+    assert probe_serve_steps.main() == 0
+    res = json.loads((tmp_path / "probe.json").read_text())
+    assert {k for k in res if k.startswith("eager_")} == {"eager_0x0+5", "eager_2x20+4"}
+    step = res["eager_2x20+4"]
+    assert (step["decode"], step["ctx"], step["q"]) == (2, 20, 4)
+    assert step["wall_s"] > 0 and step["gpu_s"] > 0 and "profiled" in step
+    # file names carry no "+": the device machine's file return refuses it
+    assert sorted(p.name for p in tmp_path.glob("kernels_eager_*.csv")) == [
+        "kernels_eager_0x0_q5.csv", "kernels_eager_2x20_q4.csv"]
