@@ -40,10 +40,11 @@ def reduction_s(r: np.ndarray, physics: GpuPhysics) -> np.ndarray:
 # seconds per element of the row). torch's vectorized_layer_norm_kernel (F.rms_norm)
 # gives each token row one CTA, which walks it twice (its sum of squares, then the
 # scaling); profiled, its time follows the hidden size whatever the rows up to a few
-# hundred (validation/data/*/stacks/torch-fused/kernels.csv and the fp8, int4 and MoE
-# profiles: 3.4-3.7 us at 2048, 5.4-6.1 at 4096, 7.1 at 5120; fitted on 2048 and 4096
-# alone, tests/test_row_walk.py).
-ROW_WALKS: dict[str, tuple[float, float]] = {"torch_layer_norm": (1.18e-6, 1.08e-9)}
+# hundred (validation/data/*/stacks/torch-fused/kernels.csv, the fp8, int4 and MoE
+# profiles and probe_2026-12-07_s21/norm_widths: 2.5 us at 896, 3.4-3.7 at 2048, 4.7-4.9
+# at 3072, 5.2-5.6 at 3584, 5.4-6.1 at 4096, 7.1 at 5120, 9.9-10.7 at 8192; fitted on
+# 896, 2048, 4096 and 5120 against the profiler's kernel times, tests/test_row_walk.py).
+ROW_WALKS: dict[str, tuple[float, float]] = {"torch_layer_norm": (1.49e-6, 1.055e-9)}
 
 
 def row_walk_s(walk: str, row_elements: np.ndarray) -> np.ndarray:
