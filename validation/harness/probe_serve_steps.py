@@ -117,8 +117,9 @@ def profile_eager(runner: ModelRunner, spec: str, out: Path, res: dict) -> int:
                                 "wall_s": sorted(walls)[5], "gpu_s": sorted(gpus)[5]}
         print(item, res[f"eager_{item}"], flush=True)
     for item, b, ctx, q in items:
+        name = item.replace("+", "_q")   # the device machine's file return refuses "+"
         res[f"eager_{item}"]["profiled"] = profile(
-            runner, mixed_input(b, ctx, q, 16), out / f"kernels_eager_{item.replace('+', '_q')}.csv")
+            runner, mixed_input(b, ctx, q, 16), out / f"kernels_eager_{name}.csv")
     (out / "probe.json").write_text(json.dumps(res, indent=1) + "\n")
     return 0
 
