@@ -90,29 +90,36 @@ def profile_graphs(runner: ModelRunner, spec: str, out: Path, res: dict) -> int:
     return 0
 
 
+def parse_mixed(item: str) -> tuple[int, int, int]:
+    """(decoding rows, their cached tokens, fresh prompt tokens) of a mixed step written
+    ``ROWSxCACHED+PROMPT`` (``4x1023+700``; ``0x0+700``: a prefill alone). Raises
+    ValueError for another form."""
+    head, q = item.split("+")
+    b, ctx = (int(x) for x in head.split("x"))
+    return b, ctx, int(q)
+
+
+def timed_step(runner: ModelRunner, inp: StepInput) -> tuple[float, float]:
+    """(GPU span, wall) of one step: the wall from a synchronised start to its sampled
+    tokens on the host (which waits for the whole step)."""
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = runner.run(inp)
+    return out.gpu_s, time.perf_counter() - t0
+
+
 def profile_eager(runner: ModelRunner, spec: str, out: Path, res: dict) -> int:
-    """Each ``rows x cached + prompt`` eager mixed step (``4x1023+700``; ``0x0+700``: a
-    prefill alone): its wall and GPU time (medians of 10, no profiler), then its kernels
-    under torch.profiler (last for each step: the profiler slows what follows);
+    """Each eager mixed step of ``spec`` (comma list, ``parse_mixed``'s form): its wall
+    and GPU time (medians of 10, no profiler), then its kernels under torch.profiler
+    (last for each step: the profiler slows what follows);
     ``kernels_eager_4x1023_q700.csv``."""
     runner.capture_sizes = ()
-    items = []
-    for item in spec.split(","):
-        head, q = item.split("+")
-        b, ctx = (int(x) for x in head.split("x"))
-        items.append((item, b, ctx, int(q)))
+    items = [(item, *parse_mixed(item)) for item in spec.split(",")]
     for item, b, ctx, q in items:
         inp = mixed_input(b, ctx, q, 16)
         runner.run(inp)
-        walls, gpus = [], []
-        sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-        for _ in range(10):
-            sync()
-            t0 = time.perf_counter()
-            o = runner.run(inp)
-            sync()
-            walls.append(time.perf_counter() - t0)
-            gpus.append(o.gpu_s)
+        gpus, walls = zip(*(timed_step(runner, inp) for _ in range(10)), strict=True)
         res[f"eager_{item}"] = {"decode": b, "ctx": ctx, "q": q,
                                 "wall_s": sorted(walls)[5], "gpu_s": sorted(gpus)[5]}
         print(item, res[f"eager_{item}"], flush=True)

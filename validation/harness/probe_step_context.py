@@ -38,17 +38,21 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_serve_engine import load_shape  # noqa: E402
-from probe_serve_steps import decode_input, mixed_input  # noqa: E402
+from probe_serve_steps import decode_input, mixed_input, parse_mixed, timed_step  # noqa: E402
 from serve_model import ModelRunner  # noqa: E402
 
 
-def timed(runner: ModelRunner, inp) -> tuple[float, float]:
-    """(GPU span, wall) of one step; the wall from a synchronised start to the sampled
-    tokens on the host."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = runner.run(inp)
-    return out.gpu_s, time.perf_counter() - t0
+def series(runner: ModelRunner, inputs, pause_s: float = 0.0) -> dict:
+    """Each step of ``inputs`` timed in turn (``timed_step``), ``pause_s`` idle before
+    each: their GPU spans and walls."""
+    gpu, wall = [], []
+    for inp in inputs:
+        if pause_s:
+            time.sleep(pause_s)
+        g, w = timed_step(runner, inp)
+        gpu.append(g)
+        wall.append(w)
+    return {"gpu_s": gpu, "wall_s": wall}
 
 
 def phase(name: str, res: dict, fn) -> None:
@@ -70,14 +74,13 @@ def main() -> int:
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    head, q = a.mixed.split("+")
-    b, ctx = (int(x) for x in head.split("x"))
+    b, ctx, q = parse_mixed(a.mixed)
     db, dk = (int(x) for x in a.decode.split("x"))
     dev = torch.device("cuda")
     _, shape, _ = load_shape(a.model)
     runner = ModelRunner(shape, dev, torch.bfloat16, 16, 3072, (db,), 256)
     runner.allocate_kv(16384)
-    mixed = mixed_input(b, ctx, int(q), 16)
+    mixed = mixed_input(b, ctx, q, 16)
     dec = decode_input(db, dk - 1, 16, 0)
     for _ in range(3):
         runner.run(mixed)
@@ -92,26 +95,15 @@ def main() -> int:
     time.sleep(1.0)
 
     def isolated() -> dict:
-        gpu, wall = [], []
-        for _ in range(10):
-            time.sleep(0.3)
-            g, w = timed(runner, mixed)
-            gpu.append(g)
-            wall.append(w)
-        return {"gpu_s": gpu, "wall_s": wall}
+        return series(runner, [mixed] * 10, pause_s=0.3)
 
     def back_to_back() -> dict:
-        gpu, wall = [], []
-        for _ in range(60):
-            g, w = timed(runner, mixed)
-            gpu.append(g)
-            wall.append(w)
-        return {"gpu_s": gpu, "wall_s": wall}
+        return series(runner, [mixed] * 60)
 
     def interleaved() -> dict:
         gpu, wall, dgpu = [], [], []
         for _ in range(30):
-            g, w = timed(runner, mixed)
+            g, w = timed_step(runner, mixed)
             gpu.append(g)
             wall.append(w)
             for _ in range(a.decode_steps):
@@ -119,12 +111,7 @@ def main() -> int:
         return {"gpu_s": gpu, "wall_s": wall, "decode_gpu_s": dgpu}
 
     def fresh() -> dict:
-        gpu, wall = [], []
-        for i in range(1, 31):
-            g, w = timed(runner, mixed_input(b, ctx, int(q) + i, 16))
-            gpu.append(g)
-            wall.append(w)
-        return {"gpu_s": gpu, "wall_s": wall}
+        return series(runner, (mixed_input(b, ctx, q + i, 16) for i in range(1, 31)))
 
     try:
         phase("isolated", res, isolated)
