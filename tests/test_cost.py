@@ -74,7 +74,11 @@ def attention_schedule(k: Kernel, gpu, cta_overhead_flops: float = 0.0,
         return fa2.schedule(a, sms, fa2.num_splits(a, sms), cta_overhead_flops, score_flops)
     if a.family == "cudnn_masked":
         return cudnn_masked.schedule(a, sms, cta_overhead_flops, score_flops)
-    return cudnn_prefill.causal_schedule(a, sms, cta_overhead_flops)
+    params = cudnn_prefill.CudnnPrefillParams(score_flops=score_flops,
+                                              cta_overhead_s=cta_overhead_flops / PER_SM)
+    parts = cudnn_prefill.CudnnPrefill().parts(a, k.kv_bytes, gpu, DATASHEET.physics, params,
+                                               PER_SM)
+    return parts.ctas, parts.critical_flops
 
 
 # ---------------------------------------------------------------------------------
@@ -511,11 +515,22 @@ def test_attention_schedule_prefill_waves():
     ctas, critical = attention_schedule(attention_kernel("prefill", 1, 384, 384), GPU)
     assert ctas[0] == 100
     assert critical[0] == pytest.approx(12_582_912, rel=1e-12)
-    # batch 2: 192 CTAs, 2 waves of the mean block: keys min(384, 128*4/2) = 256
-    # -> 2 * 4*128*256*64 = 16,777,216
+    # batch 2: 192 CTAs on 100 SMs walking 1, 2 and 3 key tiles of 128 (a tile:
+    # 4*128*128*64 = 4,194,304): widely spread, so the SMs' mean load (1.92 mean CTAs of
+    # 2 tiles) plus one mean CTA: 2.92 * 2 * 4,194,304 = 24,494,735.36
     ctas, critical = attention_schedule(attention_kernel("prefill", 2, 384, 384), GPU)
     assert ctas[0] == 100
-    assert critical[0] == pytest.approx(16_777_216, rel=1e-12)
+    assert critical[0] == pytest.approx(24_494_735.36, rel=1e-12)
+    # a per-CTA cost and a softmax cost per score: 1e6 flops a CTA, a tile
+    # 128*128*(256 + 100) = 5,832,704: 1.92 * (1e6 + 2 * 5,832,704) + (1e6 + 2 *
+    # 5,832,704): spread = min(1, 1.5 * (most - fewest) / most) = 1.5 * 11,665,408 /
+    # 18,498,112 = 0.946; tail = mean * (0.946 + 0.054 * (2 - 1.92))
+    _, critical = attention_schedule(attention_kernel("prefill", 2, 384, 384), GPU,
+                                     cta_overhead_flops=1e6, score_flops=100.0)
+    mean, fewest, most = 1e6 + 2 * 5_832_704, 1e6 + 5_832_704, 1e6 + 3 * 5_832_704
+    spread = 1.5 * (most - fewest) / most
+    want = 1.92 * mean + mean * (spread + (1 - spread) * (2 - 1.92))
+    assert critical[0] == pytest.approx(want, rel=1e-12)
 
 
 def test_attention_compute_uses_attention_tensor_efficiency():

@@ -72,7 +72,7 @@ def test_time_grows_with_keys(batch: int, q: int, kv: int) -> None:
 def test_committed_profiles_cover_three_stacks_and_fit() -> None:
     # the H100's tree, hf-transformers prefill and serving-harness decode kernels, and
     # the shipped calibration (fitted on them) within 12% of each on average
-    pts = read_attention_points(loader.ROOT / "validation" / "data" / "h100-sxm",
+    pts = read_attention_points(loader.ROOT / "validation" / "data" / "h100-sxm", GPU,
                                 loader.load_model, loader.load_stack)
     assert {p.stack for p in pts} == {"torch-hf", "hf-transformers", "harness-serve"}
     cal = calibrations.load_calibration(
@@ -88,4 +88,4 @@ def test_unreadable_profile_is_one_error(tmp_path) -> None:
     from gpusim.errors import ConfigError
     (tmp_path / "tree_kernels.csv").write_text("model,batch\nllama-3.2-1b,1\n")
     with pytest.raises(ConfigError, match="attention profile"):
-        read_attention_points(tmp_path, loader.load_model, loader.load_stack)
+        read_attention_points(tmp_path, GPU, loader.load_model, loader.load_stack)

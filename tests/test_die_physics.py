@@ -43,7 +43,7 @@ def test_the_same_die_gpu_with_more_profiled_kernels_is_the_source() -> None:
     assert "harness-serve" in src.stacks() and "torch-fused" in src.stacks()
     # the GPU with the most fits them itself; as does one of no stated die, or one
     # with more profiled kernels than any other
-    own = len(die_physics.read_attention_points(DATA / "h100-sxm", loader.load_model,
+    own = len(die_physics.read_attention_points(DATA / "h100-sxm", h100, loader.load_model,
                                                 loader.load_stack))
     assert die_physics.physics_die_source(h100, st, own, DATA) is None
     assert die_physics.physics_die_source(h200.model_copy(update={"die": None}), st, 0,

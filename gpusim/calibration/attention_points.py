@@ -1,11 +1,13 @@
-"""Profiled times of one attention kernel family under several stacks: the kernel-level
-evidence its physics is fitted on across stacks (issue 16, item 3).
+"""Profiled times of the attention kernel families steps alone cannot pin down: the
+kernel-level evidence their physics is fitted on across stacks (issue 16, item 3).
 
 cuDNN's masked SDPA kernel (``cudnn_masked``) runs in three regimes that steps alone
 cannot tell apart: a token tree's verify (the reference stack, few query rows a head),
 hf-transformers' captured prefill over a whole static cache (many row tiles a head:
 the keys come from L2, the MMAs bound it) and the serving harness's padded decode (the
-query heads of a KV head as rows of one tile, every CTA streaming its own keys). Each
+query heads of a KV head as rows of one tile, every CTA streaming its own keys). cuDNN's
+causal prefill kernel (``cudnn_prefill``) costs a prologue per CTA at short prompts and
+a quadratic key walk at long ones, which a step's total hides among its GEMMs. Each
 profile row gives the kernel's GPU time for a shape; the point prices the stack's
 attention op for that shape with the same kernel builder as a step, so a fit can hold
 its prediction to the profiled time. Files, under a GPU's data folder:
@@ -16,7 +18,13 @@ its prediction to the profiled time. Files, under a GPU's data folder:
   total_us; per replay): hf-transformers, captured prefill of batch 1;
 * ``probe_*/serve_graphs/kernels.csv`` (lease, model, graph, kernel_name, count,
   total_us; ``graph`` = ROWSxKEYS, a trailing ``r`` for ragged rows, skipped):
-  harness-serve, padded decode graphs.
+  harness-serve, padded decode graphs;
+* ``kernels.csv`` and ``probe_*/prefill*/kernels.csv`` (model, mode, batch, ctx, q,
+  kernel_name, count, total_us): the reference stack's profiled steps, whose prefill
+  rows time the causal prefill kernel. A step whose matrix work at the GPU's peak
+  takes longer than ``CAPPED_STEP_S`` is left out: the profiler runs it back to back
+  with its warm-up, long enough for the power cap to lower the clock (a point is
+  priced at full clock).
 
 The measured time of a point is the cuDNN kernel's per call, plus the memset SDPA
 launches beside it where the stack's attention op counts two kernels.
@@ -38,9 +46,13 @@ from gpusim.kernels.quant import for_stack
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 from gpusim.specs.enums import KernelKind
 
-FAMILY = "cudnn_masked"
 CUDNN = "cudnn_generated_fort_native_sdpa"
+PREFILL = "flash_fprop"      # in the causal prefill kernel's name
 MEMSET = "Memset"
+REFERENCE = "torch-hf"
+# a profiled step longer than this at the GPU's matrix peak runs, with its warm-up, long
+# enough for the power cap to lower the SM clock (cost.power: 0.1-0.2 s of load)
+CAPPED_STEP_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class _Profiled:
     kernel_s: float     # the cuDNN kernel, per call
     memset_s: float     # the memset beside it, per call (0 where none was recorded)
     source: str
+    family: str = "cudnn_masked"   # the family the stack's op must run for the point
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -122,11 +135,29 @@ def _serve(path: Path) -> list[_Profiled]:
     return out
 
 
-def read_attention_points(gpu_dir: Path, resolve: Callable[[str], ModelSpec],
+def _prefill(path: Path) -> list[_Profiled]:
+    out = []
+    rows = [r for r in _rows(path) if r["mode"] == "prefill"]
+    for (model, b, ctx, q), got in _grouped(rows, ("model", "batch", "ctx", "q")).items():
+        k = _per_call([r for r in got if PREFILL in r["kernel_name"]], CUDNN)
+        if k > 0:
+            out.append(_Profiled(REFERENCE, model, "prefill", int(b), int(ctx), int(q), None,
+                                 k, 0.0, f"{path.parent.name}:{model}", "cudnn_prefill"))
+    return out
+
+
+def _step_peak_s(kernels: Sequence[Kernel], gpu: GpuSpec) -> float:
+    """A step's matrix work at the GPU's peak rate: the least time it can take."""
+    peak = gpu.matmul_peak_flops_per_s(kernels[0].dtype)
+    return sum(float(np.max(k.flops)) * k.repeat for k in kernels
+               if k.kind in (KernelKind.GEMM, KernelKind.ATTENTION)) / peak
+
+
+def read_attention_points(gpu_dir: Path, gpu: GpuSpec, resolve: Callable[[str], ModelSpec],
                           load_stack: Callable[[str], StackSpec]) -> list[AttentionPoint]:
-    """Every profiled cuDNN masked kernel under ``gpu_dir`` (see the module docstring),
-    priced through its stack's attention op. Raises ConfigError for a file that cannot
-    be read or lacks a column."""
+    """Every profiled cuDNN masked and causal prefill kernel under ``gpu_dir``, the data
+    of ``gpu`` (see the module docstring), priced through its stack's attention op.
+    Raises ConfigError for a file that cannot be read or lacks a column."""
     found: list[_Profiled] = []
     trees = [gpu_dir / "tree_kernels.csv", *sorted(gpu_dir.glob("probe_*/tree*/tree_kernels.csv"))]
     try:
@@ -137,16 +168,27 @@ def read_attention_points(gpu_dir: Path, resolve: Callable[[str], ModelSpec],
             found += _hf_prefill(p)
         for p in sorted(gpu_dir.glob("probe_*/serve_graphs/kernels.csv")):
             found += _serve(p)
+        for p in [gpu_dir / "kernels.csv", *sorted(gpu_dir.glob("probe_*/prefill*/kernels.csv"))]:
+            if p.is_file():
+                found += _prefill(p)
     except (KeyError, ValueError) as exc:
         raise bad(str(gpu_dir), f"unreadable attention profile: {exc}") from None
     out = []
+    seen: set[tuple] = set()
     for f in found:
+        shape = (f.stack, f.model, f.mode, f.batch, f.ctx, f.q)
+        if f.family == "cudnn_prefill" and shape in seen:   # the first file's profile
+            continue
+        seen.add(shape)
         stack = load_stack(f.stack)
         model = for_stack(resolve(f.model), stack)
         kernels = build_kernels(model, stack, f.mode, [float(f.batch)], float(f.ctx),
                                 float(f.q), None if f.cache_len is None else float(f.cache_len))
         attn = [k for k in kernels if k.kind == KernelKind.ATTENTION]
-        if len(attn) != 1 or attn[0].attention is None or attn[0].attention.family != FAMILY:
+        if (len(attn) != 1 or attn[0].attention is None
+                or attn[0].attention.family != f.family):
+            continue
+        if f.family == "cudnn_prefill" and _step_peak_s(kernels, gpu) > CAPPED_STEP_S:
             continue
         k = attn[0]
         measured = f.kernel_s + (f.memset_s if k.launches > 1 else 0.0)

@@ -88,8 +88,8 @@ def physics_die_source(gpu: GpuSpec, stack: StackSpec, own_points: int, data_dir
     for other in same_die_gpus(gpu, data_dir):
         if not (data_dir / other / "steps.csv").is_file():
             continue
-        n = len(read_attention_points(data_dir / other, loader.load_model,
-                                      loader.load_stack))
+        n = len(read_attention_points(data_dir / other, loader.load_gpu(other),
+                                      loader.load_model, loader.load_stack))
         if n > own_points and (best is None or n > best[0]):
             best = (n, other)
     return None if best is None else PhysicsDieSource(best[1], stack.name, fields, data_dir)

@@ -233,6 +233,12 @@ def _families(stack: StackSpec, groups: Sequence[Group]) -> list[str]:
     return list(dict.fromkeys(g.stack.family(g.mode) for g in ordered))
 
 
+def _of(points: Sequence[AttentionPoint], families: list[str]) -> list[AttentionPoint]:
+    """The points whose kernel runs one of ``families``."""
+    return [p for p in points
+            if p.kernel.attention is not None and p.kernel.attention.family in families]
+
+
 def _gemm_families(groups: Sequence[Group]) -> list[str]:
     """The GEMM kernel families other than cuBLAS's the groups' kernels run, each once."""
     return list(dict.fromkeys(k.gemm.family for g in groups for k in g.kernels
@@ -246,9 +252,10 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
         attention: Sequence[AttentionPoint] = (),
         also: Joint = (), held: Mapping[str, float] | None = None) -> FitResult:
     """Fit graph-mode parameters on CUDA-graph rows (and kernel microbenchmarks, if
-    given), then the host launch cost on eager rows and the token-tree kernel on tree
-    rows (mode ``tree``) with its profiled kernels under every stack (``attention``,
-    those of the fitted models), the earlier parameters held each time.
+    given) and the profiled kernels of the attention families they run (the causal
+    prefill kernel's), then the host launch cost on eager rows and the token-tree kernel
+    on tree rows (mode ``tree``) with its profiled kernels under every stack
+    (``attention``: of the fitted models only), the earlier parameters held each time.
 
     ``sweep``: this GPU's swept GEMMs; their slow cuBLAS picks (``gemm_picks``) are
     priced throughout the fit and kept in the calibration, except shapes only models
@@ -287,8 +294,10 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
     cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
     graph_families = _families(stack, graph)
+    # profiled kernels of the fitted models only, each in the stage fitting its family
+    fitted_points = [p for p in attention if p.model in fitted_models]
     cal = _fit(_free(graph_space(graph_families, _gemm_families(graph)), held), cal, graph,
-               joint, gpu, micro, pf, cf)
+               joint, gpu, micro, pf, cf, _of(fitted_points, graph_families))
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     # the token-tree kernel's own parameters, fitted last on the tree rows with every
@@ -297,8 +306,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     # freely)
     tree_families = [f for f in _families(stack, trees) if f not in graph_families]
     if trees and tree_families:
-        kept = [p for p in attention if p.model in fitted_models]
-        cal = _fit(family_space(tree_families, set(held)), cal, trees, data, gpu, points=kept)
+        cal = _fit(family_space(tree_families, set(held)), cal, trees, data, gpu,
+                   points=_of(fitted_points, tree_families))
     return _quality(groups, data, gpu, cal)
 
 

@@ -39,5 +39,6 @@ def read_fit_inputs(gpu: GpuSpec, stack: StackSpec, data_dir: Path) -> FitInputs
         profiles=read_profiles(sorted(steps.parent.glob("kernels*.csv")), stack),
         sweep=read_sweep_beside(steps),
         clocks=read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
-        attention=read_attention_points(steps.parent, loader.load_model, loader.load_stack),
+        attention=read_attention_points(steps.parent, gpu, loader.load_model,
+                                        loader.load_stack),
         joint=joint_steps(steps.parent, stack.name, loader.load_stack))

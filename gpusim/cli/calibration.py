@@ -97,7 +97,8 @@ def calibrate(
     # the measured stacks without parameters of their own fit the physics too
     joint = joint_steps(path.parent, st.name, loader.load_stack)
     note += described(joint)
-    attention = read_attention_points(path.parent, loader.load_model, loader.load_stack)
+    attention = read_attention_points(path.parent, g, loader.load_model,
+                                      loader.load_stack)
     # an attention family's work on the SMs, from the GPU of this die that profiled it most
     die = physics_die_source(g, st, len(attention), path.parent.parent)
     if die is not None:
@@ -331,7 +332,8 @@ def validate(
         profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
         sweeps[name] = read_sweep_beside(f)
         clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
-        attention[name] = read_attention_points(f.parent, loader.load_model, loader.load_stack)
+        attention[name] = read_attention_points(f.parent, gpus[name], loader.load_model,
+                                                loader.load_stack)
         joint[name] = joint_steps(f.parent, st.name, loader.load_stack)
         die[name] = physics_die_source(gpus[name], st, len(attention[name]), data_dir)
         for sub, _, _ in HELD_OUT_SETS:

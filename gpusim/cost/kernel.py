@@ -104,7 +104,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         memory = np.maximum((k.bytes - k.kv_bytes + parts.kv_read_bytes) / attn_bw,
                             latency_bound_s(parts.kv_read_bytes, parts.ctas, attn_bw, gpu,
                                             ph))
-        fixed = fixed + ph.attention_fixed_cost_s
+        if fam.SHARED_FIXED:
+            fixed = fixed + ph.attention_fixed_cost_s
     else:
         # pointwise kernels launch a CTA per few thousand elements: never short of CTAs
         # once they move enough bytes to matter; small ones pay fixed cost and latency

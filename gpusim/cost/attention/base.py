@@ -62,6 +62,9 @@ class AttentionFamily(ABC):
     # and per-launch schedule), the same on every GPU of one die (GpuSpec.die): fitted
     # once per die (calibration.die); anything touching memory is fitted per GPU
     DIE: ClassVar[frozenset[str]] = frozenset()
+    # whether it pays every attention kernel's fitted fixed cost
+    # (``physics.attention_fixed_cost_s``) besides its own ``fixed_s``
+    SHARED_FIXED: ClassVar[bool] = True
 
     @abstractmethod
     def parts(self, a: AttentionShape, kv_bytes: np.ndarray, gpu: GpuSpec,
