@@ -668,6 +668,20 @@ def test_pointwise_off_the_l2_chain_streams_every_byte_from_hbm():
     assert c_big.memory_s[0] == pytest.approx(4 * big / (0.35 * BW))
 
 
+def test_a_chain_reuses_only_its_share_of_l2():
+    """With ``l2_reuse_fraction`` f, a chained launch moves at L2 speed only what fits
+    in f of the L2: 40 MB a launch against a fifth of the toy GPU's 50 MB L2 (10 MB)."""
+    import dataclasses
+    cal = Calibration(physics={"l2_bandwidth_ratio": 2.0, "l2_reuse_fraction": 0.2})
+    small = 10e6                 # 40 MB per launch
+    chained = dataclasses.replace(elementwise_kernel(small, 4), bandwidth_fraction=0.5)
+    assert kernel_cost(chained, GPU, cal).memory_s[0] == pytest.approx(
+        10e6 / (2.0 * 0.5 * BW) + 30e6 / (0.5 * BW))
+    # under the share: all at L2 speed, as with the whole L2
+    tiny = dataclasses.replace(elementwise_kernel(1e6, 4), bandwidth_fraction=0.5)
+    assert kernel_cost(tiny, GPU, cal).memory_s[0] == pytest.approx(4e6 / (2.0 * 0.5 * BW))
+
+
 def test_an_l2_chained_ops_kv_cache_reads_stream_from_hbm():
     """An op in an L2 chain that also reads the KV cache (the serving harness's K/V
     gather: it writes a buffer the attention reads next, from cache slots no kernel

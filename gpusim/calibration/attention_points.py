@@ -19,12 +19,12 @@ its prediction to the profiled time. Files, under a GPU's data folder:
 * ``probe_*/serve_graphs/kernels.csv`` (lease, model, graph, kernel_name, count,
   total_us; ``graph`` = ROWSxKEYS, a trailing ``r`` for ragged rows, skipped):
   harness-serve, padded decode graphs;
-* ``kernels.csv`` and ``probe_*/prefill*/kernels.csv`` (model, mode, batch, ctx, q,
-  kernel_name, count, total_us): the reference stack's profiled steps, whose prefill
-  rows time the causal prefill kernel. A step whose matrix work at the GPU's peak
-  takes longer than ``CAPPED_STEP_S`` is left out: the profiler runs it back to back
-  with its warm-up, long enough for the power cap to lower the clock (a point is
-  priced at full clock).
+* ``kernels*.csv`` and ``probe_*/prefill*/kernels.csv`` (``profiles.profile_paths``: model,
+  mode, batch, ctx, q, kernel_name, count, total_us): the reference stack's profiled
+  steps, whose prefill rows time the causal prefill kernel. A step whose matrix work at
+  the GPU's peak takes longer than ``profiles.CAPPED_STEP_S`` is left out: the profiler
+  runs it back to back with its warm-up, long enough for the power cap to lower the
+  clock (a point is priced at full clock).
 
 The measured time of a point is the cuDNN kernel's per call, plus the memset SDPA
 launches beside it where the stack's attention op counts two kernels.
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpusim.calibration.profiles import CAPPED_STEP_S, peak_s, profile_paths
 from gpusim.cost import Calibration, busy_s, kernel_cost
 from gpusim.errors import bad, read_text
 from gpusim.kernels import Kernel, build_kernels
@@ -50,9 +51,6 @@ CUDNN = "cudnn_generated_fort_native_sdpa"
 PREFILL = "flash_fprop"      # in the causal prefill kernel's name
 MEMSET = "Memset"
 REFERENCE = "torch-hf"
-# a profiled step longer than this at the GPU's matrix peak runs, with its warm-up, long
-# enough for the power cap to lower the SM clock (cost.power: 0.1-0.2 s of load)
-CAPPED_STEP_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -146,13 +144,6 @@ def _prefill(path: Path) -> list[_Profiled]:
     return out
 
 
-def _step_peak_s(kernels: Sequence[Kernel], gpu: GpuSpec) -> float:
-    """A step's matrix work at the GPU's peak rate: the least time it can take."""
-    peak = gpu.matmul_peak_flops_per_s(kernels[0].dtype)
-    return sum(float(np.max(k.flops)) * k.repeat for k in kernels
-               if k.kind in (KernelKind.GEMM, KernelKind.ATTENTION)) / peak
-
-
 def read_attention_points(gpu_dir: Path, gpu: GpuSpec, resolve: Callable[[str], ModelSpec],
                           load_stack: Callable[[str], StackSpec]) -> list[AttentionPoint]:
     """Every profiled cuDNN masked and causal prefill kernel under ``gpu_dir``, the data
@@ -168,9 +159,8 @@ def read_attention_points(gpu_dir: Path, gpu: GpuSpec, resolve: Callable[[str], 
             found += _hf_prefill(p)
         for p in sorted(gpu_dir.glob("probe_*/serve_graphs/kernels.csv")):
             found += _serve(p)
-        for p in [gpu_dir / "kernels.csv", *sorted(gpu_dir.glob("probe_*/prefill*/kernels.csv"))]:
-            if p.is_file():
-                found += _prefill(p)
+        for p in profile_paths(gpu_dir):
+            found += _prefill(p)
     except (KeyError, ValueError) as exc:
         raise bad(str(gpu_dir), f"unreadable attention profile: {exc}") from None
     out = []
@@ -188,7 +178,7 @@ def read_attention_points(gpu_dir: Path, gpu: GpuSpec, resolve: Callable[[str], 
         if (len(attn) != 1 or attn[0].attention is None
                 or attn[0].attention.family != f.family):
             continue
-        if f.family == "cudnn_prefill" and _step_peak_s(kernels, gpu) > CAPPED_STEP_S:
+        if f.family == "cudnn_prefill" and float(peak_s(kernels, gpu)[0]) > CAPPED_STEP_S:
             continue
         k = attn[0]
         measured = f.kernel_s + (f.memset_s if k.launches > 1 else 0.0)

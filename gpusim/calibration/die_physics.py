@@ -1,4 +1,5 @@
-"""An attention kernel family's work on the SMs, fitted once per die.
+"""An attention kernel family's work on the SMs, and the die's L2 reuse, fitted once per
+die.
 
 The H100 SXM and the H200 are one chip in one configuration (GH100, 132 SMs, the same
 clocks and L2; ``GpuSpec.die``); only their HBM differs. A kernel family's arithmetic
@@ -9,6 +10,8 @@ fix the SM's side: the H200's profiled masked kernels are tree verifies of batch
 regime), and fitted on them its launch went to 7 us and its work per score to 4.5x the
 H100's, where the H100's profiles of three regimes (tree verifies, hf-transformers'
 captured prefill, the serving harness's padded decode) put both near zero and 99.
+Likewise the share of the die's L2 a pointwise chain reuses (``DIE_PHYSICS``): only the
+H100's profiles of long prompts pin it down.
 
 So a GPU's die-level family fields come from the GPU of its die with the most profiled
 attention kernels (more than its own; otherwise it fits them itself), as
@@ -37,12 +40,18 @@ from gpusim.io import calibrations, loader
 from gpusim.specs import GpuSpec, StackSpec
 
 
+# GPU physics of the die's L2 (the same 50 MB in two partitions on the H100 and H200): the
+# share of it a pointwise chain reuses, which only long prompts' profiles (one GPU's)
+# pin down; the H200's steps alone put it at 0.04 against the H100 profiles' 0.27
+DIE_PHYSICS = ("physics.l2_reuse_fraction",)
+
+
 def die_fields(stack: StackSpec) -> tuple[str, ...]:
-    """The die-level fields (``attention.<family>.<field>``) of the attention families
-    ``stack`` runs."""
+    """The die-level fields: ``DIE_PHYSICS`` and the fields (``attention.<family>.<field>``)
+    of the attention families ``stack`` runs."""
     families = dict.fromkeys(stack.attention.values())
-    return tuple(f"attention.{name}.{f}" for name in families
-                 for f in sorted(FAMILIES[name].DIE))
+    return (*DIE_PHYSICS, *(f"attention.{name}.{f}" for name in families
+                            for f in sorted(FAMILIES[name].DIE)))
 
 
 @dataclass(frozen=True)

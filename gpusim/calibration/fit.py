@@ -24,7 +24,7 @@ from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
 from gpusim.calibration.joint import Joint
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
-from gpusim.calibration.profiles import ProfileData
+from gpusim.calibration.profiles import CAPPED_STEP_S, ProfileData, peak_s
 from gpusim.calibration.space import (
     EAGER_SPACE,
     Variable,
@@ -117,18 +117,25 @@ class ProfileFit:
 
 
 def make_profile_fit(profiles: ProfileData | None, stack: StackSpec,
-                     resolve_model: Callable[[str], ModelSpec],
+                     resolve_model: Callable[[str], ModelSpec], gpu: GpuSpec,
                      keep_models: set[str] | None = None) -> ProfileFit | None:
-    """Kernels for the profiled shapes (only of ``keep_models`` when given)."""
+    """Kernels for the profiled shapes (only of ``keep_models`` when given), without
+    those long enough for the power cap to lower the clock (``profiles.CAPPED_STEP_S``:
+    a profile is priced at full clock)."""
     if profiles is None:
         return None
     shapes, class_s = profiles.shapes, profiles.class_s
+    mask = np.ones(len(shapes), dtype=bool)
     if keep_models is not None:
-        mask = np.isin(shapes.model, sorted(keep_models))
-        if not mask.any():
-            return None
-        shapes = shapes.subset(mask)
-        class_s = {c: v[mask] for c, v in class_s.items()}
+        mask &= np.isin(shapes.model, sorted(keep_models))
+    kept = np.flatnonzero(mask)   # the subset's rows, as rows of ``shapes``
+    for g in make_groups(shapes.subset(mask), stack, resolve_model):
+        capped = np.broadcast_to(peak_s(g.kernels, gpu), g.rows.shape) > CAPPED_STEP_S
+        mask[kept[g.rows[capped]]] = False
+    if not mask.any():
+        return None
+    shapes = shapes.subset(mask)
+    class_s = {c: v[mask] for c, v in class_s.items()}
     return ProfileFit(make_groups(shapes, stack, resolve_model), len(shapes), class_s)
 
 
@@ -291,7 +298,7 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     held = dict(held or {})
     cal = cal.replace(held)
     # profiled shapes of the models being fitted only (leave-one-model-out honesty)
-    pf = make_profile_fit(profiles, stack, resolve_model, set(fitted_models))
+    pf = make_profile_fit(profiles, stack, resolve_model, gpu, set(fitted_models))
     cf = make_clock_fit(clocks, stack, resolve_model, set(fitted_models))
     graph_families = _families(stack, graph)
     # profiled kernels of the fitted models only, each in the stage fitting its family

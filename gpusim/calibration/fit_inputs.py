@@ -11,7 +11,7 @@ from gpusim.calibration.attention_points import AttentionPoint, read_attention_p
 from gpusim.calibration.gemm_picks import SweptPoint, read_sweep_beside
 from gpusim.calibration.joint import Joint, joint_steps
 from gpusim.calibration.measurements import StepData, read_step_dir
-from gpusim.calibration.profiles import ProfileData, read_profiles
+from gpusim.calibration.profiles import ProfileData, profile_paths, read_profiles
 from gpusim.calibration.steady_clocks import SteadyClocks, read_probe_beside
 from gpusim.io import loader
 from gpusim.specs import GpuSpec, StackSpec
@@ -36,7 +36,7 @@ def read_fit_inputs(gpu: GpuSpec, stack: StackSpec, data_dir: Path) -> FitInputs
     steps = data_dir / gpu.name / "steps.csv"
     return FitInputs(
         data=read_step_dir(steps),
-        profiles=read_profiles(sorted(steps.parent.glob("kernels*.csv")), stack),
+        profiles=read_profiles(profile_paths(steps.parent), stack),
         sweep=read_sweep_beside(steps),
         clocks=read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
         attention=read_attention_points(steps.parent, gpu, loader.load_model,

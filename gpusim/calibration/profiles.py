@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,30 @@ import numpy as np
 
 from gpusim.calibration.measurements import StepData
 from gpusim.errors import bad
-from gpusim.specs import StackSpec
+from gpusim.kernels import Kernel
+from gpusim.specs import GpuSpec, StackSpec
+from gpusim.specs.enums import KernelKind
 
 CLASSES = ("gemm", "elementwise", "attention")
+# a profiled step longer than this at the GPU's matrix peak runs, with its warm-up, long
+# enough for the power cap to lower the SM clock (cost.power: after 0.1-0.2 s of load);
+# fits price a profiled kernel at full clock, so they leave such steps out
+CAPPED_STEP_S = 0.05
+
+
+def profile_paths(gpu_dir: Path) -> list[Path]:
+    """A GPU's profiled reference-stack steps: ``kernels*.csv`` beside its steps.csv and
+    the prefill probes' ``probe_*/prefill*/kernels.csv`` (longer prompts and batches)."""
+    return [*sorted(gpu_dir.glob("kernels*.csv")),
+            *sorted(gpu_dir.glob("probe_*/prefill*/kernels.csv"))]
+
+
+def peak_s(kernels: Sequence[Kernel], gpu: GpuSpec) -> np.ndarray:
+    """Per shape, a step's matrix work at the GPU's peak rate: the least time it takes."""
+    peak = gpu.matmul_peak_flops_per_s(kernels[0].dtype)
+    return sum((k.flops * k.repeat for k in kernels
+                if k.kind in (KernelKind.GEMM, KernelKind.ATTENTION)),
+               np.zeros(1)) / peak
 
 
 @dataclass(frozen=True)

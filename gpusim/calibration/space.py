@@ -76,6 +76,7 @@ _GRAPH: tuple[Variable, ...] = (
     _phys("power_cap_tensor_share", (0.1, 1.0, 0.4, 1.0)),
     _phys("power_memory_weight", (0.0, 1.0, 0.2, 1.0)),
     _fam("fa2", "clock_sensitivity"),
+    _phys("l2_reuse_fraction", (0.02, 1.0, 0.5, 1.0)),
 )
 EAGER_SPACE: tuple[Variable, ...] = (
     Variable(("host.host_launch_cost_s",), (0.0, 60e-6, 6e-6, 1e-6)),

@@ -84,7 +84,7 @@ def calibrate(
           f"kernel microbenchmarks from {path.parent} ...", file=sys.stderr)
     from gpusim.calibration import profiles as prof_mod
 
-    prof = prof_mod.read_profiles(sorted(path.parent.glob("kernels*.csv")), st)
+    prof = prof_mod.read_profiles(prof_mod.profile_paths(path.parent), st)
     note = f"{path.parent.name}/{path.name}"
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
@@ -329,7 +329,7 @@ def validate(
             models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
-        profs[name] = prof_mod.read_profiles(sorted(f.parent.glob("kernels*.csv")), st)
+        profs[name] = prof_mod.read_profiles(prof_mod.profile_paths(f.parent), st)
         sweeps[name] = read_sweep_beside(f)
         clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
         attention[name] = read_attention_points(f.parent, gpus[name], loader.load_model,

@@ -72,6 +72,12 @@ class GpuPhysics(Frozen):
     # L2 bandwidth over sustained HBM bandwidth, for pointwise chains whose tensors
     # stay in L2 between kernels (1: L2 ignored, the datasheet model).
     l2_bandwidth_ratio: Annotated[float, Field(ge=1.0, le=20.0)] = 1.0
+    # The share of L2 a pointwise chain finds the previous kernel's output in (1: all of
+    # it, the datasheet model). Below 1 on Hopper: the L2 is two partitions, a kernel's
+    # own writes evict what it has yet to read, and what it writes goes back to HBM:
+    # profiled, the reference stack's pointwise kernels take the same time a token from
+    # 2048 to 6144 tokens (validation/data/h100-sxm/probe_2026-12-07_s21/prefill_*).
+    l2_reuse_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # Row reductions: time per element of one row, and the rows after which more rows
     # run in parallel (see cost.pointwise.reduction_s).
     reduction_s_per_element: NonNeg = 0.0

@@ -16,9 +16,10 @@ def l2_aware_s(total_bytes: np.ndarray, launches: float, bw: np.ndarray | float,
                 gpu: GpuSpec,
                 physics: GpuPhysics) -> np.ndarray:
     """Streaming time of a chain of pointwise kernels whose inputs the previous kernel
-    just wrote: the part of each kernel's traffic that fits in L2 moves at L2 speed."""
+    just wrote: the part of each kernel's traffic that fits in the share of L2 it
+    reuses (``l2_reuse_fraction``) moves at L2 speed."""
     per_kernel = total_bytes / max(launches, 1.0)
-    in_l2 = np.minimum(per_kernel, gpu.l2_bytes)
+    in_l2 = np.minimum(per_kernel, gpu.l2_bytes * physics.l2_reuse_fraction)
     l2_bw = bw * physics.l2_bandwidth_ratio
     return (in_l2 / l2_bw + (per_kernel - in_l2) / bw) * max(launches, 1.0)
 
