@@ -39,7 +39,6 @@ from gpusim.cost.attention import FAMILIES
 from gpusim.io import calibrations, loader
 from gpusim.specs import GpuSpec, StackSpec
 
-
 # GPU physics of the die's L2 (the same 50 MB in two partitions on the H100 and H200): the
 # share of it a pointwise chain reuses, which only long prompts' profiles (one GPU's)
 # pin down; the H200's steps alone put it at 0.04 against the H100 profiles' 0.27
