@@ -104,7 +104,7 @@ def test_longer_prompts_and_more_sequences_never_take_less(batch: int, q: int, m
         k = next(k for k in ks if k.kind == KernelKind.ATTENTION)
         return float(busy_s(k, kernel_cost(k, H100, CAL), CAL)[0])
 
-    base = attention_s(batch, q)
+    base = attention_s(batch, q) * (1.0 - 1e-12)   # equal shapes may differ by an ulp
     assert attention_s(batch, q + more) >= base
     assert attention_s(batch + 1, q) >= base
 

@@ -28,6 +28,27 @@ def test_only_the_sms_side_of_a_family_is_die_level() -> None:
     assert {"tensor_efficiency", "score_flops", "fixed_s"} <= masked
     fields = die_physics.die_fields(loader.load_stack("torch-hf"))
     assert TE in fields and STREAM not in fields
+    # the SMs' matrix pace and the L2's reuse are the die's; HBM's efficiency is not
+    assert {"physics.tensor_efficiency", "physics.l2_reuse_fraction",
+            "attention.cudnn_prefill.tensor_efficiency",
+            "attention.flash_decode.tensor_efficiency"} <= set(fields)
+    assert "physics.hbm_bandwidth_efficiency" not in fields
+    assert "physics.l2_bandwidth_ratio" not in fields
+
+
+def test_the_h200_holds_the_h100s_die_level_values() -> None:
+    h100 = calibrations.load_calibration(str(calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"),
+                                         loader.load_gpu("h100-sxm"),
+                                         loader.load_stack("torch-hf"))
+    h200 = calibrations.load_calibration(str(calibrations.CALIBRATIONS_DIR / "h200.yaml"),
+                                         loader.load_gpu("h200"), loader.load_stack("torch-hf"))
+    for path in die_physics.die_fields(loader.load_stack("torch-hf")):
+        assert float(h200.get(path)) == pytest.approx(float(h100.get(path))), path
+    # the same absolute L2 bandwidth on both, though each fits its own ratio to its HBM
+    l2 = [float(c.get("physics.l2_bandwidth_ratio")) * float(
+        c.get("physics.hbm_bandwidth_efficiency")) * g.hbm_bandwidth_bytes_per_s
+        for c, g in ((h100, loader.load_gpu("h100-sxm")), (h200, loader.load_gpu("h200")))]
+    assert l2[1] == pytest.approx(l2[0], rel=0.10)
     # hf-transformers' own masked-kernel efficiency is a stack parameter on the die
     assert die.die_fields(loader.load_stack("hf-transformers")) == (TE,)
 

@@ -10,8 +10,8 @@ fix the SM's side: the H200's profiled masked kernels are tree verifies of batch
 regime), and fitted on them its launch went to 7 us and its work per score to 4.5x the
 H100's, where the H100's profiles of three regimes (tree verifies, hf-transformers'
 captured prefill, the serving harness's padded decode) put both near zero and 99.
-Likewise the share of the die's L2 a pointwise chain reuses (``DIE_PHYSICS``): only the
-H100's profiles of long prompts pin it down.
+Likewise the GEMMs' tensor efficiency and the share of the die's L2 a pointwise chain
+reuses (``DIE_PHYSICS``): only the H100's profiles of long prompts pin them down.
 
 So a GPU's die-level family fields come from the GPU of its die with the most profiled
 attention kernels (more than its own; otherwise it fits them itself), as
@@ -39,10 +39,14 @@ from gpusim.cost.attention import FAMILIES
 from gpusim.io import calibrations, loader
 from gpusim.specs import GpuSpec, StackSpec
 
-# GPU physics of the die's L2 (the same 50 MB in two partitions on the H100 and H200): the
-# share of it a pointwise chain reuses, which only long prompts' profiles (one GPU's)
-# pin down; the H200's steps alone put it at 0.04 against the H100 profiles' 0.27
-DIE_PHYSICS = ("physics.l2_reuse_fraction",)
+# GPU physics of the die: the share of its L2 (the same 50 MB in two partitions on the
+# H100 and H200) a pointwise chain reuses, and the GEMMs' tensor efficiency, which only
+# long prompts' profiles (the H100's) tell apart from the pointwise and attention
+# kernels beside them. Fitted on its steps alone, the H200 put the reuse at 0.04 against
+# the H100 profiles' 0.27 and its GEMMs 2% slower, and priced torch-compile's prefill
+# (few pointwise kernels) 6% high; held, its fitted L2 bandwidth (ratio times its HBM)
+# comes out within 4% of the H100's, as one L2 should
+DIE_PHYSICS = ("physics.l2_reuse_fraction", "physics.tensor_efficiency")
 
 
 def die_fields(stack: StackSpec) -> tuple[str, ...]:

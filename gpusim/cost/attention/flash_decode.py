@@ -55,6 +55,9 @@ class FlashDecode(AttentionFamily):
     name: ClassVar[str] = "flash_decode"
     Params: ClassVar[type[Frozen]] = FlashDecodeParams
     FIT: ClassVar[dict[str, Bounds]] = {"tensor_efficiency": (0.1, 1.0, 0.5, 1.0)}
+    # fitted as one value with the causal prefill kernel's (calibration.space), which is
+    # the die's: so is this
+    DIE = frozenset({"tensor_efficiency"})
 
     def parts(self, a: AttentionShape, kv_bytes: np.ndarray, gpu: GpuSpec,
               physics: GpuPhysics, params: Frozen, per_sm_flops: float) -> AttentionParts:
