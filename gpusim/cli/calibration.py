@@ -97,8 +97,7 @@ def calibrate(
     # the measured stacks without parameters of their own fit the physics too
     joint = joint_steps(path.parent, st.name, loader.load_stack)
     note += described(joint)
-    attention = read_attention_points(path.parent, g, loader.load_model,
-                                      loader.load_stack)
+    attention = read_attention_points(path.parent, g, loader.load_model, loader.load_stack)
     # an attention family's work on the SMs, from the GPU of this die that profiled it most
     die = physics_die_source(g, st, len(attention), path.parent.parent)
     if die is not None:
