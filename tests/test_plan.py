@@ -158,13 +158,11 @@ def test_sensitivity_costs_follow_the_traffic(result):
     assert len(lines) == 2 and lines[0].startswith("traffic x0.75 (37.5 req/s)")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "session 22: with the refitted physics the screen puts 2 x h100-sxm at 244 of 256 "
-    "decoding slots (TPOT p99 0.034 s against the simulator's 0.024) and its slot wait "
-    "takes its TTFT p99 to 3.3 s against 0.17 s; open"))
 def test_the_screen_is_close_to_the_simulator(result):
     # where both looked at a deployment, the screen's p99s are within a factor of two
-    # of the simulation's (the screen prunes; the simulator decides)
+    # (TPOT) and three (TTFT) of the simulation that decided it, over a short window or,
+    # where the screen doubted a short run's pass, over the full one (the screen
+    # prunes; the simulator decides)
     from gpusim.plan.screen import predict_at
 
     prof = result.profile
@@ -173,7 +171,7 @@ def test_the_screen_is_close_to_the_simulator(result):
     seen = 0
     for v in result.main.verdicts:
         d = v.deployment
-        if not v.meets or v.window_s >= 600:
+        if not v.meets and v.window_s < 600:
             continue
         c = step_curves(d.option, prof, largest, 16, 0.1)
         lp = predict_at(c, prof, d.limits, prof.rate_per_s / d.replicas)
@@ -183,6 +181,28 @@ def test_the_screen_is_close_to_the_simulator(result):
         assert 0.5 < float(lp.ttft_p99_s[0]) / v.ttft_p99_s < 3.0
         seen += 1
     assert seen >= 3
+
+
+def test_a_short_pass_the_screen_doubts_is_decided_over_the_full_window(result):
+    # 2 x H100 at 25 req/s each meets the SLOs over 60 s that start empty (TTFT p99
+    # 0.17 s) but its queue builds up for minutes: over the scenario's 600 s it misses
+    # (1.9 s), as the screen predicted (3.3 s); no short run that meets is doubted
+    from gpusim.plan.search import screen_doubts
+
+    prof = result.profile
+    largest = Limits(max(x.max_num_seqs for x in result.limits),
+                     max(x.max_num_batched_tokens for x in result.limits))
+    cache: dict = {}
+    opts = {v.deployment.option.key: v.deployment.option for v in result.main.verdicts}
+    curves = {k: step_curves(o, prof, largest, 16, 0.1) for k, o in opts.items()}
+    screen_rows(curves, list(opts.values()), tuple(result.limits), prof, SLO, 1.0, 16,
+                cache)
+    doubts = screen_doubts(curves, prof, SLO, 1.0, cache)
+    short = [v for v in result.main.verdicts if v.window_s < 600]
+    assert short and not any(v.meets and doubts(v.deployment) for v in short)
+    decided = [v for v in result.main.verdicts if v.window_s >= 600 and v is not
+               result.main.confirmed and doubts(v.deployment)]
+    assert any(not v.meets for v in decided)
 
 
 def test_outputs_csv_json_html(result, tmp_path):

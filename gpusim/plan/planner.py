@@ -19,7 +19,7 @@ from gpusim.plan import workload
 from gpusim.plan.finalists import Simulator, Verdict
 from gpusim.plan.pareto import GpuLine, explain, pareto_front, runner_up, sensitivity_line
 from gpusim.plan.screen import StepCurves, step_curves
-from gpusim.plan.search import Outcome, Screened, Search, screen_rows
+from gpusim.plan.search import Outcome, Screened, Search, screen_doubts, screen_rows
 from gpusim.plan.space import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
@@ -170,7 +170,8 @@ def plan(req: PlanRequest) -> PlanResult:
         t_screen += time.perf_counter() - ts
         if req.simulate:
             budget = req.max_sims if i == 0 else max(4, req.max_sims // 3)
-            outcomes.append(Search(sim, req.slo, f, req.max_gpus, budget).run(
+            doubts = screen_doubts(curves, prof, req.slo, f, cache)
+            outcomes.append(Search(sim, req.slo, f, req.max_gpus, budget, doubts).run(
                 rows, confirm=i == 0, survey=i == 0, ties=i == 0))
         else:
             outcomes.append(Outcome(f, prof.rate_per_s * f, rows))
