@@ -181,3 +181,57 @@ def test_a_cluster_tile_is_two_ctas_on_two_sms():
     per_sm = H100.matmul_peak_flops_per_s("bf16") / H100.sm_count
     assert compute == pytest.approx(2.0 * 64 * 128 * 768
                                     / (per_sm * cal.physics.tensor_efficiency), rel=1e-6)
+
+
+def test_profiled_index_adds_are_read_and_fitted(tmp_path):
+    # a synthetic profile at a known rate: the fit finds it back, SmallIndex calls
+    # (16 slots or fewer: the stack's per-slot walk prices them) and other kernels left
+    # out, one group per model
+    from gpusim.calibration.moe_fit import read_index_add_micro, with_atomics
+    st = loader.load_stack("torch-fused")
+    cal = calibrations.load_calibration("none", H100, st)
+    truth = cal.replace({"physics.atomic_add_s_per_element": 5e-12})
+    (tmp_path / "moe").mkdir()
+    lines = ["model,mode,batch,ctx,q,kernel_name,count,total_us,stack"]
+    from gpusim.calibration.moe_fit import _adds, _slot_kernel
+    model = loader.load_model("qwen3-30b-a3b")
+    for tokens in (4, 64, 512, 2048):
+        k = _slot_kernel(model, st, np.array([tokens * 8.0]), _adds)
+        us = 1e6 * step_costs([k], H100, truth)[0].seconds[0]
+        lines.append(f"qwen3-30b-a3b,prefill,1,0,{tokens},void at::native::"
+                     f"indexFuncLargeIndex<c10::BFloat16>(x),48,{48 * us}")
+        lines.append(f"qwen3-30b-a3b,prefill,1,0,{tokens},other_kernel,48,1000")
+    lines.append("qwen3-30b-a3b,decode,2,1024,1,void at::native::indexFuncSmallIndex<x>,48,470")
+    (tmp_path / "moe" / "kernels.csv").write_text("\n".join(lines) + "\n")
+    (group,) = read_index_add_micro(tmp_path, _models(), st)
+    assert group.models == {"qwen3-30b-a3b"}
+    np.testing.assert_allclose(group.kernel.atomic_elements, [4 * 8 * 2048, 64 * 8 * 2048,
+                                                              512 * 8 * 2048, 2048 * 8 * 2048])
+    fitted = with_atomics(cal, H100, [group])
+    assert fitted.physics.atomic_add_s_per_element == pytest.approx(5e-12, rel=1e-3)
+    # no profiled calls: the prior
+    assert with_atomics(fitted, H100, []).physics.atomic_add_s_per_element == \
+        pytest.approx(7.7e-12)
+
+
+def test_the_two_dies_atomic_rates_agree_on_their_own_profiles():
+    # the H100's and the H200's index_add_ calls fitted each on their own profiles (the
+    # rest of each kernel priced by the shipped physics): one L2 (HBM 43% apart), so
+    # one rate; every call within 15% of it
+    from gpusim.calibration.moe_fit import read_index_add_micro, with_atomics
+    st = loader.load_stack("torch-fused")
+    models = [loader.load_model(m) for m in ("qwen3-30b-a3b", "mixtral-8x7b-8l",
+                                             "qwen1.5-moe-a2.7b")]
+    rates = []
+    for name in ("h100-sxm", "h200"):
+        gpu = loader.load_gpu(name)
+        adds = read_index_add_micro(loader.ROOT / "validation" / "data" / name, models, st)
+        assert sum(len(g.measured_s) for g in adds) >= 9
+        shipped = calibrations.load_calibration(
+            str(calibrations.CALIBRATIONS_DIR / f"{name}.yaml"), gpu, st)
+        cal = with_atomics(shipped, gpu, adds)
+        rates.append(cal.physics.atomic_add_s_per_element)
+        for g in adds:
+            ratio = step_costs([g.kernel], gpu, cal)[0].seconds / g.measured_s
+            assert np.all(np.abs(ratio - 1.0) < 0.15), (name, sorted(g.models), ratio)
+    assert rates[0] == pytest.approx(rates[1], rel=0.03)

@@ -109,17 +109,13 @@ def test_the_permutation_launches_what_the_h100_profile_shows() -> None:
 
 @pytest.mark.parametrize("mode, b, c, q, us", [
     ("decode", 64, 1024, 1, 9.56),
-    # session 22: the L2 share a pointwise chain reuses (physics.l2_reuse_fraction 0.27,
-    # fitted on the dense models' long-prompt profiles) prices this 20 MB chain launch
-    # at 75 us, 21% high: one share does not fit both (open; strict: passes again once
-    # the L2 model does)
-    pytest.param("prefill", 1, 0, 512, 61.81, marks=pytest.mark.xfail(
-        strict=True, reason="l2_reuse_fraction prices the 4096-slot index_add 21% high")),
+    ("prefill", 1, 0, 512, 61.81),
 ])
 def test_index_add_costs_what_the_h100_profile_shows(mode: str, b: int, c: int, q: int,
                                                      us: float) -> None:
     # Qwen3-30B-A3B's index_add_ (indexFuncLargeIndex): 9.56 us at decode batch 64
-    # (512 slots) and 61.81 us at a 512-token prefill (4096 slots), both x 2048 wide
+    # (512 slots) and 61.81 us at a 512-token prefill (4096 slots), both x 2048 wide:
+    # its atomic adds at the L2's rate (physics.atomic_add_s_per_element)
     from gpusim.cost import kernel_cost
     from gpusim.io import calibrations
 

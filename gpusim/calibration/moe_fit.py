@@ -10,6 +10,10 @@ the calibration's top level, so that every stack inherits them:
   and ``<gpu>/probe_*/moe_profile*/kernels.csv``): one CTA's sort by non-negative least
   squares, time against the items each thread holds and the CTA's threads; cub's
   device-wide sort beyond 4096 keys, its mean (``with_sorts``);
+* the combine's atomic adds (``physics.atomic_add_s_per_element``) on the profiled
+  ``index_add_`` calls past 16 slots (``INDEX_ADD_KERNELS`` in the same files): the
+  time per add that brings the stack's combine op to them, least relative squares
+  (``with_atomics``);
 * then the expert GEMM, on the harness's grouped-GEMM probe
   (``validation/harness/probe_grouped_mm.py``; ``<gpu>/probe_*/grouped_mm*/
   grouped_mm.csv``, a folder per lease): one call over E experts of which T (all, or
@@ -31,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import minimize_scalar, nnls
 
 from gpusim.calibration.fit import fit_stack
 from gpusim.calibration.measurements import read_steps
@@ -58,9 +62,13 @@ MOE_CALIBRATE = tuple(f"gemm.{FAMILY}.{p}" for p in (
 # only a call with fewer CTA tiles than SMs shows
 STEPS_ONLY = MOE_CALIBRATE[:2]
 SORT_FIELDS = ("sort_fixed_s", "sort_s_per_item", "sort_s_per_thread", "sort_device_s")
+ATOMIC_FIELD = "atomic_add_s_per_element"
 # the argsort of the slots' expert ids as profiled: one CTA's sort, or cub's device-wide
 # sort (onesweep passes, histogram, exclusive sum) beyond 4096 slots
 SORT_KERNELS = ("radixSortKVInPlace", "DeviceRadixSort")
+# index_add_ of the slots into their tokens past 16 slots (its SmallIndex kernel below
+# walks the slots one by one: the stack's small_index_s, not the atomics, prices it)
+INDEX_ADD_KERNELS = ("indexFuncLargeIndex",)
 PROFILE_COLUMNS = ("model", "batch", "q", "kernel_name", "count", "total_us")
 PROBE_COLUMNS = ("experts", "n", "k", "rows_per_expert", "spill", "median_us")
 
@@ -77,7 +85,8 @@ def without_fit(cal: Calibration) -> Calibration:
     from)."""
     gemm, physics = GroupedMmParams(), GpuPhysics()
     return cal.replace({**{p: getattr(gemm, p.rsplit(".", 1)[-1]) for p in MOE_CALIBRATE},
-                        **{f"physics.{f}": getattr(physics, f) for f in SORT_FIELDS}})
+                        **{f"physics.{f}": getattr(physics, f)
+                           for f in (*SORT_FIELDS, ATOMIC_FIELD)}})
 
 
 def with_sorts(cal: Calibration, gpu: GpuSpec, sorts: Sequence[MicroGroup]) -> Calibration:
@@ -105,6 +114,25 @@ def with_sorts(cal: Calibration, gpu: GpuSpec, sorts: Sequence[MicroGroup]) -> C
     if device.any():
         out = out.replace({"physics.sort_device_s": float(np.mean(left[device]))})
     return out
+
+
+def with_atomics(cal: Calibration, gpu: GpuSpec, adds: Sequence[MicroGroup]) -> Calibration:
+    """``cal`` with the time per atomic add (``physics.atomic_add_s_per_element``)
+    fitted on profiled ``index_add_`` calls: the value that brings each call's price
+    closest to its time, in relative squares (the prior without profiled calls)."""
+    prior = getattr(GpuPhysics(), ATOMIC_FIELD)
+    if not adds:
+        return cal.replace({f"physics.{ATOMIC_FIELD}": prior})
+    measured = np.concatenate([g.measured_s for g in adds])
+
+    def loss(s_per_add: float) -> float:
+        c = cal.replace({f"physics.{ATOMIC_FIELD}": s_per_add})
+        pred = np.concatenate([step_costs([g.kernel], gpu, c)[0].seconds for g in adds])
+        return float(np.sum((pred / measured - 1.0) ** 2))
+
+    best = minimize_scalar(loss, bounds=(0.0, 100.0 * prior), method="bounded",
+                           options={"xatol": prior * 1e-4})
+    return cal.replace({f"physics.{ATOMIC_FIELD}": float(best.x)})
 
 
 def _owners(experts: int, n: int, k: int, models: Iterable[ModelSpec]) -> frozenset[str]:
@@ -154,6 +182,24 @@ def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec],
     ``models``, one kernel group per model: GPU seconds per call against the slots
     sorted (batch x q x top-k), priced as ``stack``'s sort op. Raises ConfigError for a
     file that cannot be read or lacks a column."""
+    return _read_routing_micro(gpu_dir, models, SORT_KERNELS,
+                               lambda m, slots: _sort_kernel(m, stack, slots))
+
+
+def read_index_add_micro(gpu_dir: Path, models: Sequence[ModelSpec],
+                         stack: StackSpec) -> list[MicroGroup]:
+    """The profiled ``index_add_`` calls past 16 slots (``INDEX_ADD_KERNELS``, the same
+    files as ``read_sort_micro``) of ``models``, one kernel group per model, priced as
+    ``stack``'s atomic-add op. Raises ConfigError as ``read_sort_micro``."""
+    return _read_routing_micro(gpu_dir, models, INDEX_ADD_KERNELS,
+                               lambda m, slots: _slot_kernel(m, stack, slots, _adds))
+
+
+def _read_routing_micro(gpu_dir: Path, models: Sequence[ModelSpec], names: Sequence[str],
+                        kernel_of: Callable[[ModelSpec, np.ndarray], Kernel]
+                        ) -> list[MicroGroup]:
+    """Per model, the GPU seconds per layer of the profiled kernels named by ``names``
+    against the token-slots of their steps, with ``kernel_of``'s kernel for them."""
     by_name = {m.name: m for m in models if m.is_moe}
     points: dict[str, dict[float, list[float]]] = {}
     for path in [gpu_dir / "moe" / "kernels.csv",
@@ -170,7 +216,7 @@ def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec],
         try:
             for r in rows:
                 model = by_name.get(r["model"])
-                if model is None or not any(s in r["kernel_name"] for s in SORT_KERNELS):
+                if model is None or not any(s in r["kernel_name"] for s in names):
                     continue
                 slots = float(r["batch"]) * float(r["q"]) * (model.num_experts_per_tok or 1)
                 steps.setdefault((model.name, slots), []).append(
@@ -185,21 +231,37 @@ def read_sort_micro(gpu_dir: Path, models: Sequence[ModelSpec],
     for name, by_slots in points.items():
         slots = np.array(sorted(by_slots))
         measured = np.array([float(np.mean(by_slots[s])) for s in slots])
-        out.append(MicroGroup(_sort_kernel(by_name[name], stack, slots), measured,
+        out.append(MicroGroup(kernel_of(by_name[name], slots), measured,
                               frozenset({name})))
     return out
 
 
+def _sorts(k: Kernel) -> bool:
+    return k.sort_elements is not None
+
+
+def _adds(k: Kernel) -> bool:
+    return k.atomic_elements is not None
+
+
 def _sort_kernel(model: ModelSpec, stack: StackSpec, slots: np.ndarray) -> Kernel:
     """The stack's sort op (the one whose kernels sort: ``StackOp.sorts``) over
-    ``slots`` token-slots (per point), one occurrence: the tokens' routing as a
-    prefill of slots / top-k tokens holds it. Raises ValueError if the stack has none."""
+    ``slots`` token-slots (per point), one occurrence. Raises ValueError if the stack
+    has none."""
+    return _slot_kernel(model, stack, slots, _sorts)
+
+
+def _slot_kernel(model: ModelSpec, stack: StackSpec, slots: np.ndarray,
+                 which: Callable[[Kernel], bool]) -> Kernel:
+    """The stack's first op ``which`` picks over ``slots`` token-slots (per point), one
+    occurrence: the tokens' routing as a prefill of slots / top-k tokens holds it.
+    Raises ValueError if the stack has none."""
     tokens = slots / (model.num_experts_per_tok or 1)
     kernels = build_kernels(model, stack, "prefill", np.ones_like(tokens), 0.0, tokens)
-    sort = next((k for k in kernels if k.sort_elements is not None), None)
-    if sort is None:
-        raise ValueError(f"stack {stack.name} sorts nothing for {model.name}")
-    return replace(sort, repeat=1)
+    found = next((k for k in kernels if which(k)), None)
+    if found is None:
+        raise ValueError(f"stack {stack.name} has no such op for {model.name}")
+    return replace(found, repeat=1)
 
 
 def _kernel(experts: int, n: int, k: int, rows_per_expert: np.ndarray,
@@ -231,11 +293,14 @@ def fit_moe(gpu_dir: Path, gpu: GpuSpec, physics: Calibration,
     grouped = read_grouped_micro(gpu_dir, models)
     stack = moe_stack(load_stack(MOE_STACK), bool(grouped))
     sorts = read_sort_micro(gpu_dir, models, stack)
-    base = with_sorts(without_fit(physics), gpu, sorts)
+    adds = read_index_add_micro(gpu_dir, models, stack)
+    base = with_atomics(with_sorts(without_fit(physics), gpu, sorts), gpu, adds)
     res = fit_stack(data, gpu, stack, base, resolve, micro=grouped)
     cal = physics.replace({p: res.calibration.get(p) for p in
-                           (*stack.calibrate, *(f"physics.{f}" for f in SORT_FIELDS))})
+                           (*stack.calibrate,
+                            *(f"physics.{f}" for f in (*SORT_FIELDS, ATOMIC_FIELD)))})
     return cal, (f"{FAMILY} and the sort fitted on {res.rows} MoE steps (in-sample MAPE "
                  f"{100 * res.mape:.2f}%), {sum(len(g.measured_s) for g in grouped)} "
-                 f"grouped-GEMM probe calls and {sum(len(g.measured_s) for g in sorts)} "
-                 "profiled sorts")
+                 f"grouped-GEMM probe calls, {sum(len(g.measured_s) for g in sorts)} "
+                 f"profiled sorts and {sum(len(g.measured_s) for g in adds)} profiled "
+                 "index_add_ calls")

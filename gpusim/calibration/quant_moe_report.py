@@ -29,7 +29,9 @@ from gpusim.calibration.moe_fit import (
     MOE_CALIBRATE,
     moe_stack,
     read_grouped_micro,
+    read_index_add_micro,
     read_sort_micro,
+    with_atomics,
     with_sorts,
     without_fit,
 )
@@ -228,10 +230,13 @@ def report(gpu_dir: Path, gpu: GpuSpec, shipped: Callable[[StackSpec], Calibrati
         # steps and grouped-GEMM probes (the shipped fit saw every model's)
         micro = read_grouped_micro(gpu_dir, models)
         sorts = read_sort_micro(gpu_dir, models, base_stack)
+        adds = read_index_add_micro(gpu_dir, models, base_stack)
         bare = without_fit(bf16_cal)
 
-        def fold(held: str) -> Calibration:   # the sorts of the other models only
-            return with_sorts(bare, gpu, [g for g in sorts if held not in g.models])
+        def fold(held: str) -> Calibration:   # the other models' sorts and adds only
+            return with_atomics(with_sorts(bare, gpu, [g for g in sorts
+                                                       if held not in g.models]),
+                                gpu, [g for g in adds if held not in g.models])
 
         evaluations.append(("moe (torch-fused)",
                             evaluate_stack(moe_stack(base_stack, bool(micro)), data, gpu,

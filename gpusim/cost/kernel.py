@@ -110,6 +110,9 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
         # pointwise kernels launch a CTA per few thousand elements: never short of CTAs
         # once they move enough bytes to matter; small ones pay fixed cost and latency
         compute = k.flops / gpu.fp32_flops_per_s
+        if k.atomic_elements is not None:
+            # its atomic adds run at the L2's rate, overlapped with its streams
+            compute = compute + k.atomic_elements * ph.atomic_add_s_per_element
         # non-vectorised kernels load element by element: a lower achieved bandwidth
         strided = (k.strided_launches / max(launches, 1.0) if k.strided_launches is not None
                    else np.zeros_like(k.flops))

@@ -167,6 +167,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   sort_elements=elements if op.sorts else None,
                   index_count=_slots(op, model, tokens),
                   small_index_s=op.small_index_s,
+                  atomic_elements=elements if op.atomic_adds else None,
                   row_walk=op.row_walk,
                   row_walk_elements=(None if op.row_walk is None else
                                      elements / np.maximum(tokens, 1.0)),

@@ -127,8 +127,10 @@ def _rows_scaled(k: Kernel, f: np.ndarray) -> Kernel:
             g = replace(g, rows=g.rows * f)
     srt = None if k.sort_elements is None else k.sort_elements * f
     idx = None if k.index_count is None else k.index_count * f
+    atom = None if k.atomic_elements is None else k.atomic_elements * f
     return replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red, gemm=g,
-                   sort_elements=srt, index_count=idx, reduced_elements=reduced)
+                   sort_elements=srt, index_count=idx, reduced_elements=reduced,
+                   atomic_elements=atom)
 
 
 def _on_busiest(k: Kernel, f: np.ndarray, s: ExpertSplit) -> Kernel:

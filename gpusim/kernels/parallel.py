@@ -189,10 +189,12 @@ def shard(kernels: list[Kernel], model: ModelSpec, stack: StackSpec, tp: int,
             red = None if k.reduction is None else k.reduction * np.array([[1.0], [f]])
             reduced = None if k.reduced_elements is None else k.reduced_elements * f
             srt = None if k.sort_elements is None else k.sort_elements * f
+            atom = None if k.atomic_elements is None else k.atomic_elements * f
             # (an index kernel's indices, the token-slots, are every rank's alike)
             out.append(k if f == 1.0 else
                        replace(k, flops=k.flops * f, act_bytes=k.act_bytes * f, reduction=red,
-                               sort_elements=srt, reduced_elements=reduced))
+                               sort_elements=srt, reduced_elements=reduced,
+                               atomic_elements=atom))
         else:
             raise FieldError("tp", f"tp={tp}: gpusim does not shard the {k.kind} kernel "
                              f"{k.name!r} over tensor-parallel ranks")

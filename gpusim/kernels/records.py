@@ -109,6 +109,9 @@ class Kernel:
     # kernels), per step shape, and the time each takes
     index_count: np.ndarray | None = None
     small_index_s: float = 0.0
+    # elements one of its kernels adds into another tensor atomically (per step shape;
+    # None: none)
+    atomic_elements: np.ndarray | None = None
     # one of its kernels is a known kernel whose CTA walks one token row serially, rows
     # side by side (a StackOp's row_walk; None: none is), and the elements of that row
     # (per step shape)

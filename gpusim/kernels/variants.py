@@ -75,21 +75,20 @@ TORCH_MOE: tuple[StackOp, ...] = (
     # broadcast): both PyTorch's non-vectorised path
     _op(op="elementwise", name="combine_scale", tensor="routed_hidden", kernels=2,
         bytes_per_element=4, strided_kernels=2),
-    # zeros [T, h], then index_add_ of the slots into their tokens (atomics: read the
-    # slot row, read and write the token row; indexFuncSmallIndex / LargeIndex, a
-    # non-vectorised kernel). bf16 atomic adds onto rows that top-k slots share reach
-    # about a fifth of a vectorised kernel's bandwidth: 9.6 us for 6.3 MB at decode
-    # batch 64 and 61.8 us for 50 MB at a 512-token prefill give 0.23 and 0.21 of it
-    # with the non-vectorised kernel's fixed cost and the L2-resident part at L2 speed
-    # (H200 profiles it at 61.5 us as well: the atomics, not HBM, bound it)
+    # zeros [T, h], then index_add_ of the slots into their tokens: a non-vectorised
+    # kernel (indexFuncSmallIndex / LargeIndex) reads each slot row from HBM (2 B an
+    # element) and adds it into its token's row with bf16 atomic adds, which the L2
+    # runs (the token rows stay there). The adds bound it: profiled on H100, 125-136 G
+    # adds/s from 0.7 to 67 M adds whatever the top-k (2 to 8) and hidden size (2048,
+    # 4096), and the H200 times them the same (61.5 us against 61.8 for Qwen3-30B-A3B's
+    # 512-token prefill) though its HBM is 43% faster (physics.atomic_add_s_per_element)
     _op(op="elementwise", name="combine_zero", tensor="hidden", kernels=1,
         bytes_per_element=2),
     # At most 16 slots, indexFuncSmallIndex adds them one after another: 2.8, 3.6-3.7,
     # 5.6 and 9.7-9.9 us at 2, 4, 8 and 16 slots in the same profiles, 0.42 us a slot
     # above what the stream alone gives; from 17 slots 2.7-4 us again (LargeIndex)
     _op(op="elementwise", name="combine_add", tensor="routed_hidden", kernels=1,
-        bytes_per_element=6, strided_kernels=1, bandwidth_fraction=0.22,
-        small_index_s=0.42e-6),
+        bytes_per_element=2, strided_kernels=1, atomic_adds=True, small_index_s=0.42e-6),
     # a shared expert: the stack's dense MLP at the shared expert's size
     _op(op="dense_mlp", name="shared_expert", requires="shared_expert"),
     # Qwen2-MoE's gate on it: a [T, h] x [h, 1] GEMM, sigmoid, broadcast mul

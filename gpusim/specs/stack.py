@@ -94,6 +94,10 @@ class StackOp(Frozen):
     # after another, each this long (read off profiles); past 16 the LargeIndex kernel
     # takes them in parallel (cost.pointwise.small_index_s)
     small_index_s: Annotated[float, Field(ge=0.0, le=1e-4)] = 0.0
+    # one of its kernels adds every element of its tensor into another tensor with
+    # atomic adds (index_add_, scatter_add_): the adds run at the L2's atomic rate
+    # (physics.atomic_add_s_per_element), overlapped with its bytes, whatever the bytes
+    atomic_adds: bool = False
     # one of its kernels is a known kernel whose CTA walks one token row serially, rows
     # side by side on the SMs (torch_layer_norm: torch's vectorized_layer_norm_kernel,
     # F.rms_norm): its time follows the row's width whatever the rows, until their
