@@ -1,6 +1,7 @@
 """Probe: a token-tree verify step (boolean tree mask) against the causal verify step.
 
     python3 validation/harness/probe_tree.py --out DIR [--models llama-3.1-8b,...]
+        [--profile-only B:CTX:NODES,...]
 
 For each (batch, ctx, nodes): CUDA-graph step time of the reference forward with
 q = nodes under the causal lower-right mask (what FlashAttention-2 runs) and under a
@@ -8,7 +9,11 @@ tree mask (every cached token plus the node's ancestors: a boolean attn_mask, wh
 SDPA cannot hand to FlashAttention-2), every model's timings first; then one tree
 step's kernels per model under torch.profiler (last: the profiler slows what follows).
 A (batch, ctx) whose cache does not fit is skipped. Writes DIR/tree.csv,
-DIR/tree_kernels.csv and DIR/tree_env.json.
+DIR/tree_kernels.csv and DIR/tree_env.json. With ``--profile-only``, no timing: one tree
+step of every model at each listed (batch, ctx, nodes) under torch.profiler, for the
+kernels alone (cuDNN's masked kernel over thousands of query rows and keys, odd key
+counts among them: the regime hf-transformers' captured prefill runs it in, reached
+from the reference stack). Writes DIR/tree_kernels.csv and DIR/tree_env.json.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from bench_timing import Clock, Policy, free_memory, measure, stats  # noqa: E40
 def tree_mask(nodes: int, ctx: int, width: int, device: torch.device) -> torch.Tensor:
     """[nodes, ctx + nodes] bool: every cached token, then each node's ancestors and
     itself; node i's parent is (i - 1) // width (a complete ``width``-ary tree)."""
-    m = torch.zeros(nodes, ctx + nodes, dtype=torch.bool, device=device)
-    m[:, :ctx] = True
+    m = torch.zeros(nodes, ctx + nodes, dtype=torch.bool)   # built on the host: no
+    m[:, :ctx] = True                                        # launch per element
     for i in range(nodes):
         j = i
         while True:
@@ -42,7 +47,7 @@ def tree_mask(nodes: int, ctx: int, width: int, device: torch.device) -> torch.T
             if j == 0:
                 break
             j = (j - 1) // width
-    return m
+    return m.to(device)
 
 
 def _time_model(model: str, ints: list[list[int]], dev: torch.device, dtype: torch.dtype,
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,4,16,32")
     ap.add_argument("--ctxs", default="1024,4096")
     ap.add_argument("--nodes", default="4,8,16,32,64")
+    ap.add_argument("--profile-only", default="", help="B:CTX:NODES,...: profile these "
+                    "tree steps of every model, no timing")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda")
@@ -117,18 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     kernels: list[list[object]] = []
     models = args.models.split(",")
-    for model in models:
+    only = [tuple(int(x) for x in t.split(":")) for t in args.profile_only.split(",") if t]
+    for model in models if not only else ():
         try:
             _time_model(model, ints, dev, dtype, clock, policy, rows)
         except torch.OutOfMemoryError as exc:   # the next model may fit
             print(f"{model}: out of memory ({exc})", flush=True)
         free_memory(dev)
     for model in models:
-        try:
-            _profile_model(model, ints[0][-1], ints[1][0], 16, dev, dtype, kernels)
-        except torch.OutOfMemoryError as exc:
-            print(f"{model}: out of memory in the profile ({exc})", flush=True)
-        free_memory(dev)
+        for b, c, n in only or [(ints[0][-1], ints[1][0], 16)]:
+            try:
+                _profile_model(model, b, c, n, dev, dtype, kernels)
+            except torch.OutOfMemoryError as exc:
+                print(f"{model}: out of memory in the profile ({exc})", flush=True)
+            free_memory(dev)
     import datetime as dt
     import json
     env = {"utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -136,10 +145,11 @@ def main(argv: list[str] | None = None) -> int:
            "gpu_name": torch.cuda.get_device_name(), "models": args.models,
            "command": sys.argv}
     (args.out / "tree_env.json").write_text(json.dumps(env, indent=2) + "\n")
-    with (args.out / "tree.csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    if rows:
+        with (args.out / "tree.csv").open("w", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            wr.writeheader()
+            wr.writerows(rows)
     with (args.out / "tree_kernels.csv").open("w", newline="") as fh:
         wr2 = csv.writer(fh)
         wr2.writerow(["model", "batch", "ctx", "nodes", "kernel_name", "count", "total_us"])
