@@ -140,6 +140,9 @@ def test_a_run_of_gpusim_itself_replays_with_zero_error(own_runs: list[Path]) ->
                 assert view[name] == pytest.approx(r.measured[name], rel=1e-12)
         assert r.simulated_prefix == r.oracle_prefix
         assert r.simulated_prefix["hit_rate"] == pytest.approx(r.run.prefix_cache["hit_rate"])
+        # the same schedule: the same decoding rows, step by step
+        assert r.decoding_p99[0] == r.decoding_p99[1] == pytest.approx(
+            np.percentile([s.decode for s in r.run.steps], 99))
     heavy = next(r for r in results if r.run.load == "heavy")
     assert heavy.simulated_preemptions > 0 or heavy.run.lost_tokens == 0
 

@@ -239,6 +239,10 @@ class RunComparison:
     # the simulation with every step STEP_SPREAD longer: how far the metrics move
     # within the lease-to-lease spread of the steps
     slower_steps: dict[str, Any]
+    # the 99th percentile of the decoding rows a step runs, measured and simulated: where
+    # the simulation's outgrow the measurement's past a CUDA-graph capture size, its
+    # steps pad to the next size and slow down, which keeps more rows decoding
+    decoding_p99: tuple[float, float] = (math.nan, math.nan)
 
 
 def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
@@ -294,7 +298,13 @@ def compare_run(run: ServingRun, platform: Platform, model: ModelSpec,
         simulated_prefix=sim.summary.get("prefix_cache"), oracle_steps=len(oracle.plans),
         oracle_preemptions=int(oracle.summary["requests"]["preemptions"]),
         oracle_prefix=oracle.summary.get("prefix_cache"),
-        slower_steps=latency_metrics(arrivals, slower.token_s))
+        slower_steps=latency_metrics(arrivals, slower.token_s),
+        decoding_p99=(_p99([s.decode for s in run.steps]),
+                      _p99([len(p.decoding) for p in sim.plans])))
+
+
+def _p99(counts: Sequence[int]) -> float:
+    return float(np.percentile(counts, 99)) if len(counts) else math.nan
 
 
 def run_terms(run: ServingRun, platform: Platform, model: ModelSpec) -> np.ndarray:

@@ -144,7 +144,9 @@ def as_dict(results: Sequence[RunComparison], sat: dict[str, Any]) -> dict[str, 
         "with_measured_steps": r.with_measured_steps, "steps_matched": r.steps_matched,
         "errors": metric_errors(r),
         "scheduling_errors": metric_errors(r, "with_measured_steps"),
-        "slower_steps": r.slower_steps, "sensitivity": moves(r)} for r in results],
+        "slower_steps": r.slower_steps, "sensitivity": moves(r),
+        "decoding_rows_p99": {"measured": r.decoding_p99[0],
+                              "simulated": r.decoding_p99[1]}} for r in results],
         "saturation": sat, "metric_definitions": METRIC_DEFINITIONS}
 
 
@@ -285,16 +287,24 @@ def _decomposition(results: Sequence[RunComparison]) -> list[str]:
              "simulation with measured step times against the measurement (steps found "
              "measured: the share of simulated steps whose composition a measured step "
              "ran). Beyond saturation queues diverge, so latency errors there are shown "
-             "but not judged.", "",
+             "but not judged. Decoding rows: the 99th percentile of the rows a step "
+             "decodes, measured and simulated; where the simulation's outgrow the "
+             "measurement's past a CUDA-graph capture size, each of its decode steps pads "
+             "to the next size and runs longer, which keeps still more rows decoding: a "
+             "step-time error of a percent or two can tip a run near such a size (its "
+             "TPOT tail then moves far more than the step error).", "",
              "| run | saturated | forward MAPE | host MAPE | steps found measured | "
+             "decoding rows p99 (meas / sim) | "
              "TTFT p50 (sched / all) | TPOT p50 (sched / all) | throughput (sched / all) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         e, sched, all_ = r.step_errors["all"], metric_errors(r, "with_measured_steps"), \
             metric_errors(r)
         sat = saturated(r.measured)
+        rows_meas, rows_sim = r.decoding_p99
         lines.append(f"| {r.run.load} | {'yes' if sat else 'no'} | {_abs_pct(e['forward'])} | "
                      f"{_abs_pct(e['host'])} | {_abs_pct(r.steps_matched)} | "
+                     f"{rows_meas:.0f} / {rows_sim:.0f} | "
                      f"{_pct(sched['ttft_s.p50'])} / {_pct(all_['ttft_s.p50'])} | "
                      f"{_pct(sched['tpot_s.p50'])} / {_pct(all_['tpot_s.p50'])} | "
                      f"{_pct(sched['throughput'])} / {_pct(all_['throughput'])} |")
