@@ -48,3 +48,19 @@ def test_graph_and_eager_spreads_are_told_apart():
     line = lease_spread(d, again)
     assert "graph: 10 shapes, 1.00% on average" in line
     assert "eager: 3 shapes, 100.00% on average" in line
+
+
+def test_a_held_out_set_measured_again_is_spread_against_its_first_measurement():
+    # prefill_shapes_lease2 holds prefill shapes no fit has seen: against the fitted
+    # steps only its anchors match; against prefill_shapes (SPREAD_AGAINST) all 50 do
+    from gpusim.calibration.held_out import SPREAD_AGAINST
+    from gpusim.calibration.measurements import read_steps
+    from gpusim.io import loader
+
+    gpu_dir = loader.ROOT / "validation" / "data" / "h100-sxm"
+    again = read_steps(gpu_dir / "prefill_shapes_lease2" / "steps.csv")
+    first = read_steps(gpu_dir / SPREAD_AGAINST["prefill_shapes_lease2"] / "steps.csv")
+    line = lease_spread(first, again)
+    assert "the same 50 shapes" in line
+    mean_pct = float(line.split(": ")[1].split("%")[0])
+    assert 0.0 < mean_pct < 3.0

@@ -4,7 +4,7 @@ measurements of the same shapes: the floor under any accuracy claim."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,9 @@ class HeldOut:
     label: str
     title: str
     data: dict[str, StepData]
+    # by GPU name, the measurement its lease-to-lease spread is taken against (empty:
+    # the fitted steps)
+    against: dict[str, StepData] = field(default_factory=dict)
 
 
 HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
@@ -42,7 +45,12 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
      "(2026-12-07 11:07 UTC): 700-6144 tokens a prompt at batch 1-3 and 128-256 at batch "
      "16-32, five models (two never fitted), with decode anchors of the same lease: the "
      "shipped calibration (never fitted)"),
+    ("prefill_shapes_lease2", "prefill shapes never fitted, another lease", "The same "
+     "prefill shapes on another lease (2026-12-07 15:05 UTC): the shipped calibration "
+     "(never fitted); its spread against the first lease's"),
 )
+# a held-out set measured again: its spread is taken against the first measurement
+SPREAD_AGAINST = {"prefill_shapes_lease2": "prefill_shapes"}
 
 
 def lease_spread(fitted: StepData, again: StepData) -> str:

@@ -327,7 +327,7 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
             if name in shipped and name in h.data:
                 ev = in_sample(h.data[name], gpu, stack, shipped[name], resolve, h.label)
                 md.append(section(ev, h.title))
-                spread = lease_spread(data, h.data[name])
+                spread = lease_spread(h.against.get(name, data), h.data[name])
                 if spread:
                     md.append(spread)
                 summary.append({"gpu": name, "evaluation": ev.label, **ev.errors().__dict__})

@@ -310,7 +310,7 @@ def validate(
     from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.die_physics import PhysicsDieSource, physics_die_source
     from gpusim.calibration.gemm_picks import read_sweep_beside
-    from gpusim.calibration.held_out import HELD_OUT_SETS, HeldOut
+    from gpusim.calibration.held_out import HELD_OUT_SETS, SPREAD_AGAINST, HeldOut
     from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
 
@@ -344,7 +344,7 @@ def validate(
             shipped[name] = calibrations.load_calibration(str(cal_file), gpus[name], st)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data " + shown_dir
-    held_out = [HeldOut(label, title, held[sub])
+    held_out = [HeldOut(label, title, held[sub], held.get(SPREAD_AGAINST.get(sub, ""), {}))
                 for sub, label, title in HELD_OUT_SETS if sub in held]
     with working("validate", quiet):
         md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
