@@ -99,8 +99,8 @@ class GpuPhysics(Frozen):
     # tokens), run by the L2 whatever the bytes the kernel moves: seconds per element
     # added over the whole GPU. Default: the H100's profiled index_add_ calls (125-136
     # G adds/s over 0.7-67 M adds, top-k 2 to 8, hidden 2048 and 4096; the H200's the
-    # same), a prior for GPUs whose were not profiled; fitted where MoE steps were
-    # (calibration.moe_fit).
+    # same), a prior for a GPU whose calls were not profiled; fitted where MoE steps
+    # were (calibration.moe_fit).
     atomic_add_s_per_element: NonNeg = 7.7e-12
     # Bandwidth of a non-vectorised (strided) pointwise kernel, as a fraction of a
     # vectorised one's (element-wide loads instead of 16-byte vectors).
