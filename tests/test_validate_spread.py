@@ -64,3 +64,20 @@ def test_a_held_out_set_measured_again_is_spread_against_its_first_measurement()
     assert "the same 50 shapes" in line
     mean_pct = float(line.split(": ")[1].split("%")[0])
     assert 0.0 < mean_pct < 3.0
+
+
+def test_held_out_sets_are_read_per_gpu_and_spread_against_their_first_measurement():
+    from gpusim.calibration.held_out import HELD_OUT_SETS, held_out_sets, read_held_out
+    from gpusim.io import loader
+
+    data = loader.ROOT / "validation" / "data"
+    by_gpu = {g: read_held_out(data / g) for g in ("h100-sxm", "h200")}
+    sets = held_out_sets(by_gpu)
+    labels = [label for _, label, _ in HELD_OUT_SETS]
+    assert [h.label for h in sets] == [x for x in labels if x in {h.label for h in sets}]
+    again = next(h for h in sets if h.label == "prefill shapes never fitted, another lease")
+    first = next(h for h in sets if h.label == "prefill shapes never fitted")
+    assert set(again.data) == {"h100-sxm"} and again.against == first.data
+    # a set measured once is spread against the fitted steps (no measurement of its own)
+    assert all(h.against == {} for h in sets if h is not again)
+    assert set(sets[0].data) == {"h100-sxm", "h200"}

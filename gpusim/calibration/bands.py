@@ -255,10 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     replaces the trust section of the shipped calibration file. Returns the exit code."""
     import argparse
 
-    from gpusim.calibration import measurements
     from gpusim.calibration.die_physics import physics_die_source
     from gpusim.calibration.fit_inputs import read_fit_inputs
-    from gpusim.calibration.held_out import HELD_OUT_SETS
+    from gpusim.calibration.held_out import held_out_sets, read_held_out
     from gpusim.calibration.validate import (
         in_sample,
         judging_physics,
@@ -289,11 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         physics = judging_physics(shipped, data, gpu, st, loader.load_model, (), profiles,
                                   sweep, clocks, attention, joint, die)
         trusts += stack_trusts(args.data_dir / gpu.name / "stacks", gpu, physics, st.name)
-        for sub, label, _ in HELD_OUT_SETS:
-            if (args.data_dir / gpu.name / sub / "steps.csv").is_file():
-                h = measurements.read_steps(args.data_dir / gpu.name / sub / "steps.csv")
-                ev = in_sample(h, gpu, st, shipped, loader.load_model, label)
-                held.append((label, h, ev.predicted_s))
+        for h in held_out_sets({gpu.name: read_held_out(args.data_dir / gpu.name)}):
+            d = h.data[gpu.name]
+            ev = in_sample(d, gpu, st, shipped, loader.load_model, h.label)
+            held.append((h.label, d, ev.predicted_s))
     trust = merged(trusts)
     if args.write:
         from gpusim import report

@@ -5,10 +5,11 @@ measurements of the same shapes: the floor under any accuracy claim."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from gpusim.calibration.measurements import StepData
+from gpusim.calibration.measurements import StepData, read_steps
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,24 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
 )
 # a held-out set measured again: its spread is taken against the first measurement
 SPREAD_AGAINST = {"prefill_shapes_lease2": "prefill_shapes"}
+
+
+def read_held_out(gpu_dir: Path) -> dict[str, StepData]:
+    """The held-out sets measured under ``gpu_dir`` (``<gpu_dir>/<subdirectory>/
+    steps.csv``), by subdirectory. Raises ConfigError for an unreadable file."""
+    return {sub: read_steps(gpu_dir / sub / "steps.csv") for sub, _, _ in HELD_OUT_SETS
+            if (gpu_dir / sub / "steps.csv").is_file()}
+
+
+def held_out_sets(by_gpu: dict[str, dict[str, StepData]]) -> list[HeldOut]:
+    """``HeldOut`` sets from ``read_held_out``'s result for each GPU (by name), in
+    ``HELD_OUT_SETS``' order, each set measured again spread against its first
+    measurement (``SPREAD_AGAINST``)."""
+    def of(sub: str) -> dict[str, StepData]:
+        return {gpu: sets[sub] for gpu, sets in by_gpu.items() if sub in sets}
+
+    return [HeldOut(label, title, of(sub), of(SPREAD_AGAINST.get(sub, "")))
+            for sub, label, title in HELD_OUT_SETS if of(sub)]
 
 
 def lease_spread(fitted: StepData, again: StepData) -> str:

@@ -310,7 +310,7 @@ def validate(
     from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.die_physics import PhysicsDieSource, physics_die_source
     from gpusim.calibration.gemm_picks import read_sweep_beside
-    from gpusim.calibration.held_out import HELD_OUT_SETS, SPREAD_AGAINST, HeldOut
+    from gpusim.calibration.held_out import held_out_sets, read_held_out
     from gpusim.calibration.joint import joint_steps
     from gpusim.calibration.steady_clocks import read_probe_beside
 
@@ -335,17 +335,13 @@ def validate(
                                                 loader.load_stack)
         joint[name] = joint_steps(f.parent, st.name, loader.load_stack)
         die[name] = physics_die_source(gpus[name], st, len(attention[name]), data_dir)
-        for sub, _, _ in HELD_OUT_SETS:
-            extra = f.parent / sub / "steps.csv"
-            if extra.is_file():
-                held.setdefault(sub, {})[name] = measurements.read_steps(extra)
+        held[name] = read_held_out(f.parent)
         cal_file = calibrations.CALIBRATIONS_DIR / f"{name}.yaml"
         if cal_file.is_file():
             shipped[name] = calibrations.load_calibration(str(cal_file), gpus[name], st)
         print(f"{name}: {len(datasets[name])} rows", file=sys.stderr)
     command = "gpusim validate --data " + shown_dir
-    held_out = [HeldOut(label, title, held[sub], held.get(SPREAD_AGAINST.get(sub, ""), {}))
-                for sub, label, title in HELD_OUT_SETS if sub in held]
+    held_out = held_out_sets(held)
     with working("validate", quiet):
         md, pts = val.run_report(datasets, gpus, st, loader.load_model, shipped, command,
                                  micro, profs, held_out, sweeps, clocks,
