@@ -162,8 +162,7 @@ def calibrate(
 
 
 def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str, StackParams]:
-    """Each measured stack's own parameters (``stacks/<stack>/steps.csv`` beside the
-    reference stack's steps), the physics held."""
+    """Each measured stack's own parameters (``stacks/<stack>/steps.csv``), physics held."""
     from gpusim.calibration import die, measurements
     from gpusim.calibration import fit as cal_mod
 
@@ -305,6 +304,7 @@ def validate(
     files = sorted(data_dir.glob("*/steps.csv"))
     if not files:
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
+    from gpusim.calibration import lease_anchor
     from gpusim.calibration import micro as micro_mod
     from gpusim.calibration import profiles as prof_mod
     from gpusim.calibration.attention_points import read_attention_points
@@ -357,6 +357,8 @@ def validate(
             if evaluations:
                 md += "\n" + stacks_report.section(name, evaluations)
                 pts += [p for ev in evaluations for p in stacks_report.points(name, ev)]
+            md += lease_anchor.report(data_dir / name, gpus[name], physics, st,
+                                      loader.load_model, loader.load_stack)
             md += stacks_report.import_section(
                 _import_agreements(data_dir / name, gpus[name], st, datasets[name]))
 
