@@ -10,7 +10,7 @@ candidates for the max. ``step.simulate`` gives the same number through the engi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ class StepPrediction:
     host_s: np.ndarray
     host_bound: np.ndarray
     total: Cost
-    by_op: dict[str, Cost]
+    by_op: Mapping[str, Cost]
     kernels: list[Kernel]
     launches: int
     dtype: str = "bf16"   # the model's: its matrix peak is the roofline's
@@ -46,11 +46,26 @@ class StepPrediction:
 
     @property
     def weight_bytes(self) -> np.ndarray:
-        return sum((k.weight_bytes * k.repeat for k in self.kernels), np.zeros(1))
+        return _repeats_sum([k.weight_bytes for k in self.kernels], self.kernels)
 
     @property
     def kv_bytes(self) -> np.ndarray:
-        return sum((k.kv_bytes * k.repeat for k in self.kernels), np.zeros(1))
+        return _repeats_sum([k.kv_bytes for k in self.kernels], self.kernels)
+
+
+def _repeats_sum(values: Sequence[np.ndarray], kernels: Sequence[Kernel]) -> np.ndarray:
+    """sum(value * kernel.repeat) over the kernels in order, from ``np.zeros(1)``: one
+    reduction over the stacked values where they are arrays of one length (the same
+    sums bit for bit: the first axis is reduced row by row), else one by one."""
+    reps = np.array([float(k.repeat) for k in kernels])
+    try:
+        stacked = np.array(values, dtype=np.float64)
+    except ValueError:  # ragged
+        stacked = None
+    if stacked is None or stacked.ndim != 2 or not len(stacked):
+        return sum((v * k.repeat for v, k in zip(values, kernels, strict=True)),
+                   np.zeros(1))
+    return np.add.reduce(stacked * reps[:, None], axis=0)
 
 
 def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
@@ -91,6 +106,54 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
     return np.where(np.isfinite(best), best, 0.0)
 
 
+def summed(kernels: Sequence[Kernel], costs: Sequence[Cost], n: int) -> Cost:
+    """Each kernel's cost times its repeat, summed in step order: the same sums, bit for
+    bit, as adding the scaled costs one after another (numpy reduces the first axis of
+    the stacked array row by row, in order), in a dozen numpy calls instead of a dozen
+    a kernel (the fast path's cost is numpy's per-call overhead at a group's few hundred
+    shapes). Costs whose arrays are not all of length ``n`` are added one by one."""
+    reps = np.array([float(k.repeat) for k in kernels])
+    try:
+        stacked = np.array([(c.seconds, c.fixed_s, c.memory_s, c.compute_s, c.flops,
+                             c.bytes) for c in costs], dtype=np.float64)
+    except ValueError:  # ragged: some field a scalar or of another length
+        stacked = None
+    if stacked is None or stacked.shape != (len(costs), 6, n):
+        total = Cost.zero(n)
+        for k, c in zip(kernels, costs, strict=True):
+            total = total + c.scaled(k.repeat)
+        return total
+    return Cost(*np.add.reduce(stacked * reps[:, None, None], axis=0))
+
+
+class OpCosts(Mapping[str, Cost]):
+    """A step's cost per op name (each kernel's cost times its repeat; kernels of one
+    name summed in step order), computed on first use: most callers of the fast path
+    need the step's total alone."""
+
+    def __init__(self, kernels: Sequence[Kernel], costs: Sequence[Cost]) -> None:
+        self._kernels, self._costs = kernels, costs
+        self._by_op: dict[str, Cost] | None = None
+
+    def _table(self) -> dict[str, Cost]:
+        if self._by_op is None:
+            by_op: dict[str, Cost] = {}
+            for k, c in zip(self._kernels, self._costs, strict=True):
+                part = c.scaled(k.repeat)
+                by_op[k.name] = by_op[k.name] + part if k.name in by_op else part
+            self._by_op = by_op
+        return self._by_op
+
+    def __getitem__(self, name: str) -> Cost:
+        return self._table()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
 def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
                     clock: np.ndarray | None = None,
                     full_clock: Sequence[Cost] | None = None) -> StepPrediction:
@@ -101,12 +164,7 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
     gpu, cal = platform.gpu, platform.calibration
     costs = step_costs(kernels, gpu, cal, clock, full_clock)
     n = len(kernels[0].flops)
-    total = Cost.zero(n)
-    by_op: dict[str, Cost] = {}
-    for k, c in zip(kernels, costs, strict=True):
-        part = c.scaled(k.repeat)
-        total = total + part
-        by_op[k.name] = by_op[k.name] + part if k.name in by_op else part
+    total = summed(kernels, costs, n)
     gpu_s = total.seconds
     launches = kernel_launches(kernels)
     host_cost = cal.host
@@ -120,8 +178,8 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
                              host_cost.host_launch_cost_s)
         host_bound = seconds > gpu_s + host_cost.host_launch_cost_s + 1e-15
     return StepPrediction(seconds=seconds, gpu_s=gpu_s, host_s=host, host_bound=host_bound,
-                          total=total, by_op=by_op, kernels=kernels, launches=launches,
-                          dtype=model.dtype)
+                          total=total, by_op=OpCosts(kernels, costs), kernels=kernels,
+                          launches=launches, dtype=model.dtype)
 
 
 def predict(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx: object,
