@@ -33,7 +33,12 @@ class FitInputs:
 def read_fit_inputs(gpu: GpuSpec, stack: StackSpec, data_dir: Path) -> FitInputs:
     """The fit inputs under ``data_dir/<gpu>/`` (steps.csv and what lies beside it).
     Raises ConfigError for an unreadable file."""
-    steps = data_dir / gpu.name / "steps.csv"
+    return read_fit_inputs_beside(gpu, stack, data_dir / gpu.name / "steps.csv")
+
+
+def read_fit_inputs_beside(gpu: GpuSpec, stack: StackSpec, steps: Path) -> FitInputs:
+    """The fit inputs of a steps file (``steps``, or its ``.gz``) and what lies beside
+    it. Raises ConfigError for an unreadable file."""
     return FitInputs(
         data=read_step_dir(steps),
         profiles=read_profiles(profile_paths(steps.parent), stack),

@@ -61,7 +61,6 @@ def calibrate(
 
     Writes --out FILE.yaml, or the shipped calibration with --write-shipped."""
     from gpusim.calibration import fit as cal_mod
-    from gpusim.calibration import measurements
 
     g = loader.load_gpu(gpu)
     target = _explicit_output(out, write_shipped, "--out",
@@ -72,8 +71,10 @@ def calibrate(
     default = loader.ROOT / "validation" / "data" / g.name / "steps.csv"
     path = data if str(data) not in ("", ".") else default
     from gpusim.calibration import micro as micro_mod
+    from gpusim.calibration.fit_inputs import read_fit_inputs_beside
 
-    steps = measurements.read_step_dir(path)
+    inputs = read_fit_inputs_beside(g, st, path)
+    steps = inputs.data
     _check_enough_rows(steps, str(path))
     micro_path = path.parent / "micro.csv"
     micro = []
@@ -82,32 +83,24 @@ def calibrate(
         micro = micro_mod.read_micro(micro_path, st, models, kinds=micro_kinds(micro_kind))
     print(f"fitting {len(steps)} steps and {sum(len(m.measured_s) for m in micro)} "
           f"kernel microbenchmarks from {path.parent} ...", file=sys.stderr)
-    from gpusim.calibration import profiles as prof_mod
-
-    prof = prof_mod.read_profiles(prof_mod.profile_paths(path.parent), st)
     note = f"{path.parent.name}/{path.name}"
     if (path.parent / "tree.csv").is_file():
         note += " + tree.csv"
-    from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.die_physics import physics_die_source
-    from gpusim.calibration.gemm_picks import read_sweep_beside
-    from gpusim.calibration.joint import described, joint_steps
-    from gpusim.calibration.steady_clocks import read_probe_beside
+    from gpusim.calibration.joint import described
 
     # the measured stacks without parameters of their own fit the physics too
-    joint = joint_steps(path.parent, st.name, loader.load_stack)
-    note += described(joint)
-    attention = read_attention_points(path.parent, g, loader.load_model, loader.load_stack)
+    note += described(inputs.joint)
     # an attention family's work on the SMs, from the GPU of this die that profiled it most
-    die = physics_die_source(g, st, len(attention), path.parent.parent)
+    die = physics_die_source(g, st, len(inputs.attention), path.parent.parent)
     if die is not None:
         note += f" + {', '.join(die.fields)} from {die.gpu} (same die)"
     try:
         with working("calibrate", quiet):
             res = cal_mod.fit(steps, g, st, loader.load_model, note=note, micro=micro,
-                              profiles=prof, sweep=read_sweep_beside(path),
-                              clocks=read_probe_beside(path, g.boost_clock_hz / 1e6),
-                              attention=attention, also=joint,
+                              profiles=inputs.profiles, sweep=inputs.sweep,
+                              clocks=inputs.clocks, attention=inputs.attention,
+                              also=inputs.joint,
                               held=die.shipped() if die is not None else None)
     except ValueError as exc:   # data the fit cannot use (no CUDA-graph rows, ...)
         raise bad(str(path), str(exc).removeprefix(f"{path}: ")) from None
@@ -288,7 +281,7 @@ def validate(
     quiet: QuietOpt = False,
 ) -> None:
     """Predicted vs measured for every GPU's data: LOMO, cross-GPU, datasheet-only."""
-    from gpusim.calibration import measurements, quant_moe_report, stacks_report, unseen_stacks
+    from gpusim.calibration import quant_moe_report, stacks_report, unseen_stacks
     from gpusim.calibration import validate as val
 
     shown_dir = str(data_dir) if data_dir is not None else "validation/data"
@@ -306,13 +299,9 @@ def validate(
         raise bad(str(data_dir), "no <gpu>/steps.csv files found")
     from gpusim.calibration import lease_anchor
     from gpusim.calibration import micro as micro_mod
-    from gpusim.calibration import profiles as prof_mod
-    from gpusim.calibration.attention_points import read_attention_points
     from gpusim.calibration.die_physics import PhysicsDieSource, physics_die_source
-    from gpusim.calibration.gemm_picks import read_sweep_beside
+    from gpusim.calibration.fit_inputs import read_fit_inputs_beside
     from gpusim.calibration.held_out import held_out_sets, read_held_out
-    from gpusim.calibration.joint import joint_steps
-    from gpusim.calibration.steady_clocks import read_probe_beside
 
     datasets, gpus, shipped, micro, profs, sweeps, clocks = {}, {}, {}, {}, {}, {}, {}
     attention: dict[str, list] = {}
@@ -322,18 +311,15 @@ def validate(
     for f in files:
         name = f.parent.name
         gpus[name] = loader.load_gpu(name)
-        datasets[name] = measurements.read_step_dir(f)
+        inputs = read_fit_inputs_beside(gpus[name], st, f)
+        datasets[name] = inputs.data
         _check_enough_rows(datasets[name], str(f))
         if (f.parent / "micro.csv").is_file():
             models = [loader.load_model(m) for m in sorted(set(datasets[name].model))]
             micro[name] = micro_mod.read_micro(f.parent / "micro.csv", st, models,
                                                kinds=micro_kinds(micro_kind))
-        profs[name] = prof_mod.read_profiles(prof_mod.profile_paths(f.parent), st)
-        sweeps[name] = read_sweep_beside(f)
-        clocks[name] = read_probe_beside(f, gpus[name].boost_clock_hz / 1e6)
-        attention[name] = read_attention_points(f.parent, gpus[name], loader.load_model,
-                                                loader.load_stack)
-        joint[name] = joint_steps(f.parent, st.name, loader.load_stack)
+        profs[name], sweeps[name], clocks[name] = inputs.profiles, inputs.sweep, inputs.clocks
+        attention[name], joint[name] = inputs.attention, inputs.joint
         die[name] = physics_die_source(gpus[name], st, len(attention[name]), data_dir)
         held[name] = read_held_out(f.parent)
         cal_file = calibrations.CALIBRATIONS_DIR / f"{name}.yaml"
