@@ -67,3 +67,17 @@ def test_a_predicted_steps_byte_totals_are_its_kernels_sums():
     assert np.array_equal(p.weight_bytes, want_w) and np.array_equal(p.kv_bytes, want_kv)
     assert p.kv_bytes[2] > p.kv_bytes[1] > p.kv_bytes[0]
     assert sum(c.seconds for c in p.by_op.values()).shape == (3,)
+
+
+def test_one_shape_sums_as_the_one_by_one_loop():
+    # a (kernels, 1) stack is contiguous along the kernels: numpy would sum it pairwise
+    rng = np.random.default_rng(3)
+    ks = [_K("a", int(r)) for r in rng.integers(1, 81, 40)]
+    costs = [Cost(*(rng.lognormal(-9, 3, 1) for _ in FIELDS)) for _ in ks]
+    total, _ = _loop(ks, costs, 1)
+    got = summed(ks, costs, 1)
+    assert all(np.array_equal(getattr(got, f), getattr(total, f)) for f in FIELDS)
+    from gpusim.step.predict import _repeats_sum
+    values = [c.bytes for c in costs]
+    want = sum((v * k.repeat for v, k in zip(values, ks, strict=True)), np.zeros(1))
+    assert np.array_equal(_repeats_sum(values, ks), want)

@@ -23,6 +23,9 @@ from gpusim.kernels.parallel import shard
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
 
+# a Cost's fields, in its constructor's order
+COST_FIELDS = ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes")
+
 
 @dataclass(frozen=True)
 class StepPrediction:
@@ -62,7 +65,7 @@ def _repeats_sum(values: Sequence[np.ndarray], kernels: Sequence[Kernel]) -> np.
         stacked = np.array(values, dtype=np.float64)
     except ValueError:  # ragged
         stacked = None
-    if stacked is None or stacked.ndim != 2 or not len(stacked):
+    if stacked is None or stacked.ndim != 2 or stacked.shape[1] < 2:   # as summed's
         return sum((v * k.repeat for v, k in zip(values, kernels, strict=True)),
                    np.zeros(1))
     return np.add.reduce(stacked * reps[:, None], axis=0)
@@ -109,21 +112,26 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
 def summed(kernels: Sequence[Kernel], costs: Sequence[Cost], n: int) -> Cost:
     """Each kernel's cost times its repeat, summed in step order: the same sums, bit for
     bit, as adding the scaled costs one after another (numpy reduces the first axis of
-    the stacked array row by row, in order), in a dozen numpy calls instead of a dozen
-    a kernel (the fast path's cost is numpy's per-call overhead at a group's few hundred
-    shapes). Costs whose arrays are not all of length ``n`` are added one by one."""
-    reps = np.array([float(k.repeat) for k in kernels])
-    try:
-        stacked = np.array([(c.seconds, c.fixed_s, c.memory_s, c.compute_s, c.flops,
-                             c.bytes) for c in costs], dtype=np.float64)
-    except ValueError:  # ragged: some field a scalar or of another length
-        stacked = None
-    if stacked is None or stacked.shape != (len(costs), 6, n):
-        total = Cost.zero(n)
-        for k, c in zip(kernels, costs, strict=True):
-            total = total + c.scaled(k.repeat)
-        return total
-    return Cost(*np.add.reduce(stacked * reps[:, None, None], axis=0))
+    a stacked field row by row, in order), in a few numpy calls a field instead of a
+    dozen a kernel (the fast path's cost is numpy's per-call overhead at a group's few
+    hundred shapes). One shape, or costs whose arrays are not all of length ``n``, are
+    added one by one."""
+    reps = np.array([float(k.repeat) for k in kernels])[:, None]
+    fields = []
+    for name in COST_FIELDS:
+        try:
+            stacked = np.array([getattr(c, name) for c in costs], dtype=np.float64)
+        except ValueError:  # ragged: some field a scalar or of another length
+            stacked = None
+        # (with one shape the stacked field is contiguous along the kernels, and numpy
+        # would sum it pairwise: other bits)
+        if stacked is None or stacked.shape != (len(costs), n) or n < 2:
+            total = Cost.zero(n)
+            for k, c in zip(kernels, costs, strict=True):
+                total = total + c.scaled(k.repeat)
+            return total
+        fields.append(np.add.reduce(stacked * reps, axis=0))
+    return Cost(*fields)
 
 
 class OpCosts(Mapping[str, Cost]):
