@@ -237,21 +237,23 @@ def test_the_two_dies_atomic_rates_agree_on_their_own_profiles():
     assert rates[0] == pytest.approx(rates[1], rel=0.03)
 
 
-def test_the_index_add_probe_no_fit_reads_is_priced_within_15_percent():
-    # validation/data/h100-sxm/probe_2026-12-07_s23/index_add/: index_add_ of T tokens
-    # x top-k slots of width 2048 and 4096 (k = 1, 2, 8: no collisions to eight-way),
-    # which no fit reads; the shipped rate, fitted on the MoE models' profiled calls,
-    # prices the LargeIndex calls (past 16 slots) whatever the top-k
+@pytest.mark.parametrize("name, probe", [("h100-sxm", "probe_2026-12-07_s23"),
+                                         ("h200", "probe_2026-12-07_s24")])
+def test_the_index_add_probe_no_fit_reads_is_priced_within_15_percent(name, probe):
+    # validation/data/<gpu>/<probe>/index_add/: index_add_ of T tokens x top-k slots of
+    # width 2048 and 4096 (k = 1, 2, 8: no collisions to eight-way), which no fit reads
+    # (H100 session 23, H200 session 24); each GPU's shipped rate, fitted on the MoE
+    # models' profiled calls, prices the LargeIndex calls (past 16 slots) whatever the
+    # top-k
     import csv
 
     from gpusim.calibration.moe_fit import _adds, _slot_kernel
-    gpu, st = H100, loader.load_stack("torch-fused")
+    gpu, st = loader.load_gpu(name), loader.load_stack("torch-fused")
     cal = calibrations.load_calibration(
-        str(calibrations.CALIBRATIONS_DIR / "h100-sxm.yaml"), gpu, st)
+        str(calibrations.CALIBRATIONS_DIR / f"{name}.yaml"), gpu, st)
     by_width = {2048: loader.load_model("qwen3-30b-a3b"),
                 4096: loader.load_model("mixtral-8x7b-8l")}
-    path = (loader.ROOT / "validation" / "data" / "h100-sxm" / "probe_2026-12-07_s23"
-            / "index_add" / "index_add.csv")
+    path = loader.ROOT / "validation" / "data" / name / probe / "index_add" / "index_add.csv"
     rows = [r for r in csv.DictReader(path.read_text().splitlines())
             if "indexFuncLargeIndex" in r["kernel"] and r["dtype"] == "bfloat16"]
     assert len(rows) >= 40 and {r["topk"] for r in rows} == {"1", "2", "8"}

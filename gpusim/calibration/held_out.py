@@ -46,6 +46,10 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
      "(2026-12-07 16:56 UTC, the reference stack's half of a same-lease pair with "
      "torch-fused): the shipped calibration on the stacks grid measured again (never "
      "fitted)"),
+    ("lease_2026-12-07_1724", "another lease, 2026-12-07 17:24", "Another lease "
+     "(2026-12-07 17:24 UTC, the reference stack's half of a same-lease pair with "
+     "torch-fused): the shipped calibration on the stacks grid measured again (never "
+     "fitted)"),
     ("prefill_shapes", "prefill shapes never fitted", "Prefill shapes no fit has seen "
      "(2026-12-07 11:07 UTC): 700-6144 tokens a prompt at batch 1-3 and 128-256 at batch "
      "16-32, five models (two never fitted), with decode anchors of the same lease: the "
