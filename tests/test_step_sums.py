@@ -1,4 +1,4 @@
-"""A step's costs summed over its kernels (step.predict.summed, OpCosts, the byte
+"""A step's costs summed over its kernels (step.predict.SummedCost, OpCosts, the byte
 totals): the same numbers, bit for bit, as adding the kernels one by one."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gpusim.cost import Cost
 from gpusim.io import calibrations, loader
 from gpusim.platform import Platform
-from gpusim.step.predict import OpCosts, predict, summed
+from gpusim.step.predict import OpCosts, SummedCost, _repeat_sum, predict
 
 FIELDS = ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes")
 
@@ -32,12 +32,12 @@ def _loop(kernels, costs, n):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 30), st.integers(0, 2**31 - 1))
-def test_summed_and_op_costs_equal_the_one_by_one_sums_bit_for_bit(kernels, n, seed):
+def test_summed_cost_and_op_costs_equal_the_one_by_one_sums_bit_for_bit(kernels, n, seed):
     rng = np.random.default_rng(seed)
     ks = [_K(f"op{rng.integers(0, 5)}", int(rng.integers(1, 81))) for _ in range(kernels)]
     costs = [Cost(*(rng.lognormal(-9, 3, n) for _ in FIELDS)) for _ in ks]
     total, by_op = _loop(ks, costs, n)
-    got = summed(ks, costs, n)
+    got = SummedCost(ks, costs, n)
     lazy = OpCosts(ks, costs)
     for f in FIELDS:
         assert np.array_equal(getattr(got, f), getattr(total, f))
@@ -51,7 +51,7 @@ def test_ragged_costs_are_added_one_by_one():
     n = 4
     costs = [Cost(*(np.arange(1.0, n + 1) for _ in FIELDS)),
              Cost(*(np.float64(0.5) for _ in FIELDS))]     # a scalar cost broadcasts
-    got = summed(ks, costs, n)
+    got = SummedCost(ks, costs, n)
     np.testing.assert_array_equal(got.seconds, 2 * np.arange(1.0, n + 1) + 1.5)
 
 
@@ -75,9 +75,8 @@ def test_one_shape_sums_as_the_one_by_one_loop():
     ks = [_K("a", int(r)) for r in rng.integers(1, 81, 40)]
     costs = [Cost(*(rng.lognormal(-9, 3, 1) for _ in FIELDS)) for _ in ks]
     total, _ = _loop(ks, costs, 1)
-    got = summed(ks, costs, 1)
+    got = SummedCost(ks, costs, 1)
     assert all(np.array_equal(getattr(got, f), getattr(total, f)) for f in FIELDS)
-    from gpusim.step.predict import _repeats_sum
     values = [c.bytes for c in costs]
     want = sum((v * k.repeat for v, k in zip(values, ks, strict=True)), np.zeros(1))
-    assert np.array_equal(_repeats_sum(values, ks), want)
+    assert np.array_equal(_repeat_sum(values, ks, np.zeros(1)), want)

@@ -39,7 +39,7 @@ class StepPrediction:
     gpu_s: np.ndarray
     host_s: np.ndarray
     host_bound: np.ndarray
-    total: Cost
+    total: Cost | SummedCost
     by_op: Mapping[str, Cost]
     kernels: list[Kernel]
     launches: int
@@ -49,26 +49,12 @@ class StepPrediction:
 
     @property
     def weight_bytes(self) -> np.ndarray:
-        return _repeats_sum([k.weight_bytes for k in self.kernels], self.kernels)
+        return _repeat_sum([k.weight_bytes for k in self.kernels], self.kernels,
+                           np.zeros(1))
 
     @property
     def kv_bytes(self) -> np.ndarray:
-        return _repeats_sum([k.kv_bytes for k in self.kernels], self.kernels)
-
-
-def _repeats_sum(values: Sequence[np.ndarray], kernels: Sequence[Kernel]) -> np.ndarray:
-    """sum(value * kernel.repeat) over the kernels in order, from ``np.zeros(1)``: one
-    reduction over the stacked values where they are arrays of one length (the same
-    sums bit for bit: the first axis is reduced row by row), else one by one."""
-    reps = np.array([float(k.repeat) for k in kernels])
-    try:
-        stacked = np.array(values, dtype=np.float64)
-    except ValueError:  # ragged
-        stacked = None
-    if stacked is None or stacked.ndim != 2 or stacked.shape[1] < 2:   # as summed's
-        return sum((v * k.repeat for v, k in zip(values, kernels, strict=True)),
-                   np.zeros(1))
-    return np.add.reduce(stacked * reps[:, None], axis=0)
+        return _repeat_sum([k.kv_bytes for k in self.kernels], self.kernels, np.zeros(1))
 
 
 def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
@@ -109,29 +95,52 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
     return np.where(np.isfinite(best), best, 0.0)
 
 
-def summed(kernels: Sequence[Kernel], costs: Sequence[Cost], n: int) -> Cost:
-    """Each kernel's cost times its repeat, summed in step order: the same sums, bit for
-    bit, as adding the scaled costs one after another (numpy reduces the first axis of
-    a stacked field row by row, in order), in a few numpy calls a field instead of a
-    dozen a kernel (the fast path's cost is numpy's per-call overhead at a group's few
-    hundred shapes). One shape, or costs whose arrays are not all of length ``n``, are
-    added one by one."""
+def _repeat_sum(values: Sequence[object], kernels: Sequence[Kernel],
+                start: np.ndarray) -> np.ndarray:
+    """``start`` plus each kernel's value times its repeat, added in step order: one
+    reduction over the stacked values where they are arrays of ``start``'s length (or
+    of one length, ``start`` of one element), bit for bit the one-by-one sums (numpy
+    reduces the first axis row by row, in order), else one by one. With one shape the
+    stack is contiguous along the kernels, and numpy would sum it pairwise: one by one
+    too."""
+    try:
+        stacked = np.array(values, dtype=np.float64)
+    except ValueError:  # ragged: some value a scalar or of another length
+        stacked = None
+    if (stacked is None or stacked.ndim != 2 or stacked.shape[1] < 2
+            or len(start) not in (1, stacked.shape[1])):
+        return sum((v * k.repeat for v, k in zip(values, kernels, strict=True)), start)
     reps = np.array([float(k.repeat) for k in kernels])[:, None]
-    fields = []
-    for name in COST_FIELDS:
-        try:
-            stacked = np.array([getattr(c, name) for c in costs], dtype=np.float64)
-        except ValueError:  # ragged: some field a scalar or of another length
-            stacked = None
-        # (with one shape the stacked field is contiguous along the kernels, and numpy
-        # would sum it pairwise: other bits)
-        if stacked is None or stacked.shape != (len(costs), n) or n < 2:
-            total = Cost.zero(n)
-            for k, c in zip(kernels, costs, strict=True):
-                total = total + c.scaled(k.repeat)
-            return total
-        fields.append(np.add.reduce(stacked * reps, axis=0))
-    return Cost(*fields)
+    return np.add.reduce(stacked * reps, axis=0)
+
+
+class SummedCost:
+    """A step's cost, each kernel's times its repeat summed (``Cost``'s fields, read
+    only), each field summed when first read (``_repeat_sum``): the fast path's callers
+    read one to three of the six, and a sum is numpy's per-call overhead at a group's
+    few hundred shapes."""
+
+    def __init__(self, kernels: Sequence[Kernel], costs: Sequence[Cost], n: int) -> None:
+        self._kernels, self._costs, self._n = kernels, costs, n
+        self._fields: dict[str, np.ndarray] = {}
+
+    def _get(self, name: str) -> np.ndarray:
+        got = self._fields.get(name)
+        if got is None:
+            got = self._fields[name] = _repeat_sum([getattr(c, name) for c in self._costs],
+                                                   self._kernels, np.zeros(self._n))
+        return got
+
+    seconds = property(lambda self: self._get("seconds"))
+    fixed_s = property(lambda self: self._get("fixed_s"))
+    memory_s = property(lambda self: self._get("memory_s"))
+    compute_s = property(lambda self: self._get("compute_s"))
+    flops = property(lambda self: self._get("flops"))
+    bytes = property(lambda self: self._get("bytes"))
+
+    def cost(self) -> Cost:
+        """The sums as a Cost."""
+        return Cost(*(self._get(f) for f in COST_FIELDS))
 
 
 class OpCosts(Mapping[str, Cost]):
@@ -172,7 +181,7 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
     gpu, cal = platform.gpu, platform.calibration
     costs = step_costs(kernels, gpu, cal, clock, full_clock)
     n = len(kernels[0].flops)
-    total = summed(kernels, costs, n)
+    total = SummedCost(kernels, costs, n)
     gpu_s = total.seconds
     launches = kernel_launches(kernels)
     host_cost = cal.host
