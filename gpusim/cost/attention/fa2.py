@@ -82,10 +82,13 @@ def num_splits(a: AttentionShape, sms: float) -> np.ndarray:
     need = (base < 0.8 * slots) & (n_blocks > 1.0)
     if not need.any():
         return out
-    # shapes repeat (a sweep's batches share contexts): search each pair once
-    pairs, inverse = np.unique(np.stack([base[need], n_blocks[need]]), axis=1,
-                               return_inverse=True)
-    b, nb = pairs[0][:, None], pairs[1][:, None]
+    # shapes repeat (a sweep's batches share contexts): search each pair once, the pairs
+    # found through one integer key (both are whole numbers well below 2**26: the key is
+    # exact) as numpy's unique over columns sorts far slower
+    bn, kn = base[need], n_blocks[need]
+    _, first, inverse = np.unique(bn * (kn.max() + 1.0) + kn, return_index=True,
+                                  return_inverse=True)
+    b, nb = bn[first][:, None], kn[first][:, None]
     cand = np.arange(1.0, min(MAX_SPLITS, slots, float(nb.max())) + 1.0)[None, :]
     eligible = (cand == 1.0) | (np.ceil(nb / cand) != np.ceil(nb / np.maximum(cand - 1.0, 1.0)))
     eligible &= cand <= nb
