@@ -23,9 +23,6 @@ from gpusim.kernels.parallel import shard
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
 
-# a Cost's fields, in its constructor's order
-COST_FIELDS = ("seconds", "fixed_s", "memory_s", "compute_s", "flops", "bytes")
-
 
 @dataclass(frozen=True)
 class StepPrediction:
@@ -137,10 +134,6 @@ class SummedCost:
     compute_s = property(lambda self: self._get("compute_s"))
     flops = property(lambda self: self._get("flops"))
     bytes = property(lambda self: self._get("bytes"))
-
-    def cost(self) -> Cost:
-        """The sums as a Cost."""
-        return Cost(*(self._get(f) for f in COST_FIELDS))
 
 
 class OpCosts(Mapping[str, Cost]):

@@ -215,15 +215,14 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
     n = len(rows)
     base = platform
     base_tp = base.layout.tp
-    # each row's group as a small integer (one dict lookup a row), the groups' members
-    # by a stable sort: input order within each group, groups in order of first row
-    codes: dict[tuple[str, str, int, str | None, str | None], int] = {}
-    code = [codes.setdefault((r.model, r.mode, r.tp if r.tp_given else base_tp,
-                              r.weight_dtype, r.kv_dtype), len(codes)) for r in rows]
-    order = np.argsort(np.array(code, dtype=np.int64), kind="stable")
-    sizes = np.bincount(np.array(code, dtype=np.int64), minlength=len(codes))
-    groups = (dict(zip(codes, np.split(order, np.cumsum(sizes)[:-1]), strict=True))
-              if codes else {})
+    groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
+    for i, r in enumerate(rows):
+        key = (r.model, r.mode, r.tp if r.tp_given else base_tp, r.weight_dtype, r.kv_dtype)
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [i]
+        else:
+            members.append(i)
     models: dict[tuple[str, str | None, str | None], ModelSpec] = {}
     # three flat lists convert in C; a list of tuples goes through numpy's slow path
     batch, ctx, q = np.array([[r.batch for r in rows], [r.ctx for r in rows],
@@ -237,8 +236,8 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
     launches = np.empty(n, np.int64)
     text = {k: np.empty(n, object) for k in ("bound", "envelope")}
     peak_bw = platform.gpu.hbm_bandwidth_bytes_per_s
-    for (model_name, mode, tp, weight_dtype, kv_dtype), idx in groups.items():
-        members = idx.tolist()
+    for (model_name, mode, tp, weight_dtype, kv_dtype), members in groups.items():
+        idx = np.array(members)
         first = rows[members[0]]
         try:
             # the model as the stack runs it, in the row's dtypes (once for its modes)
