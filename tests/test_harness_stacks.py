@@ -36,6 +36,8 @@ GQA = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
        "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 96, "vocab_size": 128,
        "rope_theta": 5e5, "rms_norm_eps": 1e-5}
 TIED_MHA = {**GQA, "num_key_value_heads": 4, "tie_word_embeddings": True}
+QWEN3 = {**GQA, "qk_norm": True}   # Qwen3's per-head q/k norms
+CFGS, CFG_IDS = [GQA, TIED_MHA, QWEN3], ["gqa", "tied-mha", "qwen3"]
 # (mode, batch, ctx, q)
 STEPS = [("decode", 2, 7, 1), ("verify", 2, 5, 3), ("verify", 3, 9, 4), ("prefill", 2, 0, 6)]
 MAX_LEN = 16
@@ -117,7 +119,7 @@ def _check_step(stack: sf.Stack, model: object, w: reference.Weights, mode: str,
 
 # ------------------------------------------------------------------ torch-hf, torch-fused
 @pytest.mark.parametrize("name", ["torch-hf", "torch-fused"])
-@pytest.mark.parametrize("cfg", [GQA, TIED_MHA], ids=["gqa", "tied-mha"])
+@pytest.mark.parametrize("cfg", CFGS, ids=CFG_IDS)
 @pytest.mark.parametrize("step", STEPS, ids=STEP_IDS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)],
                          ids=["fp32", "bf16"])
@@ -146,10 +148,10 @@ class _Calls(TorchFunctionMode):
 HF_NORM = ["float", "pow", "mean", "add", "rsqrt", "mul", "to", "mul"]
 
 
-def _calls(name: str, layers: int, step: tuple) -> list[str]:
+def _calls(name: str, layers: int, step: tuple, cfg: dict = GQA) -> list[str]:
     mode, b, ctx, q = step
     stack = sf.STACKS[name]
-    w = stack.load(reference.Shape.from_dict({**GQA, "num_hidden_layers": layers}), CPU,
+    w = stack.load(reference.Shape.from_dict({**cfg, "num_hidden_layers": layers}), CPU,
                    torch.bfloat16)
     fn = stack.step(w, stack.new_cache(w, b, MAX_LEN, CPU, torch.bfloat16), mode, b, ctx, q)
     with _Calls() as calls:
@@ -170,14 +172,17 @@ def _fuse_norms(names: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("step", STEPS[:3] + STEPS[-1:], ids=STEP_IDS[:3] + STEP_IDS[-1:])
-def test_torch_fused_is_reference_with_one_norm_op(step):
-    """torch-fused calls F.rms_norm once a norm (2 a layer, 1 final) and nothing else
-    of the 8-op norm; every other call is reference.forward's, in the same order."""
+@pytest.mark.parametrize("cfg,norms", [(GQA, 2), (QWEN3, 4)], ids=["gqa", "qwen3"])
+def test_torch_fused_is_reference_with_one_norm_op(step, cfg, norms):
+    """torch-fused calls F.rms_norm once a norm (2 a layer, 4 with Qwen3's q/k norms,
+    1 final) and nothing else of the 8-op norm; every other call is reference.forward's,
+    in the same order."""
     for layers in (1, 2):
-        fused, hf = _calls("torch-fused", layers, step), _calls("torch-hf", layers, step)
-        assert fused.count("rms_norm") == 2 * layers + 1
+        fused = _calls("torch-fused", layers, step, cfg)
+        hf = _calls("torch-hf", layers, step, cfg)
+        assert fused.count("rms_norm") == norms * layers + 1
         assert "rsqrt" not in fused and "pow" not in fused
-        assert hf.count("rsqrt") == 2 * layers + 1 and "rms_norm" not in hf
+        assert hf.count("rsqrt") == norms * layers + 1 and "rms_norm" not in hf
         assert fused == _fuse_norms(hf)
 
 
@@ -201,11 +206,12 @@ def test_torch_fused_is_reference_forward_with_fused_norms():
 
 # ------------------------------------------------------------------------ torch-compile
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5)], ids=["fp32"])
-def test_compile_stack_all_modes_one_graph_each(dtype, tol):
+@pytest.mark.parametrize("cfg", [GQA, QWEN3], ids=["gqa", "qwen3"])
+def test_compile_stack_all_modes_one_graph_each(dtype, tol, cfg):
     """Dynamo alone (backend "eager"): each mode compiles one graph, and a second batch
     size, q and ctx (and another cache) reuse it; the math matches the oracle."""
     stack = sf.CompileStack(backend="eager")
-    w = stack.load(reference.Shape.from_dict(GQA), CPU, dtype)
+    w = stack.load(reference.Shape.from_dict(cfg), CPU, dtype)
     per_mode = {"decode": [(2, 7, 1), (3, 9, 1), (4, 12, 1)],
                 "verify": [(2, 5, 3), (3, 9, 4)],
                 "prefill": [(2, 0, 6), (3, 0, 9)]}
@@ -242,7 +248,7 @@ def _hf(cfg: dict, dtype: torch.dtype):
 
 
 @needs_hf
-@pytest.mark.parametrize("cfg", [GQA, TIED_MHA], ids=["gqa", "tied-mha"])
+@pytest.mark.parametrize("cfg", CFGS, ids=CFG_IDS)
 @pytest.mark.parametrize("step", STEPS, ids=STEP_IDS)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)],
                          ids=["fp32", "bf16"])

@@ -81,6 +81,9 @@ def random_weights(shape: Shape, device: str | torch.device, dtype: torch.dtype 
                  "wgu": rnd(2 * inter, h, scale=1 / math.sqrt(h)),             # [2I, h]
                  "wd": rnd(h, inter, scale=0.5 / math.sqrt(inter))}            # [h, I]
                 for _ in range(s.num_hidden_layers)]
+    if s.qk_norm:   # Qwen3's per-head q/k norms, drawn after the rest: Llama's unchanged
+        for lw in w.layers:
+            lw.update(q_norm=1.0 + rnd(d, scale=0.1), k_norm=1.0 + rnd(d, scale=0.1))
     w.norm_f = 1.0 + rnd(h, scale=0.1)
     w.lm_head = w.embed if s.tie_word_embeddings else rnd(s.vocab_size, h,
                                                           scale=1 / math.sqrt(h))
@@ -175,7 +178,8 @@ def model_from(w: Weights, stack: str = "torch-fused",
             for k in PROJECTIONS:
                 lw[k] = None
         layers.append(Layer(norm1=lw["norm1"], qkv=lin["wqkv"], o=lin["wo"],
-                            norm2=lw["norm2"], mlp=DenseMlp(lin["wgu"], lin["wd"])))
+                            norm2=lw["norm2"], mlp=DenseMlp(lin["wgu"], lin["wd"]),
+                            q_norm=lw.get("q_norm"), k_norm=lw.get("k_norm")))
     dtype = getattr(layers[0].qkv, "weight_dtype", "bf16") if layers else "bf16"
     return Model(shape=w.shape, stack=stack, weight_dtype=dtype, embed=w.embed,
                  layers=layers, norm_f=w.norm_f, lm_head=w.lm_head, inv_freq=w.inv_freq)

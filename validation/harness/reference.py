@@ -31,6 +31,8 @@ class Shape:
     tie_word_embeddings: bool = False
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # Qwen3's per-head RMSNorm of q and k after the projection, before RoPE
+    qk_norm: bool = False
 
     @property
     def d(self) -> int:
@@ -68,6 +70,9 @@ class Weights:
                 "wd": rnd(h, s.intermediate_size,
                           scale=0.5 / math.sqrt(s.intermediate_size)),       # [h, I]
             })
+            if s.qk_norm:   # drawn after the layer's others: a Llama's weights unchanged
+                self.layers[-1].update(q_norm=1.0 + rnd(d, scale=0.1),       # [D]
+                                       k_norm=1.0 + rnd(d, scale=0.1))
         self.norm_f = 1.0 + rnd(h, scale=0.1)
         self.lm_head = self.embed if s.tie_word_embeddings else rnd(
             s.vocab_size, h, scale=1 / math.sqrt(h))                       # [V, h]
@@ -144,8 +149,16 @@ def forward(w: Weights, cache: KVCache, tokens: torch.Tensor, ctx: int, mode: st
     for i, lw in enumerate(w.layers):
         hn = rms_norm(x, lw["norm1"], s.rms_norm_eps)
         qkv = F.linear(hn, lw["wqkv"])                                     # [T, (H+2Hkv)D]
-        xq = qkv[:, : h_ * d].view(b, q, h_, d).transpose(1, 2)            # [B, H, q, D]
-        xk = qkv[:, h_ * d: (h_ + hkv) * d].view(b, q, hkv, d).transpose(1, 2)
+        # Qwen3 norms each head of q and k (on [B, q, H, D], as transformers'
+        # Qwen3Attention does) before the transpose
+        xq = qkv[:, : h_ * d].view(b, q, h_, d)                            # [B, q, H, D]
+        if s.qk_norm:
+            xq = rms_norm(xq, lw["q_norm"], s.rms_norm_eps)
+        xq = xq.transpose(1, 2)                                            # [B, H, q, D]
+        xk = qkv[:, h_ * d: (h_ + hkv) * d].view(b, q, hkv, d)
+        if s.qk_norm:
+            xk = rms_norm(xk, lw["k_norm"], s.rms_norm_eps)
+        xk = xk.transpose(1, 2)                                            # [B, Hkv, q, D]
         xv = qkv[:, (h_ + hkv) * d:].view(b, q, hkv, d).transpose(1, 2)    # [B, Hkv, q, D]
         xq = apply_rope(xq, cos, sin)
         xk = apply_rope(xk, cos, sin)
@@ -201,8 +214,11 @@ def reference_forward_fp32(w: Weights, cache_k: torch.Tensor, cache_v: torch.Ten
     for i, lw in enumerate(w.layers):
         hn = norm(x, lw["norm1"])
         qkv = hn @ lw["wqkv"].to(f).T
-        xq = rope(qkv[:, : h_ * d].view(b, q, h_, d).transpose(1, 2))
-        xk = rope(qkv[:, h_ * d: (h_ + hkv) * d].view(b, q, hkv, d).transpose(1, 2))
+        xq = qkv[:, : h_ * d].view(b, q, h_, d)
+        xk = qkv[:, h_ * d: (h_ + hkv) * d].view(b, q, hkv, d)
+        if s.qk_norm:
+            xq, xk = norm(xq, lw["q_norm"]), norm(xk, lw["k_norm"])
+        xq, xk = rope(xq.transpose(1, 2)), rope(xk.transpose(1, 2))
         xv = qkv[:, (h_ + hkv) * d:].view(b, q, hkv, d).transpose(1, 2)
         keys = torch.cat((cache_k[i, :, :, :ctx].to(f), xk), dim=2)
         vals = torch.cat((cache_v[i, :, :, :ctx].to(f), xv), dim=2)

@@ -13,7 +13,9 @@ over the prompt, logits of the last position only). ``STACKS`` names them:
 * ``torch-compile``: the torch-fused forward under ``torch.compile`` (Inductor) with the
   token count dynamic and the cache position a tensor (``CompileStack``).
 * ``hf-transformers``: the transformers library's ``LlamaForCausalLM`` with sdpa
-  attention and its ``StaticCache`` (``HfStack``).
+  attention and its ``StaticCache`` (``HfStack``); ``Qwen3ForCausalLM`` for a model with
+  Qwen3's per-head q/k norms (``Shape.qk_norm``), which every stack runs after the qkv
+  projection and before RoPE.
 
 The interface is the same for all (``Stack``): ``load`` builds a model with random
 weights, ``new_cache`` a cache of ``max_len`` positions filled with random values, and
@@ -294,22 +296,34 @@ class HfCache:
 
 
 def hf_config(shape: Shape) -> object:
-    """A transformers LlamaConfig of ``shape`` (default RoPE, as reference.py)."""
-    from transformers import LlamaConfig
+    """A transformers config of ``shape`` (default RoPE, as reference.py): a LlamaConfig,
+    or a Qwen3Config for a model with per-head q/k norms (no attention bias, every
+    layer full attention: what reference.py runs)."""
+    from transformers import LlamaConfig, Qwen3Config
     s = shape
-    return LlamaConfig(
+    sizes = dict(
         vocab_size=s.vocab_size, hidden_size=s.hidden_size,
         intermediate_size=s.intermediate_size, num_hidden_layers=s.num_hidden_layers,
         num_attention_heads=s.num_attention_heads,
         num_key_value_heads=s.num_key_value_heads, head_dim=s.d,
         rms_norm_eps=s.rms_norm_eps, rope_theta=s.rope_theta,
         tie_word_embeddings=s.tie_word_embeddings, max_position_embeddings=HF_MAX_POSITIONS)
+    if s.qk_norm:
+        return Qwen3Config(**sizes, attention_bias=False, use_sliding_window=False)
+    return LlamaConfig(**sizes)
+
+
+def hf_model_class(shape: Shape) -> type:
+    """transformers' causal-LM class of ``shape``: Qwen3's with q/k norms, else Llama's."""
+    from transformers import LlamaForCausalLM, Qwen3ForCausalLM
+    return Qwen3ForCausalLM if shape.qk_norm else LlamaForCausalLM
 
 
 @torch.no_grad()
 def hf_load_weights(model: torch.nn.Module, w: reference.Weights) -> None:
-    """Copy reference.Weights into a transformers LlamaForCausalLM of the same shape
-    (q/k/v and gate/up are row blocks of reference's fused wqkv and wgu). Raises
+    """Copy reference.Weights into a transformers LlamaForCausalLM (Qwen3ForCausalLM) of
+    the same shape (q/k/v and gate/up are row blocks of reference's fused wqkv and wgu;
+    the q/k norms where the shape has them). Raises
     RuntimeError where a shape differs."""
     s = w.shape
     hd, kvd, inter = s.num_attention_heads * s.d, s.num_key_value_heads * s.d, s.intermediate_size
@@ -325,6 +339,9 @@ def hf_load_weights(model: torch.nn.Module, w: reference.Weights) -> None:
         mlp.up_proj.weight.copy_(lw["wgu"][inter:])
         mlp.down_proj.weight.copy_(lw["wd"])
         layer.input_layernorm.weight.copy_(lw["norm1"])
+        if s.qk_norm:
+            att.q_norm.weight.copy_(lw["q_norm"])
+            att.k_norm.weight.copy_(lw["k_norm"])
         layer.post_attention_layernorm.weight.copy_(lw["norm2"])
     inner.norm.weight.copy_(w.norm_f)
     if not s.tie_word_embeddings:
@@ -332,7 +349,8 @@ def hf_load_weights(model: torch.nn.Module, w: reference.Weights) -> None:
 
 
 class HfStack:
-    """transformers' LlamaForCausalLM (sdpa attention) over its StaticCache.
+    """transformers' LlamaForCausalLM (Qwen3ForCausalLM: ``hf_model_class``; sdpa
+    attention) over its StaticCache.
 
     The model is built from a config with the library's random initialisation, in
     ``dtype`` directly on the device. The cache is allocated for ``max_len`` positions
@@ -354,10 +372,9 @@ class HfStack:
     def load(self, shape: Shape, device: torch.device, dtype: torch.dtype
              ) -> torch.nn.Module:
         """Raises ImportError without transformers."""
-        from transformers import LlamaForCausalLM
         with torch.device(device):
-            model = LlamaForCausalLM._from_config(hf_config(shape), dtype=dtype,
-                                                  attn_implementation="sdpa")
+            model = hf_model_class(shape)._from_config(hf_config(shape), dtype=dtype,
+                                                       attn_implementation="sdpa")
         return model.eval().requires_grad_(False)
 
     def new_cache(self, model: torch.nn.Module, batch: int, max_len: int,
