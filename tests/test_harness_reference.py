@@ -20,7 +20,8 @@ GQA = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
        "rope_theta": 10000.0, "rms_norm_eps": 1e-5}
 MHA = {**GQA, "num_key_value_heads": 4, "head_dim": None, "hidden_size": 48}  # D = 12
 TIED = {**GQA, "tie_word_embeddings": True, "num_key_value_heads": 1, "rope_theta": 5e5}
-SHAPES = {"gqa": GQA, "mha": MHA, "tied": TIED}
+QWEN3 = {**GQA, "qk_norm": True, "rms_norm_eps": 1e-6}   # per-head q/k norms
+SHAPES = {"gqa": GQA, "mha": MHA, "tied": TIED, "qwen3": QWEN3}
 # (mode, batch, ctx, q)
 STEPS = [("decode", 2, 7, 1), ("decode", 1, 0, 1), ("verify", 2, 5, 2), ("verify", 1, 9, 3),
          ("verify", 3, 4, 4), ("verify", 2, 11, 5), ("prefill", 2, 0, 6), ("prefill", 1, 0, 1)]
@@ -77,7 +78,10 @@ def test_cache_written_at_ctx_with_rotated_k(name, step):
     lw = w.layers[0]
     hn = lw["norm1"] * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + shape.rms_norm_eps)
     qkv = hn @ lw["wqkv"].T
-    k = qkv[:, h_ * d:(h_ + hkv) * d].view(b, q, hkv, d).transpose(1, 2)
+    k = qkv[:, h_ * d:(h_ + hkv) * d].view(b, q, hkv, d)
+    if shape.qk_norm:   # each head normed before RoPE
+        k = lw["k_norm"] * k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + shape.rms_norm_eps)
+    k = k.transpose(1, 2)
     v = qkv[:, (h_ + hkv) * d:].view(b, q, hkv, d).transpose(1, 2)
     pos = torch.arange(ctx, end, dtype=torch.float64)
     ang = pos[:, None] * w.inv_freq.double()[None, :]
@@ -164,3 +168,19 @@ def test_aten_ops_match_stack_file(step):
     assert layer == _stack_counts(stack["layer"])
     want = _stack_counts(stack["prologue"] + stack["epilogue"])
     assert ends == want
+
+
+@pytest.mark.skipif(not STACK.exists(), reason="no stacks/torch-hf.yaml")
+@pytest.mark.parametrize("step", [("decode", 2, 5, 1), ("verify", 2, 5, 3),
+                                  ("prefill", 1, 0, 4)], ids=lambda s: s[0])
+def test_qk_norm_ops_match_stack_file(step):
+    """A Qwen3 layer runs the stack file's layer and its qk_norm section (the per-head
+    q and k norms, each reference.rms_norm's 8 kernels); the ends are a Llama's."""
+    yaml = pytest.importorskip("yaml")
+    stack = yaml.safe_load(STACK.read_text())
+    one = _count_ops(QWEN3, 1, *step)
+    two = _count_ops(QWEN3, 2, *step)
+    layer = {k: two[k] - one[k] for k in one}
+    assert layer == _stack_counts(stack["layer"] + stack["qk_norm"])
+    assert {k: one[k] - layer[k] for k in one} == _stack_counts(stack["prologue"]
+                                                                + stack["epilogue"])

@@ -50,6 +50,12 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
      "(2026-12-07 17:24 UTC, the reference stack's half of a same-lease pair with "
      "torch-fused): the shipped calibration on the stacks grid measured again (never "
      "fitted)"),
+    ("lease_2026-12-07_1844", "another lease, 2026-12-07 18:44", "Another lease "
+     "(2026-12-07 18:44 UTC, the lease of the Qwen3 models below): the shipped "
+     "calibration on shapes of the fitted grid measured again (never fitted)"),
+    ("qwen3_2026-12-07", "Qwen3 models never fitted", "Qwen3 dense models (per-head q/k "
+     "norms; 1.7B and 8B, 2026-12-07 18:44 UTC, the lease above): the shipped "
+     "calibration on the stacks grid (never fitted)"),
     ("prefill_shapes", "prefill shapes never fitted", "Prefill shapes no fit has seen "
      "(2026-12-07 11:07 UTC): 700-6144 tokens a prompt at batch 1-3 and 128-256 at batch "
      "16-32, five models (two never fitted), with decode anchors of the same lease: the "

@@ -154,6 +154,9 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
     zeros = np.zeros_like(b)
     # one value from the whole tensor: priced from its elements, not as rows
     whole = op.reduces == "tensor" and op.reduction_kernels > 0
+    # rows of a row reduction or walk: a token's, or a head's (per-head q/k norms)
+    heads = op.row == "head"
+    rows = elements / model.head_dim_eff if heads else m_tok
     launches = 0 if op.only_grouped and model.num_key_value_heads == model.num_attention_heads \
         else op.kernels
     return Kernel(name=op.name, kind=_STREAM_KINDS[op.op], section=section,
@@ -161,7 +164,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   weight_bytes=zeros,
                   kv_bytes=zeros, act_bytes=moved, dtype=dtype,
                   strided_launches=strided,
-                  reduction=None if whole else _reduction(op, elements, m_tok),
+                  reduction=None if whole else _reduction(op, elements, rows),
                   tensor_reductions=op.reduction_kernels if whole else 0,
                   reduced_elements=elements if whole else None,
                   sort_elements=elements if op.sorts else None,
@@ -170,7 +173,8 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   atomic_elements=elements if op.atomic_adds else None,
                   row_walk=op.row_walk,
                   row_walk_elements=(None if op.row_walk is None else
-                                     elements / np.maximum(tokens, 1.0)),
+                                     np.full_like(elements, float(model.head_dim_eff))
+                                     if heads else elements / np.maximum(tokens, 1.0)),
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain,
                   cache_read_bytes=cache_read)
 

@@ -103,6 +103,10 @@ class StackOp(Frozen):
     # F.rms_norm): its time follows the row's width whatever the rows, until their
     # bytes bind (cost.pointwise.row_walk_s)
     row_walk: Literal["torch_layer_norm"] | None = None
+    # the rows its row reductions and row walks take: a token's row of the tensor (a
+    # norm of the hidden state) or a head's (Qwen3's per-head q/k norms: rows of
+    # head_dim elements, tokens x heads of them)
+    row: Literal["token", "head"] = "token"
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
     # attention: the keys it reads: the sequence's cached and new positions (context),
     # or the whole allocated cache under a mask (allocated_cache: a static cache as

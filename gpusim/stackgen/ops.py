@@ -166,11 +166,25 @@ OUTPUT_OF = {"qkv": "q", "q": "q", "k": "kv", "v": "kv", "o": "hidden",
              "down": "hidden", "lm_head": "hidden", "attention": "q"}
 
 
+def head_rows(run: list[Unit], head_dim: int) -> bool:
+    """Whether the run's row reductions and row walks take a head's row, not a token's:
+    every one of them reads [..., heads, head_dim] (Qwen3's per-head q/k norms), as its
+    recorded shapes show."""
+    rowed = [u for u in run if any(REDUCTION.search(k.name) or
+                                   any(p.search(k.name) for p in ROW_WALK.values())
+                                   for k in u.kernels)]
+    firsts = [shapes[0] for u in rowed if (shapes := _shapes(u.dims))]
+    return bool(firsts) and len(firsts) == len(rowed) and all(
+        len(d) >= 3 and d[-1] == head_dim for d in firsts)
+
+
 def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
-                 elements: dict[str, float], after: str = "hidden") -> StackOp:
+                 elements: dict[str, float], after: str = "hidden",
+                 head_dim: int = 0) -> StackOp:
     """One elementwise (or embedding) op for a run of pointwise units (``elements``: the
     candidate tensors' sizes in the traced step; ``after``: the tensor the anchor
-    before the run wrote, for kernels that recorded no shapes)."""
+    before the run wrote, for kernels that recorded no shapes; ``head_dim``: the
+    model's, whose rows per-head norms reduce)."""
     kernels = [k for u in run for k in u.kernels if not k.name.startswith(("Memset",
                                                                             "Memcpy"))]
     tensor = tensor_of(max(run, key=_largest), elements, shape.keys)
@@ -188,7 +202,8 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
     walks = [walk for k in kernels for walk, pattern in ROW_WALK.items()
              if pattern.search(k.name)]
     embedding = run[0].cls == "embedding"
-    if walks and (embedding or tensor not in ROW_TENSORS or len(walks) > 1):
+    heads = head_dim > 0 and not embedding and head_rows(run, head_dim)
+    if walks and (embedding or (tensor not in ROW_TENSORS and not heads) or len(walks) > 1):
         notes.append(f"{name}: {len(walks)} row-walking kernels on {tensor}: priced by "
                      "their bytes alone")
         walks = []
@@ -197,7 +212,7 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
                    bytes_per_element=round(per_element, 3), strided_kernels=strided,
                    reduction_kernels=reductions,
                    sorts=any(SORT.search(k.name) for k in kernels),
-                   row_walk=walks[0] if walks else None)
+                   row_walk=walks[0] if walks else None, row="head" if heads else "token")
 
 
 def weight_of(u: Unit, model: ModelSpec, index: int, count: int, used: set[str],
@@ -270,7 +285,8 @@ def section_groups(section: str, run_units: list[Unit], model: ModelSpec, shape:
                 j += 1
             name = f"{section}_{len(ops)}_{_snake(run[i].op or run[i].kernels[0].name)}"
             ops.append((expand_op(name, run[i:j]) if kind == "expand" else
-                        pointwise_op(name, run[i:j], shape, notes, elements, after),
+                        pointwise_op(name, run[i:j], shape, notes, elements, after,
+                                     model.head_dim_eff),
                         run[i:j]))
             i = j
         run.clear()
