@@ -56,6 +56,10 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
     ("qwen3_2026-12-07", "Qwen3 models never fitted", "Qwen3 dense models (per-head q/k "
      "norms; 1.7B and 8B, 2026-12-07 18:44 UTC, the lease above): the shipped "
      "calibration on the stacks grid (never fitted)"),
+    ("qwen3_2026-12-07_1941", "Qwen3 models never fitted, another lease", "Qwen3 4B "
+     "and 14B (2026-12-07 19:41 UTC, measured after the stack files' q/k-norm sections "
+     "were written from the 1.7B's profiles): the shipped calibration on the stacks grid "
+     "(never fitted)"),
     ("prefill_shapes", "prefill shapes never fitted", "Prefill shapes no fit has seen "
      "(2026-12-07 11:07 UTC): 700-6144 tokens a prompt at batch 1-3 and 128-256 at batch "
      "16-32, five models (two never fitted), with decode anchors of the same lease: the "
