@@ -60,6 +60,10 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
      "and 14B (2026-12-07 19:41 UTC, measured after the stack files' q/k-norm sections "
      "were written from the 1.7B's profiles): the shipped calibration on the stacks grid "
      "(never fitted)"),
+    ("lease_2026-12-07_1955", "Qwen3 and anchors, another lease, 2026-12-07 19:55",
+     "Another lease (2026-12-07 19:55 UTC): the reference stack's Qwen3 1.7B and 8B steps "
+     "measured again, beside 10 steps of fitted Llama shapes; the shipped calibration "
+     "(never fitted); its spread against the first measurement of the Qwen3 steps"),
     ("prefill_shapes", "prefill shapes never fitted", "Prefill shapes no fit has seen "
      "(2026-12-07 11:07 UTC): 700-6144 tokens a prompt at batch 1-3 and 128-256 at batch "
      "16-32, five models (two never fitted), with decode anchors of the same lease: the "
@@ -69,7 +73,8 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
      "(never fitted); its spread against the first lease's"),
 )
 # a held-out set measured again: its spread is taken against the first measurement
-SPREAD_AGAINST = {"prefill_shapes_lease2": "prefill_shapes"}
+SPREAD_AGAINST = {"prefill_shapes_lease2": "prefill_shapes",
+                  "lease_2026-12-07_1955": "qwen3_2026-12-07"}
 
 
 def read_held_out(gpu_dir: Path) -> dict[str, StepData]:
