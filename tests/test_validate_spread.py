@@ -78,6 +78,9 @@ def test_held_out_sets_are_read_per_gpu_and_spread_against_their_first_measureme
     again = next(h for h in sets if h.label == "prefill shapes never fitted, another lease")
     first = next(h for h in sets if h.label == "prefill shapes never fitted")
     assert set(again.data) == {"h100-sxm"} and again.against == first.data
+    qwen3 = next(h for h in sets if h.label == "Qwen3 models never fitted")
+    qwen3_again = next(h for h in sets if h.label.startswith("Qwen3 and anchors"))
+    assert qwen3_again.against == qwen3.data
     # a set measured once is spread against the fitted steps (no measurement of its own)
-    assert all(h.against == {} for h in sets if h is not again)
+    assert all(h.against == {} for h in sets if h not in (again, qwen3_again))
     assert set(sets[0].data) == {"h100-sxm", "h200"}
