@@ -79,8 +79,23 @@ def test_importing_a_qwen3_trace_keeps_its_qk_norms_in_the_layer():
     step = read_trace(path, 2)[-1]
     out = import_stack([step], loader.load_model("qwen3-1.7b"), "q3", loader.load_stack("torch-hf"))
     assert out.stack.qk_norm == ()
-    assert any(op.row == "head" for op in out.stack.layer)
+    heads = [op for op in out.stack.layer if op.row == "head"]
+    # on q or k, though Qwen3 1.7B's hidden state is as wide as its q (2048)
+    assert heads and all(op.tensor in ("q", "kv") for op in heads)
     assert any("q/k norms" in n for n in out.notes)
+
+
+def test_head_rows_are_for_tensors_of_heads():
+    """`row: head` over a tensor without heads is refused, not priced as something."""
+    from pydantic import ValidationError
+
+    from gpusim.specs import StackOp
+
+    StackOp(op="elementwise", name="q_norm", tensor="q", kernels=1, bytes_per_element=4,
+            row="head")
+    with pytest.raises(ValidationError, match="row: head"):
+        StackOp(op="elementwise", name="n", tensor="hidden", kernels=1, bytes_per_element=4,
+                row="head")
 
 
 @pytest.mark.parametrize("stack_name,limit", [("torch-hf", 0.05), ("hf-transformers", 0.05)])

@@ -34,6 +34,8 @@ WeightName = Literal["qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down",
 
 # the tensors with one row per token (an elementwise op over one walks token rows)
 ROW_TENSORS = ("hidden", "q", "kv", "attn_out", "intermediate", "gate_up")
+# the tensors whose rows can be heads (head_dim elements each: ``StackOp.row``)
+HEAD_TENSORS = ("q", "kv", "attn_out")
 
 
 class StackOp(Frozen):
@@ -163,6 +165,9 @@ class StackOp(Frozen):
                                           or self.tensor not in ROW_TENSORS):
             raise ValueError(f"op {self.name!r}: 'row_walk' is for elementwise ops over a "
                              f"tensor of token rows ({', '.join(ROW_TENSORS)})")
+        if self.row == "head" and (self.op != "elementwise" or self.tensor not in HEAD_TENSORS):
+            raise ValueError(f"op {self.name!r}: 'row: head' is for elementwise ops over a "
+                             f"tensor of heads ({', '.join(HEAD_TENSORS)})")
         if self.vectorized_at_one_token > self.strided_kernels:
             raise ValueError(f"op {self.name!r}: vectorized_at_one_token "
                              f"({self.vectorized_at_one_token}) exceeds strided_kernels "

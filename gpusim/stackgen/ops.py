@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from gpusim.kernels.build import gemm_nk as model_gemm_nk
 from gpusim.specs import ModelSpec, StackOp
-from gpusim.specs.stack import ROW_TENSORS
+from gpusim.specs.stack import HEAD_TENSORS, ROW_TENSORS
 from gpusim.stackgen.units import Unit, gemm_nk
 
 WEIGHTS = ("qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head")
@@ -203,6 +203,13 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
              if pattern.search(k.name)]
     embedding = run[0].cls == "embedding"
     heads = head_dim > 0 and not embedding and head_rows(run, head_dim)
+    if heads and tensor not in HEAD_TENSORS:
+        # per-head norms work on q or k (the size match may have picked another tensor
+        # of the same size: Qwen3 1.7B's hidden state is as wide as its q)
+        tensor = min(HEAD_TENSORS[:2], key=lambda n: abs(math.log(
+            max(_largest(max(run, key=_largest)), 1) / max(elements[n], 1.0))))
+        if moved and all(m is not None for m in moved):
+            per_element = float(sum(moved)) / elements[tensor]  # type: ignore[arg-type]
     if walks and (embedding or (tensor not in ROW_TENSORS and not heads) or len(walks) > 1):
         notes.append(f"{name}: {len(walks)} row-walking kernels on {tensor}: priced by "
                      "their bytes alone")
