@@ -104,10 +104,11 @@ TORCH_MOE: tuple[StackOp, ...] = (
 # contiguous copy of the strided head view (read 2, write 2) and torch's fused RMSNorm
 # (read 2, write 2), whose CTAs each walk one head's row of head_dim elements (as
 # torch-fused's norms walk a token's: cost.pointwise.row_walk_s; profiled on a Qwen3
-# 1.7B decode, 2.1 us a q or k norm at one token and at eight). At one token the head
-# view is contiguous and the copy is not launched (validation/data/h100-sxm/
-# qwen3_2026-12-07/ and moe/: 56 copies fewer a 28-layer step at batch 1 than at 8):
-# priced as launched there, about 2 us a norm too long in a batch-1 decode
+# 1.7B decode, about 2 us a q or k norm at one token and at eight). At one token the
+# head view is contiguous and the copy is not launched (validation/data/h100-sxm/
+# qwen3_2026-12-07/: 56 copies fewer a 28-layer Qwen3 1.7B step at batch 1 than at 8;
+# moe/: 96 fewer a 48-layer Qwen3-30B-A3B step at batch 1 than at 64): priced as
+# launched there, about 2 us a norm too long in a batch-1 decode
 TORCH_QK_NORM: tuple[StackOp, ...] = (
     _op(op="elementwise", name="q_norm", tensor="q", kernels=2, bytes_per_element=8,
         strided_kernels=1, row_walk="torch_layer_norm", row="head"),
