@@ -88,17 +88,15 @@ def import_stack(steps: list[TracedStep], model: ModelSpec, name: str, like: Sta
               else "every mode traced")
     text = description or (f"imported from traces of {model.name} ({', '.join(modes)}); "
                            f"{others}")
-    extra: dict[str, object] = {}
     if model.qk_norm:
         # the traced layer already runs the q/k norms: the file adds none for a model
-        # with them (qk_norm: []), and says it describes such models only
-        extra["qk_norm"] = ()
+        # with them (qk_norm: [] below), and says it describes such models only
         notes.append(f"the layer holds {model.name}'s per-head q/k norms as traced "
                      "(qk_norm: [] adds none): it prices models with q/k norms; import "
                      "a trace of a model without them for those")
     stack = StackSpec(name=name, description=text, attention=families,
                       host_costs_from=like.name, prologue=tuple(sections["prologue"]),
                       layer=tuple(sections["layer"]), epilogue=tuple(sections["epilogue"]),
-                      **extra)
+                      qk_norm=() if model.qk_norm else None)
     launches = sum(u.launches for u in units(steps[0].kernels))
     return Imported(stack, tuple(modes), tuple(notes), launches)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from gpusim.kernels.build import gemm_nk as model_gemm_nk
 from gpusim.specs import ModelSpec, StackOp
-from gpusim.specs.stack import HEAD_TENSORS, ROW_TENSORS
+from gpusim.specs.stack import ROW_TENSORS
 from gpusim.stackgen.units import Unit, gemm_nk
 
 WEIGHTS = ("qkv", "q", "k", "v", "o", "gate_up", "gate", "up", "down", "lm_head")
@@ -187,7 +187,12 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
     model's, whose rows per-head norms reduce)."""
     kernels = [k for u in run for k in u.kernels if not k.name.startswith(("Memset",
                                                                             "Memcpy"))]
-    tensor = tensor_of(max(run, key=_largest), elements, shape.keys)
+    embedding = run[0].cls == "embedding"
+    heads = head_dim > 0 and not embedding and head_rows(run, head_dim)
+    # per-head norms work on q or k (another tensor may be as large: Qwen3 1.7B's hidden
+    # state is as wide as its q)
+    pool = {n: elements[n] for n in ("q", "kv")} if heads else elements
+    tensor = tensor_of(max(run, key=_largest), pool, shape.keys)
     moved = [u.moved_bytes for u in run]
     if any(m is None for m in moved):
         per_element = 4.0 * len(kernels)
@@ -201,15 +206,6 @@ def pointwise_op(name: str, run: list[Unit], shape: Shape, notes: list[str],
     # the known row walk one of its kernels is; more than one is priced by bytes alone
     walks = [walk for k in kernels for walk, pattern in ROW_WALK.items()
              if pattern.search(k.name)]
-    embedding = run[0].cls == "embedding"
-    heads = head_dim > 0 and not embedding and head_rows(run, head_dim)
-    if heads and tensor not in HEAD_TENSORS:
-        # per-head norms work on q or k (the size match may have picked another tensor
-        # of the same size: Qwen3 1.7B's hidden state is as wide as its q)
-        tensor = min(HEAD_TENSORS[:2], key=lambda n: abs(math.log(
-            max(_largest(max(run, key=_largest)), 1) / max(elements[n], 1.0))))
-        if moved and all(m is not None for m in moved):
-            per_element = float(sum(moved)) / elements[tensor]  # type: ignore[arg-type]
     if walks and (embedding or (tensor not in ROW_TENSORS and not heads) or len(walks) > 1):
         notes.append(f"{name}: {len(walks)} row-walking kernels on {tensor}: priced by "
                      "their bytes alone")

@@ -213,9 +213,9 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
     Raises ConfigError naming the row."""
     rows = list(rows)
     n = len(rows)
+    groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
     base = platform
     base_tp = base.layout.tp
-    groups: dict[tuple[str, str, int, str | None, str | None], list[int]] = {}
     for i, r in enumerate(rows):
         key = (r.model, r.mode, r.tp if r.tp_given else base_tp, r.weight_dtype, r.kv_dtype)
         members = groups.get(key)
