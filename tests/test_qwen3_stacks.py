@@ -113,3 +113,22 @@ def test_qwen3_decode_steps_are_priced_with_their_norms(stack_name, limit):
     pred = predict_groups(make_groups(data, stack, loader.load_model), len(data), gpu, cal)
     assert len(data) >= 10
     assert np.mean(np.abs(pred / data.measured_s - 1)) < limit
+
+
+def test_a_norm_fused_into_a_layer_op_runs_in_its_place():
+    """torch-compile's qk_norm ops are named as its rope ops: Inductor's rope kernels
+    with the norms fused in. They replace those ops (same place, same launches) and
+    add a row reduction over head rows, which a Llama model's rope kernels lack."""
+    stack = loader.load_stack("torch-compile")
+    b, c, one = np.array([8]), np.array([1024]), np.array([1])
+    qwen = build_kernels(loader.load_model("qwen3-1.7b"), stack, "decode", b, c, one)
+    llama = build_kernels(loader.load_model("llama-3.2-1b"), stack, "decode", b, c, one)
+    layer = [k.name for k in qwen if k.section == "layer"]
+    assert layer == [k.name for k in llama if k.section == "layer"]
+    by = {k.name: k for k in qwen}
+    rows, row = by["rope_q"].reduction[:, 0]
+    assert rows == 8 * 16 and row == 128                 # 16 heads of 128
+    rows, row = by["rope_kv_write"].reduction[:, 0]
+    assert rows == 8 * 8 and row == 128                  # its k kernel: 8 KV heads
+    assert by["rope_kv_write"].launches == 2
+    assert {k.name: k for k in llama}["rope_q"].reduction is None

@@ -131,7 +131,8 @@ def _runs(op: StackOp, model: ModelSpec) -> bool:
 
 def layer_ops(model: ModelSpec, stack: StackSpec) -> tuple[StackOp, ...]:
     """The ops of one layer of ``model`` on ``stack``, in launch order: the stack's
-    layer, with q/k norms after the qkv projection (a model with ``qk_norm``) and the
+    layer, with q/k norms after the qkv projection (a model with ``qk_norm``; a norm
+    op named as a layer op replaces it: the norm fused into that kernel) and the
     MoE section in place of the dense MLP (an MoE model; its ``dense_mlp`` op expands
     to the dense MLP's ops, sized to the shared expert). Raises ValueError where the
     stack's layer has no place for them (no qkv projection, no MLP ops)."""
@@ -145,7 +146,13 @@ def layer_ops(model: ModelSpec, stack: StackSpec) -> tuple[StackOp, ...]:
             raise ValueError(f"stack {stack.name}: no qkv projection to put {model.name}'s "
                              "q/k norms after")
         norms = stack.qk_norm if stack.qk_norm is not None else TORCH_QK_NORM
-        out[at[-1] + 1:at[-1] + 1] = norms
+        # an op named as one of the layer's runs in its place: that kernel with the
+        # norm fused in (Inductor's rope kernels); the others are kernels of their own
+        names = {op.name: i for i, op in enumerate(out)}
+        for op in norms:
+            if op.name in names:
+                out[names[op.name]] = op
+        out[at[-1] + 1:at[-1] + 1] = [op for op in norms if op.name not in names]
     if model.is_moe:
         moe = moe_section(model, stack)   # raises without dense MLP ops to replace
         first = out.index(next(op for op in out if is_dense_mlp(op)))
