@@ -87,7 +87,8 @@ def test_an_moe_layer_launches_router_permutation_experts_and_combine() -> None:
         "shared_gate_up_proj", "shared_silu_mul", "shared_down_proj", "shared_gate",
         "shared_gate_scale", "shared_add"]
     qk = [op.name for op in layer_ops(moe(qk_norm=True), stack)]
-    assert qk.index("qkv_proj") + 1 == qk.index("q_norm")
+    at = qk.index("qkv_proj")
+    assert qk[at + 1:at + 5] == ["q_norm_copy", "q_norm", "k_norm_copy", "k_norm"]
     roles = op_roles(moe(), stack)
     assert roles["router"] == "routing" and roles["permute_gather"] == "routing"
     assert roles["experts_gate_up"] == "experts" and "attention" not in roles

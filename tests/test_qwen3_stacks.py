@@ -16,7 +16,7 @@ from gpusim.calibration.fit import make_groups, predict_groups
 from gpusim.calibration.measurements import read_steps
 from gpusim.io import calibrations, loader
 from gpusim.io.profile_trace import read_trace
-from gpusim.kernels import build_kernels
+from gpusim.kernels import build_kernels, launches_per_shape
 from gpusim.stackgen.build import import_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +37,26 @@ def _profiled_launches() -> Counter:
 PROFILED = _profiled_launches()
 
 
-@pytest.mark.parametrize("key", sorted(k for k in PROFILED if k[2] == "decode" and k[3] == 8),
-                         ids=lambda k: f"{k[0]}-{k[1]}")
+# hf-transformers' batch-1 decode: cuDNN splits its masked attention over the keys and
+# launches a reduction a layer (lean_reduction_kernel) that its one attention launch
+# does not count (a known gap of the stack file: priced as one launch)
+SPLIT_AT_ONE = pytest.mark.xfail(strict=True, reason="cuDNN's split-KV reduction at batch 1")
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=SPLIT_AT_ONE)
+                                 if k[0] == "hf-transformers" and k[3] == 1 else k
+                                 for k in sorted(k for k in PROFILED if k[2] == "decode")],
+                         ids=lambda k: f"{k[0]}-{k[1]}-b{k[3]}")
 def test_a_qwen3_decode_step_launches_what_its_profile_shows(key):
     """Each stack's file, q/k norms included (torch-hf and hf-transformers: 8 kernels a
-    norm; torch-fused: a copy and its fused norm; torch-compile: none, fused into the
-    rope kernels), launches the kernels its batch-8 decode profile ran (one kernel of
-    transformers' position bookkeeping aside)."""
+    norm; torch-fused: a copy and its fused norm, the copy not launched at one token;
+    torch-compile: none, fused into the rope kernels), launches the kernels its batch-1
+    and batch-8 decode profiles ran (one kernel of transformers' position bookkeeping
+    aside)."""
     stack_name, model, mode, batch = key
     stack, m = loader.load_stack(stack_name), loader.load_model(model)
     ks = build_kernels(m, stack, mode, np.array([batch]), np.array([1024]), np.array([1]))
-    launches = sum(k.launches * k.repeat for k in ks)
+    launches = launches_per_shape(ks, 1)[0]
     assert abs(launches - PROFILED[key]) <= 1, (launches, PROFILED[key])
 
 

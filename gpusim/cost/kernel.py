@@ -165,8 +165,10 @@ def combined(k: Kernel, cal: Calibration, fixed: np.ndarray, memory: np.ndarray,
     if slow is not None:
         kernel_s = kernel_s * slow
     seconds = kernel_s + k.launches * ph.launch_gap_s
-    return Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
+    cost = Cost(seconds=seconds, fixed_s=fixed, memory_s=memory, compute_s=compute,
                 flops=k.flops, bytes=k.bytes)
+    # nothing at the shapes where its kernels do not launch
+    return cost if k.launched is None else cost.scaled(k.launched)
 
 
 def stretch(k: Kernel, cal: Calibration, clock: np.ndarray | float) -> np.ndarray | float:
@@ -196,4 +198,5 @@ def reclocked(k: Kernel, cost: Cost, cal: Calibration, clock: np.ndarray) -> Cos
 def busy_s(k: Kernel, cost: Cost, cal: Calibration) -> np.ndarray:
     """GPU seconds ``k``'s kernels run (as a profiler reports them): ``cost`` less the
     idle launch gaps before them."""
-    return cost.seconds - k.launches * cal.physics.launch_gap_s
+    gaps = k.launches * cal.physics.launch_gap_s
+    return cost.seconds - (gaps if k.launched is None else gaps * k.launched)

@@ -25,8 +25,9 @@ class Cost:
                     self.memory_s + other.memory_s, self.compute_s + other.compute_s,
                     self.flops + other.flops, self.bytes + other.bytes)
 
-    def scaled(self, factor: float) -> Cost:
-        """This cost ``factor`` times over (e.g. once per layer)."""
+    def scaled(self, factor: float | np.ndarray) -> Cost:
+        """This cost ``factor`` times over (e.g. once per layer; per shape for an
+        array)."""
         return Cost(self.seconds * factor, self.fixed_s * factor, self.memory_s * factor,
                     self.compute_s * factor, self.flops * factor, self.bytes * factor)
 

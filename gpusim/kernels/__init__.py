@@ -14,6 +14,7 @@ from gpusim.kernels.records import (
     attention_kernel,
     gemm_kernel,
     kernel_launches,
+    launches_per_shape,
     step_totals,
 )
 from gpusim.kernels.shape import as_arrays, check_shape, default_ctx, default_q
@@ -21,4 +22,4 @@ from gpusim.kernels.shape import as_arrays, check_shape, default_ctx, default_q
 __all__ = ["AttentionShape", "GemmShape", "Kernel", "Section", "as_arrays",
            "attention_flops", "attention_kernel", "build_kernels", "check_shape",
            "default_ctx", "default_q", "gemm_kernel", "gemm_nk", "kernel_launches",
-           "step_totals"]
+           "launches_per_shape", "step_totals"]

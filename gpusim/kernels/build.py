@@ -176,7 +176,9 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                                      np.full_like(elements, float(model.head_dim_eff))
                                      if heads else elements / np.maximum(tokens, 1.0)),
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain,
-                  cache_read_bytes=cache_read)
+                  cache_read_bytes=cache_read,
+                  launched=(np.where(tokens == 1, 0.0, 1.0) if op.skipped_at_one_token
+                            else None))
 
 
 def build_kernels(model: ModelSpec, stack: StackSpec, mode: str, batch: object,

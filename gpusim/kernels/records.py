@@ -128,6 +128,9 @@ class Kernel:
     cache_read_bytes: np.ndarray | None = None
     # a collective between GPUs (tensor/pipeline/expert parallelism): what it moves
     collective: CollectiveShape | None = None
+    # per step shape, 1 where its kernels launch and 0 where they do not (a copy PyTorch
+    # skips at one token: StackOp.skipped_at_one_token); None: at every shape
+    launched: np.ndarray | None = None
 
     @property
     def bytes(self) -> np.ndarray:
@@ -206,8 +209,19 @@ def attention_kernel(name: str, mode: str, family: str, b: np.ndarray, q: np.nda
 
 
 def kernel_launches(kernels: list[Kernel]) -> int:
-    """Kernel launches in one step."""
+    """Kernel launches in one step (of its shapes that launch the most: see
+    ``launches_per_shape``)."""
     return sum(k.launches * k.repeat for k in kernels)
+
+
+def launches_per_shape(kernels: list[Kernel], n: int) -> np.ndarray:
+    """Kernel launches in one step, for each of its ``n`` shapes (a kernel that does
+    not launch at a shape, ``Kernel.launched``, counts nothing there)."""
+    out = np.full(n, float(kernel_launches(kernels)))
+    for k in kernels:
+        if k.launched is not None:
+            out = out - k.launches * k.repeat * (1.0 - k.launched)
+    return out
 
 
 def step_totals(kernels: list[Kernel]) -> dict[str, np.ndarray]:

@@ -107,13 +107,16 @@ TORCH_MOE: tuple[StackOp, ...] = (
 # 1.7B decode, about 2 us a q or k norm at one token and at eight). At one token the
 # head view is contiguous and the copy is not launched (validation/data/h100-sxm/
 # qwen3_2026-12-07/: 56 copies fewer a 28-layer Qwen3 1.7B step at batch 1 than at 8;
-# moe/: 96 fewer a 48-layer Qwen3-30B-A3B step at batch 1 than at 64): priced as
-# launched there, about 2 us a norm too long in a batch-1 decode
+# moe/: 96 fewer a 48-layer Qwen3-30B-A3B step at batch 1 than at 64)
 TORCH_QK_NORM: tuple[StackOp, ...] = (
-    _op(op="elementwise", name="q_norm", tensor="q", kernels=2, bytes_per_element=8,
-        strided_kernels=1, row_walk="torch_layer_norm", row="head"),
-    _op(op="elementwise", name="k_norm", tensor="kv", kernels=2, bytes_per_element=8,
-        strided_kernels=1, row_walk="torch_layer_norm", row="head"),
+    _op(op="elementwise", name="q_norm_copy", tensor="q", kernels=1, bytes_per_element=4,
+        strided_kernels=1, skipped_at_one_token=True),
+    _op(op="elementwise", name="q_norm", tensor="q", kernels=1, bytes_per_element=4,
+        row_walk="torch_layer_norm", row="head"),
+    _op(op="elementwise", name="k_norm_copy", tensor="kv", kernels=1, bytes_per_element=4,
+        strided_kernels=1, skipped_at_one_token=True),
+    _op(op="elementwise", name="k_norm", tensor="kv", kernels=1, bytes_per_element=4,
+        row_walk="torch_layer_norm", row="head"),
 )
 
 

@@ -110,6 +110,10 @@ class StackOp(Frozen):
     # head_dim elements, tokens x heads of them)
     row: Literal["token", "head"] = "token"
     vectorized_at_one_token: Annotated[int, Field(ge=0, le=64)] = 0
+    # the op launches nothing in a step of one token: a .contiguous() copy of a view
+    # that a single token row already leaves contiguous (torch-fused's copy of q's or
+    # k's heads before its per-head norm: profiled, absent from batch-1 decodes)
+    skipped_at_one_token: bool = False
     # attention: the keys it reads: the sequence's cached and new positions (context),
     # or the whole allocated cache under a mask (allocated_cache: a static cache as
     # Hugging Face runs it); and its K/V heads: the model's (grouped) or repeated to
@@ -168,6 +172,9 @@ class StackOp(Frozen):
         if self.row == "head" and (self.op != "elementwise" or self.tensor not in HEAD_TENSORS):
             raise ValueError(f"op {self.name!r}: 'row: head' is for elementwise ops over a "
                              f"tensor of heads ({', '.join(HEAD_TENSORS)})")
+        if self.skipped_at_one_token and self.op != "elementwise":
+            raise ValueError(f"op {self.name!r}: 'skipped_at_one_token' is for elementwise "
+                             "ops (a copy PyTorch skips when its view is contiguous)")
         if self.vectorized_at_one_token > self.strided_kernels:
             raise ValueError(f"op {self.name!r}: vectorized_at_one_token "
                              f"({self.vectorized_at_one_token}) exceeds strided_kernels "

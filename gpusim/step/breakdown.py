@@ -23,7 +23,8 @@ def breakdown(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> list[dict[s
     rows: list[dict[str, object]] = []
     launches = {k.name: 0 for k in pred.kernels}
     for k in pred.kernels:
-        launches[k.name] += k.launches * k.repeat
+        on = 1 if k.launched is None else int(k.launched[index])
+        launches[k.name] += k.launches * k.repeat * on
     # collectives (and a pipeline's sends, no kernel of their own) wait on the links
     kinds = {k.name: k.kind for k in pred.kernels}
     for name, c in pred.by_op.items():
@@ -67,7 +68,7 @@ def summary(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> dict[str, obj
         "step_ms": t * 1e3,
         "gpu_ms": float(pred.gpu_s[index]) * 1e3,
         "host_ms": float(pred.host_s[index]) * 1e3,
-        "launches": pred.launches,
+        "launches": int(pred.shape_launches[index]),
         "weight_bytes": float(np.broadcast_to(pred.weight_bytes, pred.seconds.shape)[index]),
         "kv_bytes": float(np.broadcast_to(pred.kv_bytes, pred.seconds.shape)[index]),
         "bytes": total_bytes,
@@ -88,7 +89,7 @@ class OpCost:
 
     name: str
     kind: str           # gemm | attention | elementwise | embedding
-    launches: int       # kernel launches per occurrence
+    launches: int       # kernel launches per occurrence (where it launches at all)
     repeat: int         # occurrences per step (layers)
     seconds: np.ndarray
     bytes: np.ndarray

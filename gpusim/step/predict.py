@@ -18,7 +18,7 @@ import numpy as np
 
 from gpusim.cost import Cost, distinct_costs, power_clock, step_cost, step_costs
 from gpusim.errors import FieldError
-from gpusim.kernels import Kernel, build_kernels, kernel_launches
+from gpusim.kernels import Kernel, build_kernels, kernel_launches, launches_per_shape
 from gpusim.kernels.parallel import shard
 from gpusim.platform import Platform
 from gpusim.specs import ModelSpec
@@ -39,10 +39,15 @@ class StepPrediction:
     total: Cost | SummedCost
     by_op: Mapping[str, Cost]
     kernels: list[Kernel]
-    launches: int
+    launches: int         # at the shapes that launch the most
     dtype: str = "bf16"   # the model's: its matrix peak is the roofline's
     # a pipelined step's stages, sends and bubble (step.pipeline.PipelineTiming)
     pipeline: Any = None
+
+    @property
+    def shape_launches(self) -> np.ndarray:
+        """Kernel launches per shape (fewer where a kernel does not launch)."""
+        return launches_per_shape(self.kernels, len(self.seconds))
 
     @property
     def weight_bytes(self) -> np.ndarray:
@@ -60,13 +65,15 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
     n = len(costs[0].seconds)
     # per-launch GPU time of each op, and its launches, in step order
     per_launch = [c.seconds / max(k.launches, 1) for k, c in zip(kernels, costs, strict=True)]
+    # each op's launches per shape (none where it does not launch: Kernel.launched)
+    count = [k.launches if k.launched is None else k.launches * k.launched for k in kernels]
     layer_ops = [i for i, k in enumerate(kernels) if k.section == "layer"]
-    layer_launches = sum(kernels[i].launches for i in layer_ops)
+    layer_launches = sum(count[i] for i in layer_ops)
     layer_time = sum((costs[i].seconds for i in layer_ops), np.zeros(n))
     total_gpu = sum((c.seconds * k.repeat for k, c in zip(kernels, costs, strict=True)),
                     np.zeros(n))
     best = np.full(n, -np.inf)
-    issued = 0          # launches issued before the current op (first layer)
+    issued: int | np.ndarray = 0   # launches issued before the current op (first layer)
     done_before = np.zeros(n)  # GPU work of launches before the current op
     for i, (k, c) in enumerate(zip(kernels, costs, strict=True)):
         if k.launches == 0:
@@ -74,16 +81,18 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
         for j in (1, k.launches):
             before = done_before + per_launch[i] * (j - 1)
             cand = (issued + j) * host_s + (total_gpu - before)
+            if k.launched is not None:   # no launch j where it does not launch
+                cand = np.where(k.launched > 0, cand, -np.inf)
             best = np.maximum(best, cand)
             if k.section == "layer" and model_layers > 1:
                 shift = (model_layers - 1) * (layer_launches * host_s - layer_time)
                 best = np.maximum(best, cand + shift)
         if k.section == "layer":
-            issued += k.launches
+            issued = issued + count[i]
             done_before = done_before + c.seconds
         else:
             reps = k.repeat
-            issued += k.launches * reps
+            issued = issued + count[i] * reps
             done_before = done_before + c.seconds * reps
         if layer_ops and i == layer_ops[-1]:
             # the remaining layers come before the epilogue
@@ -183,7 +192,7 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
         seconds = host + gpu_s
         host_bound = np.zeros(n, dtype=bool)
     else:
-        host = np.full(n, launches * host_cost.host_launch_cost_s)
+        host = launches_per_shape(kernels, n) * host_cost.host_launch_cost_s
         seconds = _eager_end(kernels, costs, model.num_hidden_layers,
                              host_cost.host_launch_cost_s)
         host_bound = seconds > gpu_s + host_cost.host_launch_cost_s + 1e-15

@@ -276,7 +276,7 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
         num["achieved_bandwidth_gb_per_s"][idx] = p.total.bytes / p.seconds / 1e9
         num["roofline_ms"][idx] = np.maximum(memory_s, compute_s) * 1e3
         host_bound[idx] = p.host_bound
-        launches[idx] = p.launches
+        launches[idx] = p.shape_launches
         text["bound"][idx] = BOUNDS[np.broadcast_to(
             np.where(p.host_bound, 0, np.where(memory_s >= compute_s, 1, 2)), b.shape)]
         trust = platform.assess_columns(model.param_count, mode, b, c, qq, predicted_ms)

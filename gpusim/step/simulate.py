@@ -22,6 +22,8 @@ def expand_launches(kernels: list[Kernel], costs: list[Cost], layers: int,
 
     def emit(k: Kernel, c: Cost, layer: int) -> None:
         nl = max(k.launches, 1)
+        if k.launched is not None and not k.launched[index]:
+            return   # not launched at this shape (Kernel.launched)
         for _ in range(k.launches):
             out.append(Launch(
                 name=k.name, kind=k.kind, section=k.section, layer=layer,
