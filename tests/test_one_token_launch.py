@@ -89,3 +89,31 @@ def test_the_breakdown_shows_no_copy_at_one_token(platforms):
 def test_only_elementwise_ops_skip():
     with pytest.raises(ValidationError, match="skipped_at_one_token"):
         StackOp(op="gemm", name="g", weight="q", skipped_at_one_token=True)
+
+
+def test_a_speculative_loop_issues_the_launches_of_each_shape(platforms):
+    """An eager draft or decode step of one token issues no copy (its host issue time,
+    speculative.iteration.step_times), one of several tokens does."""
+    from gpusim.speculative.iteration import PlannedStep, step_times
+    from gpusim.step import forward_kernels
+
+    p = platforms["eager"]
+    m = loader.load_model(MODEL)
+    ks = forward_kernels(m, p, "decode", np.array([1, 8]), np.array([1024, 1024]), 1)
+    t = step_times(PlannedStep("decode", "decode", m, ks), p)
+    per_launch = p.calibration.host.host_launch_cost_s
+    assert t.issue_s[1] - t.issue_s[0] == pytest.approx(2 * m.num_hidden_layers * per_launch)
+
+
+def test_a_pipelined_step_counts_each_stage_once_a_microbatch(platforms):
+    """Per-shape launches of a pipelined step: its stages' launches times its
+    microbatches, as its ``launches`` (a Llama model: nothing skipped)."""
+    from dataclasses import replace
+
+    p = platforms["graph"]
+    pp = p.with_layout(replace(p.layout, pp=2, micro_batches=2))
+    pred = predict(pp, loader.load_model("llama-3.2-1b"), "decode", np.array([2, 8]),
+                   np.array([1024, 1024]), 1)
+    assert pred.pipeline.micro_batches == 2
+    assert list(pred.shape_launches) == [pred.launches, pred.launches]
+    assert pred.launches == 2 * launches_per_shape(pred.kernels, 2)[0]

@@ -41,6 +41,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy.special import ndtr
 
+from gpusim.kernels import launches_per_shape
 from gpusim.plan.space import Limits, Option, Slo
 from gpusim.plan.workload import WorkloadProfile
 from gpusim.serving.kv_cache import kv_budget
@@ -49,7 +50,7 @@ from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import extra_weight_bytes, kv_bytes_per_token
 from gpusim.speculative.iteration import Speculation, predict_iteration
 from gpusim.speculative.trees import TokenTree
-from gpusim.step import op_costs
+from gpusim.step import forward_kernels, op_costs
 
 Z99 = 2.326                # standard normal 99th percentile
 LOAD_POINTS = 160          # x grid per (option, limits)
@@ -131,8 +132,9 @@ def step_curves(option: Option, profile: WorkloadProfile, limits: Limits,
     eager_floor = 0.0
     graph = host.host_graph_launch_cost_s if plat.graph else 0.0
     if not plat.graph:
-        probe = op_costs(plat, model, "decode", 1, 0, 1)
-        eager_floor = sum(op.launches * op.repeat for op in probe) * host.host_launch_cost_s
+        # the launches of a one-token decode (fewer where a copy is skipped at one token)
+        probe = forward_kernels(model, plat, "decode", 1, 0, 1)
+        eager_floor = float(launches_per_shape(probe, 1)[0]) * host.host_launch_cost_s
     spec_s, spec_tokens = None, 1.0
     extra_w = extra_kv = 0.0
     sp = option.spec

@@ -214,9 +214,9 @@ def step_times(st: PlannedStep, platform: Platform, clock: np.ndarray | None = N
     its kernels' costs at full clock when known (``step.program_costs``)."""
     p = step_mod.predict_kernels(st.kernels, st.model, platform, clock, full_clock)
     host = platform.calibration.host
-    issue = (host.host_graph_launch_cost_s if platform.graph
-             else p.launches * host.host_launch_cost_s)
-    return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=np.full_like(p.seconds, issue))
+    issue = (np.full_like(p.seconds, host.host_graph_launch_cost_s) if platform.graph
+             else p.shape_launches * host.host_launch_cost_s)
+    return StepTimes(alone_s=p.seconds, gpu_s=p.gpu_s, issue_s=issue)
 
 
 def pipeline_end_s(times: list[StepTimes], host_before_s: list[float | np.ndarray],

@@ -119,7 +119,8 @@ def predict_pipeline(platform: Platform, model: ModelSpec, mode: str, batch: obj
                           host_bound=np.any([p.host_bound for p in preds], axis=0),
                           total=total, by_op=by_op, kernels=kernels,
                           launches=sum(p.launches for p in preds) * m, dtype=model.dtype,
-                          pipeline=timing)
+                          pipeline=timing,
+                          launches_by_shape=sum(p.shape_launches for p in preds) * m)
 
 
 def simulate_pipeline(platform: Platform, model: ModelSpec, mode: str, batch: int,

@@ -43,11 +43,15 @@ class StepPrediction:
     dtype: str = "bf16"   # the model's: its matrix peak is the roofline's
     # a pipelined step's stages, sends and bubble (step.pipeline.PipelineTiming)
     pipeline: Any = None
+    # launches per shape, where a kernel does not launch at some (None: ``launches``)
+    launches_by_shape: np.ndarray | None = None
 
     @property
     def shape_launches(self) -> np.ndarray:
         """Kernel launches per shape (fewer where a kernel does not launch)."""
-        return launches_per_shape(self.kernels, len(self.seconds))
+        if self.launches_by_shape is not None:
+            return self.launches_by_shape
+        return np.full(len(self.seconds), float(self.launches))
 
     @property
     def weight_bytes(self) -> np.ndarray:
@@ -186,19 +190,21 @@ def predict_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform,
     total = SummedCost(kernels, costs, n)
     gpu_s = total.seconds
     launches = kernel_launches(kernels)
+    per_shape = launches_per_shape(kernels, n)
     host_cost = cal.host
     if platform.graph:
         host = np.full(n, host_cost.host_graph_launch_cost_s)
         seconds = host + gpu_s
         host_bound = np.zeros(n, dtype=bool)
     else:
-        host = launches_per_shape(kernels, n) * host_cost.host_launch_cost_s
+        host = per_shape * host_cost.host_launch_cost_s
         seconds = _eager_end(kernels, costs, model.num_hidden_layers,
                              host_cost.host_launch_cost_s)
         host_bound = seconds > gpu_s + host_cost.host_launch_cost_s + 1e-15
     return StepPrediction(seconds=seconds, gpu_s=gpu_s, host_s=host, host_bound=host_bound,
                           total=total, by_op=OpCosts(kernels, costs), kernels=kernels,
-                          launches=launches, dtype=model.dtype)
+                          launches=launches, dtype=model.dtype,
+                          launches_by_shape=per_shape)
 
 
 def predict(platform: Platform, model: ModelSpec, mode: str, batch: object, ctx: object,
