@@ -41,7 +41,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy.special import ndtr
 
-from gpusim.kernels import launches_per_shape
 from gpusim.plan.space import Limits, Option, Slo
 from gpusim.plan.workload import WorkloadProfile
 from gpusim.serving.kv_cache import kv_budget
@@ -50,7 +49,7 @@ from gpusim.speculative.acceptance import IidAcceptance
 from gpusim.speculative.drafts import extra_weight_bytes, kv_bytes_per_token
 from gpusim.speculative.iteration import Speculation, predict_iteration
 from gpusim.speculative.trees import TokenTree
-from gpusim.step import forward_kernels, op_costs
+from gpusim.step import forward_kernels, launches_per_shape, op_costs
 
 Z99 = 2.326                # standard normal 99th percentile
 LOAD_POINTS = 160          # x grid per (option, limits)
