@@ -137,3 +137,47 @@ def test_the_walk_follows_the_width_not_the_rows_until_the_bytes_bind(fused):
 def test_a_row_walk_only_on_token_rows_of_a_known_kernel(bad):
     with pytest.raises(ValidationError):
         StackOp(**bad)
+
+
+def _qwen3_norm_calls() -> dict[tuple, float]:
+    """Every profiled Qwen3 step under torch-fused: the kernel's summed time (its hidden
+    norms and its per-head q/k norms, which share the name), us, by (model, mode,
+    batch, ctx, q)."""
+    out: dict[tuple, float] = {}
+    for f in (ROOT / "validation/data/h100-sxm/qwen3_2026-12-07/kernels.csv",
+              ROOT / "validation/data/h100-sxm/moe/kernels.csv"):
+        with f.open(newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                if (r["model"].startswith("qwen3") and KERNEL in r["kernel_name"]
+                        and r.get("stack", "torch-fused") == "torch-fused"):
+                    key = (r["model"], r["mode"], int(r["batch"]), int(r["ctx"]),
+                           int(r["q"]))
+                    out[key] = out.get(key, 0.0) + float(r["total_us"])
+    return out
+
+
+def test_per_head_norms_walk_their_rows_in_rounds_of_16_ctas_an_sm(fused):
+    """Qwen3's per-head norms at a 512-token prefill walk 8192-16384 rows of head_dim:
+    past 132 SMs x 16 CTAs (128-thread CTAs, 2048 threads an SM) they take rounds.
+    The kernel's profiled time per step, never fitted, against the model's: within 10%
+    (one round per walk priced them 36-44% low); decode and verify steps, a round
+    each, within 10% too."""
+    stack, cals = fused
+    gpu, cal = loader.load_gpu("h100-sxm"), cals["h100-sxm"]
+    calls = _qwen3_norm_calls()
+    assert sum(1 for k in calls if k[1] == "prefill") >= 3
+    for (model, mode, b, c, q), us in calls.items():
+        m = for_stack(loader.load_model(model), stack)
+        ks = build_kernels(m, stack, mode, np.array([b]), np.array([c]), np.array([q]))
+        priced = sum(busy_s(k, kernel_cost(k, gpu, cal), cal)[0] * k.repeat
+                     for k in ks if k.row_walk) * 1e6
+        assert priced == pytest.approx(us, rel=0.10), (model, mode, b, q, priced, us)
+
+
+def test_rows_past_the_resident_ctas_take_rounds():
+    one = pointwise.row_walk_s("torch_layer_norm", np.array([128.0]))
+    sms = 132
+    full = sms * pointwise.ROW_WALK_CTAS_PER_SM
+    got = pointwise.row_walk_s("torch_layer_norm", np.full(4, 128.0),
+                               np.array([1.0, full, full + 1, 8 * full]), sms)
+    np.testing.assert_allclose(got, one[0] * np.array([1, 1, 2, 8]))

@@ -141,7 +141,8 @@ def kernel_cost(k: Kernel, gpu: GpuSpec, cal: Calibration,
     if k.row_walk is not None and k.row_walk_elements is not None:
         # a CTA's serial walk of its row is the kernel's critical path, overlapped with
         # its streaming as arithmetic is; load latency, not the SM clock, sets its pace
-        compute = np.maximum(compute, row_walk_s(k.row_walk, k.row_walk_elements))
+        compute = np.maximum(compute, row_walk_s(k.row_walk, k.row_walk_elements,
+                                                 k.row_walk_rows, gpu.sm_count))
     return combined(k, cal, fixed, memory, compute, slow, _family_exponent(k, cal))
 
 

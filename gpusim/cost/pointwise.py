@@ -46,14 +46,27 @@ def reduction_s(r: np.ndarray, physics: GpuPhysics) -> np.ndarray:
 # at 3072, 5.2-5.6 at 3584, 5.4-6.1 at 4096, 7.1 at 5120, 9.9-10.7 at 8192; fitted on
 # 896, 2048, 4096 and 5120 against the profiler's kernel times, tests/test_row_walk.py).
 ROW_WALKS: dict[str, tuple[float, float]] = {"torch_layer_norm": (1.49e-6, 1.055e-9)}
+# CTAs of a row walk an SM runs at once: torch's layer-norm kernels launch CTAs of 128
+# threads (num_threads(), 4 warps: ATen/native/cuda/thread_constants.h) and a Hopper SM
+# holds 2048 threads. Rows past the GPU's SMs x 16 wait for a round: Qwen3's per-head
+# norms at a 512-token prefill walk 8192-16384 rows of 128 (profiled, never fitted:
+# validation/data/h100-sxm/qwen3_2026-12-07/, moe/; tests/test_row_walk.py)
+ROW_WALK_CTAS_PER_SM = 16
 
 
-def row_walk_s(walk: str, row_elements: np.ndarray) -> np.ndarray:
-    """How long a kernel's CTA takes to walk one row of ``row_elements`` (per shape):
-    the critical path of a kernel whose rows run side by side. Raises KeyError for a
-    walk the table does not know (the stack schema allows only its keys)."""
+def row_walk_s(walk: str, row_elements: np.ndarray, rows: np.ndarray | None = None,
+               sms: int = 1) -> np.ndarray:
+    """How long a kernel's CTAs take to walk ``rows`` rows of ``row_elements`` each (per
+    shape): one CTA's walk, the critical path of a kernel whose rows run side by side,
+    once per round of ``sms`` x ROW_WALK_CTAS_PER_SM rows (one round: ``rows`` None).
+    Raises KeyError for a walk the table does not know (the stack schema allows only
+    its keys)."""
     fixed_s, per_element_s = ROW_WALKS[walk]
-    return fixed_s + np.asarray(row_elements, dtype=np.float64) * per_element_s
+    one = fixed_s + np.asarray(row_elements, dtype=np.float64) * per_element_s
+    if rows is None:
+        return one
+    rounds = np.ceil(np.asarray(rows, dtype=np.float64) / (sms * ROW_WALK_CTAS_PER_SM))
+    return one * np.maximum(rounds, 1.0)
 
 
 # a split reduction's finish: each CTA writes its partial and bumps a semaphore in global

@@ -175,6 +175,7 @@ def _op_kernel(op: StackOp, model: ModelSpec, stack: StackSpec, mode: Mode,
                   row_walk_elements=(None if op.row_walk is None else
                                      np.full_like(elements, float(model.head_dim_eff))
                                      if heads else elements / np.maximum(tokens, 1.0)),
+                  row_walk_rows=None if op.row_walk is None else rows,
                   bandwidth_fraction=op.bandwidth_fraction, l2_chain=op.l2_chain,
                   cache_read_bytes=cache_read,
                   launched=(np.where(tokens == 1, 0.0, 1.0) if op.skipped_at_one_token

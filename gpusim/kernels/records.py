@@ -113,10 +113,11 @@ class Kernel:
     # None: none)
     atomic_elements: np.ndarray | None = None
     # one of its kernels is a known kernel whose CTA walks one token row serially, rows
-    # side by side (a StackOp's row_walk; None: none is), and the elements of that row
-    # (per step shape)
+    # side by side (a StackOp's row_walk; None: none is), the elements of that row and
+    # the rows it walks (per step shape)
     row_walk: str | None = None
     row_walk_elements: np.ndarray | None = None
+    row_walk_rows: np.ndarray | None = None
     # the fraction of a vectorised kernel's bandwidth this op's kernels reach, when its
     # stack file gives one (read off a profile), in place of the strided-path model
     bandwidth_fraction: float | None = None
