@@ -141,3 +141,22 @@ def test_a_norm_fused_into_a_layer_op_runs_in_its_place():
     assert rows == 8 * 8 and row == 128                  # its k kernel: 8 KV heads
     assert by["rope_kv_write"].launches == 2
     assert {k.name: k for k in llama}["rope_q"].reduction is None
+
+
+@pytest.mark.parametrize("stack_name,norm_ops", [
+    ("torch-fused", ["q_norm_copy", "q_norm", "k_norm_copy", "k_norm"]),
+    ("torch-hf", ["q_norm", "k_norm"])])
+def test_stack_check_lists_the_q_k_norms_of_a_qwen3_layer(stack_name, norm_ops):
+    """`stack check` of a Qwen3 decode trace compares the layer the model runs, its q/k
+    norms included (it listed the stack file's own layer only, so their kernels showed
+    as traced kernels the stack lacked): the group holding them matches kernel for
+    kernel."""
+    from gpusim.stackgen.check import check_stack
+
+    gpu, stack = loader.load_gpu("h100-sxm"), loader.load_stack(stack_name)
+    path = DATA / "qk_traces" / f"{stack_name}__qwen3-1.7b__decode_b8_ctx1024_q1_n2.json.gz"
+    res = check_stack(read_trace(path, 2)[-1], loader.load_model("qwen3-1.7b"), stack, gpu,
+                      calibrations.load_calibration("auto", gpu, stack))
+    row = next(r for r in res.rows if "q_norm" in r.stack_ops.split(", "))
+    assert set(norm_ops) <= set(row.stack_ops.split(", "))
+    assert row.stack_kernels == row.traced_kernels

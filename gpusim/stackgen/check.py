@@ -20,6 +20,8 @@ from gpusim.cost.params import Calibration
 from gpusim.cost.steps import step_costs
 from gpusim.io.profile_trace import TracedStep
 from gpusim.kernels.build import build_kernels
+from gpusim.kernels.records import launches_per_shape
+from gpusim.kernels.variants import layer_ops
 from gpusim.specs import GpuSpec, ModelSpec, StackOp, StackSpec
 from gpusim.stackgen.build import analyse
 from gpusim.stackgen.ops import section_groups
@@ -126,11 +128,15 @@ def check_stack(step: TracedStep, model: ModelSpec, stack: StackSpec, gpu: GpuSp
     kernels = build_kernels(model, stack, mode, shape.batch * one, context * one,
                             shape.q * one, cache_len=shape.keys * one if masked else None)
     costs = step_costs(kernels, gpu, cal)
-    priced = {(k.section, k.name): (k.launches, float(c.seconds[0]) * 1e6)
+    # launches at the traced shape (a copy skipped at one token launches none)
+    priced = {(k.section, k.name): (k.launches * (1 if k.launched is None
+                                                  else int(k.launched[0])),
+                                    float(c.seconds[0]) * 1e6)
               for k, c in zip(kernels, costs, strict=True)}
     rows: list[CheckRow] = []
     for sec in SECTIONS:
-        ops = getattr(stack, sec)
+        # the layer as the model runs it (its q/k norms, its MoE section)
+        ops = layer_ops(model, stack) if sec == "layer" else getattr(stack, sec)
         # an op the stack skips at this shape (repeat_kv of a model without GQA) is
         # priced at nothing
         items = [(op, priced.get((sec, op.name), (0, 0.0))) for op in ops]
@@ -138,7 +144,7 @@ def check_stack(step: TracedStep, model: ModelSpec, stack: StackSpec, gpu: GpuSp
     scale = {"prologue": 1, "layer": model.num_hidden_layers, "epilogue": 1}
     return CheckResult(
         mode, shape.batch, shape.q, shape.keys, tuple(rows),
-        stack_launches=sum(k.launches * k.repeat for k in kernels),
+        stack_launches=int(launches_per_shape(kernels, 1)[0]),
         traced_launches=sum(u.launches for u in units(step.kernels)),
         predicted_us=sum(r.predicted_us * scale[r.section] for r in rows),
         traced_us=sum(k.duration_us for k in step.kernels))
