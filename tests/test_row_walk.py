@@ -181,3 +181,5 @@ def test_rows_past_the_resident_ctas_take_rounds():
     got = pointwise.row_walk_s("torch_layer_norm", np.full(4, 128.0),
                                np.array([1.0, full, full + 1, 8 * full]), sms)
     np.testing.assert_allclose(got, one[0] * np.array([1, 1, 2, 8]))
+    with pytest.raises(ValueError, match="SM count"):
+        pointwise.row_walk_s("torch_layer_norm", np.full(1, 128.0), np.array([1.0]))

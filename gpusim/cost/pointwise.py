@@ -55,16 +55,18 @@ ROW_WALK_CTAS_PER_SM = 16
 
 
 def row_walk_s(walk: str, row_elements: np.ndarray, rows: np.ndarray | None = None,
-               sms: int = 1) -> np.ndarray:
+               sms: int | None = None) -> np.ndarray:
     """How long a kernel's CTAs take to walk ``rows`` rows of ``row_elements`` each (per
     shape): one CTA's walk, the critical path of a kernel whose rows run side by side,
     once per round of ``sms`` x ROW_WALK_CTAS_PER_SM rows (one round: ``rows`` None).
     Raises KeyError for a walk the table does not know (the stack schema allows only
-    its keys)."""
+    its keys), ValueError for ``rows`` without the GPU's ``sms``."""
     fixed_s, per_element_s = ROW_WALKS[walk]
     one = fixed_s + np.asarray(row_elements, dtype=np.float64) * per_element_s
     if rows is None:
         return one
+    if sms is None:
+        raise ValueError("row_walk_s: rows need the GPU's SM count (sms)")
     rounds = np.ceil(np.asarray(rows, dtype=np.float64) / (sms * ROW_WALK_CTAS_PER_SM))
     return one * np.maximum(rounds, 1.0)
 
