@@ -137,6 +137,11 @@ class Kernel:
     def bytes(self) -> np.ndarray:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
 
+    def shape_launches(self) -> int | np.ndarray:
+        """Its launches per occurrence at each shape: ``launches``, or none where it does
+        not launch (``launched``)."""
+        return self.launches if self.launched is None else self.launches * self.launched
+
     def cost_key(self) -> tuple[object, ...]:
         """What its cost depends on: the identity of every field but where and how
         often it runs (name, section, repeat). Two kernels with equal keys share those
@@ -218,11 +223,7 @@ def kernel_launches(kernels: list[Kernel]) -> int:
 def launches_per_shape(kernels: list[Kernel], n: int) -> np.ndarray:
     """Kernel launches in one step, for each of its ``n`` shapes (a kernel that does
     not launch at a shape, ``Kernel.launched``, counts nothing there)."""
-    out = np.full(n, float(kernel_launches(kernels)))
-    for k in kernels:
-        if k.launched is not None:
-            out = out - k.launches * k.repeat * (1.0 - k.launched)
-    return out
+    return sum((k.shape_launches() * k.repeat for k in kernels), np.zeros(n))
 
 
 def step_totals(kernels: list[Kernel]) -> dict[str, np.ndarray]:

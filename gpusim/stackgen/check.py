@@ -129,8 +129,7 @@ def check_stack(step: TracedStep, model: ModelSpec, stack: StackSpec, gpu: GpuSp
                             shape.q * one, cache_len=shape.keys * one if masked else None)
     costs = step_costs(kernels, gpu, cal)
     # launches at the traced shape (a copy skipped at one token launches none)
-    priced = {(k.section, k.name): (k.launches * (1 if k.launched is None
-                                                  else int(k.launched[0])),
+    priced = {(k.section, k.name): (int(np.broadcast_to(k.shape_launches(), 1)[0]),
                                     float(c.seconds[0]) * 1e6)
               for k, c in zip(kernels, costs, strict=True)}
     rows: list[CheckRow] = []

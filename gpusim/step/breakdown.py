@@ -23,8 +23,8 @@ def breakdown(pred: StepPrediction, gpu: GpuSpec, index: int = 0) -> list[dict[s
     rows: list[dict[str, object]] = []
     launches = {k.name: 0 for k in pred.kernels}
     for k in pred.kernels:
-        on = 1 if k.launched is None else int(k.launched[index])
-        launches[k.name] += k.launches * k.repeat * on
+        launches[k.name] += int(np.broadcast_to(k.shape_launches(), pred.seconds.shape)[index]
+                                * k.repeat)
     # collectives (and a pipeline's sends, no kernel of their own) wait on the links
     kinds = {k.name: k.kind for k in pred.kernels}
     for name, c in pred.by_op.items():

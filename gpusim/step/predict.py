@@ -70,7 +70,7 @@ def _eager_end(kernels: list[Kernel], costs: list[Cost], model_layers: int,
     # per-launch GPU time of each op, and its launches, in step order
     per_launch = [c.seconds / max(k.launches, 1) for k, c in zip(kernels, costs, strict=True)]
     # each op's launches per shape (none where it does not launch: Kernel.launched)
-    count = [k.launches if k.launched is None else k.launches * k.launched for k in kernels]
+    count = [k.shape_launches() for k in kernels]
     layer_ops = [i for i, k in enumerate(kernels) if k.section == "layer"]
     layer_launches = sum(count[i] for i in layer_ops)
     layer_time = sum((costs[i].seconds for i in layer_ops), np.zeros(n))
