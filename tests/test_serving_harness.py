@@ -243,6 +243,32 @@ def test_bench_writes_consistent_run_directories(tmp_path: Path, mode: str) -> N
         assert m["ttft_s"]["p50"] <= m["e2el_s"]["p99"]
 
 
+def test_a_warm_up_load_runs_first_and_is_not_recorded(tmp_path: Path, monkeypatch) -> None:
+    """``--warmup-s``: the first load again, of its own seed, before the measured loads;
+    nothing of it in the runs written."""
+    ran = []
+    real_run = bench.Engine.run
+
+    def run(self, workload, max_wall_s=float("inf")):
+        ran.append((workload.spec.seed, workload.spec.duration_s))
+        return real_run(self, workload, max_wall_s)
+
+    monkeypatch.setattr(bench.Engine, "run", run)
+    argv = ["--out", str(tmp_path), "--gpu", "cpu", "--model", "tiny", "--device", "cpu",
+            "--dtype", "float32", "--rates", "40", "--duration-s", "0.2", "--seed", "3",
+            "--prompt", "uniform:4-30", "--output", "uniform:1-12", "--max-num-seqs", "8",
+            "--max-num-batched-tokens", "32", "--block-size", "4", "--kv-blocks", "30",
+            "--max-model-len", "128", "--capture-sizes", "none", "--warmup-requests", "0",
+            "--warmup-s", "0.3"]
+    assert bench.main(argv) == 0
+    assert ran == [(1003, 0.3), (3, 0.2)]
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert set(summary) == {"rate-40"}
+    meta, _, requests = serve_record.read_run(tmp_path / "tiny" / "rate-40")
+    assert "--warmup-s" in meta["provenance"]["command"]
+    assert min(r["arrival_s"] for r in requests) >= 0
+
+
 def test_check_run_finds_broken_records(tmp_path: Path) -> None:
     rows = random_rows(4, seed=9)
     engine = serve(rows)

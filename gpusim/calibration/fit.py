@@ -5,7 +5,8 @@ predicted over measured time per row, so every row counts by its relative error,
 plain least squares (a soft-L1 loss, which discounts odd rows such as a GEMM that
 cuBLAS runs with a slow tile, fitted prefill and token-tree rows worse out of sample).
 Stages: graph parameters on CUDA-graph rows (and profiles, microbenchmarks, and the
-power probe's steady clocks, which pin the power cap), then the host launch cost on
+power probe's steady clocks, which pin the power cap), each lease's rows with a speed
+factor of its own (``lease_factors``: the physics is the average lease's), then the host launch cost on
 eager rows, then the token-tree kernel on tree rows. Kernels depend
 only on shapes, so they are built once per (model, mode, launch) group and re-costed
 per evaluation.
@@ -22,6 +23,7 @@ from scipy.optimize import least_squares
 from gpusim.calibration.attention_points import AttentionPoint, predict_points
 from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
 from gpusim.calibration.joint import Joint
+from gpusim.calibration.lease_factors import LOG_FACTOR_BOUND, lease_ids, log_factors
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
 from gpusim.calibration.profiles import CAPPED_STEP_S, ProfileData, peak_s
@@ -194,37 +196,46 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
          groups: Sequence[Group], data: StepData, gpu: GpuSpec,
          micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None,
          clock_fit: ClockFit | None = None,
-         points: Sequence[AttentionPoint] = ()) -> Calibration:
+         points: Sequence[AttentionPoint] = (), leases: np.ndarray | None = None
+         ) -> Calibration:
+    """``leases``: each row's lease number (``calibration.lease_factors``), each lease
+    but the first given a free speed factor; the profiles, microbenchmarks and
+    profiled attention kernels are lease 0's."""
     rows = np.concatenate([g.rows for g in groups])
-    lo, hi = bounds(space)
-    x0 = start(space, base)
+    n_free = 0 if leases is None else int(leases.max())
+    lo, hi = (np.concatenate([b, np.full(n_free, sign * LOG_FACTOR_BOUND)])
+              for b, sign in zip(bounds(space), (-1, 1), strict=True))
+    x0 = np.concatenate([start(space, base), np.zeros(n_free)])
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     measured = data.measured_s[rows]
+    row_lease = np.zeros(len(rows), dtype=int) if leases is None else leases[rows]
     micro_measured = (np.concatenate([g.measured_s for g in micro]) if micro
                       else np.zeros(0))
     points_measured = np.array([p.measured_s for p in points])
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        cal = apply(base, space, x)
+        cal = apply(base, space, x[:len(space)])
+        u = log_factors(x[len(space):])
         pred = predict_groups(groups, len(data), gpu, cal)[rows]
-        step_res = np.log(pred / measured)
-        micro_res = MICRO_WEIGHT * np.log(predict_micro(micro, gpu, cal) / micro_measured)
+        step_res = np.log(pred / measured) + u[row_lease]
+        micro_res = MICRO_WEIGHT * (np.log(predict_micro(micro, gpu, cal) / micro_measured)
+                                    + u[0])
         parts = [step_res, micro_res]
         if profile is not None:
             pred_cls = predict_classes(profile, gpu, cal)
-            parts += [PROFILE_WEIGHT * np.log(pred_cls[c] / profile.class_s[c])
+            parts += [PROFILE_WEIGHT * (np.log(pred_cls[c] / profile.class_s[c]) + u[0])
                       for c in profile.class_s]
         if clock_fit is not None:
             parts.append(CLOCK_WEIGHT * np.log(predict_clocks(clock_fit, gpu, cal)
                                                / clock_fit.clock_fraction))
         if points:
-            parts.append(POINT_WEIGHT * np.log(predict_points(points, gpu, cal)
-                                               / points_measured))
+            parts.append(POINT_WEIGHT * (np.log(predict_points(points, gpu, cal)
+                                                / points_measured) + u[0]))
         return np.concatenate(parts)
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
                         x_scale="jac", diff_step=1e-4, max_nfev=400)
-    return apply(base, space, res.x)
+    return apply(base, space, res.x[:len(space)])
 
 
 def _free(space: tuple[Variable, ...], held: Mapping[str, float]) -> tuple[Variable, ...]:
@@ -303,8 +314,11 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     graph_families = _families(stack, graph)
     # profiled kernels of the fitted models only, each in the stage fitting its family
     fitted_points = [p for p in attention if p.model in fitted_models]
+    # each lease's speed fitted beside the physics: the physics is the average lease's
+    ids, names = lease_ids(len(data), also)
     cal = _fit(_free(graph_space(graph_families, _gemm_families(graph)), held), cal, graph,
-               joint, gpu, micro, pf, cf, _of(fitted_points, graph_families))
+               joint, gpu, micro, pf, cf, _of(fitted_points, graph_families),
+               ids if len(names) > 1 else None)
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     # the token-tree kernel's own parameters, fitted last on the tree rows with every

@@ -62,7 +62,10 @@ KNOWN_GAPS = (
     "steps (`host_launch_cost_s`) with each step's launches counted from the parts it "
     "has (its decoding rows, each fresh prompt, each chunk after cached tokens), and how "
     "fast the host runs them moves from run to run (the run-to-run spread above, where "
-    "there are repeats).")
+    "there are repeats): the VM's CPU runs the same eager steps at two speeds about 1.5x "
+    "apart, in phases of 5-15 s that neither pinning to one CPU nor freezing the garbage "
+    "collector removes (validation/data/h100-sxm/probe_2026-12-07_s27/), so the share of "
+    "slow phases in a run sets its eager steps' median and the TTFT that waits on them.")
 CUDNN_PLANS = (
     "Runs measured with `eager_sdpa: default` ({runs}) let cuDNN run the eager steps' "
     "SDPA, and cuDNN builds an execution plan the first time a process meets an SDPA "
