@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
 
 from gpusim.calibration import fit as cal_fit
 from gpusim.calibration import measurements
-from gpusim.calibration.lease_factors import STACKS_CAMPAIGN, lease_ids, log_factors
+from gpusim.calibration.lease_factors import STACKS_CAMPAIGN, best_log_factors, lease_ids
 from gpusim.io import loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +40,24 @@ def test_rows_are_numbered_by_lease():
     assert ids.tolist() == [0] * 4 + [1] * 3 + [2] * 2 + [1] * 2
 
 
-def test_the_log_factors_sum_to_zero():
-    u = log_factors(np.array([0.02, -0.05, 0.01]))
-    assert u.shape == (4,) and abs(u.sum()) < 1e-15 and u[1:].tolist() == [0.02, -0.05, 0.01]
+@given(st.integers(0, 10_000), st.integers(1, 5))
+@settings(max_examples=25, deadline=None)
+def test_the_closed_form_factors_are_the_constrained_least_squares(seed, n):
+    """Against a numerical minimisation of the same weighted sum of squares with the
+    logs summing to zero (a lease with no rows gets 0)."""
+    rng = np.random.default_rng(seed)
+    err, w = rng.normal(size=40), rng.uniform(0.2, 3.0, 40)
+    ids = rng.integers(0, n, 40)
+    u = best_log_factors(err, w, ids, n + 1)          # lease n has no rows
+    assert abs(u.sum()) < 1e-12 and u[n] == 0.0
+
+    def cost(v):
+        full = np.concatenate([[-v.sum()], v])
+        return float(np.sum((w * (err + full[ids])) ** 2))
+
+    best = minimize(cost, np.zeros(n - 1), tol=1e-12).x if n > 1 else np.zeros(0)
+    assert cost(u[1:n]) == pytest.approx(cost(best), rel=1e-6, abs=1e-9)
+    np.testing.assert_allclose(u[:n], np.concatenate([[-best.sum()], best]), atol=1e-5)
 
 
 @pytest.fixture(scope="module")
