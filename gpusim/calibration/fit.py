@@ -298,10 +298,9 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     trees = [g for g in groups if g.mode == Mode.TREE]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
-    # other stacks' CUDA-graph steps fit the GPU physics with the reference's: their
-    # rows follow ``data``'s in one table
-    # rows follow ``data``'s in one table, each stack's in one block (its leases' rows
-    # share groups: kernels are built once per model and mode, not per lease)
+    # other stacks' CUDA-graph steps (and the reference's on other leases) fit the GPU
+    # physics with ``data``'s: their rows follow in one table, each stack's in one block
+    # (its leases' rows share groups: kernels are built once per model and mode)
     also = sorted(also, key=lambda entry: entry[1].name)
     joint = data
     for _, block in groupby(also, key=lambda entry: entry[1].name):

@@ -2,14 +2,14 @@
 average lease's.
 
 Two leases of one GPU kind run the same step 1-3% apart, in every mode alike (the
-H100's later leases ran the fitted shapes' decode 1-3% faster and their prefill 2-4%
-faster: validation/REPORT.md), so a lease's speed is one factor on all its step times,
-not a physical parameter. The physics fit gives each lease a factor exp(u_lease) on
-its predicted times, the logs summing to zero, so that the physics prices the geometric
-mean of the leases it saw, each lease counted once however many steps it measured (the
-factors solved in closed form for each trial physics: ``best_log_factors``). The
-fitted lease (its steps, and the profiles, microbenchmarks and probes measured with
-them) is lease 0.
+H100's leases after the fitted one mostly ran its shapes' decode 1-3% faster and
+their prefill up to 4% faster: validation/REPORT.md), so a lease's speed is one
+factor on all its step times, not a physical parameter. The physics fit gives each
+lease a factor exp(u_lease) on its predicted times, the logs summing to zero, so that
+the physics prices the geometric mean of the leases it saw, each lease counted once
+however many steps it measured (the factors solved in closed form for each trial
+physics: ``best_log_factors``). The fitted lease (its steps, and the profiles,
+microbenchmarks and probes measured with them) is lease 0.
 """
 
 from __future__ import annotations

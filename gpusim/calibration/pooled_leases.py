@@ -1,13 +1,14 @@
 """The reference stack's steps measured again on other leases, pooled into the GPU's
 physics fit.
 
-Two leases of one GPU kind run the same step 1-3% apart (validation/REPORT.md: every
-lease measured after the fitted one ran the fitted shapes 1-3% faster on the H100, and
+Two leases of one GPU kind run the same step 1-3% apart (validation/REPORT.md: most
+leases measured after the fitted one ran the fitted shapes 1-3% faster on the H100, and
 1-2.5% on the H200). A physics fitted on one lease carries that lease's speed into
 every prediction; fitted on several, it predicts the machine one is likely to get. So
 the reference stack's CUDA-graph steps of the fitted models on the leases below join
-the physics fit (each row once, as the fitted lease's), and each such lease is judged
-by the physics fitted without it (``validate``: leave one lease out).
+the physics fit, each lease with a speed factor of its own (``lease_factors``), and
+each such lease is judged by the physics fitted without it (``validate``: leave one
+lease out).
 
 Not pooled: the leases where the other stacks' judged steps were measured (the stacks
 campaigns, ``lease_2026-12-06_0447`` on the H100 and ``lease_2026-12-06_0722`` on the
