@@ -5,9 +5,8 @@ predicted over measured time per row, so every row counts by its relative error,
 plain least squares (a soft-L1 loss, which discounts odd rows such as a GEMM that
 cuBLAS runs with a slow tile, fitted prefill and token-tree rows worse out of sample).
 Stages: graph parameters on CUDA-graph rows (and profiles, microbenchmarks, and the
-power probe's steady clocks, which pin the power cap), each lease's rows with a speed
-factor of its own (``lease_factors``: the physics is the average lease's), then the
-host launch cost on eager rows, then the token-tree kernel on tree rows. Kernels depend
+power probe's steady clocks, which pin the power cap), then the host launch cost on
+eager rows, then the token-tree kernel on tree rows. Kernels depend
 only on shapes, so they are built once per (model, mode, launch) group and re-costed
 per evaluation.
 """
@@ -16,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import reduce
-from itertools import groupby
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -25,7 +22,6 @@ from scipy.optimize import least_squares
 from gpusim.calibration.attention_points import AttentionPoint, predict_points
 from gpusim.calibration.gemm_picks import SweptPoint, slow_picks
 from gpusim.calibration.joint import Joint
-from gpusim.calibration.lease_factors import best_log_factors, lease_ids
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup
 from gpusim.calibration.profiles import CAPPED_STEP_S, ProfileData, peak_s
@@ -198,18 +194,12 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
          groups: Sequence[Group], data: StepData, gpu: GpuSpec,
          micro: Sequence[MicroGroup] = (), profile: ProfileFit | None = None,
          clock_fit: ClockFit | None = None,
-         points: Sequence[AttentionPoint] = (), leases: np.ndarray | None = None
-         ) -> Calibration:
-    """``leases``: each row's lease number (``calibration.lease_factors``), each lease's
-    speed factor solved for every trial physics; the profiles, microbenchmarks and
-    profiled attention kernels are lease 0's."""
+         points: Sequence[AttentionPoint] = ()) -> Calibration:
     rows = np.concatenate([g.rows for g in groups])
     lo, hi = bounds(space)
     x0 = start(space, base)
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     measured = data.measured_s[rows]
-    row_lease = np.zeros(len(rows), dtype=int) if leases is None else leases[rows]
-    n_leases = int(row_lease.max()) + 1
     micro_measured = (np.concatenate([g.measured_s for g in micro]) if micro
                       else np.zeros(0))
     points_measured = np.array([p.measured_s for p in points])
@@ -217,27 +207,20 @@ def _fit(space: tuple[Variable, ...], base: Calibration,
     def residuals(x: np.ndarray) -> np.ndarray:
         cal = apply(base, space, x)
         pred = predict_groups(groups, len(data), gpu, cal)[rows]
-        # (log error, weight, lease) of every residual a lease's speed scales
-        parts = [(np.log(pred / measured), np.ones(len(rows)), row_lease)]
-        if micro:
-            err = np.log(predict_micro(micro, gpu, cal) / micro_measured)
-            parts.append((err, np.full(len(err), MICRO_WEIGHT), np.zeros(len(err), int)))
+        step_res = np.log(pred / measured)
+        micro_res = MICRO_WEIGHT * np.log(predict_micro(micro, gpu, cal) / micro_measured)
+        parts = [step_res, micro_res]
         if profile is not None:
             pred_cls = predict_classes(profile, gpu, cal)
-            err = np.concatenate([np.atleast_1d(np.log(pred_cls[c] / profile.class_s[c]))
-                                  for c in profile.class_s])
-            parts.append((err, np.full(len(err), PROFILE_WEIGHT), np.zeros(len(err), int)))
-        if points:
-            err = np.log(predict_points(points, gpu, cal) / points_measured)
-            parts.append((err, np.full(len(err), POINT_WEIGHT), np.zeros(len(err), int)))
-        err, weight, ids = (np.concatenate(a) for a in zip(*parts, strict=True))
-        u = (best_log_factors(err, weight, ids, n_leases) if n_leases > 1
-             else np.zeros(1))
-        out = [weight * (err + u[ids])]
+            parts += [PROFILE_WEIGHT * np.log(pred_cls[c] / profile.class_s[c])
+                      for c in profile.class_s]
         if clock_fit is not None:
-            out.append(CLOCK_WEIGHT * np.log(predict_clocks(clock_fit, gpu, cal)
-                                             / clock_fit.clock_fraction))
-        return np.concatenate(out)
+            parts.append(CLOCK_WEIGHT * np.log(predict_clocks(clock_fit, gpu, cal)
+                                               / clock_fit.clock_fraction))
+        if points:
+            parts.append(POINT_WEIGHT * np.log(predict_points(points, gpu, cal)
+                                               / points_measured))
+        return np.concatenate(parts)
 
     res = least_squares(residuals, x0, bounds=(lo, hi), loss="linear",
                         x_scale="jac", diff_step=1e-4, max_nfev=400)
@@ -298,18 +281,14 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     trees = [g for g in groups if g.mode == Mode.TREE]
     if not graph:
         raise ValueError(f"{data.source}: no CUDA-graph rows to fit")
-    # other stacks' CUDA-graph steps (and the reference's on other leases) fit the GPU
-    # physics with ``data``'s: their rows follow in one table, each stack's in one block
-    # (its leases' rows share groups: kernels are built once per model and mode)
-    also = sorted(also, key=lambda entry: entry[1].name)
+    # other stacks' CUDA-graph steps fit the GPU physics with the reference's: their
+    # rows follow ``data``'s in one table
     joint = data
-    for _, block in groupby(also, key=lambda entry: entry[1].name):
-        entries = list(block)
-        other = reduce(StepData.concat, (d for d, _ in entries))
+    for other, other_stack in also:
         offset = len(joint)
         joint = joint.concat(other)
         graph += [replace(g, rows=g.rows + offset)
-                  for g in make_groups(other, entries[0][1], resolve_model)
+                  for g in make_groups(other, other_stack, resolve_model)
                   if g.launch == "graph" and g.mode != Mode.TREE]
     fitted_models = frozenset(map(str, data.model))
     others = frozenset(m for p in sweep for m in p.models) - fitted_models
@@ -324,11 +303,8 @@ def fit(data: StepData, gpu: GpuSpec, stack: StackSpec,
     graph_families = _families(stack, graph)
     # profiled kernels of the fitted models only, each in the stage fitting its family
     fitted_points = [p for p in attention if p.model in fitted_models]
-    # each lease's speed fitted beside the physics: the physics is the average lease's
-    ids, names = lease_ids(len(data), also)
     cal = _fit(_free(graph_space(graph_families, _gemm_families(graph)), held), cal, graph,
-               joint, gpu, micro, pf, cf, _of(fitted_points, graph_families),
-               ids if len(names) > 1 else None)
+               joint, gpu, micro, pf, cf, _of(fitted_points, graph_families))
     if eager:
         cal = _fit(EAGER_SPACE, cal, eager, data, gpu)
     # the token-tree kernel's own parameters, fitted last on the tree rows with every

@@ -11,7 +11,6 @@ from gpusim.calibration.attention_points import AttentionPoint, read_attention_p
 from gpusim.calibration.gemm_picks import SweptPoint, read_sweep_beside
 from gpusim.calibration.joint import Joint, joint_steps
 from gpusim.calibration.measurements import StepData, read_step_dir
-from gpusim.calibration.pooled_leases import lease_steps
 from gpusim.calibration.profiles import ProfileData, profile_paths, read_profiles
 from gpusim.calibration.steady_clocks import SteadyClocks, read_probe_beside
 from gpusim.io import loader
@@ -39,16 +38,12 @@ def read_fit_inputs(gpu: GpuSpec, stack: StackSpec, data_dir: Path) -> FitInputs
 
 def read_fit_inputs_beside(gpu: GpuSpec, stack: StackSpec, steps: Path) -> FitInputs:
     """The fit inputs of a steps file (``steps``, or its ``.gz``) and what lies beside
-    it: the joint steps are the other stacks' (``calibration.joint``), then the
-    reference stack's on other leases (``calibration.pooled_leases``). Raises
-    ConfigError for an unreadable file."""
-    data = read_step_dir(steps)
+    it. Raises ConfigError for an unreadable file."""
     return FitInputs(
-        data=data,
+        data=read_step_dir(steps),
         profiles=read_profiles(profile_paths(steps.parent), stack),
         sweep=read_sweep_beside(steps),
         clocks=read_probe_beside(steps, gpu.boost_clock_hz / 1e6),
         attention=read_attention_points(steps.parent, gpu, loader.load_model,
                                         loader.load_stack),
-        joint=[*joint_steps(steps.parent, stack.name, loader.load_stack),
-               *lease_steps(steps.parent, stack, set(map(str, data.model)))])
+        joint=joint_steps(steps.parent, stack.name, loader.load_stack))

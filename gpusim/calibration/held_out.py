@@ -1,8 +1,6 @@
 """Measurements no calibration was fitted on (another lease, models or shapes outside
 the fit), judged by ``validate`` in sections of their own, and the spread between two
-measurements of the same shapes: the floor under any accuracy claim. The leases whose
-fitted models' steps are pooled into the physics fit (``calibration.pooled_leases``)
-are judged by the calibration fitted without them."""
+measurements of the same shapes: the floor under any accuracy claim."""
 
 from __future__ import annotations
 
@@ -25,22 +23,19 @@ class HeldOut:
     # by GPU name, the measurement its lease-to-lease spread is taken against (empty:
     # the fitted steps)
     against: dict[str, StepData] = field(default_factory=dict)
-    sub: str = ""   # its subdirectory of <gpu>/
 
 
 HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
-    ("second_lease", "another machine", "Another machine of the same kind: a second "
-     "lease's data, predicted by the calibration fitted without it (its steps are pooled "
-     "into the shipped one: leave one lease out)"),
+    ("second_lease", "another machine", "Another machine of the same kind: the shipped "
+     "calibration on a second lease's data (never fitted)"),
     ("unseen_models", "models never fitted", "Models the calibration never saw: the "
      "shipped calibration on their steps (never fitted)"),
     ("beyond_grid", "shapes beyond the fit", "Shapes beyond the fitted grid (batch up to "
      "1024, context up to 128k, verify at batch 256, prefill of 16k): the shipped "
      "calibration (never fitted)"),
     ("lease_2026-12-06", "another lease, 2026-12-06", "Another lease two weeks later "
-     "(2026-12-06): shapes of the fitted grid measured again, predicted by the "
-     "calibration fitted without them (pooled into the shipped one: leave one lease "
-     "out)"),
+     "(2026-12-06): the shipped calibration on shapes of the fitted grid measured again "
+     "(never fitted)"),
     ("lease_2026-12-06_0447", "a third lease, 2026-12-06 04:47", "A third lease the same "
      "day (2026-12-06 04:47 UTC, the stacks campaign's torch-hf subset): the shipped "
      "calibration on shapes of the fitted grid measured again (never fitted)"),
@@ -49,34 +44,30 @@ HELD_OUT_SETS = (  # subdirectory of <gpu>/ with a steps.csv -> label, title
      "calibration on shapes of the fitted grid measured again (never fitted)"),
     ("lease_2026-12-07_1656", "another lease, 2026-12-07 16:56", "Another lease "
      "(2026-12-07 16:56 UTC, the reference stack's half of a same-lease pair with "
-     "torch-fused): the stacks grid measured again, predicted by the calibration fitted "
-     "without it (pooled into the shipped one: leave one lease out)"),
+     "torch-fused): the shipped calibration on the stacks grid measured again (never "
+     "fitted)"),
     ("lease_2026-12-07_1724", "another lease, 2026-12-07 17:24", "Another lease "
      "(2026-12-07 17:24 UTC, the reference stack's half of a same-lease pair with "
-     "torch-fused): the stacks grid measured again, predicted by the calibration fitted "
-     "without it (pooled into the shipped one: leave one lease out)"),
+     "torch-fused): the shipped calibration on the stacks grid measured again (never "
+     "fitted)"),
     ("lease_2026-12-07_1844", "another lease, 2026-12-07 18:44", "Another lease "
-     "(2026-12-07 18:44 UTC, the lease of the Qwen3 models below): shapes of the fitted "
-     "grid measured again, predicted by the calibration fitted without them (pooled "
-     "into the shipped one: leave one lease out)"),
+     "(2026-12-07 18:44 UTC, the lease of the Qwen3 models below): the shipped "
+     "calibration on shapes of the fitted grid measured again (never fitted)"),
     ("qwen3_2026-12-07", "Qwen3 models never fitted", "Qwen3 dense models (per-head q/k "
      "norms; 1.7B and 8B, 2026-12-07 18:44 UTC, the lease above): the shipped "
-     "calibration on the stacks grid (never fitted; the lease's 10 Llama steps above "
-     "are pooled into it)"),
+     "calibration on the stacks grid (never fitted)"),
     ("qwen3_2026-12-07_1941", "Qwen3 models never fitted, another lease", "Qwen3 4B "
      "and 14B (2026-12-07 19:41 UTC, measured after the stack files' q/k-norm sections "
      "were written from the 1.7B's profiles): the shipped calibration on the stacks grid "
      "(never fitted)"),
     ("lease_2026-12-07_1955", "Qwen3 and anchors, another lease, 2026-12-07 19:55",
      "Another lease (2026-12-07 19:55 UTC): the reference stack's Qwen3 1.7B and 8B steps "
-     "measured again, beside 10 steps of fitted Llama shapes, predicted by the "
-     "calibration fitted without this lease (its Llama steps are pooled into the shipped "
-     "one; the Qwen3 steps never fitted); its spread against the first measurement of "
-     "the Qwen3 steps"),
+     "measured again, beside 10 steps of fitted Llama shapes; the shipped calibration "
+     "(never fitted); its spread against the first measurement of the Qwen3 steps"),
     ("lease_2026-12-07_2324", "another lease, 2026-12-07 23:24", "Another lease "
      "(2026-12-07 23:24 UTC, the reference stack's half of a same-lease pair with "
-     "torch-fused): the stacks grid measured again, predicted by the calibration fitted "
-     "without it (pooled into the shipped one: leave one lease out)"),
+     "torch-fused): the shipped calibration on the stacks grid measured again (never "
+     "fitted)"),
     ("prefill_shapes", "prefill shapes never fitted", "Prefill shapes no fit has seen "
      "(2026-12-07 11:07 UTC): 700-6144 tokens a prompt at batch 1-3 and 128-256 at batch "
      "16-32, five models (two never fitted), with decode anchors of the same lease: the "
@@ -104,7 +95,7 @@ def held_out_sets(by_gpu: dict[str, dict[str, StepData]]) -> list[HeldOut]:
     def of(sub: str) -> dict[str, StepData]:
         return {gpu: sets[sub] for gpu, sets in by_gpu.items() if sub in sets}
 
-    return [HeldOut(label, title, of(sub), of(SPREAD_AGAINST.get(sub, "")), sub)
+    return [HeldOut(label, title, of(sub), of(SPREAD_AGAINST.get(sub, "")))
             for sub, label, title in HELD_OUT_SETS if of(sub)]
 
 

@@ -62,10 +62,7 @@ def without_stack(joint: Joint, name: str) -> list[tuple[StepData, StackSpec]]:
 
 def described(joint: Joint) -> str:
     """What a calibration's ``fitted_on`` adds for the joined steps ('' for none)."""
-    from gpusim.calibration.pooled_leases import lease_of
-
     if not joint:
         return ""
     return " + graph steps of " + ", ".join(
-        f"{stack.name}{f' on {lease}' if (lease := lease_of(data)) else ''} ({len(data)})"
-        for data, stack in joint)
+        f"{stack.name} ({len(data)})" for data, stack in joint)

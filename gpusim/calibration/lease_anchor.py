@@ -9,9 +9,7 @@ another stack's steps of the same shapes (``stacks/<stack>/steps.csv``), both ar
 predicted by the same physics (the one the stack is judged with: fitted without the
 stack's data), and their ratio, predicted over measured of the stack divided by the
 reference's on the same shape, is the stack's error net of the lease. Graph steps only:
-an eager step's time is the host's. Nothing here is fitted on these steps: the
-reference stack's steps of a lease pooled into the physics fit
-(``calibration.pooled_leases``) are left out of the physics that judges that lease.
+an eager step's time is the host's. Nothing here is fitted on these steps.
 """
 
 from __future__ import annotations
@@ -88,16 +86,14 @@ def net_errors(pair: LeasePair, gpu: GpuSpec, physics: Calibration, reference: S
     return st.mode[si], st_ratio - 1.0, ref_ratio - 1.0, st_ratio / ref_ratio - 1.0
 
 
-def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str, str], Calibration],
+def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str], Calibration],
             reference: StackSpec, resolve: Callable[[str], ModelSpec]) -> str:
     """The report section: per lease, stack and mode, the stack's and the reference's
     errors on the shapes both measured, and the stack's net of the lease (empty string
-    without pairs). ``physics``: by stack name and lease, the physics that stack's steps
-    of that lease are judged with (fitted without the stack's data and without the
-    lease's pooled reference steps: ``validate.judging_physics``)."""
+    without pairs). ``physics``: by stack name, the physics that stack is judged with."""
     rows = []
     for pair in pairs:
-        modes, st_err, ref_err, net = net_errors(pair, gpu, physics(pair.stack.name, pair.lease),
+        modes, st_err, ref_err, net = net_errors(pair, gpu, physics(pair.stack.name),
                                                  reference, resolve)
         for mode in MODES:
             m = modes == mode
@@ -117,11 +113,9 @@ def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str, st
         f"### Stacks beside the reference stack on one lease ({gpu.name})", "",
         f"Each stack's CUDA-graph steps and the reference stack's ({reference.name}) of "
         "the same shapes, measured on one lease (`validation/data/"
-        f"{gpu.name}/lease_*/stacks/<stack>/` beside `lease_*/steps.csv`), both predicted "
-        "by a physics fitted without the stack's data (as the stack is judged above) and "
-        "without the lease's reference steps (pooled into the shipped physics: "
-        "`calibration.pooled_leases`): nothing of the lease fitted. *stack*: its error "
-        "as the cross-stack column counts it; "
+        f"{gpu.name}/lease_*/stacks/<stack>/` beside `lease_*/steps.csv`; never fitted), "
+        "both predicted by the physics the stack is judged with above (fitted without "
+        "the stack's data). *stack*: its error as the cross-stack column counts it; "
         "*reference_bias*: the reference stack's on the same shapes, the lease's own "
         "speed against the fitted leases; *net*: predicted over measured of the stack "
         "divided by the reference's on the same shape, minus one: what the stack file "
@@ -132,7 +126,7 @@ def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str, st
                         "net_bias", "net_max")), ""])
 
 
-def report(gpu_dir: Path, gpu: GpuSpec, physics: Callable[[str, str], Calibration],
+def report(gpu_dir: Path, gpu: GpuSpec, physics: Callable[[str], Calibration],
            reference: StackSpec, resolve: Callable[[str], ModelSpec],
            load_stack: Callable[[str], StackSpec]) -> str:
     """``section`` of the pairs under ``gpu_dir`` (``read_pairs``), with a leading

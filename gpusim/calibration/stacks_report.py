@@ -140,9 +140,7 @@ def section(gpu: str, evaluations: Sequence[StackEvaluation]) -> str:
     parts = [f"## Software stacks on {gpu}", "",
              "Each stack's measured steps (`validation/data/<gpu>/stacks/<stack>/`) "
              "predicted from the GPU physics fitted without them: the physics is "
-             "fitted on the reference stack's (torch-hf) steps, on the fitted lease and "
-             "on other leases (`calibration.pooled_leases`: never the lease these stacks' "
-             "steps were measured on), with the CUDA-graph steps "
+             "fitted on the reference stack's (torch-hf) steps with the CUDA-graph steps "
              "of the stacks that have no parameters of their own (torch-fused, "
              "torch-compile: `calibration.joint`), and each of those is predicted from "
              "the physics fitted without its steps. *transfer*: the stack file and the "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
 
@@ -21,7 +20,6 @@ from gpusim.calibration.held_out import HeldOut, lease_spread
 from gpusim.calibration.joint import Joint, without_model, without_stack
 from gpusim.calibration.measurements import StepData
 from gpusim.calibration.micro import MicroGroup, without_models
-from gpusim.calibration.pooled_leases import pooled, without_lease
 from gpusim.calibration.profiles import ProfileData
 from gpusim.calibration.steady_clocks import SteadyClocks
 from gpusim.cost import Calibration
@@ -148,50 +146,22 @@ def fit_without_stack(data: StepData, gpu: GpuSpec, stack: StackSpec, resolve: R
                held=die.without_stack(name) if die is not None else None).calibration
 
 
-def fit_without_lease(data: StepData, gpu: GpuSpec, stack: StackSpec, resolve: Resolver,
-                      lease: str, micro: Sequence[MicroGroup] = (),
-                      profiles: ProfileData | None = None,
-                      sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
-                      attention: Sequence[AttentionPoint] = (), also: Joint = (),
-                      die: PhysicsDieSource | None = None, name: str = "") -> Calibration:
-    """The GPU physics fitted without pooled lease ``lease``'s steps
-    (``calibration.pooled_leases``: leave one lease out) and, given ``name``, without
-    that stack's as ``fit_without_stack``; ``die``: the source GPU's die-level fields
-    (its fit holds none of this GPU's leases: its shipped values, or without ``name``)."""
-    held = None
-    if die is not None:
-        held = die.without_stack(name) if name else die.shipped()
-    return fit(data, gpu, stack, resolve, note=f"without {name or 'the lease'} on {lease}",
-               micro=micro, profiles=profiles, sweep=sweep, clocks=clocks,
-               attention=[p for p in attention if p.stack != name],
-               also=without_lease(without_stack(also, name), lease), held=held).calibration
-
-
 def judging_physics(shipped: Calibration, data: StepData, gpu: GpuSpec, stack: StackSpec,
                     resolve: Resolver, micro: Sequence[MicroGroup] = (),
                     profiles: ProfileData | None = None,
                     sweep: Sequence[SweptPoint] = (), clocks: SteadyClocks | None = None,
                     attention: Sequence[AttentionPoint] = (), also: Joint = (),
-                    die: PhysicsDieSource | None = None
-                    ) -> Callable[[str, str], Calibration]:
-    """By a stack's name and the lease its steps were measured on ('' for the stacks
-    campaign's, never pooled), the GPU physics they are judged with: ``shipped``, or
-    the physics fitted without what of them went into it: the stack's profiled
-    attention kernels or steps (here or, through the die-level fields, on ``die``'s
-    GPU: ``fit_without_stack``), the lease's pooled steps (``fit_without_lease``).
-    Each refit is made once."""
+                    die: PhysicsDieSource | None = None) -> Callable[[str], Calibration]:
+    """By a stack's name, the GPU physics its steps are judged with: ``shipped``, or for
+    a stack whose profiled attention kernels or steps went into it (here or, through
+    the die-level fields, on ``die``'s GPU), the physics fitted without them
+    (``fit_without_stack``)."""
     fitted_with = {p.stack for p in attention} | {s.name for _, s in also}
     if die is not None:
         fitted_with |= die.stacks()
-    leases = set(pooled(also))
 
-    @cache
-    def physics(name: str, lease: str = "") -> Calibration:
-        own = name if name in fitted_with and name != stack.name else ""
-        if lease in leases:
-            return fit_without_lease(data, gpu, stack, resolve, lease, micro, profiles,
-                                     sweep, clocks, attention, also, die, own)
-        if not own:
+    def physics(name: str) -> Calibration:
+        if name not in fitted_with:
             return shipped
         return fit_without_stack(data, gpu, stack, resolve, name, micro, profiles, sweep,
                                  clocks, attention, also, die)
@@ -292,13 +262,11 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
     ``datasets``/``gpus``: keyed by GPU name; ``shipped``: calibrations to report
     in-sample (keyed by GPU name, may be empty); ``held_out``: data no calibration was
     fitted on (another lease, models or shapes outside the fit), each predicted by the
-    shipped calibration in its own section (a lease pooled into the physics fit,
-    ``calibration.pooled_leases``: by the calibration fitted without it); ``sweeps``:
-    each GPU's swept GEMMs (their slow cuBLAS picks go into every fit); ``clocks``:
-    each GPU's power probe (its steady clocks go into every fit); ``attention``: each
-    GPU's profiled attention kernels under every stack (``calibration.attention_points``:
-    into every fit); ``joint``: each GPU's other stacks' steps that fit its physics
-    and its pooled leases' (``calibration.pooled_leases``)
+    shipped calibration in its own section; ``sweeps``: each GPU's swept GEMMs (their
+    slow cuBLAS picks go into every fit); ``clocks``: each GPU's power probe (its
+    steady clocks go into every fit); ``attention``: each GPU's profiled attention
+    kernels under every stack (``calibration.attention_points``: into every fit);
+    ``joint``: each GPU's other stacks' steps that fit its physics
     (``calibration.joint``: into every fit, a held-out model's left out); ``die``:
     each GPU's source of die-level attention fields (``calibration.die_physics``: its
     fit without the held-out model). The
@@ -355,17 +323,9 @@ def run_report(datasets: dict[str, StepData], gpus: dict[str, GpuSpec], stack: S
                                      f"{name} datasheet"))
         md.append(section(sheet, "Datasheet only (`--calibration none`)"))
         held_sets = []
-        left_out = set(pooled(joint.get(name, [])))
         for h in held_out:
             if name in shipped and name in h.data:
-                cal = shipped[name]
-                if h.sub in left_out:   # its steps went into the shipped fit
-                    cal = fit_without_lease(data, gpu, stack, resolve, h.sub,
-                                            micro.get(name, []), profiles.get(name),
-                                            sweeps.get(name, []), clocks.get(name),
-                                            attention.get(name, []), joint.get(name, []),
-                                            (die or {}).get(name))
-                ev = in_sample(h.data[name], gpu, stack, cal, resolve, h.label)
+                ev = in_sample(h.data[name], gpu, stack, shipped[name], resolve, h.label)
                 md.append(section(ev, h.title))
                 spread = lease_spread(h.against.get(name, data), h.data[name])
                 if spread:

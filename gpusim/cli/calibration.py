@@ -182,7 +182,7 @@ def _fit_stacks(directory: Path, gpu: GpuSpec, physics: Calibration) -> dict[str
 
 
 def _stack_evaluations(directory: Path, gpu: GpuSpec,
-                       physics: Callable[[str, str], Calibration]
+                       physics: Callable[[str], Calibration]
                        ) -> list[stacks_report.StackEvaluation]:
     """Every measured stack's steps on ``gpu`` predicted from ``physics`` (by the
     stack's name: ``validate.judging_physics``, fitted without its measurements where
