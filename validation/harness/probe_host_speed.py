@@ -36,7 +36,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_serve_engine import load_shape  # noqa: E402
-from probe_serve_steps import mixed_input  # noqa: E402
+from probe_serve_steps import mixed_input, timed_step  # noqa: E402
 from serve_model import ModelRunner  # noqa: E402
 
 
@@ -90,15 +90,10 @@ def main() -> int:
     while time.perf_counter() < deadline or i < len(plan):
         name = plan[i] if i < len(plan) else "S1"
         for b, ctx, q in sets[name]:
-            inp = mixed_input(b, ctx, q, 16)
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            res = runner.run(inp)
-            wall = time.perf_counter() - t0
+            age_s = time.perf_counter() - t_start
+            gpu_s, wall_s = timed_step(runner, mixed_input(b, ctx, q, 16))
             rows.append({"pass": i, "set": name, "decode": b, "ctx": ctx, "q": q,
-                         "age_s": round(t0 - t_start, 3), "wall_s": wall,
-                         "gpu_s": res.gpu_s})
+                         "age_s": round(age_s, 3), "wall_s": wall_s, "gpu_s": gpu_s})
         i += 1
     loops.append(python_loop_s())
     with open(out / f"{a.label}.csv", "w", newline="") as f:
