@@ -266,6 +266,8 @@ def test_a_warm_up_load_runs_first_and_is_not_recorded(tmp_path: Path, monkeypat
     assert set(summary) == {"rate-40"}
     meta, _, requests = serve_record.read_run(tmp_path / "tiny" / "rate-40")
     assert "--warmup-s" in meta["provenance"]["command"]
+    # what ran before it in its process, for the report's first loads
+    assert meta["process"] == {"load_index": 0, "warmup_s": 0.3, "warmup_requests": 0}
     assert min(r["arrival_s"] for r in requests) >= 0
 
 

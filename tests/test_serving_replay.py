@@ -278,6 +278,9 @@ def broken_copy(tmp_path: Path, name: str, edit) -> Path:
      "requests.jsonl:1: token_s"),
     ("requests.jsonl", lambda t: t.replace('"segments"', '"pieces"', 1),
      "requests.jsonl:1: segments"),
+    ("run.json", lambda t: t.replace('"format"', '"process": {"load_index": "first", '
+                                     '"warmup_s": 0, "warmup_requests": 8}, "format"', 1),
+     "run.json: load_index"),
 ])
 def test_bad_run_files_name_file_line_and_field(tmp_path: Path, name: str, edit,
                                                 where: str) -> None:

@@ -17,6 +17,7 @@ of up to the largest capture size, padded to the smallest size that holds its to
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ class ServingRun:
     rejected: int
     requests: tuple[MeasuredRequest, ...]
     steps: tuple[MeasuredStep, ...]
+    # what its process ran before it (``load_index``, ``warmup_s``, ``warmup_requests``);
+    # empty for runs of a harness that did not record it
+    process: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def cudagraph_mode(self) -> str:
@@ -273,6 +277,18 @@ def _request(data: dict[str, Any], source: str, line: int) -> MeasuredRequest:
         int(data.get("preemptions", 0)))
 
 
+def _process(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """run.json's ``process`` (empty where absent). Raises ConfigError for a malformed
+    one."""
+    if "process" not in meta:
+        return {}
+    proc = _need(meta, "process", source, dict)
+    _need(proc, "load_index", source, int)
+    _need(proc, "warmup_s", source, (int, float))
+    _need(proc, "warmup_requests", source, int)
+    return dict(proc)
+
+
 def read_serving_run(path: Path) -> ServingRun:
     """Read a run directory. Raises ConfigError naming the file, line and field."""
     path = Path(path)
@@ -315,4 +331,4 @@ def read_serving_run(path: Path) -> ServingRun:
         provenance=dict(meta.get("provenance") or {}),
         prefix_cache=dict(meta.get("prefix_cache") or {}),
         lost_tokens=int(meta.get("lost_tokens", 0)), rejected=int(meta.get("rejected", 0)),
-        requests=tuple(requests), steps=tuple(steps))
+        requests=tuple(requests), steps=tuple(steps), process=_process(meta, src))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gpusim.calibration.serving_process import first_loads
 from gpusim.calibration.serving_replay import RunComparison
 
 METRICS = (("TTFT p50", "ttft_s", "p50"), ("TTFT p99", "ttft_s", "p99"),
@@ -64,16 +65,19 @@ def repeat_section(results: Sequence[RunComparison]) -> list[str]:
     groups = repeat_groups(results)
     if not groups:
         return []
+    cold = first_loads([r.run for r in results])
     lines = ["## Run-to-run spread", "",
              "Runs repeated with the same arguments (the same arrivals, lengths, seed, "
              "engine settings) on the same GPU kind: how far two measurements of the same "
              "thing differ, (largest - smallest) / smallest. It is the floor under the "
              "errors above: a metric that moves this much between two runs cannot be "
-             "judged more finely.", "",
+             "judged more finely. A run marked (first load) was the first its process "
+             "measured, with no warm-up load before it (\"First loads of a process\").", "",
              "| model | runs | metric | measured per run | spread | simulated error per run |",
              "|---|---|---|---:|---:|---:|"]
     for g in groups:
-        loads = ", ".join(r.run.load for r in g)
+        loads = ", ".join(r.run.load + (" (first load)" if r.run.path in cold else "")
+                          for r in g)
         for label, name, q in METRICS:
             meas = [metric_value(r, "measured", name, q) for r in g]
             errs = [metric_value(r, "simulated", name, q) / m - 1.0

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpusim.calibration.serving_metrics import LATENCIES, QUANTILES, saturated
+from gpusim.calibration.serving_process import first_load_section
 from gpusim.calibration.serving_repeat import repeat_section, worst_spread
 from gpusim.calibration.serving_replay import RunComparison
 from gpusim.calibration.serving_sensitivity import moves, sensitivity_section
@@ -40,7 +41,9 @@ its drain. `--kv-blocks 16384` because the default sizing (0.9 of the GPU's memo
 ran out of memory during graph capture (8192 for Llama 3.1 8B on an 80 GB H100).
 Prefix caching: `--prefix-caching --shared-prefix-tokens 1024 --conversation-turns 4
 --turn-think-s 2` into its own `--out` (H100: `prefix-rate-*`). Still to measure:
-prefix caching on the H200."""
+prefix caching on the H200. New runs: add `--warmup-s 20` (a 20 s load of its own
+seed first, not recorded), so that no measured load is its process's first ("First
+loads of a process")."""
 
 
 KNOWN_GAPS = (
@@ -278,6 +281,7 @@ def markdown(results: Sequence[RunComparison], sat: dict[str, Any], gpu: str, st
     lines += _decomposition(results)
     lines += sensitivity_section(results)
     lines += repeat_section(results)
+    lines += first_load_section(results)
     lines += _host_section(results, stack)
     lines += _acceptance(results, sat)
     lines += ["## Producing the GPU runs", "", GPU_COMMANDS, ""]

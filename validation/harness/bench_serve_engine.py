@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(previous.read_text()) if previous.is_file() else {}
     config = {**hf, "_name_or_path": name, "max_position_embeddings": args.max_model_len,
               "torch_dtype": args.dtype}
-    for label, fields in loads(args):
+    for index, (label, fields) in enumerate(loads(args)):
         spec = WorkloadSpec(**{**common, **fields})
         engine = Engine(cfg, runner)
         late = runner.late_captures
@@ -251,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                            "eager_sdpa": args.eager_sdpa},
                 "workload": spec.describe(), "graphs": graphs,
                 "late_captures": runner.late_captures - late,
+                # what ran in this process before the load: its first load pays the
+                # process's first pass over new shapes (validation/data/h100-sxm/
+                # probe_2026-12-07_s27/) unless a warm-up load ran first
+                "process": {"load_index": index, "warmup_s": args.warmup_s,
+                            "warmup_requests": args.warmup_requests},
                 "provenance": provenance(device, argv)}
         write_run(out_root / label, meta, config, engine)
         problems = check_run(out_root / label)
