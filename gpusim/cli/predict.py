@@ -37,14 +37,15 @@ from gpusim.errors import ConfigError, bad
 from gpusim.io import loader
 from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.specs.enums import Mode
-from gpusim.specs.stack import STACK_ALIASES
+from gpusim.specs.stack import STACK_ALIASES, StackSpec
 
 
 @app.command()
 def predict(
     gpu: GpuOpt,
     rows_in: Annotated[Path | None, typer.Option(
-        "--in", help="rows.csv with columns model,mode,batch,ctx,q[,tp].")] = None,
+        "--in", help="rows.csv with columns model,mode,batch,ctx,q"
+        "[,tp,weight_dtype,kv_dtype,cache_len].")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="With --in: the predictions to write, CSV (JSON for a .json file; "
         "- for standard output). Without --out they are printed in --format.")] = None,
@@ -57,6 +58,10 @@ def predict(
     q: Annotated[int | None, typer.Option(
         "--q", help="New tokens per sequence (decode 1; default verify 4, prefill 512).")
     ] = None,
+    cache_len: Annotated[int | None, typer.Option(
+        "--cache-len", min=1, help="Positions each sequence's KV cache holds, for a stack "
+        "that attends its whole static cache (hf-transformers: the StaticCache's "
+        "max_cache_len); default ctx + q.")] = None,
     calibration: CalOpt = "auto",
     launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
@@ -133,10 +138,14 @@ def predict(
         check_shape(md, np.array([batch], float), np.array([cc], float),
                     np.array([qq], float))
         capacity.check_context(m, cc, qq)
-        _check_fits(g, m, batch, cc, qq, tp, pp, ignore_memory)
-        p = step.predict(plat, m, md, batch, cc, qq)
+        cache = _cache_len(plat.stack, cache_len, cc, qq)
+        # a static cache holds all its positions: its memory is the cache's
+        _check_fits(g, m, batch, cache - qq, qq, tp, pp, ignore_memory)
+        p = step.predict(plat, m, md, batch, cc, qq, cache_len=cache_len)
     summ = {"gpu": g.name, "model": m.name, "stack": plat.stack.name, "mode": md.value,
-            "batch": batch, "ctx": cc, "q": qq, "launch": plat.launch.value,
+            "batch": batch, "ctx": cc, "q": qq,
+            **({"cache_len": cache} if plat.stack.attends_allocated_cache else {}),
+            "launch": plat.launch.value,
             "calibration": describe_calibration(plat),
             "weights": m.quantization.describe() if m.quantization else m.dtype,
             "kv_dtype": m.kv_dtype_eff, **step.summary(p, g),
@@ -147,9 +156,10 @@ def predict(
     roles = op_roles(m, plat.stack)   # quantization and MoE routing costs, summed
     for role in sorted(set(roles.values())):
         summ[f"{role}_ms"] = sum(float(r["ms"]) for r in ops if roles.get(str(r["op"])) == role)
+    cached = f" cache={cache}" if plat.stack.attends_allocated_cache else ""
     if timeline is not None:
-        tl = step.simulate(plat, m, md, batch, cc, qq)
-        title = (f"{m.name} {md.value} b={batch} ctx={cc} q={qq} on {g.name} "
+        tl = step.simulate(plat, m, md, batch, cc, qq, cache_len=cache_len)
+        title = (f"{m.name} {md.value} b={batch} ctx={cc} q={qq}{cached} on {g.name} "
                  f"({plat.launch.value}, {plat.stack.name})")
         report.write_html(report.timeline_figure(tl, title), timeline)
         wrote(timeline, "timeline")
@@ -161,7 +171,7 @@ def predict(
         _echo(report.to_csv(ops).rstrip("\n"))
     else:
         _print_table(
-            f"{m.name} {md.value} batch={batch} ctx={cc} q={qq} on {g.name} "
+            f"{m.name} {md.value} batch={batch} ctx={cc} q={qq}{cached} on {g.name} "
             f"({plat.launch.value}, stack {plat.stack.name}, calibration: "
             f"{describe_calibration(plat)})", ops,
             ["op", "ms", "share", "launches", "bytes", "bandwidth_gb_per_s",
@@ -175,6 +185,22 @@ def predict(
         if parallel:
             _print_table("parallel layout", [parallel], list(parallel))
         warn_trust(trust)
+
+
+def _cache_len(stack: StackSpec, cache_len: int | None, ctx: int, q: int) -> int:
+    """The positions each KV cache holds: ``--cache-len`` (default ctx + q). Raises
+    ConfigError where the stack attends ctx + q keys whatever its cache holds (the
+    option would change nothing) or the cache cannot hold ctx + q positions."""
+    if cache_len is None:
+        return ctx + q
+    if not stack.attends_allocated_cache:
+        raise bad("--cache-len", f"stack {stack.name} attends ctx + q keys whatever its "
+                  "cache holds; only a stack that attends its whole static cache "
+                  "(hf-transformers) takes a cache length")
+    if cache_len < ctx + q:
+        raise bad("--cache-len", f"must hold ctx + q = {ctx + q} positions",
+                  value=cache_len)
+    return cache_len
 
 
 def warn_trust(trust: Assessment) -> None:

@@ -303,3 +303,12 @@ class StackSpec(Frozen):
         """The attention kernel family this stack runs ``mode`` with."""
         return self.attention[mode]  # type: ignore[index]
 
+
+    @property
+    def attends_allocated_cache(self) -> bool:
+        """Whether its attention reads every position its KV cache holds (a static cache
+        under a mask: ``keys: allocated_cache``), so that a step's time follows the
+        cache's length, not ctx + q alone."""
+        ops = (*self.prologue, *self.layer, *self.epilogue, *(self.moe or ()),
+               *(self.qk_norm or ()))
+        return any(o.op == "attention" and o.keys == "allocated_cache" for o in ops)

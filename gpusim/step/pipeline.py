@@ -124,13 +124,14 @@ def predict_pipeline(platform: Platform, model: ModelSpec, mode: str, batch: obj
 
 
 def simulate_pipeline(platform: Platform, model: ModelSpec, mode: str, batch: int,
-                      ctx: int, q: int, record: bool = True) -> Timeline:
+                      ctx: int, q: int, record: bool = True,
+                      cache_len: int | None = None) -> Timeline:
     """Event simulation of a pipelined step (one shape): each stage's GPU runs its
     kernels per micro-batch, the sends cross the links; ``end_s`` equals
     ``predict_pipeline``'s seconds. Raises FieldError for a bad shape or layout."""
     from gpusim.step.simulate import expand_launches
 
-    stages, sends = _stages(platform, model, mode, batch, ctx, q, None)
+    stages, sends = _stages(platform, model, mode, batch, ctx, q, cache_len)
     cal = platform.calibration
     programs = []
     for i, ks in enumerate(stages):

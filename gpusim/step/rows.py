@@ -30,7 +30,7 @@ from gpusim.specs.model import KV_DTYPES, WEIGHT_DTYPES
 from gpusim.step.predict import predict
 
 REQUIRED = ("model", "mode", "batch", "ctx", "q")
-OPTIONAL = ("tp", "weight_dtype", "kv_dtype")
+OPTIONAL = ("tp", "weight_dtype", "kv_dtype", "cache_len")
 OUTPUT_COLUMNS = ("predicted_ms", "gpu_ms", "host_bound", "launches", "weight_bytes",
                   "kv_bytes", "flops", "achieved_bandwidth_gb_per_s", "roofline_ms",
                   "bound", "stack", "band_pct", "band_low_ms", "band_high_ms", "envelope")
@@ -54,6 +54,9 @@ class Row:
     kv_dtype: str | None = None
     # whether the row gave its tp (else the command's layout's)
     tp_given: bool = False
+    # positions each KV cache holds (None, a blank cell: ctx + q); only a stack that
+    # attends its whole static cache depends on it
+    cache_len: int | None = None
 
 
 def _choice(source: str, line: int, name: str, text: str | None,
@@ -81,6 +84,21 @@ def _int_field(source: str, line: int, name: str, text: str, low: int) -> int:
         value = int(number)
     if value < low:
         raise bad(source, f"must be an integer >= {low}", field=name, line=line, value=text)
+    return value
+
+
+def _cache_len(source: str, line: int, vals: dict[str, str]) -> int | None:
+    """A row's ``cache_len`` (None: blank or absent). Raises ConfigError for one that
+    cannot hold the row's ctx + q positions."""
+    text = vals.get("cache_len")
+    if not text:
+        return None
+    value = _int_field(source, line, "cache_len", text, 1)
+    need = _int_field(source, line, "ctx", vals["ctx"], 0) + _int_field(
+        source, line, "q", vals["q"], 1)
+    if value < need:
+        raise bad(source, f"must hold ctx + q = {need} positions", field="cache_len",
+                  line=line, value=text)
     return value
 
 
@@ -119,7 +137,8 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
                   raw=vals, tp_given=bool(vals.get("tp")),
                   weight_dtype=_choice(source, line, "weight_dtype", vals.get("weight_dtype"),
                                        WEIGHT_DTYPES),
-                  kv_dtype=_choice(source, line, "kv_dtype", vals.get("kv_dtype"), KV_DTYPES))
+                  kv_dtype=_choice(source, line, "kv_dtype", vals.get("kv_dtype"), KV_DTYPES),
+                  cache_len=_cache_len(source, line, vals))
         rows.append(row)
     if not rows:
         raise bad(source, "no data rows after the header")
@@ -227,6 +246,10 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
     # three flat lists convert in C; a list of tuples goes through numpy's slow path
     batch, ctx, q = np.array([[r.batch for r in rows], [r.ctx for r in rows],
                               [r.q for r in rows]], float).reshape(3, n)
+    # a static cache attended whole: its length (else ctx + q, which the others attend)
+    static = base.stack.attends_allocated_cache
+    cache = (np.array([r.ctx + r.q if r.cache_len is None else r.cache_len for r in rows],
+                      float) if static else None)
     # each group's results are scattered into whole-table columns: no record per row
     # (a table of a million shapes)
     num = {k: np.empty(n) for k in ("predicted_ms", "gpu_ms", "weight_bytes", "kv_bytes",
@@ -260,9 +283,11 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
                 except ConfigError as exc:
                     raise bad(source, exc.reason, field="ctx",
                               line=rows[members[over[0]]].line) from None
+            held = c + qq if cache is None else cache[idx]
             _check_memory(platform, model, lambda j, m=members: rows[m[j]].line,
-                          b * (c + qq), source)
-            p = predict(platform, model, mode, b, c, qq)
+                          b * held, source)
+            p = predict(platform, model, mode, b, c, qq,
+                        cache_len=None if cache is None else held)
         except FieldError as exc:  # a layout the model or the GPU does not allow
             raise bad(source, str(exc), field=exc.field, line=first.line) from None
         peak_flops = platform.gpu.matmul_peak_flops_per_s(model.dtype)

@@ -46,17 +46,18 @@ def expand_launches(kernels: list[Kernel], costs: list[Cost], layers: int,
 
 
 def simulate(platform: Platform, model: ModelSpec, mode: str, batch: int, ctx: int,
-             q: int, record: bool = True) -> Timeline:
+             q: int, record: bool = True, cache_len: int | None = None) -> Timeline:
     """Event simulation of one step shape on ``platform``; returns its Timeline
-    (``end_s`` = step time; a pipelined layout's stages through ``step.pipeline``).
+    (``end_s`` = step time; a pipelined layout's stages through ``step.pipeline``;
+    ``cache_len``: positions each KV cache holds, default ctx + q).
     Raises ValueError for an impossible shape or a layout the model does not allow."""
     if platform.layout.pp > 1:
         from gpusim.step.pipeline import simulate_pipeline  # built on this module
 
-        return simulate_pipeline(platform, model, mode, batch, ctx, q, record)
+        return simulate_pipeline(platform, model, mode, batch, ctx, q, record, cache_len)
     gpu, cal = platform.gpu, platform.calibration
-    kernels = rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q),
-                           model, platform)
+    kernels = rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q,
+                                         cache_len), model, platform)
     costs = step_costs(kernels, gpu, cal)
     launches = expand_launches(kernels, costs, model.num_hidden_layers)
     return simulate_stream(
