@@ -40,6 +40,9 @@ def test_a_static_cache_is_priced_over_its_length(capsys: pytest.CaptureFixture[
     assert plain["cache_len"] == 513 and cached["cache_len"] == 4096
     want = step.predict(PLATFORM, MODEL, "decode", 4, 512, 1, cache_len=4096).seconds
     assert cached["step_ms"] == pytest.approx(float(np.asarray(want).ravel()[0]) * 1e3)
+    # the event simulation (--timeline) runs the same kernels over the same cache
+    timeline = step.simulate(PLATFORM, MODEL, "decode", 4, 512, 1, cache_len=4096)
+    assert timeline.end_s * 1e3 == pytest.approx(cached["step_ms"])
     # attention, the keys' repeat and the mask run over every position of the cache
     assert cached["step_ms"] > 1.5 * plain["step_ms"]
 
