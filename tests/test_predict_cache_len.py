@@ -103,3 +103,12 @@ def test_a_longer_static_cache_never_runs_faster(batch: int, ctx: int, extra_a: 
     t = np.asarray(step.predict(PLATFORM, MODEL, "decode", batch * two, ctx * two, two,
                                 cache_len=np.array([short, long_], float)).seconds)
     assert t[1] >= t[0] * (1 - 1e-12)
+
+
+def test_the_envelope_judges_the_positions_a_static_cache_attends(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    near = predict_json(capsys, "--cache-len", "2048")["envelope"]
+    far = predict_json(capsys, "--cache-len", "100000")["envelope"]
+    # ctx 512 alone is below the measured contexts; 2047 attended positions are not
+    assert near == "ok"
+    assert far.startswith("outside") and "ctx 99999 >" in far

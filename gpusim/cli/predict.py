@@ -150,7 +150,8 @@ def predict(
             "weights": m.quantization.describe() if m.quantization else m.dtype,
             "kv_dtype": m.kv_dtype_eff, **step.summary(p, g),
             **step.layout_summary(p, plat)}
-    trust = plat.assess(m.param_count, md.value, batch, cc, qq)
+    # judged at the context it attends: a static cache's every position
+    trust = plat.assess(m.param_count, md.value, batch, cache - qq, qq)
     summ.update(trust.as_dict(float(summ["step_ms"])))  # type: ignore[arg-type]
     ops = step.breakdown(p, g)
     roles = op_roles(m, plat.stack)   # quantization and MoE routing costs, summed

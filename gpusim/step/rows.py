@@ -304,7 +304,9 @@ def predict_rows(rows: Iterable[Row], source: str, platform: Platform,
         launches[idx] = p.shape_launches
         text["bound"][idx] = BOUNDS[np.broadcast_to(
             np.where(p.host_bound, 0, np.where(memory_s >= compute_s, 1, 2)), b.shape)]
-        trust = platform.assess_columns(model.param_count, mode, b, c, qq, predicted_ms)
+        # judged at the context it attends (a static cache's every position)
+        trust = platform.assess_columns(model.param_count, mode, b, held - qq, qq,
+                                        predicted_ms)
         num["band_pct"][idx] = trust.band_pct
         num["band_low_ms"][idx] = trust.band_low_ms
         num["band_high_ms"][idx] = trust.band_high_ms
