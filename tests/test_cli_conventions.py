@@ -103,6 +103,31 @@ def test_predict_in_honours_out_extension_format_and_refuses_timeline(capsys,
     assert not (tmp_path / "p.html").exists()
 
 
+@pytest.mark.parametrize("extra, option", [
+    # --in: the rows give every shape, and a row beyond memory is refused at its line
+    (["--in", "ROWS", "--batch", "8"], "--batch"),
+    (["--in", "ROWS", "--ctx", "8", "--mode", "verify"], "--mode"),
+    (["--in", "ROWS", "--cache-len", "4096"], "--cache-len"),
+    (["--in", "ROWS", "--ignore-memory"], "--ignore-memory"),
+    # --crossover: decode batches 1-256 at --ctx, nothing else of a shape
+    (["--model", "llama-3.2-1b", "--crossover", "torch-fused", "--batch", "4"], "--batch"),
+    (["--model", "llama-3.2-1b", "--crossover", "torch-fused", "--q", "4"], "--q"),
+    (["--model", "llama-3.2-1b", "--crossover", "torch-fused", "--timeline", "t.html"],
+     "--timeline"),
+])
+def test_predict_refuses_an_option_it_would_ignore(capsys, tmp_path: Path, extra: list[str],
+                                                   option: str):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("model,mode,batch,ctx,q\nllama-3.2-1b,decode,8,1024,1\n")
+    argv = ["predict", "--gpu", "h100-sxm", "--calibration", "none",
+            *[str(rows) if a == "ROWS" else str(tmp_path / a) if a == "t.html" else a
+              for a in extra]]
+    err = one_line(capsys, argv)
+    assert f"error: {option}:" in err
+    assert "give no" in err or "refused at its line" in err
+    assert not (tmp_path / "t.html").exists()
+
+
 def test_spec_sweep_out_and_report(capsys, tmp_path: Path):
     base = ["spec-sweep", "--gpu", "h100-sxm", "--model", "llama-3.1-8b", "--draft",
             "llama-3.2-1b", "--batches", "1,8", "--ctxs", "1024", "--ks", "1-2",

@@ -51,8 +51,10 @@ def predict(
         "- for standard output). Without --out they are printed in --format.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Single shape: model name, YAML or config.json path.")] = None,
-    mode: Annotated[ModeOpt, typer.Option("--mode")] = ModeOpt.decode,
-    batch: Annotated[int, typer.Option("--batch")] = 1,
+    mode: Annotated[ModeOpt | None, typer.Option(
+        "--mode", help="Single shape: decode (default), verify or prefill.")] = None,
+    batch: Annotated[int | None, typer.Option(
+        "--batch", help="Single shape: sequences in the step (default 1).")] = None,
     ctx: Annotated[int | None, typer.Option(
         "--ctx", help="Tokens already cached (default 1024; 0 for prefill).")] = None,
     q: Annotated[int | None, typer.Option(
@@ -96,6 +98,9 @@ def predict(
     from gpusim.kernels.variants import op_roles
     from gpusim.step import rows as rows_mod
 
+    # options that give one shape: an option that would be ignored is refused
+    shape_opts = {"--mode": mode, "--batch": batch, "--ctx": ctx, "--q": q,
+                  "--cache-len": cache_len}
     if rows_in is not None and timeline is not None:
         raise bad("--timeline", "draws one shape: give it with --model, not --in")
     out_kind = out_format(out, "--out", fmt, ("csv", "json"), "csv") if out else "csv"
@@ -105,6 +110,11 @@ def predict(
     if rows_in is not None:
         if model is not None:
             raise bad("--model", "give either --in (a CSV of shapes) or --model, not both")
+        _refuse_shape(shape_opts, "with --in, each row gives its shape (the model, mode, "
+                      "batch, ctx, q and cache_len columns)")
+        if ignore_memory:
+            raise bad("--ignore-memory", "predicts one shape beyond memory; with --in a "
+                      "row beyond memory is refused at its line")
         header, rows = rows_mod.read_rows(rows_in)
         rows_mod.check_columns(str(rows_in), header, rows, {
             "gpu": g.name, "launch": plat.launch.value,
@@ -128,10 +138,14 @@ def predict(
         if weight_dtype is not None or kv_dtype is not None:
             raise bad("--crossover", "compares each stack in its own dtypes: give no "
                       "--weight-dtype or --kv-dtype")
+        _refuse_shape({**{k: v for k, v in shape_opts.items() if k != "--ctx"},
+                       "--timeline": timeline, "--ignore-memory": ignore_memory or None},
+                      "--crossover sweeps decode batches 1-256 at --ctx")
         print_crossover(plat, crossover, loader.load_model(model), default_ctx(Mode.DECODE, ctx),
                         calibration, fmt)
         return
-    md = Mode(mode.value)
+    md = Mode((mode or ModeOpt.decode).value)
+    batch = 1 if batch is None else batch
     qq, cc = default_q(md, q), default_ctx(md, ctx)
     with flags():
         m = for_stack(loader.load_model(model), plat.stack, weight_dtype, kv_dtype)
@@ -186,6 +200,14 @@ def predict(
         if parallel:
             _print_table("parallel layout", [parallel], list(parallel))
         warn_trust(trust)
+
+
+def _refuse_shape(options: dict[str, object], why: str) -> None:
+    """Raise ConfigError naming the first of ``options`` given (not None): ``why`` it
+    would be ignored."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise bad(given[0], f"{why}: give no {', '.join(given)}")
 
 
 def _cache_len(stack: StackSpec, cache_len: int | None, ctx: int, q: int) -> int:
