@@ -171,6 +171,8 @@ def test_rows_ctx_beyond_context_window_names_the_row(
     (["--mc-iterations", "-3"], "--mc-iterations"),
     (["--mc-iterations", "1000000000"], "--mc-iterations"),
     (["--mc-iterations", "20000", "--batch", "64"], "--mc-iterations"),
+    # a seed without a Monte-Carlo check would seed nothing
+    (["--seed", "7"], "--seed"),
 ])
 def test_spec_monte_carlo_bounded(extra: list[str], flag: str,
                                   capsys: pytest.CaptureFixture[str]) -> None:

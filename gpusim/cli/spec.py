@@ -75,7 +75,8 @@ def spec(
     mc_iterations: Annotated[int, typer.Option(
         "--mc-iterations", help="Also sample this many iterations per request (Monte-Carlo "
         "check of tokens per iteration; 0: off).")] = 0,
-    seed: Annotated[int, typer.Option("--seed", help="Monte-Carlo seed.")] = 0,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Monte-Carlo seed (with --mc-iterations; default 0).")] = None,
     fmt: FmtOpt = Fmt.table,
     timeline: Annotated[Path | None, typer.Option(
         "--timeline", help="Write a Plotly timeline of one iteration (SimPy engine) here.")
@@ -102,6 +103,7 @@ def spec(
 
     piped = check_outputs({"--timeline": timeline})
     options.check_monte_carlo(mc_iterations, batch, seed)
+    seed = 0 if seed is None else seed
     plat = setup(gpu, stack, calibration, launch.value, tp, pp, ep)
     g, cal = plat.gpu, plat.calibration
     ov = options.overhead_from_options(overhead, round_trip_us, g)

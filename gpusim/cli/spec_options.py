@@ -108,15 +108,19 @@ def int_list(text: str, option: str, low: int = 0) -> list[int]:
     return vals
 
 
-def check_monte_carlo(iterations: int, batch: int, seed: int) -> None:
+def check_monte_carlo(iterations: int, batch: int, seed: int | None) -> None:
     """Refuse, before any work, a Monte-Carlo check that cannot run or would not end:
-    ``--mc-iterations`` < 0, ``--seed`` < 0 (numpy seeds are non-negative), or more
-    than MAX_MC_SAMPLES samples (``batch`` x ``iterations``). Raises ConfigError."""
+    ``--mc-iterations`` < 0, ``--seed`` < 0 (numpy seeds are non-negative) or given
+    without a Monte-Carlo check (None: not given), or more than MAX_MC_SAMPLES samples
+    (``batch`` x ``iterations``). Raises ConfigError."""
     if iterations < 0:
         raise bad("--mc-iterations", "must be >= 0 (0: no Monte-Carlo check)",
                   value=iterations)
-    if seed < 0:
+    if seed is not None and seed < 0:
         raise bad("--seed", "must be >= 0", value=seed)
+    if seed is not None and not iterations:
+        raise bad("--seed", "seeds the Monte-Carlo check: give --mc-iterations too",
+                  value=seed)
     if iterations and batch >= 1 and iterations * batch > MAX_MC_SAMPLES:
         raise bad("--mc-iterations", f"batch {batch} x {iterations} iterations = "
                   f"{iterations * batch:,} samples; at most {MAX_MC_SAMPLES:,} are drawn "
