@@ -303,7 +303,6 @@ class StackSpec(Frozen):
         """The attention kernel family this stack runs ``mode`` with."""
         return self.attention[mode]  # type: ignore[index]
 
-
     @property
     def attends_allocated_cache(self) -> bool:
         """Whether its attention reads every position its KV cache holds (a static cache
