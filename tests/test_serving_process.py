@@ -44,8 +44,12 @@ def test_one_commands_runs_in_a_row_are_one_process() -> None:
 
 def test_a_warm_up_in_the_command_or_an_unknown_start_is_never_a_first_load() -> None:
     runs = [run("warm", "08:49:19", command=CMD + " --warmup-s 20"),
+            run("warm=", "08:49:19", command=CMD + " --warmup-s=5"),
             run("nostart", None), run("nocommand", "08:49:19", command=None)]
     assert first_loads(runs) == frozenset()
+    # a warm-up of 0 s is none
+    assert first_loads([run("zero", "08:49:19", command=CMD + " --warmup-s 0")]) == {
+        Path("zero")}
 
 
 def result(name: str, ttft_err: float, first: bool) -> Any:

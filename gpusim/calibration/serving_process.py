@@ -44,6 +44,20 @@ def _length_s(run: ServingRun) -> float:
     return max((s.end_s for s in run.steps), default=0.0)
 
 
+def _warmup_s(command: str) -> float:
+    """The ``--warmup-s`` a command line gave (0 where none or unreadable)."""
+    words = command.split()
+    for i, word in enumerate(words):
+        value = (word.partition("=")[2] if word.startswith("--warmup-s=") else
+                 words[i + 1] if word == "--warmup-s" and i + 1 < len(words) else None)
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
 def first_loads(runs: Sequence[ServingRun]) -> frozenset[Path]:
     """The paths of ``runs`` that were their process's first load with no warm-up load
     before them. Runs that record neither their process nor a start time and command
@@ -59,8 +73,8 @@ def first_loads(runs: Sequence[ServingRun]) -> frozenset[Path]:
         start, command = _started_s(run), run.provenance.get("command")
         if start is None or not command:
             continue
-        if "--warmup-s" in str(command).split():
-            continue  # an older harness's warm-up: not its first load
+        if _warmup_s(str(command)) > 0:
+            continue  # a warm-up load ran first: not its first load
         unrecorded[(str(command), str(run.provenance.get("git_commit", "")))].append(
             (start, run))
     for group in unrecorded.values():
