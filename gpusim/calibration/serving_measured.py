@@ -17,9 +17,8 @@ of up to the largest capture size, padded to the smallest size that holds its to
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +117,7 @@ class ServingRun:
     steps: tuple[MeasuredStep, ...]
     # what its process ran before it (``load_index``, ``warmup_s``, ``warmup_requests``);
     # empty for runs of a harness that did not record it
-    process: dict[str, Any] = dataclasses.field(default_factory=dict)
+    process: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cudagraph_mode(self) -> str:

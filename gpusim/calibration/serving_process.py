@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gpusim.calibration.serving_measured import ServingRun
-from gpusim.calibration.serving_metrics import saturated
+from gpusim.calibration.serving_metrics import relative_error, saturated
 from gpusim.calibration.serving_replay import RunComparison
 
 # a load follows its predecessor in one process within this many seconds of its end
@@ -88,7 +88,7 @@ def first_loads(runs: Sequence[ServingRun]) -> frozenset[Path]:
 
 
 def _summary(results: Sequence[RunComparison], key: str, q: str) -> str:
-    errs = [r.simulated[key][q] / r.measured[key][q] - 1.0 for r in results]
+    errs = [relative_error(r.simulated[key][q], r.measured[key][q]) for r in results]
     if not errs:
         return "-"
     worst = max(errs, key=abs)

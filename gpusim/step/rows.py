@@ -87,17 +87,14 @@ def _int_field(source: str, line: int, name: str, text: str, low: int) -> int:
     return value
 
 
-def _cache_len(source: str, line: int, vals: dict[str, str]) -> int | None:
-    """A row's ``cache_len`` (None: blank or absent). Raises ConfigError for one that
-    cannot hold the row's ctx + q positions."""
-    text = vals.get("cache_len")
+def _cache_len(source: str, line: int, text: str | None, ctx: int, q: int) -> int | None:
+    """A row's ``cache_len`` cell (None: blank or absent). Raises ConfigError for one
+    that cannot hold the row's ctx + q positions."""
     if not text:
         return None
     value = _int_field(source, line, "cache_len", text, 1)
-    need = _int_field(source, line, "ctx", vals["ctx"], 0) + _int_field(
-        source, line, "q", vals["q"], 1)
-    if value < need:
-        raise bad(source, f"must hold ctx + q = {need} positions", field="cache_len",
+    if value < ctx + q:
+        raise bad(source, f"must hold ctx + q = {ctx + q} positions", field="cache_len",
                   line=line, value=text)
     return value
 
@@ -129,16 +126,17 @@ def read_rows(path: Path) -> tuple[list[str], list[Row]]:
                       value=mode)
         if not vals["model"]:
             raise bad(source, "must name a model", field="model", line=line)
-        row = Row(line=line, model=vals["model"], mode=mode,
-                  batch=_int_field(source, line, "batch", vals["batch"], 1),
-                  ctx=_int_field(source, line, "ctx", vals["ctx"], 0),
-                  q=_int_field(source, line, "q", vals["q"], 1),
+        # in column order, so a row's first bad cell is the one named
+        batch = _int_field(source, line, "batch", vals["batch"], 1)
+        ctx = _int_field(source, line, "ctx", vals["ctx"], 0)
+        q = _int_field(source, line, "q", vals["q"], 1)
+        row = Row(line=line, model=vals["model"], mode=mode, batch=batch, ctx=ctx, q=q,
                   tp=_int_field(source, line, "tp", vals.get("tp") or "1", 1),
                   raw=vals, tp_given=bool(vals.get("tp")),
                   weight_dtype=_choice(source, line, "weight_dtype", vals.get("weight_dtype"),
                                        WEIGHT_DTYPES),
                   kv_dtype=_choice(source, line, "kv_dtype", vals.get("kv_dtype"), KV_DTYPES),
-                  cache_len=_cache_len(source, line, vals))
+                  cache_len=_cache_len(source, line, vals.get("cache_len"), ctx, q))
         rows.append(row)
     if not rows:
         raise bad(source, "no data rows after the header")
