@@ -1,9 +1,10 @@
 r"""Step times, kernel profiles and traces of the measured stacks (stacks_forward.py).
 
     python3 validation/harness/bench_stacks.py --out DIR --gpu NAME --stack NAME[,NAME...]
-        [--device cuda|cpu] [--budget-s S] [--models m1,...] [--only steps,profile,trace]
-        [--eager-only | --graph-only] [--step-shapes mode:batch:ctx:q,...]
-        [--eager-shapes ...] [--profile-shapes ...] [--trace-shapes ...] [--trace-steps N]
+        [--device cuda|cpu] [--budget-s S] [--models m1,...]
+        [--only steps,profile,trace,graph_profile] [--eager-only | --graph-only]
+        [--step-shapes mode:batch:ctx:q,...] [--eager-shapes ...] [--profile-shapes ...]
+        [--trace-shapes ...] [--trace-steps N] [--graph-profile-shapes ...] [--replays N]
         [--compile-backend inductor|eager] [--quick]
 
 Phases, in this order (on a GPU run each in its own process: never time after
@@ -24,6 +25,12 @@ torch.profiler, validation/README.md):
   ``traces/<stack>__<model>__<mode>_b<b>_ctx<c>_q<q>_n<N>.json.gz`` (Llama 3.2 1B on an
   H100: 45 KiB torch-compile, 170 KiB torch-fused, 230 KiB torch-hf, 310 KiB
   hf-transformers; 1-5 MB unpacked).
+* ``graph_profile``: per model the ``--graph-profile-shapes`` (default: the profile
+  shapes) captured in a CUDA graph as the steps phase captures them, over a cache that
+  just fits the shape, and ``--replays`` replays profiled kernel by kernel
+  (graph_profile.py): ``graph_kernels.csv`` (graph_profile.GRAPH_KERNELS_COLUMNS plus
+  ``stack`` and ``cache_len``): what a judged step runs, each kernel's in-graph
+  duration and the gap before it. Needs CUDA (skipped, and logged, without it).
 
 Also env.json, summary.json (with each torch-compile model's graphs and compile
 seconds) and errors.log (if any). CSV rows are appended and flushed as measured; an
@@ -65,14 +72,16 @@ import bench  # noqa: E402
 import bench_campaign as bc  # noqa: E402
 import bench_steps as bs  # noqa: E402
 from bench_common import GRIDS, KERNELS_COLUMNS, STEPS_COLUMNS, Grid, Step, StepRun  # noqa: E402
-from bench_timing import Clock, CsvSink  # noqa: E402
+from bench_timing import Clock, CsvSink, capture  # noqa: E402
+from graph_profile import GRAPH_KERNELS_COLUMNS, profile_replays  # noqa: E402
 from reference import Shape  # noqa: E402
 from stacks_forward import STACKS, CompileStack, StepFn  # noqa: E402
 from stacks_forward import Stack as StackT  # noqa: E402
 
 STACK_STEPS_COLUMNS = [*STEPS_COLUMNS, "stack", "cache_len"]
 STACK_KERNELS_COLUMNS = [*KERNELS_COLUMNS, "stack"]
-PHASES = ("steps", "profile", "trace")
+STACK_GRAPH_KERNELS_COLUMNS = [*GRAPH_KERNELS_COLUMNS, "stack", "cache_len"]
+PHASES = ("steps", "profile", "trace", "graph_profile")
 PROFILE_SHAPES: tuple[Step, ...] = (("decode", 1, 1024, 1), ("decode", 8, 1024, 1),
                                     ("verify", 16, 512, 2), ("prefill", 1, 0, 512))
 # The steps grid of one stack: the full grid's modes, batches and contexts thinned to 14
@@ -118,6 +127,9 @@ class Run(StepRun):
     models: dict[str, Shape]
     trace_shapes: tuple[Step, ...]
     trace_steps: int
+    graph_profile_shapes: tuple[Step, ...] = ()
+    replays: int = 3
+    graph_kernels: CsvSink | None = None   # graph_kernels.csv (graph_profile on CUDA)
     # stack -> model -> {"graphs": n, "compile_s": seconds of the calls that compiled}
     compiles: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     traces: list[dict[str, object]] = field(default_factory=list)
@@ -233,13 +245,35 @@ def run_trace(run: Run, stack: StackT) -> None:
     _each_shape(run, stack, "trace", run.trace_shapes, job)
 
 
+def run_graph_profile(run: Run, stack: StackT) -> None:
+    """graph_kernels.csv: each graph-profile shape captured and its replays profiled
+    kernel by kernel (a shape whose replays' kernels do not split evenly raises
+    ValueError: logged with the shape, the phase goes on)."""
+    if run.graph_kernels is None:
+        run.log(f"graph_profile {stack.name}: needs CUDA graphs, skipped")
+        return
+    sink = run.graph_kernels
+
+    def job(model: str, step: Step, fn: StepFn) -> None:
+        mode, b, c, q = step
+        per_replay = profile_replays(capture(fn).replay, run.replays)
+        for rows in per_replay:
+            for row in rows:
+                sink.write(model=model, mode=mode, batch=b, ctx=c, q=q, stack=stack.name,
+                           cache_len=c + q, **row)
+        run.log(f"graph_profile {stack.name} {model} {bs.label(step)}: "
+                f"{len(per_replay[0])} kernels a replay, {run.replays} replays")
+
+    _each_shape(run, stack, "graph_profile", run.graph_profile_shapes, job)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bc.add_run_args(p, budget_s=300.0)
     p.add_argument("--stack", required=True,
                    help=f"comma list of stacks ({', '.join(STACKS)})")
-    p.add_argument("--only", default="", help="comma list of: steps, profile, trace "
-                                              "(default: all, in that order)")
+    p.add_argument("--only", default="", help="comma list of: steps, profile, trace, "
+                                              "graph_profile (default: all, in that order)")
     bc.add_model_args(p, "comma list of model names (workloads/models/<name>.yaml, "
                          "--shapes-json keys, or 'tiny')")
     launch = p.add_mutually_exclusive_group()
@@ -254,6 +288,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bc.add_shape_args(p, "step", "eager", "profile", "trace")
     p.add_argument("--trace-steps", type=int, default=2,
                    help="consecutive steps in each trace")
+    p.add_argument("--graph-profile-shapes", default="",
+                   help="graph_profile's steps (default: the profile shapes): comma list "
+                        "of mode:batch:ctx:q")
+    p.add_argument("--replays", type=int, default=3,
+                   help="graph replays profiled per graph_profile shape")
     return p.parse_args(argv)
 
 
@@ -296,6 +335,8 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     phases = bc.select_phases(args.only, PHASES)
     if args.trace_steps < 1:
         raise SystemExit("--trace-steps must be >= 1")
+    if args.replays < 1:
+        raise SystemExit("--replays must be >= 1")
     device = bc.open_device(args.device)
     if device is None:
         return 2
@@ -303,6 +344,8 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
     grid = select_grid(args, device.type == "cuda")
     trace_shapes = (bc.parse_steps(args.trace_shapes) if args.trace_shapes
                     else TRACE_SHAPES[grid.name])
+    graph_profile_shapes = (bc.parse_steps(args.graph_profile_shapes)
+                            if args.graph_profile_shapes else grid.profile)
 
     env = bc.environment(args, argv, device, __file__)
     env.update({
@@ -311,6 +354,7 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         "launches": "eager-only" if args.eager_only else
                     "graph-only" if args.graph_only else "eager+graph",
         "trace_shapes": trace_shapes, "trace_steps": args.trace_steps,
+        "graph_profile_shapes": graph_profile_shapes, "replays": args.replays,
     })
     if "torch-compile" in stacks:
         stack = STACKS["torch-compile"]
@@ -323,6 +367,10 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
               models=models, steps=CsvSink(out / "steps.csv", STACK_STEPS_COLUMNS),
               kernels=CsvSink(out / "kernels.csv", STACK_KERNELS_COLUMNS),
               trace_shapes=trace_shapes, trace_steps=args.trace_steps,
+              graph_profile_shapes=graph_profile_shapes, replays=args.replays,
+              graph_kernels=(CsvSink(out / "graph_kernels.csv", STACK_GRAPH_KERNELS_COLUMNS)
+                             if "graph_profile" in phases and device.type == "cuda"
+                             else None),
               kv_budget_bytes=bc.kv_budget_arg(args.kv_budget_gb))
     run.log(f"bench_stacks on {env.get('gpu_name') or device} ({args.gpu}): stacks "
             f"{', '.join(stacks)}, grid {grid.name}, models {', '.join(models)}, phases "
@@ -332,7 +380,7 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
                      and not (x == "graph" and args.eager_only))
     runners: dict[str, Callable[[Run, StackT], None]] = {
         "steps": lambda r, st: run_steps(r, st, launches),
-        "profile": run_profile, "trace": run_trace,
+        "profile": run_profile, "trace": run_trace, "graph_profile": run_graph_profile,
     }
 
     def phase(ph: str) -> None:
@@ -345,9 +393,12 @@ def main(argv: list[str] | None = None, shapes: dict[str, dict] | None = None) -
         run, phases, phase,
         lambda done: {**bc.base_summary(run, done),
                       "rows": {"steps": len(run.steps.rows), "kernels": len(run.kernels.rows),
-                               "traces": len(run.traces)},
+                               "traces": len(run.traces),
+                               "graph_kernels": (0 if run.graph_kernels is None
+                                                 else len(run.graph_kernels.rows))},
                       "compiles": run.compiles, "traces": run.traces},
-        out / "summary.json", (run.steps, run.kernels))
+        out / "summary.json",
+        tuple(s for s in (run.steps, run.kernels, run.graph_kernels) if s is not None))
     bc.print_header("bench_stacks", summary)
     bc.print_steps(run.steps.rows, ("stack", "model", "mode", "launch"))
     for st, per_model in run.compiles.items():

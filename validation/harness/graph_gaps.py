@@ -23,6 +23,7 @@ import reference
 from bench_campaign import MODELS_DIR, load_models
 from bench_steps import make_cache
 from bench_timing import capture
+from graph_profile import GRAPH_KERNELS_COLUMNS, profile_replays
 
 
 def _step(w: reference.Weights, cache: reference.KVCache, tokens: torch.Tensor, ctx: int,
@@ -38,15 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     shapes = [s.split(":") for s in args.shapes.split(",")]
     models = load_models(sorted({s[0] for s in shapes}), {}, MODELS_DIR)
     with (out / "graph_kernels.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["model", "mode", "batch", "ctx", "q", "replay", "index", "kernel_name",
-                    "duration_us", "gap_before_us"])
+        w = csv.DictWriter(fh, GRAPH_KERNELS_COLUMNS)
+        w.writeheader()
         weights = {}
         for model, mode, b, c, q in shapes:
             b, c, q = int(b), int(c), int(q)
@@ -60,24 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             tokens = torch.randint(0, shape.vocab_size, (b, q), device="cuda")
             mask = reference.verify_mask(q, c + q) if mode == "verify" else None
             g = capture(_step(wts, cache, tokens, c, mode, mask))
-            for _ in range(3):
-                g.replay()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.replays):
-                    g.replay()
-                    torch.cuda.synchronize()
-            evs = sorted((e for e in prof.events() if e.device_type == DeviceType.CUDA
-                          and " Sync" not in e.name), key=lambda e: e.time_range.start)
-            # split into replays at the largest gaps (a host sync between replays)
-            n = len(evs) // args.replays
-            for r in range(args.replays):
-                prev_end = None
-                for i, e in enumerate(evs[r * n:(r + 1) * n]):
-                    start, end = e.time_range.start, e.time_range.end
-                    gap = "" if prev_end is None else f"{start - prev_end:.3f}"
-                    w.writerow([model, mode, b, c, q, r, i, e.name, f"{end - start:.3f}", gap])
-                    prev_end = end
+            per_replay = profile_replays(g.replay, args.replays)
+            for rows in per_replay:
+                for row in rows:
+                    w.writerow({"model": model, "mode": mode, "batch": b, "ctx": c, "q": q,
+                                **row})
+            n = len(per_replay[0])
             print(f"{model} {mode} b={b} ctx={c} q={q}: {n} kernels per replay", flush=True)
             g = cache = None
             torch.cuda.empty_cache()
