@@ -18,6 +18,7 @@ from gpusim.errors import ConfigError, FieldError, bad
 from gpusim.io import calibrations, loader
 from gpusim.platform import ParallelLayout, Platform
 from gpusim.specs.enums import Launch, parse
+from gpusim.specs.stack import StackSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="gpusim: LLM inference performance simulator.")
@@ -58,6 +59,10 @@ FmtOpt = Annotated[Fmt, typer.Option("--format", help="Output format.")]
 TpOpt = Annotated[int, typer.Option(
     "--tp", help="Tensor-parallel GPUs (Megatron split; collectives from the GPU's links).")]
 PpOpt = Annotated[int, typer.Option("--pp", help="Pipeline-parallel stages.")]
+CacheLenOpt = Annotated[int | None, typer.Option(
+    "--cache-len", min=1, help="Positions each sequence's KV cache holds, for a stack "
+    "that attends its whole static cache (hf-transformers: the StaticCache's "
+    "max_cache_len); default ctx + q (spec: ctx + the verify's tokens).")]
 EpOpt = Annotated[int, typer.Option(
     "--ep", help="Expert-parallel degree of an MoE model: its experts split over the "
     "--tp GPUs (give --ep equal to --tp), with all-to-all dispatch and combine.")]
@@ -211,3 +216,21 @@ def describe_calibration(platform: Platform) -> str:
     if platform.stack.status == "described":
         text += f"; stack {platform.stack.name}: described, not measured"
     return text
+
+
+def cache_len_option(stack: StackSpec, cache_len: int | None, ctx: int, q: int,
+                     q_name: str = "q") -> int:
+    """The positions each KV cache holds: ``--cache-len`` (default ctx + q; ``q_name``:
+    what the messages call q). Raises ConfigError where the stack attends ctx + q keys
+    whatever its cache holds (the option would change nothing) or the cache cannot hold
+    ctx + q positions."""
+    if cache_len is None:
+        return ctx + q
+    if not stack.attends_allocated_cache:
+        raise bad("--cache-len", f"stack {stack.name} attends the keys cached and new (ctx + "
+                  f"{q_name}) whatever its cache holds; only a stack that attends its whole "
+                  "static cache (hf-transformers) takes a cache length")
+    if cache_len < ctx + q:
+        raise bad("--cache-len", f"must hold ctx + {q_name} = {ctx + q} positions",
+                  value=cache_len)
+    return cache_len

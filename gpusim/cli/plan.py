@@ -171,8 +171,9 @@ def hardware_for(gpus: list[str], stacks: list[str], model: str, calibration: st
                 return for_stack(loader.load_model(name), st)
 
             specs = tuple(_spec_choices(spec, scenario, m, resolve))
-            out.append(Hardware(plat, m, specs,
-                                load_overhead("auto", gpu) if specs else None))
+            with flags(stack="--stacks"):
+                out.append(Hardware(plat, m, specs,
+                                    load_overhead("auto", gpu) if specs else None))
     return out
 
 

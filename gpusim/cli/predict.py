@@ -10,6 +10,7 @@ import typer
 
 from gpusim import report
 from gpusim.cli.common import (
+    CacheLenOpt,
     CalOpt,
     EpOpt,
     Fmt,
@@ -25,6 +26,7 @@ from gpusim.cli.common import (
     _print_table,
     app,
     as_flag,
+    cache_len_option,
     check_outputs,
     describe_calibration,
     flags,
@@ -37,7 +39,7 @@ from gpusim.errors import ConfigError, bad
 from gpusim.io import loader
 from gpusim.specs import GpuSpec, ModelSpec
 from gpusim.specs.enums import Mode
-from gpusim.specs.stack import STACK_ALIASES, StackSpec
+from gpusim.specs.stack import STACK_ALIASES
 
 
 @app.command()
@@ -60,10 +62,7 @@ def predict(
     q: Annotated[int | None, typer.Option(
         "--q", help="New tokens per sequence (decode 1; default verify 4, prefill 512).")
     ] = None,
-    cache_len: Annotated[int | None, typer.Option(
-        "--cache-len", min=1, help="Positions each sequence's KV cache holds, for a stack "
-        "that attends its whole static cache (hf-transformers: the StaticCache's "
-        "max_cache_len); default ctx + q.")] = None,
+    cache_len: CacheLenOpt = None,
     calibration: CalOpt = "auto",
     launch: LaunchOpt = Launch.GRAPH,
     stack: StackOpt = loader.DEFAULT_STACK,
@@ -152,7 +151,7 @@ def predict(
         check_shape(md, np.array([batch], float), np.array([cc], float),
                     np.array([qq], float))
         capacity.check_context(m, cc, qq)
-        cache = _cache_len(plat.stack, cache_len, cc, qq)
+        cache = cache_len_option(plat.stack, cache_len, cc, qq)
         # a static cache holds all its positions: its memory is the cache's
         _check_fits(g, m, batch, cache - qq, qq, tp, pp, ignore_memory)
         p = step.predict(plat, m, md, batch, cc, qq, cache_len=cache_len)
@@ -208,22 +207,6 @@ def _refuse_shape(options: dict[str, object], why: str) -> None:
     given = [name for name, value in options.items() if value is not None]
     if given:
         raise bad(given[0], f"{why}: give no {', '.join(given)}")
-
-
-def _cache_len(stack: StackSpec, cache_len: int | None, ctx: int, q: int) -> int:
-    """The positions each KV cache holds: ``--cache-len`` (default ctx + q). Raises
-    ConfigError where the stack attends ctx + q keys whatever its cache holds (the
-    option would change nothing) or the cache cannot hold ctx + q positions."""
-    if cache_len is None:
-        return ctx + q
-    if not stack.attends_allocated_cache:
-        raise bad("--cache-len", f"stack {stack.name} attends ctx + q keys whatever its "
-                  "cache holds; only a stack that attends its whole static cache "
-                  "(hf-transformers) takes a cache length")
-    if cache_len < ctx + q:
-        raise bad("--cache-len", f"must hold ctx + q = {ctx + q} positions",
-                  value=cache_len)
-    return cache_len
 
 
 def warn_trust(trust: Assessment) -> None:

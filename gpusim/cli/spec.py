@@ -10,6 +10,7 @@ import typer
 
 from gpusim import report
 from gpusim.cli.common import (
+    CacheLenOpt,
     CalOpt,
     EpOpt,
     Fmt,
@@ -23,6 +24,7 @@ from gpusim.cli.common import (
     _echo,
     _print_table,
     app,
+    cache_len_option,
     check_outputs,
     describe_calibration,
     flags,
@@ -62,6 +64,7 @@ def spec(
         "best:N[:D] (Sequoia DP, <= N nodes, depth <= D). Verify q = nodes.")] = None,
     batch: Annotated[int, typer.Option("--batch")] = 1,
     ctx: Annotated[int, typer.Option("--ctx", help="Tokens already cached.")] = 1024,
+    cache_len: CacheLenOpt = None,
     acceptance: Annotated[str, typer.Option(
         "--acceptance", help="0.8 (i.i.d.) | 0.9,0.8,0.7 (per position; last repeats) | "
         "ranked:0.6,0.2,0.1 (trees) | file:PATH or PATH.csv/.json (accepted-length "
@@ -109,12 +112,18 @@ def spec(
     ov = options.overhead_from_options(overhead, round_trip_us, g)
     with working("spec", quiet):   # a best:N tree search can take seconds
         sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
+    # a static cache holds the verify's tokens too: the target's and the draft's each
+    # hold that many positions (default the fewest), and every step attends them all
+    cache = cache_len_option(plat.stack, cache_len, ctx, sp.tree.nodes, "the verify's tokens")
+    static = plat.stack.attends_allocated_cache
+    cached = f" cache={cache}" if static else ""
     with flags():
-        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction)
+        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction,
+                                 cache if static else None)
     options.check_weights_fit(p)
     if not bool(p.fits[0]):
         over = (f"weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed the usable "
-                f"HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}")
+                f"HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}{cached}")
         if not ignore_memory:
             raise bad("--batch", f"{over}; a smaller --batch or --ctx fits "
                       "(--ignore-memory predicts it anyway)")
@@ -123,12 +132,14 @@ def spec(
     with working("spec --mc-iterations", quiet):
         mc = (sp.monte_carlo(batch, mc_iterations, np.random.default_rng(seed))
               if mc_iterations else None)
-    rec = output.spec_record(p, g, cal, ov, mc)
-    rec.update(trust_outputs.spec_fields(plat, sp, batch, ctx, rec))
+    rec = output.spec_record(p, g, cal, ov, mc, cache if static else None)
+    # judged at the context it attends: a static cache's every position
+    rec.update(trust_outputs.spec_fields(plat, sp, batch, cache - sp.tree.nodes, rec))
     if timeline is not None:
-        tl = it.simulate_iteration(plat, ov, sp, batch, ctx)
+        tl = it.simulate_iteration(plat, ov, sp, batch, ctx,
+                                   cache_len=cache if static else None)
         title = (f"{sp.target.name} + {sp.draft.label} {sp.tree.label()} b={batch} "
-                 f"ctx={ctx} on {g.name}")
+                 f"ctx={ctx}{cached} on {g.name}")
         report.write_html(report.timeline_figure(tl, title), timeline)
         wrote(timeline, "timeline")
     if piped:
@@ -139,7 +150,8 @@ def spec(
         _echo(report.to_csv([rec]).rstrip("\n"))
     else:
         _print_table(f"{rec['target']} + {rec['draft']} ({rec['tree']}, {rec['acceptance']}) "
-                     f"batch={batch} ctx={ctx} on {g.name} (stack {plat.stack.name}, calibration: "
+                     f"batch={batch} ctx={ctx}{cached} on {g.name} (stack {plat.stack.name}, "
+                     "calibration: "
                      f"{describe_calibration(plat)}; "
                      f"overhead: {ov.fitted_on})", [rec], list(output.TABLE_COLUMNS))
         trust_outputs.warn(str(rec["envelope"]), rec["band_pct"],  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from gpusim.capacity import MemoryPlan, memory_plan
 from gpusim.errors import ConfigError, FieldError
 from gpusim.platform import ParallelLayout, Platform
+from gpusim.serving.step_tables import check_servable
 from gpusim.specs import ModelSpec
 from gpusim.speculative.drafts import Draft, extra_weight_bytes, kv_bytes_per_token
 from gpusim.speculative.overhead import SpecOverhead
@@ -81,6 +82,10 @@ class Hardware:
     model: ModelSpec
     specs: tuple[SpecChoice, ...] = ()
     overhead: SpecOverhead | None = None
+
+    def __post_init__(self) -> None:
+        """Raises FieldError (field ``stack``) for a stack serving cannot price."""
+        check_servable(self.platform.stack)
 
     @property
     def gpu_name(self) -> str:

@@ -16,8 +16,10 @@ TABLE_COLUMNS = ("iteration_ms", "draft_step_ms", "draft_ms", "verify_ms", "targ
 
 
 def spec_record(pred: IterationPrediction, gpu: GpuSpec, cal: Calibration,
-                overhead: SpecOverhead, mc: MonteCarlo | None = None) -> dict[str, object]:
-    """Inputs that identify the run, then the predicted figures (JSON contract keys)."""
+                overhead: SpecOverhead, mc: MonteCarlo | None = None,
+                cache_len: int | None = None) -> dict[str, object]:
+    """Inputs that identify the run, then the predicted figures (JSON contract keys;
+    ``cache_len``, after ``ctx``, for a stack that attends its whole static cache)."""
     s = pred.spec
     rec: dict[str, object] = {
         "gpu": gpu.name, "target": s.target.name, "draft": s.draft.label,
@@ -25,6 +27,7 @@ def spec_record(pred: IterationPrediction, gpu: GpuSpec, cal: Calibration,
         "draft_model": s.draft.model.name if isinstance(s.draft, ModelDraft) else None,
         "k": s.k, "tree": s.tree.label(), "verify_q": s.tree.nodes,
         "batch": int(pred.batch[0]), "ctx": int(pred.ctx[0]),
+        **({} if cache_len is None else {"cache_len": cache_len}),
         "acceptance": s.acceptance.label, "launch": pred.launch, "stack": cal.stack,
         "calibration": cal.fitted_on, "overhead_source": overhead.fitted_on,
         **pred.record(0),

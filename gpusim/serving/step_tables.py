@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gpusim.errors import FieldError
 from gpusim.platform import Platform
 from gpusim.serving.grids import chunk_grid, context_grid
 from gpusim.serving.scenario import CUDAGRAPH_MODES
@@ -22,7 +23,7 @@ from gpusim.serving.step_ops import (
     last_position_ops,
     padding_reads,
 )
-from gpusim.specs import ModelSpec
+from gpusim.specs import ModelSpec, StackSpec
 from gpusim.step import OpCost, op_costs
 
 
@@ -51,6 +52,17 @@ def padded_size(sizes: tuple[int, ...] | list[int], n: int) -> int | None:
     return sizes[bisect_left(sizes, n)]
 
 
+def check_servable(stack: StackSpec) -> None:
+    """Raises FieldError (field ``stack``) for a stack serving cannot price: one that
+    attends every position of its static KV cache (``attends_allocated_cache``)."""
+    if stack.attends_allocated_cache:
+        # its steps follow a static cache's length, which no serving engine's sequence
+        # sets: priced at each sequence's own context it would be the best case, silently
+        raise FieldError("stack", f"stack {stack.name!r} attends every position of its "
+                         "static KV cache (attention keys: allocated_cache): serving with "
+                         "it is not modelled (predict and spec price it over --cache-len)")
+
+
 def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
                 max_num_seqs: int, max_ctx_tokens: int | None,
                 capture_sizes: tuple[int, ...] | None,
@@ -59,8 +71,10 @@ def step_tables(platform: Platform, model: ModelSpec, max_batched_tokens: int,
     (``step_time.build_step_time_model`` documents the arguments). Raises ValueError
     for a limit < 1, an unknown ``cudagraph_mode``, full_and_piecewise without
     ``capture_sizes``, or a stack whose last op is attention (the eager formula's last
-    kernel)."""
+    kernel); FieldError (field ``stack``) for a stack that attends its whole allocated
+    cache."""
     stack, cal, launch = platform.stack, platform.calibration, platform.launch.value
+    check_servable(stack)
     max_ctx = int(max_ctx_tokens or model.max_position_embeddings)
     for name, v in (("max_batched_tokens", max_batched_tokens),
                     ("max_num_seqs", max_num_seqs), ("max_ctx_tokens", max_ctx)):

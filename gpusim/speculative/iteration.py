@@ -134,8 +134,8 @@ class Speculation:
 # ----------------------------------------------------------------------------------
 # planning: which kernels each step launches
 # ----------------------------------------------------------------------------------
-def _draft_steps(spec: Speculation, platform: Platform, b: np.ndarray, c: np.ndarray
-                 ) -> list[PlannedStep]:
+def _draft_steps(spec: Speculation, platform: Platform, b: np.ndarray, c: np.ndarray,
+                 cache_len: np.ndarray | None) -> list[PlannedStep]:
     d = spec.draft
     if isinstance(d, ModelDraft):
         model, extra = d.model, None
@@ -152,7 +152,8 @@ def _draft_steps(spec: Speculation, platform: Platform, b: np.ndarray, c: np.nda
         # a level of several nodes attends under the tree's mask (each node: its
         # ancestors), which the stack may run with another attention kernel
         mode = "decode" if q == 1 else Mode.TREE
-        ks = step_mod.forward_kernels(model, platform, mode, b, c + before[level], q)
+        ks = step_mod.forward_kernels(model, platform, mode, b, c + before[level], q,
+                                      cache_len)
         if extra is not None:
             ks = [kmod.eagle_fc_kernel(extra, b * q), *ks]
         ks += kmod.sample_kernels(model, b * q, kmod.DRAFT_SAMPLE_LAUNCHES, "draft_sample")
@@ -161,20 +162,25 @@ def _draft_steps(spec: Speculation, platform: Platform, b: np.ndarray, c: np.nda
 
 
 def plan_iteration(spec: Speculation, platform: Platform, batch: object, ctx: object,
-                   overhead: SpecOverhead | None = None) -> list[PlannedStep]:
+                   overhead: SpecOverhead | None = None, cache_len: object = None
+                   ) -> list[PlannedStep]:
     """The steps of one iteration, in launch order, for every (batch, ctx) shape
-    (``overhead``: the host's prompt-lookup cost; default the prior).
+    (``overhead``: the host's prompt-lookup cost, default the prior; ``cache_len``:
+    positions the target's and the draft's KV caches each hold, default each step's
+    ctx + q, which only a stack attending its whole static cache depends on).
 
-    Raises ValueError for an impossible shape.
+    Raises ValueError for an impossible shape (FieldError, field ``cache_len``, for a
+    cache that cannot hold a step's keys).
     """
     b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
-    steps = _draft_steps(spec, platform, b, c)
+    cache = _cache(cache_len, b)
+    steps = _draft_steps(spec, platform, b, c, cache)
     n = spec.tree.nodes
     t = spec.target
     # a chain verifies under the causal mask (FA2); a tree passes its boolean mask
     mode = "verify" if spec.tree.is_chain else Mode.TREE
-    ks = step_mod.forward_kernels(t, platform, mode, b, c, n)
+    ks = step_mod.forward_kernels(t, platform, mode, b, c, n, cache)
     if isinstance(spec.draft, MedusaDraft):
         ks += kmod.medusa_head_kernels(t, b, spec.k)
     ks += kmod.sample_kernels(t, b * n, 1 + kmod.VERIFY_ACCEPT_LAUNCHES, "accept")
@@ -183,6 +189,13 @@ def plan_iteration(spec: Speculation, platform: Platform, batch: object, ctx: ob
     steps.append(PlannedStep("verify", "verify", t, ks,
                              host_before_s=lookup_s(spec.draft, overhead, b, c)))
     return steps
+
+
+def _cache(cache_len: object, b: np.ndarray) -> np.ndarray | None:
+    """``cache_len`` broadcast to the shapes (None stays None)."""
+    if cache_len is None:
+        return None
+    return np.broadcast_to(np.asarray(cache_len, dtype=np.float64), b.shape)
 
 
 def lookup_s(draft: Draft, overhead: SpecOverhead | None, b: np.ndarray, c: np.ndarray
@@ -198,10 +211,11 @@ def lookup_s(draft: Draft, overhead: SpecOverhead | None, b: np.ndarray, c: np.n
     return ov.ngram_lookup_s(b, c) + ov.ngram_loop_s(b)
 
 
-def plan_plain(target: ModelSpec, platform: Platform, batch: object, ctx: object
-               ) -> PlannedStep:
-    """One step of plain decoding: the target's decode pass and greedy sampling."""
-    ks = step_mod.forward_kernels(target, platform, "decode", batch, ctx, 1)
+def plan_plain(target: ModelSpec, platform: Platform, batch: object, ctx: object,
+               cache_len: object = None) -> PlannedStep:
+    """One step of plain decoding: the target's decode pass and greedy sampling
+    (``cache_len``: as ``plan_iteration``'s)."""
+    ks = step_mod.forward_kernels(target, platform, "decode", batch, ctx, 1, cache_len)
     b = np.broadcast_to(np.asarray(batch, dtype=np.float64), ks[0].flops.shape)
     ks += kmod.sample_kernels(target, b, kmod.PLAIN_SAMPLE_LAUNCHES, "sample")
     return PlannedStep("decode", "decode", target, ks)
@@ -310,10 +324,11 @@ def memory_plan_of(spec: Speculation, gpu: GpuSpec,
 
 def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculation,
                       batch: object, ctx: object,
-                      reserve_fraction: float = DEFAULT_RESERVE_FRACTION
-                      ) -> IterationPrediction:
+                      reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
+                      cache_len: object = None) -> IterationPrediction:
     """Closed-form iteration times for arrays of (batch, ctx) (broadcast) on
-    ``platform``.
+    ``platform`` (``cache_len``: as ``plan_iteration``'s; the memory check counts it,
+    else ctx + the verify's tokens).
 
     Raises ValueError for an impossible shape, ConfigError for a reserve_fraction
     outside [0, 1).
@@ -323,7 +338,7 @@ def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculat
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
     b, c = b.copy(), c.copy()
     loop = platform.with_calibration(overhead.calibration_for_loop(platform.calibration))
-    steps = plan_iteration(spec, loop, b, c, overhead)
+    steps = plan_iteration(spec, loop, b, c, overhead, cache_len)
     # the loop runs back to back: the power cap sets one clock for all of its steps
     # (memory-bound draft steps let the verify pass run faster than it would alone)
     clock, full = step_mod.program_costs([s.kernels for s in steps], loop)
@@ -347,25 +362,28 @@ def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculat
         draft = np.asarray(steps[-1].host_before_s, dtype=np.float64)
         draft_step = draft
         verify_alone = verify.alone_s
-    plain = step_times(plan_plain(spec.target, loop, b, c), loop)
+    plain = step_times(plan_plain(spec.target, loop, b, c, cache_len), loop)
+    held = c + spec.tree.nodes if cache_len is None else _cache(cache_len, b)
     return IterationPrediction(
         spec=spec, batch=b, ctx=c, launch=platform.launch.value, iteration_s=iteration,
         draft_s=draft, draft_step_s=np.asarray(draft_step, dtype=np.float64),
         verify_s=verify_alone, target_step_s=plain.alone_s, round_trip_s=rt,
         tokens_per_iteration=spec.expected_tokens(),
-        memory_bytes=plan.bytes_for(b * (c + spec.tree.nodes)),
+        memory_bytes=plan.bytes_for(b * held),
         capacity_bytes=plan.usable_bytes, weight_bytes=plan.weight_bytes)
 
 
 def simulate_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculation,
-                       batch: int, ctx: int, record: bool = True) -> step_mod.Timeline:
-    """The iteration through the SimPy engine, launch by launch (one shape).
+                       batch: int, ctx: int, record: bool = True,
+                       cache_len: int | None = None) -> step_mod.Timeline:
+    """The iteration through the SimPy engine, launch by launch (one shape;
+    ``cache_len``: as ``plan_iteration``'s).
 
     ``Timeline.end_s`` equals ``predict_iteration(...).iteration_s``; kernel names carry
     their step (``draft0/qkv_proj``). Raises ValueError like ``predict_iteration``.
     """
     loop = platform.with_calibration(overhead.calibration_for_loop(platform.calibration))
-    steps = plan_iteration(spec, loop, batch, ctx, overhead)
+    steps = plan_iteration(spec, loop, batch, ctx, overhead, cache_len)
     last = len(steps) - 1
     program = [step_mod.ProgramStep(
         name=st.name, model=st.model, kernels=st.kernels,

@@ -241,17 +241,18 @@ def rank_kernels(kernels: list[Kernel], model: ModelSpec, platform: Platform
 
 
 def forward_kernels(model: ModelSpec, platform: Platform, mode: str, batch: object,
-                    ctx: object, q: object) -> list[Kernel]:
+                    ctx: object, q: object, cache_len: object = None) -> list[Kernel]:
     """The kernels of one forward pass on ``platform``'s stack for arrays of (batch,
     ctx, q), in launch order (``mode``: decode, verify, prefill or tree, a verify under
-    a token-tree mask): one tensor-parallel rank's, collectives included. Raises
+    a token-tree mask): one tensor-parallel rank's, collectives included
+    (``cache_len``: positions each KV cache holds, default ctx + q). Raises
     ValueError for an impossible shape or an unknown mode, FieldError (field ``pp``)
     for a pipelined layout (its kernels are per stage: ``step.predict`` prices it)."""
     if platform.layout.pp > 1:
         raise FieldError("pp", f"pp={platform.layout.pp}: pipeline parallelism is "
                          "modelled for single steps (predict); speculative decoding and "
                          "serving take pp = 1")
-    return rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q),
+    return rank_kernels(build_kernels(model, platform.stack, mode, batch, ctx, q, cache_len),
                         model, platform)
 
 
