@@ -69,10 +69,34 @@ def test_the_section_sets_first_loads_apart(monkeypatch) -> None:
     monkeypatch.setattr(serving_process, "saturated", lambda metrics: False)
     results = [result("cold", -0.2, True), result("warm1", 0.01, False),
                result("warm2", -0.03, False)]
-    text = "\n".join(first_load_section(results))
+    cold = first_loads([r.run for r in results])
+    text = "\n".join(first_load_section(results, cold))
     assert "## First loads of a process" in text and "m cold." in text
     assert "| first of their process | 1 | 20.0% / -20.0% |" in text
     assert "| later | 2 | 2.0% / -3.0% |" in text
     assert "| -10.0% |" in text and "| +2.0% |" in text
     # nothing to set apart without both kinds
-    assert first_load_section(results[:1]) == [] and first_load_section(results[1:]) == []
+    assert first_load_section(results[:1], cold) == []
+    assert first_load_section(results[1:], cold) == []
+
+
+def test_a_saturated_load_before_a_run_still_makes_it_a_later_load(monkeypatch) -> None:
+    """The section judges the runs below saturation, but which was its process's first
+    load is decided over all of them: a saturated load that ran first in the process
+    makes the next one a later load."""
+    from gpusim.calibration import serving_process
+
+    first, second = run("r34", "08:49:19"), run("r8", "08:50:00")
+    assert first_loads([first, second]) == {Path("r34")}
+    assert first_loads([second]) == {Path("r8")}   # seen alone it would look first
+    results = [result("r34", 0.0, True), result("r8", 0.01, False),
+               result("r3", 0.02, False)]
+    for r, base in zip(results, (first, second, run("r3", "08:51:00")), strict=True):
+        r.run.process, r.run.provenance = {}, base.provenance
+        r.run.path = base.path
+    monkeypatch.setattr(serving_process, "saturated", lambda metrics: metrics.get("sat"))
+    results[0].measured["sat"] = True
+    cold = first_loads([r.run for r in results])
+    assert cold == {Path("r34")}
+    # below saturation none is a first load: nothing to set apart
+    assert first_load_section(results, cold) == []

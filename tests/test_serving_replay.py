@@ -340,9 +340,12 @@ def test_a_repeated_run_is_grouped_with_its_spread(own_runs: list[Path]) -> None
     assert serving_repeat.spread(groups[0], "ttft_s", "p50") == 0.0
     assert serving_repeat.worst_spread(results, "ttft_s", "p50") == 0.0
     assert serving_repeat.worst_spread(results[:2], "ttft_s", "p50") is None
-    text = "\n".join(serving_repeat.repeat_section(results))
+    text = "\n".join(serving_repeat.repeat_section(results, frozenset()))
     assert "## Run-to-run spread" in text and "| 0.0% |" in text
-    assert serving_repeat.repeat_section(results[:2]) == []
+    assert f"{light.load} (first load)" not in text
+    assert serving_repeat.repeat_section(results[:2], frozenset()) == []
+    marked = "\n".join(serving_repeat.repeat_section(results, frozenset({light.path})))
+    assert f"{light.load} (first load)" in marked
 
 
 def test_a_run_saturates_when_its_ttft_grows_across_it() -> None:

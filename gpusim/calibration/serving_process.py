@@ -101,12 +101,14 @@ def _mixed_bias(results: Sequence[RunComparison]) -> str:
     return "-" if not xs else f"{100 * float(np.median(xs)):+.1f}%"
 
 
-def first_load_section(results: Sequence[RunComparison]) -> list[str]:
-    """Markdown: the runs below saturation that were their process's first load, and
-    the simulation's latency errors on them and on the later loads; empty where no run
-    is a first load or none is a later one."""
+def first_load_section(results: Sequence[RunComparison], cold_paths: frozenset[Path]
+                       ) -> list[str]:
+    """Markdown: the runs below saturation that were their process's first load
+    (``cold_paths``: ``first_loads`` of all the runs, a saturated one included, as a
+    load before another counts whatever its rate), and the simulation's latency errors
+    on them and on the later loads; empty where no run is a first load or none is a
+    later one."""
     below = [r for r in results if not saturated(r.measured)]
-    cold_paths = first_loads([r.run for r in below])
     cold = [r for r in below if r.run.path in cold_paths]
     warm = [r for r in below if r.run.path not in cold_paths]
     if not cold or not warm:

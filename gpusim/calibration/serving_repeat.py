@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from gpusim.calibration.serving_process import first_loads
 from gpusim.calibration.serving_replay import RunComparison
 
 METRICS = (("TTFT p50", "ttft_s", "p50"), ("TTFT p99", "ttft_s", "p99"),
@@ -59,13 +59,14 @@ def _mixed_forward_ms(r: RunComparison) -> float:
     return 1e3 * float(np.median(xs)) if xs else float("nan")
 
 
-def repeat_section(results: Sequence[RunComparison]) -> list[str]:
+def repeat_section(results: Sequence[RunComparison], cold: frozenset[Path]) -> list[str]:
     """Markdown: for each group of repeated runs, every run's measured metrics, the
-    spread between them and the simulation's error on each; empty without repeats."""
+    spread between them and the simulation's error on each, a run in ``cold``
+    (``serving_process.first_loads``) marked as its process's first load; empty
+    without repeats."""
     groups = repeat_groups(results)
     if not groups:
         return []
-    cold = first_loads([r.run for r in results])
     lines = ["## Run-to-run spread", "",
              "Runs repeated with the same arguments (the same arrivals, lengths, seed, "
              "engine settings) on the same GPU kind: how far two measurements of the same "

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpusim.calibration.serving_metrics import LATENCIES, QUANTILES, saturated
-from gpusim.calibration.serving_process import first_load_section
+from gpusim.calibration.serving_process import first_load_section, first_loads
 from gpusim.calibration.serving_repeat import repeat_section, worst_spread
 from gpusim.calibration.serving_replay import RunComparison
 from gpusim.calibration.serving_sensitivity import moves, sensitivity_section
@@ -280,8 +280,9 @@ def markdown(results: Sequence[RunComparison], sat: dict[str, Any], gpu: str, st
         lines.append("")
     lines += _decomposition(results)
     lines += sensitivity_section(results)
-    lines += repeat_section(results)
-    lines += first_load_section(results)
+    cold = first_loads([r.run for r in results])
+    lines += repeat_section(results, cold)
+    lines += first_load_section(results, cold)
     lines += _host_section(results, stack)
     lines += _acceptance(results, sat)
     lines += ["## Producing the GPU runs", "", GPU_COMMANDS, ""]
