@@ -64,6 +64,11 @@ def test_spec_prices_every_step_over_the_static_cache(capsys: pytest.CaptureFixt
     # the memory check counts every position of both caches
     assert cached["memory_bytes"] > plain["memory_bytes"]
     held = it.predict_iteration(plat, ov, SPEC, 8, 1024)
+    # without a length, one static cache that just holds the verify, for every caller
+    # (spec-sweep, sweep files, the trust fields) as for the command
+    fewest = it.predict_iteration(plat, ov, SPEC, 8, 1024, cache_len=1024 + NODES)
+    np.testing.assert_allclose(held.iteration_s, fewest.iteration_s, rtol=1e-12)
+    assert plain["iteration_ms"] == pytest.approx(float(held.iteration_s[0]) * 1e3)
     per_position = (float(want.memory_bytes[0]) - float(held.memory_bytes[0])) / (
         8 * (4096 - 1024 - NODES))
     assert per_position == pytest.approx(

@@ -113,13 +113,13 @@ def spec(
     with working("spec", quiet):   # a best:N tree search can take seconds
         sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
     # a static cache holds the verify's tokens too: the target's and the draft's each
-    # hold that many positions (default the fewest), and every step attends them all
+    # hold that many positions (default the fewest: iteration.loop_cache), and every
+    # step attends them all
     cache = cache_len_option(plat.stack, cache_len, ctx, sp.tree.nodes, "the verify's tokens")
     static = plat.stack.attends_allocated_cache
     cached = f" cache={cache}" if static else ""
     with flags():
-        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction,
-                                 cache if static else None)
+        p = it.predict_iteration(plat, ov, sp, batch, ctx, reserve_fraction, cache_len)
     options.check_weights_fit(p)
     if not bool(p.fits[0]):
         over = (f"weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed the usable "
@@ -136,8 +136,7 @@ def spec(
     # judged at the context it attends: a static cache's every position
     rec.update(trust_outputs.spec_fields(plat, sp, batch, cache - sp.tree.nodes, rec))
     if timeline is not None:
-        tl = it.simulate_iteration(plat, ov, sp, batch, ctx,
-                                   cache_len=cache if static else None)
+        tl = it.simulate_iteration(plat, ov, sp, batch, ctx, cache_len=cache_len)
         title = (f"{sp.target.name} + {sp.draft.label} {sp.tree.label()} b={batch} "
                  f"ctx={ctx}{cached} on {g.name}")
         report.write_html(report.timeline_figure(tl, title), timeline)

@@ -166,15 +166,15 @@ def plan_iteration(spec: Speculation, platform: Platform, batch: object, ctx: ob
                    ) -> list[PlannedStep]:
     """The steps of one iteration, in launch order, for every (batch, ctx) shape
     (``overhead``: the host's prompt-lookup cost, default the prior; ``cache_len``:
-    positions the target's and the draft's KV caches each hold, default each step's
-    ctx + q, which only a stack attending its whole static cache depends on).
+    positions the target's and the draft's KV caches each hold, which only a stack
+    attending its whole static cache depends on: ``loop_cache``).
 
     Raises ValueError for an impossible shape (FieldError, field ``cache_len``, for a
     cache that cannot hold a step's keys).
     """
     b, c = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=np.float64)),
                                np.atleast_1d(np.asarray(ctx, dtype=np.float64)))
-    cache = _cache(cache_len, b)
+    cache = loop_cache(spec, platform, b, c, cache_len)
     steps = _draft_steps(spec, platform, b, c, cache)
     n = spec.tree.nodes
     t = spec.target
@@ -191,10 +191,16 @@ def plan_iteration(spec: Speculation, platform: Platform, batch: object, ctx: ob
     return steps
 
 
-def _cache(cache_len: object, b: np.ndarray) -> np.ndarray | None:
-    """``cache_len`` broadcast to the shapes (None stays None)."""
+def loop_cache(spec: Speculation, platform: Platform, b: np.ndarray, c: np.ndarray,
+               cache_len: object = None) -> np.ndarray | None:
+    """The positions each KV cache of the loop holds, per shape: ``cache_len`` where
+    given; for a stack that attends its whole static cache, by default the fewest that
+    hold the verify (ctx + its tokens), one cache every step of the loop reads; else
+    None (each step attends its own ctx + q)."""
     if cache_len is None:
-        return None
+        if not platform.stack.attends_allocated_cache:
+            return None
+        return c + float(spec.tree.nodes)
     return np.broadcast_to(np.asarray(cache_len, dtype=np.float64), b.shape)
 
 
@@ -327,8 +333,9 @@ def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculat
                       reserve_fraction: float = DEFAULT_RESERVE_FRACTION,
                       cache_len: object = None) -> IterationPrediction:
     """Closed-form iteration times for arrays of (batch, ctx) (broadcast) on
-    ``platform`` (``cache_len``: as ``plan_iteration``'s; the memory check counts it,
-    else ctx + the verify's tokens).
+    ``platform`` (``cache_len``: as ``plan_iteration``'s, ``loop_cache``; the memory
+    check counts the caches' positions, ctx + the verify's tokens where they hold
+    just the context).
 
     Raises ValueError for an impossible shape, ConfigError for a reserve_fraction
     outside [0, 1).
@@ -362,8 +369,9 @@ def predict_iteration(platform: Platform, overhead: SpecOverhead, spec: Speculat
         draft = np.asarray(steps[-1].host_before_s, dtype=np.float64)
         draft_step = draft
         verify_alone = verify.alone_s
-    plain = step_times(plan_plain(spec.target, loop, b, c, cache_len), loop)
-    held = c + spec.tree.nodes if cache_len is None else _cache(cache_len, b)
+    cache = loop_cache(spec, platform, b, c, cache_len)
+    plain = step_times(plan_plain(spec.target, loop, b, c, cache), loop)
+    held = c + spec.tree.nodes if cache is None else cache
     return IterationPrediction(
         spec=spec, batch=b, ctx=c, launch=platform.launch.value, iteration_s=iteration,
         draft_s=draft, draft_step_s=np.asarray(draft_step, dtype=np.float64),
