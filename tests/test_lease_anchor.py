@@ -55,9 +55,10 @@ def _lease(tmp_path: Path, lease_slow: float, stack_error: float) -> Path:
 def test_the_lease_is_taken_out_and_the_stack_error_is_left(tmp_path):
     gpu_dir = _lease(tmp_path, lease_slow=1.03, stack_error=0.01)
     (pair,) = lease_anchor.read_pairs(gpu_dir, loader.load_stack)
-    modes, st_err, ref_err, net = lease_anchor.net_errors(pair, GPU, CAL, REF,
-                                                          loader.load_model)
+    modes, st_err, ref_err, net, batch = lease_anchor.net_errors(pair, GPU, CAL, REF,
+                                                                 loader.load_model)
     assert list(modes) == [s[1] for s in SHAPES]
+    assert list(batch) == [s[2] for s in SHAPES]
     np.testing.assert_allclose(ref_err, 1 / 1.03 - 1, rtol=1e-6)
     np.testing.assert_allclose(st_err, 1 / (1.03 * 1.01) - 1, rtol=1e-6)
     np.testing.assert_allclose(net, 1 / 1.01 - 1, rtol=1e-6)
@@ -65,6 +66,9 @@ def test_the_lease_is_taken_out_and_the_stack_error_is_left(tmp_path):
                                loader.load_stack)
     assert "| lease_x | torch-fused | decode | 3 |" in text
     assert "-1.0%" in text and "-2.9%" in text
+    # pooled by the kind of step: one decode at batch 1, two above it
+    assert "| torch-fused | decode, batch 1 | 1 | 1.0% | -1.0% |" in text
+    assert "| torch-fused | decode, batch 2+ | 2 | 1.0% | -1.0% |" in text
 
 
 def test_eager_rows_and_unmatched_shapes_are_left_out(tmp_path):
@@ -104,8 +108,8 @@ def test_the_committed_h100_pair_nets_torch_fused_within_a_percent_on_decode():
              if p.lease == "lease_2026-12-07_1656"]
     assert [p.stack.name for p in pairs] == ["torch-fused"]
     shipped = calibrations.load_calibration("auto", GPU, REF)
-    modes, st_err, ref_err, net = lease_anchor.net_errors(pairs[0], GPU, shipped, REF,
-                                                          loader.load_model)
+    modes, st_err, ref_err, net, _ = lease_anchor.net_errors(pairs[0], GPU, shipped, REF,
+                                                             loader.load_model)
     dec = modes == "decode"
     assert dec.sum() >= 30
     assert np.mean(st_err[dec]) > np.mean(net[dec])   # the lease made it look worse

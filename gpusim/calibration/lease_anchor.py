@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,21 @@ from gpusim.report import markdown_table
 from gpusim.specs import GpuSpec, ModelSpec, StackSpec
 
 MODES = ("decode", "verify", "prefill")
+# the kinds of step the net errors are pooled by across leases: what a stack's kernels
+# change differs most between one token (launch-bound) and many
+KINDS = (("decode, batch 1", "decode", 1, 1), ("decode, batch 2+", "decode", 2, np.inf),
+         ("verify", "verify", 1, np.inf), ("prefill", "prefill", 1, np.inf))
+
+
+class NetErrors(NamedTuple):
+    """Per shape both measured on a lease (graph steps): its mode and batch, the
+    stack's error, the reference's, and the stack's net of the lease."""
+
+    modes: np.ndarray
+    stack: np.ndarray
+    reference: np.ndarray
+    net: np.ndarray
+    batch: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -65,25 +81,24 @@ def _graph(d: StepData) -> StepData:
 
 
 def net_errors(pair: LeasePair, gpu: GpuSpec, physics: Calibration, reference: StackSpec,
-               resolve: Callable[[str], ModelSpec]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(modes, the stack's error, the reference's error, the stack's error net of the
-    lease) per shape both measured on the lease (graph steps), predicted with
-    ``physics`` (a calibration of the reference stack; the stack's prediction carries
-    the reference's host costs, as ``stacks_report``'s transfer)."""
+               resolve: Callable[[str], ModelSpec]) -> NetErrors:
+    """The errors of every shape both measured on the lease (graph steps), predicted
+    with ``physics`` (a calibration of the reference stack; the stack's prediction
+    carries the reference's host costs, as ``stacks_report``'s transfer)."""
     st, ref = _graph(pair.data), _graph(pair.reference)
     index = {_key(ref, i): i for i in range(len(ref))}
     rows = [(i, index[k]) for i in range(len(st)) if (k := _key(st, i)) in index]
     if not rows:
         empty = np.zeros(0)
-        return np.zeros(0, dtype=object), empty, empty, empty
+        return NetErrors(np.zeros(0, dtype=object), empty, empty, empty, empty)
     si, ri = (np.array(x) for x in zip(*rows, strict=True))
     plain = physics.replace({"stack": pair.stack.name, "host_from": physics.stack})
     st_pred = predict_groups(make_groups(st, pair.stack, resolve), len(st), gpu, plain)
     ref_pred = predict_groups(make_groups(ref, reference, resolve), len(ref), gpu, physics)
     st_ratio = st_pred[si] / st.measured_s[si]
     ref_ratio = ref_pred[ri] / ref.measured_s[ri]
-    return st.mode[si], st_ratio - 1.0, ref_ratio - 1.0, st_ratio / ref_ratio - 1.0
+    return NetErrors(st.mode[si], st_ratio - 1.0, ref_ratio - 1.0,
+                     st_ratio / ref_ratio - 1.0, st.batch[si])
 
 
 def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str], Calibration],
@@ -92,9 +107,11 @@ def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str], C
     errors on the shapes both measured, and the stack's net of the lease (empty string
     without pairs). ``physics``: by stack name, the physics that stack is judged with."""
     rows = []
+    pooled: dict[str, list[NetErrors]] = {}
     for pair in pairs:
-        modes, st_err, ref_err, net = net_errors(pair, gpu, physics(pair.stack.name),
-                                                 reference, resolve)
+        got = net_errors(pair, gpu, physics(pair.stack.name), reference, resolve)
+        pooled.setdefault(pair.stack.name, []).append(got)
+        modes, st_err, ref_err, net, _ = got
         for mode in MODES:
             m = modes == mode
             if not m.any():
@@ -123,7 +140,30 @@ def section(gpu: GpuSpec, pairs: Sequence[LeasePair], physics: Callable[[str], C
         markdown_table(rows, ["lease", "stack", "mode", "n", "stack_mape", "stack_bias",
                               "reference_bias", "net_mape", "net_bias", "net_max"],
                        ("stack_mape", "stack_bias", "reference_bias", "net_mape",
-                        "net_bias", "net_max")), ""])
+                        "net_bias", "net_max")), "",
+        "The net errors of every lease above by the kind of step (a stack's kernels "
+        "change most between one token a step, where launches bind, and many):", "",
+        markdown_table(_by_kind(pooled), ["stack", "steps", "n", "net_mape", "net_bias",
+                                          "net_min", "net_max"],
+                       ("net_mape", "net_bias", "net_min", "net_max")), "", ""])
+
+
+def _by_kind(pooled: dict[str, list[NetErrors]]) -> list[dict[str, object]]:
+    """Rows of the net errors pooled over leases, per stack and ``KINDS``."""
+    rows = []
+    for name, parts in pooled.items():
+        modes = np.concatenate([p.modes for p in parts])
+        batch = np.concatenate([p.batch for p in parts])
+        net = np.concatenate([p.net for p in parts])
+        for label, mode, lo, hi in KINDS:
+            m = (modes == mode) & (batch >= lo) & (batch <= hi)
+            if m.any():
+                rows.append({"stack": name, "steps": label, "n": int(m.sum()),
+                             "net_mape": float(np.mean(np.abs(net[m]))),
+                             "net_bias": float(np.mean(net[m])),
+                             "net_min": float(np.min(net[m])),
+                             "net_max": float(np.max(net[m]))})
+    return rows
 
 
 def report(gpu_dir: Path, gpu: GpuSpec, physics: Callable[[str], Calibration],
