@@ -125,7 +125,8 @@ def spec(
         over = (f"weights + KV ({float(p.memory_bytes[0]) / 1e9:.1f} GB) exceed the usable "
                 f"HBM ({p.capacity_bytes / 1e9:.1f} GB) at batch {batch}, ctx {ctx}{cached}")
         if not ignore_memory:
-            raise bad("--batch", f"{over}; a smaller --batch or --ctx fits "
+            smaller = "--cache-len" if cache_len is not None else "--ctx"
+            raise bad("--batch", f"{over}; a smaller --batch or {smaller} fits "
                       "(--ignore-memory predicts it anyway)")
         print(f"gpusim: warning: {over}; predicting anyway (--ignore-memory)",
               file=sys.stderr)
