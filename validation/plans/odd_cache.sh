@@ -34,7 +34,7 @@ step gp 170 python3 $H/bench_stacks.py --out $W/gp --gpu $G --device cuda --budg
     --graph-profile-shapes decode:4:1024:1,decode:16:1024:1,verify:64:1021:4,decode:4:1027:1,decode:16:1027:1,verify:64:1024:4
 step gp-large 110 python3 $H/bench_stacks.py --out $W/gp-large --gpu $G --device cuda --budget-s 60 \
     --stack hf-transformers --only graph_profile --models llama-3.2-1b \
-    --graph-profile-shapes decode:64:1024:1,decode:256:1024:1,decode:64:4096:1
+    --graph-profile-shapes decode:64:1023:1,decode:256:1023:1,decode:64:4095:1
 step norms 170 python3 $H/bench_stacks.py --out $W/norms --gpu $G --device cuda --budget-s 110 \
     --stack torch-hf,torch-fused --only graph_profile --models llama-3.2-1b,llama-3.1-8b \
     --graph-profile-shapes decode:1:1024:1,decode:8:1024:1,decode:64:1024:1,verify:16:512:4,prefill:1:0:512
