@@ -94,7 +94,8 @@ def test_only_elementwise_ops_skip():
 def test_a_speculative_loop_issues_the_launches_of_each_shape(platforms):
     """An eager draft or decode step of one token issues no copy (its host issue time,
     speculative.iteration.step_times), one of several tokens does."""
-    from gpusim.speculative.iteration import PlannedStep, step_times
+    from gpusim.speculative.iteration import step_times
+    from gpusim.speculative.loop_steps import PlannedStep
     from gpusim.step import forward_kernels
 
     p = platforms["eager"]

@@ -22,11 +22,11 @@ from gpusim.speculative.drafts import (
 from gpusim.speculative.iteration import (
     Speculation,
     pipeline_end_s,
-    plan_iteration,
     predict_iteration,
     simulate_iteration,
     step_times,
 )
+from gpusim.speculative.loop_steps import plan_iteration
 from gpusim.speculative.overhead import SpecOverhead
 from gpusim.speculative.trees import TokenTree, best_tree
 

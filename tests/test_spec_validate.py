@@ -172,7 +172,7 @@ def test_fit_ngram_loop_recovers_the_host_work_besides_the_lookup():
 
 def test_lookup_iteration_adds_the_loop_host_work_to_the_lookup():
     from gpusim.speculative.drafts import NgramDraft
-    from gpusim.speculative.iteration import lookup_s
+    from gpusim.speculative.loop_steps import lookup_s
 
     ov = SpecOverhead(ngram_lookup_fixed_s=30e-6, ngram_loop_fixed_s=100e-6,
                       ngram_loop_s_per_sequence=2e-6)

@@ -113,7 +113,7 @@ def spec(
     with working("spec", quiet):   # a best:N tree search can take seconds
         sp = options.speculation_from_options(target, draft, acceptance, k, tree, plat.stack)
     # a static cache holds the verify's tokens too: the target's and the draft's each
-    # hold that many positions (default the fewest: iteration.loop_cache), and every
+    # hold that many positions (default the fewest: loop_steps.loop_cache), and every
     # step attends them all
     cache = cache_len_option(plat.stack, cache_len, ctx, sp.tree.nodes, "the verify's tokens")
     static = plat.stack.attends_allocated_cache
